@@ -1,0 +1,49 @@
+// A deterministic synthetic Llama-family model written as a normal Hugging Face directory
+// (config.json, generation_config.json, model.safetensors or shards). Tests and the demo use
+// it so nothing is downloaded at run time.
+//
+// Outliers: real LLMs have a few hidden channels whose activations are tens of times larger
+// than the rest (the pattern SmoothQuant exists for). We reproduce it by scaling those channels
+// of every RMSNorm weight (input_layernorm, post_attention_layernorm) and of the embeddings, so
+// the inputs of q/k/v and gate/up carry the outliers.
+#ifndef LOWBIT_TOOLS_GEN_MODEL_SYNTHETIC_LLAMA_H_
+#define LOWBIT_TOOLS_GEN_MODEL_SYNTHETIC_LLAMA_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "common/dtype.h"
+#include "nlohmann/json.hpp"
+
+namespace lowbit {
+
+struct SyntheticLlamaOptions {
+  int64_t hidden = 256;
+  int64_t intermediate = 512;
+  int64_t layers = 2;
+  int64_t heads = 4;
+  int64_t kv_heads = 2;
+  int64_t vocab = 512;
+  DType dtype = DType::kBF16;
+  uint64_t seed = 0;
+  int outlier_channels = 4;      // hidden channels with large activations
+  float outlier_scale = 30.0f;   // how much larger
+  bool tie_embeddings = false;
+  double rope_theta = 500000.0;
+  uint64_t max_shard_bytes = 2ull << 30;
+};
+
+// Checks sizes (positive; hidden divisible by heads; heads divisible by kv_heads; head_dim
+// even) and dtype (F32, F16 or BF16).
+absl::Status ValidateOptions(const SyntheticLlamaOptions& options);
+// The hidden channels that carry outliers (deterministic in the seed).
+std::vector<int64_t> OutlierChannels(const SyntheticLlamaOptions& options);
+nlohmann::json SyntheticLlamaConfig(const SyntheticLlamaOptions& options);
+// Writes the model into `dir` (created if missing).
+absl::Status WriteSyntheticLlama(const std::string& dir, const SyntheticLlamaOptions& options);
+
+}  // namespace lowbit
+
+#endif  // LOWBIT_TOOLS_GEN_MODEL_SYNTHETIC_LLAMA_H_
