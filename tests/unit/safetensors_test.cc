@@ -1,0 +1,173 @@
+// safetensors: round trips through our writer and reader, and hand-built malformed files
+// that must be refused with a clear error (never a crash).
+#include "common/safetensors.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace lowbit {
+namespace {
+
+namespace fs = std::filesystem;
+
+class SafetensorsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("lowbit_st_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // A file image from a header string and a data buffer, the length prefix computed.
+  static std::vector<uint8_t> Image(const std::string& header, size_t data_bytes, int64_t length_override = -1) {
+    std::vector<uint8_t> out(8);
+    uint64_t n = length_override >= 0 ? static_cast<uint64_t>(length_override) : header.size();
+    for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(n >> (8 * i));
+    out.insert(out.end(), header.begin(), header.end());
+    out.resize(out.size() + data_bytes, 0xAB);
+    return out;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(SafetensorsTest, RoundTripEveryDType) {
+  std::vector<NamedTensor> tensors;
+  tensors.push_back({"f32", Tensor::FromFloats(std::vector<float>{1.5f, -2.0f, 3.25f}, {3}, DType::kF32)});
+  tensors.push_back({"bf16", Tensor::FromFloats(std::vector<float>{1, 2, 3, 4}, {2, 2}, DType::kBF16)});
+  tensors.push_back({"f16", Tensor::FromFloats(std::vector<float>{0.5f}, {1}, DType::kF16)});
+  tensors.push_back({"fp8", Tensor::FromFloats(std::vector<float>{448, -1, 0.5f}, {1, 3}, DType::kF8E4M3)});
+  std::vector<uint8_t> i8 = {1, 255, 3};
+  tensors.push_back({"i8", Tensor::FromBytes(DType::kI8, {3}, i8)});
+  tensors.push_back({"scalar", Tensor::FromFloats(std::vector<float>{7}, {}, DType::kF32)});
+  tensors.push_back({"empty", Tensor::Zeros(DType::kI32, {0, 4})});
+  std::string path = (dir_ / "t.safetensors").string();
+  ASSERT_TRUE(WriteSafetensorsFile(path, tensors).ok());
+
+  auto f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ((*f)->header().metadata.at("format"), "pt");
+  EXPECT_EQ((*f)->header().data_start % 8, 0u);  // header padded to a multiple of 8
+  for (const NamedTensor& t : tensors) {
+    auto got = (*f)->Get(t.name);
+    ASSERT_TRUE(got.ok()) << t.name;
+    EXPECT_EQ(got->dtype(), t.tensor.dtype()) << t.name;
+    EXPECT_EQ(got->shape(), t.tensor.shape()) << t.name;
+    EXPECT_TRUE(std::equal(got->bytes().begin(), got->bytes().end(), t.tensor.bytes().begin())) << t.name;
+    // Natural alignment of every tensor in the map.
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(got->bytes().data()) % DTypeSize(got->dtype()), 0u) << t.name;
+  }
+  EXPECT_EQ((*f)->Get("fp8")->ToFloats(), (std::vector<float>{448, -1, 0.5f}));
+  EXPECT_EQ((*f)->Get("nope").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(SafetensorsTest, ShardsAtSizeLimitWithIndex) {
+  std::vector<NamedTensor> tensors;
+  for (int i = 0; i < 5; ++i) {
+    tensors.push_back({"t" + std::to_string(i), Tensor::FromFloats(std::vector<float>(100, float(i)), {100}, DType::kF32)});
+  }
+  auto files = WriteSafetensorsModel(dir_.string(), tensors, 800);  // two tensors per shard
+  ASSERT_TRUE(files.ok()) << files.status();
+  EXPECT_EQ(files->size(), 4u);  // 3 shards + index
+  EXPECT_TRUE(fs::exists(dir_ / "model-00001-of-00003.safetensors"));
+  std::ifstream in(dir_ / "model.safetensors.index.json");
+  nlohmann::json index = nlohmann::json::parse(in);
+  EXPECT_EQ(index["metadata"]["total_size"], 2000);
+  EXPECT_EQ(index["weight_map"]["t4"], "model-00003-of-00003.safetensors");
+
+  auto model = SafetensorsModel::Open(dir_.string());
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->names().size(), 5u);
+  EXPECT_EQ((*model)->Get("t3")->ToFloats()[99], 3.0f);
+
+  // An index naming a tensor its shard does not hold is refused.
+  index["weight_map"]["ghost"] = "model-00001-of-00003.safetensors";
+  std::ofstream(dir_ / "model.safetensors.index.json") << index.dump();
+  auto bad = SafetensorsModel::Open(dir_.string());
+  EXPECT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("ghost"), std::string::npos);
+}
+
+TEST_F(SafetensorsTest, SingleFileWhenItFits) {
+  std::vector<NamedTensor> t = {{"a", Tensor::Zeros(DType::kF32, {4})}};
+  auto files = WriteSafetensorsModel(dir_.string(), t, 1 << 20);
+  ASSERT_TRUE(files.ok());
+  EXPECT_EQ(*files, std::vector<std::string>{"model.safetensors"});
+  EXPECT_FALSE(fs::exists(dir_ / "model.safetensors.index.json"));
+}
+
+struct BadCase {
+  const char* name;
+  std::string header;
+  size_t data_bytes;
+  int64_t length_override;
+  const char* expect;  // substring of the error
+};
+
+TEST_F(SafetensorsTest, MalformedFilesAreRefusedWithAClearError) {
+  const std::string ok_entry = R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
+  std::vector<BadCase> cases = {
+      {"truncated data", "{" + ok_entry + "}", 4, -1, "truncated"},
+      {"trailing bytes", "{" + ok_entry + "}", 12, -1, "trailing"},
+      {"header larger than file", "{" + ok_entry + "}", 8, 1000, "larger than the file"},
+      {"header over limit", "{}", 0, int64_t{200'000'000}, "100 MB"},
+      {"not json", "{\"a\": [", 0, -1, "not valid JSON"},
+      {"not an object", "[1,2]", 0, -1, "not a JSON object"},
+      {"bad dtype", R"({"a":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}})", 8, -1, "unsupported dtype Q7"},
+      {"shape vs bytes", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8, -1, "needs 12 bytes"},
+      {"overlap",
+       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+       12, -1, "overlap"},
+      {"gap",
+       R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
+       12, -1, "gap"},
+      {"out of range offsets", R"({"a":{"dtype":"U8","shape":[1000000],"data_offsets":[0,1000000]}})", 8, -1,
+       "truncated"},
+      {"end before begin", R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[8,0]}})", 8, -1, "end before begin"},
+      {"negative dim", R"({"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,0]}})", 0, -1, "bad dimension"},
+      {"huge dims", R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", 8, -1,
+       "too many elements"},
+      {"duplicate name",
+       R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})",
+       2, -1, "appears twice"},
+      {"metadata not strings", R"({"__metadata__":{"x":1}})", 0, -1, "not a string"},
+      {"missing offsets", R"({"a":{"dtype":"U8","shape":[1]}})", 1, -1, "data_offsets"},
+  };
+  for (const BadCase& c : cases) {
+    std::vector<uint8_t> image = Image(c.header, c.data_bytes, c.length_override);
+    auto parsed = ParseSafetensors(image);
+    ASSERT_FALSE(parsed.ok()) << c.name;
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << c.name;
+    EXPECT_NE(parsed.status().message().find(c.expect), std::string::npos)
+        << c.name << ": " << parsed.status().message();
+  }
+  EXPECT_FALSE(ParseSafetensors(std::vector<uint8_t>{1, 2, 3}).ok());  // shorter than 8 bytes
+}
+
+TEST_F(SafetensorsTest, OpenReportsThePath) {
+  std::string path = (dir_ / "broken.safetensors").string();
+  std::ofstream(path) << "garbage!";
+  auto f = SafetensorsFile::Open(path);
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.status().message().find(path), std::string::npos);
+  EXPECT_EQ(SafetensorsFile::Open((dir_ / "missing").string()).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(SafetensorsTest, AtomicWriteLeavesNoTempFiles) {
+  std::vector<NamedTensor> t = {{"a", Tensor::Zeros(DType::kF32, {4})}};
+  ASSERT_TRUE(WriteSafetensorsFile((dir_ / "x.safetensors").string(), t).ok());
+  int files = 0;
+  for (auto& e : fs::directory_iterator(dir_)) {
+    ++files;
+    EXPECT_EQ(e.path().filename(), "x.safetensors");
+  }
+  EXPECT_EQ(files, 1);
+}
+
+}  // namespace
+}  // namespace lowbit
