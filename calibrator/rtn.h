@@ -6,7 +6,9 @@
 #ifndef LOWBIT_CALIBRATOR_RTN_H_
 #define LOWBIT_CALIBRATOR_RTN_H_
 
+#include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,10 +37,13 @@ struct RtnResult {
 // is a projection ("*_proj") or the LM head.
 std::vector<std::string> LinearModules(const SafetensorsModel& model);
 
-absl::StatusOr<RtnResult> QuantizeModelRtn(const SafetensorsModel& model,
-                                           const std::map<std::string, QuantScheme>& groups,
-                                           const std::vector<std::string>& ignore,
-                                           const std::optional<QuantArgs>& kv_cache_scheme);
+// Which config group quantizes a Linear module: its name, or nullopt to leave it in float.
+using GroupResolver = std::function<std::optional<std::string>(const std::string& module)>;
+
+// Quantizes every Linear that `resolve` assigns to a group of `config` (whose groups, ignore
+// list and formats go into the checkpoint's quantization_config as they are).
+absl::StatusOr<RtnResult> QuantizeModelRtn(const SafetensorsModel& model, const QuantizationConfig& config,
+                                           const GroupResolver& resolve);
 
 }  // namespace lowbit
 

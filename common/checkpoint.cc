@@ -64,9 +64,9 @@ absl::StatusOr<QuantizedLinear> QuantizeLinearRtn(const std::string& module, con
   if (!qp.ok()) return absl::Status(qp.status().code(), absl::StrCat(module, ": ", qp.status().message()));
   q.qparams = *std::move(qp);
   if (args.type == QuantType::kFloat) {
-    q.fp8_codes = QuantizeWeightFp8(w, q.rows, q.cols, q.qparams, weight.dtype());
+    q.fp8_codes = QuantizeWeightFp8(w, q.rows, q.cols, q.qparams, DType::kF32);
   } else {
-    q.int_codes = QuantizeWeightInt(w, q.rows, q.cols, args, q.qparams, {}, weight.dtype());
+    q.int_codes = QuantizeWeightInt(w, q.rows, q.cols, args, q.qparams, {}, DType::kF32);
   }
   return q;
 }

@@ -34,8 +34,11 @@ struct QuantizedLinear {
 };
 
 // Round-to-nearest quantization of a [N, K] weight with `args` (memoryless min-max or MSE
-// observer as the args say). Scales are rounded to `scale_dtype` before quantizing; the
-// division runs in `compute` (the weight's dtype, as compressed-tensors does at save time).
+// observer as the args say). Scales are rounded to `scale_dtype` before quantizing. The
+// division w / scale runs in float32, so every code is the nearest grid point (|w - w'| is at
+// most half a step, except where the range end clips). compressed-tensors divides in the
+// model dtype at save time, which for bf16 int8 can move a code by one step; the on-disk
+// format is the same either way. numerics.h's `compute` argument reproduces its rounding.
 absl::StatusOr<QuantizedLinear> QuantizeLinearRtn(const std::string& module, const Tensor& weight,
                                                   const QuantArgs& args, DType scale_dtype);
 

@@ -12,9 +12,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
-#include "calibrator/rtn.h"
-#include "common/checkpoint.h"
 #include "tools/gen_model/synthetic_llama.h"
+#include "tools/quantize_main.h"
 
 ABSL_FLAG(std::string, out, "demo-out", "output directory: model/ and one checkpoint per scheme");
 ABSL_FLAG(std::string, schemes, "W8A8,W8A16,W4A16,W4A16_ASYM,FP8_DYNAMIC", "comma-separated preset schemes");
@@ -45,42 +44,26 @@ int Run() {
               model_dir.c_str(), (long long)options.hidden, (long long)options.intermediate, (long long)options.layers,
               (long long)options.heads, (long long)options.kv_heads, (long long)options.vocab,
               options.outlier_channels);
-  auto model = SafetensorsModel::Open(model_dir);
-  if (!model.ok()) {
-    std::fprintf(stderr, "lowbit-demo: %s\n", std::string(model.status().message()).c_str());
-    return 1;
-  }
 
   std::map<std::string, std::map<std::string, double>> table;  // module -> scheme -> rel error
   std::vector<std::string> modules;
   for (const std::string& scheme : schemes) {
-    auto preset = PresetScheme(scheme, {"Linear"});
-    if (!preset.ok()) {
-      std::fprintf(stderr, "lowbit-demo: %s\n", std::string(preset.status().message()).c_str());
+    absl::StatusOr<QuantizationPlan> plan = PresetPlan(scheme);
+    if (!plan.ok()) {
+      std::fprintf(stderr, "lowbit-demo: %s\n", std::string(plan.status().message()).c_str());
       return 2;
     }
-    auto result = QuantizeModelRtn(**model, {{"group_0", *preset}}, {"lm_head"}, std::nullopt);
+    const std::string out_dir = (out / scheme).string();
+    absl::StatusOr<RtnResult> result = QuantizeDirectory(model_dir, out_dir, *plan, std::nullopt);
     if (!result.ok()) {
       std::fprintf(stderr, "lowbit-demo: %s: %s\n", scheme.c_str(), std::string(result.status().message()).c_str());
       return 1;
     }
-    nlohmann::json report = {{"algorithm", "rtn"}, {"scheme", scheme}, {"modules", nlohmann::json::array()}};
     for (const LinearError& e : result->errors) {
-      report["modules"].push_back({{"module", e.module}, {"relative_error", e.relative}, {"max_abs_error", e.max_abs}});
-      if (table[e.module].empty() && scheme == schemes.front()) modules.push_back(e.module);
+      if (scheme == schemes.front()) modules.push_back(e.module);
       table[e.module][scheme] = e.relative;
     }
-    CheckpointSpec spec;
-    spec.source_dir = model_dir;
-    spec.out_dir = (out / scheme).string();
-    spec.quantization = result->config;
-    spec.tensors = std::move(result->tensors);
-    spec.report = report;
-    if (absl::Status s = WriteCheckpoint(spec); !s.ok()) {
-      std::fprintf(stderr, "lowbit-demo: %s\n", std::string(s.message()).c_str());
-      return 1;
-    }
-    std::printf("Wrote %s\n", spec.out_dir.c_str());
+    std::printf("Wrote %s\n", out_dir.c_str());
   }
 
   std::printf("\nRelative weight error ||W - dequant(quant(W))||_F / ||W||_F, round-to-nearest, percent:\n\n");
@@ -100,7 +83,8 @@ int Run() {
   }
   std::printf("| %-14s |", "mean");
   for (const auto& s : schemes) std::printf(" %10.3f%% |", 100.0 * mean[s]);
-  std::printf("\n\nlm_head stays in bf16 (ignored, as vLLM expects). Checkpoints load in vLLM as-is;\n"
+  std::printf("\n\nlm_head stays in bf16 (ignored, as vLLM expects). Each checkpoint is in the compressed-tensors\n"
+              "format vLLM loads;
               "check one with: /usr/bin/python3 tests/python/check_checkpoint.py --original %s --quantized %s\n",
               model_dir.c_str(), (out / schemes.front()).string().c_str());
   return 0;
