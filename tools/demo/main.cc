@@ -84,7 +84,7 @@ int Run() {
   std::printf("| %-14s |", "mean");
   for (const auto& s : schemes) std::printf(" %10.3f%% |", 100.0 * mean[s]);
   std::printf("\n\nlm_head stays in bf16 (ignored, as vLLM expects). Each checkpoint is in the compressed-tensors\n"
-              "format vLLM loads;
+              "format vLLM loads; "
               "check one with: /usr/bin/python3 tests/python/check_checkpoint.py --original %s --quantized %s\n",
               model_dir.c_str(), (out / schemes.front()).string().c_str());
   return 0;
