@@ -19,8 +19,8 @@ absl::StatusOr<std::shared_ptr<const std::regex>> CompilePattern(std::string_vie
   std::string_view pattern = target.substr(kRegexPrefix.size());
   if (pattern.size() > kMaxPatternLength) {
     return absl::InvalidArgumentError(absl::StrCat("target '", AV(target.substr(0, 40)),
-                                                   "...': pattern longer than ",
-                                                   kMaxPatternLength, " characters"));
+                                                   "...': pattern longer than ", kMaxPatternLength,
+                                                   " characters"));
   }
   auto flags = std::regex::ECMAScript;
 #if defined(__GLIBCXX__)
@@ -86,13 +86,12 @@ bool MatchesTarget(std::string_view target, std::string_view module_name,
 
 bool IsIgnored(std::span<const std::string> ignore, std::string_view module_name,
                std::span<const std::string_view> class_names) {
-  return std::any_of(ignore.begin(), ignore.end(), [&](const std::string& i) {
-    return MatchesTarget(i, module_name, class_names);
-  });
+  return std::any_of(ignore.begin(), ignore.end(),
+                     [&](const std::string& i) { return MatchesTarget(i, module_name, class_names); });
 }
 
-absl::StatusOr<SchemeResolver> SchemeResolver::Create(
-    const std::map<std::string, QuantScheme>& groups, std::span<const std::string> ignore) {
+absl::StatusOr<SchemeResolver> SchemeResolver::Create(const std::map<std::string, QuantScheme>& groups,
+                                                      std::span<const std::string> ignore) {
   SchemeResolver r;
   for (const std::string& i : ignore) {
     auto t = Target::Create(i);
@@ -132,8 +131,8 @@ bool SchemeResolver::IsIgnored(std::string_view module_name,
                      [&](const Target& t) { return t.Matches(module_name, class_names); });
 }
 
-std::optional<std::string> SchemeResolver::Resolve(
-    std::string_view module_name, std::span<const std::string_view> class_names) const {
+std::optional<std::string> SchemeResolver::Resolve(std::string_view module_name,
+                                                   std::span<const std::string_view> class_names) const {
   if (IsIgnored(module_name, class_names)) return std::nullopt;
   for (const Entry& e : targets_) {
     if (e.target.MatchesName(module_name)) return e.group;
@@ -144,9 +143,10 @@ std::optional<std::string> SchemeResolver::Resolve(
   return std::nullopt;
 }
 
-absl::StatusOr<std::optional<std::string>> ResolveScheme(
-    const std::map<std::string, QuantScheme>& groups, std::span<const std::string> ignore,
-    std::string_view module_name, std::span<const std::string_view> class_names) {
+absl::StatusOr<std::optional<std::string>> ResolveScheme(const std::map<std::string, QuantScheme>& groups,
+                                                         std::span<const std::string> ignore,
+                                                         std::string_view module_name,
+                                                         std::span<const std::string_view> class_names) {
   auto resolver = SchemeResolver::Create(groups, ignore);
   if (!resolver.ok()) return resolver.status();
   return resolver->Resolve(module_name, class_names);

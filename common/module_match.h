@@ -82,9 +82,10 @@ class SchemeResolver {
 };
 
 // One-off form of SchemeResolver::Resolve.
-absl::StatusOr<std::optional<std::string>> ResolveScheme(
-    const std::map<std::string, QuantScheme>& groups, std::span<const std::string> ignore,
-    std::string_view module_name, std::span<const std::string_view> class_names);
+absl::StatusOr<std::optional<std::string>> ResolveScheme(const std::map<std::string, QuantScheme>& groups,
+                                                         std::span<const std::string> ignore,
+                                                         std::string_view module_name,
+                                                         std::span<const std::string_view> class_names);
 
 }  // namespace lowbit
 

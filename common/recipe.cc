@@ -1,25 +1,28 @@
 #include "common/recipe.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <exception>
 #include <set>
+#include <span>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/module_match.h"
+#include "yaml-cpp/eventhandler.h"
 #include "yaml-cpp/yaml.h"
 
 // File-local status plumbing (Abseil 20220623 exports no such macros).
 #define LB_CONCAT_INNER_(a, b) a##b
 #define LB_CONCAT_(a, b) LB_CONCAT_INNER_(a, b)
-#define LB_RETURN_IF_ERROR(expr)              \
-  do {                                        \
+#define LB_RETURN_IF_ERROR(expr)                                   \
+  do {                                                             \
     if (absl::Status lb_st_ = (expr); !lb_st_.ok()) return lb_st_; \
   } while (0)
 #define LB_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
@@ -50,14 +53,26 @@ constexpr std::string_view kGptq = "GPTQModifier";
 constexpr std::string_view kRtn = "QuantizationModifier";
 
 // Observers Lowbit implements (common/numerics.h); llm-compressor has a few more.
-const std::set<std::string, std::less<>> kObservers = {"minmax", "static_minmax", "memoryless_minmax",
-                                                      "mse", "memoryless_mse"};
+constexpr std::string_view kObservers[] = {"memoryless_minmax", "minmax", "static_minmax", "mse",
+                                           "memoryless_mse"};
 // Removed from llm-compressor but present in older recipe files (algorithms doc §7.1).
-const std::set<std::string, std::less<>> kDeprecatedKeys = {"sequential_update", "sequential_targets",
-                                                           "run_type"};
-const std::set<std::string, std::less<>> kQuantArgsKeys = {
+constexpr std::string_view kDeprecatedKeys[] = {"sequential_update", "sequential_targets", "run_type"};
+// compressed-tensors' QuantizationArgs fields.
+constexpr std::string_view kQuantArgsKeys[] = {
     "num_bits", "type",     "symmetric",   "group_size", "strategy", "block_structure",
     "dynamic",  "actorder", "scale_dtype", "zp_dtype",   "observer", "observer_kwargs"};
+// The formats Lowbit's checkpoint writer knows (compressed-tensors CompressionFormat values).
+constexpr std::string_view kFormats[] = {"dense", "int-quantized", "pack-quantized", "float-quantized",
+                                         "naive-quantized"};
+
+bool In(std::span<const std::string_view> set, std::string_view s) {
+  return std::find(set.begin(), set.end(), s) != set.end();
+}
+std::string JoinNames(std::span<const std::string_view> set) {
+  std::string out;
+  for (std::string_view s : set) out += Cat(out.empty() ? "" : ", ", s);
+  return out;
+}
 
 // Guards the YAML -> JSON conversion of free-form values (observer_kwargs) against deep
 // nesting and alias bombs ("&a [*a, *a]" repeated doubles the tree each time).
@@ -83,39 +98,51 @@ struct Scalar {
 
 std::string_view KindName(Scalar::Kind k) {
   switch (k) {
-    case Scalar::kNull: return "null";
-    case Scalar::kBool: return "a boolean";
-    case Scalar::kInt: return "an integer";
-    case Scalar::kFloat: return "a number";
-    case Scalar::kString: return "a string";
+    case Scalar::kNull:
+      return "null";
+    case Scalar::kBool:
+      return "boolean";
+    case Scalar::kInt:
+      return "integer";
+    case Scalar::kFloat:
+      return "number";
+    case Scalar::kString:
+      return "string";
   }
   return "?";
 }
 
+// weight_observer / observer.weights -> weights, input... -> input, output... -> output.
+std::optional<std::string>& OverrideSlot(ObserverOverrides& o, std::string_view key) {
+  if (key.starts_with("weight")) return o.weights;
+  if (key.starts_with("input")) return o.input;
+  return o.output;
+}
+
+// nullopt: an integer that does not fit in 64 bits.
 std::optional<Scalar> ResolvePlain(const std::string& t) {
   Scalar v;
   if (t.empty() || t == "~" || t == "null" || t == "Null" || t == "NULL") return v;
-  static const std::set<std::string, std::less<>> kTrue = {"true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"};
-  static const std::set<std::string, std::less<>> kFalse = {"false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"};
-  if (kTrue.count(t) || kFalse.count(t)) {
+  constexpr std::string_view kTrue[] = {"true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"};
+  constexpr std::string_view kFalse[] = {"false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"};
+  if (In(kTrue, t) || In(kFalse, t)) {
     v.kind = Scalar::kBool;
-    v.b = kTrue.count(t) > 0;
+    v.b = In(kTrue, t);
     return v;
   }
-  bool numeric_chars = t.find_first_not_of("0123456789+-.eE_") == std::string::npos &&
-                       t.find_first_of("0123456789") != std::string::npos;
-  if (numeric_chars) {
-    std::string digits = t;
-    std::erase(digits, '_');
-    if (digits.find_first_not_of("0123456789+-") == std::string::npos) {
-      v.kind = Scalar::kInt;
-      if (absl::SimpleAtoi(digits, &v.i)) return v;
-      return std::nullopt;  // out of range
-    }
-    if (absl::SimpleAtod(digits, &v.d)) {
-      v.kind = Scalar::kFloat;
-      return v;
-    }
+  std::string n = t;
+  std::erase(n, '_');  // YAML 1.1 digit separators
+  size_t body = !n.empty() && (n[0] == '+' || n[0] == '-') ? 1 : 0;
+  if (body < n.size() && n.find_first_not_of("0123456789", body) == std::string::npos) {
+    v.kind = Scalar::kInt;
+    if (!absl::SimpleAtoi(n, &v.i)) return std::nullopt;
+    return v;
+  }
+  bool looks_float = body < n.size() && n.find_first_not_of("0123456789.eE+-", body) == std::string::npos &&
+                     n.find_first_of("0123456789") != std::string::npos;
+  if (looks_float && absl::SimpleAtod(n, &v.d)) {
+    v.kind = Scalar::kFloat;
+    return v;
   }
   std::string l = absl::AsciiStrToLower(t);
   if (l == ".inf" || l == "+.inf" || l == "-.inf" || l == ".nan") {
@@ -195,11 +222,13 @@ absl::StatusOr<std::vector<Entry>> Parser::Entries(const YAML::Node& map, int li
   if (!map.IsMap()) return TypeError(line, path, "a mapping", map);
   std::vector<Entry> out;
   std::set<std::string, std::less<>> seen;
-  for (auto it = map.begin(); it != map.end(); ++it) {
-    const YAML::Node& k = it->first;
+  // yaml-cpp's map iterator yields a temporary (key, value) pair: copy the nodes out of it
+  // (they are handles) rather than binding references into it.
+  for (const auto& kv : map) {
+    YAML::Node k = kv.first;
     int kline = LineOf(k) > 0 ? LineOf(k) : line;
     if (!k.IsScalar()) return Fail(kline, path, "a mapping key must be a plain string");
-    Entry e{k.Scalar(), kline, it->second};
+    Entry e{k.Scalar(), kline, kv.second};
     // PyYAML keeps the last of two equal keys; a silent override hides mistakes.
     if (!seen.insert(e.key).second) return Fail(e.line, path, Cat("duplicate key '", e.key, "'"));
     out.push_back(std::move(e));
@@ -222,16 +251,20 @@ absl::StatusOr<Scalar> Parser::ReadScalar(const YAML::Node& n, int line, std::st
   return *v;
 }
 
-absl::Status Parser::TypeError(int line, std::string_view path, std::string_view want, const YAML::Node& got) {
+absl::Status Parser::TypeError(int line, std::string_view path, std::string_view want,
+                               const YAML::Node& got) {
   std::string desc;
-  if (got.IsMap()) desc = "a mapping";
-  else if (got.IsSequence()) desc = "a list";
-  else if (got.IsNull()) desc = "null";
+  if (got.IsMap())
+    desc = "a mapping";
+  else if (got.IsSequence())
+    desc = "a list";
+  else if (got.IsNull())
+    desc = "null";
   else {
     std::optional<Scalar> s = ResolvePlain(got.Scalar());
     bool quoted = got.Tag() == "!";
-    desc = quoted || !s ? Cat("string '", got.Scalar(), "'")
-                        : Cat(KindName(s->kind), " '", got.Scalar(), "'");
+    desc =
+        quoted || !s ? Cat("string '", got.Scalar(), "'") : Cat(KindName(s->kind), " '", got.Scalar(), "'");
   }
   return Fail(line, path, Cat("expected ", want, ", got ", desc));
 }
@@ -313,11 +346,19 @@ absl::StatusOr<json> Parser::ToJson(const YAML::Node& n, int line, std::string_v
   }
   LB_ASSIGN_OR_RETURN(Scalar v, ReadScalar(n, here, path));
   switch (v.kind) {
-    case Scalar::kNull: return json(nullptr);
-    case Scalar::kBool: return json(v.b);
-    case Scalar::kInt: return json(v.i);
-    case Scalar::kFloat: return json(v.d);
-    case Scalar::kString: return json(v.s);
+    case Scalar::kNull:
+      return json(nullptr);
+    case Scalar::kBool:
+      return json(v.b);
+    case Scalar::kInt:
+      // QuantArgsFromJson reads ints as int: keep a huge value from wrapping to a valid one.
+      if (v.i < INT32_MIN || v.i > INT32_MAX)
+        return Fail(here, path, Cat("integer ", v.i, " is out of range"));
+      return json(v.i);
+    case Scalar::kFloat:
+      return json(v.d);
+    case Scalar::kString:
+      return json(v.s);
   }
   return json(nullptr);
 }
@@ -330,7 +371,7 @@ absl::Status Parser::CommonKey(const Entry& e, std::string_view modifier, bool* 
   if (e.key == "group") return String(e, modifier, /*allow_null=*/true).status();
   if (e.key == "start" || e.key == "end" || e.key == "update") return Number(e, modifier, true).status();
   if (e.key == "requires_calibration_data") return Bool(e, modifier).status();
-  if (kDeprecatedKeys.count(e.key)) {
+  if (In(kDeprecatedKeys, e.key)) {
     Warn(e.line, modifier, Cat("'", e.key, "' is no longer an llm-compressor key; dropped"));
     return absl::OkStatus();
   }
@@ -347,12 +388,13 @@ absl::StatusOr<QuantArgs> Parser::Args(const Entry& e, std::string_view parent) 
   int budget = kMaxNodes;
   for (const Entry& a : entries) {
     // compressed-tensors' QuantizationArgs is extra="forbid" (config.json readers are lenient).
-    if (!kQuantArgsKeys.count(a.key)) return Fail(a.line, path, Cat("unknown key '", a.key, "'"));
+    if (!In(kQuantArgsKeys, a.key)) return Fail(a.line, path, Cat("unknown key '", a.key, "'"));
     key_lines[a.key] = a.line;
     if (a.key == "scale_dtype") {
       LB_ASSIGN_OR_RETURN(Scalar v, ReadScalar(a, path));
       if (v.kind != Scalar::kNull) {
-        return Fail(a.line, Join(path, a.key), "not supported by Lowbit (scales are kept in the model's dtype)");
+        return Fail(a.line, Join(path, a.key),
+                    "not supported by Lowbit (scales are kept in the model's dtype)");
       }
       continue;
     }
@@ -371,8 +413,8 @@ absl::StatusOr<QuantArgs> Parser::Args(const Entry& e, std::string_view parent) 
     for (const auto& [key, kline] : key_lines) {
       for (size_t pos = msg.find(key); pos != std::string_view::npos; pos = msg.find(key, pos + 1)) {
         size_t end = pos + key.size();
-        bool word = (pos == 0 || msg[pos - 1] == ' ') &&
-                    (end == msg.size() || msg[end] == ' ' || msg[end] == ':');
+        bool word =
+            (pos == 0 || msg[pos - 1] == ' ') && (end == msg.size() || msg[end] == ' ' || msg[end] == ':');
         if (word && (best == std::string_view::npos || pos < best)) {
           best = pos;
           line = kline;
@@ -394,10 +436,9 @@ absl::StatusOr<QuantArgs> Parser::Args(const Entry& e, std::string_view parent) 
       }
     }
   }
-  if (args->observer && !kObservers.count(*args->observer)) {
+  if (args->observer && !In(kObservers, *args->observer)) {
     return Fail(key_lines.count("observer") ? key_lines["observer"] : e.line, Join(path, "observer"),
-                Cat("unknown observer '", *args->observer, "' (Lowbit has: ",
-                             absl::StrJoin(kObservers, ", "), ")"));
+                Cat("unknown observer '", *args->observer, "' (Lowbit has: ", JoinNames(kObservers), ")"));
   }
   return *std::move(args);
 }
@@ -410,28 +451,32 @@ absl::StatusOr<QuantScheme> Parser::Scheme(const Entry& g, std::string_view pare
   for (const Entry& e : entries) {
     if (e.key == "targets") {
       LB_ASSIGN_OR_RETURN(s.targets, Targets(e.value, e.line, Join(path, e.key), /*allow_single=*/false));
-      if (s.targets.empty()) return Fail(e.line, Join(path, e.key), "is empty, so the group quantizes nothing");
+      if (s.targets.empty())
+        return Fail(e.line, Join(path, e.key), "is empty, so the group quantizes nothing");
       has_targets = true;
     } else if (e.key == "weights" || e.key == "input_activations" || e.key == "output_activations") {
       if (e.value.IsNull()) continue;
       LB_ASSIGN_OR_RETURN(QuantArgs a, Args(e, path));
       std::string apath = Join(path, e.key);
       if (e.key == "input_activations") {
-        if (absl::Status st = ValidateActivationArgs(a); !st.ok()) return Fail(e.line, apath, SV(st.message()));
+        if (absl::Status st = ValidateActivationArgs(a); !st.ok())
+          return Fail(e.line, apath, SV(st.message()));
       }
       if (e.key == "output_activations" && a.actorder != ActOrder::kNone) {
         return Fail(e.line, apath, "actorder is not allowed on activations");
       }
-      (e.key == "weights" ? s.weights : e.key == "input_activations" ? s.input_activations
-                                                                     : s.output_activations) = a;
+      if (e.key == "weights") {
+        s.weights = a;
+      } else if (e.key == "input_activations") {
+        s.input_activations = a;
+      } else {
+        s.output_activations = a;
+      }
     } else if (e.key == "format") {
       LB_ASSIGN_OR_RETURN(s.format, String(e, path, /*allow_null=*/true));
-      static const std::set<std::string, std::less<>> kFormats = {"dense", "int-quantized", "pack-quantized",
-                                                                 "float-quantized", "naive-quantized"};
-      if (s.format && !kFormats.count(*s.format)) {
+      if (s.format && !In(kFormats, *s.format)) {
         return Fail(e.line, Join(path, e.key),
-                    Cat("'", *s.format, "' is not a format Lowbit writes (",
-                                 absl::StrJoin(kFormats, ", "), ")"));
+                    Cat("'", *s.format, "' is not a format Lowbit writes (", JoinNames(kFormats), ")"));
       }
     } else {
       return Fail(e.line, path, Cat("unknown key '", e.key, "'"));
@@ -447,23 +492,25 @@ absl::Status Parser::CheckKvCache(const Entry& e, std::string_view modifier, con
   std::string path = Join(modifier, e.key);
   auto line_of = [&](std::string_view key) {
     if (e.value.IsMap()) {
-      for (auto it = e.value.begin(); it != e.value.end(); ++it) {
-        if (it->first.IsScalar() && it->first.Scalar() == key) return LineOf(it->first);
+      for (const auto& kv : e.value) {
+        YAML::Node k = kv.first;
+        if (k.IsScalar() && k.Scalar() == key) return LineOf(k);
       }
     }
     return e.line;
   };
   if (kv.type != QuantType::kFloat || kv.num_bits != 8) {
     return Fail(line_of(kv.type != QuantType::kFloat ? "type" : "num_bits"), path,
-                Cat("Lowbit writes FP8 KV caches only (num_bits: 8, type: float); got ", kv.num_bits,
-                             "-bit ", QuantTypeName(kv.type)));
+                Cat("Lowbit writes FP8 KV caches only (num_bits: 8, type: float); got ", kv.num_bits, "-bit ",
+                    QuantTypeName(kv.type)));
   }
   if (kv.strategy_or_tensor() != Strategy::kTensor) {
     return Fail(line_of("strategy"), path,
                 Cat("strategy must be tensor (one k_scale / v_scale per layer), got ",
-                             StrategyName(kv.strategy_or_tensor())));
+                    StrategyName(kv.strategy_or_tensor())));
   }
-  if (!kv.symmetric) return Fail(line_of("symmetric"), path, "must be symmetric (vLLM has no KV zero points)");
+  if (!kv.symmetric)
+    return Fail(line_of("symmetric"), path, "must be symmetric (vLLM has no KV zero points)");
   if (kv.dynamic != Dynamic::kStatic) {
     return Fail(line_of("dynamic"), path, "must be static (dynamic: false): the scales are calibrated");
   }
@@ -481,7 +528,8 @@ absl::StatusOr<SmoothQuantPlan> Parser::SmoothQuant(const std::vector<Entry>& en
       // SmoothQuant folds scales into weights once; llm-compressor refuses a schedule.
       if (e.key == "start" || e.key == "end") {
         LB_ASSIGN_OR_RETURN(std::optional<double> v, Number(e, m, true));
-        if (v && *v != 0 && *v != -1) return Fail(e.line, path, "SmoothQuant is one-shot: must be null or -1");
+        if (v && *v != 0 && *v != -1)
+          return Fail(e.line, path, "SmoothQuant is one-shot: must be null or -1");
       }
       continue;
     }
@@ -491,7 +539,8 @@ absl::StatusOr<SmoothQuantPlan> Parser::SmoothQuant(const std::vector<Entry>& en
       p.smoothing_strength = *v;
     } else if (e.key == "mappings") {
       if (e.value.IsNull()) continue;
-      if (!e.value.IsSequence()) return TypeError(e.line, path, "a list of [[balance layers...], smooth layer]", e.value);
+      if (!e.value.IsSequence())
+        return TypeError(e.line, path, "a list of [[balance layers...], smooth layer]", e.value);
       p.mappings.clear();
       p.default_mappings = false;
       for (const YAML::Node& pair : e.value) {
@@ -501,9 +550,11 @@ absl::StatusOr<SmoothQuantPlan> Parser::SmoothQuant(const std::vector<Entry>& en
         }
         SmoothQuantMapping mapping;
         LB_ASSIGN_OR_RETURN(mapping.balance_layers, Targets(pair[0], pline, path, /*allow_single=*/true));
-        if (mapping.balance_layers.empty()) return Fail(pline, path, "a mapping needs at least one balance layer");
+        if (mapping.balance_layers.empty())
+          return Fail(pline, path, "a mapping needs at least one balance layer");
         LB_ASSIGN_OR_RETURN(Scalar smooth, ReadScalar(pair[1], pline, path));
-        if (smooth.kind != Scalar::kString) return TypeError(pline, path, "a smooth layer target string", pair[1]);
+        if (smooth.kind != Scalar::kString)
+          return TypeError(pline, path, "a smooth layer target string", pair[1]);
         if (absl::Status st = ValidateTarget(smooth.s); !st.ok()) return Fail(pline, path, SV(st.message()));
         mapping.smooth_layer = smooth.s;
         p.mappings.push_back(std::move(mapping));
@@ -518,12 +569,16 @@ absl::StatusOr<SmoothQuantPlan> Parser::SmoothQuant(const std::vector<Entry>& en
       if (v) p.num_calibration_steps = static_cast<int>(*v);
     } else if (e.key == "calibration_function") {
       LB_ASSIGN_OR_RETURN(Scalar v, ReadScalar(e, m));
-      if (v.kind != Scalar::kNull) return Fail(e.line, path, "is a Python callable; Lowbit recipes cannot set it");
+      if (v.kind != Scalar::kNull)
+        return Fail(e.line, path, "is a Python callable; Lowbit recipes cannot set it");
     } else if (e.key == "algorithm") {
       LB_ASSIGN_OR_RETURN(std::optional<std::string> v, String(e, m, /*allow_null=*/false));
-      if (*v == "smoothquant") p.algorithm = SmoothingAlgorithm::kSmoothQuant;
-      else if (*v == "log_equalization") p.algorithm = SmoothingAlgorithm::kLogEqualization;
-      else return Fail(e.line, path, Cat("'", *v, "' (expected smoothquant or log_equalization)"));
+      if (*v == "smoothquant")
+        p.algorithm = SmoothingAlgorithm::kSmoothQuant;
+      else if (*v == "log_equalization")
+        p.algorithm = SmoothingAlgorithm::kLogEqualization;
+      else
+        return Fail(e.line, path, Cat("'", *v, "' (expected smoothquant or log_equalization)"));
     } else {
       return Fail(e.line, m, Cat("unknown key '", e.key, "'"));
     }
@@ -558,6 +613,7 @@ absl::StatusOr<QuantizationPlan> Parser::Quantization(std::string_view m, const 
     }
     if (e.key == "targets") {
       LB_ASSIGN_OR_RETURN(targets, Targets(e.value, e.line, path, /*allow_single=*/true));
+      if (targets.empty()) return Fail(e.line, path, "is empty, so nothing would be quantized");
     } else if (e.key == "ignore") {
       LB_ASSIGN_OR_RETURN(p.ignore, Targets(e.value, e.line, path, /*allow_single=*/false));
     } else if (e.key == "scheme") {
@@ -572,9 +628,8 @@ absl::StatusOr<QuantizationPlan> Parser::Quantization(std::string_view m, const 
     } else if (e.key == "weight_observer" || e.key == "input_observer" || e.key == "output_observer") {
       LB_ASSIGN_OR_RETURN(std::optional<std::string> v, String(e, m, /*allow_null=*/true));
       if (!v) continue;
-      if (!kObservers.count(*v)) return Fail(e.line, path, Cat("unknown observer '", *v, "'"));
-      (e.key[0] == 'w' ? p.observer_overrides.weights
-                       : e.key[0] == 'i' ? p.observer_overrides.input : p.observer_overrides.output) = v;
+      if (!In(kObservers, *v)) return Fail(e.line, path, Cat("unknown observer '", *v, "'"));
+      OverrideSlot(p.observer_overrides, e.key) = v;
       if (!first_individual_observer) first_individual_observer = &e;
     } else if (e.key == "observer") {
       if (e.value.IsNull()) continue;
@@ -583,7 +638,8 @@ absl::StatusOr<QuantizationPlan> Parser::Quantization(std::string_view m, const 
       LB_ASSIGN_OR_RETURN(p.bypass_divisibility_checks, Bool(e, m));
     } else if (gptq && e.key == "block_size") {
       LB_ASSIGN_OR_RETURN(std::optional<int64_t> v, Int(e, m, /*allow_null=*/false));
-      if (*v < 1 || *v > (1 << 20)) return Fail(e.line, path, Cat("must be a positive column count, got ", *v));
+      if (*v < 1 || *v > (1 << 20))
+        return Fail(e.line, path, Cat("must be a positive column count, got ", *v));
       p.block_size = static_cast<int>(*v);
     } else if (gptq && e.key == "dampening_frac") {
       LB_ASSIGN_OR_RETURN(std::optional<double> v, Number(e, m, /*allow_null=*/false));
@@ -599,7 +655,9 @@ absl::StatusOr<QuantizationPlan> Parser::Quantization(std::string_view m, const 
         actorder = ParseActOrder(v.s);
         actorder_spelling = absl::AsciiStrToLower(v.s);
       } else if (v.kind != Scalar::kNull) {
-        return Fail(e.line, path, Cat("'", e.value.Scalar(), "' (expected static, weight, group, dynamic, a boolean or null)"));
+        return Fail(
+            e.line, path,
+            Cat("'", e.value.Scalar(), "' (expected static, weight, group, dynamic, a boolean or null)"));
       }
     } else if (gptq && e.key == "offload_hessians") {
       LB_ASSIGN_OR_RETURN(p.offload_hessians, Bool(e, m));
@@ -611,8 +669,8 @@ absl::StatusOr<QuantizationPlan> Parser::Quantization(std::string_view m, const 
   if (observer_dict) {
     if (first_individual_observer) {
       return Fail(observer_dict->line, Join(m, "observer"),
-                  Cat("cannot be combined with '", first_individual_observer->key,
-                               "' (line ", first_individual_observer->line, ")"));
+                  Cat("cannot be combined with '", first_individual_observer->key, "' (line ",
+                      first_individual_observer->line, ")"));
     }
     std::string path = Join(m, "observer");
     LB_ASSIGN_OR_RETURN(std::vector<Entry> obs, Entries(observer_dict->value, observer_dict->line, path));
@@ -621,9 +679,8 @@ absl::StatusOr<QuantizationPlan> Parser::Quantization(std::string_view m, const 
         return Fail(o.line, path, Cat("unknown key '", o.key, "' (expected weights, input or output)"));
       }
       LB_ASSIGN_OR_RETURN(std::optional<std::string> v, String(o, path, /*allow_null=*/false));
-      if (!kObservers.count(*v)) return Fail(o.line, Join(path, o.key), Cat("unknown observer '", *v, "'"));
-      (o.key == "weights" ? p.observer_overrides.weights
-                          : o.key == "input" ? p.observer_overrides.input : p.observer_overrides.output) = v;
+      if (!In(kObservers, *v)) return Fail(o.line, Join(path, o.key), Cat("unknown observer '", *v, "'"));
+      OverrideSlot(p.observer_overrides, o.key) = v;
     }
   }
 
@@ -663,8 +720,10 @@ absl::StatusOr<QuantizationPlan> Parser::Quantization(std::string_view m, const 
   // Modifier-level observers override every group's args (not the KV cache scheme).
   for (auto& [name, s] : p.config_groups) {
     if (s.weights && p.observer_overrides.weights) s.weights->observer = p.observer_overrides.weights;
-    if (s.input_activations && p.observer_overrides.input) s.input_activations->observer = p.observer_overrides.input;
-    if (s.output_activations && p.observer_overrides.output) s.output_activations->observer = p.observer_overrides.output;
+    if (s.input_activations && p.observer_overrides.input)
+      s.input_activations->observer = p.observer_overrides.input;
+    if (s.output_activations && p.observer_overrides.output)
+      s.output_activations->observer = p.observer_overrides.output;
   }
 
   if (gptq) {
@@ -692,12 +751,12 @@ absl::StatusOr<QuantizationPlan> Parser::Quantization(std::string_view m, const 
       } else if (existing != actorder) {
         return Fail(actorder_entry->line, Join(m, "actorder"),
                     Cat("conflicts with config group '", name, "' actorder '", w.actorder_spelling,
-                                 "'; set it in one place"));
+                        "'; set it in one place"));
       }
       if (w.actorder == ActOrder::kGroup && st != Strategy::kGroup && st != Strategy::kTensorGroup) {
         Warn(actorder_entry ? actorder_entry->line : line, m,
-             Cat("actorder group needs group strategy; config group '", name, "' (",
-                          StrategyName(st), ") falls back to no activation ordering"));
+             Cat("actorder group needs group strategy; config group '", name, "' (", StrategyName(st),
+                 ") falls back to no activation ordering"));
         w.actorder = ActOrder::kNone;
         w.actorder_spelling.clear();
       }
@@ -716,14 +775,19 @@ absl::StatusOr<QuantizationPlan> Parser::Quantization(std::string_view m, const 
 
   // Catches an invalid ignore pattern and one target claimed by two groups.
   if (auto r = SchemeResolver::Create(p.config_groups, p.ignore); !r.ok()) {
-    return Fail(config_groups ? config_groups->line : scheme ? scheme->line : line, m, SV(r.status().message()));
+    return Fail(config_groups ? config_groups->line
+                : scheme      ? scheme->line
+                              : line,
+                m, SV(r.status().message()));
   }
 
   // llm-compressor's rule for choosing its data-free pipeline (algorithms doc §6.1).
   p.requires_calibration_data = gptq || wants_data || p.kv_cache_scheme.has_value();
   for (const auto& [name, s] : p.config_groups) {
-    if (s.input_activations && s.input_activations->dynamic != Dynamic::kDynamic) p.requires_calibration_data = true;
-    if (s.output_activations && s.output_activations->dynamic == Dynamic::kStatic) p.requires_calibration_data = true;
+    if (s.input_activations && s.input_activations->dynamic != Dynamic::kDynamic)
+      p.requires_calibration_data = true;
+    if (s.output_activations && s.output_activations->dynamic == Dynamic::kStatic)
+      p.requires_calibration_data = true;
   }
   return p;
 }
@@ -732,13 +796,15 @@ absl::Status Parser::Modifier(const Entry& m, RecipePlan& plan) {
   LB_ASSIGN_OR_RETURN(std::vector<Entry> entries, Entries(m.value, m.line, m.key));
   if (m.key == kSmoothQuant) {
     if (smoothquant_line_) {
-      return Fail(m.line, m.key, Cat("a second SmoothQuantModifier (the first is at line ",
-                                              smoothquant_line_, "); Lowbit runs one"));
+      return Fail(m.line, m.key,
+                  Cat("a second SmoothQuantModifier (the first is at line ", smoothquant_line_,
+                      "); Lowbit runs one"));
     }
     if (quantization_line_) {
-      return Fail(m.line, m.key, Cat("must come before ", quantization_name_, " (line ",
-                                              quantization_line_, "): smoothing after quantization "
-                                              "would rescale already-quantized weights"));
+      return Fail(m.line, m.key,
+                  Cat("must come before ", quantization_name_, " (line ", quantization_line_,
+                      "): smoothing after quantization "
+                      "would rescale already-quantized weights"));
     }
     smoothquant_line_ = m.line;
     LB_ASSIGN_OR_RETURN(plan.smoothquant, SmoothQuant(entries, m.line));
@@ -748,10 +814,11 @@ absl::Status Parser::Modifier(const Entry& m, RecipePlan& plan) {
     if (quantization_line_) {
       // Refused rather than merged: the pipeline runs one quantization algorithm per
       // recipe, and llm-compressor's own mixed recipes split targets between modifiers.
-      return Fail(m.line, m.key, Cat("a second quantization modifier (", quantization_name_,
-                                              " is at line ", quantization_line_,
-                                              "); Lowbit runs one per recipe: merge them into one "
-                                              "modifier's config_groups"));
+      return Fail(
+          m.line, m.key,
+          Cat("a second quantization modifier (", quantization_name_, " is at line ", quantization_line_,
+              "); Lowbit runs one per recipe: merge them into one "
+              "modifier's config_groups"));
     }
     quantization_line_ = m.line;
     quantization_name_ = m.key;
@@ -771,7 +838,7 @@ absl::Status Parser::Stage(const Entry& stage, RecipePlan& plan) {
     if (absl::EndsWith(e.key, "_modifiers")) {
       LB_ASSIGN_OR_RETURN(std::vector<Entry> modifiers, Entries(e.value, e.line, Join(stage.key, e.key)));
       for (const Entry& m : modifiers) LB_RETURN_IF_ERROR(Modifier(m, plan));
-    } else if (kDeprecatedKeys.count(e.key)) {
+    } else if (In(kDeprecatedKeys, e.key)) {
       Warn(e.line, stage.key, Cat("'", e.key, "' is no longer an llm-compressor key; dropped"));
     } else {
       Warn(e.line, stage.key, Cat("key '", e.key, "' ignored (only *_modifiers keys hold modifiers)"));
@@ -809,6 +876,47 @@ absl::StatusOr<RecipePlan> Parser::Run(const YAML::Node& root) {
   return plan;
 }
 
+// Records where each document starts.
+class DocumentStarts : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> marks;
+  void OnDocumentStart(const YAML::Mark& mark) override { marks.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+  }
+  void OnMapEnd() override {}
+};
+
+// A recipe is one YAML document (PyYAML's safe_load refuses a stream of several). Not
+// YAML::LoadAll: in yaml-cpp 0.7 it loops forever, allocating, on a stray token such as
+// "," (fixed upstream in 0.9, PR #1319); here the parser is stepped at most three times and
+// a document that starts where the previous one did is that same stuck token.
+absl::Status CheckSingleDocument(const std::string& yaml, std::string_view source) {
+  std::istringstream in(yaml);
+  YAML::Parser parser(in);
+  DocumentStarts starts;
+  for (int i = 0; i < 3 && parser.HandleNextDocument(starts); ++i) {
+  }
+  const std::vector<YAML::Mark>& m = starts.marks;
+  for (size_t i = 1; i < m.size(); ++i) {
+    if (m[i].pos == m[i - 1].pos) {
+      return absl::InvalidArgumentError(
+          Cat(source, ":", m[i].line + 1, ": malformed YAML: unexpected token"));
+    }
+  }
+  if (m.size() > 1) {
+    return absl::InvalidArgumentError(
+        Cat(source, ":", m[1].line + 1, ": more than one YAML document; a recipe is one"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string_view QuantAlgorithmName(QuantAlgorithm a) { return a == QuantAlgorithm::kGptq ? "GPTQ" : "RTN"; }
@@ -829,13 +937,9 @@ absl::StatusOr<RecipePlan> ParseRecipe(std::string_view text, std::string_view s
   std::vector<std::string> warnings;
   Parser parser(source_name, &warnings);
   try {
-    std::vector<YAML::Node> docs = YAML::LoadAll(std::string(text));
-    if (docs.size() > 1) {
-      int line = docs[1].Mark().line + 1;
-      return absl::InvalidArgumentError(Cat(source_name, ":", line > 0 ? line : 1,
-                                                     ": more than one YAML document; a recipe is one"));
-    }
-    auto plan = parser.Run(docs.empty() ? YAML::Node() : docs[0]);
+    std::string yaml(text);
+    LB_RETURN_IF_ERROR(CheckSingleDocument(yaml, source_name));
+    auto plan = parser.Run(YAML::Load(yaml));
     if (!plan.ok()) return plan.status();
     plan->warnings = std::move(warnings);
     return plan;

@@ -51,7 +51,7 @@ struct SmoothQuantPlan {
   bool operator==(const SmoothQuantPlan&) const = default;
 };
 
-enum class QuantAlgorithm { kRtn, kGptq };  // QuantizationModifier, GPTQModifier
+enum class QuantAlgorithm { kRtn, kGptq };              // QuantizationModifier, GPTQModifier
 std::string_view QuantAlgorithmName(QuantAlgorithm a);  // "RTN", "GPTQ"
 
 // Modifier-level observer names (weight_observer / input_observer / output_observer, or the
@@ -91,14 +91,13 @@ struct QuantizationPlan {
 };
 
 struct RecipePlan {
-  std::optional<SmoothQuantPlan> smoothquant;    // runs first
+  std::optional<SmoothQuantPlan> smoothquant;  // runs first
   std::optional<QuantizationPlan> quantization;
   std::vector<std::string> warnings;  // "<source>:<line>: ..." for each key dropped or ignored
 };
 
 // `text` is YAML (JSON is a subset). `source_name` prefixes error messages.
-absl::StatusOr<RecipePlan> ParseRecipe(std::string_view text,
-                                       std::string_view source_name = "recipe");
+absl::StatusOr<RecipePlan> ParseRecipe(std::string_view text, std::string_view source_name = "recipe");
 // Reads the file and parses it with the path as source name.
 absl::StatusOr<RecipePlan> ParseRecipeFile(const std::string& path);
 
