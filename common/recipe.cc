@@ -55,8 +55,10 @@ constexpr std::string_view kRtn = "QuantizationModifier";
 // Observers Lowbit implements (common/numerics.h); llm-compressor has a few more.
 constexpr std::string_view kObservers[] = {"memoryless_minmax", "minmax", "static_minmax", "mse",
                                            "memoryless_mse"};
-// Removed from llm-compressor but present in older recipe files (algorithms doc §7.1).
-constexpr std::string_view kDeprecatedKeys[] = {"sequential_update", "sequential_targets", "run_type"};
+// Removed from llm-compressor but present in older recipe files (algorithms doc §7.1), and
+// update_size, which the product doc's W4A16 recipe still passes (GPTQ dropped it in 0.4).
+constexpr std::string_view kDeprecatedKeys[] = {"sequential_update", "sequential_targets", "run_type",
+                                                "update_size"};
 // compressed-tensors' QuantizationArgs fields.
 constexpr std::string_view kQuantArgsKeys[] = {
     "num_bits", "type",     "symmetric",   "group_size", "strategy", "block_structure",
