@@ -104,6 +104,10 @@ absl::Status NormalizeQuantArgs(QuantArgs& a) {
   if (!GroupLike(s) && a.group_size && *a.group_size > 0) {
     return Bad(absl::StrCat("group_size ", *a.group_size, " needs strategy group or tensor_group, not ", std::string(StrategyName(s))));
   }
+  if (a.group_size && *a.group_size == 0) return Bad("group_size 0 (use > 0, or -1 for channel)");
+  if (a.block_structure && ((*a.block_structure)[0] <= 0 || (*a.block_structure)[1] <= 0)) {
+    return Bad("block_structure dimensions must be positive");
+  }
   if ((s == Strategy::kBlock) != a.block_structure.has_value()) {
     return Bad("strategy block and block_structure go together");
   }
@@ -208,8 +212,12 @@ absl::StatusOr<QuantArgs> QuantArgsFromJson(const json& j) {
     auto it = j.find(key);
     return it == j.end() || it->is_null() ? nullptr : &*it;
   };
+  // Integers must fit an int: get<int>() would silently wrap 2^32 + 8 to 8.
+  auto small_int = [](const json& v) {
+    return v.is_number_integer() && v.get<int64_t>() >= -(int64_t{1} << 30) && v.get<int64_t>() <= (int64_t{1} << 30);
+  };
   if (auto* v = field("num_bits")) {
-    if (!v->is_number_integer()) return Bad("num_bits must be an integer");
+    if (!small_int(*v)) return Bad(absl::StrCat("num_bits must be an integer within +-2^30, got ", v->dump()));
     a.num_bits = v->get<int>();
   }
   if (auto* v = field("type")) {
@@ -222,7 +230,7 @@ absl::StatusOr<QuantArgs> QuantArgsFromJson(const json& j) {
     a.symmetric = v->get<bool>();
   }
   if (auto* v = field("group_size")) {
-    if (!v->is_number_integer()) return Bad("group_size must be an integer");
+    if (!small_int(*v)) return Bad(absl::StrCat("group_size must be an integer within +-2^30, got ", v->dump()));
     a.group_size = v->get<int>();
   }
   if (auto* v = field("strategy")) {
@@ -232,7 +240,7 @@ absl::StatusOr<QuantArgs> QuantArgsFromJson(const json& j) {
   }
   if (auto* v = field("block_structure")) {
     std::array<int, 2> b{};
-    if (v->is_array() && v->size() == 2 && (*v)[0].is_number_integer() && (*v)[1].is_number_integer()) {
+    if (v->is_array() && v->size() == 2 && small_int((*v)[0]) && small_int((*v)[1])) {
       b = {(*v)[0].get<int>(), (*v)[1].get<int>()};
     } else if (v->is_string()) {
       std::vector<std::string> parts = absl::StrSplit(v->get<std::string>(), 'x');

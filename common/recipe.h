@@ -9,8 +9,8 @@
 //
 // Lowbit runs at most one SmoothQuantModifier followed by at most one quantization modifier
 // (GPTQModifier or QuantizationModifier); other recipes are refused, not guessed at.
-// Like llm-compressor's pydantic models, unknown keys are errors; the deprecated keys
-// sequential_update, sequential_targets and run_type are dropped with a warning.
+// Like llm-compressor's pydantic models, unknown keys are errors; the removed keys
+// sequential_update, sequential_targets, run_type and update_size are dropped with a warning.
 // Every error is InvalidArgument and reads "<source>:<line>: <Modifier.key...>: <what>".
 #ifndef LOWBIT_COMMON_RECIPE_H_
 #define LOWBIT_COMMON_RECIPE_H_

@@ -162,6 +162,14 @@ TEST(QuantizationConfig, ReaderAcceptsUnknownKeysAndRejectsBadValues) {
   EXPECT_EQ(a->group_size, 128);
   args["strategy"] = "token";  // token needs dynamic
   EXPECT_FALSE(QuantArgsFromJson(args).ok());
+  nlohmann::json wrapped = args;
+  wrapped["strategy"] = "group";
+  wrapped["num_bits"] = 4294967304LL;  // 2^32 + 8 must not wrap to 8
+  EXPECT_NE(QuantArgsFromJson(wrapped).status().message().find("num_bits"), std::string::npos);
+  wrapped["num_bits"] = 4;
+  wrapped["strategy"] = "channel";
+  wrapped["group_size"] = 0;
+  EXPECT_FALSE(QuantArgsFromJson(wrapped).ok());
   args["strategy"] = "diagonal";
   EXPECT_NE(QuantArgsFromJson(args).status().message().find("diagonal"), std::string::npos);
 }
