@@ -136,11 +136,15 @@ std::vector<std::string> SafetensorsFile::names() const {
   return out;
 }
 
-absl::StatusOr<Tensor> SafetensorsFile::Get(const std::string& name) const {
+const SafetensorsEntry* SafetensorsFile::Find(const std::string& name) const {
   auto it = index_.find(name);
-  if (it == index_.end()) return absl::NotFoundError(absl::StrCat("tensor '", name, "' not in ", file_->path()));
-  const SafetensorsEntry& e = header_.entries[it->second];
-  return Tensor::View(e.dtype, e.shape, file_->bytes().data() + header_.data_start + e.begin, file_);
+  return it == index_.end() ? nullptr : &header_.entries[it->second];
+}
+
+absl::StatusOr<Tensor> SafetensorsFile::Get(const std::string& name) const {
+  const SafetensorsEntry* e = Find(name);
+  if (e == nullptr) return absl::NotFoundError(absl::StrCat("tensor '", name, "' not in ", file_->path()));
+  return Tensor::View(e->dtype, e->shape, file_->bytes().data() + header_.data_start + e->begin, file_);
 }
 
 absl::StatusOr<std::unique_ptr<SafetensorsModel>> SafetensorsModel::Open(const std::string& dir) {
@@ -209,10 +213,7 @@ absl::StatusOr<Tensor> SafetensorsModel::Get(const std::string& name) const {
 
 const SafetensorsEntry* SafetensorsModel::Find(const std::string& name) const {
   auto it = where_.find(name);
-  if (it == where_.end()) return nullptr;
-  const SafetensorsFile& f = *files_[it->second];
-  for (const auto& e : f.header().entries) if (e.name == name) return &e;
-  return nullptr;
+  return it == where_.end() ? nullptr : files_[it->second]->Find(name);
 }
 
 absl::Status WriteSafetensorsFile(const std::string& path, std::span<const NamedTensor> tensors,

@@ -46,6 +46,8 @@ class SafetensorsFile {
   const SafetensorsHeader& header() const { return header_; }
   std::vector<std::string> names() const;
   bool Has(const std::string& name) const { return index_.count(name) > 0; }
+  // The header entry of `name`, or nullptr.
+  const SafetensorsEntry* Find(const std::string& name) const;
   // A read-only view into the map (kept alive by the returned tensor).
   absl::StatusOr<Tensor> Get(const std::string& name) const;
 
