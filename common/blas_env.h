@@ -1,0 +1,18 @@
+// Debian's OpenBLAS 0.3.21 does not recognise recent Xeons (family 6 model 207) and falls back
+// to its slowest kernel (about 8x slower; design.md "CPU BLAS: a trap"). It reads
+// OPENBLAS_CORETYPE once, when the library loads — before main() — so the only reliable fix
+// from inside a program is to set the variable and re-exec. Every binary that calls BLAS calls
+// EnsureBlasCoreType(argv) first thing in main().
+#ifndef LOWBIT_COMMON_BLAS_ENV_H_
+#define LOWBIT_COMMON_BLAS_ENV_H_
+
+namespace lowbit {
+
+// If OPENBLAS_CORETYPE is unset and the CPU has AVX-512 (F, BW, VL, DQ), sets it to "SkylakeX"
+// and re-executes the current program with the same arguments. Returns normally (without
+// re-exec) when the variable is already set, the CPU lacks AVX-512, or exec fails.
+void EnsureBlasCoreType(char** argv);
+
+}  // namespace lowbit
+
+#endif  // LOWBIT_COMMON_BLAS_ENV_H_
