@@ -140,6 +140,10 @@ absl::Status DecoderLayerForward(const LlamaConfig& config, const DecoderLayerWe
                                  Compute& compute, const SequenceSpans& spans, float* hidden,
                                  LayerHooks* hooks);
 
+// RMSNorm(hidden) * final_norm: the LM head's input, [rows, hidden].
+std::vector<float> ApplyFinalNorm(const LlamaConfig& config, std::span<const float> final_norm,
+                                  std::span<const float> hidden, int64_t rows);
+
 // logits [rows, vocab] = lm_head(RMSNorm(hidden) * final_norm).
 std::vector<float> LmHeadForward(const LlamaConfig& config, std::span<const float> final_norm,
                                  const LinearWeights& lm_head, Compute& compute,
