@@ -1,0 +1,192 @@
+// lowbit-calibrator: the calibration engine's command line.
+//
+//   lowbit-calibrator calibrate --model DIR --data tokens.jsonl (--recipe R.yaml | --scheme W4A16) --out DIR
+//
+// Data: JSONL with an `input_ids` array per line, or a raw little-endian int32 token file
+// (X.bin) with its offsets index (X.idx). Progress goes to stderr (a live bar on a terminal,
+// one line per layer otherwise); the summary of report.json goes to stdout at the end.
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "calibrator/compute.h"
+#include "calibrator/dataset.h"
+#include "calibrator/pipeline.h"
+#include "common/blas_env.h"
+#include "common/file_util.h"
+#include "common/recipe.h"
+
+ABSL_FLAG(std::string, model, "", "Hugging Face Llama-family model directory");
+ABSL_FLAG(std::string, data, "", "tokenized calibration data: .jsonl (input_ids per line) or .bin (+ .idx)");
+ABSL_FLAG(std::string, recipe, "", "llm-compressor recipe YAML");
+ABSL_FLAG(std::string, scheme, "", "preset scheme instead of a recipe: W8A8, W8A16, W4A16, W4A16_ASYM, FP8, FP8_DYNAMIC");
+ABSL_FLAG(std::string, algorithm, "gptq", "with --scheme: gptq (GPTQModifier) or rtn (QuantizationModifier)");
+ABSL_FLAG(std::string, out, "", "output checkpoint directory (replaced atomically if it exists)");
+ABSL_FLAG(int64_t, num_calibration_samples, 512, "calibration samples to use");
+ABSL_FLAG(int64_t, max_seq_length, 0, "truncate samples to this many tokens (0 = no truncation)");
+ABSL_FLAG(double, heldout_fraction, 0.1, "fraction of the samples held out for the report's KL / perplexity");
+ABSL_FLAG(uint64_t, seed, 42, "shuffle seed");
+ABSL_FLAG(bool, shuffle, true, "shuffle the samples before choosing");
+ABSL_FLAG(int64_t, max_chunk_tokens, 4096, "tokens per forward chunk (bounds temporary memory)");
+ABSL_FLAG(bool, quiet, false, "no progress output");
+
+namespace lowbit {
+namespace {
+
+std::string Duration(double s) {
+  if (s < 0) return "?";
+  int64_t t = static_cast<int64_t>(s + 0.5);
+  if (t >= 3600) return absl::StrFormat("%dh%02dm", t / 3600, (t / 60) % 60);
+  if (t >= 60) return absl::StrFormat("%dm%02ds", t / 60, t % 60);
+  return absl::StrFormat("%.1fs", s);
+}
+
+class ProgressPrinter {
+ public:
+  explicit ProgressPrinter(bool quiet) : quiet_(quiet), tty_(isatty(STDERR_FILENO)) {}
+
+  void operator()(const ProgressEvent& e) {
+    if (quiet_) return;
+    const int width = 24;
+    int filled = e.num_layers > 0 ? static_cast<int>(width * e.layer / e.num_layers) : 0;
+    std::string bar = std::string(filled, '#') + std::string(width - filled, '.');
+    std::string where = e.layer < e.num_layers ? absl::StrCat("layer ", e.layer + 1, "/", e.num_layers)
+                                               : std::string("final");
+    std::string line = absl::StrFormat("[%s] %-10s %-12s %-40s elapsed %-7s ETA %s", bar, e.phase, where,
+                                       e.module, Duration(e.elapsed_s), Duration(e.eta_s));
+    if (tty_) {
+      std::fprintf(stderr, "\r%-120s", line.c_str());
+      std::fflush(stderr);
+      dirty_ = true;
+    } else if (e.phase != last_phase_ || e.layer != last_layer_) {
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
+    last_phase_ = e.phase;
+    last_layer_ = e.layer;
+  }
+  void Done() {
+    if (dirty_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  bool quiet_, tty_, dirty_ = false;
+  std::string last_phase_;
+  int64_t last_layer_ = -1;
+};
+
+void PrintSummary(const CalibrationResult& r, const std::string& out) {
+  const nlohmann::json& rep = r.report;
+  std::printf("wrote %s (%s, %zu modules quantized in %s)\n", out.c_str(),
+              rep.value("algorithm", std::string("?")).c_str(), r.modules.size(), Duration(r.seconds).c_str());
+  double worst = 0;
+  std::string worst_module;
+  for (const ModuleResult& m : r.modules) {
+    if (m.loss >= worst) worst = m.loss, worst_module = m.module;
+  }
+  std::printf("  total GPTQ loss %.4g (largest %.4g at %s)\n", rep.value("total_loss", 0.0), worst,
+              worst_module.c_str());
+  if (r.eval) {
+    std::printf("  held-out (%lld tokens): KL mean %.5f  p99 %.5f  top-1 agreement %.2f%%  perplexity %.3f -> %.3f\n",
+                static_cast<long long>(r.eval->tokens), r.eval->kl_mean, r.eval->kl_p99,
+                100.0 * r.eval->top1_agreement, r.eval->perplexity_ref, r.eval->perplexity_quant);
+  } else {
+    std::printf("  no held-out samples: KL / perplexity not measured (--heldout_fraction)\n");
+  }
+  for (const auto& w : rep.value("warnings", nlohmann::json::array())) {
+    std::printf("  warning: %s\n", w.get<std::string>().c_str());
+  }
+  std::printf("  report: %s/report.json\n", out.c_str());
+}
+
+absl::StatusOr<CalibrationJob> BuildJob() {
+  CalibrationJob job;
+  job.model_dir = absl::GetFlag(FLAGS_model);
+  job.out_dir = absl::GetFlag(FLAGS_out);
+  const std::string data = absl::GetFlag(FLAGS_data);
+  const std::string recipe = absl::GetFlag(FLAGS_recipe), scheme = absl::GetFlag(FLAGS_scheme);
+  if (job.model_dir.empty() || job.out_dir.empty() || data.empty()) {
+    return absl::InvalidArgumentError("--model, --data and --out are required");
+  }
+  if (recipe.empty() == scheme.empty()) return absl::InvalidArgumentError("give exactly one of --recipe and --scheme");
+
+  absl::StatusOr<RecipePlan> plan;
+  if (!recipe.empty()) {
+    absl::StatusOr<std::string> text = ReadFileToString(recipe);
+    if (!text.ok()) return text.status();
+    job.recipe_yaml = *text;
+    plan = ParseRecipe(*text, recipe);
+  } else {
+    const std::string algorithm = absl::GetFlag(FLAGS_algorithm);
+    if (algorithm != "gptq" && algorithm != "rtn") {
+      return absl::InvalidArgumentError(absl::StrCat("--algorithm must be gptq or rtn, not '", algorithm, "'"));
+    }
+    job.recipe_yaml = PresetRecipeYaml(scheme, algorithm == "gptq");
+    plan = ParseRecipe(job.recipe_yaml, "--scheme");
+  }
+  if (!plan.ok()) return plan.status();
+  job.plan = *std::move(plan);
+  job.warnings = job.plan.warnings;
+
+  absl::StatusOr<std::vector<std::vector<int32_t>>> samples = LoadTokenDataset(data);
+  if (!samples.ok()) return samples.status();
+  DatasetOptions options;
+  options.num_calibration_samples = absl::GetFlag(FLAGS_num_calibration_samples);
+  if (absl::GetFlag(FLAGS_max_seq_length) > 0) options.max_seq_length = absl::GetFlag(FLAGS_max_seq_length);
+  options.heldout_fraction = absl::GetFlag(FLAGS_heldout_fraction);
+  options.seed = absl::GetFlag(FLAGS_seed);
+  options.shuffle = absl::GetFlag(FLAGS_shuffle);
+  absl::StatusOr<DatasetSplit> split = SplitDataset(*std::move(samples), options);
+  if (!split.ok()) return split.status();
+  job.calibration = std::move(split->calibration);
+  job.heldout = std::move(split->heldout);
+  job.warnings.insert(job.warnings.end(), split->warnings.begin(), split->warnings.end());
+  job.data_summary = {{"path", data},
+                      {"num_calibration_samples", options.num_calibration_samples},
+                      {"max_seq_length", options.max_seq_length ? nlohmann::json(*options.max_seq_length) : nullptr},
+                      {"heldout_fraction", options.heldout_fraction},
+                      {"seed", options.seed},
+                      {"shuffle", options.shuffle}};
+  return job;
+}
+
+int Calibrate() {
+  absl::StatusOr<CalibrationJob> job = BuildJob();
+  if (!job.ok()) {
+    std::fprintf(stderr, "lowbit-calibrator: %s\n", std::string(job.status().message()).c_str());
+    return 2;
+  }
+  PipelineOptions options;
+  options.max_chunk_tokens = absl::GetFlag(FLAGS_max_chunk_tokens);
+  ProgressPrinter printer(absl::GetFlag(FLAGS_quiet));
+  absl::StatusOr<CalibrationResult> result =
+      RunCalibration(*job, options, CpuCompute(), [&](const ProgressEvent& e) { printer(e); });
+  printer.Done();
+  if (!result.ok()) {
+    std::fprintf(stderr, "lowbit-calibrator: %s\n", std::string(result.status().message()).c_str());
+    return 1;
+  }
+  PrintSummary(*result, job->out_dir);
+  return 0;
+}
+
+}  // namespace
+}  // namespace lowbit
+
+int main(int argc, char** argv) {
+  lowbit::EnsureBlasCoreType(argv);
+  absl::SetProgramUsageMessage(
+      "lowbit-calibrator calibrate --model DIR --data tokens.jsonl (--recipe R.yaml | --scheme W4A16) --out DIR");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() != 2 || std::string(args[1]) != "calibrate") {
+    std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());
+    return 2;
+  }
+  return lowbit::Calibrate();
+}

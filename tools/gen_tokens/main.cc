@@ -1,0 +1,81 @@
+// lowbit-gen-tokens: deterministic synthetic calibration data for tests and the demo.
+//   lowbit-gen-tokens --out tokens.jsonl --vocab 512 --samples 64 --min_len 16 --max_len 64
+// Writes JSONL ({"input_ids": [...]} per line) or, for a .bin path, the raw little-endian int32
+// token file plus its .idx offsets index (int64, samples + 1 entries).
+// Tokens follow a Zipf-like law (rank r has weight 1/(r+1)) over a seed-shuffled vocabulary,
+// so some tokens are frequent and some rare, as in real text.
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+
+ABSL_FLAG(std::string, out, "", "output path: .jsonl, or .bin (+ .idx written beside it)");
+ABSL_FLAG(int64_t, vocab, 512, "vocabulary size (token ids are in [0, vocab))");
+ABSL_FLAG(int64_t, samples, 64, "number of sequences");
+ABSL_FLAG(int64_t, min_len, 16, "shortest sequence");
+ABSL_FLAG(int64_t, max_len, 64, "longest sequence");
+ABSL_FLAG(uint64_t, seed, 1, "random seed");
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const std::string out = absl::GetFlag(FLAGS_out);
+  const int64_t vocab = absl::GetFlag(FLAGS_vocab), samples = absl::GetFlag(FLAGS_samples);
+  const int64_t min_len = absl::GetFlag(FLAGS_min_len), max_len = absl::GetFlag(FLAGS_max_len);
+  if (out.empty() || vocab <= 0 || samples <= 0 || min_len <= 0 || max_len < min_len || vocab > (1ll << 31) - 1) {
+    std::fprintf(stderr, "lowbit-gen-tokens: need --out, vocab > 0, samples > 0 and 0 < min_len <= max_len\n");
+    return 2;
+  }
+  std::mt19937_64 rng(absl::GetFlag(FLAGS_seed));
+  std::vector<int32_t> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
+  for (int64_t i = vocab - 1; i > 0; --i) std::swap(order[i], order[rng() % (i + 1)]);
+  std::vector<double> cumulative(vocab);
+  double total = 0;
+  for (int64_t r = 0; r < vocab; ++r) cumulative[r] = (total += 1.0 / (r + 1));
+
+  std::vector<std::vector<int32_t>> seqs(samples);
+  for (auto& s : seqs) {
+    int64_t len = min_len + static_cast<int64_t>(rng() % (max_len - min_len + 1));
+    for (int64_t t = 0; t < len; ++t) {
+      double u = std::uniform_real_distribution<double>(0.0, total)(rng);
+      int64_t r = std::lower_bound(cumulative.begin(), cumulative.end(), u) - cumulative.begin();
+      s.push_back(order[std::min(r, vocab - 1)]);
+    }
+  }
+
+  absl::Status status;
+  if (absl::EndsWith(out, ".bin")) {
+    std::string tokens, index;
+    int64_t offset = 0;
+    index.append(reinterpret_cast<const char*>(&offset), sizeof offset);
+    for (const auto& s : seqs) {
+      tokens.append(reinterpret_cast<const char*>(s.data()), s.size() * sizeof(int32_t));
+      offset += static_cast<int64_t>(s.size());
+      index.append(reinterpret_cast<const char*>(&offset), sizeof offset);
+    }
+    status = lowbit::AtomicWriteFile(out, tokens);
+    if (status.ok()) status = lowbit::AtomicWriteFile(out.substr(0, out.size() - 4) + ".idx", index);
+  } else {
+    std::string text;
+    for (const auto& s : seqs) {
+      text += "{\"input_ids\": [";
+      for (size_t i = 0; i < s.size(); ++i) absl::StrAppend(&text, i ? ", " : "", s[i]);
+      text += "]}\n";
+    }
+    status = lowbit::AtomicWriteFile(out, text);
+  }
+  if (!status.ok()) {
+    std::fprintf(stderr, "lowbit-gen-tokens: %s\n", std::string(status.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
