@@ -1,33 +1,53 @@
-// lowbit-demo: the README's main job. Generates the default synthetic Llama, quantizes its
-// weights with round-to-nearest for each weight scheme, writes one compressed-tensors
-// checkpoint per scheme, and prints a table of per-layer relative weight error.
-//   lowbit-demo [--out demo-out] [--schemes W8A8,W8A16,W4A16,W4A16_ASYM,FP8_DYNAMIC]
+// lowbit-demo: the README's main job. Generates the default synthetic Llama and calibration
+// tokens, then for each scheme calibrates the model twice — round-to-nearest and the recipe
+// llm-compressor's guides use (GPTQ; SmoothQuant 0.8 + GPTQ for W8A8; an FP8 KV cache with
+// FP8) — writes every checkpoint, and prints one table comparing them on held-out samples.
+//   lowbit-demo [--out demo-out] [--schemes W8A8,W4A16,W4A16_ASYM,FP8,FP8_DYNAMIC]
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <map>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "calibrator/compute.h"
+#include "calibrator/pipeline.h"
+#include "common/blas_env.h"
+#include "common/recipe.h"
 #include "tools/gen_model/synthetic_llama.h"
-#include "tools/quantize_main.h"
+#include "tools/gen_tokens/synthetic_tokens.h"
 
-ABSL_FLAG(std::string, out, "demo-out", "output directory: model/ and one checkpoint per scheme");
-ABSL_FLAG(std::string, schemes, "W8A8,W8A16,W4A16,W4A16_ASYM,FP8_DYNAMIC", "comma-separated preset schemes");
+ABSL_FLAG(std::string, out, "demo-out", "output directory: model/ and two checkpoints per scheme");
+ABSL_FLAG(std::string, schemes, "W8A8,W4A16,W4A16_ASYM,FP8,FP8_DYNAMIC", "comma-separated preset schemes");
+ABSL_FLAG(int64_t, samples, 96, "synthetic calibration samples (a quarter is held out for the comparison)");
 
 namespace lowbit {
 namespace {
 
 namespace fs = std::filesystem;
 
-// "model.layers.0.self_attn.q_proj" -> "L0 q_proj"; "lm_head" stays.
-std::string ShortName(const std::string& module) {
-  std::vector<std::string> parts = absl::StrSplit(module, '.');
-  if (parts.size() >= 5 && parts[0] == "model" && parts[1] == "layers") return "L" + parts[2] + " " + parts.back();
-  return module;
+constexpr const char* kFp8KvCache =
+    "      kv_cache_scheme: {num_bits: 8, type: float, strategy: tensor, dynamic: false, symmetric: true}\n";
+
+// The recipe for one demo run. GPTQ runs add what the product guides add: SmoothQuant before
+// W8A8, and an FP8 KV cache with static FP8 (on both sides, so they stay comparable).
+std::string DemoRecipe(const std::string& scheme, bool gptq) {
+  std::string yaml = PresetRecipeYaml(scheme, gptq);
+  if (scheme == "FP8") yaml += kFp8KvCache;
+  if (gptq && scheme == "W8A8") {
+    yaml.replace(yaml.find("  quant_modifiers:\n") + 19, 0, "    SmoothQuantModifier: {smoothing_strength: 0.8}\n");
+  }
+  return yaml;
+}
+
+std::string Describe(const std::string& scheme, bool gptq) {
+  std::string s = gptq ? (scheme == "W8A8" ? "SmoothQuant+GPTQ" : "GPTQ") : "RTN";
+  if (scheme == "FP8") s += " +KV";
+  return s;
 }
 
 int Run() {
@@ -39,54 +59,67 @@ int Run() {
     std::fprintf(stderr, "lowbit-demo: %s\n", std::string(s.message()).c_str());
     return 1;
   }
+  SyntheticTokenOptions token_options;
+  token_options.vocab = options.vocab;
+  token_options.samples = absl::GetFlag(FLAGS_samples);
+  token_options.min_len = 32;
+  token_options.max_len = 96;
+  std::vector<std::vector<int32_t>> samples = SyntheticTokens(token_options);
+  const size_t heldout = std::max<size_t>(1, samples.size() / 4);
   std::printf("Generated %s: Llama, hidden %lld, intermediate %lld, %lld layers, %lld/%lld heads, vocab %lld, bf16, "
-              "%d outlier channels\n\n",
+              "%d outlier channels; %zu calibration + %zu held-out synthetic samples\n\n",
               model_dir.c_str(), (long long)options.hidden, (long long)options.intermediate, (long long)options.layers,
               (long long)options.heads, (long long)options.kv_heads, (long long)options.vocab,
-              options.outlier_channels);
+              options.outlier_channels, samples.size() - heldout, heldout);
 
-  std::map<std::string, std::map<std::string, double>> table;  // module -> scheme -> rel error
-  std::vector<std::string> modules;
+  struct Row {
+    std::string scheme, method;
+    LogitSummary rtn, calibrated;
+    double seconds = 0;
+  };
+  std::vector<Row> rows;
   for (const std::string& scheme : schemes) {
-    absl::StatusOr<QuantizationPlan> plan = PresetPlan(scheme);
-    if (!plan.ok()) {
-      std::fprintf(stderr, "lowbit-demo: %s\n", std::string(plan.status().message()).c_str());
-      return 2;
+    Row row{scheme, Describe(scheme, true), {}, {}, 0};
+    for (bool gptq : {false, true}) {
+      CalibrationJob job;
+      job.model_dir = model_dir;
+      job.out_dir = (out / absl::StrCat(scheme, gptq ? "-gptq" : "-rtn")).string();
+      job.recipe_yaml = DemoRecipe(scheme, gptq);
+      absl::StatusOr<RecipePlan> plan = ParseRecipe(job.recipe_yaml, scheme);
+      if (!plan.ok()) {
+        std::fprintf(stderr, "lowbit-demo: %s\n", std::string(plan.status().message()).c_str());
+        return 2;
+      }
+      job.plan = *std::move(plan);
+      job.heldout.assign(samples.begin(), samples.begin() + heldout);
+      job.calibration.assign(samples.begin() + heldout, samples.end());
+      absl::StatusOr<CalibrationResult> result = RunCalibration(job, PipelineOptions{}, CpuCompute());
+      if (!result.ok() || !result->eval) {
+        std::fprintf(stderr, "lowbit-demo: %s: %s\n", scheme.c_str(),
+                     result.ok() ? "no evaluation" : std::string(result.status().message()).c_str());
+        return 1;
+      }
+      (gptq ? row.calibrated : row.rtn) = *result->eval;
+      if (gptq) row.seconds = result->seconds;
+      std::printf("Wrote %s\n", job.out_dir.c_str());
     }
-    const std::string out_dir = (out / scheme).string();
-    absl::StatusOr<RtnResult> result = QuantizeDirectory(model_dir, out_dir, *plan, std::nullopt);
-    if (!result.ok()) {
-      std::fprintf(stderr, "lowbit-demo: %s: %s\n", scheme.c_str(), std::string(result.status().message()).c_str());
-      return 1;
-    }
-    for (const LinearError& e : result->errors) {
-      if (scheme == schemes.front()) modules.push_back(e.module);
-      table[e.module][scheme] = e.relative;
-    }
-    std::printf("Wrote %s\n", out_dir.c_str());
+    rows.push_back(row);
   }
 
-  std::printf("\nRelative weight error ||W - dequant(quant(W))||_F / ||W||_F, round-to-nearest, percent:\n\n");
-  std::printf("| %-14s |", "layer");
-  for (const auto& s : schemes) std::printf(" %11s |", s.c_str());
-  std::printf("\n|%s|", std::string(16, '-').c_str());
-  for (size_t i = 0; i < schemes.size(); ++i) std::printf("%s|", std::string(13, '-').c_str());
-  std::printf("\n");
-  std::map<std::string, double> mean;
-  for (const std::string& m : modules) {
-    std::printf("| %-14s |", ShortName(m).c_str());
-    for (const auto& s : schemes) {
-      std::printf(" %10.3f%% |", 100.0 * table[m][s]);
-      mean[s] += table[m][s] / modules.size();
-    }
-    std::printf("\n");
+  std::printf("\nQuantized vs original model on held-out samples (activations and KV cache quantized as vLLM runs "
+              "them):\n\n");
+  std::printf("| %-11s | %-19s | %-10s | %-10s | %-12s | %-17s | %-7s |\n", "scheme", "calibration", "KL (RTN)",
+              "KL (calib.)", "top-1 (calib.)", "perplexity", "time");
+  std::printf("|-------------|---------------------|------------|------------|--------------|-------------------|---------|\n");
+  for (const Row& r : rows) {
+    std::printf("| %-11s | %-19s | %10.5f | %10.5f | %11.2f%% | %7.2f -> %7.2f | %6.1fs |\n", r.scheme.c_str(),
+                r.method.c_str(), r.rtn.kl_mean, r.calibrated.kl_mean, 100.0 * r.calibrated.top1_agreement,
+                r.calibrated.perplexity_ref, r.calibrated.perplexity_quant, r.seconds);
   }
-  std::printf("| %-14s |", "mean");
-  for (const auto& s : schemes) std::printf(" %10.3f%% |", 100.0 * mean[s]);
-  std::printf("\n\nlm_head stays in bf16 (ignored, as vLLM expects). Each checkpoint is in the compressed-tensors\n"
-              "format vLLM loads; "
-              "check one with: /usr/bin/python3 tests/python/check_checkpoint.py --original %s --quantized %s\n",
-              model_dir.c_str(), (out / schemes.front()).string().c_str());
+  std::printf("\nlm_head stays in bf16 (ignored, as vLLM expects). Each checkpoint is in the compressed-tensors format\n"
+              "vLLM loads, with recipe.yaml and report.json beside it. Check one with:\n"
+              "  /usr/bin/python3 tests/python/check_checkpoint.py --calibrated --original %s --quantized %s\n",
+              model_dir.c_str(), (out / absl::StrCat(schemes.front(), "-gptq")).string().c_str());
   return 0;
 }
 
@@ -94,7 +127,8 @@ int Run() {
 }  // namespace lowbit
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Quantizes the default synthetic Llama with each scheme: lowbit-demo [--out DIR]");
+  lowbit::EnsureBlasCoreType(argv);
+  absl::SetProgramUsageMessage("Calibrates the default synthetic Llama with each scheme: lowbit-demo [--out DIR]");
   absl::ParseCommandLine(argc, argv);
   return lowbit::Run();
 }

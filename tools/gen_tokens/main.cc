@@ -2,13 +2,8 @@
 //   lowbit-gen-tokens --out tokens.jsonl --vocab 512 --samples 64 --min_len 16 --max_len 64
 // Writes JSONL ({"input_ids": [...]} per line) or, for a .bin path, the raw little-endian int32
 // token file plus its .idx offsets index (int64, samples + 1 entries).
-// Tokens follow a Zipf-like law (rank r has weight 1/(r+1)) over a seed-shuffled vocabulary,
-// so some tokens are frequent and some rare, as in real text.
-#include <algorithm>
+// Tokens: see synthetic_tokens.h.
 #include <cstdio>
-#include <cstring>
-#include <numeric>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -17,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "tools/gen_tokens/synthetic_tokens.h"
 
 ABSL_FLAG(std::string, out, "", "output path: .jsonl, or .bin (+ .idx written beside it)");
 ABSL_FLAG(int64_t, vocab, 512, "vocabulary size (token ids are in [0, vocab))");
@@ -34,23 +30,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "lowbit-gen-tokens: need --out, vocab > 0, samples > 0 and 0 < min_len <= max_len\n");
     return 2;
   }
-  std::mt19937_64 rng(absl::GetFlag(FLAGS_seed));
-  std::vector<int32_t> order(vocab);
-  std::iota(order.begin(), order.end(), 0);
-  for (int64_t i = vocab - 1; i > 0; --i) std::swap(order[i], order[rng() % (i + 1)]);
-  std::vector<double> cumulative(vocab);
-  double total = 0;
-  for (int64_t r = 0; r < vocab; ++r) cumulative[r] = (total += 1.0 / (r + 1));
-
-  std::vector<std::vector<int32_t>> seqs(samples);
-  for (auto& s : seqs) {
-    int64_t len = min_len + static_cast<int64_t>(rng() % (max_len - min_len + 1));
-    for (int64_t t = 0; t < len; ++t) {
-      double u = std::uniform_real_distribution<double>(0.0, total)(rng);
-      int64_t r = std::lower_bound(cumulative.begin(), cumulative.end(), u) - cumulative.begin();
-      s.push_back(order[std::min(r, vocab - 1)]);
-    }
-  }
+  lowbit::SyntheticTokenOptions options{vocab, samples, min_len, max_len, absl::GetFlag(FLAGS_seed)};
+  const std::vector<std::vector<int32_t>> seqs = lowbit::SyntheticTokens(options);
 
   absl::Status status;
   if (absl::EndsWith(out, ".bin")) {
