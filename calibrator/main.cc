@@ -142,7 +142,7 @@ absl::StatusOr<CalibrationJob> BuildJob() {
   options.heldout_fraction = absl::GetFlag(FLAGS_heldout_fraction);
   options.seed = absl::GetFlag(FLAGS_seed);
   options.shuffle = absl::GetFlag(FLAGS_shuffle);
-  absl::StatusOr<DatasetSplit> split = SplitDataset(*std::move(samples), options);
+  absl::StatusOr<DatasetSplit> split = SplitDataset(*samples, options);
   if (!split.ok()) return split.status();
   job.calibration = std::move(split->calibration);
   job.heldout = std::move(split->heldout);

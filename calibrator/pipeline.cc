@@ -126,12 +126,15 @@ class CollectHooks : public ChunkAwareHooks {
   std::array<std::optional<ActivationObserver>, kNumLinearSites> inputs;
   std::array<std::optional<ChannelRange>, kNumLinearSites> channel_ranges;
   std::optional<ActivationObserver> keys, values;
+  absl::Status status;  // the first error a statistic reported
 
   void OnLinearInput(LinearSite site, float* x, int64_t rows, int64_t cols) override {
     int i = SiteIndex(site);
     if (hessians[i]) hessians[i]->Add(compute_, x, rows, chunk_->num_sequences());
     if (inputs[i]) ObservePerSample(*inputs[i], x, cols);
-    if (channel_ranges[i]) channel_ranges[i]->Update(x, rows, cols);
+    if (channel_ranges[i]) {
+      if (absl::Status s = channel_ranges[i]->Update(x, rows, cols); !s.ok() && status.ok()) status = s;
+    }
   }
   void OnKeyValue(float* k, float* v, int64_t rows, int64_t cols) override {
     if (keys) ObservePerSample(*keys, k, cols);
@@ -209,7 +212,7 @@ class Pipeline {
   absl::Status AddEncoded(const ModulePlan& m, const QuantizedLinear& q);
   void AddFloat(const std::string& name, std::span<const float> values, Shape shape);
   std::vector<ModulePlan> LayerModules(int64_t layer) const;
-  absl::StatusOr<std::vector<ResolvedSmoothMapping>> LayerMappings(int64_t layer) const;
+  absl::StatusOr<std::vector<LayerSmoothMapping>> LayerMappings(int64_t layer) const;
   nlohmann::json BuildReport() const;
 
   const CalibrationJob& job_;
@@ -347,8 +350,8 @@ absl::Status Pipeline::Prepare() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<ResolvedSmoothMapping>> Pipeline::LayerMappings(int64_t layer) const {
-  return ResolveSmoothMappings(*job_.plan.smoothquant, absl::StrCat("model.layers.", layer, "."));
+absl::StatusOr<std::vector<LayerSmoothMapping>> Pipeline::LayerMappings(int64_t layer) const {
+  return ResolveLayerSmoothMappings(*job_.plan.smoothquant, absl::StrCat("model.layers.", layer, "."));
 }
 
 // SmoothQuant's own calibration pass over the float model: per-channel ranges of each smooth
@@ -371,21 +374,24 @@ absl::StatusOr<std::vector<std::vector<float>>> Pipeline::SmoothQuantPass() {
     Report("smoothquant", layer, "", 0.0);
     absl::StatusOr<DecoderLayerWeights> w = model_->LoadLayer(layer);
     if (!w.ok()) return w.status();
-    absl::StatusOr<std::vector<ResolvedSmoothMapping>> mappings = LayerMappings(layer);
+    absl::StatusOr<std::vector<LayerSmoothMapping>> mappings = LayerMappings(layer);
     if (!mappings.ok()) return mappings.status();
     CollectHooks hooks(compute_);
-    for (const ResolvedSmoothMapping& m : *mappings) {
+    for (const LayerSmoothMapping& m : *mappings) {
       hooks.channel_ranges[SiteIndex(m.site)] = ChannelRange();
     }
     if (absl::Status s = ForwardLayer(config, *w, compute_, *stream, &hooks, options_.max_chunk_tokens); !s.ok()) {
       return s;
     }
+    if (!hooks.status.ok()) return hooks.status;
     std::vector<float> layer_scales;
-    for (const ResolvedSmoothMapping& m : *mappings) {
+    for (const LayerSmoothMapping& m : *mappings) {
       std::vector<const LinearWeights*> balance;
       for (const std::string& b : m.balance) balance.push_back(w->Linear(b));
-      std::vector<float> s = SmoothingScales(*hooks.channel_ranges[SiteIndex(m.site)], balance,
-                                             sq.smoothing_strength, sq.algorithm);
+      absl::StatusOr<std::vector<float>> scales = SmoothingScales(*hooks.channel_ranges[SiteIndex(m.site)], balance,
+                                                                  sq.smoothing_strength, sq.algorithm);
+      if (!scales.ok()) return scales.status();
+      std::vector<float>& s = *scales;
       layer_scales.insert(layer_scales.end(), s.begin(), s.end());
       auto [lo, hi] = std::minmax_element(s.begin(), s.end());
       smoothing_.push_back({{"layer", layer}, {"smooth", m.smooth}, {"balance", m.balance},
@@ -466,17 +472,17 @@ absl::Status Pipeline::CalibrateLayer(int64_t layer, Stream& calib, Stream* ref,
   // in the model dtype like llm-compressor's in-place update.
   std::set<std::string> smoothed;
   if (smoothing != nullptr) {
-    absl::StatusOr<std::vector<ResolvedSmoothMapping>> mappings = LayerMappings(layer);
+    absl::StatusOr<std::vector<LayerSmoothMapping>> mappings = LayerMappings(layer);
     if (!mappings.ok()) return mappings.status();
     size_t offset = 0;
-    for (const ResolvedSmoothMapping& m : *mappings) {
+    for (const LayerSmoothMapping& m : *mappings) {
       std::span<const float> s(smoothing->data() + offset, config.hidden_size);
       offset += config.hidden_size;
       std::vector<float>& norm =
           m.site == LinearSite::kAttentionInput ? w.input_layernorm : w.post_attention_layernorm;
       std::vector<LinearWeights*> balance;
       for (const std::string& b : m.balance) balance.push_back(w.Linear(b));
-      ApplySmoothing(s, norm, balance);
+      if (absl::Status st = ApplySmoothing(s, norm, balance); !st.ok()) return st;
       norm = RoundAll(norm, dtype_);
       smoothed.insert(m.smooth);
       for (LinearWeights* b : balance) b->weight = RoundAll(b->weight, dtype_);
