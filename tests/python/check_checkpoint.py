@@ -1108,18 +1108,11 @@ def column_groups(m, q, w, k, groups):
     return np.arange(k, dtype=np.int64) // w.group_size
 
 
-def check_int_module(m, q, w_orig, s, stats):
-    """Integer schemes: w = (q - zp) * scale, compared with the original weight.
-
-    Bound per element: |w - dq| <= B * scale * (1 + 2^-6) + 2^-20 * scale, with B = 0.5 for
-    symmetric and 1.0 for asymmetric (the rounded zero point shifts the grid by up to half a
-    step).  Codes sitting at the end of the range (qmin/qmax) with w beyond the grid end are
-    clipped codes: the reference convention absmax/7.5 (int4) / absmax/127.5 (int8) clips the
-    positive end on purpose (det §5), and a scale rounded down to bf16/fp16 moves the
-    clipping point by up to |w| * 2^-8, so those elements get an extra |w| * 2^-7.
-    """
+def decode_int_module(m, q, s, n, k):
+    """Codes [n,k], scales [rows,groups] (rows 1 for tensor), zero points [rows,groups],
+    column group index [k] and (qmin, qmax) of an integer module, with the range checks:
+    codes and zero points in [qmin, qmax], scales finite and > 0, g_idx in range."""
     wa = s.weights
-    n, k = w_orig.shape
     qmin, qmax = -(1 << (wa.num_bits - 1)), (1 << (wa.num_bits - 1)) - 1
     if s.layout == "packed":
         codes = unpack_weight(m, q, wa, n, k)
@@ -1134,6 +1127,22 @@ def check_int_module(m, q, w_orig, s, stats):
     if zp.min() < qmin or zp.max() > qmax:
         raise NumericError(f"{m}.weight_zero_point: values outside [{qmin}, {qmax}]")
     cols = column_groups(m, q, wa, k, groups)
+    return codes, scale, zp, cols, (qmin, qmax)
+
+
+def check_int_module(m, q, w_orig, s, stats):
+    """Integer schemes: w = (q - zp) * scale, compared with the original weight.
+
+    Bound per element: |w - dq| <= B * scale * (1 + 2^-6) + 2^-20 * scale, with B = 0.5 for
+    symmetric and 1.0 for asymmetric (the rounded zero point shifts the grid by up to half a
+    step).  Codes sitting at the end of the range (qmin/qmax) with w beyond the grid end are
+    clipped codes: the reference convention absmax/7.5 (int4) / absmax/127.5 (int8) clips the
+    positive end on purpose (det §5), and a scale rounded down to bf16/fp16 moves the
+    clipping point by up to |w| * 2^-8, so those elements get an extra |w| * 2^-7.
+    """
+    wa = s.weights
+    n, k = w_orig.shape
+    codes, scale, zp, cols, (qmin, qmax) = decode_int_module(m, q, s, n, k)
     base = 0.5 if wa.symmetric else 1.0
     stats.bound_text = f"{base}*scale*(1+2^-6) (+|w|*2^-7 on clipped codes)"
     for r0 in range(0, n, max(1, (1 << 22) // max(k, 1))):
@@ -1150,13 +1159,9 @@ def check_int_module(m, q, w_orig, s, stats):
         stats.clipped += int(clipped.sum())
 
 
-def check_fp8_module(m, q, w_orig, s, stats):
-    """FP8: w = e4m3fn(code) * scale; |w - dq| <= |w| * 2^-4 + scale * 2^-9 + 2^-20 * scale.
-
-    2^-4 is half an ulp of a 3-bit mantissa relative to the value; scale * 2^-9 covers the
-    subnormal range (its step is 2^-9).  Codes 0x7F / 0xFF (NaN) are rejected (det §6.3.3).
-    """
-    n, k = w_orig.shape
+def decode_fp8_module(m, q, s):
+    """Raw E4M3FN codes [n,k] and scales [rows,1] of an FP8 module: no NaN code, scales (and a
+    static input_scale) finite and > 0."""
     codes = read_array(q[f"{m}.weight"])
     nan = (codes & 0x7F) == 0x7F
     if nan.any():
@@ -1166,6 +1171,17 @@ def check_fp8_module(m, q, w_orig, s, stats):
     positive_scales(f"{m}.weight_scale", scale)
     if f"{m}.input_scale" in q and s.inputs is not None and not s.inputs.dynamic:
         positive_scales(f"{m}.input_scale", float_array(q[f"{m}.input_scale"]))
+    return codes, scale
+
+
+def check_fp8_module(m, q, w_orig, s, stats):
+    """FP8: w = e4m3fn(code) * scale; |w - dq| <= |w| * 2^-4 + scale * 2^-9 + 2^-20 * scale.
+
+    2^-4 is half an ulp of a 3-bit mantissa relative to the value; scale * 2^-9 covers the
+    subnormal range (its step is 2^-9).  Codes 0x7F / 0xFF (NaN) are rejected (det §6.3.3).
+    """
+    n, k = w_orig.shape
+    codes, scale = decode_fp8_module(m, q, s)
     stats.bound_text = "|w|*2^-4 + scale*2^-9"
     step = max(1, (1 << 22) // max(k, 1))
     for r0 in range(0, n, step):
