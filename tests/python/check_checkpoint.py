@@ -4,6 +4,7 @@
 Usage:
   /usr/bin/python3 tests/python/check_checkpoint.py --original ORIG_DIR \
       --quantized QUANT_DIR [--expect-scheme W8A8|W8A16|W4A16|W4A16_ASYM|FP8|FP8_DYNAMIC]
+      [--calibrated]
 
 Written from the format notes only (docs: shared/reference/compressed-tensors-format.md,
 referred to below as "fmt §n", and compressed-tensors-format-details.md, "det §n"); it shares
@@ -15,6 +16,23 @@ Stages (a later stage only runs on what the earlier ones accepted):
   3. the tensor set, dtypes and shapes per quantized Linear (fmt §4, det §6.x.2), byte
      identity of everything that is not quantized, KV-cache scales (det §6.4);
   4. numerics: unpack (fmt §5), dequantize (fmt §6) and compare with the original weights.
+
+--calibrated: the checkpoint may come from GPTQ and/or SmoothQuant (llm-compressor-algorithms.md
+§1.5, §1.6, §3.2), so two default rules are replaced; everything else (stages 1-3, codes in
+range, scales > 0, byte identity of embeddings, final norm, lm_head, biases and dense
+o_proj/down_proj) is checked as without it.
+  * Smoothing: per layer, s = original / quantized input_layernorm (balance q/k/v_proj) and
+    post_attention_layernorm (gate/up_proj); s = 1 where the norm's bytes are unchanged; s must
+    be finite and > 0.  The reference weight of a balance Linear is W_ref = W_orig * diag(s)
+    (W_ref = W_orig elsewhere).  A balance Linear left dense must equal W_ref within 2^-7 + 2^-10
+    per element (two bf16 roundings), byte-identical when s = 1.
+  * Numerics: instead of the per-element half-step bound (GPTQ moves codes off the nearest grid
+    point), each module's relative Frobenius error ||W_ref - dq|| / ||W_ref|| must stay within
+    int4 0.65, int8 0.12, fp8 0.12 (measurements in check_calibrated_module's docstring), and
+    its scales must match the RTN min-max observer recomputed from W_ref and rounded to the scale
+    dtype within 2^-6 + 2^-8 relative (GPTQ computes them once from the un-updated weights,
+    §1.5); asymmetric zero points within 1.  Not for actorder "group" (scales of permuted groups).
+  Without --calibrated the checks are exactly the default ones above.
 
 Exit status: 0 when every check holds, 1 when any fails (one FAIL line per problem), 2 for
 command-line usage errors.
@@ -1251,7 +1269,7 @@ SMOOTH_MAPPINGS = (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", 
 
 # Limits on ||W_ref - dq||_F / ||W_ref||_F per module (rationale and measurements in
 # check_calibrated_module).
-FROB_LIMITS = {"int4": 0.35, "int8": 0.06, "fp8": 0.12}
+FROB_LIMITS = {"int4": 0.65, "int8": 0.12, "fp8": 0.12}
 # Relative tolerance of a stored scale against the observer recomputed from W_ref: s recovered
 # from a bf16-rounded norm (2^-8) and the smoothed weight rounded to bf16 (2^-8) move the
 # group's absmax by up to 2^-7; the expected and the stored scale are each rounded to bf16
@@ -1427,11 +1445,18 @@ def check_calibrated_module(m, q, w_ref, s, stats):
       * ||W_ref - dq||_F / ||W_ref||_F <= FROB_LIMITS[int4 | int8 | fp8].  GPTQ moves weights
         (codes are not the nearest grid point of W_ref), so there is no per-element bound.
 
-    Limits, against measured values (relative Frobenius error):
-      int4 0.35: lowbit-rtn W4A16 / W4A16_ASYM on lowbit-gen-model 0.0xx-0.1xx; the self-test's
-        SmoothQuant + GPTQ-like fixture 0.xx; wrong packing order or transposed codes >= 1.
-      int8 0.06: lowbit-rtn W8A8 / W8A16 0.00x-0.0xx; fixture 0.0xx; corruption >= 1.
-      fp8 0.12: lowbit-rtn FP8_DYNAMIC 0.0xx; fixture 0.0xx; corruption >= 1.
+    Limits, against measured values of the relative Frobenius error:
+      int4 0.65: lowbit-rtn W4A16 0.112, W4A16_ASYM 0.101 (lowbit-gen-model, bf16/fp16/fp32);
+        a NumPy SmoothQuant + GPTQ simulation (K=N=1024, t(5) weights, lognormal activation
+        channels with 8 outliers x60, alpha 0.5/0.8/0.9/1.0, static groups, bf16 scales) gives
+        at most 0.26 for group 128 sym, 0.21 asym, 0.46 per channel (GPTQ moves weight error
+        into the rarely active columns: 1.0-1.6x RTN).
+      int8 0.12: lowbit-rtn W8A8 0.0075, W8A16 0.0066; simulation at most 0.054 (W8A8 channel,
+        SmoothQuant alpha 0.8-1.0 concentrates the row absmax in the smoothed columns).
+      fp8 0.12: lowbit-rtn FP8_DYNAMIC 0.026, FP8 (static) 0.027; simulation at most 0.047.
+      The self-test's fixture (s with outliers x8, 10% of codes moved by +-1) gives int4 0.42
+      (asym 0.29), int8 0.033, fp8 0.039; its corruptions give: transposed int8 codes 1.54,
+      int4 fields packed in reverse order 1.45, q_proj quantized without s 0.70.
     A wrong scale by a few percent barely moves the Frobenius error; the scale check catches it.
     """
     n, k = w_ref.shape
