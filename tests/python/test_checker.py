@@ -276,20 +276,26 @@ def quantize_fp8(w, per_channel, dtype):
     return encode_e4m3fn(np.clip(w / s, -448, 448)), s
 
 
-def quantize_module(name, w, scheme, rng, dtype="BF16"):
-    """The tensors the format table lists for one Linear (fmt §4); scales in `dtype`."""
+def quantize_module(name, w, scheme, rng, dtype="BF16", nudge=None):
+    """The tensors the format table lists for one Linear (fmt §4); scales in `dtype`.
+    `nudge(codes, qmin, qmax)` moves codes after rounding (GPTQ-like), scales unchanged."""
     n, k = w.shape
+    if nudge is None:
+        def nudge(c, qmin, qmax):
+            return c
     out = {}
     def store(values):  # scales are stored in the model dtype
         return t_float(dtype, values)
 
     if scheme == "W8A8":
         q, s, _ = quantize_int_sym(w, 8, None, dtype)
+        q = nudge(q, -128, 127)
         out["weight"], out["weight_scale"] = t_array("I8", q), store(s)
     elif scheme in ("W4A16", "W4A16_GIDX", "W8A16"):
         bits, group = (8, None) if scheme == "W8A16" else (4, 128)
         perm = rng.permutation(k) if scheme == "W4A16_GIDX" else None
         q, s, gidx = quantize_int_sym(w, bits, group, dtype, perm)
+        q = nudge(q, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
         out["weight_packed"] = t_array("I32", pack_int32(q, bits, axis=1))
         out["weight_scale"] = store(s)
         out["weight_shape"] = t_array("I64", np.array([n, k]))
@@ -297,12 +303,15 @@ def quantize_module(name, w, scheme, rng, dtype="BF16"):
             out["weight_g_idx"] = t_array("I32", gidx)
     elif scheme == "W4A16_ASYM":
         q, s, zp = quantize_int4_asym(w, 128, dtype)
+        q = nudge(q, -8, 7)
         out["weight_packed"] = t_array("I32", pack_int32(q, 4, axis=1))
         out["weight_scale"] = store(s)
         out["weight_shape"] = t_array("I64", np.array([n, k]))
         out["weight_zero_point"] = t_array("I32", pack_int32(zp, 4, axis=0))
     else:
         codes, s = quantize_fp8(w, scheme == "FP8_DYNAMIC", dtype)
+        mag = nudge(codes.astype(np.int64) & 0x7F, 0, 0x7E)     # next E4M3 magnitude, same sign
+        codes = ((codes & 0x80) | mag).astype(np.uint8)
         out["weight"] = t_array("F8_E4M3", codes)
         out["weight_scale"] = store(s.reshape(-1) if scheme == "FP8" else s)
         if scheme == "FP8":
@@ -310,14 +319,17 @@ def quantize_module(name, w, scheme, rng, dtype="BF16"):
     return {f"{name}.{k}": v for k, v in out.items()}
 
 
-def make_quantized(orig, scheme, kv_cache=False, seed=1, scale_dtype=None):
+def make_quantized(orig, scheme, kv_cache=False, seed=1, scale_dtype=None, nudge=None, dense=()):
+    """RTN of every Linear but `dense` (left float, named in ignore); `nudge` see quantize_module."""
     rng = np.random.default_rng(seed)
     dtype = scale_dtype or model_dtype(orig)
     fmt, w_args, a_args = scheme_config(scheme)
     q = orig.copy()
     for m in LINEARS:
+        if m in dense:
+            continue
         del q.tensors[f"{m}.weight"]
-        q.tensors.update(quantize_module(m, weight_of(orig, m), scheme, rng, dtype))
+        q.tensors.update(quantize_module(m, weight_of(orig, m), scheme, rng, dtype, nudge))
     kv_args = None
     if kv_cache:
         kv_args = qargs(8, "float", True, "tensor", observer="static_minmax")
@@ -326,12 +338,55 @@ def make_quantized(orig, scheme, kv_cache=False, seed=1, scale_dtype=None):
     q.config["quantization_config"] = {
         "config_groups": {"group_0": {"format": fmt, "targets": ["Linear"], "weights": w_args,
                                       "input_activations": a_args, "output_activations": None}},
-        "format": fmt, "global_compression_ratio": None, "ignore": ["lm_head"],
+        "format": fmt, "global_compression_ratio": None, "ignore": ["lm_head"] + list(dense),
         "kv_cache_scheme": kv_args, "quant_method": "compressed-tensors",
         "quantization_status": "compressed", "sparsity_config": {}, "transform_config": {},
         "version": "0.17.0",
     }
     return q
+
+
+# --------------------------------------------------------------------------------------------
+# Calibrated checkpoints: SmoothQuant's fold and GPTQ-like code moves (algorithms §1.5, §3.2)
+# --------------------------------------------------------------------------------------------
+ATTN_NORM, MLP_NORM = f"{LAYER}.input_layernorm", f"{LAYER}.post_attention_layernorm"
+BALANCE = {ATTN_NORM: [f"{LAYER}.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj")],
+           MLP_NORM: [f"{LAYER}.mlp.{p}" for p in ("gate_proj", "up_proj")]}
+
+
+def smoothing_vector(seed):
+    """A SmoothQuant-like s: lognormal spread, a few outlier channels x8."""
+    rng = np.random.default_rng(seed)
+    s = rng.lognormal(0.0, 0.5, HIDDEN)
+    s[rng.choice(HIDDEN, 4, replace=False)] *= 8.0
+    return s
+
+
+def smooth(orig, s_by_norm):
+    """SmoothQuant's fold: norm / s, the balance Linears' columns * s, stored in the model dtype."""
+    sm, dtype = orig.copy(), model_dtype(orig)
+    for norm, s in s_by_norm.items():
+        sm.tensors[f"{norm}.weight"] = t_float(dtype, weight_of(orig, norm) / s)
+        for m in BALANCE[norm]:
+            sm.tensors[f"{m}.weight"] = t_float(dtype, weight_of(orig, m) * s[None, :])
+    return sm
+
+
+def gptq_like(seed, fraction=0.1):
+    """Moves a fraction of the codes by +-1 within [qmin, qmax], as GPTQ's error feedback does
+    (its scales stay those of the original weights, §1.5)."""
+    rng = np.random.default_rng(seed)
+
+    def nudge(c, qmin, qmax):
+        step = rng.choice([-1, 1], c.shape) * (rng.random(c.shape) < fraction)
+        moved = c + step
+        return np.where((moved < qmin) | (moved > qmax), c - step, moved)
+    return nudge
+
+
+def make_calibrated(orig, scheme, s_by_norm, dense=(), seed=5):
+    """RTN of the smoothed model with GPTQ-like code moves: what --calibrated must accept."""
+    return make_quantized(smooth(orig, s_by_norm), scheme, seed=seed, nudge=gptq_like(seed), dense=dense)
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,30 +465,32 @@ class CheckerTestBase(unittest.TestCase):
         ckpt.write(path)
         return path
 
-    def run_checker(self, qdir, expect=None, orig_dir=None):
+    def run_checker(self, qdir, expect=None, orig_dir=None, calibrated=False):
         cmd = [sys.executable, CHECKER, "--original", orig_dir or self.orig_dir, "--quantized", qdir]
         if expect:
             cmd += ["--expect-scheme", expect]
+        if calibrated:
+            cmd += ["--calibrated"]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         out = p.stdout + p.stderr
         self.assertNotIn("Traceback", out)
         return p.returncode, out
 
-    def assert_passes(self, ckpt, expect=None, shards=1, orig_dir=None):
+    def assert_passes(self, ckpt, expect=None, shards=1, orig_dir=None, calibrated=False):
         qdir = self.new_dir()
         ckpt.write(qdir, shards=shards)
-        rc, out = self.run_checker(qdir, expect, orig_dir)
+        rc, out = self.run_checker(qdir, expect, orig_dir, calibrated)
         self.assertEqual(rc, 0, out)
         self.assertIn("RESULT: PASS", out)
         return out
 
     def assert_fails(self, ckpt, *needles, expect=None, shards=1, after_write=None, tamper=None,
-                     orig_dir=None):
+                     orig_dir=None, calibrated=False):
         qdir = self.new_dir()
         ckpt.write(qdir, shards=shards, tamper=tamper)
         if after_write:
             after_write(qdir)
-        rc, out = self.run_checker(qdir, expect, orig_dir)
+        rc, out = self.run_checker(qdir, expect, orig_dir, calibrated)
         self.assertEqual(rc, 1, out)
         fails = "\n".join(line for line in out.splitlines() if line.startswith("FAIL"))
         for needle in needles:
@@ -690,6 +747,125 @@ class BrokenCheckpoints(CheckerTestBase):
             part[names[0]] = q.tensors[names[0]]
             write_safetensors(os.path.join(qdir, "model-00002-of-00002.safetensors"), part)
         self.assert_fails(make_quantized(self.orig, "W4A16"), "is in both", shards=2, after_write=duplicate)
+
+
+class CalibratedCheckpoints(CheckerTestBase):
+    """--calibrated: SmoothQuant folded into norms and balance Linears, GPTQ-moved codes."""
+
+    Q, K, GATE = f"{LAYER}.self_attn.q_proj", f"{LAYER}.self_attn.k_proj", f"{LAYER}.mlp.gate_proj"
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.s = {ATTN_NORM: smoothing_vector(11), MLP_NORM: smoothing_vector(12)}
+
+    def calibrated(self, scheme, **kw):
+        return make_calibrated(self.orig, scheme, self.s, **kw)
+
+    def test_calibrated_schemes_pass(self):
+        for scheme, expect in (("W8A8", "W8A8"), ("W4A16", "W4A16"), ("W4A16_ASYM", "W4A16_ASYM"),
+                               ("W8A16", "W8A16"), ("FP8", "FP8"), ("FP8_DYNAMIC", "FP8_DYNAMIC"),
+                               ("W4A16_GIDX", "W4A16")):
+            with self.subTest(scheme=scheme):
+                out = self.assert_passes(self.calibrated(scheme), expect=expect, calibrated=True)
+                self.assertIn("PASS smoothing: 2 of 2 layer norm(s) smoothed", out)
+                self.assertIn(f"PASS numerics (calibrated) {expect}: 7 module(s) (5 smoothed)", out)
+                self.assertIn("PASS non-quantized tensors: 3 tensors byte-identical", out)
+                if scheme == "W4A16_GIDX":
+                    self.assertIn("7 module(s) with actorder group: scales not checked", out)
+                else:
+                    self.assertIn("scale(s) match the min-max observer on W_ref", out)
+
+    def test_rtn_checkpoint_passes_calibrated(self):
+        """RTN is the s = 1, no-GPTQ case: every scale equals the observer exactly."""
+        out = self.assert_passes(make_quantized(self.orig, "W4A16"), calibrated=True)
+        self.assertIn("s = 1 everywhere", out)
+        self.assertIn("max relative deviation 0 ", out)
+
+    def test_gptq_only_passes_calibrated_not_default(self):
+        q = make_quantized(self.orig, "W4A16", nudge=gptq_like(7))
+        self.assert_passes(q, calibrated=True)
+        self.assert_fails(q, "exceed the dequantization error bound")
+
+    def test_default_mode_rejects_calibrated(self):
+        self.assert_fails(self.calibrated("W4A16"), f"{ATTN_NORM}.weight", f"{MLP_NORM}.weight",
+                          "bytes differ", "exceed the dequantization error bound")
+
+    def test_dense_balance_linears(self):
+        dense = BALANCE[MLP_NORM]
+        out = self.assert_passes(self.calibrated("W8A8", dense=dense), calibrated=True)
+        self.assertIn("PASS dense balance Linears: 0 byte-identical (s = 1), 2 equal to W_orig*diag(s)", out)
+
+    def test_dense_balance_linear_without_s(self):
+        q = self.calibrated("W8A8", dense=BALANCE[MLP_NORM])
+        q.tensors[f"{self.GATE}.weight"] = self.orig.tensors[f"{self.GATE}.weight"]
+        self.assert_fails(q, f"{self.GATE}.weight", "differ from W_orig*diag(s)", calibrated=True)
+
+    def test_wrong_s_in_norm(self):
+        """The norm was divided by an s that the weights did not get."""
+        q = self.calibrated("W4A16")
+        wrong = self.s[ATTN_NORM] * np.where(np.arange(HIDDEN) % 2, 1.1, 1.0)
+        q.tensors[f"{ATTN_NORM}.weight"] = t_bf16(weight_of(self.orig, ATTN_NORM) / wrong)
+        self.assert_fails(q, f"{self.Q}.weight_scale", "min-max observer", calibrated=True)
+
+    def test_lost_s(self):
+        """q_proj quantized from the unsmoothed weight while its norm was smoothed."""
+        q = self.calibrated("W8A8")
+        rtn = make_quantized(self.orig, "W8A8")
+        for suffix in ("weight", "weight_scale"):
+            q.tensors[f"{self.Q}.{suffix}"] = rtn.tensors[f"{self.Q}.{suffix}"]
+        self.assert_fails(q, f"{self.Q}: relative Frobenius error", f"{self.Q}.weight_scale",
+                          calibrated=True)
+
+    def test_non_positive_s(self):
+        q = self.calibrated("W8A8")
+        norm = weight_of(q, MLP_NORM).copy()
+        norm[17] = -norm[17]
+        q.tensors[f"{MLP_NORM}.weight"] = t_bf16(norm)
+        self.assert_fails(q, f"smoothing {MLP_NORM}.weight", "not finite and > 0", "[17]", calibrated=True)
+
+    def test_transposed_weight(self):
+        q = self.calibrated("W8A8")
+        name = f"{self.Q}.weight"
+        codes = np.frombuffer(q.tensors[name].data, "i1").reshape(256, 256)
+        q.tensors[name] = t_array("I8", codes.T)
+        self.assert_fails(q, f"{self.Q}: relative Frobenius error", calibrated=True)
+
+    def test_wrong_packing_order(self):
+        """int4 fields packed first value in the highest bits instead of the lowest."""
+        q = self.calibrated("W4A16")
+        name = f"{self.GATE}.weight_packed"
+        u = np.frombuffer(q.tensors[name].data, "<u4").reshape(q.tensors[name].shape)
+        rev = np.zeros_like(u)
+        for i in range(8):
+            rev |= ((u >> np.uint32(4 * i)) & np.uint32(0xF)) << np.uint32(4 * (7 - i))
+        q.tensors[name] = t_array("I32", rev.view(np.int32))
+        self.assert_fails(q, f"{self.GATE}: relative Frobenius error", calibrated=True)
+
+    def test_scales_off_by_5_percent(self):
+        for scheme in ("W4A16", "FP8_DYNAMIC"):
+            with self.subTest(scheme=scheme):
+                q = self.calibrated(scheme)
+                name = f"{self.K}.weight_scale"
+                t = q.tensors[name]
+                scale = from_bf16_bits(np.frombuffer(t.data, "<u2")).reshape(t.shape)
+                q.tensors[name] = t_bf16(scale * 1.05)
+                self.assert_fails(q, name, "differ from the min-max observer", calibrated=True)
+
+    def test_changed_embedding_and_final_norm(self):
+        q = self.calibrated("W4A16")
+        for name in ("model.embed_tokens.weight", "model.norm.weight"):
+            data = bytearray(q.tensors[name].data)
+            data[6] ^= 1
+            q.tensors[name] = T("BF16", q.tensors[name].shape, bytes(data))
+        self.assert_fails(q, "model.embed_tokens.weight", "model.norm.weight", "bytes differ", calibrated=True)
+
+    def test_changed_o_proj_when_dense(self):
+        """o_proj reads no smoothed norm: left dense it must stay byte-identical."""
+        o = f"{LAYER}.self_attn.o_proj"
+        q = make_calibrated(self.orig, "W4A16", self.s, dense=(o,))
+        q.tensors[f"{o}.weight"] = t_bf16(weight_of(self.orig, o) * 1.01)
+        self.assert_fails(q, f"{o}.weight", "bytes differ", calibrated=True)
 
 
 if __name__ == "__main__":
