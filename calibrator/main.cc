@@ -7,6 +7,7 @@
 // one line per layer otherwise); the summary of report.json goes to stdout at the end.
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -95,7 +96,7 @@ void PrintSummary(const CalibrationResult& r, const std::string& out) {
   if (r.eval) {
     std::printf("  held-out (%lld tokens): KL mean %.5f  p99 %.5f  top-1 agreement %.2f%%  perplexity %.3f -> %.3f\n",
                 static_cast<long long>(r.eval->tokens), r.eval->kl_mean, r.eval->kl_p99,
-                100.0 * r.eval->top1_agreement, r.eval->perplexity_ref, r.eval->perplexity_quant);
+                100.0 * r.eval->top1_agreement, r.eval->ref_perplexity.value_or(NAN), r.eval->quant_perplexity.value_or(NAN));
   } else {
     std::printf("  no held-out samples: KL / perplexity not measured (--heldout_fraction)\n");
   }

@@ -158,18 +158,23 @@ class FakeQuantHooks : public ChunkAwareHooks {
  public:
   struct SiteQuant {
     QuantArgs args;
-    std::optional<float> static_scale;
+    std::optional<QParam> static_qparam;  // static inputs only
   };
   std::array<std::optional<SiteQuant>, kNumLinearSites> sites;
   std::optional<float> k_scale, v_scale;
+  absl::Status status;  // the first error
 
   void OnLinearInput(LinearSite site, float* x, int64_t rows, int64_t cols) override {
     const std::optional<SiteQuant>& q = sites[SiteIndex(site)];
-    if (q) FakeQuantizeActivations(q->args, q->static_scale, x, rows, cols);
+    if (q) Keep(FakeQuantActivations(q->args, q->static_qparam, x, rows, cols));
   }
   void OnKeyValue(float* k, float* v, int64_t rows, int64_t cols) override {
-    if (k_scale) FakeQuantizeFp8Static(*k_scale, k, rows * cols);
-    if (v_scale) FakeQuantizeFp8Static(*v_scale, v, rows * cols);
+    if (k_scale) Keep(FakeQuantKvCacheFp8(k, v, rows, cols, *k_scale, *v_scale));
+  }
+
+ private:
+  void Keep(absl::Status s) {
+    if (!s.ok() && status.ok()) status = std::move(s);
   }
 };
 
@@ -526,12 +531,14 @@ absl::Status Pipeline::CalibrateLayer(int64_t layer, Stream& calib, Stream* ref,
     ModuleResult result;
     absl::StatusOr<QuantizedLinear> q = QuantizeModule(m, *w.Linear(m.suffix), hooks.hessians[site].get(), result);
     if (!q.ok()) return q.status();
+    std::optional<QParam> input_qparam;
     if (HasStaticInput(*m.scheme)) {
       const ActivationObserver& obs = *hooks.inputs[site];
-      q->input_scale = ComputeQParam(*m.scheme->input_activations, obs.min(), obs.max(), scale_dtype_).scale;
+      input_qparam = ComputeQParam(*m.scheme->input_activations, obs.min(), obs.max(), scale_dtype_);
+      q->input_scale = input_qparam->scale;
     }
     if (first_at_site[site] == &m && m.scheme->input_activations) {
-      fake.sites[site] = FakeQuantHooks::SiteQuant{*m.scheme->input_activations, q->input_scale};
+      fake.sites[site] = FakeQuantHooks::SiteQuant{*m.scheme->input_activations, input_qparam};
     }
     if (absl::Status s = AddEncoded(m, *q); !s.ok()) return s;
     modules_.push_back(std::move(result));
@@ -568,6 +575,7 @@ absl::Status Pipeline::CalibrateLayer(int64_t layer, Stream& calib, Stream* ref,
   if (quant != nullptr) {
     Report("evaluate", layer, "", 0.0);
     if (absl::Status s = ForwardLayer(config, w, compute_, *quant, &fake, options_.max_chunk_tokens); !s.ok()) return s;
+    if (!fake.status.ok()) return fake.status;
   }
   return absl::OkStatus();
 }
@@ -618,8 +626,12 @@ absl::Status Pipeline::FinishLmHead(Stream& calib, Stream* ref, Stream* quant) {
     ModuleResult result;
     absl::StatusOr<QuantizedLinear> q = QuantizeModule(m, *head, hessian.get(), result);
     if (!q.ok()) return q.status();
-    if (input) q->input_scale = ComputeQParam(*m.scheme->input_activations, input->min(), input->max(), scale_dtype_).scale;
-    if (m.scheme->input_activations) head_input = FakeQuantHooks::SiteQuant{*m.scheme->input_activations, q->input_scale};
+    std::optional<QParam> input_qparam;
+    if (input) {
+      input_qparam = ComputeQParam(*m.scheme->input_activations, input->min(), input->max(), scale_dtype_);
+      q->input_scale = input_qparam->scale;
+    }
+    if (m.scheme->input_activations) head_input = FakeQuantHooks::SiteQuant{*m.scheme->input_activations, input_qparam};
     if (absl::Status s = AddEncoded(m, *q); !s.ok()) return s;
     modules_.push_back(std::move(result));
   }
@@ -635,7 +647,9 @@ absl::Status Pipeline::FinishLmHead(Stream& calib, Stream* ref, Stream* quant) {
     std::vector<float> ref_logits = LmHeadForward(config, *norm, *ref_head, compute_, slice(*ref), rows);
     std::vector<float> x = ApplyFinalNorm(config, *norm, slice(*quant), rows);
     if (head_input) {
-      FakeQuantizeActivations(head_input->args, head_input->static_scale, x.data(), rows, config.hidden_size);
+      absl::Status st = FakeQuantActivations(head_input->args, head_input->static_qparam, x.data(), rows,
+                                             config.hidden_size);
+      if (!st.ok()) return st;
     }
     std::vector<float> quant_logits(rows * head->out);
     compute_.Gemm(true, rows, head->out, head->in, 1.0f, x.data(), head->in, head->weight.data(), head->in, 0.0f,
@@ -647,7 +661,8 @@ absl::Status Pipeline::FinishLmHead(Stream& calib, Stream* ref, Stream* quant) {
         labels[r - row0] = ref->tokens[r + 1];
       }
     }
-    comparison_.Add(ref_logits.data(), quant_logits.data(), rows, config.vocab_size, labels.data());
+    absl::Status st = comparison_.Add(ref_logits.data(), quant_logits.data(), rows, config.vocab_size, labels.data());
+    if (!st.ok()) return st;
   }
   return absl::OkStatus();
 }
@@ -688,13 +703,14 @@ nlohmann::json Pipeline::BuildReport() const {
   }
   if (!kv_scales_.empty()) report["kv_cache"] = kv_scales_;
   if (evaluate_) {
-    LogitSummary s = comparison_.Finish();
+    LogitComparisonSummary s = comparison_.Finish();
     report["eval"] = {{"tokens", s.tokens},
                       {"kl_mean", s.kl_mean},
                       {"kl_p99", s.kl_p99},
+                      {"kl_max", s.kl_max},
                       {"top1_agreement", s.top1_agreement},
-                      {"perplexity_original", s.perplexity_ref},
-                      {"perplexity_quantized", s.perplexity_quant},
+                      {"perplexity_original", s.ref_perplexity.value_or(NAN)},
+                      {"perplexity_quantized", s.quant_perplexity.value_or(NAN)},
                       {"activations", "quantized as vLLM runs them (dynamic per-token int8 / FP8; static FP8 "
                                       "input scales; FP8 KV cache)"}};
   }

@@ -76,7 +76,7 @@ struct ModuleResult {
 
 struct CalibrationResult {
   std::vector<ModuleResult> modules;
-  std::optional<LogitSummary> eval;  // absent when there are no held-out samples
+  std::optional<LogitComparisonSummary> eval;  // absent when there are no held-out samples
   double seconds = 0.0;
   nlohmann::json report;  // what report.json holds
 };

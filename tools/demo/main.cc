@@ -4,6 +4,7 @@
 // FP8) — writes every checkpoint, and prints one table comparing them on held-out samples.
 //   lowbit-demo [--out demo-out] [--schemes W8A8,W4A16,W4A16_ASYM,FP8,FP8_DYNAMIC]
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -74,7 +75,7 @@ int Run() {
 
   struct Row {
     std::string scheme, method;
-    LogitSummary rtn, calibrated;
+    LogitComparisonSummary rtn, calibrated;
     double seconds = 0;
   };
   std::vector<Row> rows;
@@ -114,7 +115,7 @@ int Run() {
   for (const Row& r : rows) {
     std::printf("| %-11s | %-19s | %10.5f | %10.5f | %11.2f%% | %7.2f -> %7.2f | %6.1fs |\n", r.scheme.c_str(),
                 r.method.c_str(), r.rtn.kl_mean, r.calibrated.kl_mean, 100.0 * r.calibrated.top1_agreement,
-                r.calibrated.perplexity_ref, r.calibrated.perplexity_quant, r.seconds);
+                r.calibrated.ref_perplexity.value_or(NAN), r.calibrated.quant_perplexity.value_or(NAN), r.seconds);
   }
   std::printf("\nlm_head stays in bf16 (ignored, as vLLM expects). Each checkpoint is in the compressed-tensors format\n"
               "vLLM loads, with recipe.yaml and report.json beside it. Check one with:\n"
