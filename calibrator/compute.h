@@ -31,7 +31,8 @@ class Compute {
 
   // In place: the symmetric positive-definite H [n,n] becomes U, the upper Cholesky factor of
   // H⁻¹ (H⁻¹ = UᵀU; the strict lower triangle is zeroed). This is GPTQ's "Hinv". Returns
-  // FailedPrecondition when H is not positive definite; H's contents are then unspecified.
+  // FailedPrecondition when H is not positive definite or holds a non-finite value; H's
+  // contents are then unspecified.
   virtual absl::Status CholeskyInverseUpper(int64_t n, float* h) = 0;
 };
 

@@ -2,6 +2,8 @@
 #include <cblas.h>
 #include <lapacke.h>
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -9,6 +11,21 @@
 
 namespace lowbit {
 namespace {
+
+// Copies the upper triangle of a row-major n×n matrix into its lower triangle, in tiles so
+// both the reads and the strided writes stay in cache.
+void MirrorUpperToLower(int64_t n, float* h) {
+  constexpr int64_t kTile = 64;
+  for (int64_t i0 = 0; i0 < n; i0 += kTile) {
+    const int64_t i1 = std::min(n, i0 + kTile);
+    for (int64_t j0 = i0; j0 < n; j0 += kTile) {
+      const int64_t j1 = std::min(n, j0 + kTile);
+      for (int64_t i = i0; i < i1; ++i) {
+        for (int64_t j = std::max(j0, i + 1); j < j1; ++j) h[j * n + i] = h[i * n + j];
+      }
+    }
+  }
+}
 
 class CpuComputeImpl final : public Compute {
  public:
@@ -25,27 +42,39 @@ class CpuComputeImpl final : public Compute {
     if (rows == 0 || k == 0) return;
     // Upper triangle of H (row-major) += alpha · XᵀX, then mirror it into the lower triangle.
     cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, k, rows, alpha, x, k, 1.0f, h, k);
-    for (int64_t i = 0; i < k; ++i) {
-      for (int64_t j = i + 1; j < k; ++j) h[j * k + i] = h[i * k + j];
-    }
+    MirrorUpperToLower(k, h);
   }
 
   absl::Status CholeskyInverseUpper(int64_t n, float* h) override {
     if (n == 0) return absl::OkStatus();
-    // H = LLᵀ (lower), H⁻¹ from L, then H⁻¹ = UᵀU (upper). Row-major lower == column-major
-    // upper, so we ask LAPACK for the triangles we want directly in row-major layout.
-    lapack_int info = LAPACKE_spotrf(LAPACK_ROW_MAJOR, 'L', n, h, n);
-    if (info != 0) return NotPositiveDefinite("H", info);
-    info = LAPACKE_spotri(LAPACK_ROW_MAJOR, 'L', n, h, n);
-    if (info != 0) return NotPositiveDefinite("H (inverse)", info);
-    // spotri leaves H⁻¹ in the lower triangle; mirror it to the upper one.
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t j = i + 1; j < n; ++j) h[i * n + j] = h[j * n + i];
+    const int64_t nn = n * n;
+    for (int64_t i = 0; i < nn; ++i) {
+      if (!std::isfinite(h[i])) {
+        return absl::FailedPreconditionError(absl::StrCat("Cholesky of H failed: H[", i / n, ",", i % n,
+                                                          "] is not finite"));
+      }
     }
-    info = LAPACKE_spotrf(LAPACK_ROW_MAJOR, 'U', n, h, n);
-    if (info != 0) return NotPositiveDefinite("H⁻¹", info);
+    // One Cholesky and one triangular inverse (2n³/3 flops) instead of Cholesky, inverse and a
+    // second Cholesky (4n³/3). With J the reversal permutation, factor P = J·H·J = M·Mᵀ (M
+    // lower). Then H = R·Rᵀ with R = J·M·J upper, so H⁻¹ = R⁻ᵀ·R⁻¹ and U = R⁻¹ = J·M⁻¹·J is
+    // the (unique, positive-diagonal) upper factor with H⁻¹ = UᵀU.
+    // J·H·J of a row-major n×n matrix is the whole buffer reversed.
+    std::reverse(h, h + nn);
+    // LAPACK is column-major: the row-major buffer read column-major is the transpose, so the
+    // column-major upper factor (P = UcᵀUc) is the row-major lower M. Calling the column-major
+    // routines directly also avoids LAPACKE's row-major transposed copies.
+    lapack_int info = LAPACKE_spotrf(LAPACK_COL_MAJOR, 'U', n, h, n);
+    if (info != 0) return NotPositiveDefinite("H", info);
+    info = LAPACKE_strtri(LAPACK_COL_MAJOR, 'U', 'N', n, h, n);  // Uc⁻¹ = (M⁻¹)ᵀ, row-major M⁻¹
+    if (info != 0) return NotPositiveDefinite("H (triangular inverse)", info);
+    std::reverse(h, h + nn);  // J·M⁻¹·J: upper, in the row-major upper triangle
     for (int64_t i = 0; i < n; ++i) {
-      for (int64_t j = 0; j < i; ++j) h[i * n + j] = 0.0f;
+      std::fill(h + i * n, h + i * n + i, 0.0f);
+      const float d = h[i * n + i];
+      if (!(d > 0.0f) || !std::isfinite(d)) {
+        return absl::FailedPreconditionError(absl::StrCat("Cholesky of H failed: diagonal ", i,
+                                                          " of the factor is ", d, "; raise dampening_frac"));
+      }
     }
     return absl::OkStatus();
   }

@@ -1,0 +1,332 @@
+#include "calibrator/gptq.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/numerics.h"
+
+namespace lowbit {
+namespace {
+
+// The in-block column loop is the only hot loop outside BLAS. Build it for AVX-512 and AVX2
+// as well as the baseline and pick at load time. The code never contracts a·b − c into an
+// FMA (ISO C++ mode: -ffp-contract=off), so every variant rounds identically.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define LOWBIT_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LOWBIT_MULTIVERSION
+#endif
+
+// Adding then subtracting 1.5·2^23 rounds a float with |v| < 2^22 to an integer, half to
+// even, in the default rounding mode: RoundHalfEven without a libm call, so it vectorizes.
+constexpr float kRoundMagic = 12582912.0f;
+
+// Rows of W handled together in the in-block loop: block_size rows of WT × kTileRows floats
+// stay in L2 while every column of the block updates the later ones.
+constexpr int64_t kTileRows = 256;
+
+// One tile of one block. WT is the transposed weight [K, N] (a column of W is a contiguous
+// row), `wt` points at WT[i1, r0]; `u` at U[i1, i1] (row stride ldu); scale / zero point of
+// block column c for these rows at st + group[c]·lds (zt likewise). On return the block's
+// rows of WT hold the fake-quantized values, codes the codes, e the scaled errors (w − q)/d
+// (what the lazy update multiplies). Returns Σ ((w − q)/d)².
+LOWBIT_MULTIVERSION
+double ProcessBlockTile(float* wt, int64_t ldw, int64_t nb, int64_t len, const float* u, int64_t ldu,
+                        const int32_t* group, const float* st, const float* zt, int64_t lds, bool fp8,
+                        float qmin, float qmax, float* e, int64_t lde, int8_t* codes, int64_t ldc) {
+  double loss = 0;
+  for (int64_t i = 0; i < nb; ++i) {
+    float* w = wt + i * ldw;
+    float* err = e + i * lde;
+    int8_t* code = codes + i * ldc;
+    const float* s = st + group[i] * lds;
+    const float* z = zt + group[i] * lds;
+    const float d = u[i * ldu + i];
+    if (fp8) {
+      for (int64_t t = 0; t < len; ++t) {
+        const uint8_t c = QuantizeFp8(w[t], s[t], DType::kF32);
+        const float q = DequantizeFp8(c, s[t]);
+        err[t] = (w[t] - q) / d;
+        w[t] = q;
+        code[t] = static_cast<int8_t>(c);
+      }
+    } else {
+      for (int64_t t = 0; t < len; ++t) {
+        float v = w[t] / s[t] + z[t];
+        v = std::min(std::max(v, qmin), qmax);
+        const float r = (v + kRoundMagic) - kRoundMagic;
+        const float q = (r - z[t]) * s[t];
+        err[t] = (w[t] - q) / d;
+        w[t] = q;
+        code[t] = static_cast<int8_t>(static_cast<int32_t>(r));
+      }
+    }
+    float lanes[16] = {};
+    int64_t t = 0;
+    for (; t + 16 <= len; t += 16) {
+      for (int l = 0; l < 16; ++l) lanes[l] += err[t + l] * err[t + l];
+    }
+    for (; t < len; ++t) lanes[0] += err[t] * err[t];
+    for (float v : lanes) loss += v;
+    // Propagate this column's error to the later columns of the block.
+    for (int64_t j = i + 1; j < nb; ++j) {
+      const float uij = u[i * ldu + j];
+      float* wj = wt + j * ldw;
+      for (int64_t t2 = 0; t2 < len; ++t2) wj[t2] -= uij * err[t2];
+    }
+  }
+  return loss;
+}
+
+// dst[j, r] = src[r, cols_of[j]] for a [rows, ld] row-major src: columns gathered (and
+// permuted) into rows. dst is [ncols, rows].
+template <typename T>
+void GatherColumnsTransposed(const T* src, int64_t rows, int64_t ld, const int64_t* cols_of, int64_t ncols, T* dst) {
+  constexpr int64_t kB = 32;
+  for (int64_t r0 = 0; r0 < rows; r0 += kB) {
+    const int64_t r1 = std::min(rows, r0 + kB);
+    for (int64_t j0 = 0; j0 < ncols; j0 += kB) {
+      const int64_t j1 = std::min(ncols, j0 + kB);
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t c = cols_of[j];
+        for (int64_t r = r0; r < r1; ++r) dst[j * rows + r] = src[r * ld + c];
+      }
+    }
+  }
+}
+
+// dst[r, cols_of[j]] = src[j, r]: the inverse of GatherColumnsTransposed.
+template <typename T>
+void ScatterColumnsTransposed(const T* src, int64_t rows, int64_t ld, const int64_t* cols_of, int64_t ncols, T* dst) {
+  constexpr int64_t kB = 32;
+  for (int64_t j0 = 0; j0 < ncols; j0 += kB) {
+    const int64_t j1 = std::min(ncols, j0 + kB);
+    for (int64_t r0 = 0; r0 < rows; r0 += kB) {
+      const int64_t r1 = std::min(rows, r0 + kB);
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t j = j0; j < j1; ++j) dst[r * ld + cols_of[j]] = src[j * rows + r];
+      }
+    }
+  }
+}
+
+absl::Status Invalid(const std::string& module, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat(module, ": GPTQ: ", why));
+}
+
+}  // namespace
+
+absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::span<const float> weight, int64_t rows,
+                                              int64_t cols, std::vector<float> hessian, const QuantArgs& weight_args,
+                                              DType scale_dtype, const GptqOptions& options, Compute& compute) {
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t N = rows, K = cols;
+  const QuantArgs& args = weight_args;
+  const Strategy strategy = args.strategy_or_tensor();
+  const bool fp8 = args.type == QuantType::kFloat;
+
+  // ---- Validation --------------------------------------------------------------------------
+  if (N <= 0 || K <= 0) return Invalid(module, absl::StrCat("weight shape [", N, ", ", K, "] is empty"));
+  if (static_cast<int64_t>(weight.size()) != N * K) {
+    return Invalid(module, absl::StrCat("weight has ", weight.size(), " values, expected rows·cols = ", N, "·", K));
+  }
+  if (static_cast<int64_t>(hessian.size()) != K * K) {
+    return Invalid(module, absl::StrCat("Hessian has ", hessian.size(), " values, expected [K, K] = [", K, ", ", K,
+                                        "] (K = in_features = weight columns)"));
+  }
+  if (options.block_size <= 0) return Invalid(module, absl::StrCat("block_size must be > 0, got ", options.block_size));
+  if (!(options.dampening_frac >= 0) || !std::isfinite(options.dampening_frac)) {
+    return Invalid(module, absl::StrCat("dampening_frac must be a finite value >= 0, got ", options.dampening_frac));
+  }
+  if (strategy != Strategy::kTensor && strategy != Strategy::kChannel && strategy != Strategy::kGroup) {
+    return absl::UnimplementedError(absl::StrCat(module, ": GPTQ: weight strategy ", std::string(StrategyName(strategy)),
+                                                 " is not supported (use tensor, channel or group)"));
+  }
+  if (fp8 ? args.num_bits != 8 : (args.num_bits < 2 || args.num_bits > 8)) {
+    return absl::UnimplementedError(absl::StrCat(module, ": GPTQ: ", fp8 ? "float" : "int", " weights with num_bits ",
+                                                 args.num_bits, " are not supported (int 2..8 bits, float 8 bits)"));
+  }
+  int64_t group_size = K;
+  if (strategy == Strategy::kGroup) {
+    group_size = args.group_size.value_or(0);
+    if (group_size <= 0) return Invalid(module, "group strategy needs group_size > 0");
+    if (K % group_size != 0) {
+      return Invalid(module, absl::StrCat("in_features ", K, " is not a multiple of group_size ", group_size));
+    }
+  }
+  for (int64_t i = 0; i < N * K; ++i) {
+    if (!std::isfinite(weight[i])) {
+      return Invalid(module, absl::StrCat("weight[", i / K, ", ", i % K, "] = ", weight[i], " is not finite"));
+    }
+  }
+
+  GptqResult result;
+  ActOrder actorder = args.actorder;
+  if (actorder == ActOrder::kGroup && strategy != Strategy::kGroup) {
+    absl::StrAppend(&result.warning, module, ": actorder group needs the group strategy; quantizing without "
+                                             "activation ordering. ");
+    actorder = ActOrder::kNone;
+  }
+  if (actorder == ActOrder::kGroup && fp8) {
+    return absl::UnimplementedError(absl::StrCat(module, ": GPTQ: actorder group with float weights is not supported"));
+  }
+
+  // ---- Activation order ----------------------------------------------------------------------
+  std::vector<int64_t> perm(K);
+  std::iota(perm.begin(), perm.end(), 0);
+  if (actorder != ActOrder::kNone) {
+    // argsort(diag(H), descending); ties keep index order; NaN sorts last.
+    auto key = [&](int64_t i) {
+      float d = hessian[i * K + i];
+      return std::isnan(d) ? -std::numeric_limits<float>::infinity() : d;
+    };
+    std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return key(a) > key(b); });
+    std::vector<float> hp(K * K);
+    for (int64_t a = 0; a < K; ++a) {
+      const float* src = hessian.data() + perm[a] * K;
+      float* dst = hp.data() + a * K;
+      for (int64_t b = 0; b < K; ++b) dst[b] = src[perm[b]];
+    }
+    hessian = std::move(hp);
+  }
+  std::vector<float>& H = hessian;  // permuted; becomes U in place
+
+  // ---- Quantization parameters, from the original (un-updated) weight -----------------------
+  absl::StatusOr<WeightQParams> qp;
+  if (actorder == ActOrder::kGroup) {
+    std::vector<float> wp(N * K);
+    for (int64_t r = 0; r < N; ++r) {
+      for (int64_t j = 0; j < K; ++j) wp[r * K + j] = weight[r * K + perm[j]];
+    }
+    qp = ObserveWeight(wp, N, K, args, scale_dtype);
+  } else {
+    qp = ObserveWeight(weight, N, K, args, scale_dtype);
+  }
+  if (!qp.ok()) return absl::Status(qp.status().code(), absl::StrCat(module, ": ", std::string(qp.status().message())));
+  const int64_t groups = qp->groups;
+  // Group of each column in processing order.
+  std::vector<int32_t> group_of(K, 0);
+  if (strategy == Strategy::kGroup) {
+    for (int64_t j = 0; j < K; ++j) {
+      group_of[j] = static_cast<int32_t>((actorder == ActOrder::kWeight ? perm[j] : j) / group_size);
+    }
+  }
+  // Scales and zero points transposed to [groups, N] so a column's are contiguous over rows.
+  std::vector<float> st(groups * N), zt(groups * N);
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t r = 0; r < N; ++r) {
+      QParam p = qp->at(r, g);
+      st[g * N + r] = p.scale;
+      zt[g * N + r] = static_cast<float>(p.zero_point);
+    }
+  }
+
+  // ---- W transposed (and permuted): WT[j, r] = W[r, perm[j]] -------------------------------
+  std::vector<float> wt(K * N);
+  GatherColumnsTransposed(weight.data(), N, K, perm.data(), K, wt.data());
+
+  // ---- Dead inputs, dampening, inverse factor -------------------------------------------------
+  for (int64_t j = 0; j < K; ++j) {
+    if (H[j * K + j] == 0.0f) {
+      H[j * K + j] = 1.0f;
+      std::fill(wt.begin() + j * N, wt.begin() + (j + 1) * N, 0.0f);
+    }
+  }
+  double diag_sum = 0;
+  for (int64_t j = 0; j < K; ++j) diag_sum += H[j * K + j];
+  const float damp = static_cast<float>(options.dampening_frac * (diag_sum / static_cast<double>(K)));
+  for (int64_t j = 0; j < K; ++j) H[j * K + j] += damp;
+  if (absl::Status st_chol = compute.CholeskyInverseUpper(K, H.data()); !st_chol.ok()) {
+    absl::StrAppend(&result.warning, module, ": failed to invert the Hessian (", std::string(st_chol.message()),
+                    "); falling back to round-to-nearest for this module. Consider increasing dampening_frac or "
+                    "the number of calibration samples.");
+    result.fell_back_to_rtn = true;
+    std::fill(H.begin(), H.end(), 0.0f);
+    for (int64_t j = 0; j < K; ++j) H[j * K + j] = 1.0f;
+  }
+  const float* U = H.data();
+
+  // ---- Blocks ---------------------------------------------------------------------------------
+  const int64_t B = std::min(options.block_size, K);
+  std::vector<int8_t> codes_t(K * N);
+  std::vector<float> err(B * N);            // (w − q)/d of the block's columns, [nb, N]
+  std::vector<float> u_panel_t(K * B);      // U[i1:i2, i2:]ᵀ, [K − i2, nb]
+  const float qmin = fp8 ? 0.0f : static_cast<float>(args.qmin());
+  const float qmax = fp8 ? 0.0f : static_cast<float>(args.qmax());
+  double loss2 = 0;  // Σ ((w − q)/d)²
+  for (int64_t i1 = 0; i1 < K; i1 += B) {
+    const int64_t i2 = std::min(K, i1 + B), nb = i2 - i1;
+    for (int64_t r0 = 0; r0 < N; r0 += kTileRows) {
+      const int64_t len = std::min(N, r0 + kTileRows) - r0;
+      loss2 += ProcessBlockTile(wt.data() + i1 * N + r0, N, nb, len, U + i1 * K + i1, K, group_of.data() + i1,
+                                st.data() + r0, zt.data() + r0, N, fp8, qmin, qmax, err.data() + r0, N,
+                                codes_t.data() + i1 * N + r0, N);
+    }
+    if (i2 < K) {
+      // Lazy update of every later column: WT[i2:, :] −= U[i1:i2, i2:]ᵀ · Err.
+      const int64_t m = K - i2;
+      for (int64_t i = 0; i < nb; ++i) {
+        const float* urow = U + (i1 + i) * K + i2;
+        for (int64_t j = 0; j < m; ++j) u_panel_t[j * nb + i] = urow[j];
+      }
+      compute.Gemm(/*transpose_b=*/false, m, N, nb, -1.0f, u_panel_t.data(), nb, err.data(), N, 1.0f,
+                   wt.data() + i2 * N, N);
+    }
+  }
+  result.loss = loss2 / 2;
+
+  // ---- Back to [N, K] in the original column order -------------------------------------------
+  QuantizedLinear& q = result.quantized;
+  q.module = module;
+  q.rows = N;
+  q.cols = K;
+  q.weight_args = args;
+  q.qparams = *std::move(qp);
+  result.dequantized.resize(N * K);
+  ScatterColumnsTransposed(wt.data(), N, K, perm.data(), K, result.dequantized.data());
+  if (fp8) {
+    q.fp8_codes.resize(N * K);
+    ScatterColumnsTransposed(reinterpret_cast<const uint8_t*>(codes_t.data()), N, K, perm.data(), K,
+                             q.fp8_codes.data());
+  } else {
+    q.int_codes.resize(N * K);
+    ScatterColumnsTransposed(codes_t.data(), N, K, perm.data(), K, q.int_codes.data());
+  }
+  if (actorder == ActOrder::kGroup) {
+    // Original column perm[j] was processed j-th, in group j / group_size.
+    q.g_idx.resize(K);
+    for (int64_t j = 0; j < K; ++j) q.g_idx[perm[j]] = static_cast<int32_t>(j / group_size);
+  }
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+double OutputError(Compute& compute, std::span<const float> x, int64_t tokens, std::span<const float> a,
+                   std::span<const float> b, int64_t rows, int64_t cols) {
+  std::vector<float> diff(rows * cols);
+  for (int64_t i = 0; i < rows * cols; ++i) diff[i] = a[i] - b[i];
+  std::vector<float> y(tokens * rows);
+  compute.Gemm(/*transpose_b=*/true, tokens, rows, cols, 1.0f, x.data(), cols, diff.data(), cols, 0.0f, y.data(),
+               rows);
+  double sum = 0;
+  for (float v : y) sum += static_cast<double>(v) * v;
+  return std::sqrt(sum);
+}
+
+double HessianWeightedError(Compute& compute, std::span<const float> hessian, std::span<const float> a,
+                            std::span<const float> b, int64_t rows, int64_t cols) {
+  std::vector<float> diff(rows * cols), t(rows * cols);
+  for (int64_t i = 0; i < rows * cols; ++i) diff[i] = a[i] - b[i];
+  compute.Gemm(/*transpose_b=*/false, rows, cols, cols, 1.0f, diff.data(), cols, hessian.data(), cols, 0.0f,
+               t.data(), cols);
+  double sum = 0;
+  for (int64_t i = 0; i < rows * cols; ++i) sum += static_cast<double>(t[i]) * diff[i];
+  return sum;
+}
+
+}  // namespace lowbit
