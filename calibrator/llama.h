@@ -13,6 +13,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -48,11 +49,22 @@ struct LlamaConfig {
   bool attention_bias = false;  // q/k/v (and o for Llama's attention_bias) carry biases; Qwen2: q/k/v
   bool tie_word_embeddings = false;
   DType dtype = DType::kBF16;   // torch_dtype
+  bool mlp_bias = false;        // Llama's mlp_bias: gate/up/down carry biases
+  // Mistral's sliding_window (0 = none). Attention is computed without a window, so
+  // DecoderLayerForward refuses any sequence longer than this instead of windowing it.
+  int64_t sliding_window = 0;
+
+  // Whether the Linear with this module suffix ("self_attn.q_proj") has a bias tensor.
+  bool LinearHasBias(std::string_view linear_suffix) const;
 };
 
 // Parses a Hugging Face config.json. Anything outside the supported family (another
 // architecture, sliding-window attention actually in use, an unsupported rope_scaling type,
 // hidden_act other than silu, ...) is InvalidArgument naming the field and its value.
+// Supported: model_type llama / mistral / qwen2 with the matching *ForCausalLM architecture;
+// rope_scaling null, "default", "linear" or "llama3" (key "rope_type" or the older "type");
+// Qwen2 only with use_sliding_window false; Mistral with sliding_window null or a number
+// (sequences longer than it are refused at forward time, see LlamaConfig::sliding_window).
 absl::StatusOr<LlamaConfig> ParseLlamaConfig(const nlohmann::json& config);
 
 // One Linear in float32: weight [out, in], bias empty or [out].

@@ -2,7 +2,9 @@
 //   lowbit-gen-model --out DIR [--hidden 256] [--intermediate 512] [--layers 2] [--heads 4]
 //                    [--kv_heads 2] [--vocab 512] [--dtype bf16|fp16|fp32] [--seed 0]
 //                    [--outlier_channels 4] [--outlier_scale 30] [--tie_embeddings]
-//                    [--max_shard_mb 2048]
+//                    [--max_shard_mb 2048] [--arch llama|mistral|qwen2] [--head_dim N]
+//                    [--rope_scaling llama3|linear] [--rope_factor 8]
+//                    [--rope_original_max_position 8192]
 #include <cstdio>
 #include <string>
 
@@ -24,6 +26,12 @@ ABSL_FLAG(int32_t, outlier_channels, 4, "hidden channels with large activations"
 ABSL_FLAG(double, outlier_scale, 30.0, "how much larger the outlier channels are");
 ABSL_FLAG(bool, tie_embeddings, false, "tie lm_head to the embeddings");
 ABSL_FLAG(int64_t, max_shard_mb, 2048, "shard the safetensors at this size (MiB)");
+ABSL_FLAG(std::string, arch, "llama", "llama, mistral (sliding_window null) or qwen2 (q/k/v biases)");
+ABSL_FLAG(int64_t, head_dim, 0, "attention head size (0: hidden / heads)");
+ABSL_FLAG(std::string, rope_scaling, "", "rope_scaling block: empty (null), llama3 or linear");
+ABSL_FLAG(double, rope_factor, 8.0, "rope_scaling factor");
+ABSL_FLAG(int64_t, rope_original_max_position, 8192, "llama3 rope_scaling original_max_position_embeddings");
+ABSL_FLAG(double, rope_theta, 500000.0, "rope_theta");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Writes a deterministic synthetic Llama model: lowbit-gen-model --out DIR");
@@ -44,6 +52,12 @@ int main(int argc, char** argv) {
   o.outlier_channels = absl::GetFlag(FLAGS_outlier_channels);
   o.outlier_scale = static_cast<float>(absl::GetFlag(FLAGS_outlier_scale));
   o.tie_embeddings = absl::GetFlag(FLAGS_tie_embeddings);
+  o.arch = absl::GetFlag(FLAGS_arch);
+  o.head_dim = absl::GetFlag(FLAGS_head_dim);
+  o.rope_scaling = absl::GetFlag(FLAGS_rope_scaling);
+  o.rope_factor = absl::GetFlag(FLAGS_rope_factor);
+  o.rope_original_max_position = absl::GetFlag(FLAGS_rope_original_max_position);
+  o.rope_theta = absl::GetFlag(FLAGS_rope_theta);
   int64_t shard_mb = absl::GetFlag(FLAGS_max_shard_mb);
   if (shard_mb <= 0) {
     std::fprintf(stderr, "lowbit-gen-model: --max_shard_mb must be positive\n");

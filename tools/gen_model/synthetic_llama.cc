@@ -50,9 +50,19 @@ absl::Status ValidateOptions(const SyntheticLlamaOptions& o) {
                          {"heads", o.heads}, {"kv_heads", o.kv_heads}, {"vocab", o.vocab}}) {
     if (v <= 0 || v > (int64_t{1} << 20)) return absl::InvalidArgumentError(absl::StrCat(name, " must be in 1..2^20, got ", v));
   }
-  if (o.hidden % o.heads != 0) return absl::InvalidArgumentError("hidden must be divisible by heads");
+  if (o.head_dim < 0 || o.head_dim > (int64_t{1} << 16)) return absl::InvalidArgumentError("head_dim must be in 0..2^16");
+  if (o.head_dim == 0 && o.hidden % o.heads != 0) return absl::InvalidArgumentError("hidden must be divisible by heads");
   if (o.heads % o.kv_heads != 0) return absl::InvalidArgumentError("heads must be divisible by kv_heads");
-  if ((o.hidden / o.heads) % 2 != 0) return absl::InvalidArgumentError("head_dim (hidden / heads) must be even for RoPE");
+  if (o.HeadDim() % 2 != 0) return absl::InvalidArgumentError("head_dim (hidden / heads) must be even for RoPE");
+  if (o.arch != "llama" && o.arch != "mistral" && o.arch != "qwen2") {
+    return absl::InvalidArgumentError(absl::StrCat("arch must be llama, mistral or qwen2, got '", o.arch, "'"));
+  }
+  if (!o.rope_scaling.empty() && o.rope_scaling != "llama3" && o.rope_scaling != "linear") {
+    return absl::InvalidArgumentError(absl::StrCat("rope_scaling must be empty, llama3 or linear, got '", o.rope_scaling, "'"));
+  }
+  if (!(o.rope_factor > 0) || o.rope_original_max_position <= 0) {
+    return absl::InvalidArgumentError("rope_factor and rope_original_max_position must be positive");
+  }
   if (o.dtype != DType::kF32 && o.dtype != DType::kF16 && o.dtype != DType::kBF16) {
     return absl::InvalidArgumentError("dtype must be fp32, fp16 or bf16");
   }
@@ -75,7 +85,7 @@ std::vector<int64_t> OutlierChannels(const SyntheticLlamaOptions& o) {
 }
 
 nlohmann::json SyntheticLlamaConfig(const SyntheticLlamaOptions& o) {
-  return {
+  nlohmann::json c = {
       {"architectures", {"LlamaForCausalLM"}},
       {"model_type", "llama"},
       {"hidden_size", o.hidden},
@@ -83,7 +93,7 @@ nlohmann::json SyntheticLlamaConfig(const SyntheticLlamaOptions& o) {
       {"num_hidden_layers", o.layers},
       {"num_attention_heads", o.heads},
       {"num_key_value_heads", o.kv_heads},
-      {"head_dim", o.hidden / o.heads},
+      {"head_dim", o.HeadDim()},
       {"vocab_size", o.vocab},
       {"max_position_embeddings", 2048},
       {"rms_norm_eps", 1e-5},
@@ -99,6 +109,31 @@ nlohmann::json SyntheticLlamaConfig(const SyntheticLlamaOptions& o) {
       {"initializer_range", 0.02},
       {"transformers_version", "4.46.0"},
   };
+  if (o.rope_scaling == "llama3") {
+    c["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", o.rope_factor},
+                         {"low_freq_factor", 1.0},
+                         {"high_freq_factor", 4.0},
+                         {"original_max_position_embeddings", o.rope_original_max_position}};
+  } else if (o.rope_scaling == "linear") {
+    c["rope_scaling"] = {{"rope_type", "linear"}, {"factor", o.rope_factor}};
+  }
+  if (o.arch == "mistral") {
+    c["architectures"] = {"MistralForCausalLM"};
+    c["model_type"] = "mistral";
+    c["sliding_window"] = nullptr;
+    c.erase("attention_bias");
+    c.erase("mlp_bias");
+  } else if (o.arch == "qwen2") {
+    c["architectures"] = {"Qwen2ForCausalLM"};
+    c["model_type"] = "qwen2";
+    c["use_sliding_window"] = false;
+    c["sliding_window"] = 4096;
+    c["max_window_layers"] = o.layers;
+    c.erase("attention_bias");
+    c.erase("mlp_bias");
+  }
+  return c;
 }
 
 absl::Status WriteSyntheticLlama(const std::string& dir, const SyntheticLlamaOptions& o) {
@@ -108,7 +143,7 @@ absl::Status WriteSyntheticLlama(const std::string& dir, const SyntheticLlamaOpt
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
 
   const std::vector<int64_t> outliers = OutlierChannels(o);
-  const int64_t head_dim = o.hidden / o.heads;
+  const int64_t head_dim = o.HeadDim();
   std::vector<NamedTensor> tensors;
   auto add = [&](const std::string& name, Shape shape, auto fill) {
     int64_t n = 1;
@@ -142,6 +177,12 @@ absl::Status WriteSyntheticLlama(const std::string& dir, const SyntheticLlamaOpt
     linear(p + "self_attn.k_proj.weight", o.kv_heads * head_dim, o.hidden);
     linear(p + "self_attn.v_proj.weight", o.kv_heads * head_dim, o.hidden);
     linear(p + "self_attn.o_proj.weight", o.hidden, o.heads * head_dim);
+    if (o.arch == "qwen2") {  // q/k/v biases, large enough to matter
+      for (auto [name, n] : {std::pair{"q_proj", o.heads * head_dim}, {"k_proj", o.kv_heads * head_dim},
+                             {"v_proj", o.kv_heads * head_dim}}) {
+        add(p + "self_attn." + name + ".bias", {n}, [](Rng& r, int64_t) { return 0.5f * r.Normal(); });
+      }
+    }
     linear(p + "mlp.gate_proj.weight", o.intermediate, o.hidden);
     linear(p + "mlp.up_proj.weight", o.intermediate, o.hidden);
     linear(p + "mlp.down_proj.weight", o.hidden, o.intermediate);

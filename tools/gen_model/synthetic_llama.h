@@ -33,10 +33,21 @@ struct SyntheticLlamaOptions {
   bool tie_embeddings = false;
   double rope_theta = 500000.0;
   uint64_t max_shard_bytes = 2ull << 30;
+  // Family member: "llama" (LlamaForCausalLM), "mistral" (MistralForCausalLM, sliding_window
+  // null), "qwen2" (Qwen2ForCausalLM, q/k/v biases, use_sliding_window false).
+  std::string arch = "llama";
+  int64_t head_dim = 0;  // 0: hidden / heads
+  // rope_scaling block: "" (null) or "llama3" (factor, low_freq_factor 1, high_freq_factor 4,
+  // original_max_position_embeddings) or "linear" (factor).
+  std::string rope_scaling;
+  double rope_factor = 8.0;
+  int64_t rope_original_max_position = 8192;
+
+  int64_t HeadDim() const { return head_dim > 0 ? head_dim : hidden / heads; }
 };
 
-// Checks sizes (positive; hidden divisible by heads; heads divisible by kv_heads; head_dim
-// even) and dtype (F32, F16 or BF16).
+// Checks sizes (positive; hidden divisible by heads unless head_dim is given; heads divisible
+// by kv_heads; head_dim even), dtype (F32, F16 or BF16), arch and rope_scaling.
 absl::Status ValidateOptions(const SyntheticLlamaOptions& options);
 // The hidden channels that carry outliers (deterministic in the seed).
 std::vector<int64_t> OutlierChannels(const SyntheticLlamaOptions& options);
