@@ -460,12 +460,18 @@ absl::Status DecoderLayerForward(const LlamaConfig& c, const DecoderLayerWeights
   return absl::OkStatus();
 }
 
-std::vector<float> LmHeadForward(const LlamaConfig& config, std::span<const float> final_norm,
-                                 const LinearWeights& lm_head, Compute& compute, std::span<const float> hidden,
-                                 int64_t rows) {
+std::vector<float> ApplyFinalNorm(const LlamaConfig& config, std::span<const float> final_norm,
+                                  std::span<const float> hidden, int64_t rows) {
   const int64_t h = config.hidden_size;
   std::vector<float> normed(static_cast<size_t>(rows * h));
   RmsNorm(hidden.data(), final_norm.data(), rows, h, config.rms_norm_eps, normed.data());
+  return normed;
+}
+
+std::vector<float> LmHeadForward(const LlamaConfig& config, std::span<const float> final_norm,
+                                 const LinearWeights& lm_head, Compute& compute, std::span<const float> hidden,
+                                 int64_t rows) {
+  std::vector<float> normed = ApplyFinalNorm(config, final_norm, hidden, rows);
   std::vector<float> logits(static_cast<size_t>(rows * lm_head.out));
   Linear(compute, lm_head, normed.data(), rows, 0.0f, logits.data());
   return logits;
