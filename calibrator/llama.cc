@@ -193,7 +193,10 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Open(const std::string& 
   if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(config_path, ": not valid JSON"));
   absl::StatusOr<LlamaConfig> config = ParseLlamaConfig(j);
   if (!config.ok()) {
-    return absl::Status(config.status().code(), absl::StrCat(config_path, ": ", std::string(config.status().message())));
+    // ParseLlamaConfig names "config.json"; here the full path replaces it.
+    std::string why(config.status().message());
+    if (why.rfind("config.json: ", 0) == 0) why.erase(0, 13);
+    return absl::Status(config.status().code(), absl::StrCat(config_path, ": ", why));
   }
   absl::StatusOr<std::unique_ptr<SafetensorsModel>> tensors = SafetensorsModel::Open(dir);
   if (!tensors.ok()) return tensors.status();

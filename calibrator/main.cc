@@ -91,8 +91,10 @@ void PrintSummary(const CalibrationResult& r, const std::string& out) {
   for (const ModuleResult& m : r.modules) {
     if (m.loss >= worst) worst = m.loss, worst_module = m.module;
   }
-  std::printf("  total GPTQ loss %.4g (largest %.4g at %s)\n", rep.value("total_loss", 0.0), worst,
-              worst_module.c_str());
+  if (rep.value("algorithm", std::string()) == "GPTQ") {
+    std::printf("  total GPTQ loss %.4g (largest %.4g at %s)\n", rep.value("total_loss", 0.0), worst,
+                worst_module.c_str());
+  }
   if (r.eval) {
     std::printf("  held-out (%lld tokens): KL mean %.5f  p99 %.5f  top-1 agreement %.2f%%  perplexity %.3f -> %.3f\n",
                 static_cast<long long>(r.eval->tokens), r.eval->kl_mean, r.eval->kl_p99,

@@ -28,7 +28,7 @@ o_proj/down_proj) is checked as without it.
     per element (two bf16 roundings), byte-identical when s = 1.
   * Numerics: instead of the per-element half-step bound (GPTQ moves codes off the nearest grid
     point), each module's relative Frobenius error ||W_ref - dq|| / ||W_ref|| must stay within
-    int4 0.65, int8 0.12, fp8 0.12 (measurements in check_calibrated_module's docstring), and
+    int4 1.2, int8 0.3, fp8 0.3 (measurements in check_calibrated_module's docstring), and
     its scales must match the RTN min-max observer recomputed from W_ref and rounded to the scale
     dtype within 2^-6 + 2^-8 relative (GPTQ computes them once from the un-updated weights,
     §1.5); asymmetric zero points within 1.  Not for actorder "group" (scales of permuted groups).
@@ -1269,7 +1269,7 @@ SMOOTH_MAPPINGS = (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", 
 
 # Limits on ||W_ref - dq||_F / ||W_ref||_F per module (rationale and measurements in
 # check_calibrated_module).
-FROB_LIMITS = {"int4": 0.65, "int8": 0.12, "fp8": 0.12}
+FROB_LIMITS = {"int4": 1.2, "int8": 0.3, "fp8": 0.3}
 # Relative tolerance of a stored scale against the observer recomputed from W_ref: s recovered
 # from a bf16-rounded norm (2^-8) and the smoothed weight rounded to bf16 (2^-8) move the
 # group's absmax by up to 2^-7; the expected and the stored scale are each rounded to bf16
@@ -1438,25 +1438,27 @@ def check_calibrated_module(m, q, w_ref, s, stats):
 
     Returns a list of problems (empty when the module passes).
       * codes in range, scales finite and > 0, no FP8 NaN code, g_idx in range (as default);
-      * scales (not with actorder "group", whose groups GPTQ forms over the permuted columns):
-        the memoryless min-max observer on W_ref per group / channel / tensor, rounded to the
-        stored scale dtype (0 -> that dtype's eps), agrees within SCALE_REL; asymmetric zero
-        points are within 1 of round(qmin - min/scale) with the stored scale;
+      * scales: the memoryless min-max observer on W_ref per group / channel / tensor, rounded
+        to the stored scale dtype (0 -> that dtype's eps), agrees within SCALE_REL; asymmetric
+        zero points are within 1 of round(qmin - min/scale) with the stored scale. With actorder
+        "group" GPTQ forms the groups over permuted columns: group j is the columns whose g_idx
+        is j, and the observer runs over exactly those;
       * ||W_ref - dq||_F / ||W_ref||_F <= FROB_LIMITS[int4 | int8 | fp8].  GPTQ moves weights
         (codes are not the nearest grid point of W_ref), so there is no per-element bound.
 
-    Limits, against measured values of the relative Frobenius error:
-      int4 0.65: lowbit-rtn W4A16 0.112, W4A16_ASYM 0.101 (lowbit-gen-model, bf16/fp16/fp32);
-        a NumPy SmoothQuant + GPTQ simulation (K=N=1024, t(5) weights, lognormal activation
-        channels with 8 outliers x60, alpha 0.5/0.8/0.9/1.0, static groups, bf16 scales) gives
-        at most 0.26 for group 128 sym, 0.21 asym, 0.46 per channel (GPTQ moves weight error
-        into the rarely active columns: 1.0-1.6x RTN).
-      int8 0.12: lowbit-rtn W8A8 0.0075, W8A16 0.0066; simulation at most 0.054 (W8A8 channel,
-        SmoothQuant alpha 0.8-1.0 concentrates the row absmax in the smoothed columns).
-      fp8 0.12: lowbit-rtn FP8_DYNAMIC 0.026, FP8 (static) 0.027; simulation at most 0.047.
+    The Frobenius limits only catch gross corruption; the scale check catches subtle errors.
+    GPTQ minimises the output error tr((W-Q) H (W-Q)^T), not the weight error: where the input
+    is strongly anisotropic it moves the weights of rarely active columns a long way. Measured:
+      int4: lowbit-rtn W4A16 0.112, W4A16_ASYM 0.101; the calibrator's GPTQ with actorder group
+        on layer 0 of lowbit-gen-model's default model (embedding and norm outliers: diag(H)
+        spans 7.6e2 .. 2.8e7) gives 0.97 weight error at half RTN's output error (0.051 vs
+        0.107). Garbage is larger: int4 fields packed in reverse order 1.45, transposed codes
+        1.54, random in-range codes about 2. Limit 1.2.
+      int8 / fp8: lowbit-rtn W8A8 0.0075, W8A16 0.0066, FP8 0.027; calibrator GPTQ W8A8 at most
+        0.025; a NumPy SmoothQuant + GPTQ simulation at most 0.054 (int8) and 0.047 (fp8);
+        q_proj quantized without its s gives 0.70. Limit 0.3.
       The self-test's fixture (s with outliers x8, 10% of codes moved by +-1) gives int4 0.42
-      (asym 0.29), int8 0.033, fp8 0.039; its corruptions give: transposed int8 codes 1.54,
-      int4 fields packed in reverse order 1.45, q_proj quantized without s 0.70.
+      (asym 0.29), int8 0.033, fp8 0.039.
     A wrong scale by a few percent barely moves the Frobenius error; the scale check catches it.
     """
     n, k = w_ref.shape
@@ -1467,9 +1469,17 @@ def check_calibrated_module(m, q, w_ref, s, stats):
         zp, cols = None, None
     else:
         codes, scale, zp, cols, (qmin, qmax) = decode_int_module(m, q, s, n, k)
-    check_scales = not (s.layout != "fp8" and wa.actorder == "group")
-    tensor_obs = observer_qparams(w_ref, wa, s.layout, 1) if wa.strategy == "tensor" else None
     problems = []
+    check_scales = True
+    perm = None  # actorder "group": columns ordered so that each group is contiguous
+    if s.layout != "fp8" and wa.actorder == "group":
+        counts = np.bincount(cols, minlength=scale.shape[1])
+        if wa.group_size and np.all(counts == wa.group_size):
+            perm = np.argsort(cols, kind="stable")
+        else:
+            problems.append(f"{m}.weight_g_idx: groups are not all of group_size {wa.group_size} columns")
+            check_scales = False
+    tensor_obs = observer_qparams(w_ref, wa, s.layout, 1) if wa.strategy == "tensor" else None
     err2 = ref2 = 0.0
     worst_dev, worst_at, n_bad, exact, zp_diff = 0.0, None, 0, 0, 0
     step = max(1, (1 << 22) // max(k, 1))
@@ -1486,7 +1496,8 @@ def check_calibrated_module(m, q, w_ref, s, stats):
         ref2 += float(np.sum(w ** 2))
         if not check_scales or (tensor_obs is not None and r0 > 0):
             continue
-        exp_raw, lo = tensor_obs if tensor_obs is not None else observer_qparams(w, wa, s.layout, r1 - r0)
+        w_obs = w if perm is None else w[:, perm]
+        exp_raw, lo = tensor_obs if tensor_obs is not None else observer_qparams(w_obs, wa, s.layout, r1 - r0)
         exp = round_to_dtype(exp_raw, sdtype)
         exp = np.where(exp == 0, FLOAT_EPS[sdtype], exp)
         dev = np.abs(sc - exp) / exp
@@ -1559,7 +1570,7 @@ def check_numerics_calibrated(orig, quant, plan, modules_ok, smooth, report):
         if st.max_zp_diff:
             scales += f", zero points within {st.max_zp_diff}"
         if st.no_scale_check:
-            scales += f"; {st.no_scale_check} module(s) with actorder group: scales not checked"
+            scales += f"; {st.no_scale_check} module(s) whose scales could not be checked"
         report.ok(f"numerics (calibrated) {label}",
                   f"{st.modules} module(s) ({st.smoothed} smoothed), relative Frobenius error max "
                   f"{st.max_rel:.4f} ({st.worst}), mean {st.sum_rel / st.modules:.4f}, limit "

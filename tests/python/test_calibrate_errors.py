@@ -51,7 +51,7 @@ def main():
     cases = [
         ("missing weight", ["--model", broken, "--data", tokens, "--scheme", "W4A16"], "model.embed_tokens.weight"),
         ("no model", ["--model", os.path.join(work, "nope"), "--data", tokens, "--scheme", "W4A16"], "nope"),
-        ("unsupported architecture", ["--model", gpt2, "--data", tokens, "--scheme", "W4A16"], "GPT2LMHeadModel"),
+        ("unsupported architecture", ["--model", gpt2, "--data", tokens, "--scheme", "W4A16"], "\"gpt2\" is not supported"),
         ("token id >= vocab", ["--model", model, "--data", bad_tokens, "--scheme", "W4A16",
                                "--heldout_fraction", "0", "--shuffle=false"], "512"),
         ("recipe matches nothing", ["--model", model, "--data", tokens, "--recipe",
