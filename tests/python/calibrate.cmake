@@ -17,6 +17,9 @@ set(LOWBIT_CALIBRATE_CASES
   "fp8_static_gptq_vs_rtn|FP8|--scheme FP8|--scheme FP8 --algorithm rtn|--dtype=bf16"
   "fp8_dynamic_gptq_vs_rtn|FP8_DYNAMIC|--scheme FP8_DYNAMIC|--scheme FP8_DYNAMIC --algorithm rtn|--dtype=bf16"
   "fp8_kv_gptq_vs_rtn|-|--recipe ${LOWBIT_FIXTURES}/calib/fp8_kv_gptq.yaml|--recipe ${LOWBIT_FIXTURES}/recipes/fp8_kv.yaml|--dtype=bf16"
+  "qwen2_w4a16_gptq_vs_rtn|W4A16|--scheme W4A16|--scheme W4A16 --algorithm rtn|--arch=qwen2"
+  "mistral_w4a16_asym_gptq_vs_rtn|W4A16_ASYM|--scheme W4A16_ASYM|--scheme W4A16_ASYM --algorithm rtn|--arch=mistral --dtype=fp32"
+  "llama3_rope_tied_w8a16_gptq_vs_rtn|W8A16|--scheme W8A16|--scheme W8A16 --algorithm rtn|--rope_scaling=llama3 --tie_embeddings --max_shard_mb=1"
   "w8a8_smoothquant_vs_gptq_only|W8A8|--recipe ${LOWBIT_FIXTURES}/recipes/int8_w8a8.yaml|--scheme W8A8|--dtype=bf16")
 foreach(case ${LOWBIT_CALIBRATE_CASES})
   string(REPLACE "|" ";" parts "${case}")
