@@ -37,3 +37,7 @@ endforeach()
 add_test(NAME calibrate_errors
          COMMAND ${LOWBIT_PY} ${CMAKE_CURRENT_SOURCE_DIR}/test_calibrate_errors.py ${PROJECT_BINARY_DIR}
                  ${CMAKE_CURRENT_BINARY_DIR}/work_calibrate_errors)
+
+add_test(NAME calibrate_deterministic_jsonl_and_bin
+         COMMAND ${LOWBIT_PY} ${CMAKE_CURRENT_SOURCE_DIR}/test_calibrate_determinism.py ${PROJECT_BINARY_DIR}
+                 ${CMAKE_CURRENT_BINARY_DIR}/work_calibrate_determinism)
