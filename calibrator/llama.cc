@@ -15,9 +15,23 @@
 namespace lowbit {
 namespace {
 
-// A float buffer that is not zero-filled (every use writes it before reading it).
-using Buffer = std::unique_ptr<float[]>;
-Buffer NewBuffer(int64_t n) { return Buffer(new float[static_cast<size_t>(std::max<int64_t>(n, 1))]); }
+// Scratch buffers of the forward, kept per thread between calls so a layer after the first
+// does not page in fresh memory (at most what the largest batch needed, freed at thread exit).
+// Every use writes a buffer before reading it.
+enum Scratch { kNormed, kQ, kK, kV, kAttn, kScores, kQs, kOs, kGate, kUp, kNumScratch };
+float* ScratchBuffer(Scratch which, int64_t n) {
+  thread_local std::vector<float> buffers[kNumScratch];
+  std::vector<float>& b = buffers[which];
+  if (static_cast<int64_t>(b.size()) < n) {
+    b.clear();
+    b.shrink_to_fit();
+    b.resize(static_cast<size_t>(n));
+  }
+  return b.data();
+}
+
+// exp for x <= 0 without libm's underflow path (slow, and it sets errno): 0 below -87.
+inline float ExpNonPositive(float x) { return x < -87.0f ? 0.0f : std::exp(x); }
 
 bool EndsWith(std::string_view s, std::string_view tail) {
   return s.size() >= tail.size() && s.substr(s.size() - tail.size()) == tail;
@@ -370,13 +384,15 @@ absl::Status DecoderLayerForward(const LlamaConfig& c, const DecoderLayerWeights
   if (hidden == nullptr) return absl::InvalidArgumentError("DecoderLayerForward: hidden is null");
 
   // ---- attention ----
-  Buffer normed = NewBuffer(rows * h);
-  RmsNorm(hidden, w.input_layernorm.data(), rows, h, c.rms_norm_eps, normed.get());
-  if (hooks) hooks->OnLinearInput(LinearSite::kAttentionInput, normed.get(), rows, h);
-  Buffer q = NewBuffer(rows * qdim), k = NewBuffer(rows * kvdim), v = NewBuffer(rows * kvdim);
-  Linear(compute, w.q_proj, normed.get(), rows, 0.0f, q.get());
-  Linear(compute, w.k_proj, normed.get(), rows, 0.0f, k.get());
-  Linear(compute, w.v_proj, normed.get(), rows, 0.0f, v.get());
+  float* normed = ScratchBuffer(kNormed, rows * h);
+  RmsNorm(hidden, w.input_layernorm.data(), rows, h, c.rms_norm_eps, normed);
+  if (hooks) hooks->OnLinearInput(LinearSite::kAttentionInput, normed, rows, h);
+  float* q = ScratchBuffer(kQ, rows * qdim);
+  float* k = ScratchBuffer(kK, rows * kvdim);
+  float* v = ScratchBuffer(kV, rows * kvdim);
+  Linear(compute, w.q_proj, normed, rows, 0.0f, q);
+  Linear(compute, w.k_proj, normed, rows, 0.0f, k);
+  Linear(compute, w.v_proj, normed, rows, 0.0f, v);
 
   // RoPE: cos/sin of position × frequency for positions [0, max_len), in double then rounded.
   const int64_t half = d / 2;
@@ -391,74 +407,85 @@ absl::Status DecoderLayerForward(const LlamaConfig& c, const DecoderLayerWeights
   }
   for (int64_t s = 0; s < spans.num_sequences(); ++s) {
     const int64_t o = spans.offsets[s], len = spans.offsets[s + 1] - o;
-    ApplyRope(q.get() + o * qdim, len, qdim, nh, d, cos_table.data(), sin_table.data());
-    ApplyRope(k.get() + o * kvdim, len, kvdim, nkv, d, cos_table.data(), sin_table.data());
+    ApplyRope(q + o * qdim, len, qdim, nh, d, cos_table.data(), sin_table.data());
+    ApplyRope(k + o * kvdim, len, kvdim, nkv, d, cos_table.data(), sin_table.data());
   }
-  if (hooks) hooks->OnKeyValue(k.get(), v.get(), rows, kvdim);
+  if (hooks) hooks->OnKeyValue(k, v, rows, kvdim);
 
-  // Causal attention per sequence and head, in blocks of query rows: a block attends to the
-  // keys up to its last row (scores GEMM), softmax masks the rest, then one PV GEMM.
-  Buffer attn = NewBuffer(rows * qdim);
-  constexpr int64_t kBlock = 128;
-  Buffer scores = NewBuffer(std::min(kBlock, max_len) * max_len);
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  // Causal attention per sequence and KV head, in blocks of query rows. The query heads that
+  // share a KV head (GQA) are stacked into one [group·block, head_dim] matrix so each step is
+  // two large GEMMs: scores against the keys up to the block's last row, a softmax that masks
+  // the rest, then the product with V.
+  float* attn = ScratchBuffer(kAttn, rows * qdim);
   const int64_t group = nh / nkv;
+  constexpr int64_t kBlock = 128;
+  const int64_t block = std::min(kBlock, max_len);
+  float* scores = ScratchBuffer(kScores, group * block * max_len);
+  float* qs = ScratchBuffer(kQs, group * block * d);
+  float* os = ScratchBuffer(kOs, group * block * d);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
   for (int64_t s = 0; s < spans.num_sequences(); ++s) {
     const int64_t o = spans.offsets[s], len = spans.offsets[s + 1] - o;
-    for (int64_t head = 0; head < nh; ++head) {
-      const int64_t g = head / group;
-      const float* kg = k.get() + o * kvdim + g * d;
-      const float* vg = v.get() + o * kvdim + g * d;
-      for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
-        const int64_t bq = std::min(kBlock, len - i0), nk = i0 + bq;
-        float* sc = scores.get();
-        compute.Gemm(/*transpose_b=*/true, bq, nk, d, scale, q.get() + (o + i0) * qdim + head * d, qdim, kg, kvdim,
-                     0.0f, sc, nk);
-        for (int64_t r = 0; r < bq; ++r) {
-          float* row = sc + r * nk;
-          const int64_t valid = i0 + r + 1;  // keys 0..i0+r
-          float mx = row[0];
-          for (int64_t j = 1; j < valid; ++j) mx = std::max(mx, row[j]);
+    for (int64_t g = 0; g < nkv; ++g) {
+      const float* kg = k + o * kvdim + g * d;
+      const float* vg = v + o * kvdim + g * d;
+      for (int64_t i0 = 0; i0 < len; i0 += block) {
+        const int64_t bq = std::min(block, len - i0), nk = i0 + bq, m = group * bq;
+        // Row hh·bq + r of qs is query i0 + r of head g·group + hh.
+        for (int64_t hh = 0; hh < group; ++hh) {
+          for (int64_t r = 0; r < bq; ++r) {
+            std::memcpy(qs + (hh * bq + r) * d, q + (o + i0 + r) * qdim + (g * group + hh) * d,
+                        sizeof(float) * d);
+          }
+        }
+        float* sc = scores;
+        compute.Gemm(/*transpose_b=*/true, m, nk, d, scale, qs, d, kg, kvdim, 0.0f, sc, nk);
+        for (int64_t row = 0; row < m; ++row) {
+          float* x = sc + row * nk;
+          const int64_t valid = i0 + row % bq + 1;  // keys 0 .. the query's own position
+          float mx = x[0];
+          for (int64_t j = 1; j < valid; ++j) mx = std::max(mx, x[j]);
           float sum = 0;
           for (int64_t j = 0; j < valid; ++j) {
-            row[j] = std::exp(row[j] - mx);
-            sum += row[j];
+            x[j] = ExpNonPositive(x[j] - mx);
+            sum += x[j];
           }
           const float inv = 1.0f / sum;
-          for (int64_t j = 0; j < valid; ++j) row[j] *= inv;
-          std::fill(row + valid, row + nk, 0.0f);
+          for (int64_t j = 0; j < valid; ++j) x[j] *= inv;
+          std::fill(x + valid, x + nk, 0.0f);
         }
-        compute.Gemm(/*transpose_b=*/false, bq, d, nk, 1.0f, sc, nk, vg, kvdim, 0.0f,
-                     attn.get() + (o + i0) * qdim + head * d, qdim);
+        compute.Gemm(/*transpose_b=*/false, m, d, nk, 1.0f, sc, nk, vg, kvdim, 0.0f, os, d);
+        for (int64_t hh = 0; hh < group; ++hh) {
+          for (int64_t r = 0; r < bq; ++r) {
+            std::memcpy(attn + (o + i0 + r) * qdim + (g * group + hh) * d, os + (hh * bq + r) * d,
+                        sizeof(float) * d);
+          }
+        }
       }
     }
   }
-  q.reset();
-  k.reset();
-  v.reset();
-  scores.reset();
-  if (hooks) hooks->OnLinearInput(LinearSite::kOProjInput, attn.get(), rows, qdim);
+  if (hooks) hooks->OnLinearInput(LinearSite::kOProjInput, attn, rows, qdim);
   // hidden += o_proj(attn): the residual add rides on the GEMM's beta.
-  compute.Gemm(true, rows, h, qdim, 1.0f, attn.get(), qdim, w.o_proj.weight.data(), qdim, 1.0f, hidden, h);
+  compute.Gemm(true, rows, h, qdim, 1.0f, attn, qdim, w.o_proj.weight.data(), qdim, 1.0f, hidden, h);
   AddBias(w.o_proj.bias, rows, hidden);
-  attn.reset();
 
   // ---- MLP ----
-  RmsNorm(hidden, w.post_attention_layernorm.data(), rows, h, c.rms_norm_eps, normed.get());
-  if (hooks) hooks->OnLinearInput(LinearSite::kMlpInput, normed.get(), rows, h);
-  Buffer gate = NewBuffer(rows * inter), up = NewBuffer(rows * inter);
-  Linear(compute, w.gate_proj, normed.get(), rows, 0.0f, gate.get());
-  Linear(compute, w.up_proj, normed.get(), rows, 0.0f, up.get());
-  normed.reset();
+  RmsNorm(hidden, w.post_attention_layernorm.data(), rows, h, c.rms_norm_eps, normed);
+  if (hooks) hooks->OnLinearInput(LinearSite::kMlpInput, normed, rows, h);
+  float* gate = ScratchBuffer(kGate, rows * inter);
+  float* up = ScratchBuffer(kUp, rows * inter);
+  Linear(compute, w.gate_proj, normed, rows, 0.0f, gate);
+  Linear(compute, w.up_proj, normed, rows, 0.0f, up);
   {
-    float* g = gate.get();
-    const float* u = up.get();
     const int64_t n = rows * inter;
-    for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];  // silu(gate) * up
+    for (int64_t i = 0; i < n; ++i) {
+      // silu(gate) * up; exp(-g) overflows for g < -88, where silu(g) is -0 to float precision.
+      const float g = gate[i];
+      gate[i] = g < -87.0f ? -0.0f : g / (1.0f + std::exp(-g)) * up[i];
+    }
   }
-  up.reset();
-  if (hooks) hooks->OnLinearInput(LinearSite::kDownProjInput, gate.get(), rows, inter);
-  compute.Gemm(true, rows, h, inter, 1.0f, gate.get(), inter, w.down_proj.weight.data(), inter, 1.0f, hidden, h);
+  if (hooks) hooks->OnLinearInput(LinearSite::kDownProjInput, gate, rows, inter);
+  compute.Gemm(true, rows, h, inter, 1.0f, gate, inter, w.down_proj.weight.data(), inter, 1.0f, hidden, h);
   AddBias(w.down_proj.bias, rows, hidden);
   return absl::OkStatus();
 }

@@ -101,6 +101,8 @@ LinearSite SiteOf(std::string_view linear_suffix);  // "self_attn.k_proj" -> kAt
 // Hooks into one decoder layer's forward. Both are called once per layer forward with all rows
 // of the batch, and may rewrite the data in place (evaluation fake-quantizes activations and
 // the KV cache this way); calibration only reads.
+// The pointers are the forward's own per-thread scratch buffers: valid only during the call,
+// and a hook must not run DecoderLayerForward on the same thread.
 class LayerHooks {
  public:
   virtual ~LayerHooks() = default;
@@ -148,6 +150,11 @@ class LlamaModel {
 
 // Runs decoder layer `layer_index` in place on hidden [spans.num_rows(), hidden]: positions
 // restart at 0 for each sequence. `hooks` may be null.
+// InvalidArgument when the weights do not have the config's shapes, the spans are malformed,
+// or a sequence is longer than config.sliding_window (when set). Intermediate activations
+// live in per-thread scratch buffers kept between calls (they grow to the largest batch seen
+// and are freed when the thread exits). RoPE angles are computed in double (Hugging Face
+// computes them in float32; the difference is about angle · 2^-24).
 absl::Status DecoderLayerForward(const LlamaConfig& config, const DecoderLayerWeights& weights,
                                  Compute& compute, const SequenceSpans& spans, float* hidden,
                                  LayerHooks* hooks);
