@@ -14,8 +14,8 @@ namespace lowbit {
 namespace {
 
 // The in-block column loop is the only hot loop outside BLAS. Build it for AVX-512 and AVX2
-// as well as the baseline and pick at load time. The code never contracts a·b − c into an
-// FMA (ISO C++ mode: -ffp-contract=off), so every variant rounds identically.
+// as well as the baseline and pick at load time. This file is built with -ffp-contract=off
+// (calibrator/CMakeLists.txt): w − u·e is never fused, so every variant rounds identically.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define LOWBIT_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -36,16 +36,17 @@ constexpr int64_t kTileRows = 256;
 // rows of WT hold the fake-quantized values, codes the codes, e the scaled errors (w − q)/d
 // (what the lazy update multiplies). Returns Σ ((w − q)/d)².
 LOWBIT_MULTIVERSION
-double ProcessBlockTile(float* wt, int64_t ldw, int64_t nb, int64_t len, const float* u, int64_t ldu,
-                        const int32_t* group, const float* st, const float* zt, int64_t lds, bool fp8,
-                        float qmin, float qmax, float* e, int64_t lde, int8_t* codes, int64_t ldc) {
+double ProcessBlockTile(float* __restrict wt, int64_t ldw, int64_t nb, int64_t len, const float* __restrict u,
+                        int64_t ldu, const int32_t* __restrict group, const float* __restrict st,
+                        const float* __restrict zt, int64_t lds, bool fp8, float qmin, float qmax,
+                        float* __restrict e, int64_t lde, int8_t* __restrict codes, int64_t ldc) {
   double loss = 0;
   for (int64_t i = 0; i < nb; ++i) {
-    float* w = wt + i * ldw;
-    float* err = e + i * lde;
-    int8_t* code = codes + i * ldc;
-    const float* s = st + group[i] * lds;
-    const float* z = zt + group[i] * lds;
+    float* __restrict w = wt + i * ldw;
+    float* __restrict err = e + i * lde;
+    int8_t* __restrict code = codes + i * ldc;
+    const float* __restrict s = st + group[i] * lds;
+    const float* __restrict z = zt + group[i] * lds;
     const float d = u[i * ldu + i];
     if (fp8) {
       for (int64_t t = 0; t < len; ++t) {
@@ -76,42 +77,42 @@ double ProcessBlockTile(float* wt, int64_t ldw, int64_t nb, int64_t len, const f
     // Propagate this column's error to the later columns of the block.
     for (int64_t j = i + 1; j < nb; ++j) {
       const float uij = u[i * ldu + j];
-      float* wj = wt + j * ldw;
+      float* __restrict wj = wt + j * ldw;
       for (int64_t t2 = 0; t2 < len; ++t2) wj[t2] -= uij * err[t2];
     }
   }
   return loss;
 }
 
-// dst[j, r] = src[r, cols_of[j]] for a [rows, ld] row-major src: columns gathered (and
-// permuted) into rows. dst is [ncols, rows].
+// dst[c, r] = src[r, c] for a [rows, cols] src (row stride lds) into dst (row stride ldd), in
+// tiles so both sides stay in cache.
 template <typename T>
-void GatherColumnsTransposed(const T* src, int64_t rows, int64_t ld, const int64_t* cols_of, int64_t ncols, T* dst) {
+void Transpose(const T* __restrict src, int64_t rows, int64_t cols, int64_t lds, T* __restrict dst, int64_t ldd) {
   constexpr int64_t kB = 32;
   for (int64_t r0 = 0; r0 < rows; r0 += kB) {
     const int64_t r1 = std::min(rows, r0 + kB);
-    for (int64_t j0 = 0; j0 < ncols; j0 += kB) {
-      const int64_t j1 = std::min(ncols, j0 + kB);
-      for (int64_t j = j0; j < j1; ++j) {
-        const int64_t c = cols_of[j];
-        for (int64_t r = r0; r < r1; ++r) dst[j * rows + r] = src[r * ld + c];
+    for (int64_t c0 = 0; c0 < cols; c0 += kB) {
+      const int64_t c1 = std::min(cols, c0 + kB);
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t r = r0; r < r1; ++r) dst[c * ldd + r] = src[r * lds + c];
       }
     }
   }
 }
 
-// dst[r, cols_of[j]] = src[j, r]: the inverse of GatherColumnsTransposed.
+// Row by row, in place: row[perm[j]] = row[j] (inverse = false) or row[j] = row[perm[j]]
+// (inverse = true), for a [rows, cols] matrix. `scratch` holds one row.
 template <typename T>
-void ScatterColumnsTransposed(const T* src, int64_t rows, int64_t ld, const int64_t* cols_of, int64_t ncols, T* dst) {
-  constexpr int64_t kB = 32;
-  for (int64_t j0 = 0; j0 < ncols; j0 += kB) {
-    const int64_t j1 = std::min(ncols, j0 + kB);
-    for (int64_t r0 = 0; r0 < rows; r0 += kB) {
-      const int64_t r1 = std::min(rows, r0 + kB);
-      for (int64_t r = r0; r < r1; ++r) {
-        for (int64_t j = j0; j < j1; ++j) dst[r * ld + cols_of[j]] = src[j * rows + r];
-      }
+void PermuteColumns(T* m, int64_t rows, int64_t cols, const std::vector<int64_t>& perm, bool gather) {
+  std::vector<T> scratch(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = m + r * cols;
+    if (gather) {
+      for (int64_t j = 0; j < cols; ++j) scratch[j] = row[perm[j]];
+    } else {
+      for (int64_t j = 0; j < cols; ++j) scratch[perm[j]] = row[j];
     }
+    std::copy(scratch.begin(), scratch.end(), row);
   }
 }
 
@@ -227,8 +228,12 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
   }
 
   // ---- W transposed (and permuted): WT[j, r] = W[r, perm[j]] -------------------------------
+  // result.dequantized is the [N, K] staging buffer here and on the way out.
+  const bool permuted = actorder != ActOrder::kNone;
+  result.dequantized.assign(weight.begin(), weight.end());
+  if (permuted) PermuteColumns(result.dequantized.data(), N, K, perm, /*gather=*/true);
   std::vector<float> wt(K * N);
-  GatherColumnsTransposed(weight.data(), N, K, perm.data(), K, wt.data());
+  Transpose(result.dequantized.data(), N, K, K, wt.data(), N);
 
   // ---- Dead inputs, dampening, inverse factor -------------------------------------------------
   for (int64_t j = 0; j < K; ++j) {
@@ -270,10 +275,7 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
     if (i2 < K) {
       // Lazy update of every later column: WT[i2:, :] −= U[i1:i2, i2:]ᵀ · Err.
       const int64_t m = K - i2;
-      for (int64_t i = 0; i < nb; ++i) {
-        const float* urow = U + (i1 + i) * K + i2;
-        for (int64_t j = 0; j < m; ++j) u_panel_t[j * nb + i] = urow[j];
-      }
+      Transpose(U + i1 * K + i2, nb, m, K, u_panel_t.data(), nb);
       compute.Gemm(/*transpose_b=*/false, m, N, nb, -1.0f, u_panel_t.data(), nb, err.data(), N, 1.0f,
                    wt.data() + i2 * N, N);
     }
@@ -287,15 +289,16 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
   q.cols = K;
   q.weight_args = args;
   q.qparams = *std::move(qp);
-  result.dequantized.resize(N * K);
-  ScatterColumnsTransposed(wt.data(), N, K, perm.data(), K, result.dequantized.data());
+  Transpose(wt.data(), K, N, N, result.dequantized.data(), K);
+  if (permuted) PermuteColumns(result.dequantized.data(), N, K, perm, /*gather=*/false);
   if (fp8) {
     q.fp8_codes.resize(N * K);
-    ScatterColumnsTransposed(reinterpret_cast<const uint8_t*>(codes_t.data()), N, K, perm.data(), K,
-                             q.fp8_codes.data());
+    Transpose(reinterpret_cast<const uint8_t*>(codes_t.data()), K, N, N, q.fp8_codes.data(), K);
+    if (permuted) PermuteColumns(q.fp8_codes.data(), N, K, perm, /*gather=*/false);
   } else {
     q.int_codes.resize(N * K);
-    ScatterColumnsTransposed(codes_t.data(), N, K, perm.data(), K, q.int_codes.data());
+    Transpose(codes_t.data(), K, N, N, q.int_codes.data(), K);
+    if (permuted) PermuteColumns(q.int_codes.data(), N, K, perm, /*gather=*/false);
   }
   if (actorder == ActOrder::kGroup) {
     // Original column perm[j] was processed j-th, in group j / group_size.
