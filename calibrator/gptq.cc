@@ -26,30 +26,35 @@ namespace {
 // even, in the default rounding mode: RoundHalfEven without a libm call, so it vectorizes.
 constexpr float kRoundMagic = 12582912.0f;
 
-// Rows of W handled together in the in-block loop: block_size rows of WT × kTileRows floats
-// stay in L2 while every column of the block updates the later ones.
-constexpr int64_t kTileRows = 256;
+// Rows of W handled together by the in-block loop (the SIMD width of its inner loops). WT's
+// row stride is padded to a multiple of this.
+constexpr int64_t kLanes = 32;
 
-// One tile of one block. WT is the transposed weight [K, N] (a column of W is a contiguous
-// row), `wt` points at WT[i1, r0]; `u` at U[i1, i1] (row stride ldu); scale / zero point of
-// block column c for these rows at st + group[c]·lds (zt likewise). On return the block's
-// rows of WT hold the fake-quantized values, codes the codes, e the scaled errors (w − q)/d
-// (what the lazy update multiplies). Returns Σ ((w − q)/d)².
+// One block of columns [i1, i2) for kLanes rows of W. `wt` points at WT[i1, r0] (WT is the
+// transposed weight [K, ldw]: a column of W is a contiguous row), `u` at U[i1, i1] (row
+// stride ldu); the scale / zero point of block column c for these rows are at
+// st + group[c]·lds (zt likewise). The block's nb × kLanes values are packed into `wbuf` first:
+// WT's rows are a large power-of-two-ish stride apart and would share a handful of cache
+// sets. On return the block's rows of WT hold the fake-quantized values, `codes` the codes and
+// `e` the scaled errors (w − q)/d that the lazy update multiplies. Returns Σ ((w − q)/d)².
 LOWBIT_MULTIVERSION
-double ProcessBlockTile(float* __restrict wt, int64_t ldw, int64_t nb, int64_t len, const float* __restrict u,
-                        int64_t ldu, const int32_t* __restrict group, const float* __restrict st,
-                        const float* __restrict zt, int64_t lds, bool fp8, float qmin, float qmax,
-                        float* __restrict e, int64_t lde, int8_t* __restrict codes, int64_t ldc) {
-  double loss = 0;
+double ProcessBlockLanes(float* __restrict wt, int64_t ldw, int64_t nb, const float* __restrict u, int64_t ldu,
+                         const int32_t* __restrict group, const float* __restrict st, const float* __restrict zt,
+                         int64_t lds, bool fp8, float qmin, float qmax, float* __restrict e, int64_t lde,
+                         int8_t* __restrict codes, int64_t ldc, float* __restrict wbuf, float* __restrict ebuf) {
   for (int64_t i = 0; i < nb; ++i) {
-    float* __restrict w = wt + i * ldw;
-    float* __restrict err = e + i * lde;
+    for (int64_t t = 0; t < kLanes; ++t) wbuf[i * kLanes + t] = wt[i * ldw + t];
+  }
+  float lanes[kLanes] = {};
+  for (int64_t i = 0; i < nb; ++i) {
+    float* __restrict w = wbuf + i * kLanes;
+    float* __restrict err = ebuf + i * kLanes;
     int8_t* __restrict code = codes + i * ldc;
     const float* __restrict s = st + group[i] * lds;
     const float* __restrict z = zt + group[i] * lds;
     const float d = u[i * ldu + i];
     if (fp8) {
-      for (int64_t t = 0; t < len; ++t) {
+      for (int64_t t = 0; t < kLanes; ++t) {
         const uint8_t c = QuantizeFp8(w[t], s[t], DType::kF32);
         const float q = DequantizeFp8(c, s[t]);
         err[t] = (w[t] - q) / d;
@@ -57,7 +62,7 @@ double ProcessBlockTile(float* __restrict wt, int64_t ldw, int64_t nb, int64_t l
         code[t] = static_cast<int8_t>(c);
       }
     } else {
-      for (int64_t t = 0; t < len; ++t) {
+      for (int64_t t = 0; t < kLanes; ++t) {
         float v = w[t] / s[t] + z[t];
         v = std::min(std::max(v, qmin), qmax);
         const float r = (v + kRoundMagic) - kRoundMagic;
@@ -67,20 +72,22 @@ double ProcessBlockTile(float* __restrict wt, int64_t ldw, int64_t nb, int64_t l
         code[t] = static_cast<int8_t>(static_cast<int32_t>(r));
       }
     }
-    float lanes[16] = {};
-    int64_t t = 0;
-    for (; t + 16 <= len; t += 16) {
-      for (int l = 0; l < 16; ++l) lanes[l] += err[t + l] * err[t + l];
-    }
-    for (; t < len; ++t) lanes[0] += err[t] * err[t];
-    for (float v : lanes) loss += v;
+    for (int64_t t = 0; t < kLanes; ++t) lanes[t] += err[t] * err[t];
     // Propagate this column's error to the later columns of the block.
     for (int64_t j = i + 1; j < nb; ++j) {
       const float uij = u[i * ldu + j];
-      float* __restrict wj = wt + j * ldw;
-      for (int64_t t2 = 0; t2 < len; ++t2) wj[t2] -= uij * err[t2];
+      float* __restrict wj = wbuf + j * kLanes;
+      for (int64_t t = 0; t < kLanes; ++t) wj[t] -= uij * err[t];
     }
   }
+  for (int64_t i = 0; i < nb; ++i) {
+    for (int64_t t = 0; t < kLanes; ++t) {
+      wt[i * ldw + t] = wbuf[i * kLanes + t];
+      e[i * lde + t] = ebuf[i * kLanes + t];
+    }
+  }
+  double loss = 0;
+  for (float v : lanes) loss += v;
   return loss;
 }
 
@@ -126,6 +133,12 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
                                               int64_t cols, std::vector<float> hessian, const QuantArgs& weight_args,
                                               DType scale_dtype, const GptqOptions& options, Compute& compute) {
   const auto start = std::chrono::steady_clock::now();
+  auto lap = [last = start]() mutable {
+    const auto now = std::chrono::steady_clock::now();
+    const double s = std::chrono::duration<double>(now - last).count();
+    last = now;
+    return s;
+  };
   const int64_t N = rows, K = cols;
   const QuantArgs& args = weight_args;
   const Strategy strategy = args.strategy_or_tensor();
@@ -218,12 +231,14 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
     }
   }
   // Scales and zero points transposed to [groups, N] so a column's are contiguous over rows.
-  std::vector<float> st(groups * N), zt(groups * N);
+  // Rows are padded to a multiple of kLanes (scale 1, zero point 0, weight 0).
+  const int64_t NP = (N + kLanes - 1) / kLanes * kLanes;
+  std::vector<float> st(groups * NP, 1.0f), zt(groups * NP, 0.0f);
   for (int64_t g = 0; g < groups; ++g) {
     for (int64_t r = 0; r < N; ++r) {
       QParam p = qp->at(r, g);
-      st[g * N + r] = p.scale;
-      zt[g * N + r] = static_cast<float>(p.zero_point);
+      st[g * NP + r] = p.scale;
+      zt[g * NP + r] = static_cast<float>(p.zero_point);
     }
   }
 
@@ -232,14 +247,16 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
   const bool permuted = actorder != ActOrder::kNone;
   result.dequantized.assign(weight.begin(), weight.end());
   if (permuted) PermuteColumns(result.dequantized.data(), N, K, perm, /*gather=*/true);
-  std::vector<float> wt(K * N);
-  Transpose(result.dequantized.data(), N, K, K, wt.data(), N);
+  std::vector<float> wt(K * NP);  // [K, NP]
+  Transpose(result.dequantized.data(), N, K, K, wt.data(), NP);
+
+  result.phases.prepare = lap();
 
   // ---- Dead inputs, dampening, inverse factor -------------------------------------------------
   for (int64_t j = 0; j < K; ++j) {
     if (H[j * K + j] == 0.0f) {
       H[j * K + j] = 1.0f;
-      std::fill(wt.begin() + j * N, wt.begin() + (j + 1) * N, 0.0f);
+      std::fill(wt.begin() + j * NP, wt.begin() + j * NP + N, 0.0f);
     }
   }
   double diag_sum = 0;
@@ -255,29 +272,32 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
     for (int64_t j = 0; j < K; ++j) H[j * K + j] = 1.0f;
   }
   const float* U = H.data();
+  result.phases.factor = lap();
 
   // ---- Blocks ---------------------------------------------------------------------------------
   const int64_t B = std::min(options.block_size, K);
-  std::vector<int8_t> codes_t(K * N);
-  std::vector<float> err(B * N);            // (w − q)/d of the block's columns, [nb, N]
-  std::vector<float> u_panel_t(K * B);      // U[i1:i2, i2:]ᵀ, [K − i2, nb]
+  std::vector<int8_t> codes_t(K * NP);
+  std::vector<float> err(B * NP);          // (w − q)/d of the block's columns, [nb, NP]
+  std::vector<float> u_panel_t(K * B);     // U[i1:i2, i2:]ᵀ, [K − i2, nb]
+  std::vector<float> wbuf(B * kLanes), ebuf(B * kLanes);
   const float qmin = fp8 ? 0.0f : static_cast<float>(args.qmin());
   const float qmax = fp8 ? 0.0f : static_cast<float>(args.qmax());
   double loss2 = 0;  // Σ ((w − q)/d)²
   for (int64_t i1 = 0; i1 < K; i1 += B) {
     const int64_t i2 = std::min(K, i1 + B), nb = i2 - i1;
-    for (int64_t r0 = 0; r0 < N; r0 += kTileRows) {
-      const int64_t len = std::min(N, r0 + kTileRows) - r0;
-      loss2 += ProcessBlockTile(wt.data() + i1 * N + r0, N, nb, len, U + i1 * K + i1, K, group_of.data() + i1,
-                                st.data() + r0, zt.data() + r0, N, fp8, qmin, qmax, err.data() + r0, N,
-                                codes_t.data() + i1 * N + r0, N);
+    for (int64_t r0 = 0; r0 < N; r0 += kLanes) {
+      loss2 += ProcessBlockLanes(wt.data() + i1 * NP + r0, NP, nb, U + i1 * K + i1, K, group_of.data() + i1,
+                                 st.data() + r0, zt.data() + r0, NP, fp8, qmin, qmax, err.data() + r0, NP,
+                                 codes_t.data() + i1 * NP + r0, NP, wbuf.data(), ebuf.data());
     }
+    result.phases.columns += lap();
     if (i2 < K) {
       // Lazy update of every later column: WT[i2:, :] −= U[i1:i2, i2:]ᵀ · Err.
       const int64_t m = K - i2;
       Transpose(U + i1 * K + i2, nb, m, K, u_panel_t.data(), nb);
-      compute.Gemm(/*transpose_b=*/false, m, N, nb, -1.0f, u_panel_t.data(), nb, err.data(), N, 1.0f,
-                   wt.data() + i2 * N, N);
+      compute.Gemm(/*transpose_b=*/false, m, N, nb, -1.0f, u_panel_t.data(), nb, err.data(), NP, 1.0f,
+                   wt.data() + i2 * NP, NP);
+      result.phases.lazy_updates += lap();
     }
   }
   result.loss = loss2 / 2;
@@ -289,15 +309,15 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
   q.cols = K;
   q.weight_args = args;
   q.qparams = *std::move(qp);
-  Transpose(wt.data(), K, N, N, result.dequantized.data(), K);
+  Transpose(wt.data(), K, N, NP, result.dequantized.data(), K);
   if (permuted) PermuteColumns(result.dequantized.data(), N, K, perm, /*gather=*/false);
   if (fp8) {
     q.fp8_codes.resize(N * K);
-    Transpose(reinterpret_cast<const uint8_t*>(codes_t.data()), K, N, N, q.fp8_codes.data(), K);
+    Transpose(reinterpret_cast<const uint8_t*>(codes_t.data()), K, N, NP, q.fp8_codes.data(), K);
     if (permuted) PermuteColumns(q.fp8_codes.data(), N, K, perm, /*gather=*/false);
   } else {
     q.int_codes.resize(N * K);
-    Transpose(codes_t.data(), K, N, N, q.int_codes.data(), K);
+    Transpose(codes_t.data(), K, N, NP, q.int_codes.data(), K);
     if (permuted) PermuteColumns(q.int_codes.data(), N, K, perm, /*gather=*/false);
   }
   if (actorder == ActOrder::kGroup) {
@@ -305,6 +325,7 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
     q.g_idx.resize(K);
     for (int64_t j = 0; j < K; ++j) q.g_idx[perm[j]] = static_cast<int32_t>(j / group_size);
   }
+  result.phases.finish = lap();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }

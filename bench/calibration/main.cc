@@ -139,6 +139,7 @@ int Run(int argc, char** argv) {
     std::vector<float> w = Gaussian(n * K, 10 + static_cast<uint32_t>(n), 0.02f);
     double loss = 0;
     bool fell_back = false;
+    GptqResult::Phases phases;
     double s = MedianSeconds(reps, [&] {
       auto r = QuantizeLinearGptq("bench", w, n, K, h, args, DType::kBF16, options, c);
       if (!r.ok()) {
@@ -147,6 +148,7 @@ int Run(int argc, char** argv) {
       }
       loss = r->loss;
       fell_back = r->fell_back_to_rtn;
+      phases = r->phases;
     });
     double flops = 2.0 * K * K * K / 3.0;
     const int64_t B = options.block_size;
@@ -155,7 +157,11 @@ int Run(int argc, char** argv) {
       flops += 2.0 * n * nb * (K - i2) + static_cast<double>(n) * nb * (nb - 1);
     }
     rows.push_back({"GPTQ W4A16 g128 actorder=weight", absl::StrFormat("%d×%d", n, K), s, flops,
-                    absl::StrFormat("loss %.4g%s", loss, fell_back ? ", FELL BACK TO RTN" : "")});
+                    absl::StrFormat("prepare %.2f s, inverse factor %.2f s, column loop %.2f s, lazy GEMMs %.2f s, "
+                                    "finish %.2f s (last run)%s",
+                                    phases.prepare, phases.factor, phases.columns, phases.lazy_updates, phases.finish,
+                                    fell_back ? "; FELL BACK TO RTN" : "")});
+    (void)loss;
   }
 
   std::string table = "| measurement | size | median time | GFLOP/s | fraction of sgemm rate | notes |\n"
