@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <utility>
 
@@ -91,35 +92,47 @@ double ProcessBlockLanes(float* __restrict wt, int64_t ldw, int64_t nb, const fl
   return loss;
 }
 
-// dst[c, r] = src[r, c] for a [rows, cols] src (row stride lds) into dst (row stride ldd), in
-// tiles so both sides stay in cache.
+// dst[c, r] = src[r, c] for a [rows, cols] src (row stride lds) into dst (row stride ldd).
+// Tile by tile through a small buffer, so src is read and dst written in whole cache lines:
+// the row strides here are often multiples of 4 KiB, and rows touched column-wise would all
+// compete for the same few cache sets.
 template <typename T>
 void Transpose(const T* __restrict src, int64_t rows, int64_t cols, int64_t lds, T* __restrict dst, int64_t ldd) {
-  constexpr int64_t kB = 32;
+  constexpr int64_t kB = sizeof(T) >= 4 ? 32 : 64;
+  T buf[kB][kB];
   for (int64_t r0 = 0; r0 < rows; r0 += kB) {
-    const int64_t r1 = std::min(rows, r0 + kB);
+    const int64_t nr = std::min(rows - r0, kB);
     for (int64_t c0 = 0; c0 < cols; c0 += kB) {
-      const int64_t c1 = std::min(cols, c0 + kB);
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int64_t r = r0; r < r1; ++r) dst[c * ldd + r] = src[r * lds + c];
+      const int64_t nc = std::min(cols - c0, kB);
+      for (int64_t r = 0; r < nr; ++r) {
+        const T* s = src + (r0 + r) * lds + c0;
+        for (int64_t c = 0; c < nc; ++c) buf[r][c] = s[c];
+      }
+      for (int64_t c = 0; c < nc; ++c) {
+        T* d = dst + (c0 + c) * ldd + r0;
+        for (int64_t r = 0; r < nr; ++r) d[r] = buf[r][c];
       }
     }
   }
 }
 
-// Row by row, in place: row[perm[j]] = row[j] (inverse = false) or row[j] = row[perm[j]]
-// (inverse = true), for a [rows, cols] matrix. `scratch` holds one row.
+// In place, rows of a [rows, ld] matrix: row j becomes old row from[j]. Follows the
+// permutation's cycles, moving each row once through a one-row buffer.
 template <typename T>
-void PermuteColumns(T* m, int64_t rows, int64_t cols, const std::vector<int64_t>& perm, bool gather) {
-  std::vector<T> scratch(cols);
-  for (int64_t r = 0; r < rows; ++r) {
-    T* row = m + r * cols;
-    if (gather) {
-      for (int64_t j = 0; j < cols; ++j) scratch[j] = row[perm[j]];
-    } else {
-      for (int64_t j = 0; j < cols; ++j) scratch[perm[j]] = row[j];
+void GatherRows(T* m, int64_t rows, int64_t ld, const std::vector<int64_t>& from) {
+  std::vector<T> held(ld);
+  std::vector<bool> done(rows, false);
+  for (int64_t s = 0; s < rows; ++s) {
+    if (done[s] || from[s] == s) continue;
+    std::copy(m + s * ld, m + (s + 1) * ld, held.begin());
+    int64_t j = s;
+    while (from[j] != s) {
+      std::copy(m + from[j] * ld, m + (from[j] + 1) * ld, m + j * ld);
+      done[j] = true;
+      j = from[j];
     }
-    std::copy(scratch.begin(), scratch.end(), row);
+    std::copy(held.begin(), held.end(), m + j * ld);
+    done[j] = true;
   }
 }
 
@@ -243,12 +256,13 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
   }
 
   // ---- W transposed (and permuted): WT[j, r] = W[r, perm[j]] -------------------------------
-  // result.dequantized is the [N, K] staging buffer here and on the way out.
+  // Big buffers are left uninitialized (no zeroing pass; first touch is the real write).
   const bool permuted = actorder != ActOrder::kNone;
-  result.dequantized.assign(weight.begin(), weight.end());
-  if (permuted) PermuteColumns(result.dequantized.data(), N, K, perm, /*gather=*/true);
-  std::vector<float> wt(K * NP);  // [K, NP]
-  Transpose(result.dequantized.data(), N, K, K, wt.data(), NP);
+  std::unique_ptr<float[]> wt_buf(new float[K * NP]);  // [K, NP]
+  float* wt = wt_buf.get();
+  Transpose(weight.data(), N, K, K, wt, NP);
+  for (int64_t j = 0; j < K; ++j) std::fill(wt + j * NP + N, wt + (j + 1) * NP, 0.0f);
+  if (permuted) GatherRows(wt, K, NP, perm);
 
   result.phases.prepare = lap();
 
@@ -256,7 +270,7 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
   for (int64_t j = 0; j < K; ++j) {
     if (H[j * K + j] == 0.0f) {
       H[j * K + j] = 1.0f;
-      std::fill(wt.begin() + j * NP, wt.begin() + j * NP + N, 0.0f);
+      std::fill(wt + j * NP, wt + j * NP + N, 0.0f);
     }
   }
   double diag_sum = 0;
@@ -276,8 +290,8 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
 
   // ---- Blocks ---------------------------------------------------------------------------------
   const int64_t B = std::min(options.block_size, K);
-  std::vector<int8_t> codes_t(K * NP);
-  std::vector<float> err(B * NP);          // (w − q)/d of the block's columns, [nb, NP]
+  std::unique_ptr<int8_t[]> codes_t(new int8_t[K * NP]);
+  std::unique_ptr<float[]> err(new float[B * NP]);  // (w − q)/d of the block's columns, [nb, NP]
   std::vector<float> u_panel_t(K * B);     // U[i1:i2, i2:]ᵀ, [K − i2, nb]
   std::vector<float> wbuf(B * kLanes), ebuf(B * kLanes);
   const float qmin = fp8 ? 0.0f : static_cast<float>(args.qmin());
@@ -286,17 +300,17 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
   for (int64_t i1 = 0; i1 < K; i1 += B) {
     const int64_t i2 = std::min(K, i1 + B), nb = i2 - i1;
     for (int64_t r0 = 0; r0 < N; r0 += kLanes) {
-      loss2 += ProcessBlockLanes(wt.data() + i1 * NP + r0, NP, nb, U + i1 * K + i1, K, group_of.data() + i1,
-                                 st.data() + r0, zt.data() + r0, NP, fp8, qmin, qmax, err.data() + r0, NP,
-                                 codes_t.data() + i1 * NP + r0, NP, wbuf.data(), ebuf.data());
+      loss2 += ProcessBlockLanes(wt + i1 * NP + r0, NP, nb, U + i1 * K + i1, K, group_of.data() + i1,
+                                 st.data() + r0, zt.data() + r0, NP, fp8, qmin, qmax, err.get() + r0, NP,
+                                 codes_t.get() + i1 * NP + r0, NP, wbuf.data(), ebuf.data());
     }
     result.phases.columns += lap();
     if (i2 < K) {
       // Lazy update of every later column: WT[i2:, :] −= U[i1:i2, i2:]ᵀ · Err.
       const int64_t m = K - i2;
       Transpose(U + i1 * K + i2, nb, m, K, u_panel_t.data(), nb);
-      compute.Gemm(/*transpose_b=*/false, m, N, nb, -1.0f, u_panel_t.data(), nb, err.data(), NP, 1.0f,
-                   wt.data() + i2 * NP, NP);
+      compute.Gemm(/*transpose_b=*/false, m, N, nb, -1.0f, u_panel_t.data(), nb, err.get(), NP, 1.0f,
+                   wt + i2 * NP, NP);
       result.phases.lazy_updates += lap();
     }
   }
@@ -309,16 +323,20 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
   q.cols = K;
   q.weight_args = args;
   q.qparams = *std::move(qp);
-  Transpose(wt.data(), K, N, NP, result.dequantized.data(), K);
-  if (permuted) PermuteColumns(result.dequantized.data(), N, K, perm, /*gather=*/false);
+  if (permuted) {
+    std::vector<int64_t> inverse(K);
+    for (int64_t j = 0; j < K; ++j) inverse[perm[j]] = j;
+    GatherRows(wt, K, NP, inverse);
+    GatherRows(codes_t.get(), K, NP, inverse);
+  }
+  result.dequantized.resize(N * K);
+  Transpose(wt, K, N, NP, result.dequantized.data(), K);
   if (fp8) {
     q.fp8_codes.resize(N * K);
-    Transpose(reinterpret_cast<const uint8_t*>(codes_t.data()), K, N, NP, q.fp8_codes.data(), K);
-    if (permuted) PermuteColumns(q.fp8_codes.data(), N, K, perm, /*gather=*/false);
+    Transpose(reinterpret_cast<const uint8_t*>(codes_t.get()), K, N, NP, q.fp8_codes.data(), K);
   } else {
     q.int_codes.resize(N * K);
-    Transpose(codes_t.data(), K, N, NP, q.int_codes.data(), K);
-    if (permuted) PermuteColumns(q.int_codes.data(), N, K, perm, /*gather=*/false);
+    Transpose(codes_t.get(), K, N, NP, q.int_codes.data(), K);
   }
   if (actorder == ActOrder::kGroup) {
     // Original column perm[j] was processed j-th, in group j / group_size.
