@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <utility>
 
@@ -14,8 +15,8 @@ namespace lowbit {
 namespace {
 
 // The in-block column loop is the only hot loop outside BLAS. Build it for AVX-512 and AVX2
-// as well as the baseline and pick at load time. The code never contracts a·b − c into an
-// FMA (ISO C++ mode: -ffp-contract=off), so every variant rounds identically.
+// as well as the baseline and pick at load time. This file is built with -ffp-contract=off
+// (calibrator/CMakeLists.txt): w − u·e is never fused, so every variant rounds identically.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define LOWBIT_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -26,29 +27,35 @@ namespace {
 // even, in the default rounding mode: RoundHalfEven without a libm call, so it vectorizes.
 constexpr float kRoundMagic = 12582912.0f;
 
-// Rows of W handled together in the in-block loop: block_size rows of WT × kTileRows floats
-// stay in L2 while every column of the block updates the later ones.
-constexpr int64_t kTileRows = 256;
+// Rows of W handled together by the in-block loop (the SIMD width of its inner loops). WT's
+// row stride is padded to a multiple of this.
+constexpr int64_t kLanes = 32;
 
-// One tile of one block. WT is the transposed weight [K, N] (a column of W is a contiguous
-// row), `wt` points at WT[i1, r0]; `u` at U[i1, i1] (row stride ldu); scale / zero point of
-// block column c for these rows at st + group[c]·lds (zt likewise). On return the block's
-// rows of WT hold the fake-quantized values, codes the codes, e the scaled errors (w − q)/d
-// (what the lazy update multiplies). Returns Σ ((w − q)/d)².
+// One block of columns [i1, i2) for kLanes rows of W. `wt` points at WT[i1, r0] (WT is the
+// transposed weight [K, ldw]: a column of W is a contiguous row), `u` at U[i1, i1] (row
+// stride ldu); the scale / zero point of block column c for these rows are at
+// st + group[c]·lds (zt likewise). The block's nb × kLanes values are packed into `wbuf` first:
+// WT's rows are a large power-of-two-ish stride apart and would share a handful of cache
+// sets. On return the block's rows of WT hold the fake-quantized values, `codes` the codes and
+// `e` the scaled errors (w − q)/d that the lazy update multiplies. Returns Σ ((w − q)/d)².
 LOWBIT_MULTIVERSION
-double ProcessBlockTile(float* wt, int64_t ldw, int64_t nb, int64_t len, const float* u, int64_t ldu,
-                        const int32_t* group, const float* st, const float* zt, int64_t lds, bool fp8,
-                        float qmin, float qmax, float* e, int64_t lde, int8_t* codes, int64_t ldc) {
-  double loss = 0;
+double ProcessBlockLanes(float* __restrict wt, int64_t ldw, int64_t nb, const float* __restrict u, int64_t ldu,
+                         const int32_t* __restrict group, const float* __restrict st, const float* __restrict zt,
+                         int64_t lds, bool fp8, float qmin, float qmax, float* __restrict e, int64_t lde,
+                         int8_t* __restrict codes, int64_t ldc, float* __restrict wbuf, float* __restrict ebuf) {
   for (int64_t i = 0; i < nb; ++i) {
-    float* w = wt + i * ldw;
-    float* err = e + i * lde;
-    int8_t* code = codes + i * ldc;
-    const float* s = st + group[i] * lds;
-    const float* z = zt + group[i] * lds;
+    for (int64_t t = 0; t < kLanes; ++t) wbuf[i * kLanes + t] = wt[i * ldw + t];
+  }
+  float lanes[kLanes] = {};
+  for (int64_t i = 0; i < nb; ++i) {
+    float* __restrict w = wbuf + i * kLanes;
+    float* __restrict err = ebuf + i * kLanes;
+    int8_t* __restrict code = codes + i * ldc;
+    const float* __restrict s = st + group[i] * lds;
+    const float* __restrict z = zt + group[i] * lds;
     const float d = u[i * ldu + i];
     if (fp8) {
-      for (int64_t t = 0; t < len; ++t) {
+      for (int64_t t = 0; t < kLanes; ++t) {
         const uint8_t c = QuantizeFp8(w[t], s[t], DType::kF32);
         const float q = DequantizeFp8(c, s[t]);
         err[t] = (w[t] - q) / d;
@@ -56,7 +63,7 @@ double ProcessBlockTile(float* wt, int64_t ldw, int64_t nb, int64_t len, const f
         code[t] = static_cast<int8_t>(c);
       }
     } else {
-      for (int64_t t = 0; t < len; ++t) {
+      for (int64_t t = 0; t < kLanes; ++t) {
         float v = w[t] / s[t] + z[t];
         v = std::min(std::max(v, qmin), qmax);
         const float r = (v + kRoundMagic) - kRoundMagic;
@@ -66,52 +73,66 @@ double ProcessBlockTile(float* wt, int64_t ldw, int64_t nb, int64_t len, const f
         code[t] = static_cast<int8_t>(static_cast<int32_t>(r));
       }
     }
-    float lanes[16] = {};
-    int64_t t = 0;
-    for (; t + 16 <= len; t += 16) {
-      for (int l = 0; l < 16; ++l) lanes[l] += err[t + l] * err[t + l];
-    }
-    for (; t < len; ++t) lanes[0] += err[t] * err[t];
-    for (float v : lanes) loss += v;
+    for (int64_t t = 0; t < kLanes; ++t) lanes[t] += err[t] * err[t];
     // Propagate this column's error to the later columns of the block.
     for (int64_t j = i + 1; j < nb; ++j) {
       const float uij = u[i * ldu + j];
-      float* wj = wt + j * ldw;
-      for (int64_t t2 = 0; t2 < len; ++t2) wj[t2] -= uij * err[t2];
+      float* __restrict wj = wbuf + j * kLanes;
+      for (int64_t t = 0; t < kLanes; ++t) wj[t] -= uij * err[t];
     }
   }
+  for (int64_t i = 0; i < nb; ++i) {
+    for (int64_t t = 0; t < kLanes; ++t) {
+      wt[i * ldw + t] = wbuf[i * kLanes + t];
+      e[i * lde + t] = ebuf[i * kLanes + t];
+    }
+  }
+  double loss = 0;
+  for (float v : lanes) loss += v;
   return loss;
 }
 
-// dst[j, r] = src[r, cols_of[j]] for a [rows, ld] row-major src: columns gathered (and
-// permuted) into rows. dst is [ncols, rows].
+// dst[c, r] = src[r, c] for a [rows, cols] src (row stride lds) into dst (row stride ldd).
+// Tile by tile through a small buffer, so src is read and dst written in whole cache lines:
+// the row strides here are often multiples of 4 KiB, and rows touched column-wise would all
+// compete for the same few cache sets.
 template <typename T>
-void GatherColumnsTransposed(const T* src, int64_t rows, int64_t ld, const int64_t* cols_of, int64_t ncols, T* dst) {
-  constexpr int64_t kB = 32;
+void Transpose(const T* __restrict src, int64_t rows, int64_t cols, int64_t lds, T* __restrict dst, int64_t ldd) {
+  constexpr int64_t kB = sizeof(T) >= 4 ? 32 : 64;
+  T buf[kB][kB];
   for (int64_t r0 = 0; r0 < rows; r0 += kB) {
-    const int64_t r1 = std::min(rows, r0 + kB);
-    for (int64_t j0 = 0; j0 < ncols; j0 += kB) {
-      const int64_t j1 = std::min(ncols, j0 + kB);
-      for (int64_t j = j0; j < j1; ++j) {
-        const int64_t c = cols_of[j];
-        for (int64_t r = r0; r < r1; ++r) dst[j * rows + r] = src[r * ld + c];
+    const int64_t nr = std::min(rows - r0, kB);
+    for (int64_t c0 = 0; c0 < cols; c0 += kB) {
+      const int64_t nc = std::min(cols - c0, kB);
+      for (int64_t r = 0; r < nr; ++r) {
+        const T* s = src + (r0 + r) * lds + c0;
+        for (int64_t c = 0; c < nc; ++c) buf[r][c] = s[c];
+      }
+      for (int64_t c = 0; c < nc; ++c) {
+        T* d = dst + (c0 + c) * ldd + r0;
+        for (int64_t r = 0; r < nr; ++r) d[r] = buf[r][c];
       }
     }
   }
 }
 
-// dst[r, cols_of[j]] = src[j, r]: the inverse of GatherColumnsTransposed.
+// In place, rows of a [rows, ld] matrix: row j becomes old row from[j]. Follows the
+// permutation's cycles, moving each row once through a one-row buffer.
 template <typename T>
-void ScatterColumnsTransposed(const T* src, int64_t rows, int64_t ld, const int64_t* cols_of, int64_t ncols, T* dst) {
-  constexpr int64_t kB = 32;
-  for (int64_t j0 = 0; j0 < ncols; j0 += kB) {
-    const int64_t j1 = std::min(ncols, j0 + kB);
-    for (int64_t r0 = 0; r0 < rows; r0 += kB) {
-      const int64_t r1 = std::min(rows, r0 + kB);
-      for (int64_t r = r0; r < r1; ++r) {
-        for (int64_t j = j0; j < j1; ++j) dst[r * ld + cols_of[j]] = src[j * rows + r];
-      }
+void GatherRows(T* m, int64_t rows, int64_t ld, const std::vector<int64_t>& from) {
+  std::vector<T> held(ld);
+  std::vector<bool> done(rows, false);
+  for (int64_t s = 0; s < rows; ++s) {
+    if (done[s] || from[s] == s) continue;
+    std::copy(m + s * ld, m + (s + 1) * ld, held.begin());
+    int64_t j = s;
+    while (from[j] != s) {
+      std::copy(m + from[j] * ld, m + (from[j] + 1) * ld, m + j * ld);
+      done[j] = true;
+      j = from[j];
     }
+    std::copy(held.begin(), held.end(), m + j * ld);
+    done[j] = true;
   }
 }
 
@@ -125,6 +146,12 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
                                               int64_t cols, std::vector<float> hessian, const QuantArgs& weight_args,
                                               DType scale_dtype, const GptqOptions& options, Compute& compute) {
   const auto start = std::chrono::steady_clock::now();
+  auto lap = [last = start]() mutable {
+    const auto now = std::chrono::steady_clock::now();
+    const double s = std::chrono::duration<double>(now - last).count();
+    last = now;
+    return s;
+  };
   const int64_t N = rows, K = cols;
   const QuantArgs& args = weight_args;
   const Strategy strategy = args.strategy_or_tensor();
@@ -217,24 +244,33 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
     }
   }
   // Scales and zero points transposed to [groups, N] so a column's are contiguous over rows.
-  std::vector<float> st(groups * N), zt(groups * N);
+  // Rows are padded to a multiple of kLanes (scale 1, zero point 0, weight 0).
+  const int64_t NP = (N + kLanes - 1) / kLanes * kLanes;
+  std::vector<float> st(groups * NP, 1.0f), zt(groups * NP, 0.0f);
   for (int64_t g = 0; g < groups; ++g) {
     for (int64_t r = 0; r < N; ++r) {
       QParam p = qp->at(r, g);
-      st[g * N + r] = p.scale;
-      zt[g * N + r] = static_cast<float>(p.zero_point);
+      st[g * NP + r] = p.scale;
+      zt[g * NP + r] = static_cast<float>(p.zero_point);
     }
   }
 
   // ---- W transposed (and permuted): WT[j, r] = W[r, perm[j]] -------------------------------
-  std::vector<float> wt(K * N);
-  GatherColumnsTransposed(weight.data(), N, K, perm.data(), K, wt.data());
+  // Big buffers are left uninitialized (no zeroing pass; first touch is the real write).
+  const bool permuted = actorder != ActOrder::kNone;
+  std::unique_ptr<float[]> wt_buf(new float[K * NP]);  // [K, NP]
+  float* wt = wt_buf.get();
+  Transpose(weight.data(), N, K, K, wt, NP);
+  for (int64_t j = 0; j < K; ++j) std::fill(wt + j * NP + N, wt + (j + 1) * NP, 0.0f);
+  if (permuted) GatherRows(wt, K, NP, perm);
+
+  result.phases.prepare = lap();
 
   // ---- Dead inputs, dampening, inverse factor -------------------------------------------------
   for (int64_t j = 0; j < K; ++j) {
     if (H[j * K + j] == 0.0f) {
       H[j * K + j] = 1.0f;
-      std::fill(wt.begin() + j * N, wt.begin() + (j + 1) * N, 0.0f);
+      std::fill(wt + j * NP, wt + j * NP + N, 0.0f);
     }
   }
   double diag_sum = 0;
@@ -250,32 +286,32 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
     for (int64_t j = 0; j < K; ++j) H[j * K + j] = 1.0f;
   }
   const float* U = H.data();
+  result.phases.factor = lap();
 
   // ---- Blocks ---------------------------------------------------------------------------------
   const int64_t B = std::min(options.block_size, K);
-  std::vector<int8_t> codes_t(K * N);
-  std::vector<float> err(B * N);            // (w − q)/d of the block's columns, [nb, N]
-  std::vector<float> u_panel_t(K * B);      // U[i1:i2, i2:]ᵀ, [K − i2, nb]
+  std::unique_ptr<int8_t[]> codes_t(new int8_t[K * NP]);
+  std::unique_ptr<float[]> err(new float[B * NP]);  // (w − q)/d of the block's columns, [nb, NP]
+  std::vector<float> u_panel_t(K * B);     // U[i1:i2, i2:]ᵀ, [K − i2, nb]
+  std::vector<float> wbuf(B * kLanes), ebuf(B * kLanes);
   const float qmin = fp8 ? 0.0f : static_cast<float>(args.qmin());
   const float qmax = fp8 ? 0.0f : static_cast<float>(args.qmax());
   double loss2 = 0;  // Σ ((w − q)/d)²
   for (int64_t i1 = 0; i1 < K; i1 += B) {
     const int64_t i2 = std::min(K, i1 + B), nb = i2 - i1;
-    for (int64_t r0 = 0; r0 < N; r0 += kTileRows) {
-      const int64_t len = std::min(N, r0 + kTileRows) - r0;
-      loss2 += ProcessBlockTile(wt.data() + i1 * N + r0, N, nb, len, U + i1 * K + i1, K, group_of.data() + i1,
-                                st.data() + r0, zt.data() + r0, N, fp8, qmin, qmax, err.data() + r0, N,
-                                codes_t.data() + i1 * N + r0, N);
+    for (int64_t r0 = 0; r0 < N; r0 += kLanes) {
+      loss2 += ProcessBlockLanes(wt + i1 * NP + r0, NP, nb, U + i1 * K + i1, K, group_of.data() + i1,
+                                 st.data() + r0, zt.data() + r0, NP, fp8, qmin, qmax, err.get() + r0, NP,
+                                 codes_t.get() + i1 * NP + r0, NP, wbuf.data(), ebuf.data());
     }
+    result.phases.columns += lap();
     if (i2 < K) {
       // Lazy update of every later column: WT[i2:, :] −= U[i1:i2, i2:]ᵀ · Err.
       const int64_t m = K - i2;
-      for (int64_t i = 0; i < nb; ++i) {
-        const float* urow = U + (i1 + i) * K + i2;
-        for (int64_t j = 0; j < m; ++j) u_panel_t[j * nb + i] = urow[j];
-      }
-      compute.Gemm(/*transpose_b=*/false, m, N, nb, -1.0f, u_panel_t.data(), nb, err.data(), N, 1.0f,
-                   wt.data() + i2 * N, N);
+      Transpose(U + i1 * K + i2, nb, m, K, u_panel_t.data(), nb);
+      compute.Gemm(/*transpose_b=*/false, m, N, nb, -1.0f, u_panel_t.data(), nb, err.get(), NP, 1.0f,
+                   wt + i2 * NP, NP);
+      result.phases.lazy_updates += lap();
     }
   }
   result.loss = loss2 / 2;
@@ -287,21 +323,27 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
   q.cols = K;
   q.weight_args = args;
   q.qparams = *std::move(qp);
+  if (permuted) {
+    std::vector<int64_t> inverse(K);
+    for (int64_t j = 0; j < K; ++j) inverse[perm[j]] = j;
+    GatherRows(wt, K, NP, inverse);
+    GatherRows(codes_t.get(), K, NP, inverse);
+  }
   result.dequantized.resize(N * K);
-  ScatterColumnsTransposed(wt.data(), N, K, perm.data(), K, result.dequantized.data());
+  Transpose(wt, K, N, NP, result.dequantized.data(), K);
   if (fp8) {
     q.fp8_codes.resize(N * K);
-    ScatterColumnsTransposed(reinterpret_cast<const uint8_t*>(codes_t.data()), N, K, perm.data(), K,
-                             q.fp8_codes.data());
+    Transpose(reinterpret_cast<const uint8_t*>(codes_t.get()), K, N, NP, q.fp8_codes.data(), K);
   } else {
     q.int_codes.resize(N * K);
-    ScatterColumnsTransposed(codes_t.data(), N, K, perm.data(), K, q.int_codes.data());
+    Transpose(codes_t.get(), K, N, NP, q.int_codes.data(), K);
   }
   if (actorder == ActOrder::kGroup) {
     // Original column perm[j] was processed j-th, in group j / group_size.
     q.g_idx.resize(K);
     for (int64_t j = 0; j < K; ++j) q.g_idx[perm[j]] = static_cast<int32_t>(j / group_size);
   }
+  result.phases.finish = lap();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }

@@ -45,6 +45,12 @@ struct GptqResult {
   std::vector<float> dequantized;
   double loss = 0;     // Σ (w − q)² / (2 d²)
   double seconds = 0;  // wall time of QuantizeLinearGptq
+  // Where the time went: qparams, permutation and transposes in; the inverse factor
+  // (dampening + Compute::CholeskyInverseUpper); the in-block column loop (host); the lazy
+  // block updates (Compute::Gemm); the transposes out.
+  struct Phases {
+    double prepare = 0, factor = 0, columns = 0, lazy_updates = 0, finish = 0;
+  } phases;
   bool fell_back_to_rtn = false;
   std::string warning;  // non-empty when something was logged (RTN fallback, actorder ignored)
 };
