@@ -96,7 +96,9 @@ struct DecoderLayerWeights {
 // down_proj reads kDownProjInput (silu(gate) * up).
 enum class LinearSite { kAttentionInput, kOProjInput, kMlpInput, kDownProjInput };
 inline constexpr int kNumLinearSites = 4;
-LinearSite SiteOf(std::string_view linear_suffix);  // "self_attn.k_proj" -> kAttentionInput
+// "self_attn.k_proj" (or a full module name ending in it) -> kAttentionInput. Anything that is
+// not one of kLayerLinears is a programming error: it prints the name and aborts.
+LinearSite SiteOf(std::string_view linear_suffix);
 
 // Hooks into one decoder layer's forward. Both are called once per layer forward with all rows
 // of the batch, and may rewrite the data in place (evaluation fake-quantizes activations and
