@@ -682,7 +682,7 @@ nlohmann::json Pipeline::BuildReport() const {
   }
   const LlamaConfig& config = model_->config();
   nlohmann::json report = {
-      {"lowbit_version", 1},
+      {"report_version", 1},
       {"model", {{"architecture", config.architecture}, {"layers", config.num_layers},
                  {"hidden_size", config.hidden_size}, {"dtype", std::string(DTypeName(dtype_))}}},
       {"algorithm", std::string(QuantAlgorithmName(plan_->algorithm))},

@@ -109,11 +109,12 @@ int Run() {
 
   std::printf("\nQuantized vs original model on held-out samples (activations and KV cache quantized as vLLM runs "
               "them):\n\n");
-  std::printf("| %-11s | %-19s | %-10s | %-10s | %-12s | %-17s | %-7s |\n", "scheme", "calibration", "KL (RTN)",
+  std::printf("| %-11s | %-18s | %-11s | %-11s | %-14s | %-18s | %-7s |\n", "scheme", "calibration", "KL (RTN)",
               "KL (calib.)", "top-1 (calib.)", "perplexity", "time");
-  std::printf("|-------------|---------------------|------------|------------|--------------|-------------------|---------|\n");
+  std::printf("|-------------|--------------------|-------------|-------------|----------------|--------------------|"
+              "---------|\n");
   for (const Row& r : rows) {
-    std::printf("| %-11s | %-19s | %10.5f | %10.5f | %11.2f%% | %7.2f -> %7.2f | %6.1fs |\n", r.scheme.c_str(),
+    std::printf("| %-11s | %-18s | %11.5f | %11.5f | %13.2f%% | %7.2f -> %7.2f | %6.1fs |\n", r.scheme.c_str(),
                 r.method.c_str(), r.rtn.kl_mean, r.calibrated.kl_mean, 100.0 * r.calibrated.top1_agreement,
                 r.calibrated.ref_perplexity.value_or(NAN), r.calibrated.quant_perplexity.value_or(NAN), r.seconds);
   }
