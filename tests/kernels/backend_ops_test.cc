@@ -194,6 +194,24 @@ std::vector<Shape> Shapes(const std::string& backend, bool representative) {
   return s;
 }
 
+// Shapes grouped by (K, N), so a weight is generated and prepared once for all its M.
+struct ShapeGroup {
+  int64_t k, n;
+  bool big;
+  std::vector<int64_t> ms;
+};
+std::vector<ShapeGroup> Groups(const std::string& backend) {
+  std::vector<ShapeGroup> g;
+  for (bool representative : {false, true})
+    for (const Shape& s : Shapes(backend, representative)) {
+      if (s.big != representative) continue;
+      auto it = std::find_if(g.begin(), g.end(), [&](const ShapeGroup& x) { return x.k == s.k && x.n == s.n; });
+      if (it == g.end()) g.push_back({s.k, s.n, s.big, {s.m}});
+      else it->ms.push_back(s.m);
+    }
+  return g;
+}
+
 // Rows the reference is computed for: all, or 8 sampled rows for big shapes with M > 17.
 std::vector<int64_t> RefRows(const Shape& sh, Rng& rng) {
   std::vector<int64_t> rows;
@@ -316,38 +334,33 @@ void RunScaledGemmTable(bool fp8) {
   for (const std::string& name : BackendsUnderTest()) {
     OPEN_OR_SKIP(name, b);
     Rng rng(fp8 ? 23 : 17);
-    for (bool representative : {false, true}) {
-      for (const Shape& sh : Shapes(name, representative)) {
-        if (representative != sh.big) continue;
-        std::vector<ScaledVariant> variants = sh.big ? std::vector<ScaledVariant>{kRepresentativeScaled} : ScaledVariants();
-        const int64_t m = sh.m, k = sh.k, n = sh.n;
-        // Weights (checkpoint form) and activations.
-        std::vector<uint8_t> w(n * k), x(m * k);
-        for (auto& v : w) v = fp8 ? static_cast<uint8_t>(rng.Next() & 0xFF) : static_cast<uint8_t>(rng.Int(-128, 127));
-        for (auto& v : x) v = fp8 ? static_cast<uint8_t>(rng.Next() & 0xFF) : static_cast<uint8_t>(rng.Int(-128, 127));
-        if (fp8) {  // no NaN codes
-          for (auto& v : w) if ((v & 0x7F) == 0x7F) v ^= 1;
-          for (auto& v : x) if ((v & 0x7F) == 0x7F) v ^= 1;
-        }
-        std::vector<float> bias(n);
-        for (auto& v : bias) v = static_cast<float>(rng.Normal());
-        Buf dx(b.get(), x.data(), x.size()), dbias(b.get(), bias.data(), n * 4);
-        for (bool pt : {false, true}) {
-          std::vector<float> ws = RandomScales(pt ? n : 1, rng, fp8 ? 0.01f : 0.002f);
+    for (const ShapeGroup& grp : Groups(name)) {
+      const int64_t k = grp.k, n = grp.n;
+      std::vector<ScaledVariant> variants = grp.big ? std::vector<ScaledVariant>{kRepresentativeScaled} : ScaledVariants();
+      std::vector<uint8_t> w(n * k);
+      for (auto& v : w) v = fp8 ? static_cast<uint8_t>(rng.Next() & 0xFF) : static_cast<uint8_t>(rng.Int(-128, 127));
+      if (fp8)  // no NaN codes
+        for (auto& v : w) if ((v & 0x7F) == 0x7F) v ^= 1;
+      std::vector<float> bias(n);
+      for (auto& v : bias) v = static_cast<float>(rng.Normal());
+      Buf dbias(b.get(), bias.data(), n * 4);
+      for (bool pt : {false, true}) {
+        if (std::none_of(variants.begin(), variants.end(), [&](const ScaledVariant& v) { return v.per_token == pt; })) continue;
+        std::vector<float> ws = RandomScales(pt ? n : 1, rng, fp8 ? 0.01f : 0.002f);
+        std::vector<uint8_t> ws_bf16 = ScalesIn(DType::kBF16, ws);  // checkpoint scales are bf16
+        const ScaleView wsv{ws_bf16.data(), DType::kBF16, static_cast<int64_t>(ws.size())};
+        std::unique_ptr<PreparedWeight> pw;
+        Status st = fp8 ? b->PrepareFp8({w.data(), n, k, wsv}, &pw)
+                        : b->PrepareInt8({reinterpret_cast<const int8_t*>(w.data()), n, k, wsv}, &pw);
+        ASSERT_TRUE(st.ok()) << name << " K=" << k << " N=" << n << ": prepare: " << st.ToString();
+        for (int64_t m : grp.ms) {
+          const Shape sh{m, k, n, grp.big};
+          std::vector<uint8_t> x(m * k);
+          for (auto& v : x) v = fp8 ? static_cast<uint8_t>(rng.Next() & 0xFF) : static_cast<uint8_t>(rng.Int(-128, 127));
+          if (fp8)
+            for (auto& v : x) if ((v & 0x7F) == 0x7F) v ^= 1;
           std::vector<float> xs = RandomScales(pt ? m : 1, rng, fp8 ? 0.02f : 0.01f);
-          std::vector<uint8_t> ws_bf16 = ScalesIn(DType::kBF16, ws);  // checkpoint scales are bf16
-          std::unique_ptr<PreparedWeight> pw;
-          Status st;
-          if (fp8) {
-            Fp8WeightSource src{w.data(), n, k, {ws_bf16.data(), DType::kBF16, static_cast<int64_t>(ws.size())}};
-            st = b->PrepareFp8(src, &pw);
-          } else {
-            Int8WeightSource src{reinterpret_cast<const int8_t*>(w.data()), n, k,
-                                 {ws_bf16.data(), DType::kBF16, static_cast<int64_t>(ws.size())}};
-            st = b->PrepareInt8(src, &pw);
-          }
-          ASSERT_TRUE(st.ok()) << name << " " << ShapeName(sh) << ": prepare: " << st.ToString();
-          Buf dxs(b.get(), xs.data(), xs.size() * 4);
+          Buf dx(b.get(), x.data(), x.size()), dxs(b.get(), xs.data(), xs.size() * 4);
           for (const ScaledVariant& v : variants) {
             if (v.per_token != pt) continue;
             const std::string ctx = name + (fp8 ? " GemmFp8 " : " GemmW8A8 ") + ShapeName(sh) + " out=" +
@@ -378,16 +391,14 @@ void RunScaledGemmTable(bool fp8) {
             std::vector<uint8_t> got_rows = GatherRows(got, n * static_cast<int64_t>(es), rows);
             std::string d;
             if (fp8) {
-              Fp8WeightSource src{w.data(), n, k, {ws_bf16.data(), DType::kBF16, static_cast<int64_t>(ws.size())}};
-              ref::GemmFp8(mr, xr.data(), xsr.data(), static_cast<int64_t>(xsr.size()), src, a.bias ? bias.data() : nullptr,
-                           v.out, want.data(), abs_sum.data());
+              ref::GemmFp8(mr, xr.data(), xsr.data(), static_cast<int64_t>(xsr.size()), {w.data(), n, k, wsv},
+                           a.bias ? bias.data() : nullptr, v.out, want.data(), abs_sum.data());
               d = CompareFloat(v.out, got_rows.data(), want.data(), abs_sum.data(), mr, n, k,
                                IsGpu(name) ? std::ldexp(1.0, -12) : 0.0);
             } else {
-              Int8WeightSource src{reinterpret_cast<const int8_t*>(w.data()), n, k,
-                                   {ws_bf16.data(), DType::kBF16, static_cast<int64_t>(ws.size())}};
               ref::GemmW8A8(mr, reinterpret_cast<const int8_t*>(xr.data()), xsr.data(), static_cast<int64_t>(xsr.size()),
-                            src, a.bias ? bias.data() : nullptr, v.out, want.data());
+                            {reinterpret_cast<const int8_t*>(w.data()), n, k, wsv}, a.bias ? bias.data() : nullptr,
+                            v.out, want.data());
               d = CompareBytes(got_rows.data(), want.data(), want.size(), es, "outputs");
             }
             EXPECT_TRUE(d.empty()) << ctx << ": " << d;
@@ -465,29 +476,29 @@ void RunW4Table() {
   for (const std::string& name : BackendsUnderTest()) {
     OPEN_OR_SKIP(name, b);
     Rng rng(31);
-    for (bool representative : {false, true}) {
-      for (const Shape& sh : Shapes(name, representative)) {
-        if (representative != sh.big) continue;
-        const int64_t m = sh.m, k = sh.k, n = sh.n;
-        for (DType dt : {DType::kF16, DType::kBF16}) {
-          if (sh.big && dt != DType::kBF16) continue;
-          std::vector<uint8_t> x = MakeActivations(dt, m, k, rng);
-          std::vector<float> bias(n);
-          for (auto& v : bias) v = static_cast<float>(rng.Normal());
-          Buf dx(b.get(), x.data(), x.size()), dbias(b.get(), bias.data(), n * 4);
-          std::vector<W4Variant> variants = W4Variants();
-          if (sh.big) variants = {{128, true, false}, {128, false, true}};
-          for (const W4Variant& v : variants) {
-            Int4Checkpoint ck = MakeInt4(n, k, v, dt, rng);
-            const Int4WeightSource src = ck.Source(n, k, v.group_size, dt);
-            const bool with_bias = (n % 2) == 1 || sh.big;
+    for (const ShapeGroup& grp : Groups(name)) {
+      const int64_t k = grp.k, n = grp.n;
+      for (DType dt : {DType::kF16, DType::kBF16}) {
+        if (grp.big && dt != DType::kBF16) continue;
+        std::vector<float> bias(n);
+        for (auto& v : bias) v = static_cast<float>(rng.Normal());
+        Buf dbias(b.get(), bias.data(), n * 4);
+        std::vector<W4Variant> variants = W4Variants();
+        if (grp.big) variants = {{128, true, true}};  // group 128, asymmetric, act order
+        for (const W4Variant& v : variants) {
+          Int4Checkpoint ck = MakeInt4(n, k, v, dt, rng);
+          const Int4WeightSource src = ck.Source(n, k, v.group_size, dt);
+          const bool with_bias = (n % 2) == 1 || grp.big;
+          std::unique_ptr<PreparedWeight> pw;
+          Status st = b->PrepareInt4(src, &pw);
+          ASSERT_TRUE(st.ok()) << name << " K=" << k << " N=" << n << ": prepare: " << st.ToString();
+          for (int64_t m : grp.ms) {
+            const Shape sh{m, k, n, grp.big};
             const std::string ctx = name + " GemmW4A16 " + ShapeName(sh) + " x=" + std::string(DTypeName(dt)) +
                                     (v.group_size ? " g128" : " per-channel") + (v.asym ? " asym" : " sym") +
                                     (v.act_order ? " act-order" : "") + (with_bias ? " +bias" : "");
-            std::unique_ptr<PreparedWeight> pw;
-            Status st = b->PrepareInt4(src, &pw);
-            ASSERT_TRUE(st.ok()) << ctx << ": prepare: " << st.ToString();
-            Buf dy(b.get(), ActivationBytes(dt, m, n));
+            std::vector<uint8_t> x = MakeActivations(dt, m, k, rng);
+            Buf dx(b.get(), x.data(), x.size()), dy(b.get(), ActivationBytes(dt, m, n));
             GemmArgs a;
             a.m = m;
             a.x = dx.get();
