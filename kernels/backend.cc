@@ -19,6 +19,7 @@ std::vector<std::string> BackendNames() {
   std::vector<std::string> names = {"cpu", "cpu-generic", "cpu-ref"};
 #ifdef LOWBIT_KERNELS_HAVE_CUDA
   names.push_back("cuda");
+  names.push_back("cuda-simple");
 #endif
   names.push_back("auto");
   return names;
@@ -30,10 +31,10 @@ Status MakeBackend(std::string_view name, const BackendOptions& options, std::un
     *out = MakeCpuBackend(name, options);
     return Status::Ok();
   }
-  if (name == "cuda") {
+  if (name == "cuda" || name == "cuda-simple") {
 #ifdef LOWBIT_KERNELS_HAVE_CUDA
-    if (CudaDeviceCount() == 0) return Unavailable("backend 'cuda': no CUDA device is visible");
-    return MakeCudaBackend(options, out);
+    if (CudaDeviceCount() == 0) return Unavailable("backend '" + std::string(name) + "': no CUDA device is visible");
+    return MakeCudaBackend(options, name == "cuda-simple", out);
 #else
     return Unavailable("backend 'cuda': this build has no CUDA (configure with LOWBIT_CUDA=ON and nvcc)");
 #endif

@@ -165,8 +165,9 @@ struct BackendOptions {
   size_t workspace_bytes = 0;
 };
 
-// "cpu", "cpu-ref" (the reference as a backend), "cuda", "auto" (cuda when built with CUDA and
-// a device is present, else cpu). Unavailable when "cuda" is asked for and there is none.
+// "cpu" (fast paths), "cpu-generic" (same driver, portable micro-kernels), "cpu-ref" (the
+// reference as a backend), "cuda", "cuda-simple" (plain CUDA kernels only, no cuBLAS/cuBLASLt),
+// "auto" (cuda when built with CUDA and a device is present, else cpu). Unavailable when "cuda" is asked for and there is none.
 Status MakeBackend(std::string_view name, const BackendOptions& options, std::unique_ptr<Backend>* out);
 // Whether this build has the CUDA backend and a device is visible.
 bool CudaAvailable();

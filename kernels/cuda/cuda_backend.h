@@ -9,7 +9,8 @@ namespace lowbit::kernels {
 
 // Number of visible CUDA devices (0 when the driver or a device is missing).
 int CudaDeviceCount();
-Status MakeCudaBackend(const BackendOptions& options, std::unique_ptr<Backend>* out);
+// simple = true ("cuda-simple"): only the plain CUDA kernels, no cuBLAS / cuBLASLt paths.
+Status MakeCudaBackend(const BackendOptions& options, bool simple, std::unique_ptr<Backend>* out);
 
 }  // namespace lowbit::kernels
 

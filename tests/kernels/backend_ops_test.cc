@@ -70,7 +70,7 @@ std::vector<std::string> BackendsUnderTest() {
   return out;
 }
 
-bool IsGpu(const std::string& name) { return name == "cuda"; }
+bool IsGpu(const std::string& name) { return name.rfind("cuda", 0) == 0; }
 
 // Creates the backend; a missing CUDA device makes the caller skip.
 Status Open(const std::string& name, std::unique_ptr<Backend>* b) {
