@@ -1,0 +1,394 @@
+// lowbit-bench-kernels: times the kernel ops on one backend for Llama-3-8B layer shapes and a set
+// of M, with baselines measured in the same run (design.md §7):
+//   * CPU: OpenBLAS sgemm (f32, Y = X·Wᵀ) with OPENBLAS_CORETYPE set to SkylakeX when the CPU
+//     has AVX-512 and the variable is unset (re-exec before OpenBLAS loads; design.md "CPU BLAS:
+//     a trap"). The GPU baselines (torch) come from bench/kernels/torch_baselines.py.
+// Each point: a warm-up call, then `reps` timed batches (≥ 0.2 s or ≥ 1 call each), median of
+// the per-call time. For M ≤ 64 (memory-bound) the weights rotate through enough copies to
+// exceed twice the last-level cache. Writes <out>/kernels-<backend>.md and .csv and, when
+// /usr/bin/python3 has matplotlib, <out>/kernels-<backend>.png (bench/kernels/plot.py).
+//
+// Usage: lowbit-bench-kernels [--backend cpu|cuda|auto] [--threads N] [--ms 1,16,64,256,1024,4096]
+//          [--shapes llama3-8b|small] [--ops w8a8,w8a8_quant,fp8,w4a16,quant_int8,sgemm]
+//          [--reps 3] [--out bench-out]
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/dtype.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+
+#ifdef LOWBIT_BENCH_OPENBLAS
+#include <cblas.h>
+#endif
+
+namespace lowbit::kernels {
+namespace {
+
+struct Options {
+  std::string backend = "cpu";
+  int threads = 0;
+  std::vector<int64_t> ms = {1, 16, 64, 256, 1024, 4096};
+  std::string shapes = "llama3-8b";
+  std::vector<std::string> ops = {"sgemm", "w8a8", "w8a8_quant", "fp8", "w4a16", "quant_int8"};
+  int reps = 3;
+  std::string out = "bench-out";
+};
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) v.push_back(item);
+  return v;
+}
+
+struct KN {
+  int64_t k, n;
+  const char* name;
+};
+
+std::vector<KN> ShapeSet(const std::string& name) {
+  if (name == "small") return {{1024, 1024, "small"}};
+  return {{4096, 6144, "qkv_proj"}, {4096, 4096, "o_proj"}, {4096, 28672, "gate_up_proj"}, {14336, 4096, "down_proj"}};
+}
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Median per-call seconds of fn(i) (i = call index, for rotating weight copies).
+double TimeIt(Backend* b, int reps, const std::function<void(int64_t)>& fn) {
+  fn(0);
+  (void)b->Synchronize();
+  double t0 = Now();
+  fn(1);
+  (void)b->Synchronize();
+  const double one = std::max(Now() - t0, 1e-7);
+  const int64_t iters = std::max<int64_t>(1, static_cast<int64_t>(0.2 / one));
+  std::vector<double> per;
+  int64_t call = 2;
+  for (int r = 0; r < reps; ++r) {
+    (void)b->Synchronize();
+    t0 = Now();
+    for (int64_t i = 0; i < iters; ++i) fn(call++);
+    (void)b->Synchronize();
+    per.push_back((Now() - t0) / iters);
+  }
+  std::sort(per.begin(), per.end());
+  return per[per.size() / 2];
+}
+
+int64_t LastLevelCache() {
+  long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  return l3 > 0 ? l3 : 32ll << 20;
+}
+
+std::string CpuModel() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown CPU";
+}
+
+std::string Commit() {
+  std::string cmd = std::string("git -C ") + LOWBIT_SOURCE_DIR + " rev-parse --short HEAD 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return "unknown";
+  char buf[64] = {0};
+  if (!fgets(buf, sizeof buf, p)) buf[0] = 0;
+  pclose(p);
+  std::string s(buf);
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s.empty() ? "unknown" : s;
+}
+
+struct Row {
+  std::string op, shape;
+  int64_t m, k, n;
+  double us, tflops, tbs;
+  double ratio_sgemm;  // t_sgemm / t_op; 0 if none
+};
+
+struct Rng {
+  uint64_t s = 88172645463325252ull;
+  uint64_t Next() {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return s;
+  }
+};
+
+class Bench {
+ public:
+  Bench(Options o, std::unique_ptr<Backend> b) : o_(std::move(o)), b_(std::move(b)) {}
+
+  void* Dev(size_t bytes, const void* host = nullptr) {
+    void* p = nullptr;
+    Status s = b_->Alloc(bytes, &p);
+    if (!s.ok()) {
+      std::fprintf(stderr, "alloc: %s\n", s.ToString().c_str());
+      std::exit(1);
+    }
+    if (host) (void)b_->CopyIn(p, host, bytes);
+    owned_.push_back(p);
+    return p;
+  }
+  void FreeAll() {
+    for (void* p : owned_) b_->Free(p);
+    owned_.clear();
+  }
+
+  int Copies(int64_t m, size_t weight_bytes) const {
+    if (m > 64) return 1;
+    return static_cast<int>(std::clamp<int64_t>((2 * LastLevelCache() + weight_bytes - 1) / weight_bytes, 1, 16));
+  }
+
+  void Run() {
+    bool want_sgemm = std::find(o_.ops.begin(), o_.ops.end(), "sgemm") != o_.ops.end();
+#ifndef LOWBIT_BENCH_OPENBLAS
+    want_sgemm = false;
+#endif
+    if (b_->name() != "cpu" && b_->name() != "cpu-generic") want_sgemm = false;
+    for (const KN& kn : ShapeSet(o_.shapes)) {
+      for (int64_t m : o_.ms) {
+        double t_sgemm = 0;
+        if (want_sgemm) t_sgemm = RunSgemm(kn, m);
+        for (const std::string& op : o_.ops) {
+          if (op == "sgemm") continue;
+          double t = RunOp(op, kn, m);
+          if (t <= 0) continue;
+          rows_.back().ratio_sgemm = t_sgemm > 0 ? t_sgemm / t : 0;
+        }
+        FreeAll();
+      }
+    }
+  }
+
+  double Record(const std::string& op, const KN& kn, int64_t m, double t, double flops, double bytes) {
+    Row r{op, kn.name, m, kn.k, kn.n, t * 1e6, flops / t / 1e12, bytes / t / 1e12, 0};
+    rows_.push_back(r);
+    std::printf("%-11s %-13s M=%-5lld K=%-6lld N=%-6lld %10.1f us %8.3f TFLOP/s %7.3f TB/s\n", op.c_str(), kn.name,
+                (long long)m, (long long)kn.k, (long long)kn.n, r.us, r.tflops, r.tbs);
+    std::fflush(stdout);
+    return t;
+  }
+
+  double RunSgemm(const KN& kn, int64_t m) {
+#ifdef LOWBIT_BENCH_OPENBLAS
+    const int64_t k = kn.k, n = kn.n;
+    const int copies = Copies(m, n * k * 4);
+    std::vector<std::vector<float>> w(copies, std::vector<float>(n * k));
+    Rng rng;
+    for (auto& c : w)
+      for (auto& v : c) v = static_cast<float>(static_cast<int64_t>(rng.Next() % 2001) - 1000) * 1e-3f;
+    std::vector<float> x(m * k, 0.5f), y(m * n);
+    double t = TimeIt(b_.get(), o_.reps, [&](int64_t i) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
+                  1.0f, x.data(), static_cast<int>(k), w[i % copies].data(), static_cast<int>(k), 0.0f, y.data(),
+                  static_cast<int>(n));
+    });
+    Record("sgemm", kn, m, t, 2.0 * m * n * k, 4.0 * (n * k + m * k + m * n));
+    return t;
+#else
+    return 0;
+#endif
+  }
+
+  double RunOp(const std::string& op, const KN& kn, int64_t m) {
+    const int64_t k = kn.k, n = kn.n;
+    Rng rng;
+    Status st;
+    auto check = [&](const Status& s) {
+      if (!s.ok()) {
+        std::fprintf(stderr, "%s: %s\n", op.c_str(), s.ToString().c_str());
+        std::exit(1);
+      }
+    };
+    std::vector<uint16_t> xb(m * k);
+    for (auto& v : xb) v = FloatToBf16(static_cast<float>(static_cast<int64_t>(rng.Next() % 2001) - 1000) * 1e-3f);
+    if (op == "quant_int8") {
+      void* dx = Dev(xb.size() * 2, xb.data());
+      void* dq = Dev(m * k);
+      void* ds = Dev(m * 4);
+      double t = TimeIt(b_.get(), o_.reps, [&](int64_t) {
+        check(b_->QuantizeInt8PerToken(DType::kBF16, dx, m, k, static_cast<int8_t*>(dq), static_cast<float*>(ds)));
+      });
+      return Record(op, kn, m, t, 0.0, 3.0 * m * k + 4.0 * m);
+    }
+    const bool fp8 = op == "fp8", w4 = op == "w4a16";
+    size_t wbytes = w4 ? n * k / 2 + (n * k / 128) * 2 : n * k;
+    const int copies = Copies(m, wbytes);
+    std::vector<std::unique_ptr<PreparedWeight>> pws;
+    std::vector<float> wscale(n, 0.01f);
+    for (int c = 0; c < copies; ++c) {
+      std::unique_ptr<PreparedWeight> pw;
+      if (w4) {
+        std::vector<int32_t> packed(n * (k / 8));
+        for (auto& v : packed) v = static_cast<int32_t>(rng.Next());
+        std::vector<uint16_t> sc(n * (k / 128), FloatToBf16(0.01f));
+        Int4WeightSource s;
+        s.weight_packed = packed.data();
+        s.n = n;
+        s.k = k;
+        s.group_size = 128;
+        s.scale = {sc.data(), DType::kBF16, static_cast<int64_t>(sc.size())};
+        st = b_->PrepareInt4(s, &pw);
+      } else {
+        std::vector<uint8_t> w(n * k);
+        for (auto& v : w) v = static_cast<uint8_t>(rng.Next() & 0x6F);
+        if (fp8)
+          st = b_->PrepareFp8({w.data(), n, k, {wscale.data(), DType::kF32, n}}, &pw);
+        else
+          st = b_->PrepareInt8({reinterpret_cast<int8_t*>(w.data()), n, k, {wscale.data(), DType::kF32, n}}, &pw);
+      }
+      check(st);
+      pws.push_back(std::move(pw));
+    }
+    std::vector<uint8_t> xq(m * k);
+    for (auto& v : xq) v = static_cast<uint8_t>(rng.Next() & 0x6F);
+    std::vector<float> xs(m, 0.02f);
+    void* dxb = Dev(xb.size() * 2, xb.data());
+    void* dxq = Dev(xq.size(), xq.data());
+    void* dxs = Dev(m * 4, xs.data());
+    void* dy = Dev(m * n * 2);
+    GemmArgs a;
+    a.m = m;
+    a.x = w4 ? dxb : dxq;
+    a.x_dtype = w4 ? DType::kBF16 : fp8 ? DType::kF8E4M3 : DType::kI8;
+    a.x_scale = static_cast<const float*>(dxs);
+    a.x_scale_count = m;
+    a.y = dy;
+    a.y_dtype = DType::kBF16;
+    double t = TimeIt(b_.get(), o_.reps, [&](int64_t i) {
+      a.w = pws[i % copies].get();
+      if (op == "w8a8_quant")
+        check(b_->QuantizeInt8PerToken(DType::kBF16, dxb, m, k, static_cast<int8_t*>(dxq), static_cast<float*>(dxs)));
+      check(w4 ? b_->GemmW4A16(a) : fp8 ? b_->GemmFp8(a) : b_->GemmW8A8(a));
+    });
+    const double act_bytes = (w4 || op == "w8a8_quant") ? 2.0 * m * k : 1.0 * m * k;
+    return Record(op, kn, m, t, 2.0 * m * n * k, wbytes + act_bytes + 2.0 * m * n);
+  }
+
+  void Write(const std::string& cmdline) {
+    std::string base = o_.out + "/kernels-" + b_->name();
+    std::ofstream csv(base + ".csv");
+    csv << "op,shape,m,k,n,us,tflops,tbs,ratio_sgemm\n";
+    for (const Row& r : rows_)
+      csv << r.op << "," << r.shape << "," << r.m << "," << r.k << "," << r.n << "," << r.us << "," << r.tflops << ","
+          << r.tbs << "," << r.ratio_sgemm << "\n";
+    csv.close();
+    std::ofstream md(base + ".md");
+    const char* core = std::getenv("OPENBLAS_CORETYPE");
+    md << "Command: `" << cmdline << "`  \n";
+    md << "Device: " << CpuModel() << " (kernels ISA: " << CpuIsa() << "), backend `" << b_->name() << "`, "
+       << o_.threads << " threads (kernels and OpenBLAS)";
+    if (b_->name().rfind("cpu", 0) == 0) md << ", OPENBLAS_CORETYPE=" << (core ? core : "(unset)");
+    md << "  \nCommit: " << Commit() << "  \n";
+    md << "µs: median per call; TFLOP/s = 2·M·N·K / t; TB/s = (weights in their format + activations + outputs) / t; "
+          "× sgemm = t(OpenBLAS sgemm, same M, K, N, same run) / t.\n\n";
+    md << "| op | layer (K×N) | M | µs | TFLOP/s | TB/s | × sgemm |\n|---|---|---:|---:|---:|---:|---:|\n";
+    char buf[512];
+    for (const Row& r : rows_) {
+      std::snprintf(buf, sizeof buf, "| %s | %s %lld×%lld | %lld | %.1f | %.3f | %.3f | %s |\n", r.op.c_str(),
+                    r.shape.c_str(), (long long)r.k, (long long)r.n, (long long)r.m, r.us, r.tflops, r.tbs,
+                    r.ratio_sgemm > 0 ? (std::to_string(r.ratio_sgemm).substr(0, 5) + "×").c_str() : "");
+      md << buf;
+    }
+    md.close();
+    std::printf("wrote %s.md and %s.csv\n", base.c_str(), base.c_str());
+    std::string plot = std::string("/usr/bin/python3 ") + LOWBIT_SOURCE_DIR + "/bench/kernels/plot.py " + base + ".csv " +
+                       base + ".png";
+    if (std::system(plot.c_str()) != 0) std::printf("no PNG (needs /usr/bin/python3 with matplotlib): %s\n", plot.c_str());
+  }
+
+ private:
+  Options o_;
+  std::unique_ptr<Backend> b_;
+  std::vector<void*> owned_;
+  std::vector<Row> rows_;
+};
+
+// OpenBLAS reads OPENBLAS_CORETYPE when it loads; set it and re-exec (design.md "CPU BLAS").
+void EnsureCoreType(char** argv) {
+#ifdef LOWBIT_BENCH_OPENBLAS
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return;
+  __builtin_cpu_init();
+  if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq")))
+    return;
+  setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
+  execv("/proc/self/exe", argv);
+#else
+  (void)argv;
+#endif
+}
+
+}  // namespace
+}  // namespace lowbit::kernels
+
+int main(int argc, char** argv) {
+  using namespace lowbit::kernels;
+  EnsureCoreType(argv);
+  Options o;
+  std::string cmdline = "lowbit-bench-kernels";
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    cmdline += " " + a;
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      cmdline += std::string(" ") + argv[i + 1];
+      return argv[++i];
+    };
+    if (a == "--backend") o.backend = val();
+    else if (a == "--threads") o.threads = std::atoi(val().c_str());
+    else if (a == "--ms") {
+      o.ms.clear();
+      for (auto& s : Split(val())) o.ms.push_back(std::atoll(s.c_str()));
+    } else if (a == "--shapes") o.shapes = val();
+    else if (a == "--ops") o.ops = Split(val());
+    else if (a == "--reps") o.reps = std::atoi(val().c_str());
+    else if (a == "--out") o.out = val();
+    else {
+      std::fprintf(stderr, "unknown flag %s (see the comment at the top of bench_kernels.cc)\n", a.c_str());
+      return 2;
+    }
+  }
+  if (o.threads <= 0) o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+#ifdef LOWBIT_BENCH_OPENBLAS
+  openblas_set_num_threads(o.threads);
+#endif
+  BackendOptions bo;
+  bo.threads = o.threads;
+  std::unique_ptr<Backend> b;
+  Status s = MakeBackend(o.backend, bo, &b);
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    return 1;
+  }
+  std::string mk = "mkdir -p '" + o.out + "'";
+  if (std::system(mk.c_str()) != 0) return 1;
+  Bench bench(o, std::move(b));
+  bench.Run();
+  bench.Write(cmdline);
+  return 0;
+}

@@ -1,0 +1,798 @@
+// The CPU backend: the reference ("cpu-ref") and the fast paths ("cpu"; "cpu-generic" runs the
+// same blocked driver with portable C++ micro-kernels instead of AVX-512).
+//
+// Fast GEMM design (one driver for the three GEMMs):
+//   * Weights are packed at load into panels of 32 output columns; within a panel, for each
+//     "k-group" the 32 columns' values for that group lie in 128 contiguous bytes (two zmm):
+//       W8A8  a k-group is 4 int8 (one VNNI dword), accumulated with vpdpbusd in int32;
+//             activations are shifted to u8 (x + 128) and 128·Σ_k W[n,k] is subtracted after;
+//       FP8   a k-group is 2 bf16 (E4M3 → bf16 is exact), accumulated with vdpbf16ps in f32;
+//       W4A16 int4 codes stay packed (2 per byte); each k-block of a panel is dequantized to
+//             f32 (rounded to the activation dtype, as the reference does) right before use and
+//             accumulated with FMA in f32.
+//   * Tasks are (128 rows × 128 columns) tiles spread over a thread pool; inside a task, for
+//     each k-block of 256 groups the activations are packed once (u8 quads / bf16 pairs / f32,
+//     with the act-order permutation applied for W4A16), then an 8-row × 32-column register
+//     tile runs over every row block of every panel.
+// The W8A8 epilogue runs the same f32 operations in the same order as the reference, so its
+// output is bit-exact; the FP8 and W4A16 sums differ from the exact reference by f32 rounding.
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include <immintrin.h>
+
+#include "common/dtype.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/reference.h"
+#include "kernels/validate.h"
+
+namespace lowbit::kernels {
+namespace {
+
+constexpr int kNR = 32;             // columns per panel
+constexpr int kMR = 8;              // rows per register tile
+constexpr int64_t kGB = 256;        // k-groups per k-block
+constexpr int64_t kMB = 128;        // rows per task
+constexpr int64_t kPanelsPerTask = 4;
+constexpr int64_t kMaxKInt8 = 65536;  // Σ (x+128)·w over K must fit int32
+
+#define LB_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,f16c,fma")))
+
+template <class T>
+struct AlignedAlloc {
+  using value_type = T;
+  AlignedAlloc() = default;
+  template <class U>
+  AlignedAlloc(const AlignedAlloc<U>&) {}
+  T* allocate(size_t n) {
+    size_t bytes = ((n * sizeof(T)) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { std::free(p); }
+  bool operator==(const AlignedAlloc&) const { return true; }
+};
+template <class T>
+using AVec = std::vector<T, AlignedAlloc<T>>;
+
+enum class Kind { kI8, kFp8, kW4 };
+
+// ---------------------------------------------------------------------------------------------
+// Small conversions.
+
+inline float Bf16BitsToFloat(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
+
+// float -> E4M3 for v already clamped to [-448, 448] (or NaN); RNE, identical to
+// FloatToFp8E4M3 on that range (the backend-ops test checks it bit for bit).
+inline uint8_t FastFp8(float v) {
+  uint32_t b = std::bit_cast<uint32_t>(v);
+  const uint8_t sign = static_cast<uint8_t>((b >> 24) & 0x80u);
+  b &= 0x7FFFFFFFu;
+  if (b > 0x7F800000u) return sign | 0x7F;
+  if (b < 0x3C800000u) {  // below 2^-6: E4M3 subnormals, steps of 2^-9
+    const float a = std::bit_cast<float>(b) * 512.0f;
+    return sign | static_cast<uint8_t>(static_cast<int>(std::nearbyint(a)));
+  }
+  b += 0x7FFFFu + ((b >> 20) & 1u);
+  const uint32_t e = (b >> 23) - 120u;
+  return sign | static_cast<uint8_t>((e << 3) | ((b >> 20) & 7u));
+}
+
+struct Fp8Tables {
+  uint16_t bf16[256];
+  Fp8Tables() {
+    for (int i = 0; i < 256; ++i)
+      bf16[i] = static_cast<uint16_t>(std::bit_cast<uint32_t>(Fp8E4M3ToFloat(static_cast<uint8_t>(i))) >> 16);
+  }
+};
+const Fp8Tables& Fp8Lut() {
+  static const Fp8Tables t;
+  return t;
+}
+
+// A row of activations as f32.
+void RowToF32Generic(DType dt, const void* x, int64_t k, float* out) {
+  for (int64_t i = 0; i < k; ++i) out[i] = ref::LoadFloat(dt, x, i);
+}
+
+LB_AVX512 void RowToF32Avx(DType dt, const void* x, int64_t k, float* out) {
+  int64_t i = 0;
+  if (dt == DType::kF32) {
+    std::memcpy(out, x, k * sizeof(float));
+    return;
+  }
+  const uint16_t* p = static_cast<const uint16_t*>(x);
+  if (dt == DType::kBF16) {
+    for (; i + 16 <= k; i += 16) {
+      __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
+      _mm512_storeu_ps(out + i, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+    }
+  } else {
+    for (; i + 16 <= k; i += 16)
+      _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i))));
+  }
+  for (; i < k; ++i) out[i] = ref::LoadFloat(dt, x, i);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Micro-kernels: C[MR][32] (+)= X[MR][groups] · Wpanel[groups][32]. X elements and C elements
+// are 32-bit (u8 quads / bf16 pairs / f32; int32 / f32 accumulators).
+
+using MicroFn = void (*)(const uint32_t* x, int64_t xs, const uint8_t* w, int64_t groups, uint32_t* c, int64_t cs,
+                         bool accumulate);
+
+template <Kind K, int MR>
+void MicroGeneric(const uint32_t* x, int64_t xs, const uint8_t* w, int64_t groups, uint32_t* c, int64_t cs,
+                  bool accumulate) {
+  for (int r = 0; r < MR; ++r) {
+    if (K == Kind::kI8) {
+      int32_t acc[kNR];
+      for (int j = 0; j < kNR; ++j) acc[j] = accumulate ? static_cast<int32_t>(c[r * cs + j]) : 0;
+      for (int64_t g = 0; g < groups; ++g) {
+        const uint32_t xv = x[r * xs + g];
+        const int8_t* wg = reinterpret_cast<const int8_t*>(w + g * 128);
+        for (int j = 0; j < kNR; ++j)
+          for (int t = 0; t < 4; ++t) acc[j] += static_cast<int32_t>((xv >> (8 * t)) & 0xFF) * wg[j * 4 + t];
+      }
+      for (int j = 0; j < kNR; ++j) c[r * cs + j] = static_cast<uint32_t>(acc[j]);
+    } else {
+      float acc[kNR];
+      for (int j = 0; j < kNR; ++j) acc[j] = accumulate ? std::bit_cast<float>(c[r * cs + j]) : 0.0f;
+      for (int64_t g = 0; g < groups; ++g) {
+        const uint32_t xv = x[r * xs + g];
+        if (K == Kind::kFp8) {
+          const uint16_t* wg = reinterpret_cast<const uint16_t*>(w + g * 128);
+          const float x0 = Bf16BitsToFloat(static_cast<uint16_t>(xv & 0xFFFF));
+          const float x1 = Bf16BitsToFloat(static_cast<uint16_t>(xv >> 16));
+          for (int j = 0; j < kNR; ++j) acc[j] += x0 * Bf16BitsToFloat(wg[2 * j]) + x1 * Bf16BitsToFloat(wg[2 * j + 1]);
+        } else {
+          const float* wg = reinterpret_cast<const float*>(w + g * 128);
+          const float xf = std::bit_cast<float>(xv);
+          for (int j = 0; j < kNR; ++j) acc[j] += xf * wg[j];
+        }
+      }
+      for (int j = 0; j < kNR; ++j) c[r * cs + j] = std::bit_cast<uint32_t>(acc[j]);
+    }
+  }
+}
+
+template <int MR>
+LB_AVX512 void MicroI8Avx(const uint32_t* x, int64_t xs, const uint8_t* w, int64_t groups, uint32_t* c, int64_t cs,
+                          bool accumulate) {
+  __m512i acc0[MR], acc1[MR];
+  for (int r = 0; r < MR; ++r) {
+    acc0[r] = accumulate ? _mm512_loadu_si512(c + r * cs) : _mm512_setzero_si512();
+    acc1[r] = accumulate ? _mm512_loadu_si512(c + r * cs + 16) : _mm512_setzero_si512();
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m512i w0 = _mm512_load_si512(w + g * 128);
+    const __m512i w1 = _mm512_load_si512(w + g * 128 + 64);
+    for (int r = 0; r < MR; ++r) {
+      const __m512i b = _mm512_set1_epi32(static_cast<int>(x[r * xs + g]));
+      acc0[r] = _mm512_dpbusd_epi32(acc0[r], b, w0);
+      acc1[r] = _mm512_dpbusd_epi32(acc1[r], b, w1);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    _mm512_storeu_si512(c + r * cs, acc0[r]);
+    _mm512_storeu_si512(c + r * cs + 16, acc1[r]);
+  }
+}
+
+template <int MR>
+LB_AVX512 void MicroFp8Avx(const uint32_t* x, int64_t xs, const uint8_t* w, int64_t groups, uint32_t* c, int64_t cs,
+                           bool accumulate) {
+  __m512 acc0[MR], acc1[MR];
+  float* cf = reinterpret_cast<float*>(c);
+  for (int r = 0; r < MR; ++r) {
+    acc0[r] = accumulate ? _mm512_loadu_ps(cf + r * cs) : _mm512_setzero_ps();
+    acc1[r] = accumulate ? _mm512_loadu_ps(cf + r * cs + 16) : _mm512_setzero_ps();
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m512bh w0 = (__m512bh)_mm512_load_si512(w + g * 128);
+    const __m512bh w1 = (__m512bh)_mm512_load_si512(w + g * 128 + 64);
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh b = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[r * xs + g]));
+      acc0[r] = _mm512_dpbf16_ps(acc0[r], b, w0);
+      acc1[r] = _mm512_dpbf16_ps(acc1[r], b, w1);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    _mm512_storeu_ps(cf + r * cs, acc0[r]);
+    _mm512_storeu_ps(cf + r * cs + 16, acc1[r]);
+  }
+}
+
+template <int MR>
+LB_AVX512 void MicroF32Avx(const uint32_t* x, int64_t xs, const uint8_t* w, int64_t groups, uint32_t* c, int64_t cs,
+                           bool accumulate) {
+  __m512 acc0[MR], acc1[MR];
+  float* cf = reinterpret_cast<float*>(c);
+  const float* xf = reinterpret_cast<const float*>(x);
+  const float* wf = reinterpret_cast<const float*>(w);
+  for (int r = 0; r < MR; ++r) {
+    acc0[r] = accumulate ? _mm512_loadu_ps(cf + r * cs) : _mm512_setzero_ps();
+    acc1[r] = accumulate ? _mm512_loadu_ps(cf + r * cs + 16) : _mm512_setzero_ps();
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    const __m512 w0 = _mm512_load_ps(wf + g * 32);
+    const __m512 w1 = _mm512_load_ps(wf + g * 32 + 16);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 b = _mm512_set1_ps(xf[r * xs + g]);
+      acc0[r] = _mm512_fmadd_ps(b, w0, acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(b, w1, acc1[r]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    _mm512_storeu_ps(cf + r * cs, acc0[r]);
+    _mm512_storeu_ps(cf + r * cs + 16, acc1[r]);
+  }
+}
+
+struct MicroSet {
+  MicroFn fn[kMR + 1] = {};
+};
+
+template <Kind K, template <int> class Wrap>
+MicroSet MakeSet() {
+  MicroSet s;
+  s.fn[1] = Wrap<1>::fn;
+  s.fn[2] = Wrap<2>::fn;
+  s.fn[3] = Wrap<3>::fn;
+  s.fn[4] = Wrap<4>::fn;
+  s.fn[5] = Wrap<5>::fn;
+  s.fn[6] = Wrap<6>::fn;
+  s.fn[7] = Wrap<7>::fn;
+  s.fn[8] = Wrap<8>::fn;
+  return s;
+}
+template <int MR>
+struct GI8 {
+  static constexpr MicroFn fn = &MicroGeneric<Kind::kI8, MR>;
+};
+template <int MR>
+struct GFp8 {
+  static constexpr MicroFn fn = &MicroGeneric<Kind::kFp8, MR>;
+};
+template <int MR>
+struct GW4 {
+  static constexpr MicroFn fn = &MicroGeneric<Kind::kW4, MR>;
+};
+template <int MR>
+struct AI8 {
+  static constexpr MicroFn fn = &MicroI8Avx<MR>;
+};
+template <int MR>
+struct AFp8 {
+  static constexpr MicroFn fn = &MicroFp8Avx<MR>;
+};
+template <int MR>
+struct AW4 {
+  static constexpr MicroFn fn = &MicroF32Avx<MR>;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Prepared weights.
+
+class CpuWeight : public PreparedWeight {
+ public:
+  CpuWeight(std::string backend, WeightKind kind, int64_t n, int64_t k) : PreparedWeight(std::move(backend), kind, n, k) {}
+  void SetMeta(int64_t gs, bool per_channel, bool asym, bool act_order) {
+    group_size_ = gs;
+    per_channel_ = per_channel;
+    asym_ = asym;
+    act_order_ = act_order;
+  }
+  int64_t panels = 0;    // ceil(N / 32)
+  int64_t kgroups = 0;   // k-groups (I8: ceil(K/4), FP8: ceil(K/2), W4: K)
+  AVec<uint8_t> packed;  // I8/FP8: [panels][kgroups][128 B]; W4: [panels][ceil(K/2)][32 B]
+  std::vector<float> wscale;     // I8/FP8: [1] or [N]
+  std::vector<int32_t> colsum;   // I8: Σ_k W[n,k]
+  int64_t groups = 0;            // W4
+  AVec<float> w4_scale, w4_zf;   // W4: [panels][groups][32]; zf = zero + 8
+  std::vector<int32_t> perm;     // W4 act order
+  // cpu-ref: the checkpoint-form tensors (scales as f32).
+  std::vector<int8_t> ref_i8;
+  std::vector<uint8_t> ref_u8;
+  std::vector<int32_t> ref_packed, ref_zp, ref_gidx;
+  std::vector<float> ref_scale;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+class CpuBackend : public Backend {
+ public:
+  CpuBackend(std::string name, int threads, bool reference, bool avx512)
+      : name_(std::move(name)), reference_(reference), avx_(avx512), pool_(threads) {
+    scratch_.resize(pool_.threads());
+    if (avx_) {
+      i8_ = MakeSet<Kind::kI8, AI8>();
+      fp8_ = MakeSet<Kind::kFp8, AFp8>();
+      w4_ = MakeSet<Kind::kW4, AW4>();
+    } else {
+      i8_ = MakeSet<Kind::kI8, GI8>();
+      fp8_ = MakeSet<Kind::kFp8, GFp8>();
+      w4_ = MakeSet<Kind::kW4, GW4>();
+    }
+  }
+
+  std::string name() const override { return name_; }
+  std::string Requirements() const override {
+    return name_ + ": any M ≥ 1, K ≥ 1, N ≥ 1 for every op; W8A8 K ≤ 65536 (int32 accumulation of u8·s8 "
+                   "VNNI products); W4A16 any group size, and an act-order g_idx must give every group exactly "
+                   "group_size columns.";
+  }
+
+  Status Alloc(size_t bytes, void** ptr) override {
+    *ptr = std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64));
+    return *ptr ? Status::Ok() : Internal("cpu: out of memory allocating " + std::to_string(bytes) + " bytes");
+  }
+  void Free(void* ptr) override { std::free(ptr); }
+  Status CopyIn(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+    return Status::Ok();
+  }
+  Status CopyOut(void* dst, const void* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+    return Status::Ok();
+  }
+  Status Synchronize() override { return Status::Ok(); }
+
+  Status QuantizeInt8PerToken(DType dt, const void* x, int64_t m, int64_t k, int8_t* q, float* scale) override;
+  Status QuantizeFp8PerTensor(DType dt, const void* x, int64_t m, int64_t k, float scale, uint8_t* q) override;
+  Status QuantizeFp8PerToken(DType dt, const void* x, int64_t m, int64_t k, uint8_t* q, float* scale) override;
+  Status PrepareInt8(const Int8WeightSource& src, std::unique_ptr<PreparedWeight>* out) override;
+  Status PrepareFp8(const Fp8WeightSource& src, std::unique_ptr<PreparedWeight>* out) override;
+  Status PrepareInt4(const Int4WeightSource& src, std::unique_ptr<PreparedWeight>* out) override;
+  Status GemmW8A8(const GemmArgs& a) override;
+  Status GemmFp8(const GemmArgs& a) override;
+  Status GemmW4A16(const GemmArgs& a) override;
+
+ private:
+  struct Scratch {
+    AVec<uint32_t> x;  // [kMB][kGB]
+    AVec<uint32_t> c;  // [kMB][kPanelsPerTask * 32]
+    AVec<float> w;     // [kGB][32]
+    std::vector<float> row;
+  };
+  void RunGemm(Kind kind, const GemmArgs& a, const CpuWeight& w);
+  void PackX(Kind kind, const GemmArgs& a, const CpuWeight& w, int64_t r0, int64_t mb, int64_t g0, int64_t gb,
+             Scratch& s);
+  void DequantW4(const CpuWeight& w, DType act, int64_t p, int64_t k0, int64_t kb, float* out);
+  void Epilogue(Kind kind, const GemmArgs& a, const CpuWeight& w, int64_t r0, int64_t mb, int64_t c0, int64_t nc,
+                const uint32_t* c, int64_t cs);
+
+  std::string name_;
+  bool reference_, avx_;
+  ThreadPool pool_;
+  std::vector<Scratch> scratch_;
+  MicroSet i8_, fp8_, w4_;
+};
+
+// ---- quantization ---------------------------------------------------------------------------
+
+LB_AVX512 void QuantRowInt8Avx(const float* xf, int64_t k, int8_t* q, float* scale_out) {
+  __m512 mx = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(xf + i)));
+  float absmax = _mm512_reduce_max_ps(mx);
+  for (; i < k; ++i) absmax = std::max(absmax, std::fabs(xf[i]));
+  const float s = absmax > 0.0f ? absmax / 127.0f : 1.0f;
+  *scale_out = s;
+  const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
+  for (i = 0; i + 16 <= k; i += 16) {
+    __m512 v = _mm512_div_ps(_mm512_loadu_ps(xf + i), vs);
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    __m512i iv = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtsepi32_epi8(iv));
+  }
+  for (; i < k; ++i) q[i] = static_cast<int8_t>(std::nearbyint(std::clamp(xf[i] / s, -128.0f, 127.0f)));
+}
+
+void QuantRowInt8Generic(const float* xf, int64_t k, int8_t* q, float* scale_out) {
+  float absmax = 0.0f;
+  for (int64_t i = 0; i < k; ++i) absmax = std::max(absmax, std::fabs(xf[i]));
+  const float s = absmax > 0.0f ? absmax / 127.0f : 1.0f;
+  *scale_out = s;
+  for (int64_t i = 0; i < k; ++i) q[i] = static_cast<int8_t>(std::nearbyint(std::clamp(xf[i] / s, -128.0f, 127.0f)));
+}
+
+void QuantRowFp8(const float* xf, int64_t k, float s, uint8_t* q) {
+  for (int64_t i = 0; i < k; ++i) q[i] = FastFp8(std::clamp(xf[i] / s, -kFp8E4M3Max, kFp8E4M3Max));
+}
+
+float RowAbsMax(const float* xf, int64_t k) {
+  float a = 0.0f;
+  for (int64_t i = 0; i < k; ++i) a = std::max(a, std::fabs(xf[i]));
+  return a;
+}
+
+Status CpuBackend::QuantizeInt8PerToken(DType dt, const void* x, int64_t m, int64_t k, int8_t* q, float* scale) {
+  LOWBIT_KRETURN_IF_ERROR(ValidateQuantize("QuantizeInt8PerToken", dt, x, m, k, q, scale, true));
+  if (reference_) {
+    ref::QuantizeInt8PerToken(dt, x, m, k, q, scale);
+    return Status::Ok();
+  }
+  const size_t es = DTypeSize(dt);
+  pool_.ParallelFor(m, [&](int worker, int64_t r) {
+    auto& row = scratch_[worker].row;
+    row.resize(k);
+    const void* xr = static_cast<const uint8_t*>(x) + r * k * es;
+    if (avx_) {
+      RowToF32Avx(dt, xr, k, row.data());
+      QuantRowInt8Avx(row.data(), k, q + r * k, scale + r);
+    } else {
+      RowToF32Generic(dt, xr, k, row.data());
+      QuantRowInt8Generic(row.data(), k, q + r * k, scale + r);
+    }
+  });
+  return Status::Ok();
+}
+
+Status CpuBackend::QuantizeFp8PerTensor(DType dt, const void* x, int64_t m, int64_t k, float scale, uint8_t* q) {
+  LOWBIT_KRETURN_IF_ERROR(ValidateQuantize("QuantizeFp8PerTensor", dt, x, m, k, q, nullptr, false));
+  if (!(scale > 0.0f) || !std::isfinite(scale))
+    return InvalidArgument("QuantizeFp8PerTensor: scale " + std::to_string(scale) + " must be finite and > 0");
+  if (reference_) {
+    ref::QuantizeFp8PerTensor(dt, x, m, k, scale, q);
+    return Status::Ok();
+  }
+  const size_t es = DTypeSize(dt);
+  pool_.ParallelFor(m, [&](int worker, int64_t r) {
+    auto& row = scratch_[worker].row;
+    row.resize(k);
+    const void* xr = static_cast<const uint8_t*>(x) + r * k * es;
+    avx_ ? RowToF32Avx(dt, xr, k, row.data()) : RowToF32Generic(dt, xr, k, row.data());
+    QuantRowFp8(row.data(), k, scale, q + r * k);
+  });
+  return Status::Ok();
+}
+
+Status CpuBackend::QuantizeFp8PerToken(DType dt, const void* x, int64_t m, int64_t k, uint8_t* q, float* scale) {
+  LOWBIT_KRETURN_IF_ERROR(ValidateQuantize("QuantizeFp8PerToken", dt, x, m, k, q, scale, true));
+  if (reference_) {
+    ref::QuantizeFp8PerToken(dt, x, m, k, q, scale);
+    return Status::Ok();
+  }
+  const size_t es = DTypeSize(dt);
+  pool_.ParallelFor(m, [&](int worker, int64_t r) {
+    auto& row = scratch_[worker].row;
+    row.resize(k);
+    const void* xr = static_cast<const uint8_t*>(x) + r * k * es;
+    avx_ ? RowToF32Avx(dt, xr, k, row.data()) : RowToF32Generic(dt, xr, k, row.data());
+    const float absmax = RowAbsMax(row.data(), k);
+    const float s = absmax > 0.0f ? absmax / kFp8E4M3Max : 1.0f;
+    scale[r] = s;
+    QuantRowFp8(row.data(), k, s, q + r * k);
+  });
+  return Status::Ok();
+}
+
+// ---- weight preparation ---------------------------------------------------------------------
+
+Status CpuBackend::PrepareInt8(const Int8WeightSource& src, std::unique_ptr<PreparedWeight>* out) {
+  LOWBIT_KRETURN_IF_ERROR(ValidateInt8Source(src));
+  if (!reference_ && src.k > kMaxKInt8)
+    return InvalidArgument(name_ + ": W8A8 K = " + std::to_string(src.k) + " exceeds " + std::to_string(kMaxKInt8) +
+                           " (int32 accumulation of u8·s8 products could overflow)");
+  auto w = std::make_unique<CpuWeight>(name_, WeightKind::kInt8, src.n, src.k);
+  w->SetMeta(0, src.scale.count != 1, false, false);
+  w->wscale = ScalesToFloat(src.scale);
+  const int64_t n = src.n, k = src.k;
+  if (reference_) {
+    w->ref_i8.assign(src.weight, src.weight + n * k);
+  } else {
+    w->panels = (n + kNR - 1) / kNR;
+    w->kgroups = (k + 3) / 4;
+    w->packed.assign(w->panels * w->kgroups * 128, 0);
+    w->colsum.assign(n, 0);
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t p = r / kNR, j = r % kNR;
+      int32_t sum = 0;
+      for (int64_t c = 0; c < k; ++c) {
+        const int8_t v = src.weight[r * k + c];
+        sum += v;
+        w->packed[(p * w->kgroups + c / 4) * 128 + j * 4 + c % 4] = static_cast<uint8_t>(v);
+      }
+      w->colsum[r] = sum;
+    }
+  }
+  *out = std::move(w);
+  return Status::Ok();
+}
+
+Status CpuBackend::PrepareFp8(const Fp8WeightSource& src, std::unique_ptr<PreparedWeight>* out) {
+  LOWBIT_KRETURN_IF_ERROR(ValidateFp8Source(src));
+  auto w = std::make_unique<CpuWeight>(name_, WeightKind::kFp8, src.n, src.k);
+  w->SetMeta(0, src.scale.count != 1, false, false);
+  w->wscale = ScalesToFloat(src.scale);
+  const int64_t n = src.n, k = src.k;
+  if (reference_) {
+    w->ref_u8.assign(src.weight, src.weight + n * k);
+  } else {
+    const auto& lut = Fp8Lut();
+    w->panels = (n + kNR - 1) / kNR;
+    w->kgroups = (k + 1) / 2;
+    w->packed.assign(w->panels * w->kgroups * 128, 0);
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t p = r / kNR, j = r % kNR;
+      for (int64_t c = 0; c < k; ++c) {
+        uint16_t b = lut.bf16[src.weight[r * k + c]];
+        std::memcpy(&w->packed[(p * w->kgroups + c / 2) * 128 + j * 4 + (c % 2) * 2], &b, 2);
+      }
+    }
+  }
+  *out = std::move(w);
+  return Status::Ok();
+}
+
+Status CpuBackend::PrepareInt4(const Int4WeightSource& src, std::unique_ptr<PreparedWeight>* out) {
+  LOWBIT_KRETURN_IF_ERROR(ValidateInt4Source(src));
+  auto w = std::make_unique<CpuWeight>(name_, WeightKind::kInt4, src.n, src.k);
+  const int64_t n = src.n, k = src.k;
+  const int64_t gs = Int4GroupSize(k, src.group_size), groups = Int4Groups(k, src.group_size);
+  w->SetMeta(gs, true, src.zero_point_packed != nullptr, src.g_idx != nullptr);
+  w->groups = groups;
+  if (reference_) {
+    const int64_t words = (k + 7) / 8;
+    w->ref_packed.assign(src.weight_packed, src.weight_packed + n * words);
+    if (src.zero_point_packed) w->ref_zp.assign(src.zero_point_packed, src.zero_point_packed + ((n + 7) / 8) * groups);
+    if (src.g_idx) w->ref_gidx.assign(src.g_idx, src.g_idx + k);
+    w->ref_scale = ScalesToFloat(src.scale);
+    *out = std::move(w);
+    return Status::Ok();
+  }
+  DecodedInt4 d;
+  LOWBIT_KRETURN_IF_ERROR(DecodeInt4(src, &d));
+  w->perm = d.perm;
+  w->panels = (n + kNR - 1) / kNR;
+  w->kgroups = k;
+  const int64_t kh = (k + 1) / 2;
+  w->packed.assign(w->panels * kh * kNR, 0x88);
+  w->w4_scale.assign(w->panels * groups * kNR, 0.0f);
+  w->w4_zf.assign(w->panels * groups * kNR, 8.0f);
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t p = r / kNR, j = r % kNR;
+    for (int64_t c = 0; c < k; ++c) {
+      uint8_t& b = w->packed[(p * kh + c / 2) * kNR + j];
+      const uint8_t code = static_cast<uint8_t>(d.codes[r * k + c] + 8);
+      b = (c % 2 == 0) ? static_cast<uint8_t>((b & 0xF0) | code) : static_cast<uint8_t>((b & 0x0F) | (code << 4));
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      w->w4_scale[(p * groups + g) * kNR + j] = d.scale[r * groups + g];
+      w->w4_zf[(p * groups + g) * kNR + j] = static_cast<float>(d.zero[r * groups + g] + 8);
+    }
+  }
+  *out = std::move(w);
+  return Status::Ok();
+}
+
+// ---- GEMM driver ----------------------------------------------------------------------------
+
+void CpuBackend::PackX(Kind kind, const GemmArgs& a, const CpuWeight& w, int64_t r0, int64_t mb, int64_t g0,
+                       int64_t gb, Scratch& s) {
+  const int64_t k = w.k();
+  for (int64_t r = 0; r < mb; ++r) {
+    uint32_t* dst = s.x.data() + r * kGB;
+    if (kind == Kind::kI8) {
+      const uint8_t* xr = static_cast<const uint8_t*>(a.x) + (r0 + r) * k;
+      const int64_t c0 = g0 * 4, c1 = std::min(k, (g0 + gb) * 4);
+      uint8_t* d8 = reinterpret_cast<uint8_t*>(dst);
+      for (int64_t c = c0; c < c1; ++c) d8[c - c0] = xr[c] ^ 0x80u;
+      for (int64_t c = c1; c < (g0 + gb) * 4; ++c) d8[c - c0] = 0x80u;
+    } else if (kind == Kind::kFp8) {
+      const uint8_t* xr = static_cast<const uint8_t*>(a.x) + (r0 + r) * k;
+      const auto& lut = Fp8Lut();
+      const int64_t c0 = g0 * 2, c1 = std::min(k, (g0 + gb) * 2);
+      uint16_t* d16 = reinterpret_cast<uint16_t*>(dst);
+      for (int64_t c = c0; c < c1; ++c) d16[c - c0] = lut.bf16[xr[c]];
+      for (int64_t c = c1; c < (g0 + gb) * 2; ++c) d16[c - c0] = 0;
+    } else {
+      const uint16_t* xr = static_cast<const uint16_t*>(a.x) + (r0 + r) * k;
+      float* df = reinterpret_cast<float*>(dst);
+      const bool bf = a.x_dtype == DType::kBF16;
+      const int64_t c1 = std::min(k, g0 + gb);
+      if (w.perm.empty()) {
+        if (avx_) {
+          RowToF32Avx(a.x_dtype, xr + g0, c1 - g0, df);
+        } else {
+          for (int64_t c = g0; c < c1; ++c) df[c - g0] = bf ? Bf16BitsToFloat(xr[c]) : Fp16ToFloat(xr[c]);
+        }
+      } else {
+        for (int64_t c = g0; c < c1; ++c) {
+          const uint16_t v = xr[w.perm[c]];
+          df[c - g0] = bf ? Bf16BitsToFloat(v) : Fp16ToFloat(v);
+        }
+      }
+      for (int64_t c = c1; c < g0 + gb; ++c) df[c - g0] = 0.0f;
+    }
+  }
+}
+
+LB_AVX512 void DequantW4Avx(const uint8_t* packed, const float* sc, const float* zf, int64_t kh, int64_t groups,
+                            int64_t gs, int64_t k, bool bf16, int64_t k0, int64_t kb, float* out) {
+  const __m512i m15 = _mm512_set1_epi32(15);
+  for (int64_t kk = 0; kk < kb; kk += 2) {
+    const int64_t c = k0 + kk;
+    const uint8_t* b = packed + (c / 2) * kNR;
+    for (int h = 0; h < 2; ++h) {
+      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16 * h)));
+      for (int t = 0; t < 2; ++t) {
+        if (kk + t >= kb) break;
+        const int64_t g = std::min((c + t) / gs, groups - 1);
+        const __m512i code = _mm512_and_si512(t ? _mm512_srli_epi32(v, 4) : v, m15);
+        __m512 f = _mm512_sub_ps(_mm512_cvtepi32_ps(code), _mm512_loadu_ps(zf + g * kNR + 16 * h));
+        f = _mm512_mul_ps(f, _mm512_loadu_ps(sc + g * kNR + 16 * h));
+        if (bf16) {
+          __m512i bits = _mm512_castps_si512(f);
+          const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+          bits = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+          bits = _mm512_and_si512(bits, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)));
+          f = _mm512_castsi512_ps(bits);
+        } else {
+          f = _mm512_cvtph_ps(_mm512_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        }
+        _mm512_store_ps(out + (kk + t) * kNR + 16 * h, f);
+      }
+    }
+  }
+  (void)k;
+}
+
+void CpuBackend::DequantW4(const CpuWeight& w, DType act, int64_t p, int64_t k0, int64_t kb, float* out) {
+  const int64_t kh = (w.k() + 1) / 2, groups = w.groups, gs = w.group_size();
+  const uint8_t* packed = w.packed.data() + p * kh * kNR;
+  const float* sc = w.w4_scale.data() + p * groups * kNR;
+  const float* zf = w.w4_zf.data() + p * groups * kNR;
+  if (avx_) {
+    DequantW4Avx(packed, sc, zf, kh, groups, gs, w.k(), act == DType::kBF16, k0, kb, out);
+    return;
+  }
+  for (int64_t kk = 0; kk < kb; ++kk) {
+    const int64_t c = k0 + kk;
+    const int64_t g = std::min(c / gs, groups - 1);
+    for (int j = 0; j < kNR; ++j) {
+      const uint8_t b = packed[(c / 2) * kNR + j];
+      const int code = (c % 2 == 0) ? (b & 15) : (b >> 4);
+      const float f = (static_cast<float>(code) - zf[g * kNR + j]) * sc[g * kNR + j];
+      out[kk * kNR + j] = RoundToDType(f, act);
+    }
+  }
+}
+
+void CpuBackend::Epilogue(Kind kind, const GemmArgs& a, const CpuWeight& w, int64_t r0, int64_t mb, int64_t c0,
+                          int64_t nc, const uint32_t* c, int64_t cs) {
+  const int64_t n = w.n();
+  const bool wpc = w.wscale.size() > 1;
+  for (int64_t r = 0; r < mb; ++r) {
+    const int64_t row = r0 + r;
+    const float as = kind == Kind::kW4 ? 1.0f : a.x_scale[a.x_scale_count == 1 ? 0 : row];
+    for (int64_t j = 0; j < nc; ++j) {
+      const int64_t col = c0 + j;
+      const uint32_t cv = c[r * cs + j];
+      float v;
+      if (kind == Kind::kI8) {
+        const int32_t acc = static_cast<int32_t>(cv) - 128 * w.colsum[col];
+        v = static_cast<float>(acc) * w.wscale[wpc ? col : 0];
+        v = v * as;
+      } else if (kind == Kind::kFp8) {
+        v = std::bit_cast<float>(cv) * w.wscale[wpc ? col : 0];
+        v = v * as;
+      } else {
+        v = std::bit_cast<float>(cv);
+      }
+      if (a.bias) v = v + a.bias[col];
+      ref::StoreFloat(a.y_dtype, a.y, row * n + col, v);
+    }
+  }
+}
+
+void CpuBackend::RunGemm(Kind kind, const GemmArgs& a, const CpuWeight& w) {
+  const int64_t m = a.m, n = w.n();
+  const int64_t tasks_m = (m + kMB - 1) / kMB;
+  const int64_t tasks_n = (w.panels + kPanelsPerTask - 1) / kPanelsPerTask;
+  const MicroSet& ms = kind == Kind::kI8 ? i8_ : kind == Kind::kFp8 ? fp8_ : w4_;
+  constexpr int64_t cs = kPanelsPerTask * kNR;
+  pool_.ParallelFor(tasks_m * tasks_n, [&](int worker, int64_t t) {
+    Scratch& s = scratch_[worker];
+    if (s.x.size() < static_cast<size_t>(kMB * kGB)) s.x.resize(kMB * kGB);
+    if (s.c.size() < static_cast<size_t>(kMB * cs)) s.c.resize(kMB * cs);
+    if (kind == Kind::kW4 && s.w.size() < static_cast<size_t>(kGB * kNR)) s.w.resize(kGB * kNR);
+    const int64_t tm = t / tasks_n, tn = t % tasks_n;
+    const int64_t r0 = tm * kMB, mb = std::min(kMB, m - r0);
+    const int64_t p0 = tn * kPanelsPerTask, np = std::min(kPanelsPerTask, w.panels - p0);
+    for (int64_t g0 = 0; g0 < w.kgroups; g0 += kGB) {
+      const int64_t gb = std::min(kGB, w.kgroups - g0);
+      PackX(kind, a, w, r0, mb, g0, gb, s);
+      for (int64_t pi = 0; pi < np; ++pi) {
+        const int64_t p = p0 + pi;
+        const uint8_t* wp;
+        if (kind == Kind::kW4) {
+          DequantW4(w, a.x_dtype, p, g0, gb, s.w.data());
+          wp = reinterpret_cast<const uint8_t*>(s.w.data());
+        } else {
+          wp = w.packed.data() + (p * w.kgroups + g0) * 128;
+        }
+        for (int64_t rr = 0; rr < mb; rr += kMR) {
+          const int mr = static_cast<int>(std::min<int64_t>(kMR, mb - rr));
+          ms.fn[mr](s.x.data() + rr * kGB, kGB, wp, gb, s.c.data() + rr * cs + pi * kNR, cs, g0 > 0);
+        }
+      }
+    }
+    const int64_t c0 = p0 * kNR, nc = std::min(np * kNR, n - c0);
+    Epilogue(kind, a, w, r0, mb, c0, nc, s.c.data(), cs);
+  });
+}
+
+Status CpuBackend::GemmW8A8(const GemmArgs& a) {
+  LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmW8A8", a, WeightKind::kInt8, name_));
+  const auto& w = static_cast<const CpuWeight&>(*a.w);
+  if (reference_) {
+    Int8WeightSource src{w.ref_i8.data(), w.n(), w.k(), {w.wscale.data(), DType::kF32, static_cast<int64_t>(w.wscale.size())}};
+    ref::GemmW8A8(a.m, static_cast<const int8_t*>(a.x), a.x_scale, a.x_scale_count, src, a.bias, a.y_dtype, a.y);
+    return Status::Ok();
+  }
+  RunGemm(Kind::kI8, a, w);
+  return Status::Ok();
+}
+
+Status CpuBackend::GemmFp8(const GemmArgs& a) {
+  LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmFp8", a, WeightKind::kFp8, name_));
+  const auto& w = static_cast<const CpuWeight&>(*a.w);
+  if (reference_) {
+    Fp8WeightSource src{w.ref_u8.data(), w.n(), w.k(), {w.wscale.data(), DType::kF32, static_cast<int64_t>(w.wscale.size())}};
+    ref::GemmFp8(a.m, static_cast<const uint8_t*>(a.x), a.x_scale, a.x_scale_count, src, a.bias, a.y_dtype, a.y);
+    return Status::Ok();
+  }
+  RunGemm(Kind::kFp8, a, w);
+  return Status::Ok();
+}
+
+Status CpuBackend::GemmW4A16(const GemmArgs& a) {
+  LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmW4A16", a, WeightKind::kInt4, name_));
+  const auto& w = static_cast<const CpuWeight&>(*a.w);
+  if (reference_) {
+    Int4WeightSource src;
+    src.weight_packed = w.ref_packed.data();
+    src.n = w.n();
+    src.k = w.k();
+    src.group_size = w.group_size();
+    src.scale = {w.ref_scale.data(), DType::kF32, static_cast<int64_t>(w.ref_scale.size())};
+    src.zero_point_packed = w.ref_zp.empty() ? nullptr : w.ref_zp.data();
+    src.g_idx = w.ref_gidx.empty() ? nullptr : w.ref_gidx.data();
+    ref::GemmW4A16(a.m, a.x_dtype, a.x, src, a.bias, a.y);
+    return Status::Ok();
+  }
+  RunGemm(Kind::kW4, a, w);
+  return Status::Ok();
+}
+
+bool CpuHasAvx512Kernels() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16");
+}
+
+}  // namespace
+
+std::string CpuIsa() { return CpuHasAvx512Kernels() ? "avx512-vnni-bf16" : "generic"; }
+
+std::unique_ptr<Backend> MakeCpuBackend(std::string_view name, const BackendOptions& options) {
+  int threads = options.threads;
+  if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  const bool reference = options.reference || name == "cpu-ref";
+  const bool avx = name != "cpu-generic" && CpuHasAvx512Kernels();
+  return std::make_unique<CpuBackend>(std::string(name), threads, reference, avx);
+}
+
+}  // namespace lowbit::kernels

@@ -1,0 +1,92 @@
+// Shared device helpers for the CUDA backend.
+#ifndef LOWBIT_KERNELS_CUDA_COMMON_CUH_
+#define LOWBIT_KERNELS_CUDA_COMMON_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/dtype.h"
+#include "kernels/status.h"
+
+namespace lowbit::kernels::cuda {
+
+// Element types as small integers usable in device code.
+enum ElemType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+inline int ToElem(DType d) { return d == DType::kF32 ? kF32 : d == DType::kF16 ? kF16 : kBF16; }
+
+__device__ __forceinline__ float LoadElem(int t, const void* p, int64_t i) {
+  if (t == kF32) return static_cast<const float*>(p)[i];
+  if (t == kF16) return __half2float(static_cast<const __half*>(p)[i]);
+  return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+}
+__device__ __forceinline__ void StoreElem(int t, void* p, int64_t i, float v) {
+  if (t == kF32) static_cast<float*>(p)[i] = v;
+  else if (t == kF16) static_cast<__half*>(p)[i] = __float2half_rn(v);
+  else static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+}
+// Rounds v to the 16-bit activation type (RNE), back in f32.
+__device__ __forceinline__ float RoundTo(int t, float v) {
+  if (t == kF16) return __half2float(__float2half_rn(v));
+  if (t == kBF16) return __bfloat162float(__float2bfloat16_rn(v));
+  return v;
+}
+__device__ __forceinline__ float Fp8ToFloat(uint8_t v) {
+  __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(v), __NV_E4M3);
+  return __half2float(__half(h));
+}
+__device__ __forceinline__ uint8_t FloatToFp8(float v) {
+  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+}
+
+inline Status CudaStatus(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return Status::Ok();
+  return Internal(std::string("cuda: ") + what + ": " + cudaGetErrorString(e));
+}
+#define LOWBIT_CUDA_RETURN(expr, what) LOWBIT_KRETURN_IF_ERROR(::lowbit::kernels::cuda::CudaStatus((expr), what))
+
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---- launchers (host functions; every one enqueues on `stream` and returns launch errors) ----
+
+// Activation quantization; one block per row.
+Status LaunchQuantInt8PerToken(int xt, const void* x, int64_t m, int64_t k, int8_t* q, float* scale, cudaStream_t s);
+Status LaunchQuantFp8(int xt, const void* x, int64_t m, int64_t k, const float* static_scale_or_null, float static_scale,
+                      uint8_t* q, float* scale_out, cudaStream_t s);
+
+// W8A8: int8 [M,K] × int8 [N,K]ᵀ with dp4a, int32 accumulation, fused scale/bias epilogue.
+// K % 4 == 0.
+Status LaunchGemmW8A8(const int8_t* x, const float* x_scale, int64_t x_scale_count, const int8_t* w,
+                      const float* w_scale, int64_t w_scale_count, const float* bias, int64_t m, int64_t n, int64_t k,
+                      int yt, void* y, cudaStream_t s);
+
+// Simple tiled f32-accumulating GEMM used by FP8 and W4A16 when no library path applies.
+struct W4Dev {
+  const int32_t* packed;  // [N, K/8], kernel (permuted) column order
+  const float* scale;     // [N, G]
+  const float* zero;      // [N, G] or null
+  int64_t groups, group_size;
+};
+Status LaunchGemmFp8Simple(const uint8_t* x, const float* x_scale, int64_t x_scale_count, const uint8_t* w,
+                           const float* w_scale, int64_t w_scale_count, const float* bias, int64_t m, int64_t n,
+                           int64_t k, int yt, void* y, cudaStream_t s);
+Status LaunchGemmW4Simple(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k,
+                          void* y, cudaStream_t s);
+// W4A16 weight-streaming GEMV-style kernel for M ≤ 16.
+Status LaunchGemvW4(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k, void* y,
+                    cudaStream_t s);
+// W4A16 large M: dequantize to the activation type (rounded), then cuBLAS; the epilogue adds bias.
+Status LaunchDequantW4(int xt, const W4Dev& w, int64_t n, int64_t k, void* out, cudaStream_t s);
+Status LaunchBiasRound(const float* c, const float* bias, int64_t m, int64_t n, int yt, void* y, cudaStream_t s);
+// Gathers activation columns: out[m, j] = x[m, perm[j]] (16-bit types).
+Status LaunchPermuteColumns(const void* x, const int32_t* perm, int64_t m, int64_t k, void* out, cudaStream_t s);
+// p[i] = *src for i < n (broadcast a device scalar).
+Status LaunchBroadcast(float* p, const float* src, int64_t n, cudaStream_t s);
+
+}  // namespace lowbit::kernels::cuda
+
+#endif  // LOWBIT_KERNELS_CUDA_COMMON_CUH_

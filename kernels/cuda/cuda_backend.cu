@@ -1,0 +1,314 @@
+// The CUDA backend: memory, streams, the workspace arena, weight preparation and dispatch.
+// Correct-first kernels (quantize.cu, gemm_w8a8.cu, gemm_w4a16.cu) plus library paths
+// (cuBLASLt FP8, cuBLAS bf16/f16 for W4A16 at large M); "cuda-simple" disables the library
+// paths so the plain kernels can be checked on their own. Nothing here has run on a GPU yet.
+#include <cublasLt.h>
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cublaslt_fp8.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/validate.h"
+
+namespace lowbit::kernels {
+
+int CudaDeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+namespace {
+
+using namespace ::lowbit::kernels::cuda;
+
+constexpr size_t kLtWorkspace = 32u << 20;
+constexpr int64_t kGemvMaxM = 16;
+
+std::string S(int64_t v) { return std::to_string(v); }
+
+class CudaWeight : public PreparedWeight {
+ public:
+  CudaWeight(std::string backend, WeightKind kind, int64_t n, int64_t k) : PreparedWeight(std::move(backend), kind, n, k) {}
+  ~CudaWeight() override {
+    for (void* p : allocs) cudaFree(p);
+  }
+  void SetMeta(int64_t gs, bool per_channel, bool asym, bool act_order) {
+    group_size_ = gs;
+    per_channel_ = per_channel;
+    asym_ = asym;
+    act_order_ = act_order;
+  }
+  Status Upload(const void* host, size_t bytes, void** dev) {
+    LOWBIT_CUDA_RETURN(cudaMalloc(dev, std::max<size_t>(bytes, 1)), "cudaMalloc (weight)");
+    allocs.push_back(*dev);
+    LOWBIT_CUDA_RETURN(cudaMemcpy(*dev, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (weight)");
+    return Status::Ok();
+  }
+  std::vector<void*> allocs;
+  // int8 / fp8
+  const void* w = nullptr;
+  const float* scale = nullptr;      // [1] or [N]
+  const float* scale_vec = nullptr;  // always [N] (fp8 outer-vector path)
+  int64_t scale_count = 0;
+  // int4
+  W4Dev w4{};
+  const int32_t* perm = nullptr;
+};
+
+class CudaBackend : public Backend {
+ public:
+  CudaBackend(std::string name, bool simple, int device) : name_(std::move(name)), simple_(simple), device_(device) {}
+  ~CudaBackend() override {
+    if (arena_) cudaFree(arena_);
+    if (lt_ws_) cudaFree(lt_ws_);
+    if (lt_) cublasLtDestroy(lt_);
+    if (blas_) cublasDestroy(blas_);
+  }
+
+  Status Init(size_t workspace_bytes) {
+    LOWBIT_CUDA_RETURN(cudaSetDevice(device_), "cudaSetDevice");
+    cudaDeviceProp prop;
+    LOWBIT_CUDA_RETURN(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
+    sm_ = prop.major * 10 + prop.minor;
+    if (cublasCreate(&blas_) != CUBLAS_STATUS_SUCCESS) return Internal("cublasCreate failed");
+    if (cublasLtCreate(&lt_) != CUBLAS_STATUS_SUCCESS) return Internal("cublasLtCreate failed");
+    LOWBIT_CUDA_RETURN(cudaMalloc(&lt_ws_, kLtWorkspace), "cudaMalloc (cuBLASLt workspace)");
+    return Reserve(workspace_bytes ? workspace_bytes : (64u << 20));
+  }
+
+  std::string name() const override { return name_; }
+  std::string Requirements() const override {
+    return name_ +
+           ": M ≥ 1 (up to 4,194,240); W8A8 needs K % 4 == 0 (dword loads); FP8 any K, N (cuBLASLt when "
+           "K % 16 == 0, N % 16 == 0, no bias, sm_89+ for per-tensor and sm_90+ for per-token × per-channel "
+           "scales; else the simple kernel); W4A16 needs K % 8 == 0 and a group size that is a multiple of 8; "
+           "device pointers 16-byte aligned (cudaMalloc gives 256).";
+  }
+
+  Status Alloc(size_t bytes, void** ptr) override {
+    return CudaStatus(cudaMalloc(ptr, std::max<size_t>(bytes, 1)), "cudaMalloc");
+  }
+  void Free(void* ptr) override { cudaFree(ptr); }
+  Status CopyIn(void* dst, const void* src, size_t bytes) override {
+    LOWBIT_CUDA_RETURN(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "CopyIn");
+    return CudaStatus(cudaStreamSynchronize(stream_), "CopyIn sync");
+  }
+  Status CopyOut(void* dst, const void* src, size_t bytes) override {
+    LOWBIT_CUDA_RETURN(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "CopyOut");
+    return CudaStatus(cudaStreamSynchronize(stream_), "CopyOut sync");
+  }
+  Status Synchronize() override { return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+  Status SetStream(void* stream) override {
+    stream_ = static_cast<cudaStream_t>(stream);
+    if (cublasSetStream(blas_, stream_) != CUBLAS_STATUS_SUCCESS) return Internal("cublasSetStream failed");
+    return Status::Ok();
+  }
+
+  Status QuantizeInt8PerToken(DType dt, const void* x, int64_t m, int64_t k, int8_t* q, float* scale) override {
+    LOWBIT_KRETURN_IF_ERROR(ValidateQuantize("QuantizeInt8PerToken", dt, x, m, k, q, scale, true));
+    return LaunchQuantInt8PerToken(ToElem(dt), x, m, k, q, scale, stream_);
+  }
+  Status QuantizeFp8PerTensor(DType dt, const void* x, int64_t m, int64_t k, float scale, uint8_t* q) override {
+    LOWBIT_KRETURN_IF_ERROR(ValidateQuantize("QuantizeFp8PerTensor", dt, x, m, k, q, nullptr, false));
+    if (!(scale > 0.0f) || !std::isfinite(scale))
+      return InvalidArgument("QuantizeFp8PerTensor: scale " + std::to_string(scale) + " must be finite and > 0");
+    return LaunchQuantFp8(ToElem(dt), x, m, k, nullptr, scale, q, nullptr, stream_);
+  }
+  Status QuantizeFp8PerToken(DType dt, const void* x, int64_t m, int64_t k, uint8_t* q, float* scale) override {
+    LOWBIT_KRETURN_IF_ERROR(ValidateQuantize("QuantizeFp8PerToken", dt, x, m, k, q, scale, true));
+    return LaunchQuantFp8(ToElem(dt), x, m, k, nullptr, 1.0f, q, scale, stream_);
+  }
+
+  Status PrepareInt8(const Int8WeightSource& src, std::unique_ptr<PreparedWeight>* out) override {
+    LOWBIT_KRETURN_IF_ERROR(ValidateInt8Source(src));
+    if (src.k % 4 != 0)
+      return InvalidArgument(name_ + ": W8A8 needs K % 4 == 0 (dp4a dword loads); got K = " + S(src.k));
+    auto w = std::make_unique<CudaWeight>(name_, WeightKind::kInt8, src.n, src.k);
+    w->SetMeta(0, src.scale.count != 1, false, false);
+    std::vector<float> sc = ScalesToFloat(src.scale);
+    void* p;
+    LOWBIT_KRETURN_IF_ERROR(w->Upload(src.weight, src.n * src.k, &p));
+    w->w = p;
+    LOWBIT_KRETURN_IF_ERROR(w->Upload(sc.data(), sc.size() * 4, &p));
+    w->scale = static_cast<const float*>(p);
+    w->scale_count = static_cast<int64_t>(sc.size());
+    *out = std::move(w);
+    return Status::Ok();
+  }
+
+  Status PrepareFp8(const Fp8WeightSource& src, std::unique_ptr<PreparedWeight>* out) override {
+    LOWBIT_KRETURN_IF_ERROR(ValidateFp8Source(src));
+    auto w = std::make_unique<CudaWeight>(name_, WeightKind::kFp8, src.n, src.k);
+    w->SetMeta(0, src.scale.count != 1, false, false);
+    std::vector<float> sc = ScalesToFloat(src.scale);
+    std::vector<float> vec(src.n, sc[0]);
+    if (sc.size() > 1) vec = sc;
+    void* p;
+    LOWBIT_KRETURN_IF_ERROR(w->Upload(src.weight, src.n * src.k, &p));
+    w->w = p;
+    LOWBIT_KRETURN_IF_ERROR(w->Upload(sc.data(), sc.size() * 4, &p));
+    w->scale = static_cast<const float*>(p);
+    w->scale_count = static_cast<int64_t>(sc.size());
+    LOWBIT_KRETURN_IF_ERROR(w->Upload(vec.data(), vec.size() * 4, &p));
+    w->scale_vec = static_cast<const float*>(p);
+    *out = std::move(w);
+    return Status::Ok();
+  }
+
+  Status PrepareInt4(const Int4WeightSource& src, std::unique_ptr<PreparedWeight>* out) override {
+    LOWBIT_KRETURN_IF_ERROR(ValidateInt4Source(src));
+    if (src.k % 8 != 0) return InvalidArgument(name_ + ": W4A16 needs K % 8 == 0; got K = " + S(src.k));
+    const int64_t gs = Int4GroupSize(src.k, src.group_size);
+    if (gs % 8 != 0)
+      return InvalidArgument(name_ + ": W4A16 needs a group size that is a multiple of 8; got " + S(gs));
+    DecodedInt4 d;
+    LOWBIT_KRETURN_IF_ERROR(DecodeInt4(src, &d));
+    auto w = std::make_unique<CudaWeight>(name_, WeightKind::kInt4, src.n, src.k);
+    w->SetMeta(gs, true, d.asym, !d.perm.empty());
+    const int64_t n = src.n, k = src.k, words = k / 8;
+    std::vector<int32_t> packed(n * words, 0);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = 0; c < k; ++c) {
+        const uint32_t code = static_cast<uint32_t>(d.codes[r * k + c] + 8) & 15u;
+        packed[r * words + c / 8] = static_cast<int32_t>(static_cast<uint32_t>(packed[r * words + c / 8]) | (code << (4 * (c % 8))));
+      }
+    void* p;
+    LOWBIT_KRETURN_IF_ERROR(w->Upload(packed.data(), packed.size() * 4, &p));
+    w->w4.packed = static_cast<const int32_t*>(p);
+    LOWBIT_KRETURN_IF_ERROR(w->Upload(d.scale.data(), d.scale.size() * 4, &p));
+    w->w4.scale = static_cast<const float*>(p);
+    w->w4.zero = nullptr;
+    if (d.asym) {
+      std::vector<float> z(d.zero.begin(), d.zero.end());
+      LOWBIT_KRETURN_IF_ERROR(w->Upload(z.data(), z.size() * 4, &p));
+      w->w4.zero = static_cast<const float*>(p);
+    }
+    w->w4.groups = d.groups;
+    w->w4.group_size = gs;
+    if (!d.perm.empty()) {
+      LOWBIT_KRETURN_IF_ERROR(w->Upload(d.perm.data(), d.perm.size() * 4, &p));
+      w->perm = static_cast<const int32_t*>(p);
+    }
+    *out = std::move(w);
+    return Status::Ok();
+  }
+
+  Status GemmW8A8(const GemmArgs& a) override {
+    LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmW8A8", a, WeightKind::kInt8, name_));
+    const auto& w = static_cast<const CudaWeight&>(*a.w);
+    return LaunchGemmW8A8(static_cast<const int8_t*>(a.x), a.x_scale, a.x_scale_count,
+                          static_cast<const int8_t*>(w.w), w.scale, w.scale_count, a.bias, a.m, w.n(), w.k(),
+                          ToElem(a.y_dtype), a.y, stream_);
+  }
+
+  Status GemmFp8(const GemmArgs& a) override {
+    LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmFp8", a, WeightKind::kFp8, name_));
+    const auto& w = static_cast<const CudaWeight&>(*a.w);
+    const int64_t m = a.m, n = w.n(), k = w.k();
+    const bool outer = a.x_scale_count > 1 || w.scale_count > 1;
+    const bool lt_ok = !simple_ && a.bias == nullptr && k % 16 == 0 && n % 16 == 0 && sm_ >= (outer ? 90 : 89);
+    if (lt_ok) {
+      const float* xs = a.x_scale;
+      const float* ws = outer ? w.scale_vec : w.scale;
+      if (outer && a.x_scale_count == 1) {
+        void* buf;
+        LOWBIT_KRETURN_IF_ERROR(Arena(m * sizeof(float), &buf));
+        LOWBIT_KRETURN_IF_ERROR(LaunchBroadcast(static_cast<float*>(buf), a.x_scale, m, stream_));
+        xs = static_cast<const float*>(buf);
+      }
+      bool used = false;
+      LOWBIT_KRETURN_IF_ERROR(CublasLtFp8Gemm(lt_, static_cast<const uint8_t*>(a.x), xs, static_cast<const uint8_t*>(w.w),
+                                              ws, outer, m, n, k, a.y_dtype, a.y, lt_ws_, kLtWorkspace, stream_, &used));
+      if (used) return Status::Ok();
+    }
+    return LaunchGemmFp8Simple(static_cast<const uint8_t*>(a.x), a.x_scale, a.x_scale_count,
+                               static_cast<const uint8_t*>(w.w), w.scale, w.scale_count, a.bias, m, n, k,
+                               ToElem(a.y_dtype), a.y, stream_);
+  }
+
+  Status GemmW4A16(const GemmArgs& a) override {
+    LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmW4A16", a, WeightKind::kInt4, name_));
+    const auto& w = static_cast<const CudaWeight&>(*a.w);
+    const int64_t m = a.m, n = w.n(), k = w.k();
+    const int xt = ToElem(a.x_dtype);
+    const bool use_blas = !simple_ && m > kGemvMaxM;
+    // Workspace layout: [permuted X][dequantized W'][f32 C], each 256-byte aligned.
+    auto al = [](size_t b) { return (b + 255) / 256 * 256; };
+    const size_t xp_bytes = w.perm ? al(static_cast<size_t>(m) * k * 2) : 0;
+    const size_t wd_bytes = use_blas ? al(static_cast<size_t>(n) * k * 2) : 0;
+    const size_t c_bytes = use_blas ? al(static_cast<size_t>(m) * n * 4) : 0;
+    void* base = nullptr;
+    if (xp_bytes + wd_bytes + c_bytes) LOWBIT_KRETURN_IF_ERROR(Arena(xp_bytes + wd_bytes + c_bytes, &base));
+    char* ws = static_cast<char*>(base);
+    const void* x = a.x;
+    if (w.perm) {
+      LOWBIT_KRETURN_IF_ERROR(LaunchPermuteColumns(a.x, w.perm, m, k, ws, stream_));
+      x = ws;
+    }
+    if (m <= kGemvMaxM) return LaunchGemvW4(xt, x, w.w4, a.bias, m, n, k, a.y, stream_);
+    if (!use_blas) return LaunchGemmW4Simple(xt, x, w.w4, a.bias, m, n, k, a.y, stream_);
+    void* wd = ws + xp_bytes;
+    float* c = reinterpret_cast<float*>(ws + xp_bytes + wd_bytes);
+    LOWBIT_KRETURN_IF_ERROR(LaunchDequantW4(xt, w.w4, n, k, wd, stream_));
+    const cudaDataType_t t = a.x_dtype == DType::kF16 ? CUDA_R_16F : CUDA_R_16BF;
+    const float alpha = 1.0f, beta = 0.0f;
+    cublasStatus_t st = cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+                                     static_cast<int>(k), &alpha, wd, t, static_cast<int>(k), x, t, static_cast<int>(k),
+                                     &beta, c, CUDA_R_32F, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) return Internal("cublasGemmEx (W4A16) failed: status " + S(static_cast<int>(st)));
+    return LaunchBiasRound(c, a.bias, m, n, ToElem(a.y_dtype), a.y, stream_);
+  }
+
+ private:
+  // The workspace arena: one device buffer that grows to the high-water mark (the only
+  // allocation outside Prepare*/Alloc; steady-state calls allocate nothing).
+  Status Reserve(size_t bytes) {
+    if (bytes <= arena_bytes_) return Status::Ok();
+    if (arena_) {
+      LOWBIT_CUDA_RETURN(cudaStreamSynchronize(stream_), "arena grow sync");
+      cudaFree(arena_);
+      arena_ = nullptr;
+    }
+    LOWBIT_CUDA_RETURN(cudaMalloc(&arena_, bytes), "cudaMalloc (workspace arena)");
+    arena_bytes_ = bytes;
+    return Status::Ok();
+  }
+  Status Arena(size_t bytes, void** out) {
+    LOWBIT_KRETURN_IF_ERROR(Reserve(bytes));
+    *out = arena_;
+    return Status::Ok();
+  }
+
+  std::string name_;
+  bool simple_;
+  int device_;
+  int sm_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  void* lt_ws_ = nullptr;
+  void* arena_ = nullptr;
+  size_t arena_bytes_ = 0;
+};
+
+}  // namespace
+
+Status MakeCudaBackend(const BackendOptions& options, bool simple, std::unique_ptr<Backend>* out) {
+  auto b = std::make_unique<CudaBackend>(simple ? "cuda-simple" : "cuda", simple, options.device);
+  LOWBIT_KRETURN_IF_ERROR(b->Init(options.workspace_bytes));
+  *out = std::move(b);
+  return Status::Ok();
+}
+
+}  // namespace lowbit::kernels

@@ -1,0 +1,43 @@
+// Argument validation and host-side weight decoding shared by every backend.
+#ifndef LOWBIT_KERNELS_VALIDATE_H_
+#define LOWBIT_KERNELS_VALIDATE_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+
+namespace lowbit::kernels {
+
+Status ValidateQuantize(const char* op, DType x_dtype, const void* x, int64_t m, int64_t k, const void* q,
+                        const void* scale_out, bool needs_scale_out);
+Status ValidateInt8Source(const Int8WeightSource& s);
+Status ValidateFp8Source(const Fp8WeightSource& s);
+Status ValidateInt4Source(const Int4WeightSource& s);
+// Checks a GEMM call against the prepared weight and the op's dtype rules.
+Status ValidateGemm(const char* op, const GemmArgs& a, WeightKind kind, const std::string& backend);
+
+// A ScaleView as f32 (exact: bf16/f16 -> f32 is exact).
+std::vector<float> ScalesToFloat(const ScaleView& s);
+
+// The int4 weight decoded into one canonical host form every backend repacks from.
+struct DecodedInt4 {
+  int64_t n = 0, k = 0, group_size = 0, groups = 0;
+  std::vector<int8_t> codes;     // [N, K] in [-8, 7], columns in kernel order (permuted)
+  std::vector<float> scale;      // [N, G]
+  std::vector<int8_t> zero;      // [N, G] (all 0 when symmetric)
+  bool asym = false;
+  // Activation order: kernel column j is checkpoint column perm[j]; empty = identity. With
+  // the permutation applied, column j belongs to group j / group_size.
+  std::vector<int32_t> perm;
+};
+Status DecodeInt4(const Int4WeightSource& s, DecodedInt4* out);
+
+// Number of groups of a [N, K] int4 weight with group_size (0 or ≥ K: per channel).
+int64_t Int4Groups(int64_t k, int64_t group_size);
+int64_t Int4GroupSize(int64_t k, int64_t group_size);
+
+}  // namespace lowbit::kernels
+
+#endif  // LOWBIT_KERNELS_VALIDATE_H_

@@ -1,0 +1,692 @@
+// The backend-ops table test (after ggml's test-backend-ops): every op × dtype × variant × shape
+// on every backend under test, compared with the CPU reference (kernels/reference.h).
+//
+// Agreement required:
+//   * quantization ops (codes and scales) and W8A8 outputs: bit-exact. W8A8 accumulates in exact
+//     int32 and every backend runs the same f32 epilogue operations, so there is no excuse.
+//   * FP8 and W4A16 outputs: |y − y_ref| ≤ ulp_out(y_ref) + 4u·|y_ref| + 8·sqrt(K)·u·S, u = 2^-24,
+//     S = |scales|·Σ_k |x_k·w_k| (from the reference). The reference is exact (FP8: int64) or
+//     f64 (W4A16); the backend rounds the output once (one ulp of the output dtype), applies the
+//     scales in f32 (4u·|y|), and sums K exact products in f32 in some order, whose error behaves
+//     like a random walk of about sqrt(K)·u·S (8× margin). CUDA FP8 adds 2^-12·S: Hopper's FP8
+//     MMA keeps fewer accumulator bits than f32 between cuBLASLt's promotions.
+//   The NegativeControl tests show these tolerances still catch realistic bugs (one group's
+//   scale wrong, act order ignored, two channels' scales swapped, one weight code off by one).
+//
+// Shapes: M ∈ {1, 3, 16, 17, 255, 256} × small odd (K, N) ∈ {(32,33), (200,77), (384,130)} plus
+// M = 4096 × (200,77) for every variant; the Llama-3-8B (K, N) ∈ {(4096,4096), (4096,6144),
+// (4096,28672), (14336,4096)} for one representative variant per op, with M ∈ {1, 17} on the CPU
+// (the reference costs M·N·K scalar MACs; the whole binary runs in well under a minute on 2 cores)
+// and M ∈ {1, 3, 16, 17, 255, 256, 4096} on CUDA; for big shapes with M > 3 the reference is
+// computed for 4 rows (first, middle, last, one random): every op is row-independent, so a row
+// subset is an exact check of those rows, and the kernel still runs the full M.
+// "cpu-generic" (the portable micro-kernels) runs the small shapes only.
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/dtype.h"
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "kernels/reference.h"
+
+#ifndef LOWBIT_TEST_BACKENDS
+#define LOWBIT_TEST_BACKENDS "cpu,cpu-generic"
+#endif
+
+namespace lowbit::kernels {
+namespace {
+
+// ---- helpers --------------------------------------------------------------------------------
+
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t Next() {
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  double Uniform() { return (Next() >> 11) * (1.0 / 9007199254740992.0); }
+  double Normal() {
+    double u1 = std::max(Uniform(), 1e-300), u2 = Uniform();
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+  }
+  int Int(int lo, int hi) { return lo + static_cast<int>(Next() % static_cast<uint64_t>(hi - lo + 1)); }
+};
+
+std::vector<std::string> BackendsUnderTest() {
+  std::vector<std::string> out;
+  std::stringstream ss(LOWBIT_TEST_BACKENDS);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(item);
+  return out;
+}
+
+bool IsGpu(const std::string& name) { return name.rfind("cuda", 0) == 0; }
+
+// Creates the backend; a missing CUDA device makes the caller skip.
+Status Open(const std::string& name, std::unique_ptr<Backend>* b) {
+  BackendOptions o;
+  return MakeBackend(name, o, b);
+}
+
+// A buffer in backend memory.
+class Buf {
+ public:
+  Buf(Backend* b, size_t bytes) : b_(b), bytes_(bytes) {
+    Status s = b->Alloc(std::max<size_t>(bytes, 1), &p_);
+    if (!s.ok()) p_ = nullptr;
+  }
+  Buf(Backend* b, const void* host, size_t bytes) : Buf(b, bytes) {
+    if (p_ && bytes) (void)b->CopyIn(p_, host, bytes);
+  }
+  ~Buf() {
+    if (p_) b_->Free(p_);
+  }
+  Buf(const Buf&) = delete;
+  void* get() const { return p_; }
+  template <class T>
+  std::vector<T> Read() const {
+    std::vector<T> v(bytes_ / sizeof(T));
+    (void)b_->CopyOut(v.data(), p_, bytes_);
+    (void)b_->Synchronize();
+    return v;
+  }
+
+ private:
+  Backend* b_;
+  size_t bytes_;
+  void* p_ = nullptr;
+};
+
+// Activations with a few outlier channels, in dtype (bytes).
+std::vector<uint8_t> MakeActivations(DType dt, int64_t m, int64_t k, Rng& rng) {
+  std::vector<uint8_t> out(ActivationBytes(dt, m, k));
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t c = 0; c < k; ++c) {
+      double v = rng.Normal();
+      if (c % 61 == 7) v *= 20.0;
+      ref::StoreFloat(dt, out.data(), r * k + c, static_cast<float>(v));
+    }
+  return out;
+}
+
+std::vector<uint8_t> ScalesIn(DType dt, const std::vector<float>& f) {
+  std::vector<uint8_t> out(f.size() * DTypeSize(dt));
+  for (size_t i = 0; i < f.size(); ++i) ref::StoreFloat(dt, out.data(), static_cast<int64_t>(i), f[i]);
+  return out;
+}
+
+std::vector<float> RandomScales(int64_t n, Rng& rng, float base) {
+  std::vector<float> s(n);
+  for (auto& v : s) v = RoundToDType(base * static_cast<float>(0.5 + rng.Uniform()), DType::kBF16);
+  return s;
+}
+
+double UlpOut(DType dt, double v) {
+  int mb = dt == DType::kF32 ? 23 : dt == DType::kF16 ? 10 : 7;
+  int emin = dt == DType::kF16 ? -14 : -126;
+  int e = v == 0.0 ? emin : std::max(emin, static_cast<int>(std::floor(std::log2(std::fabs(v)))));
+  return std::ldexp(1.0, e - mb);
+}
+
+// Compares two [rows, n] float outputs of dtype under the stated tolerance; "" when they agree.
+std::string CompareFloat(DType dt, const void* got, const void* want, const float* abs_sum, int64_t rows, int64_t n,
+                         int64_t k, double extra_rel_s) {
+  int64_t bad = 0;
+  std::string first;
+  const double u = std::ldexp(1.0, -24);
+  for (int64_t i = 0; i < rows * n; ++i) {
+    const double g = ref::LoadFloat(dt, got, i), w = ref::LoadFloat(dt, want, i);
+    const double tol = UlpOut(dt, w) + 4 * u * std::fabs(w) + (8 * std::sqrt(static_cast<double>(k)) * u + extra_rel_s) * abs_sum[i];
+    if (!(std::fabs(g - w) <= tol)) {
+      if (bad++ == 0) {
+        std::ostringstream os;
+        os << "first mismatch at [" << i / n << ", " << i % n << "]: got " << g << ", reference " << w << ", |diff| "
+           << std::fabs(g - w) << " > tolerance " << tol;
+        first = os.str();
+      }
+    }
+  }
+  if (bad == 0) return "";
+  return std::to_string(bad) + " of " + std::to_string(rows * n) + " outside tolerance; " + first;
+}
+
+std::string CompareBytes(const void* got, const void* want, size_t bytes, size_t elem, const char* what) {
+  const uint8_t* g = static_cast<const uint8_t*>(got);
+  const uint8_t* w = static_cast<const uint8_t*>(want);
+  for (size_t i = 0; i < bytes; ++i)
+    if (g[i] != w[i]) {
+      std::ostringstream os;
+      os << what << " differ from the reference at element " << i / elem << " (byte " << i << ": got 0x" << std::hex
+         << int(g[i]) << ", want 0x" << int(w[i]) << ")";
+      return os.str();
+    }
+  return "";
+}
+
+struct Shape {
+  int64_t m, k, n;
+  bool big;
+};
+
+std::vector<Shape> Shapes(const std::string& backend, bool representative) {
+  std::vector<Shape> s;
+  const int64_t small_ms[] = {1, 3, 16, 17, 255, 256};
+  const int64_t small_kn[][2] = {{32, 33}, {200, 77}, {384, 130}};
+  for (auto& kn : small_kn)
+    for (int64_t m : small_ms) s.push_back({m, kn[0], kn[1], false});
+  s.push_back({4096, 200, 77, false});
+  if (!representative || backend == "cpu-generic") return s;
+  const int64_t big_kn[][2] = {{4096, 4096}, {4096, 6144}, {4096, 28672}, {14336, 4096}};
+  std::vector<int64_t> ms = IsGpu(backend) ? std::vector<int64_t>{1, 3, 16, 17, 255, 256, 4096}
+                                           : std::vector<int64_t>{1, 17};
+  for (auto& kn : big_kn)
+    for (int64_t m : ms) s.push_back({m, kn[0], kn[1], true});
+  return s;
+}
+
+// Shapes grouped by (K, N), so a weight is generated and prepared once for all its M.
+struct ShapeGroup {
+  int64_t k, n;
+  bool big;
+  std::vector<int64_t> ms;
+};
+std::vector<ShapeGroup> Groups(const std::string& backend) {
+  std::vector<ShapeGroup> g;
+  for (bool representative : {false, true})
+    for (const Shape& s : Shapes(backend, representative)) {
+      if (s.big != representative) continue;
+      auto it = std::find_if(g.begin(), g.end(), [&](const ShapeGroup& x) { return x.k == s.k && x.n == s.n; });
+      if (it == g.end()) g.push_back({s.k, s.n, s.big, {s.m}});
+      else it->ms.push_back(s.m);
+    }
+  return g;
+}
+
+// Rows the reference is computed for: all, or 8 sampled rows for big shapes with M > 17.
+std::vector<int64_t> RefRows(const Shape& sh, Rng& rng) {
+  std::vector<int64_t> rows;
+  if (!sh.big || sh.m <= 3) {
+    for (int64_t r = 0; r < sh.m; ++r) rows.push_back(r);
+    return rows;
+  }
+  rows = {0, sh.m / 2, sh.m - 1};
+  while (rows.size() < 4) rows.push_back(static_cast<int64_t>(rng.Next() % static_cast<uint64_t>(sh.m)));
+  std::sort(rows.begin(), rows.end());
+  rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+  return rows;
+}
+
+template <class T>
+std::vector<T> GatherRows(const std::vector<T>& v, int64_t cols, const std::vector<int64_t>& rows) {
+  std::vector<T> out;
+  out.reserve(rows.size() * cols);
+  for (int64_t r : rows) out.insert(out.end(), v.begin() + r * cols, v.begin() + (r + 1) * cols);
+  return out;
+}
+
+std::string ShapeName(const Shape& s) {
+  return "M=" + std::to_string(s.m) + " K=" + std::to_string(s.k) + " N=" + std::to_string(s.n);
+}
+
+const DType kActTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
+
+// Round-half-even and saturation cases planted in the activations of the quantization tests.
+void PlantTies(DType dt, std::vector<uint8_t>& x, int64_t m, int64_t k) {
+  if (k < 8 || m < 2) return;
+  // Row 0: absmax 127 → scale 1: ties 0.5, 1.5, 2.5, -0.5, -2.5 (int8 round half to even).
+  const float r0[] = {127.0f, 0.5f, 1.5f, 2.5f, -0.5f, -2.5f, -127.0f, 3.5f};
+  // Row 1: absmax 448 → fp8 scale 1: E4M3 midpoints 1.0625, 17, 9.5, -0.0029296875 (2.5·2^-10).
+  const float r1[] = {448.0f, 1.0625f, 17.0f, 9.5f, -0.0029296875f, 0.0f, 240.0f, -448.0f};
+  for (int i = 0; i < 8; ++i) {
+    ref::StoreFloat(dt, x.data(), i, r0[i]);
+    ref::StoreFloat(dt, x.data(), k + i, r1[i]);
+  }
+  if (m >= 3)  // row 2 all zero: scale 1
+    for (int64_t c = 0; c < k; ++c) ref::StoreFloat(dt, x.data(), 2 * k + c, 0.0f);
+}
+
+#define OPEN_OR_SKIP(name, b)                                                  \
+  std::unique_ptr<Backend> b;                                                  \
+  {                                                                            \
+    Status _s = Open(name, &b);                                                \
+    if (!_s.ok() && IsGpu(name)) GTEST_SKIP() << "no CUDA device: " << _s.ToString(); \
+    ASSERT_TRUE(_s.ok()) << _s.ToString();                                     \
+  }
+
+// ---- quantization ---------------------------------------------------------------------------
+
+enum class QuantOp { kInt8Token, kFp8Tensor, kFp8Token };
+
+void RunQuantTable(QuantOp op) {
+  for (const std::string& name : BackendsUnderTest()) {
+    OPEN_OR_SKIP(name, b);
+    Rng rng(11);
+    std::vector<Shape> shapes = Shapes(name, false);
+    shapes.push_back({3, 4096, 0, false});
+    shapes.push_back({17, 14336, 0, false});
+    shapes.push_back({1, 1, 0, false});
+    for (const Shape& sh : shapes)
+      for (DType dt : kActTypes) {
+        const int64_t m = sh.m, k = sh.k;
+        std::vector<uint8_t> x = MakeActivations(dt, m, k, rng);
+        PlantTies(dt, x, m, k);
+        Buf dx(b.get(), x.data(), x.size()), dq(b.get(), m * k), ds(b.get(), m * sizeof(float));
+        std::vector<uint8_t> want_q(m * k);
+        std::vector<float> want_s(m);
+        Status st;
+        const float static_scale = 20.0f / kFp8E4M3Max;  // outlier channels (±~60) saturate
+        if (op == QuantOp::kInt8Token) {
+          st = b->QuantizeInt8PerToken(dt, dx.get(), m, k, static_cast<int8_t*>(dq.get()), static_cast<float*>(ds.get()));
+          ref::QuantizeInt8PerToken(dt, x.data(), m, k, reinterpret_cast<int8_t*>(want_q.data()), want_s.data());
+        } else if (op == QuantOp::kFp8Tensor) {
+          st = b->QuantizeFp8PerTensor(dt, dx.get(), m, k, static_scale, static_cast<uint8_t*>(dq.get()));
+          ref::QuantizeFp8PerTensor(dt, x.data(), m, k, static_scale, want_q.data());
+        } else {
+          st = b->QuantizeFp8PerToken(dt, dx.get(), m, k, static_cast<uint8_t*>(dq.get()), static_cast<float*>(ds.get()));
+          ref::QuantizeFp8PerToken(dt, x.data(), m, k, want_q.data(), want_s.data());
+        }
+        const std::string ctx = name + " " + ShapeName(sh) + " x=" + std::string(DTypeName(dt));
+        ASSERT_TRUE(st.ok()) << ctx << ": " << st.ToString();
+        auto got_q = dq.Read<uint8_t>();
+        std::string d = CompareBytes(got_q.data(), want_q.data(), want_q.size(), 1, "codes");
+        EXPECT_TRUE(d.empty()) << ctx << ": " << d;
+        if (op != QuantOp::kFp8Tensor) {
+          auto got_s = ds.Read<float>();
+          d = CompareBytes(got_s.data(), want_s.data(), want_s.size() * 4, 4, "scales");
+          EXPECT_TRUE(d.empty()) << ctx << ": " << d;
+        }
+      }
+  }
+}
+
+TEST(BackendOps, QuantizeInt8PerToken) { RunQuantTable(QuantOp::kInt8Token); }
+TEST(BackendOps, QuantizeFp8PerTensor) { RunQuantTable(QuantOp::kFp8Tensor); }
+TEST(BackendOps, QuantizeFp8PerToken) { RunQuantTable(QuantOp::kFp8Token); }
+
+// ---- W8A8 and FP8 GEMMs ---------------------------------------------------------------------
+
+struct ScaledVariant {
+  DType out;
+  bool per_token;  // per-token × per-channel, else per-tensor × per-tensor
+  bool bias;
+};
+
+std::vector<ScaledVariant> ScaledVariants() {
+  std::vector<ScaledVariant> v;
+  for (DType out : kActTypes)
+    for (bool pt : {false, true})
+      for (bool bias : {false, true}) v.push_back({out, pt, bias});
+  return v;
+}
+const ScaledVariant kRepresentativeScaled{DType::kBF16, true, true};
+
+void RunScaledGemmTable(bool fp8) {
+  for (const std::string& name : BackendsUnderTest()) {
+    OPEN_OR_SKIP(name, b);
+    Rng rng(fp8 ? 23 : 17);
+    for (const ShapeGroup& grp : Groups(name)) {
+      const int64_t k = grp.k, n = grp.n;
+      std::vector<ScaledVariant> variants = grp.big ? std::vector<ScaledVariant>{kRepresentativeScaled} : ScaledVariants();
+      std::vector<uint8_t> w(n * k);
+      for (auto& v : w) v = fp8 ? static_cast<uint8_t>(rng.Next() & 0xFF) : static_cast<uint8_t>(rng.Int(-128, 127));
+      if (fp8)  // no NaN codes
+        for (auto& v : w) if ((v & 0x7F) == 0x7F) v ^= 1;
+      std::vector<float> bias(n);
+      for (auto& v : bias) v = static_cast<float>(rng.Normal());
+      Buf dbias(b.get(), bias.data(), n * 4);
+      for (bool pt : {false, true}) {
+        if (std::none_of(variants.begin(), variants.end(), [&](const ScaledVariant& v) { return v.per_token == pt; })) continue;
+        std::vector<float> ws = RandomScales(pt ? n : 1, rng, fp8 ? 0.01f : 0.002f);
+        std::vector<uint8_t> ws_bf16 = ScalesIn(DType::kBF16, ws);  // checkpoint scales are bf16
+        const ScaleView wsv{ws_bf16.data(), DType::kBF16, static_cast<int64_t>(ws.size())};
+        std::unique_ptr<PreparedWeight> pw;
+        Status st = fp8 ? b->PrepareFp8({w.data(), n, k, wsv}, &pw)
+                        : b->PrepareInt8({reinterpret_cast<const int8_t*>(w.data()), n, k, wsv}, &pw);
+        ASSERT_TRUE(st.ok()) << name << " K=" << k << " N=" << n << ": prepare: " << st.ToString();
+        for (int64_t m : grp.ms) {
+          const Shape sh{m, k, n, grp.big};
+          std::vector<uint8_t> x(m * k);
+          for (auto& v : x) v = fp8 ? static_cast<uint8_t>(rng.Next() & 0xFF) : static_cast<uint8_t>(rng.Int(-128, 127));
+          if (fp8)
+            for (auto& v : x) if ((v & 0x7F) == 0x7F) v ^= 1;
+          std::vector<float> xs = RandomScales(pt ? m : 1, rng, fp8 ? 0.02f : 0.01f);
+          Buf dx(b.get(), x.data(), x.size()), dxs(b.get(), xs.data(), xs.size() * 4);
+          for (const ScaledVariant& v : variants) {
+            if (v.per_token != pt) continue;
+            const std::string ctx = name + (fp8 ? " GemmFp8 " : " GemmW8A8 ") + ShapeName(sh) + " out=" +
+                                    std::string(DTypeName(v.out)) + (pt ? " per-token×per-channel" : " per-tensor") +
+                                    (v.bias ? " +bias" : "");
+            Buf dy(b.get(), ActivationBytes(v.out, m, n));
+            GemmArgs a;
+            a.m = m;
+            a.x = dx.get();
+            a.x_dtype = fp8 ? DType::kF8E4M3 : DType::kI8;
+            a.x_scale = static_cast<const float*>(dxs.get());
+            a.x_scale_count = static_cast<int64_t>(xs.size());
+            a.w = pw.get();
+            a.bias = v.bias ? static_cast<const float*>(dbias.get()) : nullptr;
+            a.y = dy.get();
+            a.y_dtype = v.out;
+            st = fp8 ? b->GemmFp8(a) : b->GemmW8A8(a);
+            ASSERT_TRUE(st.ok()) << ctx << ": " << st.ToString();
+            std::vector<uint8_t> got = dy.Read<uint8_t>();
+            // Reference on the (sampled) rows.
+            std::vector<int64_t> rows = RefRows(sh, rng);
+            const int64_t mr = static_cast<int64_t>(rows.size());
+            std::vector<uint8_t> xr = GatherRows(x, k, rows);
+            std::vector<float> xsr = pt ? GatherRows(xs, 1, rows) : xs;
+            std::vector<uint8_t> want(ActivationBytes(v.out, mr, n));
+            std::vector<float> abs_sum(mr * n);
+            const size_t es = DTypeSize(v.out);
+            std::vector<uint8_t> got_rows = GatherRows(got, n * static_cast<int64_t>(es), rows);
+            std::string d;
+            if (fp8) {
+              ref::GemmFp8(mr, xr.data(), xsr.data(), static_cast<int64_t>(xsr.size()), {w.data(), n, k, wsv},
+                           a.bias ? bias.data() : nullptr, v.out, want.data(), abs_sum.data());
+              d = CompareFloat(v.out, got_rows.data(), want.data(), abs_sum.data(), mr, n, k,
+                               IsGpu(name) ? std::ldexp(1.0, -12) : 0.0);
+            } else {
+              ref::GemmW8A8(mr, reinterpret_cast<const int8_t*>(xr.data()), xsr.data(), static_cast<int64_t>(xsr.size()),
+                            {reinterpret_cast<const int8_t*>(w.data()), n, k, wsv}, a.bias ? bias.data() : nullptr,
+                            v.out, want.data());
+              d = CompareBytes(got_rows.data(), want.data(), want.size(), es, "outputs");
+            }
+            EXPECT_TRUE(d.empty()) << ctx << ": " << d;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(BackendOps, GemmW8A8) { RunScaledGemmTable(false); }
+TEST(BackendOps, GemmFp8) { RunScaledGemmTable(true); }
+
+// ---- W4A16 ----------------------------------------------------------------------------------
+
+struct W4Variant {
+  int64_t group_size;  // 0 = per channel
+  bool asym;
+  bool act_order;
+};
+
+struct Int4Checkpoint {
+  std::vector<int32_t> packed, zp, g_idx;
+  std::vector<uint8_t> scale;  // in the activation dtype
+  std::vector<float> scale_f;
+  Int4WeightSource Source(int64_t n, int64_t k, int64_t gs, DType sdt) const {
+    Int4WeightSource s;
+    s.weight_packed = packed.data();
+    s.n = n;
+    s.k = k;
+    s.group_size = gs;
+    s.scale = {scale.data(), sdt, static_cast<int64_t>(scale_f.size())};
+    s.zero_point_packed = zp.empty() ? nullptr : zp.data();
+    s.g_idx = g_idx.empty() ? nullptr : g_idx.data();
+    return s;
+  }
+};
+
+Int4Checkpoint MakeInt4(int64_t n, int64_t k, const W4Variant& v, DType sdt, Rng& rng) {
+  Int4Checkpoint c;
+  const int64_t words = (k + 7) / 8;
+  c.packed.resize(n * words);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t wi = 0; wi < words; ++wi) {
+      uint32_t word = static_cast<uint32_t>(rng.Next());
+      // Zero the padding codes past K (compressed-tensors pads with the code for 0, i.e. 8).
+      for (int64_t j = 0; j < 8; ++j)
+        if (wi * 8 + j >= k) word = (word & ~(15u << (4 * j))) | (8u << (4 * j));
+      c.packed[r * words + wi] = static_cast<int32_t>(word);
+    }
+  const int64_t gs = v.group_size == 0 || v.group_size >= k ? k : v.group_size;
+  const int64_t groups = (k + gs - 1) / gs;
+  c.scale_f = RandomScales(n * groups, rng, 0.02f);
+  for (auto& s : c.scale_f) s = RoundToDType(s, sdt);
+  c.scale = ScalesIn(sdt, c.scale_f);
+  if (v.asym) {
+    c.zp.resize(((n + 7) / 8) * groups);
+    for (auto& z : c.zp) z = static_cast<int32_t>(rng.Next());
+  }
+  if (v.act_order && gs < k) {
+    std::vector<int32_t> perm(k);
+    for (int64_t i = 0; i < k; ++i) perm[i] = static_cast<int32_t>(i);
+    for (int64_t i = k - 1; i > 0; --i) std::swap(perm[i], perm[rng.Next() % static_cast<uint64_t>(i + 1)]);
+    c.g_idx.resize(k);
+    for (int64_t j = 0; j < k; ++j) c.g_idx[perm[j]] = static_cast<int32_t>(j / gs);
+  }
+  return c;
+}
+
+std::vector<W4Variant> W4Variants() {
+  return {{128, false, false}, {128, true, false}, {0, false, false}, {0, true, false}, {128, false, true}, {128, true, true}};
+}
+
+void RunW4Table() {
+  for (const std::string& name : BackendsUnderTest()) {
+    OPEN_OR_SKIP(name, b);
+    Rng rng(31);
+    for (const ShapeGroup& grp : Groups(name)) {
+      const int64_t k = grp.k, n = grp.n;
+      for (DType dt : {DType::kF16, DType::kBF16}) {
+        if (grp.big && dt != DType::kBF16) continue;
+        std::vector<float> bias(n);
+        for (auto& v : bias) v = static_cast<float>(rng.Normal());
+        Buf dbias(b.get(), bias.data(), n * 4);
+        std::vector<W4Variant> variants = W4Variants();
+        if (grp.big) variants = {{128, true, true}};  // group 128, asymmetric, act order
+        for (const W4Variant& v : variants) {
+          Int4Checkpoint ck = MakeInt4(n, k, v, dt, rng);
+          const Int4WeightSource src = ck.Source(n, k, v.group_size, dt);
+          const bool with_bias = (n % 2) == 1 || grp.big;
+          std::unique_ptr<PreparedWeight> pw;
+          Status st = b->PrepareInt4(src, &pw);
+          ASSERT_TRUE(st.ok()) << name << " K=" << k << " N=" << n << ": prepare: " << st.ToString();
+          for (int64_t m : grp.ms) {
+            const Shape sh{m, k, n, grp.big};
+            const std::string ctx = name + " GemmW4A16 " + ShapeName(sh) + " x=" + std::string(DTypeName(dt)) +
+                                    (v.group_size ? " g128" : " per-channel") + (v.asym ? " asym" : " sym") +
+                                    (v.act_order ? " act-order" : "") + (with_bias ? " +bias" : "");
+            std::vector<uint8_t> x = MakeActivations(dt, m, k, rng);
+            Buf dx(b.get(), x.data(), x.size()), dy(b.get(), ActivationBytes(dt, m, n));
+            GemmArgs a;
+            a.m = m;
+            a.x = dx.get();
+            a.x_dtype = dt;
+            a.w = pw.get();
+            a.bias = with_bias ? static_cast<const float*>(dbias.get()) : nullptr;
+            a.y = dy.get();
+            a.y_dtype = dt;
+            st = b->GemmW4A16(a);
+            ASSERT_TRUE(st.ok()) << ctx << ": " << st.ToString();
+            std::vector<uint8_t> got = dy.Read<uint8_t>();
+            std::vector<int64_t> rows = RefRows(sh, rng);
+            const int64_t mr = static_cast<int64_t>(rows.size());
+            std::vector<uint8_t> xr = GatherRows(x, k * 2, rows);
+            std::vector<uint8_t> got_rows = GatherRows(got, n * 2, rows);
+            std::vector<uint8_t> want(mr * n * 2);
+            std::vector<float> abs_sum(mr * n);
+            ref::GemmW4A16(mr, dt, xr.data(), src, with_bias ? bias.data() : nullptr, want.data(), abs_sum.data());
+            std::string d = CompareFloat(dt, got_rows.data(), want.data(), abs_sum.data(), mr, n, k, 0.0);
+            EXPECT_TRUE(d.empty()) << ctx << ": " << d;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(BackendOps, GemmW4A16) { RunW4Table(); }
+
+// ---- validation -----------------------------------------------------------------------------
+
+bool Contains(const Status& s, const char* what) { return s.message().find(what) != std::string::npos; }
+
+TEST(BackendOps, ValidationErrorsNameTheProblem) {
+  for (const std::string& name : BackendsUnderTest()) {
+    OPEN_OR_SKIP(name, b);
+    float scale = 1.0f;
+    std::vector<int8_t> w(64 * 32, 1);
+    Int8WeightSource src{w.data(), 64, 32, {&scale, DType::kF32, 1}};
+    std::unique_ptr<PreparedWeight> pw;
+    ASSERT_TRUE(b->PrepareInt8(src, &pw).ok());
+    Int8WeightSource bad = src;
+    bad.scale.count = 7;
+    std::unique_ptr<PreparedWeight> pw2;
+    Status st = b->PrepareInt8(bad, &pw2);
+    EXPECT_TRUE(st.code() == StatusCode::kInvalidArgument && Contains(st, "7 elements")) << st.ToString();
+    Buf dx(b.get(), 64 * 32), dy(b.get(), 64 * 64 * 4), ds(b.get(), 64 * 4);
+    GemmArgs a;
+    a.m = 4;
+    a.x = dx.get();
+    a.x_dtype = DType::kBF16;
+    a.x_scale = static_cast<const float*>(ds.get());
+    a.x_scale_count = 4;
+    a.w = pw.get();
+    a.y = dy.get();
+    a.y_dtype = DType::kF32;
+    st = b->GemmW8A8(a);
+    EXPECT_TRUE(st.code() == StatusCode::kInvalidArgument && Contains(st, "activation dtype BF16 must be I8")) << st.ToString();
+    a.x_dtype = DType::kI8;
+    a.x_scale_count = 3;
+    st = b->GemmW8A8(a);
+    EXPECT_TRUE(Contains(st, "x_scale has 3 elements, expected 1 or M = 4")) << st.ToString();
+    a.x_scale_count = 4;
+    a.y_dtype = DType::kI32;
+    st = b->GemmW8A8(a);
+    EXPECT_TRUE(Contains(st, "output dtype I32")) << st.ToString();
+    a.y_dtype = DType::kF32;
+    st = b->GemmFp8(a);
+    EXPECT_TRUE(Contains(st, "another kind")) << st.ToString();
+    a.m = 0;
+    st = b->GemmW8A8(a);
+    EXPECT_TRUE(Contains(st, "M = 0")) << st.ToString();
+    // A g_idx that cannot be turned into a permutation (unbalanced groups).
+    std::vector<int32_t> packed(8 * 256 / 8, 0);
+    std::vector<float> sc(8 * 2, 1.0f);
+    std::vector<int32_t> g_idx(256, 0);
+    Int4WeightSource s4;
+    s4.weight_packed = packed.data();
+    s4.n = 8;
+    s4.k = 256;
+    s4.group_size = 128;
+    s4.scale = {sc.data(), DType::kF32, 16};
+    s4.g_idx = g_idx.data();
+    st = b->PrepareInt4(s4, &pw2);
+    EXPECT_TRUE(name == "cpu-ref" || Contains(st, "exactly group_size")) << st.ToString();
+    g_idx[5] = 2;
+    st = b->PrepareInt4(s4, &pw2);
+    EXPECT_TRUE(Contains(st, "g_idx[5] = 2 is outside [0, 2)")) << st.ToString();
+    EXPECT_TRUE(!b->Requirements().empty());
+  }
+}
+
+#ifndef LOWBIT_TEST_GPU_ONLY
+TEST(BackendOps, UnknownBackendIsAnError) {
+  std::unique_ptr<Backend> b;
+  Status st = MakeBackend("tpu", {}, &b);
+  EXPECT_TRUE(st.code() == StatusCode::kInvalidArgument && Contains(st, "unknown backend 'tpu'")) << st.ToString();
+  st = MakeBackend("auto", {}, &b);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+}
+#endif
+
+// ---- negative controls: the tolerances catch realistic bugs ---------------------------------
+
+#ifndef LOWBIT_TEST_GPU_ONLY
+TEST(NegativeControl, W4A16ToleranceCatchesWrongGroupScaleAndIgnoredActOrder) {
+  Rng rng(5);
+  const int64_t m = 4, k = 14336, n = 64;  // the largest K: the loosest tolerance
+  const DType dt = DType::kBF16;
+  std::vector<uint8_t> x = MakeActivations(dt, m, k, rng);
+  Int4Checkpoint ck = MakeInt4(n, k, {128, true, true}, dt, rng);
+  Int4WeightSource src = ck.Source(n, k, 128, dt);
+  std::vector<uint8_t> want(m * n * 2), got(m * n * 2);
+  std::vector<float> abs_sum(m * n);
+  ref::GemmW4A16(m, dt, x.data(), src, nullptr, want.data(), abs_sum.data());
+  // (a) one group's scale doubled for every row.
+  Int4Checkpoint bad = ck;
+  for (int64_t r = 0; r < n; ++r) ref::StoreFloat(dt, bad.scale.data(), r * (k / 128) + 17, 2 * bad.scale_f[r * (k / 128) + 17]);
+  ref::GemmW4A16(m, dt, x.data(), bad.Source(n, k, 128, dt), nullptr, got.data());
+  std::string d = CompareFloat(dt, got.data(), want.data(), abs_sum.data(), m, n, k, 0.0);
+  EXPECT_FALSE(d.empty());
+  // (b) act order ignored (g_idx dropped).
+  Int4WeightSource no_order = src;
+  no_order.g_idx = nullptr;
+  ref::GemmW4A16(m, dt, x.data(), no_order, nullptr, got.data());
+  d = CompareFloat(dt, got.data(), want.data(), abs_sum.data(), m, n, k, 0.0);
+  EXPECT_FALSE(d.empty());
+  // (c) zero points ignored.
+  Int4WeightSource no_zp = src;
+  no_zp.zero_point_packed = nullptr;
+  ref::GemmW4A16(m, dt, x.data(), no_zp, nullptr, got.data());
+  d = CompareFloat(dt, got.data(), want.data(), abs_sum.data(), m, n, k, 0.0);
+  EXPECT_FALSE(d.empty());
+  // The unperturbed weight through a different summation order passes.
+  std::unique_ptr<Backend> b;
+  ASSERT_TRUE(MakeBackend("cpu", {}, &b).ok());
+  std::unique_ptr<PreparedWeight> pw;
+  ASSERT_TRUE(b->PrepareInt4(src, &pw).ok());
+  GemmArgs a;
+  a.m = m;
+  a.x = x.data();
+  a.x_dtype = dt;
+  a.w = pw.get();
+  a.y = got.data();
+  a.y_dtype = dt;
+  ASSERT_TRUE(b->GemmW4A16(a).ok());
+  d = CompareFloat(dt, got.data(), want.data(), abs_sum.data(), m, n, k, 0.0);
+  EXPECT_TRUE(d.empty()) << d;
+}
+
+TEST(NegativeControl, Fp8ToleranceCatchesSwappedChannelScales) {
+  Rng rng(6);
+  const int64_t m = 4, k = 14336, n = 32;
+  std::vector<uint8_t> w(n * k), x(m * k);
+  for (auto& v : w) v = static_cast<uint8_t>(rng.Next() & 0x7E);
+  for (auto& v : x) v = static_cast<uint8_t>(rng.Next() & 0x7E);
+  std::vector<float> ws = RandomScales(n, rng, 0.01f), xs = RandomScales(m, rng, 0.01f);
+  ws[3] = 0.01f;
+  ws[4] = 0.012f;
+  std::vector<float> ws_bad = ws;
+  std::swap(ws_bad[3], ws_bad[4]);
+  std::vector<float> want(m * n), got(m * n), abs_sum(m * n);
+  ref::GemmFp8(m, x.data(), xs.data(), m, {w.data(), n, k, {ws.data(), DType::kF32, n}}, nullptr, DType::kF32,
+               want.data(), abs_sum.data());
+  ref::GemmFp8(m, x.data(), xs.data(), m, {w.data(), n, k, {ws_bad.data(), DType::kF32, n}}, nullptr, DType::kF32,
+               got.data());
+  EXPECT_FALSE(CompareFloat(DType::kF32, got.data(), want.data(), abs_sum.data(), m, n, k, std::ldexp(1.0, -12)).empty());
+}
+
+TEST(NegativeControl, W8A8BitExactnessCatchesOneCodeOffByOne) {
+  const int64_t m = 2, k = 4096, n = 16;
+  Rng rng(7);
+  std::vector<int8_t> w(n * k), x(m * k);
+  for (auto& v : w) v = static_cast<int8_t>(rng.Int(-128, 127));
+  for (auto& v : x) v = static_cast<int8_t>(rng.Int(-127, 127));
+  x[5] = 1;
+  float ws = 0.01f, xs[2] = {0.02f, 0.03f};
+  std::vector<float> want(m * n), got(m * n);
+  ref::GemmW8A8(m, x.data(), xs, 2, {w.data(), n, k, {&ws, DType::kF32, 1}}, nullptr, DType::kF32, want.data());
+  w[5] = static_cast<int8_t>(w[5] == 127 ? 126 : w[5] + 1);
+  ref::GemmW8A8(m, x.data(), xs, 2, {w.data(), n, k, {&ws, DType::kF32, 1}}, nullptr, DType::kF32, got.data());
+  EXPECT_FALSE(CompareBytes(got.data(), want.data(), want.size() * 4, 4, "outputs").empty());
+}
+#endif
+
+}  // namespace
+}  // namespace lowbit::kernels
+
+#ifdef LOWBIT_MINITEST
+int main(int argc, char** argv) { return minitest::RunAll(argc, argv); }
+#endif
