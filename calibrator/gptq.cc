@@ -30,6 +30,32 @@ constexpr float kRoundMagic = 12582912.0f;
 // Rows of W handled together by the in-block loop (the SIMD width of its inner loops).
 constexpr int64_t kLanes = 32;
 
+// 8×8 float tiles transposed with GCC vector extensions (portable: each target_clones variant
+// gets its own shuffles). dst row k, columns 0..7 = src rows 0..7, column k.
+typedef float V8f __attribute__((vector_size(32)));
+typedef int V8i __attribute__((vector_size(32)));
+
+inline void Transpose8x8(const float* __restrict src, int64_t lds, float* __restrict dst, int64_t ldd) {
+  V8f r[8], a[8], b[8];
+  for (int k = 0; k < 8; ++k) __builtin_memcpy(&r[k], src + k * lds, sizeof(V8f));
+  for (int k = 0; k < 8; k += 2) {
+    a[k] = __builtin_shuffle(r[k], r[k + 1], V8i{0, 8, 1, 9, 4, 12, 5, 13});
+    a[k + 1] = __builtin_shuffle(r[k], r[k + 1], V8i{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  for (int k = 0; k < 8; k += 4) {
+    b[k] = __builtin_shuffle(a[k], a[k + 2], V8i{0, 1, 8, 9, 4, 5, 12, 13});
+    b[k + 1] = __builtin_shuffle(a[k], a[k + 2], V8i{2, 3, 10, 11, 6, 7, 14, 15});
+    b[k + 2] = __builtin_shuffle(a[k + 1], a[k + 3], V8i{0, 1, 8, 9, 4, 5, 12, 13});
+    b[k + 3] = __builtin_shuffle(a[k + 1], a[k + 3], V8i{2, 3, 10, 11, 6, 7, 14, 15});
+  }
+  for (int k = 0; k < 4; ++k) {
+    const V8f lo = __builtin_shuffle(b[k], b[k + 4], V8i{0, 1, 2, 3, 8, 9, 10, 11});
+    const V8f hi = __builtin_shuffle(b[k], b[k + 4], V8i{4, 5, 6, 7, 12, 13, 14, 15});
+    __builtin_memcpy(dst + k * ldd, &lo, sizeof(V8f));
+    __builtin_memcpy(dst + (k + 4) * ldd, &hi, sizeof(V8f));
+  }
+}
+
 // One block of columns [i1, i2) for `nrows` (<= kLanes) rows of W. `w` points at W[r0, i1]
 // (row stride ldw), `u` at U[i1, i1] (row stride ldu); the scale / zero point of block column c
 // for these rows are at st + group[c]·lds (zt likewise; padded to kLanes rows). The block is
@@ -43,11 +69,18 @@ double ProcessBlockLanes(float* __restrict w, int64_t ldw, int64_t nrows, int64_
                          const float* __restrict zt, int64_t lds, bool fp8, float qmin, float qmax,
                          float* __restrict e, int64_t lde, int8_t* __restrict codes, int64_t ldc,
                          float* __restrict wbuf, float* __restrict ebuf, int8_t* __restrict cbuf) {
-  for (int64_t t = 0; t < nrows; ++t) {
-    for (int64_t i = 0; i < nb; ++i) wbuf[i * kLanes + t] = w[t * ldw + i];
-  }
-  for (int64_t t = nrows; t < kLanes; ++t) {
-    for (int64_t i = 0; i < nb; ++i) wbuf[i * kLanes + t] = 0.0f;
+  const bool tiles = nrows == kLanes && nb % 8 == 0;
+  if (tiles) {
+    for (int64_t t = 0; t < kLanes; t += 8) {
+      for (int64_t i = 0; i < nb; i += 8) Transpose8x8(w + t * ldw + i, ldw, wbuf + i * kLanes + t, kLanes);
+    }
+  } else {
+    for (int64_t t = 0; t < nrows; ++t) {
+      for (int64_t i = 0; i < nb; ++i) wbuf[i * kLanes + t] = w[t * ldw + i];
+    }
+    for (int64_t t = nrows; t < kLanes; ++t) {
+      for (int64_t i = 0; i < nb; ++i) wbuf[i * kLanes + t] = 0.0f;
+    }
   }
   float lanes[kLanes] = {};
   for (int64_t i = 0; i < nb; ++i) {
@@ -84,12 +117,23 @@ double ProcessBlockLanes(float* __restrict w, int64_t ldw, int64_t nrows, int64_
       for (int64_t t = 0; t < kLanes; ++t) wj[t] -= uij * err[t];
     }
   }
-  for (int64_t t = 0; t < nrows; ++t) {
-    for (int64_t i = 0; i < nb; ++i) {
-      w[t * ldw + i] = wbuf[i * kLanes + t];
-      e[t * lde + i] = ebuf[i * kLanes + t];
-      codes[t * ldc + i] = cbuf[i * kLanes + t];
+  if (tiles) {
+    for (int64_t i = 0; i < nb; i += 8) {
+      for (int64_t t = 0; t < kLanes; t += 8) {
+        Transpose8x8(wbuf + i * kLanes + t, kLanes, w + t * ldw + i, ldw);
+        Transpose8x8(ebuf + i * kLanes + t, kLanes, e + t * lde + i, lde);
+      }
     }
+  } else {
+    for (int64_t t = 0; t < nrows; ++t) {
+      for (int64_t i = 0; i < nb; ++i) {
+        w[t * ldw + i] = wbuf[i * kLanes + t];
+        e[t * lde + i] = ebuf[i * kLanes + t];
+      }
+    }
+  }
+  for (int64_t t = 0; t < nrows; ++t) {
+    for (int64_t i = 0; i < nb; ++i) codes[t * ldc + i] = cbuf[i * kLanes + t];
   }
   double loss = 0;
   for (float v : lanes) loss += v;
