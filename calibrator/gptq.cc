@@ -34,23 +34,28 @@ constexpr int64_t kLanes = 32;
 // gets its own shuffles). dst row k, columns 0..7 = src rows 0..7, column k.
 typedef float V8f __attribute__((vector_size(32)));
 typedef int V8i __attribute__((vector_size(32)));
+#if defined(__clang__)
+#define LOWBIT_SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define LOWBIT_SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, V8i{__VA_ARGS__})
+#endif
 
 inline void Transpose8x8(const float* __restrict src, int64_t lds, float* __restrict dst, int64_t ldd) {
   V8f r[8], a[8], b[8];
   for (int k = 0; k < 8; ++k) __builtin_memcpy(&r[k], src + k * lds, sizeof(V8f));
   for (int k = 0; k < 8; k += 2) {
-    a[k] = __builtin_shuffle(r[k], r[k + 1], V8i{0, 8, 1, 9, 4, 12, 5, 13});
-    a[k + 1] = __builtin_shuffle(r[k], r[k + 1], V8i{2, 10, 3, 11, 6, 14, 7, 15});
+    a[k] = LOWBIT_SHUFFLE8(r[k], r[k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    a[k + 1] = LOWBIT_SHUFFLE8(r[k], r[k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
   }
   for (int k = 0; k < 8; k += 4) {
-    b[k] = __builtin_shuffle(a[k], a[k + 2], V8i{0, 1, 8, 9, 4, 5, 12, 13});
-    b[k + 1] = __builtin_shuffle(a[k], a[k + 2], V8i{2, 3, 10, 11, 6, 7, 14, 15});
-    b[k + 2] = __builtin_shuffle(a[k + 1], a[k + 3], V8i{0, 1, 8, 9, 4, 5, 12, 13});
-    b[k + 3] = __builtin_shuffle(a[k + 1], a[k + 3], V8i{2, 3, 10, 11, 6, 7, 14, 15});
+    b[k] = LOWBIT_SHUFFLE8(a[k], a[k + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    b[k + 1] = LOWBIT_SHUFFLE8(a[k], a[k + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    b[k + 2] = LOWBIT_SHUFFLE8(a[k + 1], a[k + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    b[k + 3] = LOWBIT_SHUFFLE8(a[k + 1], a[k + 3], 2, 3, 10, 11, 6, 7, 14, 15);
   }
   for (int k = 0; k < 4; ++k) {
-    const V8f lo = __builtin_shuffle(b[k], b[k + 4], V8i{0, 1, 2, 3, 8, 9, 10, 11});
-    const V8f hi = __builtin_shuffle(b[k], b[k + 4], V8i{4, 5, 6, 7, 12, 13, 14, 15});
+    const V8f lo = LOWBIT_SHUFFLE8(b[k], b[k + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    const V8f hi = LOWBIT_SHUFFLE8(b[k], b[k + 4], 4, 5, 6, 7, 12, 13, 14, 15);
     __builtin_memcpy(dst + k * ldd, &lo, sizeof(V8f));
     __builtin_memcpy(dst + (k + 4) * ldd, &hi, sizeof(V8f));
   }
