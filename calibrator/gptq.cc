@@ -27,49 +27,90 @@ namespace {
 // even, in the default rounding mode: RoundHalfEven without a libm call, so it vectorizes.
 constexpr float kRoundMagic = 12582912.0f;
 
-// Rows of W handled together by the in-block loop (the SIMD width of its inner loops). WT's
-// row stride is padded to a multiple of this.
+// Rows of W handled together by the in-block loop (the SIMD width of its inner loops).
 constexpr int64_t kLanes = 32;
 
-// One block of columns [i1, i2) for kLanes rows of W. `wt` points at WT[i1, r0] (WT is the
-// transposed weight [K, ldw]: a column of W is a contiguous row), `u` at U[i1, i1] (row
-// stride ldu); the scale / zero point of block column c for these rows are at
-// st + group[c]·lds (zt likewise). The block's nb × kLanes values are packed into `wbuf` first:
-// WT's rows are a large power-of-two-ish stride apart and would share a handful of cache
-// sets. On return the block's rows of WT hold the fake-quantized values, `codes` the codes and
-// `e` the scaled errors (w − q)/d that the lazy update multiplies. Returns Σ ((w − q)/d)².
+// 8×8 float tiles transposed with GCC vector extensions (portable: each target_clones variant
+// gets its own shuffles). dst row k, columns 0..7 = src rows 0..7, column k.
+typedef float V8f __attribute__((vector_size(32)));
+typedef int V8i __attribute__((vector_size(32)));
+#if defined(__clang__)
+#define LOWBIT_SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define LOWBIT_SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, V8i{__VA_ARGS__})
+#endif
+
+inline void Transpose8x8(const float* __restrict src, int64_t lds, float* __restrict dst, int64_t ldd) {
+  V8f r[8], a[8], b[8];
+  for (int k = 0; k < 8; ++k) __builtin_memcpy(&r[k], src + k * lds, sizeof(V8f));
+  for (int k = 0; k < 8; k += 2) {
+    a[k] = LOWBIT_SHUFFLE8(r[k], r[k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    a[k + 1] = LOWBIT_SHUFFLE8(r[k], r[k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    b[k] = LOWBIT_SHUFFLE8(a[k], a[k + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    b[k + 1] = LOWBIT_SHUFFLE8(a[k], a[k + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    b[k + 2] = LOWBIT_SHUFFLE8(a[k + 1], a[k + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    b[k + 3] = LOWBIT_SHUFFLE8(a[k + 1], a[k + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  for (int k = 0; k < 4; ++k) {
+    const V8f lo = LOWBIT_SHUFFLE8(b[k], b[k + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    const V8f hi = LOWBIT_SHUFFLE8(b[k], b[k + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    __builtin_memcpy(dst + k * ldd, &lo, sizeof(V8f));
+    __builtin_memcpy(dst + (k + 4) * ldd, &hi, sizeof(V8f));
+  }
+}
+
+// One block of columns [i1, i2) for `nrows` (<= kLanes) rows of W. `w` points at W[r0, i1]
+// (row stride ldw), `u` at U[i1, i1] (row stride ldu); the scale / zero point of block column c
+// for these rows are at st + group[c]·lds (zt likewise; padded to kLanes rows). The block is
+// first packed transposed into `wbuf` ([nb, kLanes]: a column's rows contiguous, so the inner
+// loops are SIMD over rows and stay in L1). On return the block holds the fake-quantized
+// values, `codes` the codes, and `e` ([nrows, lde]) the scaled errors (w − q)/d that the lazy
+// update multiplies. Returns Σ ((w − q)/d)².
 LOWBIT_MULTIVERSION
-double ProcessBlockLanes(float* __restrict wt, int64_t ldw, int64_t nb, const float* __restrict u, int64_t ldu,
-                         const int32_t* __restrict group, const float* __restrict st, const float* __restrict zt,
-                         int64_t lds, bool fp8, float qmin, float qmax, float* __restrict e, int64_t lde,
-                         int8_t* __restrict codes, int64_t ldc, float* __restrict wbuf, float* __restrict ebuf) {
-  for (int64_t i = 0; i < nb; ++i) {
-    for (int64_t t = 0; t < kLanes; ++t) wbuf[i * kLanes + t] = wt[i * ldw + t];
+double ProcessBlockLanes(float* __restrict w, int64_t ldw, int64_t nrows, int64_t nb, const float* __restrict u,
+                         int64_t ldu, const int32_t* __restrict group, const float* __restrict st,
+                         const float* __restrict zt, int64_t lds, bool fp8, float qmin, float qmax,
+                         float* __restrict e, int64_t lde, int8_t* __restrict codes, int64_t ldc,
+                         float* __restrict wbuf, float* __restrict ebuf, int8_t* __restrict cbuf) {
+  const bool tiles = nrows == kLanes && nb % 8 == 0;
+  if (tiles) {
+    for (int64_t t = 0; t < kLanes; t += 8) {
+      for (int64_t i = 0; i < nb; i += 8) Transpose8x8(w + t * ldw + i, ldw, wbuf + i * kLanes + t, kLanes);
+    }
+  } else {
+    for (int64_t t = 0; t < nrows; ++t) {
+      for (int64_t i = 0; i < nb; ++i) wbuf[i * kLanes + t] = w[t * ldw + i];
+    }
+    for (int64_t t = nrows; t < kLanes; ++t) {
+      for (int64_t i = 0; i < nb; ++i) wbuf[i * kLanes + t] = 0.0f;
+    }
   }
   float lanes[kLanes] = {};
   for (int64_t i = 0; i < nb; ++i) {
-    float* __restrict w = wbuf + i * kLanes;
+    float* __restrict wi = wbuf + i * kLanes;
     float* __restrict err = ebuf + i * kLanes;
-    int8_t* __restrict code = codes + i * ldc;
+    int8_t* __restrict code = cbuf + i * kLanes;
     const float* __restrict s = st + group[i] * lds;
     const float* __restrict z = zt + group[i] * lds;
     const float d = u[i * ldu + i];
     if (fp8) {
       for (int64_t t = 0; t < kLanes; ++t) {
-        const uint8_t c = QuantizeFp8(w[t], s[t], DType::kF32);
+        const uint8_t c = QuantizeFp8(wi[t], s[t], DType::kF32);
         const float q = DequantizeFp8(c, s[t]);
-        err[t] = (w[t] - q) / d;
-        w[t] = q;
+        err[t] = (wi[t] - q) / d;
+        wi[t] = q;
         code[t] = static_cast<int8_t>(c);
       }
     } else {
       for (int64_t t = 0; t < kLanes; ++t) {
-        float v = w[t] / s[t] + z[t];
+        float v = wi[t] / s[t] + z[t];
         v = std::min(std::max(v, qmin), qmax);
         const float r = (v + kRoundMagic) - kRoundMagic;
         const float q = (r - z[t]) * s[t];
-        err[t] = (w[t] - q) / d;
-        w[t] = q;
+        err[t] = (wi[t] - q) / d;
+        wi[t] = q;
         code[t] = static_cast<int8_t>(static_cast<int32_t>(r));
       }
     }
@@ -81,58 +122,42 @@ double ProcessBlockLanes(float* __restrict wt, int64_t ldw, int64_t nb, const fl
       for (int64_t t = 0; t < kLanes; ++t) wj[t] -= uij * err[t];
     }
   }
-  for (int64_t i = 0; i < nb; ++i) {
-    for (int64_t t = 0; t < kLanes; ++t) {
-      wt[i * ldw + t] = wbuf[i * kLanes + t];
-      e[i * lde + t] = ebuf[i * kLanes + t];
+  if (tiles) {
+    for (int64_t i = 0; i < nb; i += 8) {
+      for (int64_t t = 0; t < kLanes; t += 8) {
+        Transpose8x8(wbuf + i * kLanes + t, kLanes, w + t * ldw + i, ldw);
+        Transpose8x8(ebuf + i * kLanes + t, kLanes, e + t * lde + i, lde);
+      }
     }
+  } else {
+    for (int64_t t = 0; t < nrows; ++t) {
+      for (int64_t i = 0; i < nb; ++i) {
+        w[t * ldw + i] = wbuf[i * kLanes + t];
+        e[t * lde + i] = ebuf[i * kLanes + t];
+      }
+    }
+  }
+  for (int64_t t = 0; t < nrows; ++t) {
+    for (int64_t i = 0; i < nb; ++i) codes[t * ldc + i] = cbuf[i * kLanes + t];
   }
   double loss = 0;
   for (float v : lanes) loss += v;
   return loss;
 }
 
-// dst[c, r] = src[r, c] for a [rows, cols] src (row stride lds) into dst (row stride ldd).
-// Tile by tile through a small buffer, so src is read and dst written in whole cache lines:
-// the row strides here are often multiples of 4 KiB, and rows touched column-wise would all
-// compete for the same few cache sets.
+// Row by row, in place, for a [rows, cols] matrix: row[j] = old row[perm[j]] (gather) or
+// row[perm[j]] = old row[j] (scatter). Row-local, so the random access stays in cache.
 template <typename T>
-void Transpose(const T* __restrict src, int64_t rows, int64_t cols, int64_t lds, T* __restrict dst, int64_t ldd) {
-  constexpr int64_t kB = sizeof(T) >= 4 ? 32 : 64;
-  T buf[kB][kB];
-  for (int64_t r0 = 0; r0 < rows; r0 += kB) {
-    const int64_t nr = std::min(rows - r0, kB);
-    for (int64_t c0 = 0; c0 < cols; c0 += kB) {
-      const int64_t nc = std::min(cols - c0, kB);
-      for (int64_t r = 0; r < nr; ++r) {
-        const T* s = src + (r0 + r) * lds + c0;
-        for (int64_t c = 0; c < nc; ++c) buf[r][c] = s[c];
-      }
-      for (int64_t c = 0; c < nc; ++c) {
-        T* d = dst + (c0 + c) * ldd + r0;
-        for (int64_t r = 0; r < nr; ++r) d[r] = buf[r][c];
-      }
+void PermuteColumns(T* m, int64_t rows, int64_t cols, const std::vector<int64_t>& perm, bool gather) {
+  std::vector<T> scratch(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = m + r * cols;
+    if (gather) {
+      for (int64_t j = 0; j < cols; ++j) scratch[j] = row[perm[j]];
+    } else {
+      for (int64_t j = 0; j < cols; ++j) scratch[perm[j]] = row[j];
     }
-  }
-}
-
-// In place, rows of a [rows, ld] matrix: row j becomes old row from[j]. Follows the
-// permutation's cycles, moving each row once through a one-row buffer.
-template <typename T>
-void GatherRows(T* m, int64_t rows, int64_t ld, const std::vector<int64_t>& from) {
-  std::vector<T> held(ld);
-  std::vector<bool> done(rows, false);
-  for (int64_t s = 0; s < rows; ++s) {
-    if (done[s] || from[s] == s) continue;
-    std::copy(m + s * ld, m + (s + 1) * ld, held.begin());
-    int64_t j = s;
-    while (from[j] != s) {
-      std::copy(m + from[j] * ld, m + (from[j] + 1) * ld, m + j * ld);
-      done[j] = true;
-      j = from[j];
-    }
-    std::copy(held.begin(), held.end(), m + j * ld);
-    done[j] = true;
+    std::copy(scratch.begin(), scratch.end(), row);
   }
 }
 
@@ -243,8 +268,8 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
       group_of[j] = static_cast<int32_t>((actorder == ActOrder::kWeight ? perm[j] : j) / group_size);
     }
   }
-  // Scales and zero points transposed to [groups, N] so a column's are contiguous over rows.
-  // Rows are padded to a multiple of kLanes (scale 1, zero point 0, weight 0).
+  // Scales and zero points transposed to [groups, NP] so a column's are contiguous over rows,
+  // padded to a multiple of kLanes rows (scale 1, zero point 0).
   const int64_t NP = (N + kLanes - 1) / kLanes * kLanes;
   std::vector<float> st(groups * NP, 1.0f), zt(groups * NP, 0.0f);
   for (int64_t g = 0; g < groups; ++g) {
@@ -255,22 +280,18 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
     }
   }
 
-  // ---- W transposed (and permuted): WT[j, r] = W[r, perm[j]] -------------------------------
-  // Big buffers are left uninitialized (no zeroing pass; first touch is the real write).
+  // ---- Working copy of W [N, K] in processing order; becomes the fake-quantized weight --------
   const bool permuted = actorder != ActOrder::kNone;
-  std::unique_ptr<float[]> wt_buf(new float[K * NP]);  // [K, NP]
-  float* wt = wt_buf.get();
-  Transpose(weight.data(), N, K, K, wt, NP);
-  for (int64_t j = 0; j < K; ++j) std::fill(wt + j * NP + N, wt + (j + 1) * NP, 0.0f);
-  if (permuted) GatherRows(wt, K, NP, perm);
-
+  result.dequantized.assign(weight.begin(), weight.end());
+  float* W = result.dequantized.data();
+  if (permuted) PermuteColumns(W, N, K, perm, /*gather=*/true);
   result.phases.prepare = lap();
 
   // ---- Dead inputs, dampening, inverse factor -------------------------------------------------
   for (int64_t j = 0; j < K; ++j) {
     if (H[j * K + j] == 0.0f) {
       H[j * K + j] = 1.0f;
-      std::fill(wt + j * NP, wt + j * NP + N, 0.0f);
+      for (int64_t r = 0; r < N; ++r) W[r * K + j] = 0.0f;
     }
   }
   double diag_sum = 0;
@@ -289,54 +310,48 @@ absl::StatusOr<GptqResult> QuantizeLinearGptq(const std::string& module, std::sp
   result.phases.factor = lap();
 
   // ---- Blocks ---------------------------------------------------------------------------------
+  QuantizedLinear& q = result.quantized;
+  int8_t* codes;
+  if (fp8) {
+    q.fp8_codes.resize(N * K);
+    codes = reinterpret_cast<int8_t*>(q.fp8_codes.data());
+  } else {
+    q.int_codes.resize(N * K);
+    codes = q.int_codes.data();
+  }
   const int64_t B = std::min(options.block_size, K);
-  std::unique_ptr<int8_t[]> codes_t(new int8_t[K * NP]);
-  std::unique_ptr<float[]> err(new float[B * NP]);  // (w − q)/d of the block's columns, [nb, NP]
-  std::vector<float> u_panel_t(K * B);     // U[i1:i2, i2:]ᵀ, [K − i2, nb]
+  std::unique_ptr<float[]> err(new float[N * B]);  // (w − q)/d of the block's columns, [N, nb]
   std::vector<float> wbuf(B * kLanes), ebuf(B * kLanes);
+  std::vector<int8_t> cbuf(B * kLanes);
   const float qmin = fp8 ? 0.0f : static_cast<float>(args.qmin());
   const float qmax = fp8 ? 0.0f : static_cast<float>(args.qmax());
   double loss2 = 0;  // Σ ((w − q)/d)²
   for (int64_t i1 = 0; i1 < K; i1 += B) {
     const int64_t i2 = std::min(K, i1 + B), nb = i2 - i1;
     for (int64_t r0 = 0; r0 < N; r0 += kLanes) {
-      loss2 += ProcessBlockLanes(wt + i1 * NP + r0, NP, nb, U + i1 * K + i1, K, group_of.data() + i1,
-                                 st.data() + r0, zt.data() + r0, NP, fp8, qmin, qmax, err.get() + r0, NP,
-                                 codes_t.get() + i1 * NP + r0, NP, wbuf.data(), ebuf.data());
+      loss2 += ProcessBlockLanes(W + r0 * K + i1, K, std::min(kLanes, N - r0), nb, U + i1 * K + i1, K,
+                                 group_of.data() + i1, st.data() + r0, zt.data() + r0, NP, fp8, qmin, qmax,
+                                 err.get() + r0 * nb, nb, codes + r0 * K + i1, K, wbuf.data(), ebuf.data(),
+                                 cbuf.data());
     }
     result.phases.columns += lap();
     if (i2 < K) {
-      // Lazy update of every later column: WT[i2:, :] −= U[i1:i2, i2:]ᵀ · Err.
-      const int64_t m = K - i2;
-      Transpose(U + i1 * K + i2, nb, m, K, u_panel_t.data(), nb);
-      compute.Gemm(/*transpose_b=*/false, m, N, nb, -1.0f, u_panel_t.data(), nb, err.get(), NP, 1.0f,
-                   wt + i2 * NP, NP);
+      // Lazy update of every later column: W[:, i2:] −= Err · U[i1:i2, i2:].
+      compute.Gemm(/*transpose_b=*/false, N, K - i2, nb, -1.0f, err.get(), nb, U + i1 * K + i2, K, 1.0f, W + i2, K);
       result.phases.lazy_updates += lap();
     }
   }
   result.loss = loss2 / 2;
 
-  // ---- Back to [N, K] in the original column order -------------------------------------------
-  QuantizedLinear& q = result.quantized;
+  // ---- Back to the original column order ------------------------------------------------------
   q.module = module;
   q.rows = N;
   q.cols = K;
   q.weight_args = args;
   q.qparams = *std::move(qp);
   if (permuted) {
-    std::vector<int64_t> inverse(K);
-    for (int64_t j = 0; j < K; ++j) inverse[perm[j]] = j;
-    GatherRows(wt, K, NP, inverse);
-    GatherRows(codes_t.get(), K, NP, inverse);
-  }
-  result.dequantized.resize(N * K);
-  Transpose(wt, K, N, NP, result.dequantized.data(), K);
-  if (fp8) {
-    q.fp8_codes.resize(N * K);
-    Transpose(reinterpret_cast<const uint8_t*>(codes_t.get()), K, N, NP, q.fp8_codes.data(), K);
-  } else {
-    q.int_codes.resize(N * K);
-    Transpose(codes_t.get(), K, N, NP, q.int_codes.data(), K);
+    PermuteColumns(W, N, K, perm, /*gather=*/false);
+    PermuteColumns(codes, N, K, perm, /*gather=*/false);
   }
   if (actorder == ActOrder::kGroup) {
     // Original column perm[j] was processed j-th, in group j / group_size.

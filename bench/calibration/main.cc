@@ -10,7 +10,10 @@
 //   inverse factor 2K³/3 (spotrf K³/3 + strtri K³/3);
 //   GPTQ = 2K³/3 + lazy Σ_blocks 2·N·nb·(K − i2) + in-block Σ_blocks N·nb·(nb − 1)
 //   (≈ 2K³/3 + N·K² + N·K·B); the per-weight quantization (~10 flops) is not counted.
-// Each figure is the median of --reps runs. Prints a Markdown table; --out FILE also writes it.
+// The machine may be shared and its load drifts within a run, so every timed run of a subject
+// is paired with an sgemm run right before it: the reported fraction is the median over reps
+// of (subject rate / adjacent sgemm rate); times are medians. Prints a Markdown table; --out
+// FILE also writes it.
 //   lowbit-bench-calibration [--reps=3] [--tokens=2048] [--out=FILE] [--quick]
 #include <algorithm>
 #include <chrono>
@@ -20,6 +23,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -69,9 +73,29 @@ std::vector<float> CorrelatedInputs(Compute& c, int64_t tokens, int64_t k, uint3
 
 struct Row {
   std::string what, size;
-  double seconds, flops;  // flops = 0: not a FLOP measurement
+  double seconds, flops;
+  double fraction;  // median of (rate / adjacent sgemm rate)
   std::string extra;
 };
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Times `fn` reps times, each right after one run of `sgemm` (sgemm_flops): returns the
+// median time of fn and the median of the paired rate ratios.
+std::pair<double, double> Paired(int reps, const std::function<void()>& sgemm, double sgemm_flops,
+                                 const std::function<void()>& fn, double flops) {
+  std::vector<double> times, ratios;
+  for (int i = 0; i < reps; ++i) {
+    const double g = MedianSeconds(1, sgemm);
+    const double t = MedianSeconds(1, fn);
+    times.push_back(t);
+    ratios.push_back((flops / t) / (sgemm_flops / g));
+  }
+  return {Median(times), Median(ratios)};
+}
 
 int Run(int argc, char** argv) {
   int reps = 3;
@@ -95,36 +119,38 @@ int Run(int argc, char** argv) {
   std::vector<Row> rows;
 
   // sgemm reference rate.
+  const int64_t gn = K;
+  std::vector<float> ga = Gaussian(gn * gn, 1), gb = Gaussian(gn * gn, 2), gy(gn * gn);
+  auto sgemm = [&] { c.Gemm(false, gn, gn, gn, 1.0f, ga.data(), gn, gb.data(), gn, 0.0f, gy.data(), gn); };
+  const double sgemm_flops = 2.0 * gn * gn * gn;
+  sgemm();  // warm up
   {
-    const int64_t n = K;
-    std::vector<float> a = Gaussian(n * n, 1), b = Gaussian(n * n, 2), y(n * n);
-    c.Gemm(false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, y.data(), n);  // warm up
-    double s = MedianSeconds(reps, [&] { c.Gemm(false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, y.data(), n); });
-    rows.push_back({"sgemm (OpenBLAS)", absl::StrFormat("M=N=K=%d", n), s, 2.0 * n * n * n, ""});
+    double s = MedianSeconds(reps, sgemm);
+    rows.push_back({"sgemm (OpenBLAS)", absl::StrFormat("M=N=K=%d", gn), s, sgemm_flops, 1.0, ""});
   }
-  const double sgemm_rate = rows[0].flops / rows[0].seconds;
 
   // Hessian accumulation.
   std::vector<float> x = CorrelatedInputs(c, tokens, K, 3);
   std::vector<float> h;
   {
     HessianAccumulator acc(K);
-    double s = MedianSeconds(reps, [&] { acc.Add(c, x.data(), tokens, tokens / 512); });
-    rows.push_back({"Hessian accumulation (AddGram)", absl::StrFormat("K=%d, %d tokens/batch", K, tokens), s,
-                    static_cast<double>(tokens) * K * K, absl::StrFormat("%.0f tokens/s", tokens / s)});
+    const double flops = static_cast<double>(tokens) * K * K;
+    auto [s, f] = Paired(reps, sgemm, sgemm_flops, [&] { acc.Add(c, x.data(), tokens, tokens / 512); }, flops);
+    rows.push_back({"Hessian accumulation (AddGram)", absl::StrFormat("K=%d, %d tokens/batch", K, tokens), s, flops, f,
+                    absl::StrFormat("%.0f tokens/s", tokens / s)});
     h = acc.Finish();
   }
 
   // Inverse Cholesky factor alone.
   {
     std::vector<float> hd;
-    double s = MedianSeconds(reps, [&] {
+    const double flops = 2.0 * K * K * K / 3.0;
+    auto [s, f] = Paired(reps, sgemm, sgemm_flops, [&] {
       hd = h;
       for (int64_t i = 0; i < K; ++i) hd[i * K + i] += 0.01f * h[i * K + i];
       if (!c.CholeskyInverseUpper(K, hd.data()).ok()) std::fprintf(stderr, "Cholesky failed\n");
-    });
-    rows.push_back({"CholeskyInverseUpper", absl::StrFormat("K=%d", K), s, 2.0 * K * K * K / 3.0,
-                    "includes copying H"});
+    }, flops);
+    rows.push_back({"CholeskyInverseUpper", absl::StrFormat("K=%d", K), s, flops, f, "includes copying H"});
   }
 
   // GPTQ.
@@ -137,42 +163,40 @@ int Run(int argc, char** argv) {
   const GptqOptions options;
   for (int64_t n : {K, quick ? 3584 : int64_t{14336}}) {
     std::vector<float> w = Gaussian(n * K, 10 + static_cast<uint32_t>(n), 0.02f);
-    double loss = 0;
     bool fell_back = false;
     GptqResult::Phases phases;
-    double s = MedianSeconds(reps, [&] {
-      auto r = QuantizeLinearGptq("bench", w, n, K, h, args, DType::kBF16, options, c);
-      if (!r.ok()) {
-        std::fprintf(stderr, "%s\n", std::string(r.status().message()).c_str());
-        std::exit(1);
-      }
-      loss = r->loss;
-      fell_back = r->fell_back_to_rtn;
-      phases = r->phases;
-    });
     double flops = 2.0 * K * K * K / 3.0;
     const int64_t B = options.block_size;
     for (int64_t i1 = 0; i1 < K; i1 += B) {
       const int64_t i2 = std::min(K, i1 + B), nb = i2 - i1;
       flops += 2.0 * n * nb * (K - i2) + static_cast<double>(n) * nb * (nb - 1);
     }
-    rows.push_back({"GPTQ W4A16 g128 actorder=weight", absl::StrFormat("%d×%d", n, K), s, flops,
+    auto [s, f] = Paired(reps, sgemm, sgemm_flops, [&] {
+      auto r = QuantizeLinearGptq("bench", w, n, K, h, args, DType::kBF16, options, c);
+      if (!r.ok()) {
+        std::fprintf(stderr, "%s\n", std::string(r.status().message()).c_str());
+        std::exit(1);
+      }
+      fell_back = r->fell_back_to_rtn;
+      phases = r->phases;
+    }, flops);
+    rows.push_back({"GPTQ W4A16 g128 actorder=weight", absl::StrFormat("%d×%d", n, K), s, flops, f,
                     absl::StrFormat("prepare %.2f s, inverse factor %.2f s, column loop %.2f s, lazy GEMMs %.2f s, "
                                     "finish %.2f s (last run)%s",
                                     phases.prepare, phases.factor, phases.columns, phases.lazy_updates, phases.finish,
                                     fell_back ? "; FELL BACK TO RTN" : "")});
-    (void)loss;
   }
 
   std::string table = "| measurement | size | median time | GFLOP/s | fraction of sgemm rate | notes |\n"
                       "|---|---|---|---|---|---|\n";
   for (const Row& r : rows) {
-    const double rate = r.flops / r.seconds;
-    table += absl::StrFormat("| %s | %s | %.3f s | %.1f | %.0f%% | %s |\n", r.what, r.size, r.seconds, rate / 1e9,
-                             100.0 * rate / sgemm_rate, r.extra);
+    table += absl::StrFormat("| %s | %s | %.3f s | %.1f | %.0f%% | %s |\n", r.what, r.size, r.seconds,
+                             r.flops / r.seconds / 1e9, 100.0 * r.fraction, r.extra);
   }
   const char* core = std::getenv("OPENBLAS_CORETYPE");
-  table += absl::StrFormat("\n%s, OPENBLAS_CORETYPE=%s, median of %d runs.\n", c.Name(), core ? core : "(unset)", reps);
+  table += absl::StrFormat(
+      "\n%s, OPENBLAS_CORETYPE=%s, %d runs each; fraction = median of (rate / rate of an sgemm run just before).\n",
+      c.Name(), core ? core : "(unset)", reps);
   std::fputs(table.c_str(), stdout);
   if (!out.empty()) {
     std::ofstream f(out);

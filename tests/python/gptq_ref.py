@@ -16,9 +16,10 @@ Usage (ctest): gptq_ref.py --driver BUILD/gptq_layer_driver --case NAME --work D
 Comparison: H to 1e-5 (relative to max|H|), scales / zero points / g_idx exactly, loss to 1e-5
 relative, dequantized weights to 1e-5. The C++ code runs in float32 and this in float64, so a
 value sitting within float32 noise of a rounding tie may legitimately round the other way; a
-row whose first difference is such a tie (|frac − 0.5| < 1e-3 of a step in the reference) is
+row whose first difference is such a tie (|frac − 0.5| < 1e-4 of a step in the reference) is
 compared only up to that column (its share of the loss is added to the loss tolerance), and at
-most one such row per case is allowed.
+most 2 of the 64 rows per case may do so (observed: one row in one case, 3e-8 from the tie;
+BLAS kernels on other CPUs sum in another order, hence 2).
 """
 import argparse
 import json
@@ -231,7 +232,7 @@ def run_case(name, driver, work):
                 tie = abs((a - E4M3[i - 1]) - (E4M3[i] - a)) / (E4M3[i] - E4M3[i - 1])
             else:
                 tie = abs(abs(v - np.floor(v)) - 0.5)
-            if tie >= 1e-3:
+            if tie >= 1e-4:
                 failures.append(f"row {r} column {c}: code {codes[r, c]} vs reference {ref['codes'][r, c]} "
                                 f"(pre-round value {v:.6f} is not at a tie)")
             tie_rows.append((r, c, tie))
@@ -240,8 +241,8 @@ def run_case(name, driver, work):
         worst = np.max(np.abs(deq[r, cols] - ref["deq"][r, cols])) if upto else 0.0
         if worst > 1e-5:
             failures.append(f"row {r}: dequantized differs by {worst:.2e}")
-    if len(tie_rows) > 1:
-        failures.append(f"{len(tie_rows)} rows round a tie differently (at most 1 allowed): {tie_rows}")
+    if len(tie_rows) > 2:
+        failures.append(f"{len(tie_rows)} rows round a tie differently (at most 2 allowed): {tie_rows}")
     # Loss to 1e-5 relative, plus the reference loss of tie rows (which may diverge after the tie).
     rel = abs(meta["loss"] - ref["loss"]) / ref["loss"]
     allowed = 1e-5 + sum(ref["row_loss"][r] for r, _, _ in tie_rows) / ref["loss"]
