@@ -55,15 +55,21 @@ class ProgressPrinter {
 
   void operator()(const ProgressEvent& e) {
     if (quiet_) return;
+    if (e.phase == "quantized") {
+      // One log line per module, like llm-compressor's GPTQ log (time, error).
+      if (!tty_) std::fprintf(stderr, "  %s  loss %.4g  time %.3fs\n", e.module.c_str(), e.loss, e.module_seconds);
+      return;
+    }
     const int width = 24;
     int filled = e.num_layers > 0 ? static_cast<int>(width * e.layer / e.num_layers) : 0;
     std::string bar = std::string(filled, '#') + std::string(width - filled, '.');
     std::string where = e.layer < e.num_layers ? absl::StrCat("layer ", e.layer + 1, "/", e.num_layers)
                                                : std::string("final");
-    std::string line = absl::StrFormat("[%s] %-10s %-12s %-40s elapsed %-7s ETA %s", bar, e.phase, where,
+    std::string line = absl::StrFormat("[%s] %-10s %-12s %-40s elapsed %-7s ETA %-7s", bar, e.phase, where,
                                        e.module, Duration(e.elapsed_s), Duration(e.eta_s));
+    if (e.loss > 0) absl::StrAppendFormat(&line, " loss %.4g", e.loss);
     if (tty_) {
-      std::fprintf(stderr, "\r%-120s", line.c_str());
+      std::fprintf(stderr, "\r%-140s", line.c_str());
       std::fflush(stderr);
       dirty_ = true;
     } else if (e.phase != last_phase_ || e.layer != last_layer_) {

@@ -207,7 +207,8 @@ class Pipeline {
  private:
   absl::Status Prepare();
   absl::Status CheckCancelled() const;
-  void Report(const std::string& phase, int64_t layer, const std::string& module, double loss);
+  void Report(const std::string& phase, int64_t layer, const std::string& module, double loss,
+              double module_seconds = 0.0);
   absl::StatusOr<std::vector<std::vector<float>>> SmoothQuantPass();
   absl::Status CalibrateLayer(int64_t layer, Stream& calib, Stream* ref, Stream* quant,
                               const std::vector<float>* smoothing);
@@ -249,7 +250,8 @@ absl::Status Pipeline::CheckCancelled() const {
   return absl::OkStatus();
 }
 
-void Pipeline::Report(const std::string& phase, int64_t layer, const std::string& module, double loss) {
+void Pipeline::Report(const std::string& phase, int64_t layer, const std::string& module, double loss,
+                      double module_seconds) {
   if (!progress_) return;
   ProgressEvent e;
   e.phase = phase;
@@ -257,6 +259,7 @@ void Pipeline::Report(const std::string& phase, int64_t layer, const std::string
   e.num_layers = model_->config().num_layers;
   e.module = module;
   e.loss = loss;
+  e.module_seconds = module_seconds;
   e.elapsed_s = SecondsSince(start_);
   if (layers_done_ > 0) {
     e.eta_s = e.elapsed_s / layers_done_ * std::max<int64_t>(0, e.num_layers - layers_done_);
@@ -541,6 +544,7 @@ absl::Status Pipeline::CalibrateLayer(int64_t layer, Stream& calib, Stream* ref,
       fake.sites[site] = FakeQuantHooks::SiteQuant{*m.scheme->input_activations, input_qparam};
     }
     if (absl::Status s = AddEncoded(m, *q); !s.ok()) return s;
+    Report("quantized", layer, m.name, result.loss, result.seconds);
     modules_.push_back(std::move(result));
   }
   if (plan_->kv_cache_scheme) {
@@ -633,6 +637,7 @@ absl::Status Pipeline::FinishLmHead(Stream& calib, Stream* ref, Stream* quant) {
     }
     if (m.scheme->input_activations) head_input = FakeQuantHooks::SiteQuant{*m.scheme->input_activations, input_qparam};
     if (absl::Status s = AddEncoded(m, *q); !s.ok()) return s;
+    Report("quantized", config.num_layers, m.name, result.loss, result.seconds);
     modules_.push_back(std::move(result));
   }
 

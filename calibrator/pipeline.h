@@ -52,11 +52,14 @@ struct PipelineOptions {
 
 // One progress step, for bars and WatchJob streams.
 struct ProgressEvent {
-  std::string phase;    // "smoothquant", "calibrate", "quantize", "propagate", "evaluate", "write"
+  // "smoothquant", "calibrate", "quantize" (a module starts), "quantized" (it is done: loss and
+  // module_seconds are its own), "propagate", "evaluate", "write"
+  std::string phase;
   int64_t layer = 0;    // 0-based; num_layers for the LM head / final steps
   int64_t num_layers = 0;
   std::string module;   // the Linear being quantized, when there is one
-  double loss = 0.0;    // the last module's GPTQ loss
+  double loss = 0.0;    // the last finished module's GPTQ loss
+  double module_seconds = 0.0;  // "quantized": that module's time
   double elapsed_s = 0.0;
   double eta_s = -1.0;  // -1 = unknown
 };
