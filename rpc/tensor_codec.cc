@@ -1,0 +1,193 @@
+#include "rpc/tensor_codec.h"
+
+#include <algorithm>
+#include <cstring>
+#include <span>
+
+#include "absl/strings/str_cat.h"
+#include "rpc/crc32c.h"
+
+namespace lowbit::rpc {
+namespace {
+
+absl::StatusOr<int64_t> CheckedBytes(DType dtype, const Shape& shape, const std::string& what,
+                                     const TensorLimits& limits) {
+  if (static_cast<int>(shape.size()) > limits.max_rank) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": rank ", shape.size(), " is over the limit of ", limits.max_rank));
+  }
+  const int64_t elem = static_cast<int64_t>(DTypeSize(dtype));
+  int64_t bytes = elem;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": dimension ", i, " is negative (", shape[i], ") in shape ", ShapeString(shape)));
+    }
+    if (shape[i] != 0 && bytes > limits.max_bytes / shape[i]) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": shape ", ShapeString(shape), " of ",
+                                                     std::string(DTypeName(dtype)), " is over the ", limits.max_bytes,
+                                                     "-byte limit"));
+    }
+    bytes *= shape[i];
+  }
+  if (bytes > limits.max_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": ", bytes, " bytes is over the ", limits.max_bytes, "-byte limit"));
+  }
+  return bytes;
+}
+
+}  // namespace
+
+absl::StatusOr<DType> DTypeFromProto(v1::DType dtype) {
+  switch (dtype) {
+    case v1::DTYPE_F32: return DType::kF32;
+    case v1::DTYPE_F16: return DType::kF16;
+    case v1::DTYPE_BF16: return DType::kBF16;
+    case v1::DTYPE_I8: return DType::kI8;
+    case v1::DTYPE_U8: return DType::kU8;
+    case v1::DTYPE_I32: return DType::kI32;
+    case v1::DTYPE_I64: return DType::kI64;
+    case v1::DTYPE_F8_E4M3: return DType::kF8E4M3;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dtype ", v1::DType_Name(dtype).empty() ? std::to_string(static_cast<int>(dtype)) : v1::DType_Name(dtype),
+          " is not a tensor dtype (use DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_I8, DTYPE_U8, DTYPE_I32, "
+          "DTYPE_I64 or DTYPE_F8_E4M3)"));
+  }
+}
+
+v1::DType DTypeToProto(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return v1::DTYPE_F32;
+    case DType::kF16: return v1::DTYPE_F16;
+    case DType::kBF16: return v1::DTYPE_BF16;
+    case DType::kI8: return v1::DTYPE_I8;
+    case DType::kU8: return v1::DTYPE_U8;
+    case DType::kI32: return v1::DTYPE_I32;
+    case DType::kI64: return v1::DTYPE_I64;
+    case DType::kF8E4M3: return v1::DTYPE_F8_E4M3;
+  }
+  return v1::DTYPE_UNSPECIFIED;
+}
+
+absl::StatusOr<Tensor> TensorFromProto(const v1::Tensor& proto, const std::string& what,
+                                       const TensorLimits& limits) {
+  auto dtype = DTypeFromProto(proto.dtype());
+  if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", dtype.status().message()));
+  Shape shape(proto.shape().begin(), proto.shape().end());
+  auto bytes = CheckedBytes(*dtype, shape, what, limits);
+  if (!bytes.ok()) return bytes.status();
+  if (static_cast<int64_t>(proto.data().size()) != *bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", proto.data().size(), " data bytes, but shape ",
+                                                   ShapeString(shape), " of ", std::string(DTypeName(*dtype)), " needs ",
+                                                   *bytes));
+  }
+  return Tensor::FromBytes(*dtype, std::move(shape),
+                           std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(proto.data().data()),
+                                                    proto.data().size()));
+}
+
+void TensorToProto(const Tensor& tensor, v1::Tensor* proto) {
+  proto->set_dtype(DTypeToProto(tensor.dtype()));
+  proto->mutable_shape()->Assign(tensor.shape().begin(), tensor.shape().end());
+  auto b = tensor.bytes();
+  proto->set_data(b.data(), b.size());
+}
+
+bool ForEachChunk(const std::string& name, const Tensor& tensor, int64_t chunk_bytes,
+                  const std::function<bool(const v1::TensorChunk&)>& emit) {
+  if (chunk_bytes <= 0) chunk_bytes = int64_t{1} << 20;
+  auto bytes = tensor.bytes();
+  const int64_t total = static_cast<int64_t>(bytes.size());
+  uint32_t crc = 0;
+  int64_t offset = 0;
+  do {
+    const int64_t n = std::min(chunk_bytes, total - offset);
+    v1::TensorChunk chunk;
+    chunk.set_name(name);
+    if (offset == 0) {
+      chunk.set_dtype(DTypeToProto(tensor.dtype()));
+      chunk.mutable_shape()->Assign(tensor.shape().begin(), tensor.shape().end());
+    }
+    chunk.set_offset(offset);
+    chunk.set_data(bytes.data() + offset, n);
+    crc = Crc32c(bytes.data() + offset, n, crc);
+    offset += n;
+    if (offset == total) {
+      chunk.set_last(true);
+      chunk.set_crc32c(crc);
+    }
+    if (!emit(chunk)) return false;
+  } while (offset < total);
+  return true;
+}
+
+absl::Status ChunkAssembler::Add(const v1::TensorChunk& chunk) {
+  const std::string& name = chunk.name();
+  if (!in_progress_) {
+    if (name.empty()) return absl::InvalidArgumentError("tensor chunk without a name");
+    if (done_.count(name)) return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' sent twice"));
+    if (chunk.offset() != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "': first chunk has offset ", chunk.offset(), ", expected 0"));
+    }
+    auto dtype = DTypeFromProto(chunk.dtype());
+    if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': ", dtype.status().message()));
+    Shape shape(chunk.shape().begin(), chunk.shape().end());
+    auto bytes = CheckedBytes(*dtype, shape, absl::StrCat("tensor '", name, "'"), limits_);
+    if (!bytes.ok()) return bytes.status();
+    if (total_bytes_ + *bytes > limits_.max_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat("tensor '", name, "' takes the stream to ",
+                                                       total_bytes_ + *bytes, " bytes, over the ",
+                                                       limits_.max_bytes, "-byte limit"));
+    }
+    current_ = Tensor::Zeros(*dtype, std::move(shape));
+    current_name_ = name;
+    received_ = 0;
+    crc_ = 0;
+    in_progress_ = true;
+  } else if (name != current_name_) {
+    return absl::InvalidArgumentError(absl::StrCat("chunk of tensor '", name, "' arrived before tensor '",
+                                                   current_name_, "' was complete (", received_, " of ",
+                                                   current_.nbytes(), " bytes)"));
+  }
+  if (chunk.offset() != received_) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': chunk at offset ", chunk.offset(),
+                                                   ", expected ", received_));
+  }
+  const int64_t n = static_cast<int64_t>(chunk.data().size());
+  const int64_t size = static_cast<int64_t>(current_.nbytes());
+  if (received_ + n > size) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': ", received_ + n,
+                                                   " bytes received, but its shape holds ", size));
+  }
+  if (n > 0) std::memcpy(current_.mutable_bytes().data() + received_, chunk.data().data(), n);
+  crc_ = Crc32c(chunk.data().data(), n, crc_);
+  received_ += n;
+  if (chunk.last()) {
+    if (received_ != size) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': last chunk after ", received_,
+                                                     " bytes, but its shape needs ", size));
+    }
+    if (chunk.crc32c() != crc_) {
+      return absl::DataLossError(absl::StrCat("tensor '", name, "': CRC-32C mismatch (sent ", chunk.crc32c(),
+                                              ", received bytes give ", crc_, ")"));
+    }
+    total_bytes_ += size;
+    done_.emplace(current_name_, std::move(current_));
+    current_ = Tensor();
+    in_progress_ = false;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ChunkAssembler::Finish() const {
+  if (in_progress_) {
+    return absl::InvalidArgumentError(absl::StrCat("stream ended inside tensor '", current_name_, "' (",
+                                                   received_, " of ", current_.nbytes(), " bytes)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace lowbit::rpc

@@ -1,0 +1,62 @@
+// lowbit.v1.Tensor / TensorChunk <-> lowbit::Tensor, validated: every message from a client is
+// checked (dtype known, dims ≥ 0, element count within limits, bytes == numel · dtype size)
+// before anything is allocated from it, and chunked tensors are reassembled with their offsets
+// and CRC-32C checked.
+#ifndef LOWBIT_RPC_TENSOR_CODEC_H_
+#define LOWBIT_RPC_TENSOR_CODEC_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/tensor.h"
+#include "lowbit/v1/tensor.pb.h"
+
+namespace lowbit::rpc {
+
+absl::StatusOr<DType> DTypeFromProto(v1::DType dtype);
+v1::DType DTypeToProto(DType dtype);
+
+struct TensorLimits {
+  int max_rank = 8;
+  int64_t max_bytes = int64_t{1} << 34;  // 16 GiB
+};
+
+// Validates and copies. `what` names the field in error messages ("x", "weight").
+absl::StatusOr<Tensor> TensorFromProto(const v1::Tensor& proto, const std::string& what,
+                                       const TensorLimits& limits = {});
+void TensorToProto(const Tensor& tensor, v1::Tensor* proto);
+
+// Splits a tensor into chunks of at most `chunk_bytes` data bytes (at least one chunk, even for
+// an empty tensor) and calls `emit` for each; stops at the first false and returns false.
+bool ForEachChunk(const std::string& name, const Tensor& tensor, int64_t chunk_bytes,
+                  const std::function<bool(const v1::TensorChunk&)>& emit);
+
+// Reassembles named tensors from a chunk stream (ForEachChunk's output, any number of tensors
+// one after another). Errors name the tensor: out-of-order offset, a chunk for another tensor
+// before the last one ended, bytes past the shape, a CRC mismatch, a duplicate name.
+class ChunkAssembler {
+ public:
+  explicit ChunkAssembler(TensorLimits limits = {}) : limits_(limits) {}
+  absl::Status Add(const v1::TensorChunk& chunk);
+  // OK only when no tensor is half received.
+  absl::Status Finish() const;
+  std::map<std::string, Tensor>& tensors() { return done_; }
+  int64_t total_bytes() const { return total_bytes_; }
+
+ private:
+  TensorLimits limits_;
+  std::map<std::string, Tensor> done_;
+  std::string current_name_;
+  Tensor current_;
+  int64_t received_ = 0;
+  uint32_t crc_ = 0;
+  bool in_progress_ = false;
+  int64_t total_bytes_ = 0;
+};
+
+}  // namespace lowbit::rpc
+
+#endif  // LOWBIT_RPC_TENSOR_CODEC_H_
