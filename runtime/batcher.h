@@ -1,0 +1,97 @@
+// Dynamic batching: concurrent GEMM requests for the same layer (same activation and output
+// dtypes) that arrive within max_queue_delay_us of the first one are concatenated along M into
+// one GEMM, and the result rows are split back. No dispatcher thread: the first request of a
+// queue leads — it waits out the delay (or until max_batch_rows are queued), then takes the
+// exclusive execution slot, takes as many queued requests as fit in max_batch_rows (always at
+// least one, so a large request runs alone), hands the leadership to the next queued request,
+// runs the batch and hands every request its rows. Requests queued while a GEMM runs join the
+// next batch, so batches grow with load even with a zero delay.
+// A waiting request whose call is cancelled or past its deadline leaves the queue at once.
+#ifndef LOWBIT_RUNTIME_BATCHER_H_
+#define LOWBIT_RUNTIME_BATCHER_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/tensor.h"
+#include "runtime/metrics.h"
+#include "runtime/model_registry.h"
+
+namespace lowbit::runtime {
+
+struct BatcherOptions {
+  bool enabled = true;
+  int64_t max_queue_delay_us = 500;
+  int64_t max_batch_rows = 4096;
+};
+
+// How a caller's call can end early: cancelled (e.g. grpc::ServerContext::IsCancelled) and a
+// deadline (time_point::max() = none).
+struct CallControl {
+  std::function<bool()> cancelled;
+  std::chrono::system_clock::time_point deadline = std::chrono::system_clock::time_point::max();
+  // The status for a call that ended early, or OK while it may go on.
+  absl::Status Check() const;
+};
+
+struct GemmResult {
+  Tensor y;                // [M, N]
+  double kernel_us = 0;    // time of the GEMM that computed it (the whole batch)
+  int batch_requests = 1;  // requests in that GEMM
+  int64_t batch_rows = 0;  // rows in that GEMM
+};
+
+// One validated request, ready to run.
+struct BatchItem {
+  std::shared_ptr<const PreparedLinear> layer;
+  Tensor x;  // [M, K] F32/F16/BF16
+  DType out_dtype = DType::kF32;
+};
+
+class Batcher {
+ public:
+  // Runs one GEMM over the concatenation of `xs` (same layer and dtypes) and returns one output
+  // per input, in order, plus the kernel time in µs.
+  using Executor = std::function<absl::Status(const PreparedLinear& layer, DType x_dtype, DType out_dtype,
+                                              const std::vector<const Tensor*>& xs, std::vector<Tensor>* ys,
+                                              double* kernel_us)>;
+
+  Batcher(BatcherOptions options, Executor executor, RuntimeMetrics* metrics)
+      : options_(options), executor_(std::move(executor)), metrics_(metrics) {}
+
+  absl::StatusOr<GemmResult> Run(BatchItem item, const CallControl& control);
+  const BatcherOptions& options() const { return options_; }
+
+ private:
+  struct Pending;
+  using Key = std::tuple<const PreparedLinear*, DType, DType>;
+  struct Queue {
+    std::deque<std::shared_ptr<Pending>> items;
+    int64_t rows = 0;
+  };
+  absl::StatusOr<GemmResult> RunAlone(BatchItem item);
+  void Execute(const std::vector<std::shared_ptr<Pending>>& batch);
+  // Removes a queued request (cancelled); hands the leadership on if it led. Under mu_.
+  void Withdraw(const Key& key, const std::shared_ptr<Pending>& p);
+
+  BatcherOptions options_;
+  Executor executor_;
+  RuntimeMetrics* metrics_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<Key, Queue> queues_;
+  std::mutex exec_mu_;  // one GEMM at a time (the backend runs one stream / one pool)
+};
+
+}  // namespace lowbit::runtime
+
+#endif  // LOWBIT_RUNTIME_BATCHER_H_

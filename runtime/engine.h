@@ -1,0 +1,86 @@
+// The runtime engine, independent of any wire format: a backend (cuda when a GPU is present,
+// else cpu), the model registry, and the batcher. Gemm() validates a request (model, layer,
+// dtypes, shape), quantizes the activations as vLLM does for the layer's scheme, runs the
+// backend GEMM (batched with concurrent requests for the same layer) and returns Y [M, N].
+// The lowbit.v1 gRPC service is one front end on it; a KServe v2 front end can be another.
+#ifndef LOWBIT_RUNTIME_ENGINE_H_
+#define LOWBIT_RUNTIME_ENGINE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/tensor.h"
+#include "kernels/backend.h"
+#include "prometheus/registry.h"
+#include "runtime/batcher.h"
+#include "runtime/metrics.h"
+#include "runtime/model_registry.h"
+
+namespace lowbit::runtime {
+
+inline constexpr char kRuntimeVersion[] = "0.1.0";
+
+struct EngineOptions {
+  std::string backend = "auto";  // auto | cpu | cpu-generic | cpu-ref | cuda | cuda-simple
+  int threads = 0;               // CPU backend worker threads (0 = all cores)
+  RegistryOptions registry;
+  BatcherOptions batching;
+  int64_t max_rows = 16384;      // M limit of one request
+};
+
+struct GemmRequest {
+  std::string model, layer;
+  Tensor x;                         // [M, K] F32 / F16 / BF16
+  std::optional<DType> out_dtype;   // F32 / F16 / BF16; nullopt = x's dtype
+};
+
+struct EngineInfo {
+  std::string version, backend, device, compute_capability, requirements;
+  std::vector<std::string> schemes;
+  int64_t memory_budget_bytes = 0, memory_used_bytes = 0;
+  BatcherOptions batching;
+};
+
+class Engine {
+ public:
+  // Errors: an unknown or unavailable backend, a bad model root, bad options.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options,
+                                                        std::shared_ptr<prometheus::Registry> metrics = nullptr);
+
+  // NOT_FOUND: unknown model or layer. INVALID_ARGUMENT: dtype, rank, M (1..max_rows), K, out
+  // dtype. CANCELLED / DEADLINE_EXCEEDED: the call ended while the request waited.
+  absl::StatusOr<GemmResult> Gemm(const GemmRequest& request, const CallControl& control = {});
+
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromPath(const std::string& name, const std::string& path);
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromTensors(const std::string& name,
+                                                                     const std::string& config_json,
+                                                                     std::map<std::string, Tensor> tensors);
+  absl::Status Unload(const std::string& name);
+  ModelRegistry& registry() { return *registry_; }
+  EngineInfo Info() const;
+  const EngineOptions& options() const { return options_; }
+
+ private:
+  Engine() = default;
+  absl::Status RunBatch(const PreparedLinear& layer, DType x_dtype, DType out_dtype, const std::vector<const Tensor*>& xs,
+                        std::vector<Tensor>* ys, double* kernel_us);
+  void UpdateModelMetrics();
+
+  EngineOptions options_;
+  std::shared_ptr<BackendHandle> handle_;
+  std::unique_ptr<ModelRegistry> registry_;
+  std::unique_ptr<RuntimeMetrics> metrics_;
+  std::unique_ptr<Batcher> batcher_;
+  std::string device_, compute_capability_;
+};
+
+// "cpu model name" or the GPU's name, and its compute capability ("9.0"; empty on the CPU).
+void DescribeDevice(const std::string& backend_name, std::string* device, std::string* compute_capability);
+
+}  // namespace lowbit::runtime
+
+#endif  // LOWBIT_RUNTIME_ENGINE_H_

@@ -1,0 +1,336 @@
+#include "runtime/linear_spec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+#include <string_view>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/module_match.h"
+#include "common/quant_args.h"
+
+namespace lowbit::runtime {
+namespace {
+
+std::string DN(DType d) { return std::string(DTypeName(d)); }
+
+constexpr std::string_view kLinearClasses[] = {"Linear", "Module"};
+
+std::string Dims(const Tensor& t) { return ShapeString(t.shape()); }
+
+absl::Status Bad(const std::string& module, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat("layer ", module, ": ", what));
+}
+absl::Status Unsupported(const std::string& module, const std::string& what) {
+  return absl::UnimplementedError(absl::StrCat("layer ", module, ": ", what));
+}
+
+bool IsFloatScale(DType d) { return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16; }
+
+// An optional tensor: nullopt when absent, an error when present but unreadable.
+absl::StatusOr<std::optional<Tensor>> Optional(const TensorSource& src, const std::set<std::string>& names,
+                                               const std::string& name) {
+  if (!names.count(name)) return std::optional<Tensor>();
+  absl::StatusOr<Tensor> t = src.get(name);
+  if (!t.ok()) return t.status();
+  return std::optional<Tensor>(*std::move(t));
+}
+
+absl::StatusOr<Tensor> Required(const TensorSource& src, const std::set<std::string>& names, const std::string& name,
+                                const std::string& module, const std::string& why) {
+  if (!names.count(name)) return Bad(module, absl::StrCat("tensor ", name, " is missing (", why, ")"));
+  return src.get(name);
+}
+
+absl::Status ReadInputScale(const TensorSource& src, const std::set<std::string>& names, LinearSpec& spec) {
+  absl::StatusOr<Tensor> t = Required(src, names, spec.module + ".input_scale", spec.module,
+                                      "a static per-tensor activation scheme needs it");
+  if (!t.ok()) return t.status();
+  if (!IsFloatScale(t->dtype()) || t->numel() != 1) {
+    return Bad(spec.module, absl::StrCat("input_scale must be one float value, got ", DN(t->dtype()), " ",
+                                         Dims(*t)));
+  }
+  float s = t->ToFloats()[0];
+  if (!std::isfinite(s) || s <= 0.0f) return Bad(spec.module, absl::StrCat("input_scale is ", s, "; it must be > 0"));
+  spec.input_scale = s;
+  return absl::OkStatus();
+}
+
+absl::Status CheckScale(const LinearSpec& spec, int64_t expected_cells, bool allow_single) {
+  const Tensor& s = spec.weight_scale;
+  if (!IsFloatScale(s.dtype())) {
+    return Bad(spec.module, absl::StrCat("weight_scale has dtype ", DN(s.dtype()), "; expected F32, F16 or BF16"));
+  }
+  if (s.numel() == expected_cells || (allow_single && s.numel() == 1)) return absl::OkStatus();
+  return Bad(spec.module, absl::StrCat("weight_scale has shape ", Dims(s), " (", s.numel(), " values); expected ",
+                                       expected_cells, allow_single ? " or 1" : ""));
+}
+
+absl::Status ReadInt8(const TensorSource& src, const std::set<std::string>& names, const QuantScheme& scheme,
+                      LinearSpec& spec) {
+  const QuantArgs& w = *scheme.weights;
+  if (!names.count(spec.module + ".weight")) {
+    return Unsupported(spec.module, "int8 weights stored packed (W8A16 pack-quantized) are not executed by this "
+                                    "runtime; it runs W8A8 (int-quantized) checkpoints");
+  }
+  if (!w.symmetric) return Unsupported(spec.module, "asymmetric int8 weights are not executed by this runtime");
+  Strategy ws = w.strategy_or_tensor();
+  if (ws != Strategy::kChannel && ws != Strategy::kTensor) {
+    return Unsupported(spec.module, absl::StrCat("int8 weight strategy '", std::string(StrategyName(ws)),
+                                                 "' (this runtime runs tensor or channel)"));
+  }
+  if (!scheme.input_activations) {
+    return Unsupported(spec.module, "int8 weight-only (W8A16) is not executed by this runtime; use W8A8");
+  }
+  const QuantArgs& a = *scheme.input_activations;
+  if (a.type != QuantType::kInt || a.num_bits != 8 || !a.symmetric) {
+    return Unsupported(spec.module, "int8 weights with activations other than symmetric int8");
+  }
+  Strategy as = a.strategy_or_tensor();
+  if (a.dynamic == Dynamic::kDynamic && as == Strategy::kToken) {
+    spec.kind = LinearKind::kW8A8Dynamic;
+    spec.scheme = "W8A8";
+    spec.activations = "int8 dynamic per-token";
+  } else if (a.dynamic == Dynamic::kStatic && as == Strategy::kTensor) {
+    spec.kind = LinearKind::kW8A8Static;
+    spec.scheme = "W8A8_STATIC";
+    spec.activations = "int8 static per-tensor";
+    if (absl::Status s = ReadInputScale(src, names, spec); !s.ok()) return s;
+  } else {
+    return Unsupported(spec.module, absl::StrCat("int8 activations '", std::string(DynamicName(a.dynamic)), " ",
+                                                 std::string(StrategyName(as)),
+                                                 "' (this runtime runs dynamic per-token or static per-tensor)"));
+  }
+  absl::StatusOr<Tensor> t = src.get(spec.module + ".weight");
+  if (!t.ok()) return t.status();
+  spec.weight = *std::move(t);
+  if (spec.weight.dtype() != DType::kI8 || spec.weight.shape().size() != 2) {
+    return Bad(spec.module, absl::StrCat("weight must be I8 [N, K], got ", DN(spec.weight.dtype()), " ",
+                                         Dims(spec.weight)));
+  }
+  spec.n = spec.weight.dim(0);
+  spec.k = spec.weight.dim(1);
+  absl::StatusOr<Tensor> scale = Required(src, names, spec.module + ".weight_scale", spec.module, "scales");
+  if (!scale.ok()) return scale.status();
+  spec.weight_scale = *std::move(scale);
+  return CheckScale(spec, ws == Strategy::kChannel ? spec.n : 1, true);
+}
+
+absl::Status ReadFp8(const TensorSource& src, const std::set<std::string>& names, const QuantScheme& scheme,
+                     LinearSpec& spec) {
+  const QuantArgs& w = *scheme.weights;
+  Strategy ws = w.strategy_or_tensor();
+  if (ws != Strategy::kChannel && ws != Strategy::kTensor) {
+    return Unsupported(spec.module, absl::StrCat("FP8 weight strategy '", std::string(StrategyName(ws)),
+                                                 "' (this runtime runs tensor or channel)"));
+  }
+  if (!scheme.input_activations) {
+    return Unsupported(spec.module, "FP8 weight-only is not executed by this runtime; use FP8 or FP8_DYNAMIC");
+  }
+  const QuantArgs& a = *scheme.input_activations;
+  if (a.type != QuantType::kFloat || a.num_bits != 8) {
+    return Unsupported(spec.module, "FP8 weights with activations other than FP8");
+  }
+  Strategy as = a.strategy_or_tensor();
+  if (a.dynamic == Dynamic::kDynamic && as == Strategy::kToken) {
+    spec.kind = LinearKind::kFp8Dynamic;
+    spec.scheme = "FP8_DYNAMIC";
+    spec.activations = "fp8 dynamic per-token";
+  } else if (a.dynamic == Dynamic::kStatic && as == Strategy::kTensor) {
+    spec.kind = LinearKind::kFp8Static;
+    spec.scheme = "FP8";
+    spec.activations = "fp8 static per-tensor";
+    if (absl::Status s = ReadInputScale(src, names, spec); !s.ok()) return s;
+  } else {
+    return Unsupported(spec.module, absl::StrCat("FP8 activations '", std::string(DynamicName(a.dynamic)), " ",
+                                                 std::string(StrategyName(as)),
+                                                 "' (this runtime runs dynamic per-token or static per-tensor)"));
+  }
+  absl::StatusOr<Tensor> t = Required(src, names, spec.module + ".weight", spec.module, "FP8 weights");
+  if (!t.ok()) return t.status();
+  spec.weight = *std::move(t);
+  if (spec.weight.dtype() != DType::kF8E4M3 || spec.weight.shape().size() != 2) {
+    return Bad(spec.module, absl::StrCat("weight must be F8_E4M3 [N, K], got ", DN(spec.weight.dtype()), " ",
+                                         Dims(spec.weight)));
+  }
+  spec.n = spec.weight.dim(0);
+  spec.k = spec.weight.dim(1);
+  absl::StatusOr<Tensor> scale = Required(src, names, spec.module + ".weight_scale", spec.module, "scales");
+  if (!scale.ok()) return scale.status();
+  spec.weight_scale = *std::move(scale);
+  return CheckScale(spec, ws == Strategy::kChannel ? spec.n : 1, true);
+}
+
+absl::Status ReadInt4(const TensorSource& src, const std::set<std::string>& names, const QuantScheme& scheme,
+                      LinearSpec& spec) {
+  const QuantArgs& w = *scheme.weights;
+  if (scheme.input_activations) {
+    return Unsupported(spec.module, "int4 weights with quantized activations (W4A8) are not executed by this runtime");
+  }
+  Strategy ws = w.strategy_or_tensor();
+  if (ws != Strategy::kChannel && ws != Strategy::kGroup) {
+    return Unsupported(spec.module, absl::StrCat("int4 weight strategy '", std::string(StrategyName(ws)),
+                                                 "' (this runtime runs group or channel)"));
+  }
+  absl::StatusOr<Tensor> t = Required(src, names, spec.module + ".weight_packed", spec.module, "pack-quantized int4");
+  if (!t.ok()) return t.status();
+  spec.weight = *std::move(t);
+  if (spec.weight.dtype() != DType::kI32 || spec.weight.shape().size() != 2) {
+    return Bad(spec.module, absl::StrCat("weight_packed must be I32 [N, ceil(K/8)], got ",
+                                         DN(spec.weight.dtype()), " ", Dims(spec.weight)));
+  }
+  spec.n = spec.weight.dim(0);
+  spec.k = spec.weight.dim(1) * 8;
+  absl::StatusOr<std::optional<Tensor>> shape = Optional(src, names, spec.module + ".weight_shape");
+  if (!shape.ok()) return shape.status();
+  if (*shape) {
+    const Tensor& s = **shape;
+    if (s.numel() != 2 || (s.dtype() != DType::kI64 && s.dtype() != DType::kI32)) {
+      return Bad(spec.module, absl::StrCat("weight_shape must be 2 integers, got ", DN(s.dtype()), " ", Dims(s)));
+    }
+    int64_t n = s.dtype() == DType::kI64 ? s.data<int64_t>()[0] : s.data<int32_t>()[0];
+    int64_t k = s.dtype() == DType::kI64 ? s.data<int64_t>()[1] : s.data<int32_t>()[1];
+    if (n != spec.n || k <= 0 || (k + 7) / 8 != spec.weight.dim(1)) {
+      return Bad(spec.module, absl::StrCat("weight_shape [", n, ", ", k, "] does not fit weight_packed ",
+                                           Dims(spec.weight)));
+    }
+    spec.k = k;
+  }
+  if (ws == Strategy::kChannel) {
+    spec.group_size = spec.k;
+  } else {
+    int gs = w.group_size.value_or(0);
+    if (gs <= 0) return Bad(spec.module, "group strategy without a positive group_size");
+    spec.group_size = gs;
+  }
+  const int64_t groups = (spec.k + spec.group_size - 1) / spec.group_size;
+  absl::StatusOr<Tensor> scale = Required(src, names, spec.module + ".weight_scale", spec.module, "scales");
+  if (!scale.ok()) return scale.status();
+  spec.weight_scale = *std::move(scale);
+  if (absl::Status s = CheckScale(spec, spec.n * groups, false); !s.ok()) return s;
+  spec.asymmetric = !w.symmetric;
+  if (spec.asymmetric) {
+    absl::StatusOr<Tensor> zp = Required(src, names, spec.module + ".weight_zero_point", spec.module,
+                                         "asymmetric int4 weights");
+    if (!zp.ok()) return zp.status();
+    if (zp->dtype() != DType::kI32 || zp->numel() != ((spec.n + 7) / 8) * groups) {
+      return Bad(spec.module, absl::StrCat("weight_zero_point must be I32 [", (spec.n + 7) / 8, ", ", groups, "], got ",
+                                           DN(zp->dtype()), " ", Dims(*zp)));
+    }
+    spec.zero_point = *std::move(zp);
+  }
+  absl::StatusOr<std::optional<Tensor>> g = Optional(src, names, spec.module + ".weight_g_idx");
+  if (!g.ok()) return g.status();
+  if (*g) {
+    const Tensor& gi = **g;
+    if (gi.dtype() != DType::kI32 || gi.numel() != spec.k) {
+      return Bad(spec.module, absl::StrCat("weight_g_idx must be I32 [", spec.k, "], got ", DN(gi.dtype()), " ",
+                                           Dims(gi)));
+    }
+    for (int64_t i = 0; i < spec.k; ++i) {
+      int32_t v = gi.data<int32_t>()[i];
+      if (v < 0 || v >= groups) {
+        return Bad(spec.module, absl::StrCat("weight_g_idx[", i, "] = ", v, " is outside [0, ", groups, ")"));
+      }
+    }
+    spec.g_idx = *g;
+    spec.act_order = true;
+  }
+  spec.kind = LinearKind::kW4A16;
+  spec.scheme = spec.asymmetric ? "W4A16_ASYM" : "W4A16";
+  spec.activations = "none (f16/bf16)";
+  return absl::OkStatus();
+}
+
+bool IsLinearName(const std::string& module) {
+  return absl::EndsWith(module, "_proj") || module == "lm_head" || absl::EndsWith(module, ".lm_head");
+}
+
+}  // namespace
+
+int64_t LinearSpec::EstimatedBytes() const {
+  int64_t bytes = static_cast<int64_t>(weight.nbytes()) + 8 * weight_scale.numel() + 4 * static_cast<int64_t>(bias.size());
+  if (kind == LinearKind::kW8A8Dynamic || kind == LinearKind::kW8A8Static) bytes += 4 * n;  // column sums
+  if (g_idx) bytes += 4 * g_idx->numel();
+  return bytes;
+}
+
+absl::StatusOr<CheckpointLinears> FindQuantizedLinears(const nlohmann::json& config, const TensorSource& source) {
+  if (!config.is_object()) return absl::InvalidArgumentError("config.json: expected a JSON object");
+  auto qc = config.find("quantization_config");
+  if (qc == config.end() || qc->is_null()) {
+    return absl::FailedPreconditionError(
+        "config.json has no quantization_config: not a compressed-tensors checkpoint (quantize it first)");
+  }
+  absl::StatusOr<QuantizationConfig> parsed = QuantizationConfigFromJson(*qc);
+  if (!parsed.ok()) return absl::InvalidArgumentError(absl::StrCat("config.json: ", parsed.status().message()));
+  if (parsed->quantization_status != "compressed") {
+    return absl::FailedPreconditionError(absl::StrCat("quantization_status is '", parsed->quantization_status,
+                                                      "'; the runtime loads compressed checkpoints only"));
+  }
+  absl::StatusOr<SchemeResolver> resolver = SchemeResolver::Create(parsed->config_groups, parsed->ignore);
+  if (!resolver.ok()) return absl::InvalidArgumentError(absl::StrCat("config.json: ", resolver.status().message()));
+
+  const std::set<std::string> names(source.names.begin(), source.names.end());
+  std::set<std::string> modules;
+  for (const std::string& n : names) {
+    for (const std::string suffix : {".weight_scale", ".weight_packed"}) {
+      if (absl::EndsWith(n, suffix)) modules.insert(n.substr(0, n.size() - suffix.size()));
+    }
+  }
+  CheckpointLinears out;
+  for (const std::string& n : names) {
+    if (!absl::EndsWith(n, ".weight")) continue;
+    std::string module = n.substr(0, n.size() - 7);
+    if (modules.count(module) || !IsLinearName(module)) continue;
+    out.float_linears.push_back(module);
+  }
+  for (const std::string& module : modules) {
+    std::optional<std::string> group = resolver->Resolve(module, kLinearClasses);
+    if (!group) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layer ", module, " has quantized tensors but quantization_config gives it no config group (ignored or "
+          "matched by no target)"));
+    }
+    const QuantScheme& scheme = parsed->config_groups.at(*group);
+    if (!scheme.weights) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", module, ": config group '", *group,
+                                                     "' quantizes no weights"));
+    }
+    LinearSpec spec;
+    spec.module = module;
+    spec.group = *group;
+    const QuantArgs& w = *scheme.weights;
+    absl::Status st;
+    if (w.type == QuantType::kInt && w.num_bits == 8) {
+      st = ReadInt8(source, names, scheme, spec);
+    } else if (w.type == QuantType::kInt && w.num_bits == 4) {
+      st = ReadInt4(source, names, scheme, spec);
+    } else if (w.type == QuantType::kFloat && w.num_bits == 8) {
+      st = ReadFp8(source, names, scheme, spec);
+    } else {
+      st = Unsupported(module, absl::StrCat(w.num_bits, "-bit ", std::string(QuantTypeName(w.type)),
+                                            " weights (this runtime runs int8, int4 and FP8 E4M3)"));
+    }
+    if (!st.ok()) return st;
+    if (spec.n <= 0 || spec.k <= 0) return Bad(module, "empty weight");
+    absl::StatusOr<std::optional<Tensor>> bias = Optional(source, names, module + ".bias");
+    if (!bias.ok()) return bias.status();
+    if (*bias) {
+      if (!IsFloat((*bias)->dtype()) || (*bias)->numel() != spec.n) {
+        return Bad(module, absl::StrCat("bias must be float [", spec.n, "], got ", DN((*bias)->dtype()), " ",
+                                        Dims(**bias)));
+      }
+      spec.bias = (*bias)->ToFloats();
+    }
+    out.linears.push_back(std::move(spec));
+  }
+  if (out.linears.empty()) {
+    return absl::FailedPreconditionError("the checkpoint has no quantized Linear (no *.weight_scale tensors)");
+  }
+  return out;
+}
+
+}  // namespace lowbit::runtime

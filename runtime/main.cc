@@ -1,0 +1,152 @@
+// lowbit-runtime: the runtime service (lowbit.v1.RuntimeService) on the runtime engine.
+//
+//   lowbit-runtime serve --address 127.0.0.1:50052 --model_root DIR [--backend auto|cpu|cuda]
+//       [--memory_budget_bytes N] [--batching=true] [--max_queue_delay_us 500]
+//       [--max_batch_rows 4096] [--auth_token T] [--tls_cert F --tls_key F [--tls_client_ca F]]
+//       [--metrics_address host:port] [--threads N] [--load name=path ...]
+//
+// Every setting can also come from the environment (LOWBIT_RUNTIME_ADDRESS, _MODEL_ROOT,
+// _BACKEND, _MEMORY_BUDGET_BYTES, _BATCHING, _MAX_QUEUE_DELAY_US, _MAX_BATCH_ROWS, _AUTH_TOKEN,
+// _TLS_CERT, _TLS_KEY, _TLS_CLIENT_CA, _METRICS_ADDRESS, _MAX_MESSAGE_BYTES, _THREADS);
+// flags given on the command line win. Prints "lowbit-runtime listening on HOST:PORT" (the
+// real port when 0 was asked for) once serving; SIGTERM / SIGINT drain and stop.
+// The runtime uses no BLAS (its kernels are its own), so it needs no OpenBLAS core-type re-exec.
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "rpc/server.h"
+#include "runtime/engine.h"
+#include "runtime/service/runtime_service.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, address, "127.0.0.1:50052", "host:port to listen on (port 0 = any free port)");
+ABSL_FLAG(std::string, model_root, "", "directory LoadModel paths are confined to (empty = stream loads only)");
+ABSL_FLAG(std::string, backend, "auto", "auto (cuda when a GPU is present, else cpu), cpu, cpu-generic, cpu-ref, cuda, cuda-simple");
+ABSL_FLAG(int64_t, memory_budget_bytes, 0, "weight memory budget for loaded models (0 = unlimited)");
+ABSL_FLAG(bool, batching, true, "coalesce concurrent Gemm requests for the same layer into one GEMM");
+ABSL_FLAG(int64_t, max_queue_delay_us, 500, "how long the first request of a batch waits for others (µs)");
+ABSL_FLAG(int64_t, max_batch_rows, 4096, "rows (M) one batched GEMM may hold");
+ABSL_FLAG(int64_t, max_rows, 16384, "rows (M) one request may hold");
+ABSL_FLAG(std::string, auth_token, "", "bearer token clients must send (empty = no auth)");
+ABSL_FLAG(std::string, tls_cert, "", "TLS server certificate (PEM)");
+ABSL_FLAG(std::string, tls_key, "", "TLS server key (PEM)");
+ABSL_FLAG(std::string, tls_client_ca, "", "CA for client certificates (mTLS)");
+ABSL_FLAG(std::string, metrics_address, "", "host:port for Prometheus /metrics (empty = off)");
+ABSL_FLAG(int64_t, max_message_bytes, int64_t{64} << 20, "gRPC max message size, receive and send");
+ABSL_FLAG(int32_t, threads, 0, "CPU backend worker threads (0 = all cores)");
+ABSL_FLAG(std::vector<std::string>, load, {}, "models to load at start, name=path (path under --model_root); repeatable or comma-separated");
+ABSL_FLAG(std::string, log_level, "info", "spdlog level: trace, debug, info, warn, error");
+
+namespace {
+
+// Whether a flag was set on the command line. (This Abseil keeps IsSpecifiedOnCommandLine
+// private, so a flag given with its default value counts as not given: the environment wins.)
+bool OnCommandLine(const char* flag) {
+  const absl::CommandLineFlag* f = absl::FindCommandLineFlag(flag);
+  return f != nullptr && f->CurrentValue() != f->DefaultValue();
+}
+
+const char* Env(const char* name) { return std::getenv(absl::StrCat("LOWBIT_RUNTIME_", name).c_str()); }
+
+// A flag's value, or the environment's when the flag was not given.
+template <typename T>
+absl::Status Setting(const char* flag, const absl::Flag<T>& value, const char* env, T* out) {
+  *out = absl::GetFlag(value);
+  if (OnCommandLine(flag)) return absl::OkStatus();
+  const char* v = Env(env);
+  if (v == nullptr) return absl::OkStatus();
+  std::string error;
+  if (!absl::ParseFlag(v, out, &error)) {
+    return absl::InvalidArgumentError(absl::StrCat("LOWBIT_RUNTIME_", env, "='", v, "': ", error));
+  }
+  return absl::OkStatus();
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "lowbit-runtime: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+int Serve() {
+  // Logs go to stderr; stdout carries only the "listening on" line that launchers wait for.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("lowbit-runtime"));
+  spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
+  lowbit::rpc::ServerConfig config;
+  if (absl::Status s = lowbit::rpc::ServerConfigFromEnv("RUNTIME", &config); !s.ok()) return Fail(s);
+  auto flag_wins = [](const char* flag, const absl::Flag<std::string>& f, std::string* field) {
+    if (OnCommandLine(flag) || field->empty()) *field = absl::GetFlag(f);
+  };
+  flag_wins("address", FLAGS_address, &config.address);
+  flag_wins("tls_cert", FLAGS_tls_cert, &config.tls_cert_file);
+  flag_wins("tls_key", FLAGS_tls_key, &config.tls_key_file);
+  flag_wins("tls_client_ca", FLAGS_tls_client_ca, &config.tls_client_ca_file);
+  flag_wins("auth_token", FLAGS_auth_token, &config.auth_token);
+  flag_wins("metrics_address", FLAGS_metrics_address, &config.metrics_address);
+  if (OnCommandLine("max_message_bytes")) config.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+
+  lowbit::runtime::EngineOptions options;
+  absl::Status s;
+  if (s.ok()) s = Setting("model_root", FLAGS_model_root, "MODEL_ROOT", &options.registry.model_root);
+  if (s.ok()) s = Setting("backend", FLAGS_backend, "BACKEND", &options.backend);
+  if (s.ok()) s = Setting("memory_budget_bytes", FLAGS_memory_budget_bytes, "MEMORY_BUDGET_BYTES",
+                          &options.registry.memory_budget_bytes);
+  if (s.ok()) s = Setting("batching", FLAGS_batching, "BATCHING", &options.batching.enabled);
+  if (s.ok()) s = Setting("max_queue_delay_us", FLAGS_max_queue_delay_us, "MAX_QUEUE_DELAY_US",
+                          &options.batching.max_queue_delay_us);
+  if (s.ok()) s = Setting("max_batch_rows", FLAGS_max_batch_rows, "MAX_BATCH_ROWS", &options.batching.max_batch_rows);
+  if (s.ok()) s = Setting("max_rows", FLAGS_max_rows, "MAX_ROWS", &options.max_rows);
+  if (s.ok()) s = Setting("threads", FLAGS_threads, "THREADS", &options.threads);
+  if (!s.ok()) return Fail(s);
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  auto engine = lowbit::runtime::Engine::Create(options, registry);
+  if (!engine.ok()) return Fail(engine.status());
+  for (const std::string& item : absl::GetFlag(FLAGS_load)) {
+    std::vector<std::string> parts = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    if (parts.size() != 2 || parts[0].empty() || parts[1].empty()) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat("--load '", item, "': expected name=path")));
+    }
+    auto model = (*engine)->LoadFromPath(parts[0], parts[1]);
+    if (!model.ok()) return Fail(absl::Status(model.status().code(), absl::StrCat("--load ", item, ": ", model.status().message())));
+  }
+  lowbit::runtime::RuntimeServiceOptions sopts;
+  sopts.max_message_bytes = config.max_message_bytes;
+  lowbit::runtime::RuntimeServiceImpl service(engine->get(),
+                                              lowbit::rpc::MakeServiceContext(config, "runtime", registry), sopts);
+  auto server = lowbit::rpc::RpcServer::Start(config, {&service}, registry);
+  if (!server.ok()) return Fail(server.status());
+  std::string host = config.address.substr(0, config.address.rfind(':'));
+  std::printf("lowbit-runtime listening on %s:%d\n", host.c_str(), (*server)->port());
+  std::fflush(stdout);
+  lowbit::runtime::EngineInfo info = (*engine)->Info();
+  spdlog::info("serving: backend {} ({}), batching {} (delay {} µs, {} rows), budget {} bytes", info.backend,
+               info.device, info.batching.enabled ? "on" : "off", info.batching.max_queue_delay_us,
+               info.batching.max_batch_rows, info.memory_budget_bytes);
+  lowbit::rpc::WaitForTerminationSignal();
+  spdlog::info("shutting down: draining in-flight calls");
+  (*server)->Shutdown();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "lowbit-runtime serve --address HOST:PORT --model_root DIR [--backend auto|cpu|cuda] [--load name=path] ...");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() != 2 || std::string(args[1]) != "serve") {
+    std::fprintf(stderr, "usage: lowbit-runtime serve [flags]   (--help for the flags)\n");
+    return 2;
+  }
+  return Serve();
+}

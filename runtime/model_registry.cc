@@ -1,0 +1,315 @@
+#include "runtime/model_registry.h"
+
+#include <sys/stat.h>
+
+#include <climits>
+#include <cstdlib>
+#include <filesystem>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/file_util.h"
+#include "common/safetensors.h"
+#include "kernels/absl_status.h"
+#include "spdlog/spdlog.h"
+
+namespace lowbit::runtime {
+namespace {
+
+constexpr size_t kMaxNameLength = 128;
+
+std::optional<std::string> RealPath(const std::string& path) {
+  char buf[PATH_MAX];
+  if (::realpath(path.c_str(), buf) == nullptr) return std::nullopt;
+  return std::string(buf);
+}
+
+bool IsDirectory(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+kernels::ScaleView View(const Tensor& t) { return {t.bytes().data(), t.dtype(), t.numel()}; }
+
+DType ModelDType(const nlohmann::json& config) {
+  std::string d = config.is_object() ? config.value("torch_dtype", std::string()) : std::string();
+  if (d == "float16") return DType::kF16;
+  return DType::kBF16;
+}
+
+}  // namespace
+
+PreparedLinear::~PreparedLinear() {
+  if (bias != nullptr && handle) {
+    std::lock_guard<std::mutex> lock(handle->mu);
+    handle->backend->Free(bias);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(std::shared_ptr<BackendHandle> handle,
+                                                                     RegistryOptions options) {
+  if (!handle || !handle->backend) return absl::InvalidArgumentError("model registry: no backend");
+  if (options.memory_budget_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("memory budget ", options.memory_budget_bytes, " is negative"));
+  }
+  std::string root;
+  if (!options.model_root.empty()) {
+    std::optional<std::string> real = RealPath(options.model_root);
+    if (!real || !IsDirectory(*real)) {
+      return absl::InvalidArgumentError(absl::StrCat("model root '", options.model_root, "' is not a directory"));
+    }
+    root = *real;
+  }
+  return std::unique_ptr<ModelRegistry>(new ModelRegistry(std::move(handle), std::move(options), std::move(root)));
+}
+
+absl::Status ModelRegistry::CheckName(const std::string& name) const {
+  if (name.empty()) return absl::InvalidArgumentError("model name is empty");
+  if (name.size() > kMaxNameLength) {
+    return absl::InvalidArgumentError(absl::StrCat("model name is ", name.size(), " characters; the limit is ",
+                                                   kMaxNameLength));
+  }
+  for (char c : name) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == ':' || c == '/')) {
+      return absl::InvalidArgumentError(absl::StrCat("model name '", name,
+                                                     "' may contain only letters, digits and - _ . : /"));
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (models_.count(name) || loading_.count(name)) {
+    return absl::AlreadyExistsError(absl::StrCat("a model named '", name, "' is already loaded (unload it first)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ModelRegistry::ResolvePath(const std::string& path) const {
+  if (root_.empty()) return absl::FailedPreconditionError("this server has no model root: load models by stream");
+  if (path.empty()) return absl::InvalidArgumentError("path is empty: give a checkpoint directory under the model root");
+  if (path.front() == '/') {
+    return absl::InvalidArgumentError(absl::StrCat("path '", path, "' is absolute; give a path relative to the model root"));
+  }
+  for (absl::string_view part : absl::StrSplit(path, '/')) {
+    if (part == "..") {
+      return absl::InvalidArgumentError(absl::StrCat("path '", path, "' contains '..'; paths must stay under the model root"));
+    }
+  }
+  if (path.find('\0') != std::string::npos) return absl::InvalidArgumentError("path contains a NUL byte");
+  std::string joined = absl::StrCat(root_, "/", path);
+  std::optional<std::string> real = RealPath(joined);
+  if (!real) return absl::NotFoundError(absl::StrCat("path '", path, "' does not exist under the model root"));
+  if (*real != root_ && !absl::StartsWith(*real, root_ + "/")) {
+    return absl::PermissionDeniedError(absl::StrCat("path '", path,
+                                                    "' resolves outside the model root (a symlink leads out of it)"));
+  }
+  if (!IsDirectory(*real)) {
+    return absl::InvalidArgumentError(absl::StrCat("path '", path, "' is not a directory (give the checkpoint directory)"));
+  }
+  return *real;
+}
+
+absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::LoadFromPath(const std::string& name,
+                                                                               const std::string& path) {
+  if (absl::Status s = CheckName(name); !s.ok()) return s;
+  absl::StatusOr<std::string> dir = ResolvePath(path);
+  if (!dir.ok()) return dir.status();
+  absl::StatusOr<std::string> text = ReadFileToString(*dir + "/config.json");
+  if (!text.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("path '", path, "' has no readable config.json: not a checkpoint"));
+  }
+  nlohmann::json config = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (config.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(path, "/config.json is not valid JSON"));
+  absl::StatusOr<std::unique_ptr<SafetensorsModel>> st = SafetensorsModel::Open(*dir);
+  if (!st.ok()) return absl::Status(st.status().code(), absl::StrCat(path, ": ", st.status().message()));
+  std::shared_ptr<SafetensorsModel> model = *std::move(st);
+  TensorSource source;
+  source.names = model->names();
+  source.get = [model](const std::string& n) { return model->Get(n); };
+  return Load(name, path, config, source);
+}
+
+absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::LoadFromTensors(const std::string& name,
+                                                                                  const std::string& config_json,
+                                                                                  std::map<std::string, Tensor> tensors) {
+  if (absl::Status s = CheckName(name); !s.ok()) return s;
+  nlohmann::json config = nlohmann::json::parse(config_json, nullptr, /*allow_exceptions=*/false);
+  if (config.is_discarded()) return absl::InvalidArgumentError("config_json is not valid JSON");
+  auto owned = std::make_shared<std::map<std::string, Tensor>>(std::move(tensors));
+  TensorSource source;
+  for (const auto& [n, t] : *owned) source.names.push_back(n);
+  source.get = [owned](const std::string& n) -> absl::StatusOr<Tensor> {
+    auto it = owned->find(n);
+    if (it == owned->end()) return absl::NotFoundError(absl::StrCat("no tensor ", n));
+    return it->second;
+  };
+  return Load(name, "stream", config, source);
+}
+
+int64_t ModelRegistry::BytesLeftLocked() const {
+  if (options_.memory_budget_bytes == 0) return INT64_MAX;
+  return std::max<int64_t>(0, options_.memory_budget_bytes - used_ - reserved_);
+}
+
+int64_t ModelRegistry::bytes_left() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return BytesLeftLocked();
+}
+
+int64_t ModelRegistry::used_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return used_;
+}
+
+size_t ModelRegistry::model_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return models_.size();
+}
+
+absl::StatusOr<std::shared_ptr<PreparedLinear>> ModelRegistry::Prepare(const LinearSpec& spec, DType model_dtype) {
+  auto out = std::make_shared<PreparedLinear>();
+  out->module = spec.module;
+  out->scheme = spec.scheme;
+  out->activations = spec.activations;
+  out->kind = spec.kind;
+  out->n = spec.n;
+  out->k = spec.k;
+  out->group_size = spec.group_size;
+  out->asymmetric = spec.asymmetric;
+  out->act_order = spec.act_order;
+  out->input_scale = spec.input_scale;
+  out->has_bias = !spec.bias.empty();
+  out->bytes = spec.EstimatedBytes();
+  DType sd = spec.weight_scale.dtype();
+  out->w4_compute_dtype = (sd == DType::kF16 || sd == DType::kBF16) ? sd : model_dtype;
+  out->handle = handle_;
+  kernels::Backend& be = *handle_->backend;
+  std::lock_guard<std::mutex> lock(handle_->mu);
+  kernels::Status st;
+  switch (spec.kind) {
+    case LinearKind::kW8A8Dynamic:
+    case LinearKind::kW8A8Static: {
+      kernels::Int8WeightSource src{spec.weight.data<int8_t>(), spec.n, spec.k, View(spec.weight_scale)};
+      st = be.PrepareInt8(src, &out->weight);
+      break;
+    }
+    case LinearKind::kFp8Static:
+    case LinearKind::kFp8Dynamic: {
+      kernels::Fp8WeightSource src{spec.weight.data<uint8_t>(), spec.n, spec.k, View(spec.weight_scale)};
+      st = be.PrepareFp8(src, &out->weight);
+      break;
+    }
+    case LinearKind::kW4A16: {
+      kernels::Int4WeightSource src;
+      src.weight_packed = spec.weight.data<int32_t>();
+      src.n = spec.n;
+      src.k = spec.k;
+      src.group_size = spec.group_size;
+      src.scale = View(spec.weight_scale);
+      src.zero_point_packed = spec.zero_point ? spec.zero_point->data<int32_t>() : nullptr;
+      src.g_idx = spec.g_idx ? spec.g_idx->data<int32_t>() : nullptr;
+      st = be.PrepareInt4(src, &out->weight);
+      break;
+    }
+  }
+  if (!st.ok()) {
+    absl::Status s = kernels::ToAbslStatus(st);
+    return absl::Status(s.code(), absl::StrCat("layer ", spec.module, " (", spec.scheme, "): backend ", be.name(),
+                                               " refused the weight: ", s.message()));
+  }
+  if (!spec.bias.empty()) {
+    void* p = nullptr;
+    size_t nbytes = spec.bias.size() * sizeof(float);
+    kernels::Status a = be.Alloc(nbytes, &p);
+    if (!a.ok()) return absl::ResourceExhaustedError(absl::StrCat("layer ", spec.module, ": ", a.message()));
+    out->bias = static_cast<float*>(p);
+    if (kernels::Status c = be.CopyIn(p, spec.bias.data(), nbytes); !c.ok()) return kernels::ToAbslStatus(c);
+  }
+  return out;
+}
+
+absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::Load(const std::string& name,
+                                                                       const std::string& source,
+                                                                       const nlohmann::json& config,
+                                                                       const TensorSource& tensors) {
+  absl::StatusOr<CheckpointLinears> found = FindQuantizedLinears(config, tensors);
+  if (!found.ok()) return found.status();
+  int64_t need = 0;
+  for (const LinearSpec& s : found->linears) need += s.EstimatedBytes();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (models_.count(name) || loading_.count(name)) {
+      return absl::AlreadyExistsError(absl::StrCat("a model named '", name, "' is already loaded (unload it first)"));
+    }
+    int64_t left = BytesLeftLocked();
+    if (need > left) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "loading '", name, "' needs ", need, " bytes of weights but only ", left, " of the ",
+          options_.memory_budget_bytes, "-byte memory budget are left (", used_, " used by ", models_.size(),
+          " loaded models); unload a model or raise --memory_budget_bytes"));
+    }
+    loading_.insert(name);
+    reserved_ += need;
+  }
+  auto release = [&] {
+    std::lock_guard<std::mutex> lock(mu_);
+    loading_.erase(name);
+    reserved_ -= need;
+  };
+  auto model = std::make_shared<LoadedModel>();
+  model->name = name;
+  model->source = source;
+  model->float_layers.insert(found->float_linears.begin(), found->float_linears.end());
+  DType model_dtype = ModelDType(config);
+  for (const LinearSpec& spec : found->linears) {
+    absl::StatusOr<std::shared_ptr<PreparedLinear>> p = Prepare(spec, model_dtype);
+    if (!p.ok()) {
+      release();
+      return p.status();
+    }
+    model->bytes += (*p)->bytes;
+    model->layers[spec.module] = *std::move(p);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    loading_.erase(name);
+    reserved_ -= need;
+    used_ += model->bytes;
+    models_[name] = model;
+  }
+  spdlog::info("loaded model '{}' from {}: {} quantized layers, {} bytes", name, source, model->layers.size(),
+               model->bytes);
+  return std::shared_ptr<const LoadedModel>(model);
+}
+
+absl::Status ModelRegistry::Unload(const std::string& name) {
+  std::shared_ptr<const LoadedModel> model;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = models_.find(name);
+    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("no model named '", name, "' is loaded"));
+    model = it->second;
+    used_ -= model->bytes;
+    models_.erase(it);
+  }
+  spdlog::info("unloaded model '{}'", name);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::Get(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = models_.find(name);
+  if (it == models_.end()) {
+    return absl::NotFoundError(absl::StrCat("no model named '", name, "' is loaded (", models_.size(),
+                                            " models loaded; see ListModels)"));
+  }
+  return it->second;
+}
+
+std::vector<std::shared_ptr<const LoadedModel>> ModelRegistry::List() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::shared_ptr<const LoadedModel>> out;
+  for (const auto& [n, m] : models_) out.push_back(m);
+  return out;
+}
+
+}  // namespace lowbit::runtime

@@ -1,0 +1,111 @@
+// The runtime's weight registry: loads compressed-tensors checkpoints (a directory under the
+// model root, or tensors streamed by a client), prepares every quantized Linear on the backend
+// once (Backend::Prepare*: validated and repacked into the kernel layout), and keeps them by
+// model and layer name. Enforces the model-root confinement (no absolute paths, no "..", no
+// symlink leading outside), unique model names, and a memory budget.
+// Thread-safe; loaded models are immutable and shared, so an unload never pulls a weight from
+// under a GEMM that is running.
+#ifndef LOWBIT_RUNTIME_MODEL_REGISTRY_H_
+#define LOWBIT_RUNTIME_MODEL_REGISTRY_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/tensor.h"
+#include "kernels/backend.h"
+#include "runtime/linear_spec.h"
+
+namespace lowbit::runtime {
+
+// The backend and the lock that serialises its ops (one stream / one thread pool).
+struct BackendHandle {
+  std::unique_ptr<kernels::Backend> backend;
+  std::mutex mu;
+};
+
+// One quantized Linear, prepared for the backend.
+struct PreparedLinear {
+  std::string module, scheme, activations;
+  LinearKind kind = LinearKind::kW8A8Dynamic;
+  int64_t n = 0, k = 0, group_size = 0;
+  bool asymmetric = false, act_order = false, has_bias = false;
+  std::optional<float> input_scale;
+  DType w4_compute_dtype = DType::kBF16;  // W4A16: dtype F32 activations are converted to
+  int64_t bytes = 0;                      // counted against the budget
+  std::unique_ptr<kernels::PreparedWeight> weight;
+  float* bias = nullptr;  // backend memory, [N] f32, or null
+  std::shared_ptr<BackendHandle> handle;
+  ~PreparedLinear();
+};
+
+struct LoadedModel {
+  std::string name, source;
+  std::map<std::string, std::shared_ptr<const PreparedLinear>> layers;
+  std::set<std::string> float_layers;  // Linears the checkpoint leaves in float
+  int64_t bytes = 0;
+};
+
+struct RegistryOptions {
+  std::string model_root;           // LoadFromPath paths resolve under it; empty = path loads refused
+  int64_t memory_budget_bytes = 0;  // 0 = unlimited
+};
+
+class ModelRegistry {
+ public:
+  // Errors: a model root that does not exist or is not a directory.
+  static absl::StatusOr<std::unique_ptr<ModelRegistry>> Create(std::shared_ptr<BackendHandle> handle,
+                                                               RegistryOptions options);
+
+  // `path` is relative to the model root. INVALID_ARGUMENT: empty / absolute / ".." / bad name;
+  // PERMISSION_DENIED: resolves outside the root (symlink); NOT_FOUND: no such directory;
+  // ALREADY_EXISTS: name in use; RESOURCE_EXHAUSTED: over the budget; UNIMPLEMENTED: a scheme
+  // the runtime does not execute (naming the layer).
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromPath(const std::string& name, const std::string& path);
+  // A checkpoint given as config.json text plus its tensors (from LoadModelStream).
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromTensors(const std::string& name,
+                                                                     const std::string& config_json,
+                                                                     std::map<std::string, Tensor> tensors);
+  absl::Status Unload(const std::string& name);
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> Get(const std::string& name) const;
+  std::vector<std::shared_ptr<const LoadedModel>> List() const;
+
+  // Checks a name before a (streamed) load starts: valid and not in use.
+  absl::Status CheckName(const std::string& name) const;
+  // The confined, canonical directory for `path`, or the error LoadFromPath would return.
+  absl::StatusOr<std::string> ResolvePath(const std::string& path) const;
+
+  int64_t budget_bytes() const { return options_.memory_budget_bytes; }
+  int64_t used_bytes() const;
+  // Bytes a new load may still use (budget minus used and reserved); INT64_MAX when unlimited.
+  int64_t bytes_left() const;
+  size_t model_count() const;
+  const std::string& model_root() const { return root_; }
+  kernels::Backend& backend() { return *handle_->backend; }
+
+ private:
+  ModelRegistry(std::shared_ptr<BackendHandle> handle, RegistryOptions options, std::string root)
+      : handle_(std::move(handle)), options_(std::move(options)), root_(std::move(root)) {}
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> Load(const std::string& name, const std::string& source,
+                                                          const nlohmann::json& config, const TensorSource& tensors);
+  absl::StatusOr<std::shared_ptr<PreparedLinear>> Prepare(const LinearSpec& spec, DType model_dtype);
+  int64_t BytesLeftLocked() const;
+
+  std::shared_ptr<BackendHandle> handle_;
+  RegistryOptions options_;
+  std::string root_;  // canonical model root ("" = none)
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<const LoadedModel>> models_;
+  std::set<std::string> loading_;  // names reserved by loads in progress
+  int64_t used_ = 0, reserved_ = 0;
+};
+
+}  // namespace lowbit::runtime
+
+#endif  // LOWBIT_RUNTIME_MODEL_REGISTRY_H_

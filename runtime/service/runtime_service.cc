@@ -1,0 +1,219 @@
+#include "runtime/service/runtime_service.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "rpc/status.h"
+#include "rpc/tensor_codec.h"
+
+namespace lowbit::runtime {
+namespace {
+
+std::string DN(DType d) { return std::string(DTypeName(d)); }
+
+CallControl ControlOf(grpc::ServerContext* ctx) {
+  CallControl c;
+  c.cancelled = [ctx] { return ctx->IsCancelled(); };
+  c.deadline = ctx->deadline();
+  return c;
+}
+
+}  // namespace
+
+void ModelInfoToProto(const LoadedModel& model, const std::string& backend, v1::ModelInfo* out) {
+  out->set_name(model.name);
+  out->set_source(model.source);
+  out->set_weight_bytes(model.bytes);
+  out->set_backend(backend);
+  for (const auto& [name, l] : model.layers) {
+    v1::LayerInfo* li = out->add_layers();
+    li->set_name(name);
+    li->set_scheme(l->scheme);
+    li->set_n(l->n);
+    li->set_k(l->k);
+    li->set_activations(l->activations);
+    li->set_group_size(l->kind == LinearKind::kW4A16 ? l->group_size : 0);
+    li->set_has_bias(l->has_bias);
+    li->set_weight_bytes(l->bytes);
+  }
+}
+
+grpc::Status RuntimeServiceImpl::LoadModel(grpc::ServerContext* ctx, const v1::LoadModelRequest* req,
+                                           v1::LoadModelResponse* resp) {
+  rpc::CallGuard guard(ctx, service_, "LoadModel");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  auto model = engine_->LoadFromPath(req->name(), req->path());
+  if (!model.ok()) return guard.Finish(rpc::ToGrpcStatus(model.status()));
+  ModelInfoToProto(**model, engine_->Info().backend, resp->mutable_model());
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status RuntimeServiceImpl::LoadModelStream(grpc::ServerContext* ctx,
+                                                 grpc::ServerReader<v1::LoadModelStreamRequest>* reader,
+                                                 v1::LoadModelStreamResponse* resp) {
+  rpc::CallGuard guard(ctx, service_, "LoadModelStream");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  auto fail = [&](const absl::Status& s) { return guard.Finish(rpc::ToGrpcStatus(s)); };
+  v1::LoadModelStreamRequest msg;
+  if (!reader->Read(&msg)) return fail(absl::InvalidArgumentError("empty stream: the first message must be a header"));
+  if (!msg.has_header()) {
+    return fail(absl::InvalidArgumentError("the first message must be a header (name and config_json), got a chunk"));
+  }
+  const std::string name = msg.header().name();
+  const std::string config = msg.header().config_json();
+  if (absl::Status s = engine_->registry().CheckName(name); !s.ok()) return fail(s);
+  rpc::TensorLimits limits;
+  const int64_t left = engine_->registry().bytes_left();
+  if (left < limits.max_bytes) limits.max_bytes = left;
+  rpc::ChunkAssembler assembler(limits);
+  while (reader->Read(&msg)) {
+    if (ctx->IsCancelled()) return fail(absl::CancelledError("the client cancelled the upload"));
+    if (msg.has_header()) return fail(absl::InvalidArgumentError("a second header arrived in the stream"));
+    if (!msg.has_chunk()) return fail(absl::InvalidArgumentError("a stream message with neither header nor chunk"));
+    if (absl::Status s = assembler.Add(msg.chunk()); !s.ok()) {
+      if (s.code() == absl::StatusCode::kResourceExhausted && left == limits.max_bytes) {
+        return fail(absl::ResourceExhaustedError(absl::StrCat(
+            s.message(), ": the memory budget has ", left, " bytes left for new models (--memory_budget_bytes)")));
+      }
+      return fail(s);
+    }
+  }
+  if (absl::Status s = assembler.Finish(); !s.ok()) {
+    return fail(absl::InvalidArgumentError(absl::StrCat("the stream ended early: ", s.message())));
+  }
+  auto model = engine_->LoadFromTensors(name, config, std::move(assembler.tensors()));
+  if (!model.ok()) return fail(model.status());
+  ModelInfoToProto(**model, engine_->Info().backend, resp->mutable_model());
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status RuntimeServiceImpl::UnloadModel(grpc::ServerContext* ctx, const v1::UnloadModelRequest* req,
+                                             v1::UnloadModelResponse*) {
+  rpc::CallGuard guard(ctx, service_, "UnloadModel");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  return guard.Finish(rpc::ToGrpcStatus(engine_->Unload(req->name())));
+}
+
+grpc::Status RuntimeServiceImpl::ListModels(grpc::ServerContext* ctx, const v1::ListModelsRequest*,
+                                            v1::ListModelsResponse* resp) {
+  rpc::CallGuard guard(ctx, service_, "ListModels");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  const std::string backend = engine_->Info().backend;
+  for (const auto& m : engine_->registry().List()) ModelInfoToProto(*m, backend, resp->add_models());
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status RuntimeServiceImpl::GetServerInfo(grpc::ServerContext* ctx, const v1::GetServerInfoRequest*,
+                                               v1::GetServerInfoResponse* resp) {
+  rpc::CallGuard guard(ctx, service_, "GetServerInfo");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  EngineInfo info = engine_->Info();
+  resp->set_version(info.version);
+  resp->set_backend(info.backend);
+  resp->set_device(info.device);
+  resp->set_compute_capability(info.compute_capability);
+  for (const auto& s : info.schemes) resp->add_schemes(s);
+  resp->set_requirements(info.requirements);
+  resp->set_memory_budget_bytes(info.memory_budget_bytes);
+  resp->set_memory_used_bytes(info.memory_used_bytes);
+  resp->set_max_message_bytes(options_.max_message_bytes);
+  resp->set_batching(info.batching.enabled);
+  resp->set_max_queue_delay_us(info.batching.max_queue_delay_us);
+  return guard.Finish(grpc::Status::OK);
+}
+
+absl::Status RuntimeServiceImpl::DoGemm(grpc::ServerContext* ctx, const v1::GemmRequest& req, v1::GemmResponse* resp) {
+  GemmRequest r;
+  r.model = req.model();
+  r.layer = req.layer();
+  if (!req.has_x()) return absl::InvalidArgumentError("x is missing");
+  absl::StatusOr<Tensor> x = rpc::TensorFromProto(req.x(), "x");
+  if (!x.ok()) return x.status();
+  r.x = *std::move(x);
+  if (req.out_dtype() != v1::DTYPE_UNSPECIFIED) {
+    absl::StatusOr<DType> d = rpc::DTypeFromProto(req.out_dtype());
+    if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat("out_dtype: ", d.status().message()));
+    r.out_dtype = *d;
+  }
+  absl::StatusOr<GemmResult> y = engine_->Gemm(r, ControlOf(ctx));
+  if (!y.ok()) return y.status();
+  const int64_t bytes = static_cast<int64_t>(y->y.nbytes());
+  if (bytes + 4096 > options_.max_message_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the result ", ShapeString(y->y.shape()), " ", DN(y->y.dtype()), " is ", bytes,
+        " bytes, over the server's ", options_.max_message_bytes,
+        "-byte message limit; send fewer rows or ask for a 16-bit out_dtype"));
+  }
+  rpc::TensorToProto(y->y, resp->mutable_y());
+  resp->set_kernel_us(y->kernel_us);
+  resp->set_batch_requests(y->batch_requests);
+  return absl::OkStatus();
+}
+
+grpc::Status RuntimeServiceImpl::Gemm(grpc::ServerContext* ctx, const v1::GemmRequest* req, v1::GemmResponse* resp) {
+  rpc::CallGuard guard(ctx, service_, "Gemm");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  return guard.Finish(rpc::ToGrpcStatus(DoGemm(ctx, *req, resp)));
+}
+
+grpc::Status RuntimeServiceImpl::GemmStream(
+    grpc::ServerContext* ctx, grpc::ServerReaderWriter<v1::GemmStreamResponse, v1::GemmStreamRequest>* stream) {
+  rpc::CallGuard guard(ctx, service_, "GemmStream");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  // Requests run concurrently on up to max_stream_inflight workers (so they batch with each
+  // other and with other clients); responses are written as they finish, matched by request_id.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<v1::GemmStreamRequest> queue;
+  bool reading_done = false, write_failed = false;
+  int idle = 0;
+  std::vector<std::thread> workers;
+  auto work = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    while (true) {
+      ++idle;
+      cv.wait(lock, [&] { return !queue.empty() || reading_done; });
+      --idle;
+      if (queue.empty()) return;
+      v1::GemmStreamRequest r = std::move(queue.front());
+      queue.pop_front();
+      cv.notify_all();  // room in the queue for the reader
+      lock.unlock();
+      v1::GemmStreamResponse out;
+      out.set_request_id(r.request_id());
+      absl::Status s = DoGemm(ctx, r.request(), out.mutable_response());
+      if (!s.ok()) {
+        out.clear_response();
+        out.set_error_code(static_cast<int32_t>(s.code()));
+        out.set_error_message(std::string(s.message()));
+      }
+      lock.lock();
+      if (!write_failed && !stream->Write(out)) write_failed = true;
+    }
+  };
+  const size_t max_workers = static_cast<size_t>(std::max(1, options_.max_stream_inflight));
+  v1::GemmStreamRequest req;
+  while (stream->Read(&req)) {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return queue.size() < max_workers || write_failed; });
+    if (write_failed) break;
+    queue.push_back(std::move(req));
+    if (idle == 0 && workers.size() < max_workers) workers.emplace_back(work);
+    cv.notify_all();
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    reading_done = true;
+    cv.notify_all();
+  }
+  for (std::thread& t : workers) t.join();
+  if (ctx->IsCancelled()) return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the stream"));
+  return guard.Finish(grpc::Status::OK);
+}
+
+}  // namespace lowbit::runtime

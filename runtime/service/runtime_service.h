@@ -1,0 +1,53 @@
+// lowbit.v1.RuntimeService over the runtime engine (sync gRPC API): LoadModel (path under the
+// model root), LoadModelStream (header with config.json, then tensor chunks), UnloadModel,
+// ListModels, GetServerInfo, Gemm and GemmStream (bidirectional; a failed request is reported
+// in its response and the stream goes on). Every handler starts with rpc::CallGuard (bearer
+// token + request metrics); errors are absl::Status inside and rpc::ToGrpcStatus at the edge.
+#ifndef LOWBIT_RUNTIME_SERVICE_RUNTIME_SERVICE_H_
+#define LOWBIT_RUNTIME_SERVICE_RUNTIME_SERVICE_H_
+
+#include <cstdint>
+
+#include "lowbit/v1/runtime.grpc.pb.h"
+#include "rpc/server.h"
+#include "runtime/engine.h"
+
+namespace lowbit::runtime {
+
+struct RuntimeServiceOptions {
+  int64_t max_message_bytes = int64_t{64} << 20;  // the server's limit: results over it are refused
+  int max_stream_inflight = 64;                    // GemmStream requests running at once per stream
+};
+
+class RuntimeServiceImpl final : public v1::RuntimeService::Service {
+ public:
+  RuntimeServiceImpl(Engine* engine, rpc::ServiceContext service, RuntimeServiceOptions options = {})
+      : engine_(engine), service_(std::move(service)), options_(options) {}
+
+  grpc::Status LoadModel(grpc::ServerContext* ctx, const v1::LoadModelRequest* req, v1::LoadModelResponse* resp) override;
+  grpc::Status LoadModelStream(grpc::ServerContext* ctx, grpc::ServerReader<v1::LoadModelStreamRequest>* reader,
+                               v1::LoadModelStreamResponse* resp) override;
+  grpc::Status UnloadModel(grpc::ServerContext* ctx, const v1::UnloadModelRequest* req,
+                           v1::UnloadModelResponse* resp) override;
+  grpc::Status ListModels(grpc::ServerContext* ctx, const v1::ListModelsRequest* req,
+                          v1::ListModelsResponse* resp) override;
+  grpc::Status GetServerInfo(grpc::ServerContext* ctx, const v1::GetServerInfoRequest* req,
+                             v1::GetServerInfoResponse* resp) override;
+  grpc::Status Gemm(grpc::ServerContext* ctx, const v1::GemmRequest* req, v1::GemmResponse* resp) override;
+  grpc::Status GemmStream(grpc::ServerContext* ctx,
+                          grpc::ServerReaderWriter<v1::GemmStreamResponse, v1::GemmStreamRequest>* stream) override;
+
+ private:
+  absl::Status DoGemm(grpc::ServerContext* ctx, const v1::GemmRequest& req, v1::GemmResponse* resp);
+
+  Engine* engine_;
+  rpc::ServiceContext service_;
+  RuntimeServiceOptions options_;
+};
+
+// The ModelInfo message of a loaded model.
+void ModelInfoToProto(const LoadedModel& model, const std::string& backend, v1::ModelInfo* out);
+
+}  // namespace lowbit::runtime
+
+#endif  // LOWBIT_RUNTIME_SERVICE_RUNTIME_SERVICE_H_

@@ -1,0 +1,820 @@
+// lowbit.v1.RuntimeService end to end: a real server on an ephemeral loopback port, driven
+// through the generated stub. Checkpoints come from the repo's own tools (synthetic Qwen2-style
+// model with q/k/v biases → round-to-nearest W8A8 / W4A16 / W4A16_ASYM / FP8_DYNAMIC, plus FP8
+// and W8A8 with static input scales written with common/checkpoint). Every Gemm result is
+// checked against an independent double-precision reference computed from the checkpoint's
+// tensors (common/numerics + common/dtype), with the activation quantization the scheme does.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "calibrator/rtn.h"
+#include "common/checkpoint.h"
+#include "common/numerics.h"
+#include "common/safetensors.h"
+#include "grpcpp/create_channel.h"
+#include "gtest/gtest.h"
+#include "lowbit/v1/runtime.grpc.pb.h"
+#include "rpc/client.h"
+#include "rpc/server.h"
+#include "rpc/tensor_codec.h"
+#include "runtime/engine.h"
+#include "runtime/service/runtime_service.h"
+#include "tools/gen_model/synthetic_llama.h"
+#include "tools/quantize_main.h"
+
+namespace lowbit {
+namespace {
+
+namespace fs = std::filesystem;
+using runtime::Engine;
+using runtime::EngineOptions;
+
+constexpr char kToken[] = "s3cret-token";
+constexpr char kQ[] = "model.layers.0.self_attn.q_proj";   // K = 256, N = 256, bias
+constexpr char kDown[] = "model.layers.0.mlp.down_proj";   // K = 512, N = 256
+
+// ---- checkpoints --------------------------------------------------------------------------
+
+// A checkpoint with a static per-tensor input scale (FP8 static, or W8A8 with static int8
+// activations), written the way the calibrator writes them.
+void WriteStatic(const std::string& model_dir, const std::string& out, bool fp8, float input_scale) {
+  auto model = SafetensorsModel::Open(model_dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  QuantScheme scheme = *PresetScheme(fp8 ? "FP8" : "W8A8", {"Linear"});
+  if (!fp8) {
+    scheme.input_activations->dynamic = Dynamic::kStatic;
+    scheme.input_activations->strategy = Strategy::kTensor;
+  }
+  CheckpointSpec spec;
+  spec.source_dir = model_dir;
+  spec.out_dir = out;
+  spec.quantization = MakeQuantizationConfig({{"group_0", scheme}}, {"lm_head"}, std::nullopt);
+  std::set<std::string> replaced;
+  for (const std::string& module : LinearModules(**model)) {
+    if (module == "lm_head") continue;
+    Tensor w = *(*model)->Get(module + ".weight");
+    DType sd = ScaleDTypeFor(w.dtype());
+    auto q = QuantizeLinearRtn(module, w, *scheme.weights, sd);
+    ASSERT_TRUE(q.ok()) << q.status();
+    q->input_scale = RoundToDType(input_scale, sd);
+    auto tensors = EncodeLinear(*q, fp8 ? "float-quantized" : "int-quantized", sd);
+    ASSERT_TRUE(tensors.ok()) << tensors.status();
+    for (auto& t : *tensors) spec.tensors.push_back(std::move(t));
+    replaced.insert(module + ".weight");
+  }
+  for (const std::string& name : (*model)->names()) {
+    if (!replaced.count(name)) spec.tensors.push_back({name, *(*model)->Get(name)});
+  }
+  ASSERT_TRUE(WriteCheckpoint(spec).ok());
+}
+
+struct Fixture {
+  std::string dir, root, outside, float_model;
+};
+
+Fixture* g_fixture = nullptr;
+
+class CheckpointEnv : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    auto* f = new Fixture;
+    char tmpl[] = "/tmp/lowbit-runtime-test-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    f->dir = tmpl;
+    f->root = f->dir + "/root";
+    f->outside = f->dir + "/outside";
+    f->float_model = f->dir + "/float";
+    fs::create_directories(f->root);
+    fs::create_directories(f->outside);
+    SyntheticLlamaOptions o;
+    o.hidden = 256;
+    o.intermediate = 512;
+    o.layers = 1;
+    o.heads = 4;
+    o.kv_heads = 2;
+    o.vocab = 128;
+    o.arch = "qwen2";  // q/k/v biases
+    ASSERT_TRUE(WriteSyntheticLlama(f->float_model, o).ok());
+    for (const char* scheme : {"W8A8", "W4A16", "W4A16_ASYM", "FP8_DYNAMIC"}) {
+      auto plan = PresetPlan(scheme);
+      ASSERT_TRUE(plan.ok());
+      std::string name = scheme;
+      for (char& c : name) c = std::tolower(c);
+      auto r = QuantizeDirectory(f->float_model, f->root + "/" + name, *plan, std::nullopt);
+      ASSERT_TRUE(r.ok()) << scheme << ": " << r.status();
+    }
+    WriteStatic(f->float_model, f->root + "/fp8", true, 4.0f / 448.0f);
+    WriteStatic(f->float_model, f->root + "/w8a8_static", false, 3.0f / 127.0f);
+    // Outside the root, and a symlink inside the root that leads there.
+    fs::copy(f->root + "/w8a8", f->outside + "/w8a8", fs::copy_options::recursive);
+    fs::create_directory_symlink(f->outside + "/w8a8", f->root + "/escape");
+    g_fixture = f;
+  }
+  void TearDown() override {
+    if (g_fixture) fs::remove_all(g_fixture->dir);
+  }
+};
+
+// ---- server and client ----------------------------------------------------------------------
+
+struct TestServer {
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<runtime::RuntimeServiceImpl> service;
+  std::unique_ptr<rpc::RpcServer> server;
+  std::shared_ptr<prometheus::Registry> registry;
+  int port = 0;
+  ~TestServer() {
+    if (server) server->Shutdown();
+  }
+};
+
+EngineOptions DefaultOptions() {
+  EngineOptions o;
+  o.backend = "cpu";
+  o.threads = 2;
+  o.registry.model_root = g_fixture->root;
+  return o;
+}
+
+std::unique_ptr<TestServer> StartServer(EngineOptions options = DefaultOptions(), int port = 0,
+                                        int64_t max_message = int64_t{64} << 20) {
+  auto s = std::make_unique<TestServer>();
+  s->registry = std::make_shared<prometheus::Registry>();
+  auto engine = Engine::Create(options, s->registry);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  if (!engine.ok()) return nullptr;
+  s->engine = *std::move(engine);
+  rpc::ServerConfig config;
+  config.address = "127.0.0.1:" + std::to_string(port);
+  config.auth_token = kToken;
+  config.max_message_bytes = max_message;
+  config.shutdown_grace = std::chrono::milliseconds(500);
+  runtime::RuntimeServiceOptions so;
+  so.max_message_bytes = max_message;
+  s->service = std::make_unique<runtime::RuntimeServiceImpl>(
+      s->engine.get(), rpc::MakeServiceContext(config, "runtime", s->registry), so);
+  auto server = rpc::RpcServer::Start(config, {s->service.get()}, s->registry);
+  EXPECT_TRUE(server.ok()) << server.status();
+  if (!server.ok()) return nullptr;
+  s->server = *std::move(server);
+  s->port = s->server->port();
+  return s;
+}
+
+struct Client {
+  rpc::ClientConfig config;
+  std::unique_ptr<v1::RuntimeService::Stub> stub;
+  explicit Client(int port, std::string token = kToken) {
+    config.address = "127.0.0.1:" + std::to_string(port);
+    config.auth_token = std::move(token);
+    config.max_message_bytes = int64_t{256} << 20;
+    auto ch = rpc::MakeChannel(config);
+    EXPECT_TRUE(ch.ok());
+    stub = v1::RuntimeService::NewStub(*ch);
+  }
+  void Prepare(grpc::ClientContext* ctx, int deadline_ms = 30000) {
+    rpc::PrepareContext(ctx, config, std::chrono::milliseconds(deadline_ms));
+  }
+  grpc::Status Load(const std::string& name, const std::string& path, v1::LoadModelResponse* resp = nullptr) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    v1::LoadModelRequest req;
+    req.set_name(name);
+    req.set_path(path);
+    v1::LoadModelResponse r;
+    return stub->LoadModel(&ctx, req, resp ? resp : &r);
+  }
+  grpc::Status Unload(const std::string& name) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    v1::UnloadModelRequest req;
+    req.set_name(name);
+    v1::UnloadModelResponse r;
+    return stub->UnloadModel(&ctx, req, &r);
+  }
+  grpc::Status Gemm(const v1::GemmRequest& req, v1::GemmResponse* resp, int deadline_ms = 30000) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, deadline_ms);
+    return stub->Gemm(&ctx, req, resp);
+  }
+};
+
+// Activations: N(0, 1) rounded to `dtype`; `floats` gets the rounded values.
+Tensor RandomX(int64_t m, int64_t k, DType dtype, uint32_t seed, std::vector<float>* floats = nullptr) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> v(m * k);
+  for (float& x : v) x = nd(rng);
+  Tensor t = Tensor::FromFloats(v, {m, k}, dtype);
+  if (floats) *floats = t.ToFloats();
+  return t;
+}
+
+v1::GemmRequest MakeGemm(const std::string& model, const std::string& layer, const Tensor& x,
+                         v1::DType out = v1::DTYPE_UNSPECIFIED) {
+  v1::GemmRequest req;
+  req.set_model(model);
+  req.set_layer(layer);
+  rpc::TensorToProto(x, req.mutable_x());
+  req.set_out_dtype(out);
+  return req;
+}
+
+std::vector<float> ResultFloats(const v1::GemmResponse& resp) {
+  auto t = rpc::TensorFromProto(resp.y(), "y");
+  EXPECT_TRUE(t.ok()) << t.status();
+  return t.ok() ? t->ToFloats() : std::vector<float>();
+}
+
+// ---- the independent reference -------------------------------------------------------------
+
+struct Reference {
+  std::vector<double> y;    // [M, N]
+  std::vector<double> mag;  // [M, N] Σ_k |x·w| (scaled), the magnitude tolerances are stated against
+};
+
+// Y = quant(X) · dequant(W)ᵀ + bias in double, from the checkpoint's own tensors.
+Reference Expected(const std::string& ckpt, const std::string& layer, const std::string& scheme,
+                   const std::vector<float>& x, int64_t m, int64_t k, DType x_dtype) {
+  auto model = SafetensorsModel::Open(ckpt);
+  EXPECT_TRUE(model.ok());
+  const SafetensorsModel& ck = **model;
+  auto get = [&](const std::string& n) { return *ck.Get(layer + "." + n); };
+  std::vector<float> bias = ck.Has(layer + ".bias") ? get("bias").ToFloats() : std::vector<float>();
+  int64_t n = 0;
+  std::vector<double> w;                      // dequantized weight [N, K] (for W4A16 rounded to x dtype)
+  std::vector<double> xs(m, 1.0), xq(x.begin(), x.end());  // activation codes and their scale
+  if (scheme == "W4A16" || scheme == "W4A16_ASYM") {
+    Tensor packed = get("weight_packed");
+    n = packed.dim(0);
+    std::vector<int8_t> codes = UnpackRows({packed.data<int32_t>(), size_t(packed.numel())}, n, k, 4);
+    std::vector<float> scale = get("weight_scale").ToFloats();
+    const int64_t groups = scale.size() / n, gs = (k + groups - 1) / groups;
+    std::vector<int8_t> zp(n * groups, 0);
+    if (scheme == "W4A16_ASYM") {
+      Tensor z = get("weight_zero_point");
+      zp = UnpackColumns({z.data<int32_t>(), size_t(z.numel())}, n, groups, 4);
+    }
+    w.resize(n * k);
+    const DType compute = x_dtype == DType::kF32 ? DType::kBF16 : x_dtype;
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t c = 0; c < k; ++c) {
+        const int64_t g = c / gs;
+        w[r * k + c] = RoundToDType((codes[r * k + c] - zp[r * groups + g]) * scale[r * groups + g], compute);
+      }
+    }
+    if (x_dtype == DType::kF32) {
+      for (double& v : xq) v = RoundToDType(static_cast<float>(v), compute);
+    }
+  } else {
+    Tensor wt = get("weight");
+    n = wt.dim(0);
+    std::vector<float> ws = get("weight_scale").ToFloats();
+    w.resize(n * k);
+    for (int64_t r = 0; r < n; ++r) {
+      const double s = ws.size() == 1 ? ws[0] : ws[r];
+      for (int64_t c = 0; c < k; ++c) {
+        w[r * k + c] = s * (wt.dtype() == DType::kI8 ? wt.data<int8_t>()[r * k + c]
+                                                    : Fp8E4M3ToFloat(wt.data<uint8_t>()[r * k + c]));
+      }
+    }
+    const bool fp8 = scheme == "FP8" || scheme == "FP8_DYNAMIC";
+    const bool dynamic = scheme == "W8A8" || scheme == "FP8_DYNAMIC";
+    float static_scale = dynamic ? 0.0f : get("input_scale").ToFloats()[0];
+    for (int64_t i = 0; i < m; ++i) {
+      float s = static_scale;
+      if (dynamic) {
+        float amax = 0;
+        for (int64_t c = 0; c < k; ++c) amax = std::max(amax, std::fabs(x[i * k + c]));
+        s = amax == 0 ? 1.0f : amax / (fp8 ? 448.0f : 127.0f);
+      }
+      xs[i] = s;
+      for (int64_t c = 0; c < k; ++c) {
+        const float v = x[i * k + c] / s;
+        xq[i * k + c] = fp8 ? Fp8E4M3ToFloat(FloatToFp8E4M3(v))
+                            : std::min(127.0f, std::max(-128.0f, std::nearbyint(v)));
+      }
+    }
+  }
+  Reference ref;
+  ref.y.assign(m * n, 0.0);
+  ref.mag.assign(m * n, 0.0);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double acc = 0, mag = 0;
+      for (int64_t c = 0; c < k; ++c) {
+        acc += xq[i * k + c] * w[j * k + c];
+        mag += std::fabs(xq[i * k + c] * w[j * k + c]);
+      }
+      ref.y[i * n + j] = acc * xs[i] + (bias.empty() ? 0.0 : bias[j]);
+      ref.mag[i * n + j] = mag * xs[i];
+    }
+  }
+  return ref;
+}
+
+class RuntimeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_NE(g_fixture, nullptr);
+    server_ = StartServer();
+    ASSERT_NE(server_, nullptr);
+    client_ = std::make_unique<Client>(server_->port);
+  }
+  std::unique_ptr<TestServer> server_;
+  std::unique_ptr<Client> client_;
+};
+
+// ---- numerics ------------------------------------------------------------------------------
+
+struct SchemeCase {
+  const char* scheme;
+  const char* dir;
+};
+
+class SchemeTest : public RuntimeTest, public ::testing::WithParamInterface<SchemeCase> {};
+
+TEST_P(SchemeTest, GemmMatchesIndependentReference) {
+  const SchemeCase c = GetParam();
+  v1::LoadModelResponse loaded;
+  ASSERT_TRUE(client_->Load("m", c.dir, &loaded).ok());
+  ASSERT_EQ(loaded.model().layers_size(), 7);  // q k v o gate up down
+  bool saw_bias = false;
+  for (const auto& l : loaded.model().layers()) {
+    EXPECT_EQ(l.scheme(), c.scheme) << l.name();
+    if (l.name() == kQ) saw_bias = l.has_bias();
+  }
+  EXPECT_TRUE(saw_bias);
+  struct Run {
+    const char* layer;
+    int64_t m, k;
+    DType x_dtype;
+    v1::DType out;
+  };
+  const Run runs[] = {{kQ, 3, 256, DType::kBF16, v1::DTYPE_UNSPECIFIED},
+                      {kDown, 17, 512, DType::kF32, v1::DTYPE_F32},
+                      {kQ, 1, 256, DType::kF16, v1::DTYPE_UNSPECIFIED}};
+  for (const Run& r : runs) {
+    SCOPED_TRACE(std::string(c.scheme) + " " + r.layer + " M=" + std::to_string(r.m));
+    std::vector<float> xf;
+    Tensor x = RandomX(r.m, r.k, r.x_dtype, 7 + r.m, &xf);
+    v1::GemmResponse resp;
+    grpc::Status st = client_->Gemm(MakeGemm("m", r.layer, x, r.out), &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_EQ(resp.y().shape_size(), 2);
+    EXPECT_EQ(resp.y().shape(0), r.m);
+    EXPECT_EQ(resp.y().shape(1), 256);
+    EXPECT_EQ(resp.batch_requests(), 1);
+    const DType out = r.out == v1::DTYPE_UNSPECIFIED ? r.x_dtype : *rpc::DTypeFromProto(r.out);
+    EXPECT_EQ(*rpc::DTypeFromProto(resp.y().dtype()), out);
+    std::vector<float> y = ResultFloats(resp);
+    Reference ref = Expected(g_fixture->root + "/" + c.dir, r.layer, c.scheme, xf, r.m, r.k, r.x_dtype);
+    // Tolerance: the output rounding (2^-8 relative for bf16, 2^-11 for f16, f32 ≈ 0) plus f32
+    // accumulation (1e-5 of Σ|x·w|). The reference reproduces every other rounding the scheme
+    // does (activation codes, W4A16's dequantized weight rounded to the activation dtype).
+    // W4A16 computes in the activation dtype (F32 activations: the model dtype, bf16), so its
+    // output carries that rounding whatever out_dtype says.
+    DType rounding = out;
+    if (absl::StartsWith(c.scheme, "W4A16")) rounding = r.x_dtype == DType::kF32 ? DType::kBF16 : r.x_dtype;
+    const double out_rel = rounding == DType::kBF16 ? 1.0 / 256 : rounding == DType::kF16 ? 1.0 / 2048 : 1e-6;
+    const double acc_rel = 1e-5;
+    int bad = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+      const double tol = out_rel * std::fabs(ref.y[i]) + acc_rel * ref.mag[i] + 1e-6;
+      if (std::fabs(y[i] - ref.y[i]) > tol && ++bad < 5) {
+        ADD_FAILURE() << "y[" << i << "] = " << y[i] << ", expected " << ref.y[i] << " ± " << tol;
+      }
+    }
+    EXPECT_EQ(bad, 0);
+  }
+  ASSERT_TRUE(client_->Unload("m").ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Schemes, SchemeTest,
+                         ::testing::Values(SchemeCase{"W8A8", "w8a8"}, SchemeCase{"W8A8_STATIC", "w8a8_static"},
+                                           SchemeCase{"W4A16", "w4a16"}, SchemeCase{"W4A16_ASYM", "w4a16_asym"},
+                                           SchemeCase{"FP8", "fp8"}, SchemeCase{"FP8_DYNAMIC", "fp8_dynamic"}),
+                         [](const auto& info) { return std::string(info.param.dir); });
+
+// The quantized layer approximates the float layer it came from (a check that the scheme is
+// the right one end to end, independent of the checkpoint's own tensors).
+TEST_F(RuntimeTest, GemmApproximatesFloatLayer) {
+  auto fm = SafetensorsModel::Open(g_fixture->float_model);
+  ASSERT_TRUE(fm.ok());
+  std::vector<float> w = (*fm)->Get(std::string(kDown) + ".weight")->ToFloats();
+  const int64_t m = 8, k = 512, n = 256;
+  std::vector<float> xf;
+  Tensor x = RandomX(m, k, DType::kF32, 99, &xf);
+  double ref_norm = 0;
+  std::vector<double> ref(m * n, 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t c = 0; c < k; ++c) ref[i * n + j] += double(xf[i * k + c]) * w[j * k + c];
+      ref_norm += ref[i * n + j] * ref[i * n + j];
+    }
+  for (auto [dir, limit] : {std::pair{"w8a8", 0.02}, {"fp8_dynamic", 0.06}, {"w4a16", 0.15}}) {
+    ASSERT_TRUE(client_->Load(dir, dir).ok());
+    v1::GemmResponse resp;
+    ASSERT_TRUE(client_->Gemm(MakeGemm(dir, kDown, x, v1::DTYPE_F32), &resp).ok());
+    std::vector<float> y = ResultFloats(resp);
+    double err = 0;
+    for (size_t i = 0; i < y.size(); ++i) err += (y[i] - ref[i]) * (y[i] - ref[i]);
+    const double rel = std::sqrt(err / ref_norm);
+    EXPECT_LT(rel, limit) << dir;
+    EXPECT_GT(rel, 0.0) << dir;  // it really is quantized
+    std::printf("  %s: relative error vs the float layer %.4f\n", dir, rel);
+  }
+}
+
+// ---- batching -------------------------------------------------------------------------------
+
+TEST_F(RuntimeTest, BatchedEqualsUnbatchedBitForBit) {
+  EngineOptions o = DefaultOptions();
+  o.batching.max_queue_delay_us = 50000;  // 50 ms: every concurrent request lands in one window
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  ASSERT_TRUE(client.Load("m", "w8a8").ok());
+  constexpr int kClients = 12;
+  std::vector<Tensor> xs;
+  std::vector<v1::GemmResponse> alone(kClients), together(kClients);
+  for (int i = 0; i < kClients; ++i) xs.push_back(RandomX(1 + i % 5, 256, DType::kBF16, 1000 + i));
+  for (int i = 0; i < kClients; ++i) {  // one at a time: each is a batch of one
+    ASSERT_TRUE(client.Gemm(MakeGemm("m", kQ, xs[i], v1::DTYPE_F32), &alone[i]).ok());
+    EXPECT_EQ(alone[i].batch_requests(), 1);
+  }
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      if (!client.Gemm(MakeGemm("m", kQ, xs[i], v1::DTYPE_F32), &together[i]).ok()) ++failures;
+    });
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_EQ(failures.load(), 0);
+  int max_batch = 0;
+  for (int i = 0; i < kClients; ++i) {
+    max_batch = std::max(max_batch, together[i].batch_requests());
+    EXPECT_EQ(together[i].y().data(), alone[i].y().data()) << "request " << i << " differs when batched";
+    EXPECT_EQ(together[i].y().shape(0), xs[i].dim(0));
+  }
+  EXPECT_GT(max_batch, 1) << "no requests were coalesced";
+  std::printf("  largest batch: %d requests\n", max_batch);
+}
+
+TEST_F(RuntimeTest, BatchingDisabledRunsEachAlone) {
+  EngineOptions o = DefaultOptions();
+  o.batching.enabled = false;
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  ASSERT_TRUE(client.Load("m", "w8a8").ok());
+  std::vector<std::thread> threads;
+  std::atomic<int> max_batch{0};
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      v1::GemmResponse r;
+      if (client.Gemm(MakeGemm("m", kQ, RandomX(2, 256, DType::kF32, i)), &r).ok()) {
+        max_batch = std::max(max_batch.load(), r.batch_requests());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(max_batch.load(), 1);
+}
+
+// ---- the other RPCs -------------------------------------------------------------------------
+
+TEST_F(RuntimeTest, ServerInfoAndListModels) {
+  grpc::ClientContext ctx;
+  client_->Prepare(&ctx);
+  v1::GetServerInfoResponse info;
+  ASSERT_TRUE(client_->stub->GetServerInfo(&ctx, {}, &info).ok());
+  EXPECT_EQ(info.backend(), "cpu");
+  EXPECT_FALSE(info.device().empty());
+  EXPECT_TRUE(info.compute_capability().empty());
+  EXPECT_TRUE(info.batching());
+  EXPECT_EQ(info.max_queue_delay_us(), 500);
+  EXPECT_EQ(info.max_message_bytes(), int64_t{64} << 20);
+  EXPECT_NE(info.requirements().find("K"), std::string::npos);
+  std::set<std::string> schemes(info.schemes().begin(), info.schemes().end());
+  for (const char* s : {"W8A8", "W4A16", "W4A16_ASYM", "FP8", "FP8_DYNAMIC"}) EXPECT_TRUE(schemes.count(s)) << s;
+  EXPECT_EQ(info.memory_used_bytes(), 0);
+
+  ASSERT_TRUE(client_->Load("a", "w8a8").ok());
+  ASSERT_TRUE(client_->Load("b", "w4a16").ok());
+  grpc::ClientContext ctx2;
+  client_->Prepare(&ctx2);
+  v1::ListModelsResponse list;
+  ASSERT_TRUE(client_->stub->ListModels(&ctx2, {}, &list).ok());
+  ASSERT_EQ(list.models_size(), 2);
+  EXPECT_EQ(list.models(0).name(), "a");
+  EXPECT_EQ(list.models(0).source(), "w8a8");
+  EXPECT_EQ(list.models(1).layers(0).group_size(), 128);
+  int64_t total = list.models(0).weight_bytes() + list.models(1).weight_bytes();
+  grpc::ClientContext ctx3;
+  client_->Prepare(&ctx3);
+  ASSERT_TRUE(client_->stub->GetServerInfo(&ctx3, {}, &info).ok());
+  EXPECT_EQ(info.memory_used_bytes(), total);
+  ASSERT_TRUE(client_->Unload("a").ok());
+  EXPECT_EQ(client_->Unload("a").error_code(), grpc::StatusCode::NOT_FOUND);
+  // Metrics reach the registry.
+  bool found = false;
+  for (const auto& fam : server_->registry->Collect()) {
+    if (fam.name == "lowbit_runtime_models_loaded") {
+      found = true;
+      EXPECT_EQ(fam.metric.at(0).gauge.value, 1.0);
+    }
+  }
+  EXPECT_TRUE(found);
+}
+
+TEST_F(RuntimeTest, GemmStreamReportsErrorsAndContinues) {
+  ASSERT_TRUE(client_->Load("m", "w8a8").ok());
+  grpc::ClientContext ctx;
+  client_->Prepare(&ctx);
+  auto stream = client_->stub->GemmStream(&ctx);
+  constexpr int kN = 20;
+  std::map<uint64_t, Tensor> xs;
+  for (int i = 0; i < kN; ++i) {
+    v1::GemmStreamRequest req;
+    req.set_request_id(100 + i);
+    Tensor x = RandomX(1 + i % 3, 256, DType::kF32, 500 + i);
+    const char* layer = i == 5 ? "model.layers.9.nope" : kQ;
+    if (i == 11) x = RandomX(2, 300, DType::kF32, 1);  // K mismatch
+    *req.mutable_request() = MakeGemm("m", layer, x);
+    xs[100 + i] = x;
+    ASSERT_TRUE(stream->Write(req));
+  }
+  stream->WritesDone();
+  std::map<uint64_t, v1::GemmStreamResponse> got;
+  v1::GemmStreamResponse r;
+  while (stream->Read(&r)) got[r.request_id()] = r;
+  ASSERT_TRUE(stream->Finish().ok());
+  ASSERT_EQ(got.size(), size_t(kN));
+  EXPECT_EQ(got[105].error_code(), int(grpc::StatusCode::NOT_FOUND));
+  EXPECT_NE(got[105].error_message().find("model.layers.9.nope"), std::string::npos);
+  EXPECT_EQ(got[111].error_code(), int(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_NE(got[111].error_message().find("K = 300"), std::string::npos);
+  for (auto& [id, resp] : got) {
+    if (id == 105 || id == 111) continue;
+    EXPECT_EQ(resp.error_code(), 0) << resp.error_message();
+    v1::GemmResponse unary;
+    ASSERT_TRUE(client_->Gemm(MakeGemm("m", kQ, xs[id]), &unary).ok());
+    EXPECT_EQ(resp.response().y().data(), unary.y().data()) << id;
+  }
+}
+
+// Streams a checkpoint directory's tensors (ForEachChunk) with its config.json.
+grpc::Status StreamLoad(Client& client, const std::string& name, const std::string& dir,
+                        const std::function<void(v1::TensorChunk&)>& tamper = nullptr, bool truncate = false) {
+  grpc::ClientContext ctx;
+  client.Prepare(&ctx);
+  v1::LoadModelStreamResponse resp;
+  auto writer = client.stub->LoadModelStream(&ctx, &resp);
+  v1::LoadModelStreamRequest header;
+  header.mutable_header()->set_name(name);
+  header.mutable_header()->set_config_json(*ReadFileToString(dir + "/config.json"));
+  writer->Write(header);
+  auto model = SafetensorsModel::Open(dir);
+  bool stop = false;
+  for (const std::string& n : (*model)->names()) {
+    if (stop) break;
+    Tensor t = *(*model)->Get(n);
+    rpc::ForEachChunk(n, t, 16 << 10, [&](const v1::TensorChunk& chunk) {
+      v1::LoadModelStreamRequest m;
+      *m.mutable_chunk() = chunk;
+      if (tamper && chunk.last()) tamper(*m.mutable_chunk());
+      if (truncate && n == std::string(kQ) + ".weight" && chunk.offset() > 0) {
+        stop = true;
+        return false;
+      }
+      return writer->Write(m);
+    });
+  }
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+TEST_F(RuntimeTest, LoadModelStreamEqualsPathLoad) {
+  const std::string dir = g_fixture->root + "/w8a8";
+  grpc::Status st = StreamLoad(*client_, "streamed", dir);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_TRUE(client_->Load("path", "w8a8").ok());
+  Tensor x = RandomX(4, 256, DType::kBF16, 3);
+  v1::GemmResponse a, b;
+  ASSERT_TRUE(client_->Gemm(MakeGemm("streamed", kQ, x), &a).ok());
+  ASSERT_TRUE(client_->Gemm(MakeGemm("path", kQ, x), &b).ok());
+  EXPECT_EQ(a.y().data(), b.y().data());
+  grpc::ClientContext ctx;
+  client_->Prepare(&ctx);
+  v1::ListModelsResponse list;
+  ASSERT_TRUE(client_->stub->ListModels(&ctx, {}, &list).ok());
+  for (const auto& m : list.models()) {
+    if (m.name() == "streamed") EXPECT_EQ(m.source(), "stream");
+  }
+}
+
+// ---- bad input: each gets the right code and a message naming the problem, and the server
+// then serves a good request ----------------------------------------------------------------
+
+struct BadCase {
+  std::string what;
+  std::function<grpc::Status(Client&)> call;
+  grpc::StatusCode code;
+  std::string message;  // a substring of the error message
+};
+
+TEST_F(RuntimeTest, BadInputTable) {
+  ASSERT_TRUE(client_->Load("m", "w8a8").ok());
+  auto gemm_with = [](std::function<void(v1::GemmRequest&)> edit) {
+    return [edit](Client& c) {
+      v1::GemmRequest req = MakeGemm("m", kQ, RandomX(2, 256, DType::kF32, 1));
+      edit(req);
+      v1::GemmResponse resp;
+      return c.Gemm(req, &resp);
+    };
+  };
+  auto load = [](std::string name, std::string path) {
+    return [name, path](Client& c) { return c.Load(name, path); };
+  };
+  const std::vector<BadCase> cases = {
+      {"wrong dtype", gemm_with([](auto& r) { r = MakeGemm("m", kQ, Tensor::Zeros(DType::kI8, {2, 256})); }),
+       grpc::StatusCode::INVALID_ARGUMENT, "dtype I8"},
+      {"bytes != shape", gemm_with([](auto& r) { r.mutable_x()->mutable_data()->resize(100); }),
+       grpc::StatusCode::INVALID_ARGUMENT, "x"},
+      {"negative dim", gemm_with([](auto& r) { r.mutable_x()->set_shape(0, -2); }),
+       grpc::StatusCode::INVALID_ARGUMENT, "negative"},
+      {"huge dims", gemm_with([](auto& r) { r.mutable_x()->set_shape(0, int64_t{1} << 40); r.mutable_x()->set_shape(1, int64_t{1} << 40); }),
+       grpc::StatusCode::INVALID_ARGUMENT, "limit"},
+      {"rank 3", gemm_with([](auto& r) { r.mutable_x()->set_shape(0, 1); r.mutable_x()->add_shape(2); r.mutable_x()->set_shape(1, 256); }),
+       grpc::StatusCode::INVALID_ARGUMENT, "[M, K]"},
+      {"M = 0", gemm_with([](auto& r) { r = MakeGemm("m", kQ, Tensor::Zeros(DType::kF32, {0, 256})); }),
+       grpc::StatusCode::INVALID_ARGUMENT, "M = 0"},
+      {"M over the limit", gemm_with([](auto& r) { r = MakeGemm("m", kQ, Tensor::Zeros(DType::kBF16, {16385, 256})); }),
+       grpc::StatusCode::INVALID_ARGUMENT, "16384"},
+      {"K mismatch", gemm_with([](auto& r) { r = MakeGemm("m", kQ, RandomX(2, 255, DType::kF32, 2)); }),
+       grpc::StatusCode::INVALID_ARGUMENT, "K = 255"},
+      {"bad out dtype", gemm_with([](auto& r) { r.set_out_dtype(v1::DTYPE_I32); }),
+       grpc::StatusCode::INVALID_ARGUMENT, "out_dtype"},
+      {"missing x", gemm_with([](auto& r) { r.clear_x(); }), grpc::StatusCode::INVALID_ARGUMENT, "x is missing"},
+      {"unknown model", gemm_with([](auto& r) { r.set_model("nope"); }), grpc::StatusCode::NOT_FOUND, "'nope'"},
+      {"unknown layer", gemm_with([](auto& r) { r.set_layer("model.layers.7.mlp.up_proj"); }),
+       grpc::StatusCode::NOT_FOUND, "model.layers.7.mlp.up_proj"},
+      {"float layer", gemm_with([](auto& r) { r.set_layer("lm_head"); }), grpc::StatusCode::NOT_FOUND,
+       "not quantized"},
+      {"path traversal", load("t", "../outside/w8a8"), grpc::StatusCode::INVALID_ARGUMENT, "'..'"},
+      {"inner traversal", load("t", "w8a8/../../outside/w8a8"), grpc::StatusCode::INVALID_ARGUMENT, "'..'"},
+      {"absolute path", load("t", g_fixture->outside + "/w8a8"), grpc::StatusCode::INVALID_ARGUMENT, "absolute"},
+      {"symlink escape", load("t", "escape"), grpc::StatusCode::PERMISSION_DENIED, "outside the model root"},
+      {"missing path", load("t", "no_such_dir"), grpc::StatusCode::NOT_FOUND, "does not exist"},
+      {"not a checkpoint", load("t", "."), grpc::StatusCode::FAILED_PRECONDITION, "config.json"},
+      {"empty name", load("", "w8a8"), grpc::StatusCode::INVALID_ARGUMENT, "name is empty"},
+      {"duplicate load", load("m", "w4a16"), grpc::StatusCode::ALREADY_EXISTS, "'m'"},
+      {"unload unknown", [](Client& c) { return c.Unload("ghost"); }, grpc::StatusCode::NOT_FOUND, "'ghost'"},
+      {"missing token", [&](Client&) {
+         Client anon(server_->port, "");
+         return anon.Load("t", "w8a8");
+       }, grpc::StatusCode::UNAUTHENTICATED, ""},
+      {"wrong token", [&](Client&) {
+         Client wrong(server_->port, "not-the-token");
+         v1::GemmResponse resp;
+         return wrong.Gemm(MakeGemm("m", kQ, RandomX(1, 256, DType::kF32, 1)), &resp);
+       }, grpc::StatusCode::UNAUTHENTICATED, ""},
+      {"bad chunk CRC", [](Client& c) {
+         return StreamLoad(c, "crc", g_fixture->root + "/w8a8", [](v1::TensorChunk& ch) { ch.set_crc32c(ch.crc32c() ^ 1); });
+       }, grpc::StatusCode::DATA_LOSS, "CRC-32C mismatch"},
+      {"truncated stream", [](Client& c) {
+         return StreamLoad(c, "trunc", g_fixture->root + "/w8a8", nullptr, /*truncate=*/true);
+       }, grpc::StatusCode::INVALID_ARGUMENT, "ended early"},
+      {"stream without header", [](Client& c) {
+         grpc::ClientContext ctx;
+         c.Prepare(&ctx);
+         v1::LoadModelStreamResponse resp;
+         auto w = c.stub->LoadModelStream(&ctx, &resp);
+         v1::LoadModelStreamRequest m;
+         m.mutable_chunk()->set_name("x");
+         w->Write(m);
+         w->WritesDone();
+         return w->Finish();
+       }, grpc::StatusCode::INVALID_ARGUMENT, "header"},
+  };
+  Tensor good_x = RandomX(2, 256, DType::kF32, 42);
+  v1::GemmResponse good_ref;
+  ASSERT_TRUE(client_->Gemm(MakeGemm("m", kQ, good_x), &good_ref).ok());
+  for (const BadCase& c : cases) {
+    SCOPED_TRACE(c.what);
+    grpc::Status st = c.call(*client_);
+    EXPECT_EQ(st.error_code(), c.code) << st.error_message();
+    EXPECT_NE(st.error_message().find(c.message), std::string::npos) << st.error_message();
+    v1::GemmResponse good;
+    ASSERT_TRUE(client_->Gemm(MakeGemm("m", kQ, good_x), &good).ok()) << "server stopped serving after " << c.what;
+    EXPECT_EQ(good.y().data(), good_ref.y().data());
+  }
+}
+
+TEST_F(RuntimeTest, OversizedMessageIsResourceExhausted) {
+  auto server = StartServer(DefaultOptions(), 0, /*max_message=*/1 << 20);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  ASSERT_TRUE(client.Load("m", "w8a8").ok());
+  v1::GemmResponse resp;
+  grpc::Status st = client.Gemm(MakeGemm("m", kQ, RandomX(2048, 256, DType::kF32, 1)), &resp);  // 2 MiB
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  // A request under the limit whose result is over it.
+  st = client.Gemm(MakeGemm("m", kQ, RandomX(1500, 256, DType::kBF16, 1), v1::DTYPE_F32), &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_NE(st.error_message().find("message limit"), std::string::npos) << st.error_message();
+  ASSERT_TRUE(client.Gemm(MakeGemm("m", kQ, RandomX(4, 256, DType::kF32, 1)), &resp).ok());
+}
+
+TEST_F(RuntimeTest, MemoryBudgetRefusesLoad) {
+  grpc::ClientContext ctx;
+  v1::LoadModelResponse first;
+  ASSERT_TRUE(client_->Load("probe", "w8a8", &first).ok());
+  const int64_t one = first.model().weight_bytes();
+  ASSERT_GT(one, 0);
+  EngineOptions o = DefaultOptions();
+  o.registry.memory_budget_bytes = one + one / 2;  // room for one model, not two
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  ASSERT_TRUE(client.Load("a", "w8a8").ok());
+  grpc::Status st = client.Load("b", "w8a8");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(st.error_message().find(std::to_string(one) + " bytes"), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find(std::to_string(one / 2) + " of the"), std::string::npos) << st.error_message();
+  // The stream path is bounded by the same budget.
+  st = StreamLoad(client, "s", g_fixture->root + "/w8a8");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  ASSERT_TRUE(client.Unload("a").ok());
+  EXPECT_TRUE(client.Load("b", "w8a8").ok());
+}
+
+// ---- deadlines, restart ---------------------------------------------------------------------
+
+TEST_F(RuntimeTest, DeadlineExceededWhileQueued) {
+  EngineOptions o = DefaultOptions();
+  o.batching.max_queue_delay_us = 700'000;  // a 0.7 s batching window: the request waits in the queue
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  ASSERT_TRUE(client.Load("m", "w8a8").ok());
+  auto t0 = std::chrono::steady_clock::now();
+  v1::GemmResponse resp;
+  grpc::Status st = client.Gemm(MakeGemm("m", kQ, RandomX(1, 256, DType::kF32, 1)), &resp, /*deadline_ms=*/100);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  // The server withdraws it from the queue: nothing stays queued.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (const auto& fam : server->registry->Collect()) {
+    if (fam.name == "lowbit_runtime_queue_depth") EXPECT_EQ(fam.metric.at(0).gauge.value, 0.0);
+    if (fam.name == "lowbit_runtime_gemms_total") EXPECT_EQ(fam.metric.at(0).counter.value, 0.0);
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1500));
+  // The server still serves (with a deadline long enough for the window).
+  ASSERT_TRUE(client.Gemm(MakeGemm("m", kQ, RandomX(1, 256, DType::kF32, 1)), &resp, 10000).ok());
+}
+
+TEST_F(RuntimeTest, RestartThenReload) {
+  const int port = server_->port;
+  ASSERT_TRUE(client_->Load("m", "w8a8").ok());
+  Tensor x = RandomX(2, 256, DType::kF32, 5);
+  v1::GemmResponse before;
+  ASSERT_TRUE(client_->Gemm(MakeGemm("m", kQ, x), &before).ok());
+  server_.reset();  // shut down
+  v1::GemmResponse resp;
+  grpc::Status st = client_->Gemm(MakeGemm("m", kQ, x), &resp, 2000);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+  server_ = StartServer(DefaultOptions(), port);
+  ASSERT_NE(server_, nullptr);
+  ASSERT_EQ(server_->port, port);
+  // The new server has no models until the client reloads.
+  grpc::Status nf;
+  for (int i = 0; i < 50; ++i) {  // the channel reconnects with backoff
+    nf = client_->Gemm(MakeGemm("m", kQ, x), &resp, 2000);
+    if (nf.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(nf.error_code(), grpc::StatusCode::NOT_FOUND) << nf.error_message();
+  ASSERT_TRUE(client_->Load("m", "w8a8").ok());
+  ASSERT_TRUE(client_->Gemm(MakeGemm("m", kQ, x), &resp).ok());
+  EXPECT_EQ(resp.y().data(), before.y().data());
+}
+
+}  // namespace
+}  // namespace lowbit
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  ::testing::AddGlobalTestEnvironment(new lowbit::CheckpointEnv);
+  return RUN_ALL_TESTS();
+}
