@@ -1,0 +1,247 @@
+// lowbit bench-rpc — the services' RPC costs, measured over loopback with both services run
+// as child processes (CPU backend):
+//   * Gemm latency at M = 1, K = N = 4096 (a W8A8 o_proj): p50 / p99 end to end, the
+//     server-side kernel time from the response, and the RPC overhead p50 − kernel p50;
+//   * Gemm throughput with 1 / 8 / 64 concurrent clients, on a runtime with dynamic batching
+//     and on one without (same binary, --batching=false);
+//   * streaming: UploadModel to the calibrator, LoadModelStream to the runtime, FetchResult
+//     from the calibrator — MB/s of tensor bytes.
+// Writes a Markdown table to --out/bench-rpc.md and prints it.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "absl/flags/declare.h"
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "cli/calibrator_client.h"
+#include "cli/commands.h"
+#include "cli/connection.h"
+#include "cli/runtime_client.h"
+#include "cli/service_process.h"
+#include "common/file_util.h"
+#include "tools/gen_model/synthetic_llama.h"
+
+ABSL_DECLARE_FLAG(std::string, out);
+ABSL_FLAG(double, bench_seconds, 3.0, "bench-rpc: seconds per throughput point");
+ABSL_FLAG(int, bench_latency_calls, 300, "bench-rpc: sequential calls for the latency percentiles");
+ABSL_FLAG(std::string, bench_clients, "1,8,64", "bench-rpc: concurrent client counts");
+ABSL_FLAG(int64_t, bench_hidden, 4096, "bench-rpc: hidden size of the one-layer model (K = N of o_proj)");
+ABSL_FLAG(std::string, bench_threads, "", "bench-rpc: --threads for the runtimes (default: theirs)");
+
+namespace lowbit::cli {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5));
+  return v[i];
+}
+
+int64_t DirBytes(const fs::path& dir) {
+  int64_t n = 0;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_regular_file()) n += static_cast<int64_t>(e.file_size());
+  return n;
+}
+
+struct Throughput {
+  double rps = 0;
+  double mean_batch = 0;
+  int64_t errors = 0;
+};
+
+// `clients` threads, each with its own channel, calling Gemm back to back for `seconds`.
+Throughput MeasureThroughput(const rpc::ClientConfig& config, const std::string& model, const std::string& layer,
+                             const Tensor& x, int clients, double seconds) {
+  std::atomic<int64_t> done{0}, batched{0}, errors{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      // Separate channels, so requests are not serialized on one HTTP/2 connection.
+      rpc::ClientConfig cc = config;
+      auto ch = rpc::MakeChannel(cc);
+      auto stub = v1::RuntimeService::NewStub(*ch);
+      while (!stop.load(std::memory_order_relaxed)) {
+        auto r = CallGemm(*stub, cc, model, layer, x, DType::kBF16);
+        if (!r.ok()) {
+          errors.fetch_add(1);
+          continue;
+        }
+        done.fetch_add(1);
+        batched.fetch_add(r->batch_requests);
+      }
+    });
+  }
+  const auto t0 = Clock::now();
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  stop = true;
+  for (auto& t : threads) t.join();
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  Throughput t;
+  t.rps = done.load() / s;
+  t.mean_batch = done.load() ? double(batched.load()) / done.load() : 0;
+  t.errors = errors.load();
+  return t;
+}
+
+int Bench() {
+  const fs::path out = fs::absolute(absl::GetFlag(FLAGS_out).empty() ? "bench-rpc-out" : absl::GetFlag(FLAGS_out));
+  std::error_code ec;
+  for (const char* d : {"state", "models", "checkpoints"}) fs::remove_all(out / d, ec);
+  fs::create_directories(out / "models", ec);
+  fs::create_directories(out / "checkpoints", ec);
+  const int64_t hidden = absl::GetFlag(FLAGS_bench_hidden);
+
+  // A one-layer model with K = N = hidden for o_proj, quantized W8A8 by round-to-nearest.
+  SyntheticLlamaOptions o;
+  o.hidden = hidden;
+  o.intermediate = hidden;
+  o.layers = 1;
+  o.heads = std::max<int64_t>(1, hidden / 128);
+  o.kv_heads = std::max<int64_t>(1, o.heads / 4);
+  o.vocab = 512;
+  o.outlier_channels = 0;
+  const fs::path model_dir = out / "models" / "bench";
+  if (auto s = WriteSyntheticLlama(model_dir.string(), o); !s.ok()) return Fail("generate model", s);
+  const fs::path ckpt = out / "checkpoints" / "bench-w8a8";
+  const std::string rtn_cmd = absl::StrCat(FindSiblingBinary("lowbit-rtn", "tools"), " --model ", model_dir.string(),
+                                           " --out ", ckpt.string(), " --scheme W8A8 > ", (out / "rtn.log").string(),
+                                           " 2>&1");
+  if (std::system(rtn_cmd.c_str()) != 0) {
+    std::fprintf(stderr, "lowbit bench-rpc: lowbit-rtn failed, see %s\n", (out / "rtn.log").c_str());
+    return 1;
+  }
+
+  std::vector<std::string> threads_arg;
+  if (!absl::GetFlag(FLAGS_bench_threads).empty()) threads_arg.push_back("--threads=" + absl::GetFlag(FLAGS_bench_threads));
+  auto start_runtime = [&](bool batching, const std::string& log) {
+    std::vector<std::string> args = {"serve", "--address=127.0.0.1:0", "--model_root=" + (out / "checkpoints").string(),
+                                     "--backend=cpu", std::string("--batching=") + (batching ? "true" : "false")};
+    args.insert(args.end(), threads_arg.begin(), threads_arg.end());
+    return ServiceProcess::Start(FindSiblingBinary("lowbit-runtime", "runtime"), args, (out / log).string());
+  };
+  std::string md = absl::StrFormat("# lowbit bench-rpc\n\nLoopback, CPU backend, W8A8 layer K = N = %d.\n\n", hidden);
+  const std::string layer = "model.layers.0.self_attn.o_proj";
+  std::mt19937 rng(0);
+  std::normal_distribution<float> nd;
+  std::vector<float> xv(hidden);
+  for (auto& v : xv) v = nd(rng);
+  const Tensor x1 = Tensor::FromFloats(xv, {1, hidden}, DType::kBF16);
+
+  // --- latency and throughput, batching off then on
+  std::string tp_rows;
+  for (bool batching : {false, true}) {
+    auto rt = start_runtime(batching, batching ? "runtime-batching.log" : "runtime-nobatching.log");
+    if (!rt.ok()) return Fail("start lowbit-runtime", rt.status());
+    rpc::ClientConfig cfg = RuntimeConfig();
+    cfg.address = (*rt)->address();
+    cfg.auth_token.clear();
+    auto stub = RuntimeStub(cfg);
+    auto info = LoadFromPath(*stub, cfg, "bench", "bench-w8a8");
+    if (!info.ok()) return Fail("load", info.status());
+    for (int i = 0; i < 20; ++i) (void)CallGemm(*stub, cfg, "bench", layer, x1, DType::kBF16);  // warm-up
+    std::vector<double> lat, kern;
+    for (int i = 0; i < absl::GetFlag(FLAGS_bench_latency_calls); ++i) {
+      const auto t0 = Clock::now();
+      auto r = CallGemm(*stub, cfg, "bench", layer, x1, DType::kBF16);
+      const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+      if (!r.ok()) return Fail("gemm", r.status());
+      lat.push_back(us);
+      kern.push_back(r->kernel_us);
+    }
+    const double p50 = Percentile(lat, 0.5), p99 = Percentile(lat, 0.99), k50 = Percentile(kern, 0.5);
+    absl::StrAppendFormat(&md,
+                          "Gemm M=1, one client, batching %s: p50 %.0f us, p99 %.0f us, kernel p50 %.0f us, "
+                          "RPC overhead (p50 − kernel p50) %.0f us (%d calls)\n\n",
+                          batching ? "on" : "off", p50, p99, k50, p50 - k50, absl::GetFlag(FLAGS_bench_latency_calls));
+    for (absl::string_view c : absl::StrSplit(absl::GetFlag(FLAGS_bench_clients), ',', absl::SkipEmpty())) {
+      const int clients = std::stoi(std::string(c));
+      Throughput t = MeasureThroughput(cfg, "bench", layer, x1, clients, absl::GetFlag(FLAGS_bench_seconds));
+      absl::StrAppendFormat(&tp_rows, "| %s | %d | %.0f | %.1f | %d |\n", batching ? "on" : "off", clients, t.rps,
+                            t.mean_batch, t.errors);
+      std::fprintf(stderr, "batching %s, %d clients: %.0f req/s (mean batch %.1f)\n", batching ? "on" : "off", clients,
+                   t.rps, t.mean_batch);
+    }
+    if (batching) {
+      // Streaming a checkpoint into the runtime.
+      const auto t0 = Clock::now();
+      auto streamed = StreamCheckpoint(*stub, cfg, ckpt.string(), "bench-streamed");
+      const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+      if (!streamed.ok()) return Fail("LoadModelStream", streamed.status());
+      const double mb = DirBytes(ckpt) / 1e6;
+      absl::StrAppendFormat(&md, "LoadModelStream (runtime): %.1f MB in %.2f s = %.0f MB/s (includes weight preparation)\n\n",
+                            mb, s, mb / s);
+    }
+    (*rt)->Stop();
+  }
+  md += "| batching | clients | Gemm/s (M=1) | mean requests per GEMM | errors |\n|---|---:|---:|---:|---:|\n" + tp_rows +
+        "\n";
+
+  // --- calibrator streaming: upload the float model, RTN job, fetch the result
+  auto cal = ServiceProcess::Start(FindSiblingBinary("lowbit-calibrator", "calibrator"),
+                                   {"serve", "--address=127.0.0.1:0", "--state_dir=" + (out / "state").string(),
+                                    "--model_root=" + (out / "models").string(),
+                                    "--output_root=" + (out / "checkpoints").string()},
+                                   (out / "calibrator.log").string());
+  if (!cal.ok()) return Fail("start lowbit-calibrator", cal.status());
+  rpc::ClientConfig ccfg = CalibratorConfig();
+  ccfg.address = (*cal)->address();
+  ccfg.auth_token.clear();
+  auto cstub = CalibratorStub(ccfg);
+  const double model_mb = DirBytes(model_dir) / 1e6;
+  auto t0 = Clock::now();
+  auto up = UploadModelDir(*cstub, ccfg, model_dir.string(), "bench-upload");
+  double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (!up.ok()) return Fail("UploadModel", up.status());
+  absl::StrAppendFormat(&md, "UploadModel (calibrator): %.1f MB in %.2f s = %.0f MB/s (CRC-32C checked, written, fsynced)\n\n",
+                        model_mb, s, model_mb / s);
+  v1::CreateJobRequest req;
+  req.mutable_spec()->set_model("bench");
+  req.mutable_spec()->set_scheme("W8A8");
+  req.mutable_spec()->set_algorithm("rtn");
+  req.mutable_spec()->set_heldout_fraction(0);
+  auto* toks = req.mutable_spec()->mutable_inline_tokens();
+  for (int i = 0; i < 4; ++i) {
+    auto* seq = toks->add_sequences();
+    for (int j = 0; j < 16; ++j) seq->add_ids((i * 31 + j * 7) % 512);
+  }
+  grpc::ClientContext ctx;
+  Prepare(&ctx, ccfg);
+  v1::CreateJobResponse created;
+  if (auto st = cstub->CreateJob(&ctx, req, &created); !st.ok()) return Fail("CreateJob", st);
+  auto job = WaitForJob(*cstub, ccfg, created.job().id(), /*bar=*/false);
+  if (!job.ok()) return Fail("WatchJob", job.status());
+  if (job->state() != v1::JOB_STATE_SUCCEEDED) {
+    std::fprintf(stderr, "lowbit bench-rpc: job failed: %s\n", job->error_message().c_str());
+    return 1;
+  }
+  t0 = Clock::now();
+  auto fetched = FetchResultToDir(*cstub, ccfg, job->id(), (out / "fetched").string());
+  s = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (!fetched.ok()) return Fail("FetchResult", fetched.status());
+  absl::StrAppendFormat(&md, "FetchResult (calibrator): %.1f MB of tensors in %.2f s = %.0f MB/s (reassembled, CRC-32C checked, written)\n",
+                        *fetched / 1e6, s, *fetched / 1e6 / s);
+  (*cal)->Stop();
+
+  std::printf("%s", md.c_str());
+  if (auto st = AtomicWriteFile((out / "bench-rpc.md").string(), md); !st.ok()) return Fail("write", st);
+  return 0;
+}
+
+}  // namespace
+
+int RunBenchRpc(const Args& args) { return Bench(); }
+
+}  // namespace lowbit::cli

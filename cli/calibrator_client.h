@@ -1,0 +1,38 @@
+// Client-side operations on the calibrator, shared by the CLI commands and `lowbit demo`:
+// uploads (chunked, CRC-32C), waiting on a job with a progress bar, fetching a result.
+#ifndef LOWBIT_CLI_CALIBRATOR_CLIENT_H_
+#define LOWBIT_CLI_CALIBRATOR_CLIENT_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "lowbit/v1/calibrator.grpc.pb.h"
+#include "rpc/client.h"
+
+namespace lowbit::cli {
+
+using CalibratorStubT = v1::CalibratorService::StubInterface;
+
+// .jsonl, or .bin with its .idx beside it.
+absl::StatusOr<v1::UploadDatasetResponse> UploadDatasetFile(CalibratorStubT& stub, const rpc::ClientConfig& config,
+                                                            const std::string& path, const std::string& name,
+                                                            int64_t chunk_bytes = int64_t{1} << 20);
+// Every regular file directly in `dir` (config.json, *.safetensors, tokenizer files...).
+absl::StatusOr<v1::UploadModelResponse> UploadModelDir(CalibratorStubT& stub, const rpc::ClientConfig& config,
+                                                       const std::string& dir, const std::string& name,
+                                                       int64_t chunk_bytes = int64_t{1} << 20);
+// Follows WatchJob until the job ends; draws a progress line on stderr when `bar`.
+absl::StatusOr<v1::Job> WaitForJob(CalibratorStubT& stub, const rpc::ClientConfig& config, const std::string& id,
+                                   bool bar);
+// FetchResult into `out_dir`: config.json, report.json, recipe.yaml, model.safetensors.
+// Returns the tensor bytes received.
+absl::StatusOr<int64_t> FetchResultToDir(CalibratorStubT& stub, const rpc::ClientConfig& config,
+                                         const std::string& id, const std::string& out_dir,
+                                         int64_t chunk_bytes = int64_t{1} << 20);
+std::string JobStateName(v1::JobState state);
+// One line: id, state, progress, model, recipe.
+std::string JobLine(const v1::Job& job);
+
+}  // namespace lowbit::cli
+
+#endif  // LOWBIT_CLI_CALIBRATOR_CLIENT_H_

@@ -1,0 +1,151 @@
+#include "cli/service_process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+
+namespace lowbit::cli {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string LogTail(const std::string& path) {
+  std::ifstream in(path);
+  std::string all((std::istreambuf_iterator<char>(in)), {});
+  return all.size() > 2000 ? all.substr(all.size() - 2000) : all;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(const std::string& binary,
+                                                                      const std::vector<std::string>& args,
+                                                                      const std::string& log_path,
+                                                                      std::chrono::seconds timeout) {
+  if (access(binary.c_str(), X_OK) != 0) {
+    return absl::NotFoundError(absl::StrCat("service binary '", binary, "' not found or not executable"));
+  }
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
+  const int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (log_fd < 0) return absl::InternalError(absl::StrCat("cannot open log ", log_path));
+  std::vector<std::string> argv_s = {binary};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = fork();
+  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid == 0) {
+    dup2(out[1], 1);
+    dup2(log_fd, 2);
+    execv(binary.c_str(), argv.data());
+    _exit(127);
+  }
+  close(out[1]);
+  close(log_fd);
+  std::unique_ptr<ServiceProcess> p(new ServiceProcess());
+  p->pid_ = pid;
+  p->stdout_fd_ = out[0];
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::string buf;
+  const std::string marker = " listening on ";
+  while (true) {
+    size_t nl = buf.find('\n');
+    while (nl != std::string::npos) {
+      std::string line = buf.substr(0, nl);
+      buf.erase(0, nl + 1);
+      const size_t at = line.find(marker);
+      if (at != std::string::npos) {
+        p->address_ = line.substr(at + marker.size());
+        return p;
+      }
+      nl = buf.find('\n');
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      p->Kill();
+      return absl::DeadlineExceededError(absl::StrCat(binary, " did not report its address within ", timeout.count(),
+                                                      " s; log ", log_path, ":\n", LogTail(log_path)));
+    }
+    pollfd pfd{p->stdout_fd_, POLLIN, 0};
+    if (poll(&pfd, 1, static_cast<int>(left.count())) <= 0) continue;
+    char chunk[512];
+    const ssize_t n = read(p->stdout_fd_, chunk, sizeof(chunk));
+    if (n <= 0) {
+      int status = 0;
+      waitpid(pid, &status, 0);
+      p->pid_ = -1;
+      return absl::FailedPreconditionError(absl::StrCat(binary, " exited before listening (status ", status,
+                                                        "); log ", log_path, ":\n", LogTail(log_path)));
+    }
+    buf.append(chunk, n);
+  }
+}
+
+int ServiceProcess::Stop(std::chrono::milliseconds grace) {
+  if (pid_ <= 0) return 0;
+  kill(pid_, SIGTERM);
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  int status = 0;
+  while (true) {
+    const pid_t r = waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, &status, 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  pid_ = -1;
+  if (stdout_fd_ >= 0) close(stdout_fd_);
+  stdout_fd_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+void ServiceProcess::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int status;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+ServiceProcess::~ServiceProcess() {
+  Stop();
+  if (stdout_fd_ >= 0) close(stdout_fd_);
+}
+
+std::string FindSiblingBinary(const std::string& name, const std::string& build_subdir) {
+  std::error_code ec;
+  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path dir = self.parent_path();
+    for (const fs::path& p : {dir / name, dir.parent_path() / build_subdir / name}) {
+      if (access(p.c_str(), X_OK) == 0) return p.string();
+    }
+  }
+  if (const char* path = std::getenv("PATH")) {
+    std::string all = path;
+    size_t start = 0;
+    while (start <= all.size()) {
+      size_t end = all.find(':', start);
+      if (end == std::string::npos) end = all.size();
+      const fs::path p = fs::path(all.substr(start, end - start)) / name;
+      if (access(p.c_str(), X_OK) == 0) return p.string();
+      start = end + 1;
+    }
+  }
+  return name;
+}
+
+}  // namespace lowbit::cli
