@@ -33,3 +33,24 @@ else
     $SUDO apt-get install -y -qq --no-install-recommends "${names[@]}"
   fi
 fi
+
+# PyPI tools (scripts/pytools-requirements.txt, every dependency pinned) into <repo>/.pytools with
+# Debian's python3 and pip --target, so the system Python stays untouched. A stamp named after
+# the list's hash makes this a no-op when nothing changed. LOWBIT_SETUP_PYTOOLS=0 skips it
+# (container builds need none of them).
+if [ "${LOWBIT_SETUP_PYTOOLS:-1}" != 0 ]; then
+  repo=$(cd "$here/.." && pwd)
+  req="$here/pytools-requirements.txt"
+  stamp="$repo/.pytools/.stamp-$(sha256sum "$req" | cut -c1-16)"
+  if [ -f "$stamp" ]; then
+    echo "setup: pinned PyPI tools present in .pytools"
+  else
+    echo "setup: installing pinned PyPI tools into .pytools"
+    rm -rf "$repo/.pytools.tmp"
+    /usr/bin/python3 -m pip install --disable-pip-version-check --no-input --quiet --root-user-action=ignore --no-deps \
+      --only-binary=:all: --target "$repo/.pytools.tmp" -r "$req"
+    rm -rf "$repo/.pytools"
+    mv "$repo/.pytools.tmp" "$repo/.pytools"
+    touch "$stamp"
+  fi
+fi
