@@ -1,6 +1,10 @@
 // lowbit-calibrator: the calibration engine's command line.
 //
 //   lowbit-calibrator calibrate --model DIR --data tokens.jsonl (--recipe R.yaml | --scheme W4A16) --out DIR
+//   lowbit-calibrator serve --state_dir DIR --model_root DIR [--address 127.0.0.1:50051] ...
+//
+// serve runs lowbit.v1.CalibratorService (calibrator/service/, docs/calibrator-service.md).
+// Its settings also come from LOWBIT_CALIBRATOR_* environment variables; flags win.
 //
 // Data: JSONL with an `input_ids` array per line, or a raw little-endian int32 token file
 // (X.bin) with its offsets index (X.idx). Progress goes to stderr (a live bar on a terminal,
@@ -19,10 +23,18 @@
 #include "absl/strings/str_format.h"
 #include "calibrator/compute.h"
 #include "calibrator/dataset.h"
+#include "calibrator/job_builder.h"
 #include "calibrator/pipeline.h"
 #include "common/blas_env.h"
 #include "common/file_util.h"
 #include "common/recipe.h"
+#ifdef LOWBIT_CALIBRATOR_SERVE
+#include <cstdlib>
+#include "calibrator/service/calibrator_server.h"
+#include "rpc/server.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+#endif
 
 ABSL_FLAG(std::string, model, "", "Hugging Face Llama-family model directory");
 ABSL_FLAG(std::string, data, "", "tokenized calibration data: .jsonl (input_ids per line) or .bin (+ .idx)");
@@ -37,6 +49,21 @@ ABSL_FLAG(uint64_t, seed, 42, "shuffle seed");
 ABSL_FLAG(bool, shuffle, true, "shuffle the samples before choosing");
 ABSL_FLAG(int64_t, max_chunk_tokens, 4096, "tokens per forward chunk (bounds temporary memory)");
 ABSL_FLAG(bool, quiet, false, "no progress output");
+
+// serve
+ABSL_FLAG(std::string, address, "", "serve: host:port to listen on (default 127.0.0.1:50051; port 0 = any free one)");
+ABSL_FLAG(std::string, state_dir, "", "serve: directory for jobs, uploads and resume state (env LOWBIT_CALIBRATOR_STATE_DIR)");
+ABSL_FLAG(std::string, model_root, "", "serve: directory job models are resolved in (env LOWBIT_CALIBRATOR_MODEL_ROOT)");
+ABSL_FLAG(std::string, output_root, "", "serve: checkpoint directory (default <state_dir>/outputs; env LOWBIT_CALIBRATOR_OUTPUT_ROOT)");
+ABSL_FLAG(int32_t, max_concurrent_jobs, 0, "serve: jobs running at once, the rest queue (default 1; env LOWBIT_CALIBRATOR_MAX_CONCURRENT_JOBS)");
+ABSL_FLAG(int64_t, max_upload_bytes, 0, "serve: largest dataset / model upload (default 8 GiB; env LOWBIT_CALIBRATOR_MAX_UPLOAD_BYTES)");
+ABSL_FLAG(int64_t, max_message_bytes, 0, "serve: largest gRPC message, each way (default 64 MiB)");
+ABSL_FLAG(std::string, auth_token, "", "serve: bearer token clients must send (env LOWBIT_CALIBRATOR_AUTH_TOKEN)");
+ABSL_FLAG(std::string, tls_cert, "", "serve: TLS certificate (PEM)");
+ABSL_FLAG(std::string, tls_key, "", "serve: TLS private key (PEM)");
+ABSL_FLAG(std::string, tls_client_ca, "", "serve: CA for client certificates (mTLS)");
+ABSL_FLAG(std::string, metrics_address, "", "serve: host:port for Prometheus /metrics (empty = off)");
+ABSL_FLAG(bool, per_layer_resume, true, "serve: persist each finished layer so an interrupted job resumes from it");
 
 namespace lowbit {
 namespace {
@@ -115,33 +142,29 @@ void PrintSummary(const CalibrationResult& r, const std::string& out) {
 }
 
 absl::StatusOr<CalibrationJob> BuildJob() {
-  CalibrationJob job;
-  job.model_dir = absl::GetFlag(FLAGS_model);
-  job.out_dir = absl::GetFlag(FLAGS_out);
+  const std::string model_dir = absl::GetFlag(FLAGS_model), out_dir = absl::GetFlag(FLAGS_out);
   const std::string data = absl::GetFlag(FLAGS_data);
   const std::string recipe = absl::GetFlag(FLAGS_recipe), scheme = absl::GetFlag(FLAGS_scheme);
-  if (job.model_dir.empty() || job.out_dir.empty() || data.empty()) {
+  if (model_dir.empty() || out_dir.empty() || data.empty()) {
     return absl::InvalidArgumentError("--model, --data and --out are required");
   }
   if (recipe.empty() == scheme.empty()) return absl::InvalidArgumentError("give exactly one of --recipe and --scheme");
 
-  absl::StatusOr<RecipePlan> plan;
+  absl::StatusOr<RecipeChoice> choice;
   if (!recipe.empty()) {
     absl::StatusOr<std::string> text = ReadFileToString(recipe);
     if (!text.ok()) return text.status();
-    job.recipe_yaml = *text;
-    plan = ParseRecipe(*text, recipe);
+    absl::StatusOr<RecipePlan> plan = ParseRecipe(*text, recipe);
+    if (!plan.ok()) return plan.status();
+    choice = RecipeChoice{*text, *std::move(plan)};
   } else {
     const std::string algorithm = absl::GetFlag(FLAGS_algorithm);
     if (algorithm != "gptq" && algorithm != "rtn") {
       return absl::InvalidArgumentError(absl::StrCat("--algorithm must be gptq or rtn, not '", algorithm, "'"));
     }
-    job.recipe_yaml = PresetRecipeYaml(scheme, algorithm == "gptq");
-    plan = ParseRecipe(job.recipe_yaml, "--scheme");
+    choice = ResolveRecipe("", "--scheme", scheme, algorithm);
   }
-  if (!plan.ok()) return plan.status();
-  job.plan = *std::move(plan);
-  job.warnings = job.plan.warnings;
+  if (!choice.ok()) return choice.status();
 
   absl::StatusOr<std::vector<std::vector<int32_t>>> samples = LoadTokenDataset(data);
   if (!samples.ok()) return samples.status();
@@ -151,18 +174,7 @@ absl::StatusOr<CalibrationJob> BuildJob() {
   options.heldout_fraction = absl::GetFlag(FLAGS_heldout_fraction);
   options.seed = absl::GetFlag(FLAGS_seed);
   options.shuffle = absl::GetFlag(FLAGS_shuffle);
-  absl::StatusOr<DatasetSplit> split = SplitDataset(*samples, options);
-  if (!split.ok()) return split.status();
-  job.calibration = std::move(split->calibration);
-  job.heldout = std::move(split->heldout);
-  job.warnings.insert(job.warnings.end(), split->warnings.begin(), split->warnings.end());
-  job.data_summary = {{"path", data},
-                      {"num_calibration_samples", options.num_calibration_samples},
-                      {"max_seq_length", options.max_seq_length ? nlohmann::json(*options.max_seq_length) : nullptr},
-                      {"heldout_fraction", options.heldout_fraction},
-                      {"seed", options.seed},
-                      {"shuffle", options.shuffle}};
-  return job;
+  return BuildCalibrationJob(model_dir, out_dir, *std::move(choice), *samples, options, data);
 }
 
 int Calibrate() {
@@ -185,17 +197,83 @@ int Calibrate() {
   return 0;
 }
 
+#ifdef LOWBIT_CALIBRATOR_SERVE
+std::string FromEnv(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? std::string(v) : std::string();
+}
+
+int Serve() {
+  // Logs go to stderr; stdout carries only the "listening on" line (scripts read the port).
+  spdlog::set_default_logger(spdlog::stderr_color_mt("lowbit-calibrator"));
+  calibrator::CalibratorServerOptions o;
+  o.server.address = "127.0.0.1:50051";
+  if (absl::Status s = rpc::ServerConfigFromEnv("CALIBRATOR", &o.server); !s.ok()) {
+    std::fprintf(stderr, "lowbit-calibrator: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  auto pick = [](const std::string& flag, const char* env, std::string* out) {
+    if (!flag.empty()) {
+      *out = flag;
+    } else if (std::string e = FromEnv(env); !e.empty()) {
+      *out = e;
+    }
+  };
+  pick(absl::GetFlag(FLAGS_address), "", &o.server.address);
+  pick(absl::GetFlag(FLAGS_auth_token), "", &o.server.auth_token);
+  pick(absl::GetFlag(FLAGS_tls_cert), "", &o.server.tls_cert_file);
+  pick(absl::GetFlag(FLAGS_tls_key), "", &o.server.tls_key_file);
+  pick(absl::GetFlag(FLAGS_tls_client_ca), "", &o.server.tls_client_ca_file);
+  pick(absl::GetFlag(FLAGS_metrics_address), "", &o.server.metrics_address);
+  if (absl::GetFlag(FLAGS_max_message_bytes) > 0) o.server.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  pick(absl::GetFlag(FLAGS_state_dir), "LOWBIT_CALIBRATOR_STATE_DIR", &o.state_dir);
+  pick(absl::GetFlag(FLAGS_model_root), "LOWBIT_CALIBRATOR_MODEL_ROOT", &o.model_root);
+  pick(absl::GetFlag(FLAGS_output_root), "LOWBIT_CALIBRATOR_OUTPUT_ROOT", &o.output_root);
+  std::string jobs, upload;
+  pick(absl::GetFlag(FLAGS_max_concurrent_jobs) > 0 ? std::to_string(absl::GetFlag(FLAGS_max_concurrent_jobs)) : "",
+       "LOWBIT_CALIBRATOR_MAX_CONCURRENT_JOBS", &jobs);
+  pick(absl::GetFlag(FLAGS_max_upload_bytes) > 0 ? std::to_string(absl::GetFlag(FLAGS_max_upload_bytes)) : "",
+       "LOWBIT_CALIBRATOR_MAX_UPLOAD_BYTES", &upload);
+  if (!jobs.empty()) o.runner.max_concurrent_jobs = std::atoi(jobs.c_str());
+  if (!upload.empty()) o.max_upload_bytes = std::atoll(upload.c_str());
+  o.runner.per_layer_resume = absl::GetFlag(FLAGS_per_layer_resume);
+  o.runner.pipeline.max_chunk_tokens = absl::GetFlag(FLAGS_max_chunk_tokens);
+  // Testing aid (the kill -9 test): pause after each persisted layer.
+  if (std::string pause = FromEnv("LOWBIT_CALIBRATOR_TEST_LAYER_PAUSE_MS"); !pause.empty()) {
+    o.runner.layer_pause = std::chrono::milliseconds(std::atoll(pause.c_str()));
+  }
+  if (o.state_dir.empty()) {
+    std::fprintf(stderr, "lowbit-calibrator: serve needs --state_dir (or LOWBIT_CALIBRATOR_STATE_DIR)\n");
+    return 2;
+  }
+  absl::StatusOr<std::unique_ptr<calibrator::CalibratorServer>> server = calibrator::CalibratorServer::Start(o);
+  if (!server.ok()) {
+    std::fprintf(stderr, "lowbit-calibrator: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  std::string host = o.server.address.substr(0, o.server.address.rfind(':'));
+  std::printf("lowbit-calibrator listening on %s:%d\n", host.c_str(), (*server)->port());
+  std::fflush(stdout);
+  rpc::WaitForTerminationSignal();
+  std::fprintf(stderr, "lowbit-calibrator: shutting down\n");
+  (*server)->Shutdown();
+  return 0;
+}
+#endif
+
 }  // namespace
 }  // namespace lowbit
 
 int main(int argc, char** argv) {
   lowbit::EnsureBlasCoreType(argv);
   absl::SetProgramUsageMessage(
-      "lowbit-calibrator calibrate --model DIR --data tokens.jsonl (--recipe R.yaml | --scheme W4A16) --out DIR");
+      "lowbit-calibrator calibrate --model DIR --data tokens.jsonl (--recipe R.yaml | --scheme W4A16) --out DIR\n"
+      "       lowbit-calibrator serve --state_dir DIR --model_root DIR [--address HOST:PORT] [--auth_token T] ...");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  if (args.size() != 2 || std::string(args[1]) != "calibrate") {
-    std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());
-    return 2;
-  }
-  return lowbit::Calibrate();
+  if (args.size() == 2 && std::string(args[1]) == "calibrate") return lowbit::Calibrate();
+#ifdef LOWBIT_CALIBRATOR_SERVE
+  if (args.size() == 2 && std::string(args[1]) == "serve") return lowbit::Serve();
+#endif
+  std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());
+  return 2;
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <iterator>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -14,6 +15,7 @@
 #include "calibrator/gptq.h"
 #include "calibrator/hessian.h"
 #include "calibrator/llama.h"
+#include "calibrator/resume_state.h"
 #include "calibrator/smoothquant.h"
 #include "common/checkpoint.h"
 #include "common/module_match.h"
@@ -730,11 +732,24 @@ absl::StatusOr<CalibrationResult> Pipeline::Run() {
   if (absl::Status s = Prepare(); !s.ok()) return s;
   const LlamaConfig& config = model_->config();
 
+  // Per-layer resume state (PipelineOptions::resume_dir).
+  std::optional<ResumeState> resume;
+  if (!options_.resume_dir.empty()) resume.emplace(options_.resume_dir, JobFingerprint(job_, options_));
+
   std::vector<std::vector<float>> smoothing;
   if (job_.plan.smoothquant) {
-    absl::StatusOr<std::vector<std::vector<float>>> s = SmoothQuantPass();
-    if (!s.ok()) return s.status();
-    smoothing = *std::move(s);
+    std::optional<SmoothingState> saved = resume ? resume->LoadSmoothing(config.num_layers) : std::nullopt;
+    if (saved) {
+      smoothing = std::move(saved->scales);
+      smoothing_ = std::move(saved->summary);
+    } else {
+      absl::StatusOr<std::vector<std::vector<float>>> s = SmoothQuantPass();
+      if (!s.ok()) return s.status();
+      smoothing = *std::move(s);
+      if (resume) {
+        if (absl::Status st = resume->SaveSmoothing({smoothing, smoothing_}); !st.ok()) return st;
+      }
+    }
   }
 
   absl::StatusOr<Stream> calib = EmbedSamples(*model_, job_.calibration);
@@ -746,12 +761,52 @@ absl::StatusOr<CalibrationResult> Pipeline::Run() {
     ref = *r;
     quant = *std::move(r);
   }
-  for (int64_t layer = 0; layer < config.num_layers; ++layer) {
+  int64_t first_layer = 0;
+  if (resume) {
+    std::optional<ResumeState::Loaded> loaded = resume->Load();
+    if (loaded && loaded->streams.layers_done <= config.num_layers &&
+        loaded->streams.calib.size() == calib->hidden.size() &&
+        loaded->streams.ref.size() == (ref ? ref->hidden.size() : 0) &&
+        loaded->streams.quant.size() == (quant ? quant->hidden.size() : 0)) {
+      calib->hidden = std::move(loaded->streams.calib);
+      if (ref) ref->hidden = std::move(loaded->streams.ref);
+      if (quant) quant->hidden = std::move(loaded->streams.quant);
+      for (LayerState& l : loaded->layers) {
+        for (NamedTensor& t : l.tensors) tensors_.push_back(std::move(t));
+        replaced_.insert(l.replaced.begin(), l.replaced.end());
+        for (ModuleResult& m : l.modules) modules_.push_back(std::move(m));
+        for (auto& kv : l.kv_scales) kv_scales_.push_back(kv);
+        warnings_.insert(warnings_.end(), l.warnings.begin(), l.warnings.end());
+      }
+      first_layer = layers_done_ = loaded->streams.layers_done;
+    }
+  }
+  for (int64_t layer = first_layer; layer < config.num_layers; ++layer) {
     if (absl::Status s = CheckCancelled(); !s.ok()) return s;
+    const size_t tensors0 = tensors_.size(), modules0 = modules_.size(), kv0 = kv_scales_.size(),
+                 warnings0 = warnings_.size();
+    const std::set<std::string> replaced0 = replaced_;
     absl::Status s = CalibrateLayer(layer, *calib, ref ? &*ref : nullptr, quant ? &*quant : nullptr,
                                     smoothing.empty() ? nullptr : &smoothing[layer]);
     if (!s.ok()) return s;
     ++layers_done_;
+    if (resume) {
+      LayerState l;
+      l.layer = layer;
+      l.tensors.assign(tensors_.begin() + tensors0, tensors_.end());
+      std::set_difference(replaced_.begin(), replaced_.end(), replaced0.begin(), replaced0.end(),
+                          std::back_inserter(l.replaced));
+      l.modules.assign(modules_.begin() + modules0, modules_.end());
+      for (size_t i = kv0; i < kv_scales_.size(); ++i) l.kv_scales.push_back(kv_scales_[i]);
+      l.warnings.assign(warnings_.begin() + warnings0, warnings_.end());
+      if (absl::Status st = resume->SaveLayer(l, calib->hidden, ref ? &ref->hidden : nullptr,
+                                              quant ? &quant->hidden : nullptr);
+          !st.ok()) {
+        return st;
+      }
+      // Only with resume_dir: the layer is on disk (a crash from here on resumes after it).
+      Report("layer_saved", layer, "", 0.0);
+    }
   }
   if (absl::Status s = FinishLmHead(*calib, ref ? &*ref : nullptr, quant ? &*quant : nullptr); !s.ok()) return s;
   if (absl::Status s = CheckCancelled(); !s.ok()) return s;

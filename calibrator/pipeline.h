@@ -48,6 +48,11 @@ struct PipelineOptions {
   int64_t max_chunk_tokens = 4096;
   // Rows per chunk when computing held-out logits ([rows, vocab] floats).
   int64_t max_logit_rows = 512;
+  // Per-layer resume: when set, the state after each finished decoder layer (hidden states,
+  // tensors produced so far, module results, SmoothQuant scales) is written here atomically,
+  // and a run that finds state from an earlier run of the same job continues after its last
+  // layer. The checkpoint is the same as an uninterrupted run's.
+  std::string resume_dir;
 };
 
 // One progress step, for bars and WatchJob streams.

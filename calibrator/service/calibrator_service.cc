@@ -1,0 +1,321 @@
+#include "calibrator/service/calibrator_service.h"
+
+#include <chrono>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "calibrator/compute.h"
+#include "calibrator/gptq.h"
+#include "calibrator/job_builder.h"
+#include "common/checkpoint.h"
+#include "common/file_util.h"
+#include "common/module_match.h"
+#include "common/safetensors.h"
+#include "rpc/status.h"
+#include "rpc/tensor_codec.h"
+
+namespace lowbit::calibrator {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+grpc::Status Edge(const absl::Status& s) { return rpc::ToGrpcStatus(s); }
+
+constexpr std::string_view kLinearClasses[] = {"Linear", "Module"};
+
+// The config group scheme that quantizes Linear `name` under the request's scheme or recipe,
+// with GPTQ's settings.
+struct LayerPlan {
+  QuantScheme scheme;
+  int block_size = 128;
+  double dampening_frac = 0.01;
+};
+
+absl::StatusOr<LayerPlan> PlanFor(const v1::QuantizeLayerRequest& req, bool gptq) {
+  absl::StatusOr<RecipeChoice> choice;
+  if (req.recipe_case() == v1::QuantizeLayerRequest::kScheme) {
+    choice = ResolveRecipe("", req.scheme(), req.scheme(), gptq ? "gptq" : "rtn");
+  } else if (req.recipe_case() == v1::QuantizeLayerRequest::kRecipeYaml) {
+    choice = ResolveRecipe(req.recipe_yaml(), "recipe_yaml", "", "");
+  } else {
+    return absl::InvalidArgumentError("QuantizeLayer needs a scheme or a recipe_yaml");
+  }
+  if (!choice.ok()) return choice.status();
+  if (!choice->plan.quantization || choice->plan.quantization->config_groups.empty()) {
+    return absl::InvalidArgumentError("the recipe has no quantization config group");
+  }
+  const QuantizationPlan& q = *choice->plan.quantization;
+  LayerPlan plan;
+  plan.block_size = q.block_size;
+  plan.dampening_frac = q.dampening_frac;
+  if (req.recipe_case() == v1::QuantizeLayerRequest::kScheme) {
+    plan.scheme = q.config_groups.begin()->second;
+    return plan;
+  }
+  absl::StatusOr<SchemeResolver> resolver = SchemeResolver::Create(q.config_groups, q.ignore);
+  if (!resolver.ok()) return resolver.status();
+  std::optional<std::string> group = resolver->Resolve(req.name(), kLinearClasses);
+  if (!group) {
+    return absl::InvalidArgumentError(absl::StrCat("the recipe's targets (minus its ignore list) match no module named '",
+                                                   req.name(), "': nothing to quantize"));
+  }
+  plan.scheme = q.config_groups.at(*group);
+  return plan;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::QuantizeLayerResponse> QuantizeLayerImpl(const v1::QuantizeLayerRequest& req) {
+  auto t0 = Clock::now();
+  const std::string name = req.name().empty() ? std::string("layer") : req.name();
+  absl::StatusOr<Tensor> weight = rpc::TensorFromProto(req.weight(), "weight");
+  if (!weight.ok()) return weight.status();
+  if (weight->shape().size() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat("weight must be 2-D [N, K], got rank ", weight->shape().size()));
+  }
+  if (weight->dtype() != DType::kF32 && weight->dtype() != DType::kF16 && weight->dtype() != DType::kBF16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight must be F32, F16 or BF16, not ", std::string(DTypeName(weight->dtype()))));
+  }
+  const int64_t n = weight->dim(0), k = weight->dim(1);
+  if (n == 0 || k == 0) return absl::InvalidArgumentError("weight has an empty dimension");
+  const bool gptq = req.has_hessian();
+  absl::StatusOr<LayerPlan> plan = PlanFor(req, gptq);
+  if (!plan.ok()) return plan.status();
+  if (!plan->scheme.weights) {
+    return absl::InvalidArgumentError("the scheme quantizes no weights; QuantizeLayer needs weight quantization");
+  }
+  QuantArgs args = *plan->scheme.weights;
+  if (!req.actorder().empty()) {
+    std::optional<ActOrder> a = ParseActOrder(req.actorder());
+    if (!a) return absl::InvalidArgumentError(absl::StrCat("unknown actorder '", req.actorder(), "'"));
+    args.actorder = *a;
+    args.actorder_spelling = req.actorder();
+  }
+  if (req.dampening_frac() < 0) return absl::InvalidArgumentError("dampening_frac is negative");
+  if (req.block_size() < 0) return absl::InvalidArgumentError("block_size is negative");
+  const DType scale_dtype = ScaleDTypeFor(weight->dtype());
+
+  v1::QuantizeLayerResponse resp;
+  QuantizedLinear q;
+  if (gptq) {
+    absl::StatusOr<Tensor> h = rpc::TensorFromProto(req.hessian(), "hessian");
+    if (!h.ok()) return h.status();
+    if (h->dtype() != DType::kF32 || h->shape() != Shape{k, k}) {
+      return absl::InvalidArgumentError(absl::StrCat("hessian must be F32 [", k, ", ", k, "] (K of the weight)"));
+    }
+    GptqOptions opts;
+    opts.block_size = req.block_size() > 0 ? req.block_size() : 128;
+    opts.dampening_frac = req.dampening_frac() > 0 ? req.dampening_frac() : 0.01;
+    std::vector<float> w = weight->ToFloats();
+    absl::StatusOr<GptqResult> g =
+        QuantizeLinearGptq(name, w, n, k, h->ToFloats(), args, scale_dtype, opts, CpuCompute());
+    if (!g.ok()) return g.status();
+    resp.set_algorithm("GPTQ");
+    resp.set_loss(g->loss);
+    resp.set_fell_back_to_rtn(g->fell_back_to_rtn);
+    resp.set_warning(g->warning);
+    q = std::move(g->quantized);
+  } else {
+    absl::StatusOr<QuantizedLinear> r = QuantizeLinearRtn(name, *weight, args, scale_dtype);
+    if (!r.ok()) return r.status();
+    resp.set_algorithm("RTN");
+    q = *std::move(r);
+  }
+  absl::StatusOr<std::vector<NamedTensor>> encoded =
+      EncodeLinear(q, plan->scheme.format.value_or(InferFormat(plan->scheme)), scale_dtype);
+  if (!encoded.ok()) return encoded.status();
+  const std::string prefix = name + ".";
+  for (const NamedTensor& t : *encoded) {
+    v1::NamedTensor* out = resp.add_tensors();
+    out->set_name(absl::StartsWith(t.name, prefix) ? t.name.substr(prefix.size()) : t.name);
+    rpc::TensorToProto(t.tensor, out->mutable_tensor());
+  }
+  resp.set_seconds(std::chrono::duration<double>(Clock::now() - t0).count());
+  return resp;
+}
+
+CalibratorServiceImpl::CalibratorServiceImpl(const rpc::ServiceContext& context, JobRunner* runner,
+                                             const UploadStore* uploads, ServicePaths paths)
+    : context_(context), runner_(runner), uploads_(uploads), paths_(std::move(paths)) {
+  if (context_.registry) {
+    auto& family = prometheus::BuildCounter()
+                       .Name("lowbit_calibrator_upload_bytes_total")
+                       .Help("Bytes received by UploadDataset / UploadModel")
+                       .Register(*context_.registry);
+    dataset_bytes_ = &family.Add({{"kind", "dataset"}});
+    model_bytes_ = &family.Add({{"kind", "model"}});
+  }
+}
+
+grpc::Status CalibratorServiceImpl::CreateJob(grpc::ServerContext* ctx, const v1::CreateJobRequest* req,
+                                              v1::CreateJobResponse* resp) {
+  rpc::CallGuard guard(ctx, context_, "CreateJob");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  absl::StatusOr<v1::Job> job = runner_->Create(req->spec());
+  if (!job.ok()) return guard.Finish(Edge(job.status()));
+  *resp->mutable_job() = *std::move(job);
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status CalibratorServiceImpl::GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req,
+                                           v1::GetJobResponse* resp) {
+  rpc::CallGuard guard(ctx, context_, "GetJob");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  absl::StatusOr<v1::Job> job = runner_->Get(req->id());
+  if (!job.ok()) return guard.Finish(Edge(job.status()));
+  *resp->mutable_job() = *std::move(job);
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status CalibratorServiceImpl::ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* req,
+                                             v1::ListJobsResponse* resp) {
+  rpc::CallGuard guard(ctx, context_, "ListJobs");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  if (!v1::JobState_IsValid(req->state())) {
+    return guard.Finish(Edge(absl::InvalidArgumentError(absl::StrCat("unknown job state ", req->state()))));
+  }
+  for (v1::Job& j : runner_->List(req->state())) *resp->add_jobs() = std::move(j);
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status CalibratorServiceImpl::CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req,
+                                              v1::CancelJobResponse* resp) {
+  rpc::CallGuard guard(ctx, context_, "CancelJob");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  absl::StatusOr<v1::Job> job = runner_->Cancel(req->id());
+  if (!job.ok()) return guard.Finish(Edge(job.status()));
+  *resp->mutable_job() = *std::move(job);
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status CalibratorServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
+                                             grpc::ServerWriter<v1::WatchJobResponse>* writer) {
+  rpc::CallGuard guard(ctx, context_, "WatchJob");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  uint64_t seen = 0;
+  for (bool first = true;; first = false) {
+    if (ctx->IsCancelled()) {
+      return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled WatchJob (or its deadline passed)"));
+    }
+    if (stopping_) return guard.Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the calibrator is shutting down"));
+    absl::StatusOr<JobRunner::Snapshot> snap =
+        runner_->Wait(req->id(), seen, first ? std::chrono::milliseconds(0) : std::chrono::milliseconds(200));
+    if (!snap.ok()) return guard.Finish(Edge(snap.status()));
+    if (!first && snap->version == seen) continue;
+    seen = snap->version;
+    v1::WatchJobResponse msg;
+    *msg.mutable_job() = snap->job;
+    if (!writer->Write(msg)) {
+      return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+    }
+    if (JobRunner::Terminal(snap->job.state())) return guard.Finish(grpc::Status::OK);
+  }
+}
+
+grpc::Status CalibratorServiceImpl::UploadDataset(grpc::ServerContext* ctx,
+                                                  grpc::ServerReader<v1::UploadDatasetRequest>* reader,
+                                                  v1::UploadDatasetResponse* resp) {
+  rpc::CallGuard guard(ctx, context_, "UploadDataset");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  absl::StatusOr<std::unique_ptr<UploadStore::DatasetUpload>> up = uploads_->BeginDataset();
+  if (!up.ok()) return guard.Finish(Edge(up.status()));
+  v1::UploadDatasetRequest msg;
+  int64_t before = 0;
+  while (reader->Read(&msg)) {
+    absl::Status s = (*up)->Add(msg);
+    if (dataset_bytes_ != nullptr) dataset_bytes_->Increment(static_cast<double>((*up)->bytes() - before));
+    before = (*up)->bytes();
+    if (!s.ok()) return guard.Finish(Edge(s));
+  }
+  if (ctx->IsCancelled()) return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled"));
+  absl::StatusOr<v1::UploadDatasetResponse> done = (*up)->Finish();
+  if (!done.ok()) return guard.Finish(Edge(done.status()));
+  *resp = *std::move(done);
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status CalibratorServiceImpl::UploadModel(grpc::ServerContext* ctx,
+                                                grpc::ServerReader<v1::UploadModelRequest>* reader,
+                                                v1::UploadModelResponse* resp) {
+  rpc::CallGuard guard(ctx, context_, "UploadModel");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  absl::StatusOr<std::unique_ptr<UploadStore::ModelUpload>> up = uploads_->BeginModel();
+  if (!up.ok()) return guard.Finish(Edge(up.status()));
+  v1::UploadModelRequest msg;
+  int64_t before = 0;
+  while (reader->Read(&msg)) {
+    absl::Status s = (*up)->Add(msg);
+    if (model_bytes_ != nullptr) model_bytes_->Increment(static_cast<double>((*up)->bytes() - before));
+    before = (*up)->bytes();
+    if (!s.ok()) return guard.Finish(Edge(s));
+  }
+  if (ctx->IsCancelled()) return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled"));
+  absl::StatusOr<v1::UploadModelResponse> done = (*up)->Finish();
+  if (!done.ok()) return guard.Finish(Edge(done.status()));
+  *resp = *std::move(done);
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status CalibratorServiceImpl::FetchResult(grpc::ServerContext* ctx, const v1::FetchResultRequest* req,
+                                                grpc::ServerWriter<v1::FetchResultResponse>* writer) {
+  rpc::CallGuard guard(ctx, context_, "FetchResult");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  absl::StatusOr<v1::Job> job = runner_->Get(req->id());
+  if (!job.ok()) return guard.Finish(Edge(job.status()));
+  if (job->state() != v1::JOB_STATE_SUCCEEDED) {
+    return guard.Finish(Edge(absl::FailedPreconditionError(
+        absl::StrCat("job ", job->id(), " is ", v1::JobState_Name(job->state()),
+                     "; FetchResult needs a job in JOB_STATE_SUCCEEDED"))));
+  }
+  if (req->chunk_bytes() < 0) return guard.Finish(Edge(absl::InvalidArgumentError("chunk_bytes is negative")));
+  const int64_t chunk = req->chunk_bytes() == 0 ? int64_t{1} << 20 : std::min<int64_t>(req->chunk_bytes(), 32 << 20);
+  const std::string dir = absl::StrCat(paths_.output_root, "/", job->output_path());
+  absl::StatusOr<std::unique_ptr<SafetensorsModel>> model = SafetensorsModel::Open(dir);
+  if (!model.ok()) {
+    return guard.Finish(Edge(absl::DataLossError(
+        absl::StrCat("the checkpoint of job ", job->id(), " cannot be read: ", model.status().message()))));
+  }
+  v1::FetchResultResponse header;
+  v1::ResultHeader* h = header.mutable_header();
+  h->set_job_id(job->id());
+  absl::StatusOr<std::string> config = ReadFileToString(dir + "/config.json");
+  if (!config.ok()) return guard.Finish(Edge(config.status()));
+  h->set_config_json(*config);
+  if (absl::StatusOr<std::string> r = ReadFileToString(dir + "/report.json"); r.ok()) h->set_report_json(*r);
+  if (absl::StatusOr<std::string> r = ReadFileToString(dir + "/recipe.yaml"); r.ok()) h->set_recipe_yaml(*r);
+  const std::vector<std::string> names = (*model)->names();
+  int64_t total = 0;
+  for (const std::string& n : names) {
+    const SafetensorsEntry* e = (*model)->Find(n);
+    total += static_cast<int64_t>(e->end - e->begin);
+  }
+  h->set_tensors(static_cast<int32_t>(names.size()));
+  h->set_tensor_bytes(total);
+  if (!writer->Write(header)) return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+  for (const std::string& n : names) {
+    absl::StatusOr<Tensor> t = (*model)->Get(n);
+    if (!t.ok()) return guard.Finish(Edge(t.status()));
+    bool ok = rpc::ForEachChunk(n, *t, chunk, [&](const v1::TensorChunk& c) {
+      if (ctx->IsCancelled()) return false;
+      v1::FetchResultResponse msg;
+      *msg.mutable_chunk() = c;
+      return writer->Write(msg);
+    });
+    if (!ok) return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "FetchResult cancelled by the client"));
+  }
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status CalibratorServiceImpl::QuantizeLayer(grpc::ServerContext* ctx, const v1::QuantizeLayerRequest* req,
+                                                  v1::QuantizeLayerResponse* resp) {
+  rpc::CallGuard guard(ctx, context_, "QuantizeLayer");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  absl::StatusOr<v1::QuantizeLayerResponse> r = QuantizeLayerImpl(*req);
+  if (!r.ok()) return guard.Finish(Edge(r.status()));
+  *resp = *std::move(r);
+  return guard.Finish(grpc::Status::OK);
+}
+
+}  // namespace lowbit::calibrator

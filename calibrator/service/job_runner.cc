@@ -1,0 +1,351 @@
+#include "calibrator/service/job_runner.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "calibrator/compute.h"
+#include "spdlog/spdlog.h"
+
+namespace lowbit::calibrator {
+
+namespace {
+
+std::string StateLabel(v1::JobState s) {
+  switch (s) {
+    case v1::JOB_STATE_QUEUED: return "queued";
+    case v1::JOB_STATE_RUNNING: return "running";
+    case v1::JOB_STATE_SUCCEEDED: return "succeeded";
+    case v1::JOB_STATE_FAILED: return "failed";
+    case v1::JOB_STATE_CANCELLED: return "cancelled";
+    default: return "unspecified";
+  }
+}
+
+}  // namespace
+
+JobRunner::JobRunner(JobStore* store, ServicePaths paths, JobRunnerOptions options, prometheus::Registry* registry)
+    : store_(store), paths_(std::move(paths)), options_(std::move(options)) {
+  options_.max_concurrent_jobs = std::max(1, options_.max_concurrent_jobs);
+  if (registry != nullptr) {
+    jobs_gauge_ = &prometheus::BuildGauge()
+                       .Name("lowbit_calibrator_jobs")
+                       .Help("Calibration jobs by state")
+                       .Register(*registry);
+    layers_done_ = &prometheus::BuildCounter()
+                        .Name("lowbit_calibrator_layers_done_total")
+                        .Help("Decoder layers calibrated")
+                        .Register(*registry)
+                        .Add({});
+  }
+}
+
+JobRunner::~JobRunner() { Shutdown(); }
+
+bool JobRunner::Terminal(v1::JobState s) {
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
+}
+
+int64_t JobRunner::NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+void JobRunner::BumpLocked(Entry& e) {
+  ++e.version;
+  changed_.notify_all();
+}
+
+void JobRunner::RecountLocked() {
+  if (jobs_gauge_ == nullptr) return;
+  std::map<v1::JobState, int> counts;
+  for (const auto& [id, e] : jobs_) ++counts[e.job.state()];
+  for (v1::JobState s : {v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED,
+                         v1::JOB_STATE_FAILED, v1::JOB_STATE_CANCELLED}) {
+    jobs_gauge_->Add({{"state", StateLabel(s)}}).Set(counts[s]);
+  }
+}
+
+absl::Status JobRunner::Start() {
+  std::vector<std::string> to_persist;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (started_) return absl::FailedPreconditionError("the job runner was already started");
+    started_ = true;
+    for (const v1::Job& loaded : store_->loaded()) {
+      Entry e;
+      e.job = loaded;
+      if (e.job.state() == v1::JOB_STATE_RUNNING) {
+        // Interrupted by a crash or a shutdown: queue it again; the pipeline resumes it.
+        e.job.set_resumes(e.job.resumes() + 1);
+        e.job.set_state(v1::JOB_STATE_QUEUED);
+        to_persist.push_back(e.job.id());
+        spdlog::info("job {}: interrupted while running, queued again (resume {})", e.job.id(), e.job.resumes());
+      }
+      if (e.job.state() == v1::JOB_STATE_QUEUED) queue_.push_back(e.job.id());
+      if (Terminal(e.job.state())) store_->RemoveWorkDir(e.job.id());  // a crash right after it ended
+      jobs_.emplace(e.job.id(), std::move(e));
+    }
+    RecountLocked();
+  }
+  for (const std::string& w : store_->load_warnings()) spdlog::warn("{}", w);
+  for (const std::string& id : to_persist) Persist(id);
+  for (int i = 0; i < options_.max_concurrent_jobs; ++i) workers_.emplace_back([this] { Worker(); });
+  return absl::OkStatus();
+}
+
+void JobRunner::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ && workers_.empty()) return;
+    stopping_ = true;
+    for (auto& [id, e] : jobs_) {
+      if (e.job.state() == v1::JOB_STATE_RUNNING) e.cancel->store(true);
+    }
+  }
+  work_.notify_all();
+  for (std::thread& t : workers_) t.join();
+  workers_.clear();
+  changed_.notify_all();
+}
+
+absl::StatusOr<v1::Job> JobRunner::Create(const v1::JobSpec& spec) {
+  if (absl::Status s = ValidateJobSpec(spec, paths_); !s.ok()) return s;
+  v1::Job job;
+  job.set_id(JobStore::NewId());
+  *job.mutable_spec() = spec;
+  job.set_state(v1::JOB_STATE_QUEUED);
+  job.set_created_unix_ms(NowMs());
+  job.mutable_progress()->set_eta_s(-1);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return absl::UnavailableError("the calibrator is shutting down");
+  const std::string out = OutputName(job);
+  for (const auto& [id, e] : jobs_) {
+    if (!Terminal(e.job.state()) && OutputName(e.job) == out) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("job ", id, " (", StateLabel(e.job.state()), ") already writes output '", out, "'"));
+    }
+  }
+  if (absl::Status s = store_->Save(job); !s.ok()) return s;
+  Entry e;
+  e.job = job;
+  jobs_.emplace(job.id(), std::move(e));
+  queue_.push_back(job.id());
+  RecountLocked();
+  work_.notify_one();
+  changed_.notify_all();
+  spdlog::info("job {}: created (model {}, output {})", job.id(), spec.model(), out);
+  return job;
+}
+
+absl::StatusOr<v1::Job> JobRunner::Get(const std::string& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
+  return it->second.job;
+}
+
+std::vector<v1::Job> JobRunner::List(v1::JobState state) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<v1::Job> out;
+  for (const auto& [id, e] : jobs_) {
+    if (state == v1::JOB_STATE_UNSPECIFIED || e.job.state() == state) out.push_back(e.job);
+  }
+  return out;
+}
+
+absl::StatusOr<v1::Job> JobRunner::Cancel(const std::string& id) {
+  v1::Job out;
+  bool persist = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
+    Entry& e = it->second;
+    switch (e.job.state()) {
+      case v1::JOB_STATE_SUCCEEDED:
+      case v1::JOB_STATE_FAILED:
+        return absl::FailedPreconditionError(
+            absl::StrCat("job ", id, " already ", StateLabel(e.job.state()), "; nothing to cancel"));
+      case v1::JOB_STATE_QUEUED:
+        queue_.erase(std::remove(queue_.begin(), queue_.end(), id), queue_.end());
+        e.user_cancelled = true;
+        e.job.set_state(v1::JOB_STATE_CANCELLED);
+        e.job.set_error_code(static_cast<int>(absl::StatusCode::kCancelled));
+        e.job.set_error_message("cancelled by the client before it started");
+        e.job.set_finished_unix_ms(NowMs());
+        RecountLocked();
+        BumpLocked(e);
+        persist = true;
+        break;
+      case v1::JOB_STATE_RUNNING:
+        e.user_cancelled = true;
+        e.cancel->store(true);
+        break;
+      default:
+        break;
+    }
+    out = e.job;
+  }
+  if (persist) {
+    Persist(id);
+    store_->RemoveWorkDir(id);
+    spdlog::info("job {}: cancelled while queued", id);
+  }
+  return out;
+}
+
+absl::StatusOr<JobRunner::Snapshot> JobRunner::Wait(const std::string& id, uint64_t after_version,
+                                                    std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
+  const Entry& e = it->second;
+  changed_.wait_for(lock, timeout, [&] { return e.version > after_version || stopping_; });
+  return Snapshot{e.job, e.version};
+}
+
+void JobRunner::Persist(const std::string& id) {
+  std::lock_guard<std::mutex> plock(persist_mu_);
+  v1::Job copy;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return;
+    it->second.last_persist = std::chrono::steady_clock::now();
+    copy = it->second.job;
+  }
+  if (absl::Status s = store_->Save(copy); !s.ok()) spdlog::error("job {}: cannot persist: {}", id, s.ToString());
+}
+
+void JobRunner::Worker() {
+  for (;;) {
+    std::string id;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      work_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_) return;
+      id = queue_.front();
+      queue_.pop_front();
+    }
+    RunOne(id);
+  }
+}
+
+void JobRunner::RunOne(const std::string& id) {
+  v1::Job job;
+  std::shared_ptr<std::atomic<bool>> cancel;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Entry& e = jobs_.at(id);
+    if (e.job.state() != v1::JOB_STATE_QUEUED || stopping_) return;
+    e.job.set_state(v1::JOB_STATE_RUNNING);
+    if (e.job.started_unix_ms() == 0) e.job.set_started_unix_ms(NowMs());
+    cancel = e.cancel;
+    job = e.job;
+    RecountLocked();
+    BumpLocked(e);
+  }
+  Persist(id);
+  spdlog::info("job {}: running{}", id, job.resumes() > 0 ? absl::StrCat(" (resume ", job.resumes(), ")") : "");
+
+  const std::string out_dir = absl::StrCat(paths_.output_root, "/", OutputName(job));
+  absl::StatusOr<CalibrationJob> cj = BuildJobFromSpec(job.spec(), out_dir, paths_);
+  if (!cj.ok()) {
+    Finish(id, cj.status(), nullptr);
+    return;
+  }
+  PipelineOptions options = options_.pipeline;
+  if (options_.per_layer_resume) options.resume_dir = store_->WorkDir(id);
+  absl::StatusOr<CalibrationResult> result =
+      RunCalibration(*cj, options, CpuCompute(), [&](const ProgressEvent& e) { OnProgress(id, e); }, cancel.get());
+  Finish(id, result.status(), result.ok() ? &*result : nullptr);
+}
+
+void JobRunner::OnProgress(const std::string& id, const ProgressEvent& ev) {
+  bool persist = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Entry& e = jobs_.at(id);
+    v1::JobProgress* p = e.job.mutable_progress();
+    int64_t done = p->layers_done();
+    if (ev.phase == "layer_saved") {
+      done = ev.layer + 1;  // on disk: a restart resumes after it
+      persist = true;
+    } else if (ev.phase == "write") {
+      done = ev.num_layers;
+    } else if (ev.phase != "smoothquant") {
+      done = std::max(done, std::min(ev.layer, ev.num_layers));
+    }
+    if (done > p->layers_done() && layers_done_ != nullptr) {
+      layers_done_->Increment(static_cast<double>(done - p->layers_done()));
+    }
+    p->set_layers_done(done);
+    p->set_num_layers(ev.num_layers);
+    p->set_elapsed_s(ev.elapsed_s);
+    p->set_eta_s(ev.eta_s);
+    if (ev.phase != "layer_saved") {
+      bool new_step = ev.layer != p->layer() || ev.phase != p->phase();
+      p->set_phase(ev.phase);
+      p->set_layer(ev.layer);
+      p->set_module(ev.module);
+      if (ev.phase == "quantized") p->set_loss(ev.loss);
+      persist = persist ||
+                (new_step && std::chrono::steady_clock::now() - e.last_persist > std::chrono::seconds(1));
+    }
+    BumpLocked(e);
+  }
+  if (persist) Persist(id);
+  if (options_.on_progress) options_.on_progress(id, ev);
+  if (ev.phase == "calibrate" && ev.layer > 0 && options_.layer_pause.count() > 0) {
+    std::this_thread::sleep_for(options_.layer_pause);
+  }
+}
+
+void JobRunner::Finish(const std::string& id, const absl::Status& status, const CalibrationResult* result) {
+  v1::Job job;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Entry& e = jobs_.at(id);
+    if (absl::IsCancelled(status) && !e.user_cancelled && stopping_) {
+      // Interrupted by shutdown: leave it RUNNING on disk so the next start resumes it.
+      spdlog::info("job {}: interrupted by shutdown; it resumes at the next start", id);
+      return;
+    }
+    job = e.job;
+  }
+  if (status.ok()) {
+    job.set_state(v1::JOB_STATE_SUCCEEDED);
+    job.set_output_path(OutputName(job));
+    job.set_report_json(result->report.dump(2));
+    job.mutable_progress()->set_eta_s(0);
+  } else if (absl::IsCancelled(status)) {
+    job.set_state(v1::JOB_STATE_CANCELLED);
+    job.set_error_code(static_cast<int>(status.code()));
+    job.set_error_message("cancelled by the client");
+  } else {
+    job.set_state(v1::JOB_STATE_FAILED);
+    job.set_error_code(static_cast<int>(status.code()));
+    job.set_error_message(std::string(status.message()));
+  }
+  job.set_finished_unix_ms(NowMs());
+  // On disk first (the job file, then the resume state goes); then clients see it.
+  {
+    std::lock_guard<std::mutex> plock(persist_mu_);
+    if (absl::Status s = store_->Save(job); !s.ok()) spdlog::error("job {}: cannot persist: {}", id, s.ToString());
+  }
+  store_->RemoveWorkDir(id);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Entry& e = jobs_.at(id);
+    e.job = job;
+    RecountLocked();
+    BumpLocked(e);
+  }
+  if (status.ok()) {
+    spdlog::info("job {}: succeeded", id);
+  } else {
+    spdlog::info("job {}: {}", id, status.ToString());
+  }
+}
+
+}  // namespace lowbit::calibrator

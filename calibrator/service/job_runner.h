@@ -1,0 +1,120 @@
+// Runs calibration jobs: a FIFO queue and at most max_concurrent_jobs running at once, each on
+// a worker thread calling RunCalibration, with its progress events turned into the job's
+// JobProgress (and pushed to watchers), the job persisted through JobStore at every state change
+// and at most once a second while running.
+//
+// States: QUEUED → RUNNING → SUCCEEDED | FAILED (error_code = the google.rpc code, and the
+// message) | CANCELLED. Cancel: a queued job is cancelled at once; a running one at the
+// pipeline's next check (between modules / layers). Shutdown interrupts running jobs without
+// recording anything, so they are still RUNNING on disk: the next Start() queues them again
+// (resumes + 1) and the pipeline continues from its last persisted layer (or from the start).
+#ifndef LOWBIT_CALIBRATOR_SERVICE_JOB_RUNNER_H_
+#define LOWBIT_CALIBRATOR_SERVICE_JOB_RUNNER_H_
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "calibrator/pipeline.h"
+#include "calibrator/service/job_spec.h"
+#include "calibrator/service/job_store.h"
+#include "lowbit/v1/calibrator.pb.h"
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
+#include "prometheus/registry.h"
+
+namespace lowbit::calibrator {
+
+struct JobRunnerOptions {
+  int max_concurrent_jobs = 1;
+  PipelineOptions pipeline;
+  // Persist each finished decoder layer under the job's work dir and continue from it after a
+  // restart (false: an interrupted job starts over; the result is the same either way).
+  bool per_layer_resume = true;
+  // Testing aids: called on the worker thread after each progress event is recorded (may
+  // block); a pause at the start of every decoder layer after the first (lets a test stop the
+  // server mid-job).
+  std::function<void(const std::string& job_id, const ProgressEvent& event)> on_progress;
+  std::chrono::milliseconds layer_pause{0};
+};
+
+class JobRunner {
+ public:
+  // `registry` may be null (no metrics).
+  JobRunner(JobStore* store, ServicePaths paths, JobRunnerOptions options, prometheus::Registry* registry);
+  ~JobRunner();
+
+  // Takes over the jobs the store loaded (unfinished ones are queued again) and starts the
+  // workers.
+  absl::Status Start();
+  // Stops the workers; running jobs are interrupted and stay RUNNING on disk. Idempotent.
+  void Shutdown();
+
+  // Validates the spec (ValidateJobSpec; AlreadyExists when an unfinished job writes the same
+  // output name), persists the job and queues it.
+  absl::StatusOr<v1::Job> Create(const v1::JobSpec& spec);
+  absl::StatusOr<v1::Job> Get(const std::string& id) const;
+  // In creation order; JOB_STATE_UNSPECIFIED = all.
+  std::vector<v1::Job> List(v1::JobState state) const;
+  // NotFound; FailedPrecondition for a job that already succeeded or failed. Cancelling a
+  // cancelled job returns it unchanged.
+  absl::StatusOr<v1::Job> Cancel(const std::string& id);
+
+  struct Snapshot {
+    v1::Job job;
+    uint64_t version = 0;  // grows with every change of the job
+  };
+  // The job once its version exceeds `after_version`, or as it is when `timeout` passes.
+  absl::StatusOr<Snapshot> Wait(const std::string& id, uint64_t after_version,
+                                std::chrono::milliseconds timeout) const;
+
+  static bool Terminal(v1::JobState state);
+
+ private:
+  struct Entry {
+    v1::Job job;
+    uint64_t version = 1;
+    std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
+    bool user_cancelled = false;
+    std::chrono::steady_clock::time_point last_persist{};
+  };
+
+  void Worker();
+  void RunOne(const std::string& id);
+  void OnProgress(const std::string& id, const ProgressEvent& e);
+  void Finish(const std::string& id, const absl::Status& status, const CalibrationResult* result);
+  void Persist(const std::string& id);
+  void BumpLocked(Entry& e);
+  void RecountLocked();
+  static int64_t NowMs();
+
+  JobStore* store_;
+  ServicePaths paths_;
+  JobRunnerOptions options_;
+
+  mutable std::mutex mu_;
+  mutable std::condition_variable changed_;  // any job changed
+  std::condition_variable work_;             // queue_ non-empty or stopping_
+  std::map<std::string, Entry> jobs_;
+  std::deque<std::string> queue_;
+  bool stopping_ = false;
+  bool started_ = false;
+  std::vector<std::thread> workers_;
+  std::mutex persist_mu_;
+
+  prometheus::Family<prometheus::Gauge>* jobs_gauge_ = nullptr;
+  prometheus::Counter* layers_done_ = nullptr;
+};
+
+}  // namespace lowbit::calibrator
+
+#endif  // LOWBIT_CALIBRATOR_SERVICE_JOB_RUNNER_H_

@@ -1,0 +1,303 @@
+#include "calibrator/service/upload_store.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <system_error>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "calibrator/dataset.h"
+#include "calibrator/llama.h"
+#include "calibrator/service/path_guard.h"
+#include "common/file_util.h"
+#include "rpc/crc32c.h"
+
+namespace lowbit::calibrator {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+absl::Status WriteAll(std::FILE* f, const std::string& bytes, const std::string& what) {
+  if (!bytes.empty() && std::fwrite(bytes.data(), 1, bytes.size(), f) != bytes.size()) {
+    return absl::InternalError(absl::StrCat("cannot write ", what, " (disk full?)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CloseSynced(std::FILE*& f, const std::string& what) {
+  if (f == nullptr) return absl::OkStatus();
+  bool ok = std::fflush(f) == 0 && fsync(fileno(f)) == 0;
+  ok = std::fclose(f) == 0 && ok;
+  f = nullptr;
+  return ok ? absl::OkStatus() : absl::InternalError(absl::StrCat("cannot write ", what));
+}
+
+void RemoveTree(const std::string& dir) {
+  if (dir.empty()) return;
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
+// Renames the finished temp dir into place, refusing to replace an existing upload.
+absl::Status Publish(const std::string& tmp_dir, const std::string& parent, const std::string& name,
+                     const std::string& what) {
+  const std::string dest = absl::StrCat(parent, "/", name);
+  // renameat2(RENAME_NOREPLACE) semantics: rename(2) onto an existing non-empty directory fails.
+  std::error_code ec;
+  if (fs::exists(dest, ec)) return absl::AlreadyExistsError(absl::StrCat(what, " '", name, "' already exists"));
+  if (std::rename(tmp_dir.c_str(), dest.c_str()) != 0) {
+    if (errno == ENOTEMPTY || errno == EEXIST) {
+      return absl::AlreadyExistsError(absl::StrCat(what, " '", name, "' already exists"));
+    }
+    return absl::InternalError(absl::StrCat("cannot move ", what, " '", name, "' into place: ", std::strerror(errno)));
+  }
+  return SyncDirectory(parent);
+}
+
+absl::Status SizeCheck(int64_t total, int64_t limit) {
+  if (limit > 0 && total > limit) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("upload exceeds the server's limit of ", limit, " bytes (max_upload_bytes)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<UploadStore>> UploadStore::Open(const std::string& state_dir,
+                                                               int64_t max_upload_bytes) {
+  auto store = std::unique_ptr<UploadStore>(new UploadStore());
+  store->state_dir_ = state_dir;
+  store->max_upload_bytes_ = max_upload_bytes;
+  std::error_code ec;
+  fs::remove_all(fs::path(state_dir) / "tmp", ec);
+  for (const char* sub : {"datasets", "models", "tmp"}) {
+    fs::create_directories(fs::path(state_dir) / sub, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot create ", state_dir, "/", sub, ": ", ec.message()));
+  }
+  return store;
+}
+
+absl::StatusOr<std::string> UploadStore::DatasetFile(const std::string& name) const {
+  if (absl::Status s = ValidatePlainName(name, "dataset"); !s.ok()) return s;
+  std::error_code ec;
+  for (const char* file : {"data.jsonl", "data.bin"}) {
+    std::string p = absl::StrCat(state_dir_, "/datasets/", name, "/", file);
+    if (fs::exists(p, ec)) return p;
+  }
+  return absl::NotFoundError(absl::StrCat("dataset '", name, "' was not uploaded (UploadDataset)"));
+}
+
+absl::StatusOr<std::string> UploadStore::ModelDir(const std::string& name) const {
+  if (absl::Status s = ValidatePlainName(name, "uploaded model"); !s.ok()) return s;
+  std::string p = absl::StrCat(state_dir_, "/models/", name);
+  std::error_code ec;
+  if (!fs::is_directory(p, ec)) {
+    return absl::NotFoundError(absl::StrCat("model 'uploads/", name, "' was not uploaded (UploadModel)"));
+  }
+  return p;
+}
+
+absl::StatusOr<std::string> UploadStore::NewTempDir(const std::string& kind) const {
+  static std::atomic<uint64_t> counter{0};
+  std::string dir = absl::StrFormat("%s/tmp/%s-%d-%d", state_dir_, kind, getpid(), counter.fetch_add(1));
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  return dir;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Datasets
+
+absl::StatusOr<std::unique_ptr<UploadStore::DatasetUpload>> UploadStore::BeginDataset() const {
+  absl::StatusOr<std::string> dir = NewTempDir("dataset");
+  if (!dir.ok()) return dir.status();
+  auto up = std::unique_ptr<DatasetUpload>(new DatasetUpload());
+  up->store_ = this;
+  up->tmp_dir_ = *dir;
+  return up;
+}
+
+UploadStore::DatasetUpload::~DatasetUpload() {
+  if (data_ != nullptr) std::fclose(data_);
+  if (idx_ != nullptr) std::fclose(idx_);
+  RemoveTree(tmp_dir_);
+}
+
+absl::Status UploadStore::DatasetUpload::Add(const v1::UploadDatasetRequest& msg) {
+  if (last_seen_) return absl::InvalidArgumentError("a message followed the one with last=true");
+  if (messages_++ == 0) {
+    if (absl::Status s = ValidatePlainName(msg.name(), "dataset name"); !s.ok()) return s;
+    if (msg.format() != "jsonl" && msg.format() != "bin") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("dataset format must be \"jsonl\" or \"bin\", not \"", msg.format(), "\""));
+    }
+    name_ = msg.name();
+    format_ = msg.format();
+    if (store_->DatasetFile(name_).ok()) {
+      return absl::AlreadyExistsError(absl::StrCat("dataset '", name_, "' already exists"));
+    }
+    data_ = std::fopen(absl::StrCat(tmp_dir_, "/data.", format_).c_str(), "wb");
+    if (format_ == "bin") idx_ = std::fopen(absl::StrCat(tmp_dir_, "/data.idx").c_str(), "wb");
+    if (data_ == nullptr || (format_ == "bin" && idx_ == nullptr)) {
+      return absl::InternalError("cannot create the upload's temp files");
+    }
+  } else if ((!msg.name().empty() && msg.name() != name_) || (!msg.format().empty() && msg.format() != format_)) {
+    return absl::InvalidArgumentError("name and format belong in the first message only (or must repeat it)");
+  }
+  if (!msg.idx_data().empty() && format_ != "bin") {
+    return absl::InvalidArgumentError("idx_data is only for the \"bin\" format");
+  }
+  bytes_ += static_cast<int64_t>(msg.data().size() + msg.idx_data().size());
+  if (absl::Status s = SizeCheck(bytes_, store_->max_upload_bytes()); !s.ok()) return s;
+  crc_data_ = rpc::Crc32c(msg.data().data(), msg.data().size(), crc_data_);
+  if (absl::Status s = WriteAll(data_, msg.data(), "the dataset"); !s.ok()) return s;
+  if (idx_ != nullptr) {
+    if (absl::Status s = WriteAll(idx_, msg.idx_data(), "the dataset index"); !s.ok()) return s;
+  }
+  if (msg.last()) {
+    last_seen_ = true;
+    expected_crc_ = msg.crc32c();
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::UploadDatasetResponse> UploadStore::DatasetUpload::Finish() {
+  if (messages_ == 0) return absl::InvalidArgumentError("empty upload stream: no messages");
+  if (!last_seen_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("dataset '", name_, "' upload is truncated: the stream ended without a message with last=true"));
+  }
+  // The CRC of the data bytes, then (chained) of the idx bytes. Data and idx pieces arrive
+  // interleaved, so the idx part is computed from its (small) file at the end.
+  uint32_t crc = crc_data_;
+  if (format_ == "bin") {
+    std::fflush(idx_);
+    absl::StatusOr<std::string> idx = ReadFileToString(tmp_dir_ + "/data.idx");
+    if (!idx.ok()) return idx.status();
+    crc = rpc::Crc32c(idx->data(), idx->size(), crc_data_);
+  }
+  if (crc != expected_crc_) {
+    return absl::DataLossError(absl::StrFormat("dataset '%s': CRC-32C mismatch (received bytes %08x, message says %08x)",
+                                               name_, crc, expected_crc_));
+  }
+  if (absl::Status s = CloseSynced(data_, "the dataset"); !s.ok()) return s;
+  if (absl::Status s = CloseSynced(idx_, "the dataset index"); !s.ok()) return s;
+  absl::StatusOr<std::vector<TokenSequence>> seqs = LoadTokenDataset(absl::StrCat(tmp_dir_, "/data.", format_));
+  if (!seqs.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("dataset '", name_, "' does not parse: ", seqs.status().message()));
+  }
+  v1::UploadDatasetResponse resp;
+  resp.set_name(name_);
+  resp.set_bytes(bytes_);
+  resp.set_sequences(static_cast<int64_t>(seqs->size()));
+  int64_t tokens = 0;
+  for (const auto& s : *seqs) tokens += static_cast<int64_t>(s.size());
+  resp.set_tokens(tokens);
+  if (absl::Status s = SyncDirectory(tmp_dir_); !s.ok()) return s;
+  if (absl::Status s = Publish(tmp_dir_, store_->state_dir_ + "/datasets", name_, "dataset"); !s.ok()) return s;
+  tmp_dir_.clear();
+  return resp;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models
+
+absl::StatusOr<std::unique_ptr<UploadStore::ModelUpload>> UploadStore::BeginModel() const {
+  absl::StatusOr<std::string> dir = NewTempDir("model");
+  if (!dir.ok()) return dir.status();
+  auto up = std::unique_ptr<ModelUpload>(new ModelUpload());
+  up->store_ = this;
+  up->tmp_dir_ = *dir;
+  return up;
+}
+
+UploadStore::ModelUpload::~ModelUpload() {
+  if (file_ != nullptr) std::fclose(file_);
+  RemoveTree(tmp_dir_);
+}
+
+absl::Status UploadStore::ModelUpload::Add(const v1::UploadModelRequest& msg) {
+  if (messages_++ == 0) {
+    if (absl::Status s = ValidatePlainName(msg.name(), "model name"); !s.ok()) return s;
+    name_ = msg.name();
+    if (store_->ModelDir(name_).ok()) {
+      return absl::AlreadyExistsError(absl::StrCat("model 'uploads/", name_, "' already exists"));
+    }
+  } else if (!msg.name().empty() && msg.name() != name_) {
+    return absl::InvalidArgumentError("the model name belongs in the first message only (or must repeat it)");
+  }
+  if (file_name_.empty()) {
+    // The first piece of a file.
+    if (absl::Status s = ValidatePlainName(msg.file_name(), "file_name"); !s.ok()) return s;
+    if (std::find(done_.begin(), done_.end(), msg.file_name()) != done_.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("file '", msg.file_name(), "' was already sent"));
+    }
+    file_name_ = msg.file_name();
+    file_ = std::fopen(absl::StrCat(tmp_dir_, "/", file_name_).c_str(), "wb");
+    if (file_ == nullptr) return absl::InternalError("cannot create the upload's temp file");
+    file_bytes_ = 0;
+    file_crc_ = 0;
+  } else if (!msg.file_name().empty() && msg.file_name() != file_name_) {
+    return absl::InvalidArgumentError(absl::StrCat("file '", msg.file_name(), "' started before '", file_name_,
+                                                   "' ended (file_last)"));
+  }
+  if (msg.offset() != file_bytes_) {
+    return absl::InvalidArgumentError(absl::StrCat("file '", file_name_, "': offset ", msg.offset(),
+                                                   " but ", file_bytes_, " bytes were received"));
+  }
+  bytes_ += static_cast<int64_t>(msg.data().size());
+  if (absl::Status s = SizeCheck(bytes_, store_->max_upload_bytes()); !s.ok()) return s;
+  if (absl::Status s = WriteAll(file_, msg.data(), file_name_); !s.ok()) return s;
+  file_bytes_ += static_cast<int64_t>(msg.data().size());
+  file_crc_ = rpc::Crc32c(msg.data().data(), msg.data().size(), file_crc_);
+  if (msg.file_last()) {
+    if (file_crc_ != msg.crc32c()) {
+      return absl::DataLossError(absl::StrFormat("file '%s': CRC-32C mismatch (received bytes %08x, message says %08x)",
+                                                 file_name_, file_crc_, msg.crc32c()));
+    }
+    if (absl::Status s = CloseFile(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status UploadStore::ModelUpload::CloseFile() {
+  if (absl::Status s = CloseSynced(file_, file_name_); !s.ok()) return s;
+  done_.push_back(file_name_);
+  ++files_;
+  file_name_.clear();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::UploadModelResponse> UploadStore::ModelUpload::Finish() {
+  if (messages_ == 0) return absl::InvalidArgumentError("empty upload stream: no messages");
+  if (!file_name_.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", name_, "' upload is truncated: file '", file_name_,
+                                                   "' ended without file_last"));
+  }
+  if (std::find(done_.begin(), done_.end(), "config.json") == done_.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", name_, "' has no config.json"));
+  }
+  absl::StatusOr<std::unique_ptr<LlamaModel>> model = LlamaModel::Open(tmp_dir_);
+  if (!model.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", name_, "' does not load: ", model.status().message()));
+  }
+  model->reset();
+  if (absl::Status s = SyncDirectory(tmp_dir_); !s.ok()) return s;
+  if (absl::Status s = Publish(tmp_dir_, store_->state_dir_ + "/models", name_, "model"); !s.ok()) return s;
+  tmp_dir_.clear();
+  v1::UploadModelResponse resp;
+  resp.set_model(absl::StrCat("uploads/", name_));
+  resp.set_bytes(bytes_);
+  resp.set_files(files_);
+  return resp;
+}
+
+}  // namespace lowbit::calibrator

@@ -1,0 +1,331 @@
+// Crash safety of the calibrator service: `lowbit-calibrator serve` runs as a subprocess, is
+// killed (SIGKILL) in the middle of a job after at least one decoder layer was persisted, and is
+// started again on the same state dir. The job resumes (Job.resumes = 1) after its last
+// persisted layer — not from the start — and writes the same checkpoint bytes (safetensors and
+// config.json) as an uninterrupted `lowbit-calibrator calibrate` of the same inputs. A second
+// case stops the server with SIGTERM (graceful) with per-layer resume off: the job starts over
+// and still writes the same bytes.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <set>
+
+#include "calibrator/compute.h"
+#include "calibrator/dataset.h"
+#include "calibrator/job_builder.h"
+#include "calibrator/pipeline.h"
+#include "google/protobuf/util/json_util.h"
+#include "tests/integration/calibrator_test_util.h"
+
+extern char** environ;
+
+namespace lowbit {
+namespace {
+
+using namespace testing_util;
+namespace fs = std::filesystem;
+
+constexpr char kToken[] = "resume-token";
+
+struct ServerProcess {
+  pid_t pid = -1;
+  int port = 0;
+};
+
+// Starts `lowbit-calibrator serve` and reads the port from its "listening on" line.
+ServerProcess StartServer(const std::string& state, const std::string& models, const std::vector<std::string>& flags,
+                          const std::vector<std::string>& env_extra) {
+  ServerProcess p;
+  int out[2];
+  if (pipe(out) != 0) return p;
+  std::string binary = std::string(LOWBIT_BINARY_DIR) + "/calibrator/lowbit-calibrator";
+  std::vector<std::string> args = {binary, "serve", "--address", "127.0.0.1:0", "--state_dir", state,
+                                   "--model_root", models, "--auth_token", kToken};
+  args.insert(args.end(), flags.begin(), flags.end());
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+  env.insert(env.end(), env_extra.begin(), env_extra.end());
+  std::vector<char*> envp;
+  for (std::string& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addclose(&actions, out[0]);
+  int rc = posix_spawn(&p.pid, binary.c_str(), &actions, nullptr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  close(out[1]);
+  if (rc != 0) {
+    ADD_FAILURE() << "cannot start " << binary;
+    close(out[0]);
+    p.pid = -1;
+    return p;
+  }
+  std::string line;
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < end) {
+    pollfd pfd{out[0], POLLIN, 0};
+    if (poll(&pfd, 1, 200) <= 0) continue;
+    char buf[256];
+    ssize_t n = read(out[0], buf, sizeof buf);
+    if (n <= 0) break;
+    line.append(buf, n);
+  }
+  close(out[0]);
+  const std::string marker = "listening on 127.0.0.1:";
+  size_t at = line.find(marker);
+  EXPECT_NE(at, std::string::npos) << "server said: " << line;
+  if (at != std::string::npos) p.port = std::atoi(line.c_str() + at + marker.size());
+  return p;
+}
+
+int Stop(ServerProcess& p, int sig) {
+  if (p.pid <= 0) return -1;
+  kill(p.pid, sig);
+  int status = 0;
+  waitpid(p.pid, &status, 0);
+  p.pid = -1;
+  return status;
+}
+
+v1::Job ReadJobFile(const std::string& state, const std::string& id) {
+  v1::Job job;
+  std::string text = ReadAll(state + "/jobs/" + id + ".json");
+  EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(text, &job).ok()) << text;
+  return job;
+}
+
+class CalibratorResumeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = MakeTempDir("calresume");
+    models_ = root_ + "/models";
+    fs::create_directories(models_);
+    ASSERT_TRUE(WriteSyntheticLlama(models_ + "/m4", TinyModel(/*layers=*/4)).ok());
+    tokens_ = TinyTokens(32, 9);
+    recipe_ = ReadAll(std::string(LOWBIT_SOURCE_DIR) + "/tests/fixtures/recipes/int8_w8a8.yaml");  // SmoothQuant + GPTQ
+    // The uninterrupted run: the CLI on the same inputs.
+    ASSERT_TRUE(WriteJsonlTokens(root_ + "/tokens.jsonl", tokens_).ok());
+    std::string cmd = std::string(LOWBIT_BINARY_DIR) + "/calibrator/lowbit-calibrator calibrate --quiet --model " +
+                      models_ + "/m4 --data " + root_ + "/tokens.jsonl --recipe " + std::string(LOWBIT_SOURCE_DIR) +
+                      "/tests/fixtures/recipes/int8_w8a8.yaml --out " + root_ + "/reference > /dev/null";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+  void TearDown() override {
+    if (server_.pid > 0) Stop(server_, SIGKILL);
+    std::error_code ec;
+    fs::remove_all(root_, ec);
+  }
+
+  v1::JobSpec Spec() const {
+    v1::JobSpec spec;
+    spec.set_model("m4");
+    spec.set_recipe_yaml(recipe_);
+    spec.set_heldout_fraction(0.1);
+    spec.set_output_name("out");
+    SetInline(&spec, tokens_);
+    return spec;
+  }
+
+  // Creates the job and waits until `layers` layers are persisted.
+  std::string CreateAndWaitForLayers(v1::CalibratorService::Stub& stub, int64_t layers) {
+    v1::CreateJobRequest req;
+    *req.mutable_spec() = Spec();
+    v1::CreateJobResponse resp;
+    grpc::Status s = stub.CreateJob(Ctx(kToken).get(), req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    const std::string id = resp.job().id();
+    auto end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < end) {
+      v1::GetJobRequest g;
+      g.set_id(id);
+      v1::GetJobResponse gr;
+      if (stub.GetJob(Ctx(kToken).get(), g, &gr).ok()) {
+        EXPECT_NE(gr.job().state(), v1::JOB_STATE_SUCCEEDED) << "the job ended before the server could be stopped";
+        EXPECT_NE(gr.job().state(), v1::JOB_STATE_FAILED) << gr.job().error_message();
+        // layers_done counts a layer once its state is on disk; the next layer's first step
+        // comes after the job file recorded it.
+        const v1::JobProgress& p = gr.job().progress();
+        if (Terminal(gr.job().state()) ||
+            (p.layers_done() >= layers && p.layer() >= layers && p.phase() != "smoothquant")) {
+          return id;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ADD_FAILURE() << "no layer was persisted in time";
+    return id;
+  }
+
+  std::string root_, models_, recipe_;
+  std::vector<std::vector<int32_t>> tokens_;
+  ServerProcess server_;
+};
+
+TEST_F(CalibratorResumeTest, KillNineMidJobThenRestartResumesAfterTheLastLayer) {
+  const std::string state = root_ + "/state";
+  // Each persisted layer is followed by a pause, so the kill lands mid-job.
+  server_ = StartServer(state, models_, {}, {"LOWBIT_CALIBRATOR_TEST_LAYER_PAUSE_MS=1500"});
+  ASSERT_GT(server_.port, 0);
+  std::string id;
+  {
+    auto stub = MakeStub(server_.port);
+    id = CreateAndWaitForLayers(*stub, 1);
+  }
+  int status = Stop(server_, SIGKILL);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+
+  // On disk: the job is RUNNING with its resume state; no checkpoint yet.
+  v1::Job on_disk = ReadJobFile(state, id);
+  EXPECT_EQ(on_disk.state(), v1::JOB_STATE_RUNNING);
+  EXPECT_GE(on_disk.progress().layers_done(), 1) << ReadAll(state + "/jobs/" + id + ".json");
+  EXPECT_TRUE(fs::exists(state + "/work/" + id + "/state.safetensors"));
+  EXPECT_TRUE(fs::exists(state + "/work/" + id + "/layer-00000.safetensors"));
+  EXPECT_TRUE(fs::exists(state + "/work/" + id + "/smoothquant.safetensors"));
+  EXPECT_FALSE(fs::exists(state + "/outputs/out"));
+
+  // Restart (a short pause per layer so the watch sees every step).
+  server_ = StartServer(state, models_, {}, {"LOWBIT_CALIBRATOR_TEST_LAYER_PAUSE_MS=200"});
+  ASSERT_GT(server_.port, 0);
+  auto stub = MakeStub(server_.port);
+  v1::WatchJobRequest w;
+  w.set_id(id);
+  auto ctx = Ctx(kToken);
+  auto reader = stub->WatchJob(ctx.get(), w);
+  v1::WatchJobResponse msg;
+  std::vector<v1::Job> seen;
+  while (reader->Read(&msg)) seen.push_back(msg.job());
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_FALSE(seen.empty());
+  const v1::Job& done = seen.back();
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error_message();
+  EXPECT_EQ(done.resumes(), 1);
+  // It continued after the persisted layers: no SmoothQuant pass, no layer 0 again.
+  for (const v1::Job& j : seen) {
+    EXPECT_NE(j.progress().phase(), "smoothquant");
+    if (j.progress().phase() == "calibrate") {
+      EXPECT_GE(j.progress().layer(), on_disk.progress().layers_done());
+    }
+  }
+  ExpectSameCheckpoint(state + "/outputs/out", root_ + "/reference");
+  EXPECT_FALSE(fs::exists(state + "/work/" + id)) << "resume state is removed once the job ends";
+  EXPECT_EQ(Stop(server_, SIGTERM), 0);
+}
+
+TEST_F(CalibratorResumeTest, GracefulStopWithoutPerLayerResumeStartsOverWithTheSameResult) {
+  const std::string state = root_ + "/state";
+  server_ = StartServer(state, models_, {"--per_layer_resume=false"}, {"LOWBIT_CALIBRATOR_TEST_LAYER_PAUSE_MS=1500"});
+  ASSERT_GT(server_.port, 0);
+  std::string id;
+  {
+    auto stub = MakeStub(server_.port);
+    // Without per-layer resume nothing is persisted per layer; wait for layer 1's first step.
+    v1::CreateJobRequest req;
+    *req.mutable_spec() = Spec();
+    v1::CreateJobResponse resp;
+    grpc::Status cs = stub->CreateJob(Ctx(kToken).get(), req, &resp);
+    ASSERT_TRUE(cs.ok()) << cs.error_code() << " " << cs.error_message();
+    id = resp.job().id();
+    auto end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    for (;;) {
+      ASSERT_LT(std::chrono::steady_clock::now(), end);
+      v1::GetJobRequest g;
+      g.set_id(id);
+      v1::GetJobResponse gr;
+      if (stub->GetJob(Ctx(kToken).get(), g, &gr).ok() && gr.job().state() == v1::JOB_STATE_RUNNING &&
+          gr.job().progress().phase() != "smoothquant" && gr.job().progress().phase() != "") {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  int status = Stop(server_, SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_EQ(ReadJobFile(state, id).state(), v1::JOB_STATE_RUNNING) << "a shutdown must not end the job";
+  EXPECT_FALSE(fs::exists(state + "/work/" + id + "/state.safetensors"));
+
+  server_ = StartServer(state, models_, {"--per_layer_resume=false"}, {});
+  ASSERT_GT(server_.port, 0);
+  auto stub = MakeStub(server_.port);
+  v1::Job done = WaitForJob(*stub, kToken, id);
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error_message();
+  EXPECT_EQ(done.resumes(), 1);
+  ExpectSameCheckpoint(state + "/outputs/out", root_ + "/reference");
+  EXPECT_EQ(Stop(server_, SIGTERM), 0);
+}
+
+// The pipeline's resume on its own, in-process: a run stopped (cancelled) after a persisted layer
+// and run again on the same resume_dir continues from there and writes what an uninterrupted run
+// writes, for recipes that carry state across layers (SmoothQuant scales, static FP8 input and
+// KV-cache scales, GPTQ).
+TEST(PipelineResumeTest, CancelAfterAPersistedLayerThenResumeEqualsUninterrupted) {
+  const std::string root = MakeTempDir("piperesume");
+  ASSERT_TRUE(WriteSyntheticLlama(root + "/m", TinyModel(/*layers=*/3)).ok());
+  DatasetOptions data;
+  data.heldout_fraction = 0.2;
+  for (const char* recipe : {"tests/fixtures/recipes/int8_w8a8.yaml", "tests/fixtures/calib/fp8_kv_gptq.yaml"}) {
+    SCOPED_TRACE(recipe);
+    const std::string text = ReadAll(std::string(LOWBIT_SOURCE_DIR) + "/" + recipe);
+    auto job_for = [&](const std::string& out) {
+      absl::StatusOr<RecipeChoice> choice = ResolveRecipe(text, recipe, "", "");
+      EXPECT_TRUE(choice.ok()) << choice.status();
+      absl::StatusOr<CalibrationJob> job =
+          BuildCalibrationJob(root + "/m", out, *std::move(choice), TinyTokens(20, 4), data, "inline");
+      EXPECT_TRUE(job.ok()) << job.status();
+      return *job;
+    };
+    PipelineOptions plain;
+    CalibrationJob reference = job_for(root + "/reference");
+    ASSERT_TRUE(RunCalibration(reference, plain, CpuCompute()).ok());
+
+    PipelineOptions resumable;
+    resumable.resume_dir = root + "/resume";
+    std::filesystem::remove_all(resumable.resume_dir);
+    CalibrationJob job = job_for(root + "/resumed");
+    std::atomic<bool> cancel{false};
+    absl::StatusOr<CalibrationResult> first = RunCalibration(
+        job, resumable, CpuCompute(),
+        [&](const ProgressEvent& e) {
+          if (e.phase == "layer_saved" && e.layer == 1) cancel = true;
+        },
+        &cancel);
+    ASSERT_TRUE(absl::IsCancelled(first.status())) << first.status();
+    EXPECT_FALSE(fs::exists(root + "/resumed"));
+    EXPECT_TRUE(fs::exists(resumable.resume_dir + "/layer-00001.safetensors"));
+
+    std::vector<std::string> phases;
+    std::set<int64_t> calibrated;
+    absl::StatusOr<CalibrationResult> second = RunCalibration(job, resumable, CpuCompute(), [&](const ProgressEvent& e) {
+      phases.push_back(e.phase);
+      if (e.phase == "calibrate") calibrated.insert(e.layer);
+    });
+    ASSERT_TRUE(second.ok()) << second.status();
+    EXPECT_EQ(calibrated, (std::set<int64_t>{2})) << "only the layer after the persisted ones runs again";
+    EXPECT_EQ(std::count(phases.begin(), phases.end(), "smoothquant"), 0);
+    ExpectSameCheckpoint(root + "/resumed", root + "/reference");
+    // The report's numbers other than times agree too.
+    nlohmann::json a = nlohmann::json::parse(ReadAll(root + "/resumed/report.json"));
+    nlohmann::json b = nlohmann::json::parse(ReadAll(root + "/reference/report.json"));
+    EXPECT_EQ(a["eval"], b["eval"]);
+    EXPECT_EQ(a["total_loss"], b["total_loss"]);
+    EXPECT_EQ(a["modules"].size(), b["modules"].size());
+    EXPECT_EQ(a.value("kv_cache", nlohmann::json()), b.value("kv_cache", nlohmann::json()));
+    EXPECT_EQ(a.value("smoothquant", nlohmann::json()), b.value("smoothquant", nlohmann::json()));
+    fs::remove_all(root + "/resumed");
+    fs::remove_all(root + "/reference");
+  }
+  std::error_code ec;
+  fs::remove_all(root, ec);
+}
+
+}  // namespace
+}  // namespace lowbit

@@ -1,0 +1,722 @@
+// lowbit.v1.CalibratorService end to end: the real server (CalibratorServer) in-process on an
+// ephemeral loopback port, every RPC driven through the generated stub, on a tiny synthetic
+// Llama (hidden 128, 2 layers). Independent expectations: the service's checkpoint equals what
+// `lowbit-calibrator calibrate` writes for the same inputs, byte for byte; FetchResult's
+// reassembled tensors equal the safetensors file's; QuantizeLayer RTN equals common/numerics;
+// GPTQ with H = I equals RTN. Bad requests get the right code and a message naming the
+// problem, and the server keeps serving.
+#include <condition_variable>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <random>
+
+#include "calibrator/dataset.h"
+#include "calibrator/service/calibrator_server.h"
+#include "common/numerics.h"
+#include "common/quant_args.h"
+#include "common/safetensors.h"
+#include "rpc/crc32c.h"
+#include "rpc/tensor_codec.h"
+#include "tests/integration/calibrator_test_util.h"
+
+namespace lowbit {
+namespace {
+
+using namespace testing_util;
+namespace fs = std::filesystem;
+
+constexpr char kToken[] = "s3cret-token";
+constexpr int64_t kMaxUpload = 1 << 20;
+
+// Jobs can be held at the start of layer 1 (the on_progress testing hook) so tests can act on a
+// running job deterministically.
+struct Hold {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool enabled = false;
+  std::string held;  // the job now waiting
+};
+Hold* g_hold = new Hold();
+
+class CalibratorServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = MakeTempDir("calsvc");
+    models_ = root_ + "/models";
+    fs::create_directories(models_);
+    ASSERT_TRUE(WriteSyntheticLlama(models_ + "/tiny", TinyModel()).ok());
+    // A model outside the root, and a symlink inside the root pointing at it.
+    ASSERT_TRUE(WriteSyntheticLlama(root_ + "/outside", TinyModel()).ok());
+    fs::create_directory_symlink(root_ + "/outside", models_ + "/escape");
+    tokens_ = TinyTokens();
+
+    calibrator::CalibratorServerOptions o;
+    o.server.address = "127.0.0.1:0";
+    o.server.auth_token = kToken;
+    o.server.shutdown_grace = std::chrono::milliseconds(500);
+    o.state_dir = root_ + "/state";
+    o.model_root = models_;
+    o.max_upload_bytes = kMaxUpload;
+    o.runner.max_concurrent_jobs = 1;
+    o.runner.on_progress = [](const std::string& id, const ProgressEvent& e) {
+      if (e.phase != "calibrate" || e.layer != 1) return;
+      std::unique_lock<std::mutex> lock(g_hold->mu);
+      if (!g_hold->enabled) return;
+      g_hold->held = id;
+      g_hold->cv.notify_all();
+      g_hold->cv.wait_for(lock, std::chrono::seconds(30), [] { return !g_hold->enabled; });
+      g_hold->held.clear();
+    };
+    absl::StatusOr<std::unique_ptr<calibrator::CalibratorServer>> s = calibrator::CalibratorServer::Start(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = std::move(*s).release();
+    stub_ = MakeStub(server_->port()).release();
+  }
+  void TearDown() override {
+    Release();
+    delete stub_;
+    server_->Shutdown();
+    delete server_;
+    std::error_code ec;
+    fs::remove_all(root_, ec);
+  }
+
+  static void HoldJobs() {
+    std::lock_guard<std::mutex> lock(g_hold->mu);
+    g_hold->enabled = true;
+  }
+  static void Release() {
+    std::lock_guard<std::mutex> lock(g_hold->mu);
+    g_hold->enabled = false;
+    g_hold->cv.notify_all();
+  }
+  static void WaitHeld(const std::string& id) {
+    std::unique_lock<std::mutex> lock(g_hold->mu);
+    ASSERT_TRUE(g_hold->cv.wait_for(lock, std::chrono::seconds(30), [&] { return g_hold->held == id; }))
+        << "job " << id << " never reached layer 1";
+  }
+
+  static v1::JobSpec TinySpec(const std::string& scheme = "W4A16") {
+    v1::JobSpec spec;
+    spec.set_model("tiny");
+    spec.set_scheme(scheme);
+    SetInline(&spec, tokens_);
+    return spec;
+  }
+  static grpc::Status Create(const v1::JobSpec& spec, v1::Job* job, const std::string& token = kToken) {
+    v1::CreateJobRequest req;
+    *req.mutable_spec() = spec;
+    v1::CreateJobResponse resp;
+    grpc::Status s = stub_->CreateJob(Ctx(token).get(), req, &resp);
+    if (job != nullptr) *job = resp.job();
+    return s;
+  }
+  static v1::Job RunToEnd(const v1::JobSpec& spec) {
+    v1::Job job;
+    grpc::Status s = Create(spec, &job);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return WaitForJob(*stub_, kToken, job.id());
+  }
+  // The server still answers: ListJobs works.
+  static void ExpectServing() {
+    v1::ListJobsResponse resp;
+    grpc::Status s = stub_->ListJobs(Ctx(kToken).get(), v1::ListJobsRequest(), &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+  }
+
+  static inline std::string root_, models_;
+  static inline std::vector<std::vector<int32_t>> tokens_;
+  static inline calibrator::CalibratorServer* server_ = nullptr;
+  static inline v1::CalibratorService::Stub* stub_ = nullptr;
+};
+
+#define EXPECT_CODE(status, code, needle)                                                   \
+  do {                                                                                       \
+    grpc::Status s_ = (status);                                                              \
+    EXPECT_EQ(s_.error_code(), grpc::StatusCode::code) << s_.error_message();                \
+    EXPECT_NE(s_.error_message().find(needle), std::string::npos)                            \
+        << "message '" << s_.error_message() << "' does not mention '" << (needle) << "'"; \
+  } while (0)
+
+// ---------------------------------------------------------------------------------------------
+
+TEST_F(CalibratorServiceTest, CheckpointEqualsCliAndFetchResultReassemblesIt) {
+  // The CLI on the same model, tokens and settings.
+  const std::string data = root_ + "/tokens.jsonl", cli_out = root_ + "/cli-w4a16";
+  ASSERT_TRUE(WriteJsonlTokens(data, tokens_).ok());
+  std::string cmd = std::string(LOWBIT_BINARY_DIR) + "/calibrator/lowbit-calibrator calibrate --quiet --model " +
+                    models_ + "/tiny --data " + data + " --scheme W4A16 --out " + cli_out + " > /dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+
+  v1::JobSpec spec = TinySpec("W4A16");
+  spec.set_output_name("w4a16");
+  spec.set_heldout_fraction(0.1);  // the CLI's default (the spec's 0 holds nothing out)
+  v1::Job job;
+  ASSERT_TRUE(Create(spec, &job).ok());
+  EXPECT_EQ(job.state(), v1::JOB_STATE_QUEUED);
+  EXPECT_FALSE(job.id().empty());
+
+  // WatchJob: the current state first, then updates until the end.
+  v1::WatchJobRequest wreq;
+  wreq.set_id(job.id());
+  auto wctx = Ctx(kToken);
+  auto reader = stub_->WatchJob(wctx.get(), wreq);
+  std::vector<v1::Job> seen;
+  v1::WatchJobResponse msg;
+  while (reader->Read(&msg)) seen.push_back(msg.job());
+  grpc::Status ws = reader->Finish();
+  ASSERT_TRUE(ws.ok()) << ws.error_message();
+  ASSERT_GE(seen.size(), 2u);
+  const v1::Job& done = seen.back();
+  ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error_message();
+  EXPECT_EQ(done.progress().layers_done(), 2);
+  EXPECT_EQ(done.progress().num_layers(), 2);
+  EXPECT_EQ(done.output_path(), "w4a16");
+  EXPECT_NE(done.report_json().find("\"modules\""), std::string::npos);
+  bool saw_quantize = false;
+  for (const v1::Job& j : seen) saw_quantize |= j.progress().phase() == "quantize" && !j.progress().module().empty();
+  EXPECT_TRUE(saw_quantize);
+
+  const std::string out = root_ + "/state/outputs/w4a16";
+  ExpectSameCheckpoint(out, cli_out);
+
+  // Metrics: jobs by state, layers done.
+  double succeeded = -1, layers = -1;
+  for (const prometheus::MetricFamily& f : server_->registry().Collect()) {
+    for (const prometheus::ClientMetric& m : f.metric) {
+      if (f.name == "lowbit_calibrator_jobs") {
+        for (const auto& l : m.label) {
+          if (l.name == "state" && l.value == "succeeded") succeeded = m.gauge.value;
+        }
+      }
+      if (f.name == "lowbit_calibrator_layers_done_total") layers = m.counter.value;
+    }
+  }
+  EXPECT_EQ(succeeded, 1);
+  EXPECT_EQ(layers, 2);
+
+  // FetchResult in small chunks, reassembled, equals the files.
+  v1::FetchResultRequest freq;
+  freq.set_id(job.id());
+  freq.set_chunk_bytes(1000);
+  auto fctx = Ctx(kToken);
+  auto fetch = stub_->FetchResult(fctx.get(), freq);
+  v1::FetchResultResponse item;
+  ASSERT_TRUE(fetch->Read(&item));
+  ASSERT_TRUE(item.has_header());
+  const v1::ResultHeader header = item.header();
+  EXPECT_EQ(header.config_json(), ReadAll(out + "/config.json"));
+  EXPECT_EQ(header.recipe_yaml(), ReadAll(out + "/recipe.yaml"));
+  EXPECT_EQ(header.report_json(), ReadAll(out + "/report.json"));
+  rpc::ChunkAssembler assembler;
+  int chunks = 0;
+  while (fetch->Read(&item)) {
+    ASSERT_TRUE(item.has_chunk());
+    EXPECT_LE(item.chunk().data().size(), 1000u);
+    ASSERT_TRUE(assembler.Add(item.chunk()).ok());
+    ++chunks;
+  }
+  ASSERT_TRUE(fetch->Finish().ok());
+  ASSERT_TRUE(assembler.Finish().ok());
+  absl::StatusOr<std::unique_ptr<SafetensorsModel>> model = SafetensorsModel::Open(out);
+  ASSERT_TRUE(model.ok());
+  EXPECT_EQ(assembler.tensors().size(), (*model)->names().size());
+  EXPECT_EQ(header.tensors(), static_cast<int>((*model)->names().size()));
+  EXPECT_EQ(header.tensor_bytes(), assembler.total_bytes());
+  EXPECT_GT(chunks, header.tensors());
+  for (const std::string& name : (*model)->names()) {
+    absl::StatusOr<Tensor> t = (*model)->Get(name);
+    ASSERT_TRUE(t.ok());
+    auto it = assembler.tensors().find(name);
+    ASSERT_NE(it, assembler.tensors().end()) << name;
+    EXPECT_EQ(it->second.dtype(), t->dtype()) << name;
+    EXPECT_EQ(it->second.shape(), t->shape()) << name;
+    EXPECT_TRUE(std::equal(t->bytes().begin(), t->bytes().end(), it->second.bytes().begin(), it->second.bytes().end()))
+        << name;
+  }
+  EXPECT_TRUE(assembler.tensors().count("model.layers.0.self_attn.q_proj.weight_packed"));
+}
+
+TEST_F(CalibratorServiceTest, ListJobsFiltersByStateAndBadTokensFailTheJob) {
+  v1::Job good = RunToEnd(TinySpec("W8A16"));
+  EXPECT_EQ(good.state(), v1::JOB_STATE_SUCCEEDED) << good.error_message();
+
+  v1::JobSpec bad = TinySpec("W8A16");
+  bad.clear_inline_tokens();
+  SetInline(&bad, {{1, 2, 3}, {4, 300, 6}, {7, 8, 9}});
+  bad.set_heldout_fraction(0);
+  v1::Job failed = RunToEnd(bad);
+  EXPECT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.error_code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_NE(failed.error_message().find("300"), std::string::npos) << failed.error_message();
+  EXPECT_NE(failed.error_message().find("vocabulary"), std::string::npos) << failed.error_message();
+
+  v1::ListJobsRequest req;
+  req.set_state(v1::JOB_STATE_SUCCEEDED);
+  v1::ListJobsResponse resp;
+  ASSERT_TRUE(stub_->ListJobs(Ctx(kToken).get(), req, &resp).ok());
+  ASSERT_EQ(resp.jobs_size(), 1);
+  EXPECT_EQ(resp.jobs(0).id(), good.id());
+  req.set_state(v1::JOB_STATE_FAILED);
+  ASSERT_TRUE(stub_->ListJobs(Ctx(kToken).get(), req, &resp).ok());
+  ASSERT_EQ(resp.jobs_size(), 1);
+  EXPECT_EQ(resp.jobs(0).id(), failed.id());
+  req.set_state(v1::JOB_STATE_UNSPECIFIED);
+  ASSERT_TRUE(stub_->ListJobs(Ctx(kToken).get(), req, &resp).ok());
+  EXPECT_EQ(resp.jobs_size(), 2);
+
+  // FetchResult of a job that did not succeed.
+  v1::FetchResultRequest freq;
+  freq.set_id(failed.id());
+  auto fctx = Ctx(kToken);
+  auto fetch = stub_->FetchResult(fctx.get(), freq);
+  v1::FetchResultResponse item;
+  EXPECT_FALSE(fetch->Read(&item));
+  EXPECT_CODE(fetch->Finish(), FAILED_PRECONDITION, "JOB_STATE_FAILED");
+  // Cancelling a finished job.
+  v1::CancelJobRequest creq;
+  creq.set_id(good.id());
+  v1::CancelJobResponse cresp;
+  EXPECT_CODE(stub_->CancelJob(Ctx(kToken).get(), creq, &cresp), FAILED_PRECONDITION, "succeeded");
+}
+
+TEST_F(CalibratorServiceTest, RecipeThatMatchesNothingFailsTheJob) {
+  v1::JobSpec spec = TinySpec();
+  spec.set_recipe_yaml(ReadAll(std::string(LOWBIT_SOURCE_DIR) + "/tests/fixtures/calib/matches_nothing.yaml"));
+  v1::Job job = RunToEnd(spec);
+  EXPECT_EQ(job.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(job.error_code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_NE(job.error_message().find("match no"), std::string::npos) << job.error_message();
+  ExpectServing();
+}
+
+TEST_F(CalibratorServiceTest, CreateJobRejectsBadSpecs) {
+  struct Case {
+    std::string name;
+    std::function<void(v1::JobSpec&)> edit;
+    grpc::StatusCode code;
+    std::string needle;
+  };
+  std::vector<Case> cases = {
+      {"path traversal", [](v1::JobSpec& s) { s.set_model("../outside"); }, grpc::StatusCode::INVALID_ARGUMENT, ".."},
+      {"nested traversal", [](v1::JobSpec& s) { s.set_model("tiny/../../outside"); }, grpc::StatusCode::INVALID_ARGUMENT,
+       ".."},
+      {"absolute path", [&](v1::JobSpec& s) { s.set_model(root_ + "/outside"); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "absolute"},
+      {"symlink escape", [](v1::JobSpec& s) { s.set_model("escape"); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "outside the root"},
+      {"missing model", [](v1::JobSpec& s) { s.set_model("nope"); }, grpc::StatusCode::NOT_FOUND, "nope"},
+      {"empty model", [](v1::JobSpec& s) { s.set_model(""); }, grpc::StatusCode::INVALID_ARGUMENT, "model"},
+      {"missing upload", [](v1::JobSpec& s) { s.set_model("uploads/nothing"); }, grpc::StatusCode::NOT_FOUND,
+       "nothing"},
+      {"unknown scheme", [](v1::JobSpec& s) { s.set_scheme("W3A5"); }, grpc::StatusCode::INVALID_ARGUMENT, "W3A5"},
+      {"unknown algorithm", [](v1::JobSpec& s) { s.set_algorithm("awq"); }, grpc::StatusCode::INVALID_ARGUMENT, "awq"},
+      {"bad recipe", [](v1::JobSpec& s) { s.set_recipe_yaml("quant_stage: [1, 2"); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "recipe"},
+      {"no recipe", [](v1::JobSpec& s) { s.clear_scheme(); }, grpc::StatusCode::INVALID_ARGUMENT, "scheme"},
+      {"no data", [](v1::JobSpec& s) { s.clear_inline_tokens(); }, grpc::StatusCode::INVALID_ARGUMENT, "data"},
+      {"unknown dataset", [](v1::JobSpec& s) { s.set_dataset("nodata"); }, grpc::StatusCode::NOT_FOUND, "nodata"},
+      {"bad output name", [](v1::JobSpec& s) { s.set_output_name("a/../b"); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "output_name"},
+      {"heldout fraction", [](v1::JobSpec& s) { s.set_heldout_fraction(1.5); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "heldout_fraction"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    v1::JobSpec spec = TinySpec();
+    c.edit(spec);
+    grpc::Status s = Create(spec, nullptr);
+    EXPECT_EQ(s.error_code(), c.code) << s.error_message();
+    EXPECT_NE(s.error_message().find(c.needle), std::string::npos) << s.error_message();
+    ExpectServing();
+  }
+  v1::ListJobsResponse resp;
+  ASSERT_TRUE(stub_->ListJobs(Ctx(kToken).get(), v1::ListJobsRequest(), &resp).ok());
+  EXPECT_EQ(resp.jobs_size(), 0) << "a refused spec must not create a job";
+}
+
+TEST_F(CalibratorServiceTest, UnknownJobIsNotFound) {
+  v1::GetJobRequest g;
+  g.set_id("job-does-not-exist");
+  v1::GetJobResponse gr;
+  EXPECT_CODE(stub_->GetJob(Ctx(kToken).get(), g, &gr), NOT_FOUND, "job-does-not-exist");
+  v1::CancelJobRequest c;
+  c.set_id("job-does-not-exist");
+  v1::CancelJobResponse cr;
+  EXPECT_CODE(stub_->CancelJob(Ctx(kToken).get(), c, &cr), NOT_FOUND, "job-does-not-exist");
+  v1::WatchJobRequest w;
+  w.set_id("../../etc/passwd");
+  auto wctx = Ctx(kToken);
+  auto reader = stub_->WatchJob(wctx.get(), w);
+  v1::WatchJobResponse wm;
+  EXPECT_FALSE(reader->Read(&wm));
+  EXPECT_CODE(reader->Finish(), NOT_FOUND, "no job");
+  v1::FetchResultRequest f;
+  f.set_id("nope");
+  auto fctx = Ctx(kToken);
+  auto fetch = stub_->FetchResult(fctx.get(), f);
+  v1::FetchResultResponse fm;
+  EXPECT_FALSE(fetch->Read(&fm));
+  EXPECT_CODE(fetch->Finish(), NOT_FOUND, "nope");
+  ExpectServing();
+}
+
+TEST_F(CalibratorServiceTest, MissingOrWrongTokenIsUnauthenticated) {
+  for (const std::string token : {"", "wrong-token"}) {
+    SCOPED_TRACE(token);
+    v1::ListJobsResponse resp;
+    EXPECT_EQ(stub_->ListJobs(Ctx(token).get(), v1::ListJobsRequest(), &resp).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+    EXPECT_EQ(Create(TinySpec(), nullptr, token).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    v1::WatchJobRequest w;
+    w.set_id("x");
+    auto wctx = Ctx(token);
+    auto reader = stub_->WatchJob(wctx.get(), w);
+    v1::WatchJobResponse wm;
+    EXPECT_FALSE(reader->Read(&wm));
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    auto uctx = Ctx(token);
+    v1::UploadDatasetResponse ur;
+    auto writer = stub_->UploadDataset(uctx.get(), &ur);
+    v1::UploadDatasetRequest m;
+    m.set_name("unauth");
+    m.set_format("jsonl");
+    m.set_last(true);
+    writer->Write(m);
+    writer->WritesDone();
+    EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  ExpectServing();
+}
+
+// Sends `data` (and `idx`) as an UploadDataset stream in pieces.
+grpc::Status UploadDataset(v1::CalibratorService::Stub& stub, const std::string& name, const std::string& format,
+                           const std::string& data, const std::string& idx, bool send_last, uint32_t crc_xor = 0,
+                           v1::UploadDatasetResponse* out = nullptr) {
+  auto ctx = Ctx(kToken);
+  v1::UploadDatasetResponse resp;
+  auto writer = stub.UploadDataset(ctx.get(), &resp);
+  const size_t piece = 4096;
+  size_t n = std::max(data.size(), idx.size());
+  for (size_t off = 0; off == 0 || off < n; off += piece) {
+    v1::UploadDatasetRequest m;
+    if (off == 0) {
+      m.set_name(name);
+      m.set_format(format);
+    }
+    if (off < data.size()) m.set_data(data.substr(off, piece));
+    if (off < idx.size()) m.set_idx_data(idx.substr(off, piece));
+    if (send_last && off + piece >= n) {
+      m.set_last(true);
+      uint32_t crc = rpc::Crc32c(data.data(), data.size());
+      crc = rpc::Crc32c(idx.data(), idx.size(), crc);
+      m.set_crc32c(crc ^ crc_xor);
+    }
+    if (!writer->Write(m)) break;
+  }
+  writer->WritesDone();
+  grpc::Status s = writer->Finish();
+  if (out != nullptr) *out = resp;
+  return s;
+}
+
+TEST_F(CalibratorServiceTest, UploadDatasetsThenRunAJobOnOne) {
+  const std::string jsonl = root_ + "/up.jsonl", bin = root_ + "/up.bin";
+  ASSERT_TRUE(WriteJsonlTokens(jsonl, tokens_).ok());
+  ASSERT_TRUE(WriteBinTokens(bin, tokens_).ok());
+  int64_t tokens = 0;
+  for (const auto& s : tokens_) tokens += static_cast<int64_t>(s.size());
+
+  v1::UploadDatasetResponse resp;
+  grpc::Status s = UploadDataset(*stub_, "calib-jsonl", "jsonl", ReadAll(jsonl), "", true, 0, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.sequences(), static_cast<int64_t>(tokens_.size()));
+  EXPECT_EQ(resp.tokens(), tokens);
+  s = UploadDataset(*stub_, "calib-bin", "bin", ReadAll(bin), ReadAll(root_ + "/up.idx"), true, 0, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.tokens(), tokens);
+  // Uploads are immutable.
+  EXPECT_CODE(UploadDataset(*stub_, "calib-jsonl", "jsonl", ReadAll(jsonl), "", true), ALREADY_EXISTS, "calib-jsonl");
+
+  // Jobs on an uploaded dataset and on the same tokens inline write the same checkpoint.
+  v1::JobSpec a = TinySpec("W8A8");
+  a.set_dataset("calib-bin");
+  a.set_output_name("from-dataset");
+  v1::JobSpec b = TinySpec("W8A8");
+  b.set_output_name("inline");
+  v1::Job ja = RunToEnd(a), jb = RunToEnd(b);
+  ASSERT_EQ(ja.state(), v1::JOB_STATE_SUCCEEDED) << ja.error_message();
+  ASSERT_EQ(jb.state(), v1::JOB_STATE_SUCCEEDED) << jb.error_message();
+  ExpectSameCheckpoint(root_ + "/state/outputs/from-dataset", root_ + "/state/outputs/inline");
+}
+
+TEST_F(CalibratorServiceTest, BadUploadsAreRefusedAndLeaveNothing) {
+  const std::string good = "{\"input_ids\": [1, 2, 3, 4]}\n{\"input_ids\": [5, 6, 7]}\n";
+  EXPECT_CODE(UploadDataset(*stub_, "truncated", "jsonl", good, "", /*send_last=*/false), INVALID_ARGUMENT,
+              "truncated");
+  EXPECT_CODE(UploadDataset(*stub_, "badcrc", "jsonl", good, "", true, /*crc_xor=*/1), DATA_LOSS, "CRC-32C");
+  EXPECT_CODE(UploadDataset(*stub_, "huge", "jsonl", std::string(kMaxUpload + 4096, ' '), "", true),
+              RESOURCE_EXHAUSTED, "limit");
+  EXPECT_CODE(UploadDataset(*stub_, "../escape", "jsonl", good, "", true), INVALID_ARGUMENT, "plain name");
+  EXPECT_CODE(UploadDataset(*stub_, "fmt", "csv", good, "", true), INVALID_ARGUMENT, "format");
+  EXPECT_CODE(UploadDataset(*stub_, "notjson", "jsonl", "hello\n", "", true), INVALID_ARGUMENT, "does not parse");
+  for (const char* name : {"truncated", "badcrc", "huge", "fmt", "notjson"}) {
+    v1::JobSpec spec = TinySpec();
+    spec.set_dataset(name);
+    EXPECT_CODE(Create(spec, nullptr), NOT_FOUND, name);
+  }
+  EXPECT_TRUE(fs::is_empty(root_ + "/state/datasets"));
+  EXPECT_TRUE(fs::is_empty(root_ + "/state/tmp"));
+  ExpectServing();
+}
+
+grpc::Status UploadModelDir(v1::CalibratorService::Stub& stub, const std::string& name, const std::string& dir,
+                            bool truncate, bool corrupt, v1::UploadModelResponse* out = nullptr) {
+  auto ctx = Ctx(kToken);
+  v1::UploadModelResponse resp;
+  auto writer = stub.UploadModel(ctx.get(), &resp);
+  bool first = true;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string file = entry.path().filename().string();
+    const std::string bytes = ReadAll(entry.path().string());
+    const size_t piece = 16 << 10;
+    for (size_t off = 0; off == 0 || off < bytes.size(); off += piece) {
+      v1::UploadModelRequest m;
+      if (first) m.set_name(name);
+      first = false;
+      m.set_file_name(file);
+      m.set_offset(static_cast<int64_t>(off));
+      m.set_data(bytes.substr(off, piece));
+      bool last = off + piece >= bytes.size();
+      if (last && truncate && file == "model.safetensors") break;
+      if (last) {
+        m.set_file_last(true);
+        m.set_crc32c(rpc::Crc32c(bytes.data(), bytes.size()) ^ (corrupt ? 0x10u : 0u));
+      }
+      writer->Write(m);
+    }
+    if (truncate && file == "model.safetensors") break;
+  }
+  writer->WritesDone();
+  grpc::Status s = writer->Finish();
+  if (out != nullptr) *out = resp;
+  return s;
+}
+
+TEST_F(CalibratorServiceTest, UploadModelThenCalibrateIt) {
+  v1::UploadModelResponse resp;
+  grpc::Status s = UploadModelDir(*stub_, "tiny-up", models_ + "/tiny", false, false, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.model(), "uploads/tiny-up");
+  EXPECT_GE(resp.files(), 2);
+  EXPECT_CODE(UploadModelDir(*stub_, "trunc", models_ + "/tiny", true, false), INVALID_ARGUMENT, "truncated");
+  EXPECT_CODE(UploadModelDir(*stub_, "corrupt", models_ + "/tiny", false, true), DATA_LOSS, "CRC-32C");
+  EXPECT_CODE(UploadModelDir(*stub_, "tiny-up", models_ + "/tiny", false, false), ALREADY_EXISTS, "tiny-up");
+
+  v1::JobSpec a = TinySpec("W8A16");
+  a.set_model("uploads/tiny-up");
+  a.set_algorithm("rtn");
+  a.set_output_name("uploaded");
+  v1::JobSpec b = TinySpec("W8A16");
+  b.set_algorithm("rtn");
+  b.set_output_name("rooted");
+  v1::Job ja = RunToEnd(a), jb = RunToEnd(b);
+  ASSERT_EQ(ja.state(), v1::JOB_STATE_SUCCEEDED) << ja.error_message();
+  ASSERT_EQ(jb.state(), v1::JOB_STATE_SUCCEEDED) << jb.error_message();
+  EXPECT_EQ(ReadAll(root_ + "/state/outputs/uploaded/model.safetensors"),
+            ReadAll(root_ + "/state/outputs/rooted/model.safetensors"));
+  v1::JobSpec c = TinySpec();
+  c.set_model("uploads/trunc");
+  EXPECT_CODE(Create(c, nullptr), NOT_FOUND, "trunc");
+}
+
+TEST_F(CalibratorServiceTest, CancelRunningAndQueuedJobsAndWatchDeadline) {
+  HoldJobs();
+  v1::Job a, b;
+  ASSERT_TRUE(Create(TinySpec(), &a).ok());
+  WaitHeld(a.id());
+  ASSERT_TRUE(Create(TinySpec("W8A16"), &b).ok());
+
+  // B waits behind A (max_concurrent_jobs = 1).
+  v1::GetJobRequest g;
+  g.set_id(b.id());
+  v1::GetJobResponse gr;
+  ASSERT_TRUE(stub_->GetJob(Ctx(kToken).get(), g, &gr).ok());
+  EXPECT_EQ(gr.job().state(), v1::JOB_STATE_QUEUED);
+  g.set_id(a.id());
+  ASSERT_TRUE(stub_->GetJob(Ctx(kToken).get(), g, &gr).ok());
+  EXPECT_EQ(gr.job().state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(gr.job().progress().layer(), 1);
+
+  // WatchJob on a job that does not move: the current state, then DEADLINE_EXCEEDED.
+  v1::WatchJobRequest w;
+  w.set_id(b.id());
+  auto wctx = Ctx(kToken, 400);
+  auto reader = stub_->WatchJob(wctx.get(), w);
+  v1::WatchJobResponse wm;
+  ASSERT_TRUE(reader->Read(&wm));
+  EXPECT_EQ(wm.job().state(), v1::JOB_STATE_QUEUED);
+  EXPECT_FALSE(reader->Read(&wm));
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+
+  // FetchResult of an unfinished job.
+  v1::FetchResultRequest f;
+  f.set_id(a.id());
+  auto fctx = Ctx(kToken);
+  auto fetch = stub_->FetchResult(fctx.get(), f);
+  v1::FetchResultResponse fm;
+  EXPECT_FALSE(fetch->Read(&fm));
+  EXPECT_CODE(fetch->Finish(), FAILED_PRECONDITION, "JOB_STATE_RUNNING");
+
+  // A queued job is cancelled at once.
+  v1::CancelJobRequest c;
+  c.set_id(b.id());
+  v1::CancelJobResponse cr;
+  ASSERT_TRUE(stub_->CancelJob(Ctx(kToken).get(), c, &cr).ok());
+  EXPECT_EQ(cr.job().state(), v1::JOB_STATE_CANCELLED);
+
+  // A running one at the pipeline's next check.
+  c.set_id(a.id());
+  ASSERT_TRUE(stub_->CancelJob(Ctx(kToken).get(), c, &cr).ok());
+  Release();
+  v1::Job ended = WaitForJob(*stub_, kToken, a.id());
+  EXPECT_EQ(ended.state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(ended.error_code(), static_cast<int>(grpc::StatusCode::CANCELLED));
+  EXPECT_FALSE(fs::exists(root_ + "/state/outputs/" + a.id())) << "a cancelled job leaves no checkpoint";
+  EXPECT_FALSE(fs::exists(root_ + "/state/work/" + a.id())) << "nor resume state";
+  // And the next job runs.
+  v1::Job next = RunToEnd(TinySpec("W8A16"));
+  EXPECT_EQ(next.state(), v1::JOB_STATE_SUCCEEDED) << next.error_message();
+}
+
+// ---------------------------------------------------------------------------------------------
+// QuantizeLayer
+
+std::vector<float> RandomWeight(int64_t n, int64_t k, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 0.05f);
+  std::vector<float> w(n * k);
+  for (float& v : w) v = RoundToDType(d(rng), DType::kBF16);
+  return w;
+}
+
+v1::QuantizeLayerRequest LayerRequest(const std::vector<float>& w, int64_t n, int64_t k, const std::string& scheme) {
+  v1::QuantizeLayerRequest req;
+  req.set_name("model.layers.0.mlp.down_proj");
+  req.set_scheme(scheme);
+  rpc::TensorToProto(Tensor::FromFloats(w, {n, k}, DType::kBF16), req.mutable_weight());
+  return req;
+}
+
+std::map<std::string, Tensor> ResponseTensors(const v1::QuantizeLayerResponse& resp) {
+  std::map<std::string, Tensor> out;
+  for (const auto& t : resp.tensors()) {
+    absl::StatusOr<Tensor> x = rpc::TensorFromProto(t.tensor(), t.name());
+    EXPECT_TRUE(x.ok()) << x.status();
+    if (x.ok()) out[t.name()] = *x;
+  }
+  return out;
+}
+
+TEST_F(CalibratorServiceTest, QuantizeLayerRtnEqualsNumerics) {
+  const int64_t n = 32, k = 256;
+  std::vector<float> w = RandomWeight(n, k, 11);
+  for (const std::string scheme : {"W8A16", "W4A16"}) {
+    SCOPED_TRACE(scheme);
+    v1::QuantizeLayerResponse resp;
+    grpc::Status s = stub_->QuantizeLayer(Ctx(kToken).get(), LayerRequest(w, n, k, scheme), &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(resp.algorithm(), "RTN");
+    std::map<std::string, Tensor> got = ResponseTensors(resp);
+
+    // The reference: common/numerics observers, codes and packing.
+    absl::StatusOr<QuantScheme> preset = PresetScheme(scheme, {"Linear"});
+    ASSERT_TRUE(preset.ok());
+    const QuantArgs& args = *preset->weights;
+    absl::StatusOr<WeightQParams> qp = ObserveWeight(w, n, k, args, DType::kBF16);
+    ASSERT_TRUE(qp.ok());
+    std::vector<int8_t> codes = QuantizeWeightInt(w, n, k, args, *qp);
+    ASSERT_TRUE(got.count("weight_scale"));
+    std::vector<float> scales = got["weight_scale"].ToFloats();
+    ASSERT_EQ(scales.size(), qp->scale.size());
+    for (size_t i = 0; i < scales.size(); ++i) EXPECT_EQ(scales[i], qp->scale[i]) << i;
+    if (got.count("weight")) {  // int-quantized
+      EXPECT_EQ(got["weight"].dtype(), DType::kI8);
+      EXPECT_EQ(got["weight"].shape(), (Shape{n, k}));
+      EXPECT_TRUE(std::equal(codes.begin(), codes.end(), got["weight"].data<int8_t>()));
+    } else {  // pack-quantized
+      ASSERT_TRUE(got.count("weight_packed"));
+      std::vector<int32_t> packed = PackRows(codes, n, k, args.num_bits);
+      EXPECT_EQ(got["weight_packed"].dtype(), DType::kI32);
+      EXPECT_EQ(got["weight_packed"].numel(), static_cast<int64_t>(packed.size()));
+      EXPECT_TRUE(std::equal(packed.begin(), packed.end(), got["weight_packed"].data<int32_t>()));
+      ASSERT_TRUE(got.count("weight_shape"));
+    }
+  }
+}
+
+TEST_F(CalibratorServiceTest, QuantizeLayerGptqWithIdentityHessianEqualsRtn) {
+  const int64_t n = 16, k = 256;
+  std::vector<float> w = RandomWeight(n, k, 5);
+  v1::QuantizeLayerRequest req = LayerRequest(w, n, k, "W4A16");
+  v1::QuantizeLayerResponse rtn, gptq;
+  ASSERT_TRUE(stub_->QuantizeLayer(Ctx(kToken).get(), req, &rtn).ok());
+  std::vector<float> eye(k * k, 0.0f);
+  for (int64_t i = 0; i < k; ++i) eye[i * k + i] = 1.0f;
+  rpc::TensorToProto(Tensor::FromFloats(eye, {k, k}, DType::kF32), req.mutable_hessian());
+  grpc::Status s = stub_->QuantizeLayer(Ctx(kToken).get(), req, &gptq);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(gptq.algorithm(), "GPTQ");
+  EXPECT_FALSE(gptq.fell_back_to_rtn());
+  std::map<std::string, Tensor> a = ResponseTensors(rtn), b = ResponseTensors(gptq);
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, t] : a) {
+    ASSERT_TRUE(b.count(name)) << name;
+    EXPECT_TRUE(std::equal(t.bytes().begin(), t.bytes().end(), b[name].bytes().begin(), b[name].bytes().end()))
+        << name;
+  }
+}
+
+TEST_F(CalibratorServiceTest, QuantizeLayerRejectsBadInput) {
+  const int64_t n = 8, k = 128;
+  std::vector<float> w = RandomWeight(n, k, 1);
+  v1::QuantizeLayerResponse resp;
+  {
+    v1::QuantizeLayerRequest req = LayerRequest(w, n, k, "W4A16");
+    req.mutable_weight()->set_dtype(v1::DTYPE_I32);
+    EXPECT_CODE(stub_->QuantizeLayer(Ctx(kToken).get(), req, &resp), INVALID_ARGUMENT, "weight");
+  }
+  {
+    v1::QuantizeLayerRequest req = LayerRequest(w, n, k, "W4A16");
+    req.mutable_weight()->mutable_data()->resize(10);
+    EXPECT_CODE(stub_->QuantizeLayer(Ctx(kToken).get(), req, &resp), INVALID_ARGUMENT, "weight");
+  }
+  {
+    v1::QuantizeLayerRequest req = LayerRequest(w, n, k, "W4A16");
+    rpc::TensorToProto(Tensor::FromFloats(std::vector<float>(16, 1.0f), {4, 4}, DType::kF32), req.mutable_hessian());
+    EXPECT_CODE(stub_->QuantizeLayer(Ctx(kToken).get(), req, &resp), INVALID_ARGUMENT, "hessian");
+  }
+  {
+    v1::QuantizeLayerRequest req = LayerRequest(w, n, k, "W3A5");
+    EXPECT_CODE(stub_->QuantizeLayer(Ctx(kToken).get(), req, &resp), INVALID_ARGUMENT, "W3A5");
+  }
+  {
+    v1::QuantizeLayerRequest req = LayerRequest(w, n, k, "W4A16");
+    req.set_recipe_yaml(ReadAll(std::string(LOWBIT_SOURCE_DIR) + "/tests/fixtures/calib/matches_nothing.yaml"));
+    EXPECT_CODE(stub_->QuantizeLayer(Ctx(kToken).get(), req, &resp), INVALID_ARGUMENT, "match no");
+  }
+  {
+    v1::QuantizeLayerRequest req = LayerRequest(w, n, k, "W4A16");
+    req.mutable_weight()->set_shape(1, 96);  // bytes ≠ shape
+    EXPECT_CODE(stub_->QuantizeLayer(Ctx(kToken).get(), req, &resp), INVALID_ARGUMENT, "weight");
+  }
+  {
+    v1::QuantizeLayerRequest req = LayerRequest(std::vector<float>(n * 96, 0.01f), n, 96, "W4A16");
+    EXPECT_CODE(stub_->QuantizeLayer(Ctx(kToken).get(), req, &resp), INVALID_ARGUMENT, "group_size");
+  }
+  ExpectServing();
+}
+
+}  // namespace
+}  // namespace lowbit
