@@ -16,7 +16,7 @@ bool CudaAvailable() {
 }
 
 std::vector<std::string> BackendNames() {
-  std::vector<std::string> names = {"cpu", "cpu-generic", "cpu-ref"};
+  std::vector<std::string> names = {"cpu", "cpu-avx2", "cpu-generic", "cpu-ref"};
 #ifdef LOWBIT_KERNELS_HAVE_CUDA
   names.push_back("cuda");
   names.push_back("cuda-simple");
@@ -27,7 +27,10 @@ std::vector<std::string> BackendNames() {
 
 Status MakeBackend(std::string_view name, const BackendOptions& options, std::unique_ptr<Backend>* out) {
   if (name == "auto") name = CudaAvailable() ? "cuda" : "cpu";
-  if (name == "cpu" || name == "cpu-generic" || name == "cpu-ref") {
+  if (name == "cpu-avx2" && !CpuHasAvx2Kernels())
+    return Unavailable("backend 'cpu-avx2': this CPU lacks AVX2, FMA or F16C (use 'cpu', which picks the best "
+                       "micro-kernels the CPU has)");
+  if (name == "cpu" || name == "cpu-avx2" || name == "cpu-generic" || name == "cpu-ref") {
     *out = MakeCpuBackend(name, options);
     return Status::Ok();
   }

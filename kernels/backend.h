@@ -165,8 +165,9 @@ struct BackendOptions {
   size_t workspace_bytes = 0;
 };
 
-// "cpu" (fast paths), "cpu-generic" (same driver, portable micro-kernels), "cpu-ref" (the
-// reference as a backend), "cuda", "cuda-simple" (plain CUDA kernels only, no cuBLAS/cuBLASLt),
+// "cpu" (fast paths: AVX-512 VNNI/BF16, else AVX2 + FMA + F16C, else portable), "cpu-avx2" (the
+// AVX2 paths forced; Unavailable on a CPU without AVX2/FMA/F16C), "cpu-generic" (same driver,
+// portable micro-kernels), "cpu-ref" (the reference as a backend), "cuda", "cuda-simple" (plain CUDA kernels only, no cuBLAS/cuBLASLt),
 // "auto" (cuda when built with CUDA and a device is present, else cpu). Unavailable when "cuda" is asked for and there is none.
 Status MakeBackend(std::string_view name, const BackendOptions& options, std::unique_ptr<Backend>* out);
 // Whether this build has the CUDA backend and a device is visible.

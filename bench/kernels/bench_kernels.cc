@@ -2,13 +2,15 @@
 // of M, with baselines measured in the same run (design.md §7):
 //   * CPU: OpenBLAS sgemm (f32, Y = X·Wᵀ) with OPENBLAS_CORETYPE set to SkylakeX when the CPU
 //     has AVX-512 and the variable is unset (re-exec before OpenBLAS loads; design.md "CPU BLAS:
-//     a trap"). The GPU baselines (torch) come from bench/kernels/torch_baselines.py.
+//     a trap"). On an AVX2-only CPU OpenBLAS's own detection is kept (0.3.21 names AMD Zen 3
+//     "Zen", whose sgemm matches or beats forcing "Haswell"); the table records the core it
+//     chose. The GPU baselines (torch) come from bench/kernels/torch_baselines.py.
 // Each point: a warm-up call, then `reps` timed batches (≥ 0.2 s or ≥ 1 call each), median of
 // the per-call time. For M ≤ 64 (memory-bound) the weights rotate through enough copies to
 // exceed twice the last-level cache. Writes <out>/kernels-<backend>.md and .csv and, when
 // /usr/bin/python3 has matplotlib, <out>/kernels-<backend>.png (bench/kernels/plot.py).
 //
-// Usage: lowbit-bench-kernels [--backend cpu|cuda|auto] [--threads N] [--ms 1,16,64,256,1024,4096]
+// Usage: lowbit-bench-kernels [--backend cpu|cpu-avx2|cpu-generic|cuda|auto] [--threads N] [--ms 1,16,64,256,1024,4096]
 //          [--shapes llama3-8b|small] [--ops w8a8,w8a8_quant,fp8,w4a16,quant_int8,sgemm]
 //          [--reps 3] [--out bench-out]
 #include <unistd.h>
@@ -165,7 +167,7 @@ class Bench {
 #ifndef LOWBIT_BENCH_OPENBLAS
     want_sgemm = false;
 #endif
-    if (b_->name() != "cpu" && b_->name() != "cpu-generic") want_sgemm = false;
+    if (b_->name().rfind("cpu", 0) != 0 || b_->name() == "cpu-ref") want_sgemm = false;
     for (const KN& kn : ShapeSet(o_.shapes)) {
       for (int64_t m : o_.ms) {
         double t_sgemm = 0;
@@ -299,7 +301,12 @@ class Bench {
     md << "Command: `" << cmdline << "`  \n";
     md << "Device: " << CpuModel() << " (kernels ISA: " << CpuIsa() << "), backend `" << b_->name() << "`, "
        << o_.threads << " threads (kernels and OpenBLAS)";
-    if (b_->name().rfind("cpu", 0) == 0) md << ", OPENBLAS_CORETYPE=" << (core ? core : "(unset)");
+    if (b_->name().rfind("cpu", 0) == 0) {
+      md << ", OPENBLAS_CORETYPE=" << (core ? core : "(unset)");
+#ifdef LOWBIT_BENCH_OPENBLAS
+      md << " (OpenBLAS core: " << openblas_get_corename() << ")";
+#endif
+    }
     md << "  \nCommit: " << Commit() << "  \n";
     md << "µs: median per call; TFLOP/s = 2·M·N·K / t; TB/s = (weights in their format + activations + outputs) / t; "
           "× sgemm = t(OpenBLAS sgemm, same M, K, N, same run) / t.\n\n";

@@ -1,5 +1,7 @@
 // The CPU backend: the reference ("cpu-ref") and the fast paths ("cpu"; "cpu-generic" runs the
-// same blocked driver with portable C++ micro-kernels instead of AVX-512).
+// same blocked driver with portable C++ micro-kernels instead of AVX-512). "cpu" picks, at
+// creation, AVX-512 VNNI/BF16 micro-kernels when the CPU has them, else AVX2 + FMA + F16C ones
+// (see "AVX2" below; "cpu-avx2" forces them), else the portable ones.
 //
 // Fast GEMM design (one driver for the three GEMMs):
 //   * Weights are packed at load into panels of 32 output columns; within a panel, for each
@@ -13,7 +15,8 @@
 //   * Tasks are (128 rows × 128 columns) tiles spread over a thread pool; inside a task, for
 //     each k-block of 256 groups the activations are packed once (u8 quads / bf16 pairs / f32,
 //     with the act-order permutation applied for W4A16), then an 8-row × 32-column register
-//     tile runs over every row block of every panel.
+//     tile runs over every row block of every panel (AVX2: 4 × 8 W8A8, 6 × 8 FP8, 6 × 16 W4A16;
+//     a single row takes all 32 columns at once).
 // The W8A8 epilogue runs the same f32 operations in the same order as the reference, so its
 // output is bit-exact; the FP8 and W4A16 sums differ from the exact reference by f32 rounding.
 #include <algorithm>
@@ -65,6 +68,7 @@ template <class T>
 using AVec = std::vector<T, AlignedAlloc<T>>;
 
 enum class Kind { kI8, kFp8, kW4 };
+enum class Isa { kGeneric, kAvx2, kAvx512 };
 
 // ---------------------------------------------------------------------------------------------
 // Small conversions.
@@ -240,6 +244,8 @@ LB_AVX512 void MicroF32Avx(const uint32_t* x, int64_t xs, const uint8_t* w, int6
 
 struct MicroSet {
   MicroFn fn[kMR + 1] = {};
+  int mr = kMR;  // rows per register tile (fn[1..mr])
+  int xw = 1;    // packed-activation words (uint32) per k-group
 };
 
 template <Kind K, template <int> class Wrap>
@@ -281,6 +287,362 @@ struct AW4 {
 };
 
 // ---------------------------------------------------------------------------------------------
+// AVX2 (+FMA, F16C) micro-kernels, for CPUs without AVX-512 VNNI/BF16 (e.g. AMD Zen 1–3).
+// Same prepared-weight layout as AVX-512 (32-column panels, 128 bytes per k-group); the tiles
+// cover a panel in 8-column sub-panels (32 for a single row), so every loaded weight vector is
+// reused by up to 6 rows. Packed activations take 2 words per k-group:
+//   W8A8  (x+128) as four int16 per 4-int8 k-group; each 16-byte weight chunk (4 columns × 4 k)
+//         is sign-extended to int16 and multiplied with vpmaddwd: pair sums ≤ 2·255·128 = 65280
+//         in int32, so the int32 accumulation is exact (no vpmaddubsw, whose int16 pair sums
+//         saturate); two partial sums per column are folded with vphaddd at the end;
+//   FP8   two f32 per 2-k group; bf16 weight pairs are widened to f32 (shift / mask), f32 FMA;
+//   W4A16 one f32 per k (the dequantized k-block is f32 [k][32]), f32 FMA.
+
+#define LB_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+inline int64_t Load64(const void* p) {
+  int64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+template <int R, int C>
+LB_AVX2 void MicroI8Avx2(const uint32_t* x, int64_t xs, const uint8_t* w, int64_t groups, uint32_t* c, int64_t cs,
+                         bool accumulate) {
+  constexpr int NV = C / 4;  // accumulators per row: 4 columns × 2 partial sums each
+  for (int s = 0; s < kNR / C; ++s) {
+    __m256i acc[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < NV; ++i) acc[r][i] = _mm256_setzero_si256();
+    const uint8_t* wp = w + s * C * 4;
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint8_t* wg = wp + g * 128;
+      __m256i wv[NV];
+      for (int i = 0; i < NV; ++i)
+        wv[i] = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(wg + 16 * i)));
+      for (int r = 0; r < R; ++r) {
+        const __m256i b = _mm256_set1_epi64x(Load64(x + r * xs + 2 * g));
+        for (int i = 0; i < NV; ++i) acc[r][i] = _mm256_add_epi32(acc[r][i], _mm256_madd_epi16(b, wv[i]));
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < NV; i += 2) {
+        // [c0a c0b c1a c1b | c2a c2b c3a c3b] + same for c4..c7 → [c0 c1 c4 c5 | c2 c3 c6 c7] → c0..c7
+        __m256i h = _mm256_hadd_epi32(acc[r][i], acc[r][i + 1]);
+        h = _mm256_permute4x64_epi64(h, _MM_SHUFFLE(3, 1, 2, 0));
+        uint32_t* cp = c + r * cs + s * C + 4 * i;
+        if (accumulate) h = _mm256_add_epi32(h, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cp)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(cp), h);
+      }
+  }
+}
+
+template <int R, int C>
+LB_AVX2 void MicroFp8Avx2(const uint32_t* x, int64_t xs, const uint8_t* w, int64_t groups, uint32_t* c, int64_t cs,
+                          bool accumulate) {
+  constexpr int NV = C / 8;
+  const float* xf = reinterpret_cast<const float*>(x);
+  float* cf = reinterpret_cast<float*>(c);
+  const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int s = 0; s < kNR / C; ++s) {
+    __m256 a0[R][NV], a1[R][NV];  // even / odd k: two independent FMA chains per output vector
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < NV; ++i) a0[r][i] = a1[r][i] = _mm256_setzero_ps();
+    const uint32_t* wp = reinterpret_cast<const uint32_t*>(w) + s * C;
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint32_t* wg = wp + g * 32;
+      __m256 w0[NV], w1[NV];
+      for (int i = 0; i < NV; ++i) {
+        const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(wg + 8 * i));
+        w0[i] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+        w1[i] = _mm256_castsi256_ps(_mm256_and_si256(v, hi));
+      }
+      for (int r = 0; r < R; ++r) {
+        const __m256 b0 = _mm256_broadcast_ss(xf + r * xs + 2 * g);
+        for (int i = 0; i < NV; ++i) a0[r][i] = _mm256_fmadd_ps(b0, w0[i], a0[r][i]);
+        const __m256 b1 = _mm256_broadcast_ss(xf + r * xs + 2 * g + 1);
+        for (int i = 0; i < NV; ++i) a1[r][i] = _mm256_fmadd_ps(b1, w1[i], a1[r][i]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < NV; ++i) {
+        float* cp = cf + r * cs + s * C + 8 * i;
+        __m256 v = _mm256_add_ps(a0[r][i], a1[r][i]);
+        if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(cp), v);
+        _mm256_storeu_ps(cp, v);
+      }
+  }
+}
+
+template <int R, int C>
+LB_AVX2 void MicroF32Avx2(const uint32_t* x, int64_t xs, const uint8_t* w, int64_t groups, uint32_t* c, int64_t cs,
+                          bool accumulate) {
+  constexpr int NV = C / 8;
+  const float* xf = reinterpret_cast<const float*>(x);
+  const float* wf = reinterpret_cast<const float*>(w);
+  float* cf = reinterpret_cast<float*>(c);
+  for (int s = 0; s < kNR / C; ++s) {
+    __m256 acc[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < NV; ++i)
+        acc[r][i] = accumulate ? _mm256_loadu_ps(cf + r * cs + s * C + 8 * i) : _mm256_setzero_ps();
+    const float* wp = wf + s * C;
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256 wv[NV];
+      for (int i = 0; i < NV; ++i) wv[i] = _mm256_load_ps(wp + g * 32 + 8 * i);
+      for (int r = 0; r < R; ++r) {
+        const __m256 b = _mm256_broadcast_ss(xf + r * xs + g);
+        for (int i = 0; i < NV; ++i) acc[r][i] = _mm256_fmadd_ps(b, wv[i], acc[r][i]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < NV; ++i) _mm256_storeu_ps(cf + r * cs + s * C + 8 * i, acc[r][i]);
+  }
+}
+
+// A row of activations as f32.
+LB_AVX2 void RowToF32Avx2(DType dt, const void* x, int64_t k, float* out) {
+  if (dt == DType::kF32) {
+    std::memcpy(out, x, k * sizeof(float));
+    return;
+  }
+  int64_t i = 0;
+  const uint16_t* p = static_cast<const uint16_t*>(x);
+  if (dt == DType::kBF16) {
+    for (; i + 8 <= k; i += 8) {
+      const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)));
+      _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+    }
+  } else {
+    for (; i + 8 <= k; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i))));
+  }
+  for (; i < k; ++i) out[i] = ref::LoadFloat(dt, x, i);
+}
+
+// 8 int32 in [0, 255] (or [-128, 127] with sat = signed) → 8 bytes.
+LB_AVX2 inline void Store8Bytes(__m256i v, bool is_signed, void* dst) {
+  __m256i p = is_signed ? _mm256_packs_epi32(v, v) : _mm256_packus_epi32(v, v);
+  p = is_signed ? _mm256_packs_epi16(p, p) : _mm256_packus_epi16(p, p);
+  p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
+  _mm_storel_epi64(static_cast<__m128i*>(dst), _mm256_castsi256_si128(p));
+}
+
+LB_AVX2 float RowAbsMaxAvx2(const float* xf, int64_t k) {
+  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 mx = _mm256_setzero_ps();
+  int64_t i = 0;
+  // max_ps returns its second operand when either is NaN: NaN inputs are skipped, like std::max.
+  for (; i + 8 <= k; i += 8) mx = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xf + i), sign), mx);
+  alignas(32) float t[8];
+  _mm256_store_ps(t, mx);
+  float a = 0.0f;
+  for (float v : t) a = std::max(a, v);
+  for (; i < k; ++i) a = std::max(a, std::fabs(xf[i]));
+  return a;
+}
+
+LB_AVX2 void QuantRowInt8Avx2(const float* xf, int64_t k, int8_t* q, float* scale_out) {
+  const float absmax = RowAbsMaxAvx2(xf, k);
+  const float s = absmax > 0.0f ? absmax / 127.0f : 1.0f;
+  *scale_out = s;
+  const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) {
+    __m256 v = _mm256_div_ps(_mm256_loadu_ps(xf + i), vs);
+    v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+    Store8Bytes(_mm256_cvtps_epi32(v), true, q + i);  // round to nearest even (MXCSR default)
+  }
+  for (; i < k; ++i) q[i] = static_cast<int8_t>(std::nearbyint(std::clamp(xf[i] / s, -128.0f, 127.0f)));
+}
+
+// FastFp8 on 8 lanes (v already clamped to [-448, 448] or NaN); codes as int32.
+LB_AVX2 inline __m256i Fp8Codes(__m256 v) {
+  __m256i b = _mm256_castps_si256(v);
+  const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(b, 24), _mm256_set1_epi32(0x80));
+  b = _mm256_and_si256(b, _mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i sub = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(b), _mm256_set1_ps(512.0f)));
+  const __m256i bn = _mm256_add_epi32(
+      b, _mm256_add_epi32(_mm256_set1_epi32(0x7FFFF), _mm256_and_si256(_mm256_srli_epi32(b, 20), _mm256_set1_epi32(1))));
+  const __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(bn, 23), _mm256_set1_epi32(120));
+  __m256i code = _mm256_or_si256(_mm256_slli_epi32(e, 3), _mm256_and_si256(_mm256_srli_epi32(bn, 20), _mm256_set1_epi32(7)));
+  code = _mm256_blendv_epi8(code, sub, _mm256_cmpgt_epi32(_mm256_set1_epi32(0x3C800000), b));
+  code = _mm256_blendv_epi8(code, _mm256_set1_epi32(0x7F), _mm256_cmpgt_epi32(b, _mm256_set1_epi32(0x7F800000)));
+  return _mm256_or_si256(code, sign);
+}
+
+LB_AVX2 void QuantRowFp8Avx2(const float* xf, int64_t k, float s, uint8_t* q) {
+  const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(-kFp8E4M3Max), hi = _mm256_set1_ps(kFp8E4M3Max);
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) {
+    __m256 v = _mm256_div_ps(_mm256_loadu_ps(xf + i), vs);
+    v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));  // NaN stays NaN (max/min return the 2nd operand)
+    Store8Bytes(Fp8Codes(v), false, q + i);
+  }
+  for (; i < k; ++i) q[i] = FastFp8(std::clamp(xf[i] / s, -kFp8E4M3Max, kFp8E4M3Max));
+}
+
+// E4M3 codes → f32 (exact), 8 lanes.
+LB_AVX2 inline __m256 Fp8ToF32x8(const uint8_t* p) {
+  const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x80)), 24);
+  const __m256i a = _mm256_and_si256(v, _mm256_set1_epi32(0x7F));
+  const __m256i norm = _mm256_add_epi32(_mm256_slli_epi32(a, 20), _mm256_set1_epi32(120 << 23));
+  const __m256i sub = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(1.0f / 512.0f)));
+  __m256i r = _mm256_blendv_epi8(norm, sub, _mm256_cmpgt_epi32(_mm256_set1_epi32(8), a));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC00000), _mm256_cmpeq_epi32(a, _mm256_set1_epi32(0x7F)));
+  return _mm256_castsi256_ps(_mm256_or_si256(r, sign));
+}
+
+// Activation k-block packing for the AVX2 micro-kernels (see above). dst: gb k-groups.
+LB_AVX2 void PackRowI8Avx2(const uint8_t* xr, int64_t k, int64_t g0, int64_t gb, uint16_t* dst) {
+  const int64_t c0 = g0 * 4, c1 = std::min(k, (g0 + gb) * 4), cend = (g0 + gb) * 4;
+  const __m128i flip = _mm_set1_epi8(static_cast<char>(0x80));
+  int64_t c = c0;
+  for (; c + 16 <= c1; c += 16) {
+    const __m128i v = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xr + c)), flip);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (c - c0)), _mm256_cvtepu8_epi16(v));
+  }
+  for (; c < c1; ++c) dst[c - c0] = static_cast<uint16_t>(xr[c] ^ 0x80u);
+  for (; c < cend; ++c) dst[c - c0] = 0x80u;
+}
+
+LB_AVX2 void PackRowFp8Avx2(const uint8_t* xr, int64_t k, int64_t g0, int64_t gb, float* dst) {
+  const int64_t c0 = g0 * 2, c1 = std::min(k, (g0 + gb) * 2), cend = (g0 + gb) * 2;
+  int64_t c = c0;
+  for (; c + 8 <= c1; c += 8) _mm256_storeu_ps(dst + (c - c0), Fp8ToF32x8(xr + c));
+  for (; c < c1; ++c) dst[c - c0] = Fp8E4M3ToFloat(xr[c]);
+  for (; c < cend; ++c) dst[c - c0] = 0.0f;
+}
+
+LB_AVX2 void DequantW4Avx2(const uint8_t* packed, const float* sc, const float* zf, int64_t groups, int64_t gs,
+                           bool bf16, int64_t k0, int64_t kb, float* out) {
+  const __m256i m15 = _mm256_set1_epi32(15);
+  for (int64_t kk = 0; kk < kb; kk += 2) {
+    const int64_t c = k0 + kk;  // k0 is even (a multiple of kGB)
+    const uint8_t* b = packed + (c / 2) * kNR;
+    const int64_t ga = std::min(c / gs, groups - 1), gb = std::min((c + 1) / gs, groups - 1);
+    for (int h = 0; h < 4; ++h) {
+      const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 8 * h)));
+      for (int t = 0; t < 2; ++t) {
+        if (kk + t >= kb) break;
+        const int64_t g = t ? gb : ga;
+        const __m256i code = _mm256_and_si256(t ? _mm256_srli_epi32(v, 4) : v, m15);
+        __m256 f = _mm256_sub_ps(_mm256_cvtepi32_ps(code), _mm256_loadu_ps(zf + g * kNR + 8 * h));
+        f = _mm256_mul_ps(f, _mm256_loadu_ps(sc + g * kNR + 8 * h));
+        if (bf16) {
+          __m256i bits = _mm256_castps_si256(f);
+          const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+          bits = _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF)));
+          f = _mm256_castsi256_ps(_mm256_and_si256(bits, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+        } else {
+          f = _mm256_cvtph_ps(_mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        }
+        _mm256_store_ps(out + (kk + t) * kNR + 8 * h, f);
+      }
+    }
+  }
+}
+
+// FP8 with several rows: a panel's k-block of bf16 pairs [gb][32 cols][2] widened to f32
+// [2·gb][32] once, so the f32 6 × 16 tile runs on it (the bf16-pair tile needs more registers
+// than AVX2 has for 6 rows and spills its accumulators).
+LB_AVX2 void WidenBf16PanelAvx2(const uint8_t* src, int64_t gb, float* out) {
+  const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int64_t g = 0; g < gb; ++g)
+    for (int i = 0; i < 4; ++i) {
+      const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(src + g * 128 + 32 * i));
+      _mm256_store_ps(out + (2 * g) * kNR + 8 * i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+      _mm256_store_ps(out + (2 * g + 1) * kNR + 8 * i, _mm256_castsi256_ps(_mm256_and_si256(v, hi)));
+    }
+}
+
+// Stores 8 f32 outputs in dtype dt, rounding like ref::StoreFloat; false (nothing stored) when
+// a lane is NaN (the caller's scalar path then keeps the reference's NaN encoding).
+LB_AVX2 inline bool StoreOut8(DType dt, void* y, int64_t i, __m256 v) {
+  if (dt == DType::kF32) {
+    _mm256_storeu_ps(static_cast<float*>(y) + i, v);
+    return true;
+  }
+  if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0) return false;
+  __m128i h;
+  if (dt == DType::kBF16) {
+    __m256i bits = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    bits = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+    bits = _mm256_packus_epi32(bits, bits);
+    h = _mm256_castsi256_si128(_mm256_permute4x64_epi64(bits, _MM_SHUFFLE(2, 0, 2, 0)));
+  } else {
+    h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(y) + i), h);
+  return true;
+}
+
+// The GEMM epilogue for one row segment, 8 columns at a time, with the f32 operations of the
+// scalar epilogue in the same order (no FMA): bit-identical. Returns the columns done (a
+// multiple of 8; it stops early at a NaN output, which the scalar loop then stores).
+LB_AVX2 int64_t EpilogueRowAvx2(Kind kind, const uint32_t* c, const int32_t* colsum, const float* ws, bool wpc,
+                                float as, const float* bias, DType dt, void* y, int64_t yoff, int64_t nc) {
+  const __m256 vas = _mm256_set1_ps(as);
+  const __m256 ws0 = ws ? _mm256_set1_ps(ws[0]) : _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= nc; j += 8) {
+    __m256 v;
+    if (kind == Kind::kI8) {
+      const __m256i acc = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j)),
+                                           _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(colsum + j)), 7));
+      v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), wpc ? _mm256_loadu_ps(ws + j) : ws0);
+      v = _mm256_mul_ps(v, vas);
+    } else if (kind == Kind::kFp8) {
+      v = _mm256_mul_ps(_mm256_loadu_ps(reinterpret_cast<const float*>(c + j)), wpc ? _mm256_loadu_ps(ws + j) : ws0);
+      v = _mm256_mul_ps(v, vas);
+    } else {
+      v = _mm256_loadu_ps(reinterpret_cast<const float*>(c + j));
+    }
+    if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + j));
+    if (!StoreOut8(dt, y, yoff + j, v)) break;
+  }
+  return j;
+}
+
+MicroSet Avx2Set(Kind kind) {
+  MicroSet s;
+  s.mr = 6;
+  if (kind == Kind::kI8) {
+    // 4 rows × 8 columns: 8 accumulators + 2 weight vectors + 4 broadcasts fit the 16 ymm
+    // registers (6 × 8 spills accumulators to the stack and runs ~40% slower).
+    s.mr = 4;
+    s.xw = 2;
+    s.fn[1] = &MicroI8Avx2<1, 32>;
+    s.fn[2] = &MicroI8Avx2<2, 16>;
+    s.fn[3] = &MicroI8Avx2<3, 8>;
+    s.fn[4] = &MicroI8Avx2<4, 8>;
+  } else if (kind == Kind::kFp8) {
+    s.xw = 2;
+    s.fn[1] = &MicroFp8Avx2<1, 32>;
+    s.fn[2] = &MicroFp8Avx2<2, 8>;
+    s.fn[3] = &MicroFp8Avx2<3, 8>;
+    s.fn[4] = &MicroFp8Avx2<4, 8>;
+    s.fn[5] = &MicroFp8Avx2<5, 8>;
+    s.fn[6] = &MicroFp8Avx2<6, 8>;
+  } else {
+    s.xw = 1;
+    s.fn[1] = &MicroF32Avx2<1, 32>;
+    s.fn[2] = &MicroF32Avx2<2, 16>;
+    s.fn[3] = &MicroF32Avx2<3, 16>;
+    s.fn[4] = &MicroF32Avx2<4, 16>;
+    s.fn[5] = &MicroF32Avx2<5, 16>;
+    s.fn[6] = &MicroF32Avx2<6, 16>;
+  }
+  return s;
+}
+
+bool CpuHasAvx2KernelsImpl() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Prepared weights.
 
 class CpuWeight : public PreparedWeight {
@@ -311,10 +673,15 @@ class CpuWeight : public PreparedWeight {
 
 class CpuBackend : public Backend {
  public:
-  CpuBackend(std::string name, int threads, bool reference, bool avx512)
-      : name_(std::move(name)), reference_(reference), avx_(avx512), pool_(threads) {
+  CpuBackend(std::string name, int threads, bool reference, Isa isa)
+      : name_(std::move(name)), reference_(reference), avx_(isa == Isa::kAvx512), avx2_(isa == Isa::kAvx2),
+        pool_(threads) {
     scratch_.resize(pool_.threads());
-    if (avx_) {
+    if (avx2_) {
+      i8_ = Avx2Set(Kind::kI8);
+      fp8_ = Avx2Set(Kind::kFp8);
+      w4_ = Avx2Set(Kind::kW4);
+    } else if (avx_) {
       i8_ = MakeSet<Kind::kI8, AI8>();
       fp8_ = MakeSet<Kind::kFp8, AFp8>();
       w4_ = MakeSet<Kind::kW4, AW4>();
@@ -328,7 +695,7 @@ class CpuBackend : public Backend {
   std::string name() const override { return name_; }
   std::string Requirements() const override {
     return name_ + ": any M ≥ 1, K ≥ 1, N ≥ 1 for every op; W8A8 K ≤ 65536 (int32 accumulation of u8·s8 "
-                   "VNNI products); W4A16 any group size, and an act-order g_idx must give every group exactly "
+                   "products); W4A16 any group size, and an act-order g_idx must give every group exactly "
                    "group_size columns.";
   }
 
@@ -372,7 +739,7 @@ class CpuBackend : public Backend {
                 const uint32_t* c, int64_t cs);
 
   std::string name_;
-  bool reference_, avx_;
+  bool reference_, avx_, avx2_;
   ThreadPool pool_;
   std::vector<Scratch> scratch_;
   MicroSet i8_, fp8_, w4_;
@@ -430,6 +797,9 @@ Status CpuBackend::QuantizeInt8PerToken(DType dt, const void* x, int64_t m, int6
     if (avx_) {
       RowToF32Avx(dt, xr, k, row.data());
       QuantRowInt8Avx(row.data(), k, q + r * k, scale + r);
+    } else if (avx2_) {
+      RowToF32Avx2(dt, xr, k, row.data());
+      QuantRowInt8Avx2(row.data(), k, q + r * k, scale + r);
     } else {
       RowToF32Generic(dt, xr, k, row.data());
       QuantRowInt8Generic(row.data(), k, q + r * k, scale + r);
@@ -451,6 +821,11 @@ Status CpuBackend::QuantizeFp8PerTensor(DType dt, const void* x, int64_t m, int6
     auto& row = scratch_[worker].row;
     row.resize(k);
     const void* xr = static_cast<const uint8_t*>(x) + r * k * es;
+    if (avx2_) {
+      RowToF32Avx2(dt, xr, k, row.data());
+      QuantRowFp8Avx2(row.data(), k, scale, q + r * k);
+      return;
+    }
     avx_ ? RowToF32Avx(dt, xr, k, row.data()) : RowToF32Generic(dt, xr, k, row.data());
     QuantRowFp8(row.data(), k, scale, q + r * k);
   });
@@ -468,6 +843,14 @@ Status CpuBackend::QuantizeFp8PerToken(DType dt, const void* x, int64_t m, int64
     auto& row = scratch_[worker].row;
     row.resize(k);
     const void* xr = static_cast<const uint8_t*>(x) + r * k * es;
+    if (avx2_) {
+      RowToF32Avx2(dt, xr, k, row.data());
+      const float absmax = RowAbsMaxAvx2(row.data(), k);
+      const float s = absmax > 0.0f ? absmax / kFp8E4M3Max : 1.0f;
+      scale[r] = s;
+      QuantRowFp8Avx2(row.data(), k, s, q + r * k);
+      return;
+    }
     avx_ ? RowToF32Avx(dt, xr, k, row.data()) : RowToF32Generic(dt, xr, k, row.data());
     const float absmax = RowAbsMax(row.data(), k);
     const float s = absmax > 0.0f ? absmax / kFp8E4M3Max : 1.0f;
@@ -581,6 +964,17 @@ Status CpuBackend::PrepareInt4(const Int4WeightSource& src, std::unique_ptr<Prep
 void CpuBackend::PackX(Kind kind, const GemmArgs& a, const CpuWeight& w, int64_t r0, int64_t mb, int64_t g0,
                        int64_t gb, Scratch& s) {
   const int64_t k = w.k();
+  if (avx2_ && kind != Kind::kW4) {
+    const int64_t xs = 2 * kGB;
+    for (int64_t r = 0; r < mb; ++r) {
+      const uint8_t* xr = static_cast<const uint8_t*>(a.x) + (r0 + r) * k;
+      if (kind == Kind::kI8)
+        PackRowI8Avx2(xr, k, g0, gb, reinterpret_cast<uint16_t*>(s.x.data() + r * xs));
+      else
+        PackRowFp8Avx2(xr, k, g0, gb, reinterpret_cast<float*>(s.x.data() + r * xs));
+    }
+    return;
+  }
   for (int64_t r = 0; r < mb; ++r) {
     uint32_t* dst = s.x.data() + r * kGB;
     if (kind == Kind::kI8) {
@@ -604,6 +998,8 @@ void CpuBackend::PackX(Kind kind, const GemmArgs& a, const CpuWeight& w, int64_t
       if (w.perm.empty()) {
         if (avx_) {
           RowToF32Avx(a.x_dtype, xr + g0, c1 - g0, df);
+        } else if (avx2_) {
+          RowToF32Avx2(a.x_dtype, xr + g0, c1 - g0, df);
         } else {
           for (int64_t c = g0; c < c1; ++c) df[c - g0] = bf ? Bf16BitsToFloat(xr[c]) : Fp16ToFloat(xr[c]);
         }
@@ -657,6 +1053,10 @@ void CpuBackend::DequantW4(const CpuWeight& w, DType act, int64_t p, int64_t k0,
     DequantW4Avx(packed, sc, zf, kh, groups, gs, w.k(), act == DType::kBF16, k0, kb, out);
     return;
   }
+  if (avx2_) {
+    DequantW4Avx2(packed, sc, zf, groups, gs, act == DType::kBF16, k0, kb, out);
+    return;
+  }
   for (int64_t kk = 0; kk < kb; ++kk) {
     const int64_t c = k0 + kk;
     const int64_t g = std::min(c / gs, groups - 1);
@@ -676,7 +1076,12 @@ void CpuBackend::Epilogue(Kind kind, const GemmArgs& a, const CpuWeight& w, int6
   for (int64_t r = 0; r < mb; ++r) {
     const int64_t row = r0 + r;
     const float as = kind == Kind::kW4 ? 1.0f : a.x_scale[a.x_scale_count == 1 ? 0 : row];
-    for (int64_t j = 0; j < nc; ++j) {
+    int64_t j0 = 0;
+    if (avx_ || avx2_)
+      j0 = EpilogueRowAvx2(kind, c + r * cs, kind == Kind::kI8 ? w.colsum.data() + c0 : nullptr,
+                           kind == Kind::kW4 ? nullptr : w.wscale.data() + (wpc ? c0 : 0), wpc, as,
+                           a.bias ? a.bias + c0 : nullptr, a.y_dtype, a.y, row * n + c0, nc);
+    for (int64_t j = j0; j < nc; ++j) {
       const int64_t col = c0 + j;
       const uint32_t cv = c[r * cs + j];
       float v;
@@ -702,14 +1107,17 @@ void CpuBackend::RunGemm(Kind kind, const GemmArgs& a, const CpuWeight& w) {
   const int64_t tasks_n = (w.panels + kPanelsPerTask - 1) / kPanelsPerTask;
   const MicroSet& ms = kind == Kind::kI8 ? i8_ : kind == Kind::kFp8 ? fp8_ : w4_;
   constexpr int64_t cs = kPanelsPerTask * kNR;
+  const int64_t xs = kGB * ms.xw;
   pool_.ParallelFor(tasks_m * tasks_n, [&](int worker, int64_t t) {
     Scratch& s = scratch_[worker];
-    if (s.x.size() < static_cast<size_t>(kMB * kGB)) s.x.resize(kMB * kGB);
+    if (s.x.size() < static_cast<size_t>(kMB * xs)) s.x.resize(kMB * xs);
     if (s.c.size() < static_cast<size_t>(kMB * cs)) s.c.resize(kMB * cs);
-    if (kind == Kind::kW4 && s.w.size() < static_cast<size_t>(kGB * kNR)) s.w.resize(kGB * kNR);
+    if ((kind == Kind::kW4 || avx2_) && s.w.size() < static_cast<size_t>(2 * kGB * kNR)) s.w.resize(2 * kGB * kNR);
     const int64_t tm = t / tasks_n, tn = t % tasks_n;
     const int64_t r0 = tm * kMB, mb = std::min(kMB, m - r0);
     const int64_t p0 = tn * kPanelsPerTask, np = std::min(kPanelsPerTask, w.panels - p0);
+    const bool fp8_f32 = avx2_ && kind == Kind::kFp8 && mb > 1;  // widened weights, f32 tile
+    const MicroSet& mset = fp8_f32 ? w4_ : ms;
     for (int64_t g0 = 0; g0 < w.kgroups; g0 += kGB) {
       const int64_t gb = std::min(kGB, w.kgroups - g0);
       PackX(kind, a, w, r0, mb, g0, gb, s);
@@ -719,12 +1127,15 @@ void CpuBackend::RunGemm(Kind kind, const GemmArgs& a, const CpuWeight& w) {
         if (kind == Kind::kW4) {
           DequantW4(w, a.x_dtype, p, g0, gb, s.w.data());
           wp = reinterpret_cast<const uint8_t*>(s.w.data());
+        } else if (fp8_f32) {
+          WidenBf16PanelAvx2(w.packed.data() + (p * w.kgroups + g0) * 128, gb, s.w.data());
+          wp = reinterpret_cast<const uint8_t*>(s.w.data());
         } else {
           wp = w.packed.data() + (p * w.kgroups + g0) * 128;
         }
-        for (int64_t rr = 0; rr < mb; rr += kMR) {
-          const int mr = static_cast<int>(std::min<int64_t>(kMR, mb - rr));
-          ms.fn[mr](s.x.data() + rr * kGB, kGB, wp, gb, s.c.data() + rr * cs + pi * kNR, cs, g0 > 0);
+        for (int64_t rr = 0; rr < mb; rr += mset.mr) {
+          const int mr = static_cast<int>(std::min<int64_t>(mset.mr, mb - rr));
+          mset.fn[mr](s.x.data() + rr * xs, xs, wp, fp8_f32 ? 2 * gb : gb, s.c.data() + rr * cs + pi * kNR, cs, g0 > 0);
         }
       }
     }
@@ -785,14 +1196,29 @@ bool CpuHasAvx512Kernels() {
 
 }  // namespace
 
-std::string CpuIsa() { return CpuHasAvx512Kernels() ? "avx512-vnni-bf16" : "generic"; }
+bool CpuHasAvx2Kernels() { return CpuHasAvx2KernelsImpl(); }
+
+std::string CpuIsa() {
+  if (CpuHasAvx512Kernels()) return "avx512-vnni-bf16";
+  if (CpuHasAvx2KernelsImpl()) return "avx2-fma-f16c";
+  return "generic";
+}
+
+namespace {
+Isa IsaFor(std::string_view name) {
+  if (name == "cpu-generic") return Isa::kGeneric;
+  if (name == "cpu-avx2") return CpuHasAvx2KernelsImpl() ? Isa::kAvx2 : Isa::kGeneric;
+  if (CpuHasAvx512Kernels()) return Isa::kAvx512;
+  if (CpuHasAvx2KernelsImpl()) return Isa::kAvx2;
+  return Isa::kGeneric;
+}
+}  // namespace
 
 std::unique_ptr<Backend> MakeCpuBackend(std::string_view name, const BackendOptions& options) {
   int threads = options.threads;
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
   const bool reference = options.reference || name == "cpu-ref";
-  const bool avx = name != "cpu-generic" && CpuHasAvx512Kernels();
-  return std::make_unique<CpuBackend>(std::string(name), threads, reference, avx);
+  return std::make_unique<CpuBackend>(std::string(name), threads, reference, IsaFor(name));
 }
 
 }  // namespace lowbit::kernels

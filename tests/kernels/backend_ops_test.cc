@@ -20,11 +20,15 @@
 // and M ∈ {1, 3, 16, 17, 255, 256, 4096} on CUDA; for big shapes with M > 3 the reference is
 // computed for 4 rows (first, middle, last, one random): every op is row-independent, so a row
 // subset is an exact check of those rows, and the kernel still runs the full M.
-// "cpu-generic" (the portable micro-kernels) runs the small shapes only.
+// "cpu-avx2" (the AVX2 + FMA + F16C micro-kernels, forced even on an AVX-512 CPU, so both CPU
+// fast paths are tested on either kind of machine) runs the whole table like "cpu"; it is left
+// out, with a note, on a CPU without AVX2. "cpu-generic" (the portable micro-kernels) runs the
+// small shapes only.
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <sstream>
@@ -34,10 +38,11 @@
 #include "common/dtype.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/reference.h"
 
 #ifndef LOWBIT_TEST_BACKENDS
-#define LOWBIT_TEST_BACKENDS "cpu,cpu-generic"
+#define LOWBIT_TEST_BACKENDS "cpu,cpu-avx2,cpu-generic"
 #endif
 
 namespace lowbit::kernels {
@@ -62,11 +67,18 @@ struct Rng {
   int Int(int lo, int hi) { return lo + static_cast<int>(Next() % static_cast<uint64_t>(hi - lo + 1)); }
 };
 
+// "cpu-avx2" is dropped (with a note) on a CPU without AVX2/FMA/F16C, where MakeBackend refuses it.
 std::vector<std::string> BackendsUnderTest() {
   std::vector<std::string> out;
   std::stringstream ss(LOWBIT_TEST_BACKENDS);
   std::string item;
-  while (std::getline(ss, item, ',')) out.push_back(item);
+  while (std::getline(ss, item, ',')) {
+    if (item == "cpu-avx2" && !CpuHasAvx2Kernels()) {
+      std::fprintf(stderr, "note: this CPU lacks AVX2/FMA/F16C; backend cpu-avx2 not tested\n");
+      continue;
+    }
+    out.push_back(item);
+  }
   return out;
 }
 
@@ -598,6 +610,21 @@ TEST(BackendOps, UnknownBackendIsAnError) {
   EXPECT_TRUE(st.code() == StatusCode::kInvalidArgument && Contains(st, "unknown backend 'tpu'")) << st.ToString();
   st = MakeBackend("auto", {}, &b);
   EXPECT_TRUE(st.ok()) << st.ToString();
+}
+
+TEST(BackendOps, CpuAvx2IsRefusedWithoutAvx2) {
+  std::unique_ptr<Backend> b;
+  Status st = MakeBackend("cpu-avx2", {}, &b);
+  if (CpuHasAvx2Kernels()) {
+    EXPECT_TRUE(st.ok()) << st.ToString();
+  } else {
+    EXPECT_TRUE(st.code() == StatusCode::kUnavailable && Contains(st, "AVX2")) << st.ToString();
+  }
+  const std::vector<std::string> names = BackendNames();
+  EXPECT_NE(std::find(names.begin(), names.end(), "cpu-avx2"), names.end());
+  const std::string isa = CpuIsa();
+  EXPECT_TRUE(isa == "avx512-vnni-bf16" || isa == "avx2-fma-f16c" || isa == "generic") << isa;
+  if (isa == "generic") EXPECT_FALSE(CpuHasAvx2Kernels());
 }
 #endif
 
