@@ -34,6 +34,7 @@ ABSL_FLAG(int, bench_latency_calls, 300, "bench-rpc: sequential calls for the la
 ABSL_FLAG(std::string, bench_clients, "1,8,64", "bench-rpc: concurrent client counts");
 ABSL_FLAG(int64_t, bench_hidden, 4096, "bench-rpc: hidden size of the one-layer model (K = N of o_proj)");
 ABSL_FLAG(std::string, bench_threads, "", "bench-rpc: --threads for the runtimes (default: theirs)");
+ABSL_FLAG(int64_t, bench_queue_delay_us, -1, "bench-rpc: --max_queue_delay_us of the batching runtime (-1: its default)");
 
 namespace lowbit::cli {
 namespace fs = std::filesystem;
@@ -130,6 +131,9 @@ int Bench() {
     std::vector<std::string> args = {"serve", "--address=127.0.0.1:0", "--model_root=" + (out / "checkpoints").string(),
                                      "--backend=cpu", std::string("--batching=") + (batching ? "true" : "false")};
     args.insert(args.end(), threads_arg.begin(), threads_arg.end());
+    if (batching && absl::GetFlag(FLAGS_bench_queue_delay_us) >= 0) {
+      args.push_back(absl::StrCat("--max_queue_delay_us=", absl::GetFlag(FLAGS_bench_queue_delay_us)));
+    }
     return ServiceProcess::Start(FindSiblingBinary("lowbit-runtime", "runtime"), args, (out / log).string());
   };
   std::string md = absl::StrFormat("# lowbit bench-rpc\n\nLoopback, CPU backend, W8A8 layer K = N = %d.\n\n", hidden);
@@ -166,6 +170,8 @@ int Bench() {
                           "Gemm M=1, one client, batching %s: p50 %.0f us, p99 %.0f us, kernel p50 %.0f us, "
                           "RPC overhead (p50 − kernel p50) %.0f us (%d calls)\n\n",
                           batching ? "on" : "off", p50, p99, k50, p50 - k50, absl::GetFlag(FLAGS_bench_latency_calls));
+    std::fprintf(stderr, "batching %s, M=1 latency: p50 %.0f us, p99 %.0f us, kernel p50 %.0f us\n",
+                 batching ? "on" : "off", p50, p99, k50);
     for (absl::string_view c : absl::StrSplit(absl::GetFlag(FLAGS_bench_clients), ',', absl::SkipEmpty())) {
       const int clients = std::stoi(std::string(c));
       Throughput t = MeasureThroughput(cfg, "bench", layer, x1, clients, absl::GetFlag(FLAGS_bench_seconds));

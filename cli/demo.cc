@@ -155,7 +155,7 @@ absl::StatusOr<LayerCheck> CheckLayer(RuntimeStubT& stub, const rpc::ClientConfi
   const std::vector<float> sent = xt.ToFloats();  // what the runtime sees, after rounding
 
   const auto t0 = std::chrono::steady_clock::now();
-  auto r = CallGemm(stub, config, model_name, module, xt, DType::kF32);
+  auto r = CallGemm(stub, config, model_name, module, xt, dtype);  // W4A16 answers in the activation dtype
   const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   if (!r.ok()) return r.status();
   if (r->y.shape() != Shape{m, n}) {
