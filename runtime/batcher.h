@@ -30,7 +30,7 @@ namespace lowbit::runtime {
 
 struct BatcherOptions {
   bool enabled = true;
-  int64_t max_queue_delay_us = 500;
+  int64_t max_queue_delay_us = 0;  // 0: batches form from requests queued while a GEMM runs
   int64_t max_batch_rows = 4096;
 };
 

@@ -1,7 +1,7 @@
 // lowbit-runtime: the runtime service (lowbit.v1.RuntimeService) on the runtime engine.
 //
 //   lowbit-runtime serve --address 127.0.0.1:50052 --model_root DIR [--backend auto|cpu|cuda]
-//       [--memory_budget_bytes N] [--batching=true] [--max_queue_delay_us 500]
+//       [--memory_budget_bytes N] [--batching=true] [--max_queue_delay_us 0]
 //       [--max_batch_rows 4096] [--auth_token T] [--tls_cert F --tls_key F [--tls_client_ca F]]
 //       [--metrics_address host:port] [--threads N] [--load name=path ...]
 //
@@ -34,7 +34,9 @@ ABSL_FLAG(std::string, model_root, "", "directory LoadModel paths are confined t
 ABSL_FLAG(std::string, backend, "auto", "auto (cuda when a GPU is present, else cpu), cpu, cpu-generic, cpu-ref, cuda, cuda-simple");
 ABSL_FLAG(int64_t, memory_budget_bytes, 0, "weight memory budget for loaded models (0 = unlimited)");
 ABSL_FLAG(bool, batching, true, "coalesce concurrent Gemm requests for the same layer into one GEMM");
-ABSL_FLAG(int64_t, max_queue_delay_us, 500, "how long the first request of a batch waits for others (µs)");
+ABSL_FLAG(int64_t, max_queue_delay_us, 0,
+          "how long the first request of a batch waits for others (µs); at 0, requests that arrive while "
+          "a GEMM runs still form the next batch");
 ABSL_FLAG(int64_t, max_batch_rows, 4096, "rows (M) one batched GEMM may hold");
 ABSL_FLAG(int64_t, max_rows, 16384, "rows (M) one request may hold");
 ABSL_FLAG(std::string, auth_token, "", "bearer token clients must send (empty = no auth)");

@@ -503,7 +503,7 @@ TEST_F(RuntimeTest, ServerInfoAndListModels) {
   EXPECT_FALSE(info.device().empty());
   EXPECT_TRUE(info.compute_capability().empty());
   EXPECT_TRUE(info.batching());
-  EXPECT_EQ(info.max_queue_delay_us(), 500);
+  EXPECT_EQ(info.max_queue_delay_us(), 0);  // the default
   EXPECT_EQ(info.max_message_bytes(), int64_t{64} << 20);
   EXPECT_NE(info.requirements().find("K"), std::string::npos);
   std::set<std::string> schemes(info.schemes().begin(), info.schemes().end());
