@@ -68,6 +68,25 @@ absl::Status CheckScale(const LinearSpec& spec, int64_t expected_cells, bool all
                                        expected_cells, allow_single ? " or 1" : ""));
 }
 
+// The weight [N, K] of `dtype` and its weight_scale ([N] per channel, [1] per tensor) of an
+// int8 or FP8 Linear.
+absl::Status ReadDenseWeight(const TensorSource& src, const std::set<std::string>& names, DType dtype,
+                             const char* what, Strategy ws, LinearSpec& spec) {
+  absl::StatusOr<Tensor> t = Required(src, names, spec.module + ".weight", spec.module, what);
+  if (!t.ok()) return t.status();
+  spec.weight = *std::move(t);
+  if (spec.weight.dtype() != dtype || spec.weight.shape().size() != 2) {
+    return Bad(spec.module, absl::StrCat("weight must be ", DN(dtype), " [N, K], got ", DN(spec.weight.dtype()), " ",
+                                         Dims(spec.weight)));
+  }
+  spec.n = spec.weight.dim(0);
+  spec.k = spec.weight.dim(1);
+  absl::StatusOr<Tensor> scale = Required(src, names, spec.module + ".weight_scale", spec.module, "scales");
+  if (!scale.ok()) return scale.status();
+  spec.weight_scale = *std::move(scale);
+  return CheckScale(spec, ws == Strategy::kChannel ? spec.n : 1, true);
+}
+
 absl::Status ReadInt8(const TensorSource& src, const std::set<std::string>& names, const QuantScheme& scheme,
                       LinearSpec& spec) {
   const QuantArgs& w = *scheme.weights;
@@ -103,19 +122,7 @@ absl::Status ReadInt8(const TensorSource& src, const std::set<std::string>& name
                                                  std::string(StrategyName(as)),
                                                  "' (this runtime runs dynamic per-token or static per-tensor)"));
   }
-  absl::StatusOr<Tensor> t = src.get(spec.module + ".weight");
-  if (!t.ok()) return t.status();
-  spec.weight = *std::move(t);
-  if (spec.weight.dtype() != DType::kI8 || spec.weight.shape().size() != 2) {
-    return Bad(spec.module, absl::StrCat("weight must be I8 [N, K], got ", DN(spec.weight.dtype()), " ",
-                                         Dims(spec.weight)));
-  }
-  spec.n = spec.weight.dim(0);
-  spec.k = spec.weight.dim(1);
-  absl::StatusOr<Tensor> scale = Required(src, names, spec.module + ".weight_scale", spec.module, "scales");
-  if (!scale.ok()) return scale.status();
-  spec.weight_scale = *std::move(scale);
-  return CheckScale(spec, ws == Strategy::kChannel ? spec.n : 1, true);
+  return ReadDenseWeight(src, names, DType::kI8, "int8 weights", ws, spec);
 }
 
 absl::Status ReadFp8(const TensorSource& src, const std::set<std::string>& names, const QuantScheme& scheme,
@@ -148,19 +155,7 @@ absl::Status ReadFp8(const TensorSource& src, const std::set<std::string>& names
                                                  std::string(StrategyName(as)),
                                                  "' (this runtime runs dynamic per-token or static per-tensor)"));
   }
-  absl::StatusOr<Tensor> t = Required(src, names, spec.module + ".weight", spec.module, "FP8 weights");
-  if (!t.ok()) return t.status();
-  spec.weight = *std::move(t);
-  if (spec.weight.dtype() != DType::kF8E4M3 || spec.weight.shape().size() != 2) {
-    return Bad(spec.module, absl::StrCat("weight must be F8_E4M3 [N, K], got ", DN(spec.weight.dtype()), " ",
-                                         Dims(spec.weight)));
-  }
-  spec.n = spec.weight.dim(0);
-  spec.k = spec.weight.dim(1);
-  absl::StatusOr<Tensor> scale = Required(src, names, spec.module + ".weight_scale", spec.module, "scales");
-  if (!scale.ok()) return scale.status();
-  spec.weight_scale = *std::move(scale);
-  return CheckScale(spec, ws == Strategy::kChannel ? spec.n : 1, true);
+  return ReadDenseWeight(src, names, DType::kF8E4M3, "FP8 weights", ws, spec);
 }
 
 absl::Status ReadInt4(const TensorSource& src, const std::set<std::string>& names, const QuantScheme& scheme,
