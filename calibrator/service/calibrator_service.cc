@@ -214,26 +214,34 @@ grpc::Status CalibratorServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1:
   }
 }
 
+// Feeds a client stream into an upload (dataset or model), counting bytes into `counter`, and
+// finishes it: the upload appears only when the stream ended cleanly and every check passed.
+template <class Upload, class Request, class Response>
+grpc::Status ReceiveUpload(grpc::ServerContext* ctx, grpc::ServerReader<Request>* reader,
+                           absl::StatusOr<std::unique_ptr<Upload>> up, prometheus::Counter* counter,
+                           Response* resp) {
+  if (!up.ok()) return Edge(up.status());
+  Request msg;
+  int64_t before = 0;
+  while (reader->Read(&msg)) {
+    absl::Status s = (*up)->Add(msg);
+    if (counter != nullptr) counter->Increment(static_cast<double>((*up)->bytes() - before));
+    before = (*up)->bytes();
+    if (!s.ok()) return Edge(s);
+  }
+  if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled");
+  absl::StatusOr<Response> done = (*up)->Finish();
+  if (!done.ok()) return Edge(done.status());
+  *resp = *std::move(done);
+  return grpc::Status::OK;
+}
+
 grpc::Status CalibratorServiceImpl::UploadDataset(grpc::ServerContext* ctx,
                                                   grpc::ServerReader<v1::UploadDatasetRequest>* reader,
                                                   v1::UploadDatasetResponse* resp) {
   rpc::CallGuard guard(ctx, context_, "UploadDataset");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  absl::StatusOr<std::unique_ptr<UploadStore::DatasetUpload>> up = uploads_->BeginDataset();
-  if (!up.ok()) return guard.Finish(Edge(up.status()));
-  v1::UploadDatasetRequest msg;
-  int64_t before = 0;
-  while (reader->Read(&msg)) {
-    absl::Status s = (*up)->Add(msg);
-    if (dataset_bytes_ != nullptr) dataset_bytes_->Increment(static_cast<double>((*up)->bytes() - before));
-    before = (*up)->bytes();
-    if (!s.ok()) return guard.Finish(Edge(s));
-  }
-  if (ctx->IsCancelled()) return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled"));
-  absl::StatusOr<v1::UploadDatasetResponse> done = (*up)->Finish();
-  if (!done.ok()) return guard.Finish(Edge(done.status()));
-  *resp = *std::move(done);
-  return guard.Finish(grpc::Status::OK);
+  return guard.Finish(ReceiveUpload(ctx, reader, uploads_->BeginDataset(), dataset_bytes_, resp));
 }
 
 grpc::Status CalibratorServiceImpl::UploadModel(grpc::ServerContext* ctx,
@@ -241,21 +249,7 @@ grpc::Status CalibratorServiceImpl::UploadModel(grpc::ServerContext* ctx,
                                                 v1::UploadModelResponse* resp) {
   rpc::CallGuard guard(ctx, context_, "UploadModel");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  absl::StatusOr<std::unique_ptr<UploadStore::ModelUpload>> up = uploads_->BeginModel();
-  if (!up.ok()) return guard.Finish(Edge(up.status()));
-  v1::UploadModelRequest msg;
-  int64_t before = 0;
-  while (reader->Read(&msg)) {
-    absl::Status s = (*up)->Add(msg);
-    if (model_bytes_ != nullptr) model_bytes_->Increment(static_cast<double>((*up)->bytes() - before));
-    before = (*up)->bytes();
-    if (!s.ok()) return guard.Finish(Edge(s));
-  }
-  if (ctx->IsCancelled()) return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled"));
-  absl::StatusOr<v1::UploadModelResponse> done = (*up)->Finish();
-  if (!done.ok()) return guard.Finish(Edge(done.status()));
-  *resp = *std::move(done);
-  return guard.Finish(grpc::Status::OK);
+  return guard.Finish(ReceiveUpload(ctx, reader, uploads_->BeginModel(), model_bytes_, resp));
 }
 
 grpc::Status CalibratorServiceImpl::FetchResult(grpc::ServerContext* ctx, const v1::FetchResultRequest* req,
