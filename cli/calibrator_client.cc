@@ -171,8 +171,8 @@ absl::StatusOr<v1::Job> WaitForJob(CalibratorStubT& stub, const rpc::ClientConfi
   return last;
 }
 
-absl::StatusOr<int64_t> FetchResultToDir(CalibratorStubT& stub, const rpc::ClientConfig& config,
-                                         const std::string& id, const std::string& out_dir, int64_t chunk_bytes) {
+absl::StatusOr<FetchedResult> FetchResult(CalibratorStubT& stub, const rpc::ClientConfig& config,
+                                          const std::string& id, int64_t chunk_bytes) {
   grpc::ClientContext ctx;
   Prepare(&ctx, config);
   v1::FetchResultRequest req;
@@ -180,13 +180,13 @@ absl::StatusOr<int64_t> FetchResultToDir(CalibratorStubT& stub, const rpc::Clien
   req.set_chunk_bytes(chunk_bytes);
   auto reader = stub.FetchResult(&ctx, req);
   v1::FetchResultResponse resp;
-  v1::ResultHeader header;
+  FetchedResult result;
   bool have_header = false;
   rpc::ChunkAssembler assembler;
   absl::Status bad;
   while (bad.ok() && reader->Read(&resp)) {
     if (resp.has_header()) {
-      header = resp.header();
+      result.header = resp.header();
       have_header = true;
     } else if (resp.has_chunk()) {
       bad = assembler.Add(resp.chunk());
@@ -201,10 +201,20 @@ absl::StatusOr<int64_t> FetchResultToDir(CalibratorStubT& stub, const rpc::Clien
   if (!st.ok()) return StatusOf(st);
   if (absl::Status s = assembler.Finish(); !s.ok()) return s;
   if (!have_header) return absl::DataLossError("the result stream had no header");
-  if (static_cast<int>(assembler.tensors().size()) != header.tensors()) {
+  if (static_cast<int>(assembler.tensors().size()) != result.header.tensors()) {
     return absl::DataLossError(absl::StrCat("received ", assembler.tensors().size(), " tensors, the header announced ",
-                                            header.tensors()));
+                                            result.header.tensors()));
   }
+  result.tensor_bytes = assembler.total_bytes();
+  result.tensors = std::move(assembler.tensors());
+  return result;
+}
+
+absl::StatusOr<int64_t> FetchResultToDir(CalibratorStubT& stub, const rpc::ClientConfig& config,
+                                         const std::string& id, const std::string& out_dir, int64_t chunk_bytes) {
+  auto fetched = FetchResult(stub, config, id, chunk_bytes);
+  if (!fetched.ok()) return fetched.status();
+  const v1::ResultHeader& header = fetched->header;
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create '", out_dir, "': ", ec.message()));
@@ -215,10 +225,10 @@ absl::StatusOr<int64_t> FetchResultToDir(CalibratorStubT& stub, const rpc::Clien
     if (absl::Status s = AtomicWriteFile((fs::path(out_dir) / file).string(), text); !s.ok()) return s;
   }
   std::vector<NamedTensor> tensors;
-  for (auto& [name, t] : assembler.tensors()) tensors.push_back({name, std::move(t)});
+  for (auto& [name, t] : fetched->tensors) tensors.push_back({name, std::move(t)});
   auto written = WriteSafetensorsModel(out_dir, std::move(tensors), uint64_t{5} << 30);
   if (!written.ok()) return written.status();
-  return assembler.total_bytes();
+  return fetched->tensor_bytes;
 }
 
 }  // namespace lowbit::cli

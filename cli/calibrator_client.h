@@ -3,9 +3,11 @@
 #ifndef LOWBIT_CLI_CALIBRATOR_CLIENT_H_
 #define LOWBIT_CLI_CALIBRATOR_CLIENT_H_
 
+#include <map>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/tensor.h"
 #include "lowbit/v1/calibrator.grpc.pb.h"
 #include "rpc/client.h"
 
@@ -24,6 +26,14 @@ absl::StatusOr<v1::UploadModelResponse> UploadModelDir(CalibratorStubT& stub, co
 // Follows WatchJob until the job ends; draws a progress line on stderr when `bar`.
 absl::StatusOr<v1::Job> WaitForJob(CalibratorStubT& stub, const rpc::ClientConfig& config, const std::string& id,
                                    bool bar);
+// FetchResult into memory: the header and every tensor, reassembled and CRC-checked.
+struct FetchedResult {
+  v1::ResultHeader header;
+  std::map<std::string, Tensor> tensors;
+  int64_t tensor_bytes = 0;
+};
+absl::StatusOr<FetchedResult> FetchResult(CalibratorStubT& stub, const rpc::ClientConfig& config,
+                                          const std::string& id, int64_t chunk_bytes = int64_t{1} << 20);
 // FetchResult into `out_dir`: config.json, report.json, recipe.yaml, model.safetensors.
 // Returns the tensor bytes received.
 absl::StatusOr<int64_t> FetchResultToDir(CalibratorStubT& stub, const rpc::ClientConfig& config,
