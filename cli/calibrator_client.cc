@@ -34,7 +34,8 @@ std::string JobLine(const v1::Job& job) {
   std::string recipe = s.has_recipe_yaml() ? "recipe" : s.scheme() + (s.algorithm().empty() ? "" : "/" + s.algorithm());
   std::string progress;
   if (job.progress().num_layers() > 0) {
-    progress = absl::StrFormat("layer %d/%d %s", job.progress().layer() + 1, job.progress().num_layers(),
+    progress = absl::StrFormat("layer %d/%d %s", std::min(job.progress().layer() + 1, job.progress().num_layers()),
+                               job.progress().num_layers(),
                                job.progress().phase());
   }
   return absl::StrFormat("%-26s %-10s %-28s %-20s %s%s", job.id(), JobStateName(job.state()), progress, s.model(),

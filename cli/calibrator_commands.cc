@@ -1,14 +1,17 @@
 // lowbit calibrate | jobs | fetch | upload-dataset | upload-model: the calibrator's client side.
 #include <cstdio>
+#include <algorithm>
 #include <filesystem>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "cli/calibrator_client.h"
 #include "cli/commands.h"
 #include "cli/connection.h"
 #include "common/file_util.h"
 #include "nlohmann/json.hpp"
+#include "rpc/crc32c.h"
 #include "rpc/status.h"
 
 ABSL_FLAG(std::string, model, "", "calibrate: model directory under the calibrator's model root, or uploads/<name>");
@@ -49,6 +52,23 @@ std::string NameFromPath(const std::string& path) {
   return n.empty() ? "data" : n.substr(0, 100);
 }
 
+// Content-addressed upload names for `calibrate`: "<stem>-<CRC-32C of the bytes>", so running
+// it again with the same data reuses the earlier upload (uploads are immutable: the server
+// refuses a second upload under a name with ALREADY_EXISTS).
+absl::StatusOr<std::string> ContentName(const std::string& stem, const std::vector<fs::path>& files) {
+  uint32_t crc = 0;
+  for (const auto& f : files) {
+    auto mapped = MappedFile::Open(f.string());
+    if (!mapped.ok()) return mapped.status();
+    const std::string fname = f.filename().string();
+    crc = rpc::Crc32c(fname.data(), fname.size(), crc);
+    crc = rpc::Crc32c((*mapped)->bytes().data(), (*mapped)->bytes().size(), crc);
+  }
+  return absl::StrFormat("%s-%08x", NameFromPath(stem + ".x").substr(0, 90), crc);
+}
+
+bool AlreadyExists(const absl::Status& s) { return s.code() == absl::StatusCode::kAlreadyExists; }
+
 }  // namespace
 
 int RunUploadDataset(const Args& args) {
@@ -85,11 +105,17 @@ int RunCalibrate(const Args& args) {
   v1::JobSpec spec;
   spec.set_model(absl::GetFlag(FLAGS_model));
   if (!absl::GetFlag(FLAGS_upload_model).empty()) {
-    const std::string dir = absl::GetFlag(FLAGS_upload_model);
-    auto r = UploadModelDir(*stub, config, dir, NameFromPath(fs::path(dir).lexically_normal().filename().string() +
-                                                             ".x"));
-    if (!r.ok()) return Fail("upload-model", r.status());
-    spec.set_model(r->model());
+    const fs::path dir = fs::path(absl::GetFlag(FLAGS_upload_model)).lexically_normal();
+    std::vector<fs::path> files;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec))
+      if (e.is_regular_file()) files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    auto name = ContentName((dir.has_filename() ? dir : dir.parent_path()).filename().string(), files);
+    if (!name.ok()) return Fail("upload-model", name.status());
+    auto r = UploadModelDir(*stub, config, dir.string(), *name);
+    if (!r.ok() && !AlreadyExists(r.status())) return Fail("upload-model", r.status());
+    spec.set_model("uploads/" + *name);
   }
   if (spec.model().empty()) {
     std::fprintf(stderr, "lowbit calibrate: give --model (under the server's model root) or --upload_model DIR\n");
@@ -107,9 +133,14 @@ int RunCalibrate(const Args& args) {
     return 2;
   }
   if (!absl::GetFlag(FLAGS_data).empty()) {
-    auto r = UploadDatasetFile(*stub, config, absl::GetFlag(FLAGS_data), NameFromPath(absl::GetFlag(FLAGS_data)));
-    if (!r.ok()) return Fail("upload-dataset", r.status());
-    spec.set_dataset(r->name());
+    const fs::path data = absl::GetFlag(FLAGS_data);
+    std::vector<fs::path> files = {data};
+    if (data.extension() == ".bin") files.push_back(fs::path(data).replace_extension(".idx"));
+    auto name = ContentName(data.stem().string(), files);
+    if (!name.ok()) return Fail("upload-dataset", name.status());
+    auto r = UploadDatasetFile(*stub, config, data.string(), *name);
+    if (!r.ok() && !AlreadyExists(r.status())) return Fail("upload-dataset", r.status());
+    spec.set_dataset(*name);
   } else if (!absl::GetFlag(FLAGS_dataset).empty()) {
     spec.set_dataset(absl::GetFlag(FLAGS_dataset));
   } else {
