@@ -36,6 +36,7 @@ constexpr const char* kUsage =
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress (stderr) and results (stdout) stay in order
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() < 2) {
     std::fprintf(stderr, "%s\n", kUsage);

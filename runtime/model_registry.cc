@@ -12,6 +12,7 @@
 #include "common/file_util.h"
 #include "common/safetensors.h"
 #include "kernels/absl_status.h"
+#include "common/path_guard.h"
 #include "spdlog/spdlog.h"
 
 namespace lowbit::runtime {
@@ -85,23 +86,8 @@ absl::Status ModelRegistry::CheckName(const std::string& name) const {
 
 absl::StatusOr<std::string> ModelRegistry::ResolvePath(const std::string& path) const {
   if (root_.empty()) return absl::FailedPreconditionError("this server has no model root: load models by stream");
-  if (path.empty()) return absl::InvalidArgumentError("path is empty: give a checkpoint directory under the model root");
-  if (path.front() == '/') {
-    return absl::InvalidArgumentError(absl::StrCat("path '", path, "' is absolute; give a path relative to the model root"));
-  }
-  for (absl::string_view part : absl::StrSplit(path, '/')) {
-    if (part == "..") {
-      return absl::InvalidArgumentError(absl::StrCat("path '", path, "' contains '..'; paths must stay under the model root"));
-    }
-  }
-  if (path.find('\0') != std::string::npos) return absl::InvalidArgumentError("path contains a NUL byte");
-  std::string joined = absl::StrCat(root_, "/", path);
-  std::optional<std::string> real = RealPath(joined);
-  if (!real) return absl::NotFoundError(absl::StrCat("path '", path, "' does not exist under the model root"));
-  if (*real != root_ && !absl::StartsWith(*real, root_ + "/")) {
-    return absl::PermissionDeniedError(absl::StrCat("path '", path,
-                                                    "' resolves outside the model root (a symlink leads out of it)"));
-  }
+  absl::StatusOr<std::string> real = ResolveUnderRoot(root_, path, "path");
+  if (!real.ok()) return real.status();
   if (!IsDirectory(*real)) {
     return absl::InvalidArgumentError(absl::StrCat("path '", path, "' is not a directory (give the checkpoint directory)"));
   }

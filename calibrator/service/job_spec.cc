@@ -5,7 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "calibrator/job_builder.h"
-#include "calibrator/service/path_guard.h"
+#include "common/path_guard.h"
 
 namespace lowbit::calibrator {
 

@@ -13,7 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "calibrator/dataset.h"
 #include "calibrator/llama.h"
-#include "calibrator/service/path_guard.h"
+#include "common/path_guard.h"
 #include "common/file_util.h"
 #include "rpc/crc32c.h"
 

@@ -304,7 +304,7 @@ TEST_F(CalibratorServiceTest, CreateJobRejectsBadSpecs) {
        ".."},
       {"absolute path", [&](v1::JobSpec& s) { s.set_model(root_ + "/outside"); }, grpc::StatusCode::INVALID_ARGUMENT,
        "absolute"},
-      {"symlink escape", [](v1::JobSpec& s) { s.set_model("escape"); }, grpc::StatusCode::INVALID_ARGUMENT,
+      {"symlink escape", [](v1::JobSpec& s) { s.set_model("escape"); }, grpc::StatusCode::PERMISSION_DENIED,
        "outside the root"},
       {"missing model", [](v1::JobSpec& s) { s.set_model("nope"); }, grpc::StatusCode::NOT_FOUND, "nope"},
       {"empty model", [](v1::JobSpec& s) { s.set_model(""); }, grpc::StatusCode::INVALID_ARGUMENT, "model"},

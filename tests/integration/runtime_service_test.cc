@@ -675,7 +675,7 @@ TEST_F(RuntimeTest, BadInputTable) {
       {"path traversal", load("t", "../outside/w8a8"), grpc::StatusCode::INVALID_ARGUMENT, "'..'"},
       {"inner traversal", load("t", "w8a8/../../outside/w8a8"), grpc::StatusCode::INVALID_ARGUMENT, "'..'"},
       {"absolute path", load("t", g_fixture->outside + "/w8a8"), grpc::StatusCode::INVALID_ARGUMENT, "absolute"},
-      {"symlink escape", load("t", "escape"), grpc::StatusCode::PERMISSION_DENIED, "outside the model root"},
+      {"symlink escape", load("t", "escape"), grpc::StatusCode::PERMISSION_DENIED, "outside the root"},
       {"missing path", load("t", "no_such_dir"), grpc::StatusCode::NOT_FOUND, "does not exist"},
       {"not a checkpoint", load("t", "."), grpc::StatusCode::FAILED_PRECONDITION, "config.json"},
       {"empty name", load("", "w8a8"), grpc::StatusCode::INVALID_ARGUMENT, "name is empty"},

@@ -1,4 +1,4 @@
-#include "calibrator/service/path_guard.h"
+#include "common/path_guard.h"
 
 #include <climits>
 #include <cstdlib>
@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
-namespace lowbit::calibrator {
+namespace lowbit {
 
 absl::Status ValidatePlainName(const std::string& name, const std::string& what) {
   bool ok = !name.empty() && name.size() <= 128 && name != "." && name != "..";
@@ -60,10 +60,10 @@ absl::StatusOr<std::string> ResolveUnderRoot(const std::string& root, const std:
   }
   const std::string prefix = *real_root == "/" ? "/" : *real_root + "/";
   if (*real != *real_root && real->compare(0, prefix.size(), prefix) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " '", relative,
-                                                   "' resolves outside the root (a symlink escapes it)"));
+    return absl::PermissionDeniedError(absl::StrCat(what, " '", relative,
+                                                    "' resolves outside the root (a symlink leads out of it)"));
   }
   return *real;
 }
 
-}  // namespace lowbit::calibrator
+}  // namespace lowbit
