@@ -1,6 +1,7 @@
 // lowbit calibrate | jobs | fetch | upload-dataset | upload-model: the calibrator's client side.
 #include <cstdio>
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 
 #include "absl/flags/flag.h"
@@ -28,6 +29,7 @@ ABSL_FLAG(uint64_t, seed, 0, "calibrate: shuffle seed (0 = 42)");
 ABSL_FLAG(std::string, output_name, "", "calibrate: checkpoint name under the output root (default: job id)");
 ABSL_FLAG(bool, detach, false, "calibrate: print the job id and return without waiting");
 ABSL_FLAG(std::string, out, "", "fetch: output directory");
+ABSL_FLAG(bool, verify_only, false, "fetch: receive and check the result (chunks, CRC-32C) without writing it");
 ABSL_FLAG(std::string, state, "", "jobs list: only jobs in this state (queued, running, succeeded, failed, cancelled)");
 
 namespace lowbit::cli {
@@ -235,15 +237,26 @@ int RunJobs(const Args& args) {
 }
 
 int RunFetch(const Args& args) {
-  if (args.empty() || absl::GetFlag(FLAGS_out).empty()) {
-    std::fprintf(stderr, "usage: lowbit fetch JOB_ID --out DIR\n");
+  const bool verify = absl::GetFlag(FLAGS_verify_only);
+  if (args.empty() || (absl::GetFlag(FLAGS_out).empty() && !verify)) {
+    std::fprintf(stderr, "usage: lowbit fetch JOB_ID (--out DIR | --verify_only)\n");
     return 2;
   }
   auto config = CalibratorConfig();
   auto stub = CalibratorStub(config);
-  auto bytes = FetchResultToDir(*stub, config, args[0], absl::GetFlag(FLAGS_out));
+  const auto t0 = std::chrono::steady_clock::now();
+  absl::StatusOr<int64_t> bytes;
+  if (verify) {
+    auto r = FetchResult(*stub, config, args[0]);
+    bytes = r.ok() ? absl::StatusOr<int64_t>(r->tensor_bytes) : r.status();
+  } else {
+    bytes = FetchResultToDir(*stub, config, args[0], absl::GetFlag(FLAGS_out));
+  }
   if (!bytes.ok()) return Fail("fetch", bytes.status());
-  std::printf("fetched %lld tensor bytes into %s\n", static_cast<long long>(*bytes), absl::GetFlag(FLAGS_out).c_str());
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("fetched %lld tensor bytes (%s) in %.2f s, %.0f MB/s\n", static_cast<long long>(*bytes),
+              verify ? "reassembled and CRC-checked, not written" : ("into " + absl::GetFlag(FLAGS_out)).c_str(), s,
+              *bytes / 1e6 / s);
   return 0;
 }
 
