@@ -32,6 +32,7 @@
 #include <cstdlib>
 #include "calibrator/service/calibrator_server.h"
 #include "rpc/server.h"
+#include "rpc/settings.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #endif
@@ -51,13 +52,13 @@ ABSL_FLAG(int64_t, max_chunk_tokens, 4096, "tokens per forward chunk (bounds tem
 ABSL_FLAG(bool, quiet, false, "no progress output");
 
 // serve
-ABSL_FLAG(std::string, address, "", "serve: host:port to listen on (default 127.0.0.1:50051; port 0 = any free one)");
+ABSL_FLAG(std::string, address, "127.0.0.1:50051", "serve: host:port to listen on (port 0 = any free one)");
 ABSL_FLAG(std::string, state_dir, "", "serve: directory for jobs, uploads and resume state (env LOWBIT_CALIBRATOR_STATE_DIR)");
 ABSL_FLAG(std::string, model_root, "", "serve: directory job models are resolved in (env LOWBIT_CALIBRATOR_MODEL_ROOT)");
 ABSL_FLAG(std::string, output_root, "", "serve: checkpoint directory (default <state_dir>/outputs; env LOWBIT_CALIBRATOR_OUTPUT_ROOT)");
-ABSL_FLAG(int32_t, max_concurrent_jobs, 0, "serve: jobs running at once, the rest queue (default 1; env LOWBIT_CALIBRATOR_MAX_CONCURRENT_JOBS)");
-ABSL_FLAG(int64_t, max_upload_bytes, 0, "serve: largest dataset / model upload (default 8 GiB; env LOWBIT_CALIBRATOR_MAX_UPLOAD_BYTES)");
-ABSL_FLAG(int64_t, max_message_bytes, 0, "serve: largest gRPC message, each way (default 64 MiB)");
+ABSL_FLAG(int32_t, max_concurrent_jobs, 1, "serve: jobs running at once, the rest queue (env LOWBIT_CALIBRATOR_MAX_CONCURRENT_JOBS)");
+ABSL_FLAG(int64_t, max_upload_bytes, int64_t{8} << 30, "serve: largest dataset / model upload (env LOWBIT_CALIBRATOR_MAX_UPLOAD_BYTES)");
+ABSL_FLAG(int64_t, max_message_bytes, int64_t{64} << 20, "serve: largest gRPC message, each way");
 ABSL_FLAG(std::string, auth_token, "", "serve: bearer token clients must send (env LOWBIT_CALIBRATOR_AUTH_TOKEN)");
 ABSL_FLAG(std::string, tls_cert, "", "serve: TLS certificate (PEM)");
 ABSL_FLAG(std::string, tls_key, "", "serve: TLS private key (PEM)");
@@ -207,35 +208,25 @@ int Serve() {
   // Logs go to stderr; stdout carries only the "listening on" line (scripts read the port).
   spdlog::set_default_logger(spdlog::stderr_color_mt("lowbit-calibrator"));
   calibrator::CalibratorServerOptions o;
-  o.server.address = "127.0.0.1:50051";
-  if (absl::Status s = rpc::ServerConfigFromEnv("CALIBRATOR", &o.server); !s.ok()) {
+  const rpc::ServerFlags server_flags{FLAGS_address,    FLAGS_tls_cert,        FLAGS_tls_key,
+                                      FLAGS_tls_client_ca, FLAGS_auth_token, FLAGS_metrics_address,
+                                      FLAGS_max_message_bytes};
+  absl::Status s = rpc::ServerConfigFromFlags(server_flags, "CALIBRATOR", &o.server);
+  auto setting = [&s](const auto& flag, const char* env, auto* out) {
+    if (s.ok()) s = rpc::FlagOrEnv(flag, "CALIBRATOR", env, out);
+  };
+  setting(FLAGS_state_dir, "STATE_DIR", &o.state_dir);
+  setting(FLAGS_model_root, "MODEL_ROOT", &o.model_root);
+  setting(FLAGS_output_root, "OUTPUT_ROOT", &o.output_root);
+  setting(FLAGS_max_concurrent_jobs, "MAX_CONCURRENT_JOBS", &o.runner.max_concurrent_jobs);
+  setting(FLAGS_max_upload_bytes, "MAX_UPLOAD_BYTES", &o.max_upload_bytes);
+  if (s.ok() && o.runner.max_concurrent_jobs < 1) {
+    s = absl::InvalidArgumentError(absl::StrCat("max_concurrent_jobs must be at least 1, not ", o.runner.max_concurrent_jobs));
+  }
+  if (!s.ok()) {
     std::fprintf(stderr, "lowbit-calibrator: %s\n", std::string(s.message()).c_str());
     return 2;
   }
-  auto pick = [](const std::string& flag, const char* env, std::string* out) {
-    if (!flag.empty()) {
-      *out = flag;
-    } else if (std::string e = FromEnv(env); !e.empty()) {
-      *out = e;
-    }
-  };
-  pick(absl::GetFlag(FLAGS_address), "", &o.server.address);
-  pick(absl::GetFlag(FLAGS_auth_token), "", &o.server.auth_token);
-  pick(absl::GetFlag(FLAGS_tls_cert), "", &o.server.tls_cert_file);
-  pick(absl::GetFlag(FLAGS_tls_key), "", &o.server.tls_key_file);
-  pick(absl::GetFlag(FLAGS_tls_client_ca), "", &o.server.tls_client_ca_file);
-  pick(absl::GetFlag(FLAGS_metrics_address), "", &o.server.metrics_address);
-  if (absl::GetFlag(FLAGS_max_message_bytes) > 0) o.server.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
-  pick(absl::GetFlag(FLAGS_state_dir), "LOWBIT_CALIBRATOR_STATE_DIR", &o.state_dir);
-  pick(absl::GetFlag(FLAGS_model_root), "LOWBIT_CALIBRATOR_MODEL_ROOT", &o.model_root);
-  pick(absl::GetFlag(FLAGS_output_root), "LOWBIT_CALIBRATOR_OUTPUT_ROOT", &o.output_root);
-  std::string jobs, upload;
-  pick(absl::GetFlag(FLAGS_max_concurrent_jobs) > 0 ? std::to_string(absl::GetFlag(FLAGS_max_concurrent_jobs)) : "",
-       "LOWBIT_CALIBRATOR_MAX_CONCURRENT_JOBS", &jobs);
-  pick(absl::GetFlag(FLAGS_max_upload_bytes) > 0 ? std::to_string(absl::GetFlag(FLAGS_max_upload_bytes)) : "",
-       "LOWBIT_CALIBRATOR_MAX_UPLOAD_BYTES", &upload);
-  if (!jobs.empty()) o.runner.max_concurrent_jobs = std::atoi(jobs.c_str());
-  if (!upload.empty()) o.max_upload_bytes = std::atoll(upload.c_str());
   o.runner.per_layer_resume = absl::GetFlag(FLAGS_per_layer_resume);
   o.runner.pipeline.max_chunk_tokens = absl::GetFlag(FLAGS_max_chunk_tokens);
   // Testing aid (the kill -9 test): pause after each persisted layer.

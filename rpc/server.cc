@@ -9,7 +9,6 @@
 #include <fstream>
 #include <sstream>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -70,27 +69,6 @@ void OnSignal(int) {
 }
 
 }  // namespace
-
-absl::Status ServerConfigFromEnv(const std::string& prefix, ServerConfig* config) {
-  auto get = [&](const char* name) -> const char* {
-    return std::getenv(absl::StrCat("LOWBIT_", prefix, "_", name).c_str());
-  };
-  if (const char* v = get("ADDRESS")) config->address = v;
-  if (const char* v = get("MAX_MESSAGE_BYTES")) {
-    int64_t n = 0;
-    if (!absl::SimpleAtoi(v, &n) || n <= 0 || n > INT32_MAX) {
-      return absl::InvalidArgumentError(absl::StrCat("LOWBIT_", prefix, "_MAX_MESSAGE_BYTES='", v,
-                                                     "' is not a byte count in 1..2147483647"));
-    }
-    config->max_message_bytes = n;
-  }
-  if (const char* v = get("TLS_CERT")) config->tls_cert_file = v;
-  if (const char* v = get("TLS_KEY")) config->tls_key_file = v;
-  if (const char* v = get("TLS_CLIENT_CA")) config->tls_client_ca_file = v;
-  if (const char* v = get("AUTH_TOKEN")) config->auth_token = v;
-  if (const char* v = get("METRICS_ADDRESS")) config->metrics_address = v;
-  return absl::OkStatus();
-}
 
 RpcMetrics::RpcMetrics(prometheus::Registry& registry, const std::string& service) : service_(service) {
   requests_ = &prometheus::BuildCounter()

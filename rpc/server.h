@@ -37,10 +37,7 @@ struct ServerConfig {
   std::chrono::milliseconds shutdown_grace{5000};
 };
 
-// Fills config from LOWBIT_<PREFIX>_* environment variables where they are set (ADDRESS,
-// MAX_MESSAGE_BYTES, TLS_CERT, TLS_KEY, TLS_CLIENT_CA, AUTH_TOKEN, METRICS_ADDRESS).
-// Flags given on the command line take precedence (call this first, then apply flags).
-absl::Status ServerConfigFromEnv(const std::string& prefix, ServerConfig* config);
+// Filled from flags and LOWBIT_<PREFIX>_* by ServerConfigFromFlags (rpc/settings.h).
 
 // Request counts by method and code, latency histograms by method.
 class RpcMetrics {

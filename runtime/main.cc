@@ -18,12 +18,12 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "rpc/server.h"
+#include "rpc/settings.h"
 #include "runtime/engine.h"
 #include "runtime/service/runtime_service.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -51,29 +51,6 @@ ABSL_FLAG(std::string, log_level, "info", "spdlog level: trace, debug, info, war
 
 namespace {
 
-// Whether a flag was set on the command line. (This Abseil keeps IsSpecifiedOnCommandLine
-// private, so a flag given with its default value counts as not given: the environment wins.)
-bool OnCommandLine(const char* flag) {
-  const absl::CommandLineFlag* f = absl::FindCommandLineFlag(flag);
-  return f != nullptr && f->CurrentValue() != f->DefaultValue();
-}
-
-const char* Env(const char* name) { return std::getenv(absl::StrCat("LOWBIT_RUNTIME_", name).c_str()); }
-
-// A flag's value, or the environment's when the flag was not given.
-template <typename T>
-absl::Status Setting(const char* flag, const absl::Flag<T>& value, const char* env, T* out) {
-  *out = absl::GetFlag(value);
-  if (OnCommandLine(flag)) return absl::OkStatus();
-  const char* v = Env(env);
-  if (v == nullptr) return absl::OkStatus();
-  std::string error;
-  if (!absl::ParseFlag(v, out, &error)) {
-    return absl::InvalidArgumentError(absl::StrCat("LOWBIT_RUNTIME_", env, "='", v, "': ", error));
-  }
-  return absl::OkStatus();
-}
-
 int Fail(const absl::Status& s) {
   std::fprintf(stderr, "lowbit-runtime: %s\n", std::string(s.message()).c_str());
   return 1;
@@ -84,30 +61,23 @@ int Serve() {
   spdlog::set_default_logger(spdlog::stderr_color_mt("lowbit-runtime"));
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
   lowbit::rpc::ServerConfig config;
-  if (absl::Status s = lowbit::rpc::ServerConfigFromEnv("RUNTIME", &config); !s.ok()) return Fail(s);
-  auto flag_wins = [](const char* flag, const absl::Flag<std::string>& f, std::string* field) {
-    if (OnCommandLine(flag) || field->empty()) *field = absl::GetFlag(f);
-  };
-  flag_wins("address", FLAGS_address, &config.address);
-  flag_wins("tls_cert", FLAGS_tls_cert, &config.tls_cert_file);
-  flag_wins("tls_key", FLAGS_tls_key, &config.tls_key_file);
-  flag_wins("tls_client_ca", FLAGS_tls_client_ca, &config.tls_client_ca_file);
-  flag_wins("auth_token", FLAGS_auth_token, &config.auth_token);
-  flag_wins("metrics_address", FLAGS_metrics_address, &config.metrics_address);
-  if (OnCommandLine("max_message_bytes")) config.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  const lowbit::rpc::ServerFlags server_flags{FLAGS_address,    FLAGS_tls_cert,        FLAGS_tls_key,
+                                              FLAGS_tls_client_ca, FLAGS_auth_token, FLAGS_metrics_address,
+                                              FLAGS_max_message_bytes};
+  absl::Status s = lowbit::rpc::ServerConfigFromFlags(server_flags, "RUNTIME", &config);
 
   lowbit::runtime::EngineOptions options;
-  absl::Status s;
-  if (s.ok()) s = Setting("model_root", FLAGS_model_root, "MODEL_ROOT", &options.registry.model_root);
-  if (s.ok()) s = Setting("backend", FLAGS_backend, "BACKEND", &options.backend);
-  if (s.ok()) s = Setting("memory_budget_bytes", FLAGS_memory_budget_bytes, "MEMORY_BUDGET_BYTES",
-                          &options.registry.memory_budget_bytes);
-  if (s.ok()) s = Setting("batching", FLAGS_batching, "BATCHING", &options.batching.enabled);
-  if (s.ok()) s = Setting("max_queue_delay_us", FLAGS_max_queue_delay_us, "MAX_QUEUE_DELAY_US",
-                          &options.batching.max_queue_delay_us);
-  if (s.ok()) s = Setting("max_batch_rows", FLAGS_max_batch_rows, "MAX_BATCH_ROWS", &options.batching.max_batch_rows);
-  if (s.ok()) s = Setting("max_rows", FLAGS_max_rows, "MAX_ROWS", &options.max_rows);
-  if (s.ok()) s = Setting("threads", FLAGS_threads, "THREADS", &options.threads);
+  auto setting = [&s](const auto& flag, const char* env, auto* out) {
+    if (s.ok()) s = lowbit::rpc::FlagOrEnv(flag, "RUNTIME", env, out);
+  };
+  setting(FLAGS_model_root, "MODEL_ROOT", &options.registry.model_root);
+  setting(FLAGS_backend, "BACKEND", &options.backend);
+  setting(FLAGS_memory_budget_bytes, "MEMORY_BUDGET_BYTES", &options.registry.memory_budget_bytes);
+  setting(FLAGS_batching, "BATCHING", &options.batching.enabled);
+  setting(FLAGS_max_queue_delay_us, "MAX_QUEUE_DELAY_US", &options.batching.max_queue_delay_us);
+  setting(FLAGS_max_batch_rows, "MAX_BATCH_ROWS", &options.batching.max_batch_rows);
+  setting(FLAGS_max_rows, "MAX_ROWS", &options.max_rows);
+  setting(FLAGS_threads, "THREADS", &options.threads);
   if (!s.ok()) return Fail(s);
 
   auto registry = std::make_shared<prometheus::Registry>();
