@@ -1,25 +1,12 @@
 #include "rpc/client.h"
 
-#include <fstream>
-#include <sstream>
-
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 
 namespace lowbit::rpc {
-namespace {
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, const std::string& what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " '", path, "'"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-}  // namespace
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& config) {
   grpc::ChannelArguments args;
@@ -33,13 +20,13 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& c
     creds = grpc::InsecureChannelCredentials();
   } else {
     grpc::SslCredentialsOptions opts;
-    auto ca = ReadFile(config.tls_ca_file, "TLS CA");
+    auto ca = ReadFileToString(config.tls_ca_file);
     if (!ca.ok()) return ca.status();
     opts.pem_root_certs = *ca;
     if (!config.tls_cert_file.empty() || !config.tls_key_file.empty()) {
-      auto cert = ReadFile(config.tls_cert_file, "TLS client certificate");
+      auto cert = ReadFileToString(config.tls_cert_file);
       if (!cert.ok()) return cert.status();
-      auto key = ReadFile(config.tls_key_file, "TLS client key");
+      auto key = ReadFileToString(config.tls_key_file);
       if (!key.ok()) return key.status();
       opts.pem_cert_chain = *cert;
       opts.pem_private_key = *key;

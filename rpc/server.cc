@@ -5,11 +5,9 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -19,14 +17,6 @@
 
 namespace lowbit::rpc {
 namespace {
-
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path, const std::string& what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " '", path, "'"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const ServerConfig& c) {
   if (c.tls_cert_file.empty() && c.tls_key_file.empty()) {
@@ -38,13 +28,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
   if (c.tls_cert_file.empty() || c.tls_key_file.empty()) {
     return absl::InvalidArgumentError("TLS needs both a certificate and a key file");
   }
-  auto cert = ReadWholeFile(c.tls_cert_file, "TLS certificate");
+  auto cert = ReadFileToString(c.tls_cert_file);
   if (!cert.ok()) return cert.status();
-  auto key = ReadWholeFile(c.tls_key_file, "TLS key");
+  auto key = ReadFileToString(c.tls_key_file);
   if (!key.ok()) return key.status();
   grpc::SslServerCredentialsOptions opts(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
   if (!c.tls_client_ca_file.empty()) {
-    auto ca = ReadWholeFile(c.tls_client_ca_file, "TLS client CA");
+    auto ca = ReadFileToString(c.tls_client_ca_file);
     if (!ca.ok()) return ca.status();
     opts = grpc::SslServerCredentialsOptions(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
     opts.pem_root_certs = *ca;
