@@ -850,4 +850,15 @@ std::string PresetRecipeYaml(const std::string& scheme, bool gptq) {
                       ":\n      targets: [Linear]\n      scheme: ", scheme, "\n      ignore: [lm_head]\n");
 }
 
+std::string GuideRecipeYaml(const std::string& scheme, bool gptq) {
+  std::string yaml = PresetRecipeYaml(scheme, gptq);
+  if (scheme == "FP8") {
+    yaml += "      kv_cache_scheme: {num_bits: 8, type: float, strategy: tensor, dynamic: false, symmetric: true}\n";
+  }
+  if (gptq && scheme == "W8A8") {
+    yaml.replace(yaml.find("  quant_modifiers:\n") + 19, 0, "    SmoothQuantModifier: {smoothing_strength: 0.8}\n");
+  }
+  return yaml;
+}
+
 }  // namespace lowbit

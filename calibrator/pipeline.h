@@ -100,6 +100,11 @@ absl::StatusOr<CalibrationResult> RunCalibration(const CalibrationJob& job, cons
 // GPTQModifier (or QuantizationModifier for "rtn") targeting Linear, ignoring lm_head.
 std::string PresetRecipeYaml(const std::string& scheme, bool gptq);
 
+// PresetRecipeYaml plus what the product guides add: an FP8 KV cache with FP8 (with either
+// algorithm, so the two stay comparable) and SmoothQuant (strength 0.8) before GPTQ for W8A8.
+// The two demos (tools/demo, `lowbit demo`) run these.
+std::string GuideRecipeYaml(const std::string& scheme, bool gptq);
+
 }  // namespace lowbit
 
 #endif  // LOWBIT_CALIBRATOR_PIPELINE_H_

@@ -56,17 +56,6 @@ double ErrorBound(const std::string& scheme) {
   return 0.08;
 }
 
-std::string DemoRecipe(const std::string& scheme) {
-  std::string yaml = PresetRecipeYaml(scheme, /*gptq=*/true);
-  if (scheme == "FP8") {
-    yaml += "      kv_cache_scheme: {num_bits: 8, type: float, strategy: tensor, dynamic: false, symmetric: true}\n";
-  }
-  if (scheme == "W8A8") {
-    yaml.replace(yaml.find("  quant_modifiers:\n") + 19, 0, "    SmoothQuantModifier: {smoothing_strength: 0.8}\n");
-  }
-  return yaml;
-}
-
 std::string Describe(const std::string& scheme) {
   if (scheme == "W8A8") return "SmoothQuant+GPTQ";
   if (scheme == "FP8") return "GPTQ +FP8 KV";
@@ -248,7 +237,7 @@ int Demo() {
     v1::CreateJobRequest req;
     auto* spec = req.mutable_spec();
     spec->set_model("default");
-    spec->set_recipe_yaml(DemoRecipe(scheme));
+    spec->set_recipe_yaml(GuideRecipeYaml(scheme, /*gptq=*/true));
     spec->set_dataset(ds->name());
     spec->set_heldout_fraction(0.25);
     spec->set_output_name(lower);

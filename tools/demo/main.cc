@@ -31,20 +31,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr const char* kFp8KvCache =
-    "      kv_cache_scheme: {num_bits: 8, type: float, strategy: tensor, dynamic: false, symmetric: true}\n";
-
-// The recipe for one demo run. GPTQ runs add what the product guides add: SmoothQuant before
-// W8A8, and an FP8 KV cache with static FP8 (on both sides, so they stay comparable).
-std::string DemoRecipe(const std::string& scheme, bool gptq) {
-  std::string yaml = PresetRecipeYaml(scheme, gptq);
-  if (scheme == "FP8") yaml += kFp8KvCache;
-  if (gptq && scheme == "W8A8") {
-    yaml.replace(yaml.find("  quant_modifiers:\n") + 19, 0, "    SmoothQuantModifier: {smoothing_strength: 0.8}\n");
-  }
-  return yaml;
-}
-
 std::string Describe(const std::string& scheme, bool gptq) {
   std::string s = gptq ? (scheme == "W8A8" ? "SmoothQuant+GPTQ" : "GPTQ") : "RTN";
   if (scheme == "FP8") s += " +KV";
@@ -85,7 +71,7 @@ int Run() {
       CalibrationJob job;
       job.model_dir = model_dir;
       job.out_dir = (out / absl::StrCat(scheme, gptq ? "-gptq" : "-rtn")).string();
-      job.recipe_yaml = DemoRecipe(scheme, gptq);
+      job.recipe_yaml = GuideRecipeYaml(scheme, gptq);
       absl::StatusOr<RecipePlan> plan = ParseRecipe(job.recipe_yaml, scheme);
       if (!plan.ok()) {
         std::fprintf(stderr, "lowbit-demo: %s\n", std::string(plan.status().message()).c_str());
