@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "calibrator/llama.h"
+#include "common/hf_config.h"
 
 namespace lowbit {
 namespace {
@@ -224,17 +225,9 @@ absl::StatusOr<LlamaConfig> ParseLlamaConfig(const json& c) {
     }
   }
 
-  // torch_dtype (dtype since transformers 4.56): the checkpoint's storage type.
-  for (const char* key : {"torch_dtype", "dtype"}) {
-    auto d = c.find(key);
-    if (d == c.end() || d->is_null()) continue;
-    std::string v = d->is_string() ? d->get<std::string>() : "";
-    if (v == "bfloat16") cfg.dtype = DType::kBF16;
-    else if (v == "float16") cfg.dtype = DType::kF16;
-    else if (v == "float32") cfg.dtype = DType::kF32;
-    else return Bad(key, absl::StrCat("must be bfloat16, float16 or float32, got ", Show(*d)));
-    break;
-  }
+  absl::StatusOr<std::optional<DType>> dtype = ConfigStorageDType(c);
+  if (!dtype.ok()) return dtype.status();
+  if (*dtype) cfg.dtype = **dtype;
   return cfg;
 }
 

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
+#include "common/hf_config.h"
 #include "common/safetensors.h"
 #include "kernels/absl_status.h"
 #include "common/path_guard.h"
@@ -33,10 +34,12 @@ bool IsDirectory(const std::string& path) {
 
 kernels::ScaleView View(const Tensor& t) { return {t.bytes().data(), t.dtype(), t.numel()}; }
 
-DType ModelDType(const nlohmann::json& config) {
-  std::string d = config.is_object() ? config.value("torch_dtype", std::string()) : std::string();
-  if (d == "float16") return DType::kF16;
-  return DType::kBF16;
+// The 16-bit type W4A16 activations given as f32 are rounded to: the checkpoint's float16, else
+// bf16 (also for float32 checkpoints; the kernels take f16 or bf16 activations).
+absl::StatusOr<DType> ModelDType(const nlohmann::json& config) {
+  absl::StatusOr<std::optional<DType>> d = ConfigStorageDType(config);
+  if (!d.ok()) return d.status();
+  return *d == DType::kF16 ? DType::kF16 : DType::kBF16;
 }
 
 }  // namespace
@@ -219,6 +222,8 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::Load(const std
                                                                        const TensorSource& tensors) {
   absl::StatusOr<CheckpointLinears> found = FindQuantizedLinears(config, tensors);
   if (!found.ok()) return found.status();
+  absl::StatusOr<DType> model_dtype = ModelDType(config);
+  if (!model_dtype.ok()) return model_dtype.status();
   int64_t need = 0;
   for (const LinearSpec& s : found->linears) need += s.EstimatedBytes();
   {
@@ -245,9 +250,8 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::Load(const std
   model->name = name;
   model->source = source;
   model->float_layers.insert(found->float_linears.begin(), found->float_linears.end());
-  DType model_dtype = ModelDType(config);
   for (const LinearSpec& spec : found->linears) {
-    absl::StatusOr<std::shared_ptr<PreparedLinear>> p = Prepare(spec, model_dtype);
+    absl::StatusOr<std::shared_ptr<PreparedLinear>> p = Prepare(spec, *model_dtype);
     if (!p.ok()) {
       release();
       return p.status();
