@@ -93,6 +93,10 @@ class PreparedWeight {
   bool asymmetric() const { return asym_; }
   bool act_order() const { return act_order_; }
   const std::string& backend() const { return backend_; }
+  // Bytes this weight holds in the backend's memory: its kernel layout, scales, column sums and
+  // index arrays (what a memory budget should count; the layout can be larger than the
+  // checkpoint's tensors, e.g. FP8 held as bf16 on the CPU).
+  virtual int64_t bytes() const = 0;
 
  protected:
   PreparedWeight(std::string backend, WeightKind kind, int64_t n, int64_t k)

@@ -50,8 +50,9 @@ struct LinearSpec {
   std::optional<Tensor> zero_point; // I32 [ceil(N/8), G] (int4 asymmetric)
   std::optional<Tensor> g_idx;      // I32 [K]
   std::vector<float> bias;          // empty, or [N] as f32
-  // Bytes the backend holds for it (estimate: weight bytes + f32 scales and zero points +
-  // g_idx + bias), used for the memory budget.
+  // What the backend will hold for it, estimated before preparing (weight bytes + f32 scales and
+  // zero points + g_idx + bias): the memory budget's first check; the real count is
+  // PreparedWeight::bytes() once prepared.
   int64_t EstimatedBytes() const;
 };
 

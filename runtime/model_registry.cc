@@ -167,7 +167,6 @@ absl::StatusOr<std::shared_ptr<PreparedLinear>> ModelRegistry::Prepare(const Lin
   out->act_order = spec.act_order;
   out->input_scale = spec.input_scale;
   out->has_bias = !spec.bias.empty();
-  out->bytes = spec.EstimatedBytes();
   DType sd = spec.weight_scale.dtype();
   out->w4_compute_dtype = (sd == DType::kF16 || sd == DType::kBF16) ? sd : model_dtype;
   out->handle = handle_;
@@ -213,7 +212,21 @@ absl::StatusOr<std::shared_ptr<PreparedLinear>> ModelRegistry::Prepare(const Lin
     out->bias = static_cast<float*>(p);
     if (kernels::Status c = be.CopyIn(p, spec.bias.data(), nbytes); !c.ok()) return kernels::ToAbslStatus(c);
   }
+  out->bytes = out->weight->bytes() + static_cast<int64_t>(spec.bias.size() * sizeof(float));
   return out;
+}
+
+absl::Status ModelRegistry::GrowReservation(const std::string& name, int64_t reserved, int64_t need) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t left = BytesLeftLocked();
+  if (need - reserved > left) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "loading '", name, "' needs at least ", need, " bytes in the ", handle_->backend->name(),
+        " backend's weight layout but only ", reserved + left, " of the ", options_.memory_budget_bytes,
+        "-byte memory budget are left; unload a model or raise --memory_budget_bytes"));
+  }
+  reserved_ += need - reserved;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::Load(const std::string& name,
@@ -258,6 +271,16 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::Load(const std
     }
     model->bytes += (*p)->bytes;
     model->layers[spec.module] = *std::move(p);
+    if (model->bytes > need) {
+      // The backend's layout outgrew the estimate (e.g. FP8 held as bf16 on the CPU): grow the
+      // reservation while the budget allows, else refuse before preparing more.
+      absl::Status grown = GrowReservation(name, need, model->bytes);
+      if (!grown.ok()) {
+        release();
+        return grown;
+      }
+      need = model->bytes;
+    }
   }
   {
     std::lock_guard<std::mutex> lock(mu_);

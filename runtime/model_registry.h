@@ -38,7 +38,7 @@ struct PreparedLinear {
   bool asymmetric = false, act_order = false, has_bias = false;
   std::optional<float> input_scale;
   DType w4_compute_dtype = DType::kBF16;  // W4A16: dtype F32 activations are converted to
-  int64_t bytes = 0;                      // counted against the budget
+  int64_t bytes = 0;                      // in the backend (weight layout + bias): counted against the budget
   std::unique_ptr<kernels::PreparedWeight> weight;
   float* bias = nullptr;  // backend memory, [N] f32, or null
   std::shared_ptr<BackendHandle> handle;
@@ -96,6 +96,9 @@ class ModelRegistry {
                                                           const nlohmann::json& config, const TensorSource& tensors);
   absl::StatusOr<std::shared_ptr<PreparedLinear>> Prepare(const LinearSpec& spec, DType model_dtype);
   int64_t BytesLeftLocked() const;
+  // Raises a load's reservation from `reserved` to `need` bytes, or RESOURCE_EXHAUSTED when the
+  // budget has not that much left.
+  absl::Status GrowReservation(const std::string& name, int64_t reserved, int64_t need);
 
   std::shared_ptr<BackendHandle> handle_;
   RegistryOptions options_;

@@ -667,6 +667,17 @@ class CpuWeight : public PreparedWeight {
   std::vector<uint8_t> ref_u8;
   std::vector<int32_t> ref_packed, ref_zp, ref_gidx;
   std::vector<float> ref_scale;
+
+  int64_t bytes() const override {
+    return Bytes(packed) + Bytes(wscale) + Bytes(colsum) + Bytes(w4_scale) + Bytes(w4_zf) + Bytes(perm) +
+           Bytes(ref_i8) + Bytes(ref_u8) + Bytes(ref_packed) + Bytes(ref_zp) + Bytes(ref_gidx) + Bytes(ref_scale);
+  }
+
+ private:
+  template <class V>
+  static int64_t Bytes(const V& v) {
+    return static_cast<int64_t>(v.capacity() * sizeof(typename V::value_type));
+  }
 };
 
 // ---------------------------------------------------------------------------------------------

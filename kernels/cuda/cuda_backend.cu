@@ -52,10 +52,13 @@ class CudaWeight : public PreparedWeight {
   Status Upload(const void* host, size_t bytes, void** dev) {
     LOWBIT_CUDA_RETURN(cudaMalloc(dev, std::max<size_t>(bytes, 1)), "cudaMalloc (weight)");
     allocs.push_back(*dev);
+    allocated += static_cast<int64_t>(std::max<size_t>(bytes, 1));
     LOWBIT_CUDA_RETURN(cudaMemcpy(*dev, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (weight)");
     return Status::Ok();
   }
+  int64_t bytes() const override { return allocated; }
   std::vector<void*> allocs;
+  int64_t allocated = 0;  // Σ sizes of allocs
   // int8 / fp8
   const void* w = nullptr;
   const float* scale = nullptr;      // [1] or [N]
