@@ -12,6 +12,7 @@
 #include "common/file_util.h"
 #include "common/safetensors.h"
 #include "rpc/crc32c.h"
+#include "rpc/raw_stream.h"
 #include "rpc/status.h"
 #include "rpc/tensor_codec.h"
 
@@ -89,7 +90,36 @@ absl::StatusOr<v1::UploadDatasetResponse> UploadDatasetFile(CalibratorStubT& stu
   return resp;
 }
 
-absl::StatusOr<v1::UploadModelResponse> UploadModelDir(CalibratorStubT& stub, const rpc::ClientConfig& config,
+namespace {
+
+// Sends one file as UploadModelRequest messages of at most `chunk_bytes` data bytes; the CRC-32C
+// is computed chunk by chunk as they go (the last message carries it). False when the stream broke.
+bool SendModelFile(grpc::ClientWriter<grpc::ByteBuffer>& writer, const std::shared_ptr<MappedFile>& file,
+                   const std::string& file_name, const std::string& model_name, int64_t chunk_bytes) {
+  const std::span<const uint8_t> bytes = file->bytes();
+  uint32_t crc = 0;
+  size_t off = 0;
+  v1::UploadModelRequest req;
+  req.set_name(model_name);  // "" but for the first file, and sent in its first message only
+  req.set_file_name(file_name);
+  do {
+    const auto data = bytes.subspan(off, std::min<size_t>(chunk_bytes, bytes.size() - off));
+    req.set_offset(static_cast<int64_t>(off));
+    crc = rpc::Crc32c(data.data(), data.size(), crc);
+    off += data.size();
+    if (off == bytes.size()) {
+      req.set_file_last(true);
+      req.set_crc32c(crc);
+    }
+    if (!writer.Write(rpc::EncodeWithBulk(req, rpc::kUploadModelData, data, file))) return false;
+    req.clear_name();
+  } while (off < bytes.size());
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::UploadModelResponse> UploadModelDir(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
                                                        const std::string& dir, const std::string& name,
                                                        int64_t chunk_bytes) {
   std::vector<fs::path> files;
@@ -102,31 +132,11 @@ absl::StatusOr<v1::UploadModelResponse> UploadModelDir(CalibratorStubT& stub, co
   grpc::ClientContext ctx;
   Prepare(&ctx, config);
   v1::UploadModelResponse resp;
-  auto writer = stub.UploadModel(&ctx, &resp);
-  bool first = true, ok = true;
-  for (const auto& f : files) {
-    auto mapped = MappedFile::Open(f.string());
+  auto writer = rpc::RawClientWriter(&channel, rpc::kUploadModelPath, &ctx, &resp);
+  for (size_t i = 0; i < files.size(); ++i) {
+    auto mapped = MappedFile::Open(files[i].string());
     if (!mapped.ok()) return mapped.status();
-    const auto* p = reinterpret_cast<const char*>((*mapped)->bytes().data());
-    const size_t size = (*mapped)->bytes().size();
-    const uint32_t crc = rpc::Crc32c(p, size);
-    size_t off = 0;
-    do {
-      v1::UploadModelRequest req;
-      if (first) req.set_name(name);
-      first = false;
-      req.set_file_name(f.filename().string());
-      req.set_offset(off);
-      const size_t n = std::min<size_t>(chunk_bytes, size - off);
-      req.set_data(p + off, n);
-      off += n;
-      if (off == size) {
-        req.set_file_last(true);
-        req.set_crc32c(crc);
-      }
-      ok = writer->Write(req);
-    } while (ok && off < size);
-    if (!ok) break;
+    if (!SendModelFile(*writer, *mapped, files[i].filename().string(), i == 0 ? name : "", chunk_bytes)) break;
   }
   writer->WritesDone();
   auto st = writer->Finish();
@@ -172,25 +182,30 @@ absl::StatusOr<v1::Job> WaitForJob(CalibratorStubT& stub, const rpc::ClientConfi
   return last;
 }
 
-absl::StatusOr<FetchedResult> FetchResult(CalibratorStubT& stub, const rpc::ClientConfig& config,
+absl::StatusOr<FetchedResult> FetchResult(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
                                           const std::string& id, int64_t chunk_bytes) {
   grpc::ClientContext ctx;
   Prepare(&ctx, config);
   v1::FetchResultRequest req;
   req.set_id(id);
   req.set_chunk_bytes(chunk_bytes);
-  auto reader = stub.FetchResult(&ctx, req);
+  auto reader = rpc::RawClientReader(&channel, rpc::kFetchResultPath, &ctx, req);
+  grpc::ByteBuffer raw;
   v1::FetchResultResponse resp;
+  rpc::SplitMessage split;  // reused: its slices are released when the next message arrives
   FetchedResult result;
   bool have_header = false;
   rpc::ChunkAssembler assembler;
   absl::Status bad;
-  while (bad.ok() && reader->Read(&resp)) {
-    if (resp.has_header()) {
+  while (bad.ok() && reader->Read(&raw)) {
+    bad = rpc::DecodeWithBulk(raw, rpc::kChunkData, &resp, &split);
+    if (!bad.ok()) {
+      bad = absl::DataLossError(absl::StrCat("FetchResult response: ", bad.message()));
+    } else if (resp.has_header()) {
       result.header = resp.header();
       have_header = true;
     } else if (resp.has_chunk()) {
-      bad = assembler.Add(resp.chunk());
+      bad = assembler.Add(resp.chunk(), split.data);
     }
   }
   if (!bad.ok()) {
@@ -211,9 +226,9 @@ absl::StatusOr<FetchedResult> FetchResult(CalibratorStubT& stub, const rpc::Clie
   return result;
 }
 
-absl::StatusOr<int64_t> FetchResultToDir(CalibratorStubT& stub, const rpc::ClientConfig& config,
+absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
                                          const std::string& id, const std::string& out_dir, int64_t chunk_bytes) {
-  auto fetched = FetchResult(stub, config, id, chunk_bytes);
+  auto fetched = FetchResult(channel, config, id, chunk_bytes);
   if (!fetched.ok()) return fetched.status();
   const v1::ResultHeader& header = fetched->header;
   std::error_code ec;

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/tensor.h"
+#include "grpcpp/channel.h"
 #include "lowbit/v1/calibrator.grpc.pb.h"
 #include "rpc/client.h"
 
@@ -20,7 +21,9 @@ absl::StatusOr<v1::UploadDatasetResponse> UploadDatasetFile(CalibratorStubT& stu
                                                             const std::string& path, const std::string& name,
                                                             int64_t chunk_bytes = int64_t{1} << 20);
 // Every regular file directly in `dir` (config.json, *.safetensors, tokenizer files...).
-absl::StatusOr<v1::UploadModelResponse> UploadModelDir(CalibratorStubT& stub, const rpc::ClientConfig& config,
+// UploadModel and FetchResult are raw streams on `channel` (rpc/raw_stream.h): uploaded data are
+// slices of the mapped files, fetched data are copied from the receive slices into the tensors.
+absl::StatusOr<v1::UploadModelResponse> UploadModelDir(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
                                                        const std::string& dir, const std::string& name,
                                                        int64_t chunk_bytes = int64_t{1} << 20);
 // Follows WatchJob until the job ends; draws a progress line on stderr when `bar`.
@@ -32,11 +35,11 @@ struct FetchedResult {
   std::map<std::string, Tensor> tensors;
   int64_t tensor_bytes = 0;
 };
-absl::StatusOr<FetchedResult> FetchResult(CalibratorStubT& stub, const rpc::ClientConfig& config,
+absl::StatusOr<FetchedResult> FetchResult(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
                                           const std::string& id, int64_t chunk_bytes = int64_t{1} << 20);
 // FetchResult into `out_dir`: config.json, report.json, recipe.yaml, model.safetensors.
 // Returns the tensor bytes received.
-absl::StatusOr<int64_t> FetchResultToDir(CalibratorStubT& stub, const rpc::ClientConfig& config,
+absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
                                          const std::string& id, const std::string& out_dir,
                                          int64_t chunk_bytes = int64_t{1} << 20);
 std::string JobStateName(v1::JobState state);

@@ -94,8 +94,7 @@ int RunUploadModel(const Args& args) {
     return 2;
   }
   auto config = CalibratorConfig();
-  auto stub = CalibratorStub(config);
-  auto r = UploadModelDir(*stub, config, args[0], args.size() > 1 ? args[1] : NameFromPath(args[0]));
+  auto r = UploadModelDir(*ChannelFor(config), config, args[0], args.size() > 1 ? args[1] : NameFromPath(args[0]));
   if (!r.ok()) return Fail("upload-model", r.status());
   std::printf("model %s: %d files, %lld bytes\n", r->model().c_str(), r->files(), static_cast<long long>(r->bytes()));
   return 0;
@@ -103,7 +102,8 @@ int RunUploadModel(const Args& args) {
 
 int RunCalibrate(const Args& args) {
   auto config = CalibratorConfig();
-  auto stub = CalibratorStub(config);
+  auto channel = ChannelFor(config);
+  auto stub = v1::CalibratorService::NewStub(channel);
   v1::JobSpec spec;
   spec.set_model(absl::GetFlag(FLAGS_model));
   if (!absl::GetFlag(FLAGS_upload_model).empty()) {
@@ -115,7 +115,7 @@ int RunCalibrate(const Args& args) {
     std::sort(files.begin(), files.end());
     auto name = ContentName((dir.has_filename() ? dir : dir.parent_path()).filename().string(), files);
     if (!name.ok()) return Fail("upload-model", name.status());
-    auto r = UploadModelDir(*stub, config, dir.string(), *name);
+    auto r = UploadModelDir(*channel, config, dir.string(), *name);
     if (!r.ok() && !AlreadyExists(r.status())) return Fail("upload-model", r.status());
     spec.set_model("uploads/" + *name);
   }
@@ -243,14 +243,14 @@ int RunFetch(const Args& args) {
     return 2;
   }
   auto config = CalibratorConfig();
-  auto stub = CalibratorStub(config);
+  auto channel = ChannelFor(config);
   const auto t0 = std::chrono::steady_clock::now();
   absl::StatusOr<int64_t> bytes;
   if (verify) {
-    auto r = FetchResult(*stub, config, args[0]);
+    auto r = FetchResult(*channel, config, args[0]);
     bytes = r.ok() ? absl::StatusOr<int64_t>(r->tensor_bytes) : r.status();
   } else {
-    bytes = FetchResultToDir(*stub, config, args[0], absl::GetFlag(FLAGS_out));
+    bytes = FetchResultToDir(*channel, config, args[0], absl::GetFlag(FLAGS_out));
   }
   if (!bytes.ok()) return Fail("fetch", bytes.status());
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -32,7 +32,9 @@ rpc::ClientConfig Base(const std::string& flag, const char* env, const char* fal
   return c;
 }
 
-std::shared_ptr<grpc::Channel> ChannelOrExit(const rpc::ClientConfig& config) {
+}  // namespace
+
+std::shared_ptr<grpc::Channel> ChannelFor(const rpc::ClientConfig& config) {
   auto ch = rpc::MakeChannel(config);
   if (!ch.ok()) {
     std::fprintf(stderr, "lowbit: %s\n", std::string(ch.status().message()).c_str());
@@ -41,18 +43,16 @@ std::shared_ptr<grpc::Channel> ChannelOrExit(const rpc::ClientConfig& config) {
   return *ch;
 }
 
-}  // namespace
-
 rpc::ClientConfig CalibratorConfig() {
   return Base(absl::GetFlag(FLAGS_calibrator), "LOWBIT_CALIBRATOR", "127.0.0.1:50051");
 }
 rpc::ClientConfig RuntimeConfig() { return Base(absl::GetFlag(FLAGS_runtime), "LOWBIT_RUNTIME", "127.0.0.1:50052"); }
 
 std::unique_ptr<v1::CalibratorService::Stub> CalibratorStub(const rpc::ClientConfig& config) {
-  return v1::CalibratorService::NewStub(ChannelOrExit(config));
+  return v1::CalibratorService::NewStub(ChannelFor(config));
 }
 std::unique_ptr<v1::RuntimeService::Stub> RuntimeStub(const rpc::ClientConfig& config) {
-  return v1::RuntimeService::NewStub(ChannelOrExit(config));
+  return v1::RuntimeService::NewStub(ChannelFor(config));
 }
 
 void Prepare(grpc::ClientContext* ctx, const rpc::ClientConfig& config, bool with_deadline) {

@@ -17,6 +17,8 @@ namespace lowbit::cli {
 rpc::ClientConfig CalibratorConfig();
 rpc::ClientConfig RuntimeConfig();
 // Stubs on channels from the configs; exit with a message when the config is unusable.
+// A channel for `config`; exits with status 2 when its TLS files cannot be read.
+std::shared_ptr<grpc::Channel> ChannelFor(const rpc::ClientConfig& config);
 std::unique_ptr<v1::CalibratorService::Stub> CalibratorStub(const rpc::ClientConfig& config);
 std::unique_ptr<v1::RuntimeService::Stub> RuntimeStub(const rpc::ClientConfig& config);
 // Token + --timeout_s deadline (0 = none) on a context.

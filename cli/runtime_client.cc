@@ -6,13 +6,14 @@
 #include "cli/connection.h"
 #include "common/file_util.h"
 #include "common/safetensors.h"
+#include "rpc/raw_stream.h"
 #include "rpc/status.h"
 #include "rpc/tensor_codec.h"
 
 namespace lowbit::cli {
 namespace fs = std::filesystem;
 
-absl::StatusOr<v1::ModelInfo> StreamCheckpoint(RuntimeStubT& stub, const rpc::ClientConfig& config,
+absl::StatusOr<v1::ModelInfo> StreamCheckpoint(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
                                                const std::string& dir, const std::string& name, int64_t chunk_bytes) {
   auto config_json = ReadFileToString((fs::path(dir) / "config.json").string());
   if (!config_json.ok()) return config_json.status();
@@ -21,19 +22,18 @@ absl::StatusOr<v1::ModelInfo> StreamCheckpoint(RuntimeStubT& stub, const rpc::Cl
   grpc::ClientContext ctx;
   Prepare(&ctx, config);
   v1::LoadModelStreamResponse resp;
-  auto writer = stub.LoadModelStream(&ctx, &resp);
+  auto writer = rpc::RawClientWriter(&channel, rpc::kLoadModelStreamPath, &ctx, &resp);
   v1::LoadModelStreamRequest header;
   header.mutable_header()->set_name(name);
   header.mutable_header()->set_config_json(*config_json);
-  bool ok = writer->Write(header);
+  bool ok = writer->Write(rpc::Encode(header));
   for (const std::string& tname : (*model)->names()) {
     if (!ok) break;
     auto t = (*model)->Get(tname);
     if (!t.ok()) return t.status();
-    ok = rpc::ForEachChunk(tname, *t, chunk_bytes, [&](const v1::TensorChunk& c) {
-      v1::LoadModelStreamRequest req;
-      *req.mutable_chunk() = c;
-      return writer->Write(req);
+    auto keep = std::make_shared<const Tensor>(*std::move(t));  // the mapping, until gRPC sent the slices
+    ok = rpc::ForEachChunk(tname, *keep, chunk_bytes, [&](const v1::TensorChunk& meta, std::span<const uint8_t> data) {
+      return writer->Write(rpc::EncodeWithBulk(meta, rpc::kChunkData, data, keep));
     });
   }
   writer->WritesDone();

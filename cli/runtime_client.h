@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/tensor.h"
+#include "grpcpp/channel.h"
 #include "lowbit/v1/runtime.grpc.pb.h"
 #include "rpc/client.h"
 
@@ -14,7 +15,8 @@ namespace lowbit::cli {
 
 using RuntimeStubT = v1::RuntimeService::StubInterface;
 
-absl::StatusOr<v1::ModelInfo> StreamCheckpoint(RuntimeStubT& stub, const rpc::ClientConfig& config,
+// A raw stream on `channel` (rpc/raw_stream.h): chunk data are slices of the mapped files.
+absl::StatusOr<v1::ModelInfo> StreamCheckpoint(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
                                                const std::string& dir, const std::string& name,
                                                int64_t chunk_bytes = int64_t{1} << 20);
 absl::StatusOr<v1::ModelInfo> LoadFromPath(RuntimeStubT& stub, const rpc::ClientConfig& config,

@@ -47,14 +47,15 @@ absl::StatusOr<DType> ParseFloatDType(const std::string& s) {
 
 int RunLoad(const Args& args) {
   auto config = RuntimeConfig();
-  auto stub = RuntimeStub(config);
+  auto channel = ChannelFor(config);
+  auto stub = v1::RuntimeService::NewStub(channel);
   const std::string name = absl::GetFlag(FLAGS_name);
   if (name.empty() || (absl::GetFlag(FLAGS_path).empty() == absl::GetFlag(FLAGS_dir).empty())) {
     std::fprintf(stderr, "usage: lowbit load --name NAME (--path DIR_UNDER_MODEL_ROOT | --dir LOCAL_DIR)\n");
     return 2;
   }
   auto info = absl::GetFlag(FLAGS_dir).empty() ? LoadFromPath(*stub, config, name, absl::GetFlag(FLAGS_path))
-                                               : StreamCheckpoint(*stub, config, absl::GetFlag(FLAGS_dir), name);
+                                               : StreamCheckpoint(*channel, config, absl::GetFlag(FLAGS_dir), name);
   if (!info.ok()) return Fail("load", info.status());
   PrintModel(*info);
   return 0;

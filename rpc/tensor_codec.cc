@@ -1,7 +1,6 @@
 #include "rpc/tensor_codec.h"
 
 #include <algorithm>
-#include <cstring>
 #include <span>
 
 #include "absl/strings/str_cat.h"
@@ -35,6 +34,14 @@ absl::StatusOr<int64_t> CheckedBytes(DType dtype, const Shape& shape, const std:
         absl::StrCat(what, ": ", bytes, " bytes is over the ", limits.max_bytes, "-byte limit"));
   }
   return bytes;
+}
+
+// Memory for a tensor being received, not zeroed: the assembler overwrites every byte before
+// the tensor is handed out (zeroing it first, as Tensor::Zeros does, cost a pass over the
+// memory). (Transparent huge pages, madvise'd, made a first fetch faster but later ones slower:
+// with defrag=madvise the page faults wait for compaction.)
+std::shared_ptr<uint8_t> ReceiveBuffer(size_t n) {
+  return std::shared_ptr<uint8_t>(new uint8_t[n], std::default_delete<uint8_t[]>());
 }
 
 }  // namespace
@@ -96,34 +103,36 @@ void TensorToProto(const Tensor& tensor, v1::Tensor* proto) {
 }
 
 bool ForEachChunk(const std::string& name, const Tensor& tensor, int64_t chunk_bytes,
-                  const std::function<bool(const v1::TensorChunk&)>& emit) {
+                  const std::function<bool(const v1::TensorChunk& meta, std::span<const uint8_t> data)>& emit) {
   if (chunk_bytes <= 0) chunk_bytes = int64_t{1} << 20;
   auto bytes = tensor.bytes();
   const int64_t total = static_cast<int64_t>(bytes.size());
   uint32_t crc = 0;
   int64_t offset = 0;
+  v1::TensorChunk chunk;
+  chunk.set_name(name);
+  chunk.set_dtype(DTypeToProto(tensor.dtype()));
+  chunk.mutable_shape()->Assign(tensor.shape().begin(), tensor.shape().end());
   do {
     const int64_t n = std::min(chunk_bytes, total - offset);
-    v1::TensorChunk chunk;
-    chunk.set_name(name);
-    if (offset == 0) {
-      chunk.set_dtype(DTypeToProto(tensor.dtype()));
-      chunk.mutable_shape()->Assign(tensor.shape().begin(), tensor.shape().end());
+    if (offset > 0) {  // dtype and shape travel in the first chunk only
+      chunk.clear_dtype();
+      chunk.clear_shape();
     }
     chunk.set_offset(offset);
-    chunk.set_data(bytes.data() + offset, n);
-    crc = Crc32c(bytes.data() + offset, n, crc);
+    const auto data = bytes.subspan(static_cast<size_t>(offset), static_cast<size_t>(n));
+    crc = Crc32c(data.data(), data.size(), crc);
     offset += n;
     if (offset == total) {
       chunk.set_last(true);
       chunk.set_crc32c(crc);
     }
-    if (!emit(chunk)) return false;
+    if (!emit(chunk, data)) return false;
   } while (offset < total);
   return true;
 }
 
-absl::Status ChunkAssembler::Add(const v1::TensorChunk& chunk) {
+absl::Status ChunkAssembler::Add(const v1::TensorChunk& chunk, const DataPieces& data) {
   const std::string& name = chunk.name();
   if (!in_progress_) {
     if (name.empty()) return absl::InvalidArgumentError("tensor chunk without a name");
@@ -142,41 +151,42 @@ absl::Status ChunkAssembler::Add(const v1::TensorChunk& chunk) {
                                                        total_bytes_ + *bytes, " bytes, over the ",
                                                        limits_.max_bytes, "-byte limit"));
     }
-    current_ = Tensor::Zeros(*dtype, std::move(shape));
+    dtype_ = *dtype;
+    shape_ = std::move(shape);
+    size_ = *bytes;
+    buffer_ = ReceiveBuffer(static_cast<size_t>(size_));
     current_name_ = name;
     received_ = 0;
     crc_ = 0;
     in_progress_ = true;
   } else if (name != current_name_) {
     return absl::InvalidArgumentError(absl::StrCat("chunk of tensor '", name, "' arrived before tensor '",
-                                                   current_name_, "' was complete (", received_, " of ",
-                                                   current_.nbytes(), " bytes)"));
+                                                   current_name_, "' was complete (", received_, " of ", size_,
+                                                   " bytes)"));
   }
   if (chunk.offset() != received_) {
     return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': chunk at offset ", chunk.offset(),
                                                    ", expected ", received_));
   }
-  const int64_t n = static_cast<int64_t>(chunk.data().size());
-  const int64_t size = static_cast<int64_t>(current_.nbytes());
-  if (received_ + n > size) {
+  const int64_t n = static_cast<int64_t>(data.size);
+  if (received_ + n > size_) {
     return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': ", received_ + n,
-                                                   " bytes received, but its shape holds ", size));
+                                                   " bytes received, but its shape holds ", size_));
   }
-  if (n > 0) std::memcpy(current_.mutable_bytes().data() + received_, chunk.data().data(), n);
-  crc_ = Crc32c(chunk.data().data(), n, crc_);
+  crc_ = data.CopyTo(buffer_.get() + received_, crc_);
   received_ += n;
   if (chunk.last()) {
-    if (received_ != size) {
+    if (received_ != size_) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': last chunk after ", received_,
-                                                     " bytes, but its shape needs ", size));
+                                                     " bytes, but its shape needs ", size_));
     }
     if (chunk.crc32c() != crc_) {
       return absl::DataLossError(absl::StrCat("tensor '", name, "': CRC-32C mismatch (sent ", chunk.crc32c(),
                                               ", received bytes give ", crc_, ")"));
     }
-    total_bytes_ += size;
-    done_.emplace(current_name_, std::move(current_));
-    current_ = Tensor();
+    total_bytes_ += size_;
+    const uint8_t* data_ptr = buffer_.get();
+    done_.emplace(current_name_, Tensor::View(dtype_, std::move(shape_), data_ptr, std::move(buffer_)));
     in_progress_ = false;
   }
   return absl::OkStatus();
@@ -185,7 +195,7 @@ absl::Status ChunkAssembler::Add(const v1::TensorChunk& chunk) {
 absl::Status ChunkAssembler::Finish() const {
   if (in_progress_) {
     return absl::InvalidArgumentError(absl::StrCat("stream ended inside tensor '", current_name_, "' (",
-                                                   received_, " of ", current_.nbytes(), " bytes)"));
+                                                   received_, " of ", size_, " bytes)"));
   }
   return absl::OkStatus();
 }

@@ -8,11 +8,14 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
+#include <span>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "common/tensor.h"
 #include "lowbit/v1/tensor.pb.h"
+#include "rpc/wire.h"
 
 namespace lowbit::rpc {
 
@@ -30,17 +33,22 @@ absl::StatusOr<Tensor> TensorFromProto(const v1::Tensor& proto, const std::strin
 void TensorToProto(const Tensor& tensor, v1::Tensor* proto);
 
 // Splits a tensor into chunks of at most `chunk_bytes` data bytes (at least one chunk, even for
-// an empty tensor) and calls `emit` for each; stops at the first false and returns false.
+// an empty tensor) and calls `emit` for each with the chunk's fields except `data`, and the
+// data as a view into the tensor (to frame without a copy: rpc/wire.h); stops at the first
+// false and returns false.
 bool ForEachChunk(const std::string& name, const Tensor& tensor, int64_t chunk_bytes,
-                  const std::function<bool(const v1::TensorChunk&)>& emit);
+                  const std::function<bool(const v1::TensorChunk& meta, std::span<const uint8_t> data)>& emit);
 
 // Reassembles named tensors from a chunk stream (ForEachChunk's output, any number of tensors
 // one after another). Errors name the tensor: out-of-order offset, a chunk for another tensor
-// before the last one ended, bytes past the shape, a CRC mismatch, a duplicate name.
+// before the last one ended, bytes past the shape, a CRC mismatch, a duplicate name. The
+// tensors are read-only views of their own buffers (see ReceiveBuffer in the .cc).
 class ChunkAssembler {
  public:
   explicit ChunkAssembler(TensorLimits limits = {}) : limits_(limits) {}
-  absl::Status Add(const v1::TensorChunk& chunk);
+  absl::Status Add(const v1::TensorChunk& chunk) { return Add(chunk, DataPieces::Of(chunk.data())); }
+  // `chunk`'s fields with its data given apart (DecodeWithBulk), copied straight into the tensor.
+  absl::Status Add(const v1::TensorChunk& chunk, const DataPieces& data);
   // OK only when no tensor is half received.
   absl::Status Finish() const;
   std::map<std::string, Tensor>& tensors() { return done_; }
@@ -49,8 +57,12 @@ class ChunkAssembler {
  private:
   TensorLimits limits_;
   std::map<std::string, Tensor> done_;
+  // The tensor being received; it becomes a Tensor::View of `buffer_` when complete.
   std::string current_name_;
-  Tensor current_;
+  DType dtype_ = DType::kF32;
+  Shape shape_;
+  int64_t size_ = 0;
+  std::shared_ptr<uint8_t> buffer_;
   int64_t received_ = 0;
   uint32_t crc_ = 0;
   bool in_progress_ = false;

@@ -139,6 +139,10 @@ absl::StatusOr<v1::QuantizeLayerResponse> QuantizeLayerImpl(const v1::QuantizeLa
 CalibratorServiceImpl::CalibratorServiceImpl(const rpc::ServiceContext& context, JobRunner* runner,
                                              const UploadStore* uploads, ServicePaths paths)
     : context_(context), runner_(runner), uploads_(uploads), paths_(std::move(paths)) {
+  MarkMethodStreamed(rpc::MethodIndex(rpc::kUploadModelPath),
+                     rpc::RawHandler(this, &CalibratorServiceImpl::UploadModelRaw));
+  MarkMethodStreamed(rpc::MethodIndex(rpc::kFetchResultPath),
+                     rpc::RawHandler(this, &CalibratorServiceImpl::FetchResultRaw));
   if (context_.registry) {
     auto& family = prometheus::BuildCounter()
                        .Name("lowbit_calibrator_upload_bytes_total")
@@ -216,24 +220,21 @@ grpc::Status CalibratorServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1:
 
 // Feeds a client stream into an upload (dataset or model), counting bytes into `counter`, and
 // finishes it: the upload appears only when the stream ended cleanly and every check passed.
-template <class Upload, class Request, class Response>
-grpc::Status ReceiveUpload(grpc::ServerContext* ctx, grpc::ServerReader<Request>* reader,
-                           absl::StatusOr<std::unique_ptr<Upload>> up, prometheus::Counter* counter,
-                           Response* resp) {
-  if (!up.ok()) return Edge(up.status());
-  Request msg;
+// `add_next(upload, &status)` reads the next message into the upload: false at the end of the
+// stream, else true with the message's status.
+template <class Upload, class Response, class AddNext>
+absl::StatusOr<Response> ReceiveUpload(grpc::ServerContext* ctx, AddNext add_next,
+                                       absl::StatusOr<std::unique_ptr<Upload>> up, prometheus::Counter* counter) {
+  if (!up.ok()) return up.status();
   int64_t before = 0;
-  while (reader->Read(&msg)) {
-    absl::Status s = (*up)->Add(msg);
+  absl::Status s;
+  while (add_next(**up, &s)) {
     if (counter != nullptr) counter->Increment(static_cast<double>((*up)->bytes() - before));
     before = (*up)->bytes();
-    if (!s.ok()) return Edge(s);
+    if (!s.ok()) return s;
   }
-  if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled");
-  absl::StatusOr<Response> done = (*up)->Finish();
-  if (!done.ok()) return Edge(done.status());
-  *resp = *std::move(done);
-  return grpc::Status::OK;
+  if (ctx->IsCancelled()) return absl::CancelledError("upload cancelled");
+  return (*up)->Finish();
 }
 
 grpc::Status CalibratorServiceImpl::UploadDataset(grpc::ServerContext* ctx,
@@ -241,65 +242,113 @@ grpc::Status CalibratorServiceImpl::UploadDataset(grpc::ServerContext* ctx,
                                                   v1::UploadDatasetResponse* resp) {
   rpc::CallGuard guard(ctx, context_, "UploadDataset");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  return guard.Finish(ReceiveUpload(ctx, reader, uploads_->BeginDataset(), dataset_bytes_, resp));
+  v1::UploadDatasetRequest msg;
+  auto add_next = [&](UploadStore::DatasetUpload& up, absl::Status* s) {
+    if (!reader->Read(&msg)) return false;
+    *s = up.Add(msg);
+    return true;
+  };
+  absl::StatusOr<v1::UploadDatasetResponse> done =
+      ReceiveUpload<UploadStore::DatasetUpload, v1::UploadDatasetResponse>(ctx, add_next, uploads_->BeginDataset(),
+                                                                          dataset_bytes_);
+  if (!done.ok()) return guard.Finish(Edge(done.status()));
+  *resp = *std::move(done);
+  return guard.Finish(grpc::Status::OK);
 }
 
-grpc::Status CalibratorServiceImpl::UploadModel(grpc::ServerContext* ctx,
-                                                grpc::ServerReader<v1::UploadModelRequest>* reader,
-                                                v1::UploadModelResponse* resp) {
+grpc::Status CalibratorServiceImpl::UploadModelRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream) {
   rpc::CallGuard guard(ctx, context_, "UploadModel");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  return guard.Finish(ReceiveUpload(ctx, reader, uploads_->BeginModel(), model_bytes_, resp));
+  grpc::ByteBuffer raw;
+  v1::UploadModelRequest msg;
+  rpc::SplitMessage split;  // reused: its slices are released when the next message arrives
+  auto add_next = [&](UploadStore::ModelUpload& up, absl::Status* s) {
+    if (!stream->Read(&raw)) return false;
+    *s = rpc::DecodeWithBulk(raw, rpc::kUploadModelData, &msg, &split);
+    if (s->ok()) *s = up.Add(msg, split.data);
+    return true;
+  };
+  absl::StatusOr<v1::UploadModelResponse> done =
+      ReceiveUpload<UploadStore::ModelUpload, v1::UploadModelResponse>(ctx, add_next, uploads_->BeginModel(),
+                                                                      model_bytes_);
+  if (!done.ok()) return guard.Finish(Edge(done.status()));
+  if (!stream->Write(rpc::Encode(*done))) {
+    return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+  }
+  return guard.Finish(grpc::Status::OK);
 }
 
-grpc::Status CalibratorServiceImpl::FetchResult(grpc::ServerContext* ctx, const v1::FetchResultRequest* req,
-                                                grpc::ServerWriter<v1::FetchResultResponse>* writer) {
+grpc::Status CalibratorServiceImpl::FetchResultRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream) {
   rpc::CallGuard guard(ctx, context_, "FetchResult");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  absl::StatusOr<v1::Job> job = runner_->Get(req->id());
-  if (!job.ok()) return guard.Finish(Edge(job.status()));
-  if (job->state() != v1::JOB_STATE_SUCCEEDED) {
-    return guard.Finish(Edge(absl::FailedPreconditionError(
-        absl::StrCat("job ", job->id(), " is ", v1::JobState_Name(job->state()),
-                     "; FetchResult needs a job in JOB_STATE_SUCCEEDED"))));
+  grpc::ByteBuffer raw;
+  v1::FetchResultRequest req;
+  if (!stream->Read(&raw)) {
+    return guard.Finish(Edge(absl::InvalidArgumentError("FetchResult: the stream ended before the request")));
   }
-  if (req->chunk_bytes() < 0) return guard.Finish(Edge(absl::InvalidArgumentError("chunk_bytes is negative")));
-  const int64_t chunk = req->chunk_bytes() == 0 ? int64_t{1} << 20 : std::min<int64_t>(req->chunk_bytes(), 32 << 20);
-  const std::string dir = absl::StrCat(paths_.output_root, "/", job->output_path());
-  absl::StatusOr<std::unique_ptr<SafetensorsModel>> model = SafetensorsModel::Open(dir);
-  if (!model.ok()) {
-    return guard.Finish(Edge(absl::DataLossError(
-        absl::StrCat("the checkpoint of job ", job->id(), " cannot be read: ", model.status().message()))));
+  if (absl::Status s = rpc::Decode(raw, &req); !s.ok()) {
+    return guard.Finish(Edge(absl::InvalidArgumentError(absl::StrCat("FetchResult request: ", s.message()))));
   }
+  return guard.Finish(Edge(SendResult(ctx, req, stream)));
+}
+
+namespace {
+
+// The header (config.json, report.json, recipe.yaml, tensor count and bytes) of a result.
+absl::StatusOr<v1::FetchResultResponse> ResultHeader(const v1::Job& job, const std::string& dir,
+                                                     const SafetensorsModel& model) {
   v1::FetchResultResponse header;
   v1::ResultHeader* h = header.mutable_header();
-  h->set_job_id(job->id());
+  h->set_job_id(job.id());
   absl::StatusOr<std::string> config = ReadFileToString(dir + "/config.json");
-  if (!config.ok()) return guard.Finish(Edge(config.status()));
+  if (!config.ok()) return config.status();
   h->set_config_json(*config);
   if (absl::StatusOr<std::string> r = ReadFileToString(dir + "/report.json"); r.ok()) h->set_report_json(*r);
   if (absl::StatusOr<std::string> r = ReadFileToString(dir + "/recipe.yaml"); r.ok()) h->set_recipe_yaml(*r);
-  const std::vector<std::string> names = (*model)->names();
+  const std::vector<std::string> names = model.names();
   int64_t total = 0;
   for (const std::string& n : names) {
-    const SafetensorsEntry* e = (*model)->Find(n);
+    const SafetensorsEntry* e = model.Find(n);
     total += static_cast<int64_t>(e->end - e->begin);
   }
   h->set_tensors(static_cast<int32_t>(names.size()));
   h->set_tensor_bytes(total);
-  if (!writer->Write(header)) return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
-  for (const std::string& n : names) {
-    absl::StatusOr<Tensor> t = (*model)->Get(n);
-    if (!t.ok()) return guard.Finish(Edge(t.status()));
-    bool ok = rpc::ForEachChunk(n, *t, chunk, [&](const v1::TensorChunk& c) {
-      if (ctx->IsCancelled()) return false;
-      v1::FetchResultResponse msg;
-      *msg.mutable_chunk() = c;
-      return writer->Write(msg);
-    });
-    if (!ok) return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "FetchResult cancelled by the client"));
+  return header;
+}
+
+}  // namespace
+
+absl::Status CalibratorServiceImpl::SendResult(grpc::ServerContext* ctx, const v1::FetchResultRequest& req,
+                                               rpc::RawServerStream* stream) {
+  absl::StatusOr<v1::Job> job = runner_->Get(req.id());
+  if (!job.ok()) return job.status();
+  if (job->state() != v1::JOB_STATE_SUCCEEDED) {
+    return absl::FailedPreconditionError(absl::StrCat("job ", job->id(), " is ", v1::JobState_Name(job->state()),
+                                                      "; FetchResult needs a job in JOB_STATE_SUCCEEDED"));
   }
-  return guard.Finish(grpc::Status::OK);
+  if (req.chunk_bytes() < 0) return absl::InvalidArgumentError("chunk_bytes is negative");
+  const int64_t chunk = req.chunk_bytes() == 0 ? int64_t{1} << 20 : std::min<int64_t>(req.chunk_bytes(), 32 << 20);
+  const std::string dir = absl::StrCat(paths_.output_root, "/", job->output_path());
+  absl::StatusOr<std::unique_ptr<SafetensorsModel>> model = SafetensorsModel::Open(dir);
+  if (!model.ok()) {
+    return absl::DataLossError(
+        absl::StrCat("the checkpoint of job ", job->id(), " cannot be read: ", model.status().message()));
+  }
+  absl::StatusOr<v1::FetchResultResponse> header = ResultHeader(*job, dir, **model);
+  if (!header.ok()) return header.status();
+  const absl::Status gone = absl::CancelledError("FetchResult cancelled by the client");
+  if (!stream->Write(rpc::Encode(*header))) return gone;
+  for (const std::string& n : (*model)->names()) {
+    absl::StatusOr<Tensor> t = (*model)->Get(n);
+    if (!t.ok()) return t.status();
+    // The chunks' data are slices of the mapped file; each holds the tensor (and the mapping).
+    auto keep = std::make_shared<const Tensor>(*std::move(t));
+    bool ok = rpc::ForEachChunk(n, *keep, chunk, [&](const v1::TensorChunk& meta, std::span<const uint8_t> data) {
+      return !ctx->IsCancelled() && stream->Write(rpc::EncodeWithBulk(meta, rpc::kChunkData, data, keep));
+    });
+    if (!ok) return gone;
+  }
+  return absl::OkStatus();
 }
 
 grpc::Status CalibratorServiceImpl::QuantizeLayer(grpc::ServerContext* ctx, const v1::QuantizeLayerRequest* req,

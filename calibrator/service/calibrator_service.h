@@ -12,6 +12,7 @@
 #include "calibrator/service/job_spec.h"
 #include "calibrator/service/upload_store.h"
 #include "lowbit/v1/calibrator.grpc.pb.h"
+#include "rpc/raw_stream.h"
 #include "rpc/server.h"
 
 namespace lowbit::calibrator {
@@ -32,10 +33,10 @@ class CalibratorServiceImpl final : public v1::CalibratorService::Service {
                         grpc::ServerWriter<v1::WatchJobResponse>* writer) override;
   grpc::Status UploadDataset(grpc::ServerContext* ctx, grpc::ServerReader<v1::UploadDatasetRequest>* reader,
                              v1::UploadDatasetResponse* resp) override;
-  grpc::Status UploadModel(grpc::ServerContext* ctx, grpc::ServerReader<v1::UploadModelRequest>* reader,
-                           v1::UploadModelResponse* resp) override;
-  grpc::Status FetchResult(grpc::ServerContext* ctx, const v1::FetchResultRequest* req,
-                           grpc::ServerWriter<v1::FetchResultResponse>* writer) override;
+  // UploadModel and FetchResult are raw streams (rpc/raw_stream.h): their data is framed
+  // without protobuf copies. Same messages on the wire.
+  grpc::Status UploadModelRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream);
+  grpc::Status FetchResultRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream);
   grpc::Status QuantizeLayer(grpc::ServerContext* ctx, const v1::QuantizeLayerRequest* req,
                              v1::QuantizeLayerResponse* resp) override;
 
@@ -43,6 +44,8 @@ class CalibratorServiceImpl final : public v1::CalibratorService::Service {
   const rpc::ServiceContext& context_;
   JobRunner* runner_;
   const UploadStore* uploads_;
+  absl::Status SendResult(grpc::ServerContext* ctx, const v1::FetchResultRequest& req, rpc::RawServerStream* stream);
+
   ServicePaths paths_;
   std::atomic<bool> stopping_{false};
   prometheus::Counter* dataset_bytes_ = nullptr;

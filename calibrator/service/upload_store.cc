@@ -1,5 +1,6 @@
 #include "calibrator/service/upload_store.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,6 +29,28 @@ absl::Status WriteAll(std::FILE* f, const std::string& bytes, const std::string&
     return absl::InternalError(absl::StrCat("cannot write ", what, " (disk full?)"));
   }
   return absl::OkStatus();
+}
+
+// Writes the pieces in order, one write(2) each. (One writev of all the pieces was 4× slower:
+// this kernel's buffered-write path copies an iovec of many ~16 KiB pieces very slowly.)
+absl::Status WritePieces(int fd, const rpc::DataPieces& data, const std::string& what) {
+  for (std::span<const uint8_t> p : data.pieces) {
+    while (!p.empty()) {
+      const ssize_t n = write(fd, p.data(), p.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return absl::InternalError(absl::StrCat("cannot write ", what, ": ", std::strerror(errno)));
+      p = p.subspan(static_cast<size_t>(n));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CloseSynced(int& fd, const std::string& what) {
+  if (fd < 0) return absl::OkStatus();
+  bool ok = fsync(fd) == 0;
+  ok = close(fd) == 0 && ok;
+  fd = -1;
+  return ok ? absl::OkStatus() : absl::InternalError(absl::StrCat("cannot write ", what));
 }
 
 absl::Status CloseSynced(std::FILE*& f, const std::string& what) {
@@ -220,11 +243,11 @@ absl::StatusOr<std::unique_ptr<UploadStore::ModelUpload>> UploadStore::BeginMode
 }
 
 UploadStore::ModelUpload::~ModelUpload() {
-  if (file_ != nullptr) std::fclose(file_);
+  if (fd_ >= 0) close(fd_);
   RemoveTree(tmp_dir_);
 }
 
-absl::Status UploadStore::ModelUpload::Add(const v1::UploadModelRequest& msg) {
+absl::Status UploadStore::ModelUpload::Add(const v1::UploadModelRequest& msg, const rpc::DataPieces& data) {
   if (messages_++ == 0) {
     if (absl::Status s = ValidatePlainName(msg.name(), "model name"); !s.ok()) return s;
     name_ = msg.name();
@@ -241,9 +264,10 @@ absl::Status UploadStore::ModelUpload::Add(const v1::UploadModelRequest& msg) {
       return absl::InvalidArgumentError(absl::StrCat("file '", msg.file_name(), "' was already sent"));
     }
     file_name_ = msg.file_name();
-    file_ = std::fopen(absl::StrCat(tmp_dir_, "/", file_name_).c_str(), "wb");
-    if (file_ == nullptr) return absl::InternalError("cannot create the upload's temp file");
+    fd_ = open(absl::StrCat(tmp_dir_, "/", file_name_).c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd_ < 0) return absl::InternalError("cannot create the upload's temp file");
     file_bytes_ = 0;
+    writeback_from_ = 0;
     file_crc_ = 0;
   } else if (!msg.file_name().empty() && msg.file_name() != file_name_) {
     return absl::InvalidArgumentError(absl::StrCat("file '", msg.file_name(), "' started before '", file_name_,
@@ -253,11 +277,12 @@ absl::Status UploadStore::ModelUpload::Add(const v1::UploadModelRequest& msg) {
     return absl::InvalidArgumentError(absl::StrCat("file '", file_name_, "': offset ", msg.offset(),
                                                    " but ", file_bytes_, " bytes were received"));
   }
-  bytes_ += static_cast<int64_t>(msg.data().size());
+  bytes_ += static_cast<int64_t>(data.size);
   if (absl::Status s = SizeCheck(bytes_, store_->max_upload_bytes()); !s.ok()) return s;
-  if (absl::Status s = WriteAll(file_, msg.data(), file_name_); !s.ok()) return s;
-  file_bytes_ += static_cast<int64_t>(msg.data().size());
-  file_crc_ = rpc::Crc32c(msg.data().data(), msg.data().size(), file_crc_);
+  if (absl::Status s = WritePieces(fd_, data, file_name_); !s.ok()) return s;
+  file_bytes_ += static_cast<int64_t>(data.size);
+  StartWriteback();
+  file_crc_ = data.Crc32c(file_crc_);
   if (msg.file_last()) {
     if (file_crc_ != msg.crc32c()) {
       return absl::DataLossError(absl::StrFormat("file '%s': CRC-32C mismatch (received bytes %08x, message says %08x)",
@@ -268,8 +293,17 @@ absl::Status UploadStore::ModelUpload::Add(const v1::UploadModelRequest& msg) {
   return absl::OkStatus();
 }
 
+// Starts the disk writes of what was written since the last call, every 16 MiB, so they overlap
+// the rest of the upload and the fsync at the end of the file has little left to wait for.
+void UploadStore::ModelUpload::StartWriteback() {
+  constexpr int64_t kStep = int64_t{16} << 20;
+  if (file_bytes_ - writeback_from_ < kStep) return;
+  sync_file_range(fd_, writeback_from_, file_bytes_ - writeback_from_, SYNC_FILE_RANGE_WRITE);
+  writeback_from_ = file_bytes_;
+}
+
 absl::Status UploadStore::ModelUpload::CloseFile() {
-  if (absl::Status s = CloseSynced(file_, file_name_); !s.ok()) return s;
+  if (absl::Status s = CloseSynced(fd_, file_name_); !s.ok()) return s;
   done_.push_back(file_name_);
   ++files_;
   file_name_.clear();

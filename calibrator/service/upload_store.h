@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "lowbit/v1/calibrator.pb.h"
+#include "rpc/wire.h"
 
 namespace lowbit::calibrator {
 
@@ -59,18 +60,21 @@ class UploadStore {
   class ModelUpload {
    public:
     ~ModelUpload();
-    absl::Status Add(const v1::UploadModelRequest& msg);
+    // `msg`'s fields with its data given apart (rpc::DecodeWithBulk), written from there.
+    absl::Status Add(const v1::UploadModelRequest& msg, const rpc::DataPieces& data);
     absl::StatusOr<v1::UploadModelResponse> Finish();
     int64_t bytes() const { return bytes_; }
 
    private:
     friend class UploadStore;
     absl::Status CloseFile();
+    void StartWriteback();
     const UploadStore* store_ = nullptr;
     std::string tmp_dir_, name_;
     std::string file_name_;  // the file being received ("" between files)
-    std::FILE* file_ = nullptr;
+    int fd_ = -1;            // written with writev, straight from the receive slices
     int64_t file_bytes_ = 0;
+    int64_t writeback_from_ = 0;  // file_bytes_ at the last StartWriteback
     uint32_t file_crc_ = 0;
     int64_t bytes_ = 0;
     int32_t files_ = 0;

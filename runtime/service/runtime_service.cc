@@ -25,6 +25,12 @@ CallControl ControlOf(grpc::ServerContext* ctx) {
 
 }  // namespace
 
+RuntimeServiceImpl::RuntimeServiceImpl(Engine* engine, rpc::ServiceContext service, RuntimeServiceOptions options)
+    : engine_(engine), service_(std::move(service)), options_(options) {
+  MarkMethodStreamed(rpc::MethodIndex(rpc::kLoadModelStreamPath),
+                     rpc::RawHandler(this, &RuntimeServiceImpl::LoadModelStreamRaw));
+}
+
 void ModelInfoToProto(const LoadedModel& model, const std::string& backend, v1::ModelInfo* out) {
   out->set_name(model.name);
   out->set_source(model.source);
@@ -53,43 +59,61 @@ grpc::Status RuntimeServiceImpl::LoadModel(grpc::ServerContext* ctx, const v1::L
   return guard.Finish(grpc::Status::OK);
 }
 
-grpc::Status RuntimeServiceImpl::LoadModelStream(grpc::ServerContext* ctx,
-                                                 grpc::ServerReader<v1::LoadModelStreamRequest>* reader,
-                                                 v1::LoadModelStreamResponse* resp) {
+grpc::Status RuntimeServiceImpl::LoadModelStreamRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream) {
   rpc::CallGuard guard(ctx, service_, "LoadModelStream");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  auto fail = [&](const absl::Status& s) { return guard.Finish(rpc::ToGrpcStatus(s)); };
+  absl::StatusOr<v1::LoadModelStreamResponse> resp = ReceiveModel(ctx, stream);
+  if (!resp.ok()) return guard.Finish(rpc::ToGrpcStatus(resp.status()));
+  if (!stream->Write(rpc::Encode(*resp))) {
+    return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+  }
+  return guard.Finish(grpc::Status::OK);
+}
+
+absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grpc::ServerContext* ctx,
+                                                                             rpc::RawServerStream* stream) {
+  grpc::ByteBuffer raw;
   v1::LoadModelStreamRequest msg;
-  if (!reader->Read(&msg)) return fail(absl::InvalidArgumentError("empty stream: the first message must be a header"));
+  rpc::SplitMessage split;  // reused: its slices are released when the next message arrives
+  auto next = [&](absl::Status* s) {
+    if (!stream->Read(&raw)) return false;
+    *s = rpc::DecodeWithBulk(raw, rpc::kChunkData, &msg, &split);
+    return true;
+  };
+  absl::Status st;
+  if (!next(&st)) return absl::InvalidArgumentError("empty stream: the first message must be a header");
+  if (!st.ok()) return st;
   if (!msg.has_header()) {
-    return fail(absl::InvalidArgumentError("the first message must be a header (name and config_json), got a chunk"));
+    return absl::InvalidArgumentError("the first message must be a header (name and config_json), got a chunk");
   }
   const std::string name = msg.header().name();
   const std::string config = msg.header().config_json();
-  if (absl::Status s = engine_->registry().CheckName(name); !s.ok()) return fail(s);
+  if (absl::Status s = engine_->registry().CheckName(name); !s.ok()) return s;
   rpc::TensorLimits limits;
   const int64_t left = engine_->registry().bytes_left();
   if (left < limits.max_bytes) limits.max_bytes = left;
   rpc::ChunkAssembler assembler(limits);
-  while (reader->Read(&msg)) {
-    if (ctx->IsCancelled()) return fail(absl::CancelledError("the client cancelled the upload"));
-    if (msg.has_header()) return fail(absl::InvalidArgumentError("a second header arrived in the stream"));
-    if (!msg.has_chunk()) return fail(absl::InvalidArgumentError("a stream message with neither header nor chunk"));
-    if (absl::Status s = assembler.Add(msg.chunk()); !s.ok()) {
+  while (next(&st)) {
+    if (ctx->IsCancelled()) return absl::CancelledError("the client cancelled the upload");
+    if (!st.ok()) return st;
+    if (msg.has_header()) return absl::InvalidArgumentError("a second header arrived in the stream");
+    if (!msg.has_chunk()) return absl::InvalidArgumentError("a stream message with neither header nor chunk");
+    if (absl::Status s = assembler.Add(msg.chunk(), split.data); !s.ok()) {
       if (s.code() == absl::StatusCode::kResourceExhausted && left == limits.max_bytes) {
-        return fail(absl::ResourceExhaustedError(absl::StrCat(
-            s.message(), ": the memory budget has ", left, " bytes left for new models (--memory_budget_bytes)")));
+        return absl::ResourceExhaustedError(absl::StrCat(
+            s.message(), ": the memory budget has ", left, " bytes left for new models (--memory_budget_bytes)"));
       }
-      return fail(s);
+      return s;
     }
   }
   if (absl::Status s = assembler.Finish(); !s.ok()) {
-    return fail(absl::InvalidArgumentError(absl::StrCat("the stream ended early: ", s.message())));
+    return absl::InvalidArgumentError(absl::StrCat("the stream ended early: ", s.message()));
   }
   auto model = engine_->LoadFromTensors(name, config, std::move(assembler.tensors()));
-  if (!model.ok()) return fail(model.status());
-  ModelInfoToProto(**model, engine_->Info().backend, resp->mutable_model());
-  return guard.Finish(grpc::Status::OK);
+  if (!model.ok()) return model.status();
+  v1::LoadModelStreamResponse resp;
+  ModelInfoToProto(**model, engine_->Info().backend, resp.mutable_model());
+  return resp;
 }
 
 grpc::Status RuntimeServiceImpl::UnloadModel(grpc::ServerContext* ctx, const v1::UnloadModelRequest* req,

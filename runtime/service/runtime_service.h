@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "lowbit/v1/runtime.grpc.pb.h"
+#include "rpc/raw_stream.h"
 #include "rpc/server.h"
 #include "runtime/engine.h"
 
@@ -21,12 +22,12 @@ struct RuntimeServiceOptions {
 
 class RuntimeServiceImpl final : public v1::RuntimeService::Service {
  public:
-  RuntimeServiceImpl(Engine* engine, rpc::ServiceContext service, RuntimeServiceOptions options = {})
-      : engine_(engine), service_(std::move(service)), options_(options) {}
+  RuntimeServiceImpl(Engine* engine, rpc::ServiceContext service, RuntimeServiceOptions options = {});
 
   grpc::Status LoadModel(grpc::ServerContext* ctx, const v1::LoadModelRequest* req, v1::LoadModelResponse* resp) override;
-  grpc::Status LoadModelStream(grpc::ServerContext* ctx, grpc::ServerReader<v1::LoadModelStreamRequest>* reader,
-                               v1::LoadModelStreamResponse* resp) override;
+  // A raw stream (rpc/raw_stream.h): chunk data goes from the receive slices straight into the
+  // tensors. Same messages on the wire.
+  grpc::Status LoadModelStreamRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream);
   grpc::Status UnloadModel(grpc::ServerContext* ctx, const v1::UnloadModelRequest* req,
                            v1::UnloadModelResponse* resp) override;
   grpc::Status ListModels(grpc::ServerContext* ctx, const v1::ListModelsRequest* req,
@@ -39,6 +40,7 @@ class RuntimeServiceImpl final : public v1::RuntimeService::Service {
 
  private:
   absl::Status DoGemm(grpc::ServerContext* ctx, const v1::GemmRequest& req, v1::GemmResponse* resp);
+  absl::StatusOr<v1::LoadModelStreamResponse> ReceiveModel(grpc::ServerContext* ctx, rpc::RawServerStream* stream);
 
   Engine* engine_;
   rpc::ServiceContext service_;

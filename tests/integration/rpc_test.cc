@@ -11,12 +11,15 @@
 #include "grpcpp/grpcpp.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "lowbit/v1/calibrator.pb.h"
 #include "lowbit/v1/runtime.grpc.pb.h"
 #include "rpc/client.h"
 #include "rpc/crc32c.h"
 #include "rpc/server.h"
 #include "rpc/status.h"
+#include "rpc/raw_stream.h"
 #include "rpc/tensor_codec.h"
+#include "rpc/wire.h"
 
 namespace lowbit::rpc {
 namespace {
@@ -83,8 +86,9 @@ TEST(TensorCodec, RefusesInconsistentTensors) {
 
 std::vector<v1::TensorChunk> Chunks(const std::string& name, const Tensor& t, int64_t size) {
   std::vector<v1::TensorChunk> out;
-  ForEachChunk(name, t, size, [&](const v1::TensorChunk& c) {
-    out.push_back(c);
+  ForEachChunk(name, t, size, [&](const v1::TensorChunk& meta, std::span<const uint8_t> data) {
+    out.push_back(meta);
+    out.back().set_data(data.data(), data.size());
     return true;
   });
   return out;
@@ -161,6 +165,162 @@ TEST(Chunking, RefusesBrokenStreams) {
     ChunkAssembler s(TensorLimits{8, 100});
     EXPECT_FALSE(s.Add(base[0]).ok());
   }
+}
+
+// --- rpc/wire.h: bulk framing, checked against protobuf's own serializer and parser.
+
+std::string Flatten(const grpc::ByteBuffer& b) {
+  std::vector<grpc::Slice> slices;
+  EXPECT_TRUE(b.Dump(&slices).ok());
+  std::string out;
+  for (const grpc::Slice& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return out;
+}
+
+// `bytes` cut into slices of `piece` bytes, as gRPC may deliver them.
+grpc::ByteBuffer Sliced(const std::string& bytes, size_t piece) {
+  std::vector<grpc::Slice> slices;
+  for (size_t i = 0; i < bytes.size(); i += piece) slices.emplace_back(bytes.data() + i, std::min(piece, bytes.size() - i));
+  return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
+std::string PiecesString(const DataPieces& d) {
+  std::string out;
+  for (auto p : d.pieces) out.append(reinterpret_cast<const char*>(p.data()), p.size());
+  EXPECT_EQ(out.size(), d.size);
+  return out;
+}
+
+v1::LoadModelStreamRequest ChunkMessage(const v1::TensorChunk& chunk) {
+  v1::LoadModelStreamRequest m;
+  *m.mutable_chunk() = chunk;
+  return m;
+}
+
+TEST(Wire, EncodedChunksAreTheProtobufMessages) {
+  Tensor a = Iota(1000);
+  auto keep = std::make_shared<const Tensor>(a);
+  std::vector<v1::TensorChunk> expected = Chunks("a", a, 1500);
+  size_t i = 0;
+  ForEachChunk("a", a, 1500, [&](const v1::TensorChunk& meta, std::span<const uint8_t> data) {
+    const std::string wire = Flatten(EncodeWithBulk(meta, kChunkData, data, keep));
+    v1::LoadModelStreamRequest parsed;
+    EXPECT_TRUE(parsed.ParseFromString(wire));
+    EXPECT_EQ(parsed.SerializeAsString(), ChunkMessage(expected[i]).SerializeAsString()) << "chunk " << i;
+    ++i;
+    return true;
+  });
+  EXPECT_EQ(i, expected.size());
+  v1::UploadModelRequest up;
+  up.set_file_name("f");
+  up.set_file_last(true);
+  const std::string payload = "file bytes";
+  const std::string wire = Flatten(EncodeWithBulk(
+      up, kUploadModelData, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()),
+      nullptr));
+  v1::UploadModelRequest parsed;
+  ASSERT_TRUE(parsed.ParseFromString(wire));
+  EXPECT_EQ(parsed.data(), payload);
+  EXPECT_TRUE(parsed.file_last());
+}
+
+TEST(Wire, DecodesProtobufBytesSplitAnywhere) {
+  Tensor a = Iota(300);
+  for (const v1::TensorChunk& c : Chunks("a", a, 512)) {
+    v1::FetchResultResponse msg;
+    *msg.mutable_chunk() = c;
+    const std::string bytes = msg.SerializeAsString();
+    for (size_t piece : {size_t{1}, size_t{3}, size_t{64}, bytes.size()}) {
+      v1::FetchResultResponse got;
+      SplitMessage split;
+      ASSERT_TRUE(DecodeWithBulk(Sliced(bytes, piece), kChunkData, &got, &split).ok()) << piece;
+      EXPECT_TRUE(got.chunk().data().empty());
+      EXPECT_EQ(PiecesString(split.data), c.data());
+      got.mutable_chunk()->set_data(PiecesString(split.data));
+      EXPECT_EQ(got.SerializeAsString(), bytes);
+    }
+  }
+  // A header (no bulk field) passes through whole.
+  v1::FetchResultResponse header;
+  header.mutable_header()->set_config_json("{}");
+  header.mutable_header()->set_tensors(3);
+  v1::FetchResultResponse got;
+  SplitMessage split;
+  ASSERT_TRUE(DecodeWithBulk(Sliced(header.SerializeAsString(), 2), kChunkData, &got, &split).ok());
+  EXPECT_EQ(got.header().tensors(), 3);
+  EXPECT_EQ(split.data.size, 0u);
+}
+
+TEST(Wire, AssemblesTensorsFromSlicedMessages) {
+  Tensor a = Iota(1000);
+  ChunkAssembler assembler;
+  for (const v1::TensorChunk& c : Chunks("a", a, 700)) {
+    v1::FetchResultResponse got;
+    SplitMessage split;
+    ASSERT_TRUE(DecodeWithBulk(Sliced(ChunkMessage(c).SerializeAsString(), 97), kChunkData, &got, &split).ok());
+    ASSERT_TRUE(assembler.Add(got.chunk(), split.data).ok());
+  }
+  ASSERT_TRUE(assembler.Finish().ok());
+  const Tensor& r = assembler.tensors().at("a");
+  EXPECT_TRUE(std::equal(r.bytes().begin(), r.bytes().end(), a.bytes().begin()));
+}
+
+TEST(Wire, FlippedDataByteIsDataLossNamingTheTensor) {
+  Tensor a = Iota(256);
+  ChunkAssembler assembler;
+  absl::Status st;
+  for (const v1::TensorChunk& c : Chunks("layer.weight", a, 300)) {
+    std::string bytes = ChunkMessage(c).SerializeAsString();
+    bytes[bytes.size() / 2] ^= 0x10;  // inside the data
+    v1::LoadModelStreamRequest got;
+    SplitMessage split;
+    ASSERT_TRUE(DecodeWithBulk(Sliced(bytes, 50), kChunkData, &got, &split).ok());
+    if (st.ok()) st = assembler.Add(got.chunk(), split.data);
+  }
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_NE(st.message().find("tensor 'layer.weight': CRC-32C mismatch"), std::string::npos) << st;
+}
+
+TEST(Wire, RefusesMalformedBytes) {
+  auto decode = [](const std::string& bytes) {
+    v1::FetchResultResponse got;
+    SplitMessage split;
+    return DecodeWithBulk(Sliced(bytes, 5), kChunkData, &got, &split);
+  };
+  v1::FetchResultResponse msg;
+  *msg.mutable_chunk() = Chunks("a", Iota(40), 1 << 20)[0];
+  const std::string good = msg.SerializeAsString();
+  ASSERT_TRUE(decode(good).ok());
+  // Every truncation inside the one top-level field: a cut tag, length or payload.
+  for (size_t n = 1; n < good.size(); ++n) {
+    absl::Status st = decode(good.substr(0, n));
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << n;
+    EXPECT_NE(st.message().find("malformed message"), std::string::npos) << st;
+  }
+  struct Case {
+    std::string bytes, why;
+  };
+  const std::string chunk_with_varint_data = std::string("\x12\x02\x28\x01", 4);  // chunk { 5: varint 1 }
+  for (const Case& c : std::vector<Case>{
+           {chunk_with_varint_data, "expected length-delimited"},
+           {std::string("\x10\x01", 2), "expected length-delimited"},               // chunk as a varint
+           {std::string("\x0b\x0c", 2), "groups are not supported"},               // field 1, start group
+           {std::string("\x0e\x00", 2), "wire type 6 (not a wire type)"},
+           {std::string("\x08") + std::string(10, '\xff') + "\x01", "truncated varint"},  // 11-byte varint
+           {std::string("\x00\x01", 2), "field number 0"},
+           {std::string("\x12\x7f\x0a\x01", 4), "says 127 bytes, but 2 remain"},
+           {std::string("\x12\x03\x0a\x05\x61", 5), "says 5 bytes, but 1 remain"},  // nested name past the chunk
+           {std::string("\x12\x02\x0a\x01", 4), "says 1 bytes, but 0 remain"},      // name past the chunk's end
+           {std::string("\x80"), "truncated field tag"},
+       }) {
+    absl::Status st = decode(c.bytes);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << c.why;
+    EXPECT_NE(st.message().find(c.why), std::string::npos) << st;
+  }
+  // Well-formed wire bytes that protobuf refuses: a string that is not UTF-8.
+  absl::Status st = decode(std::string("\x12\x03\x0a\x01\xff", 5));
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("not a valid lowbit.v1.FetchResultResponse"), std::string::npos) << st;
 }
 
 TEST(Status, MapsCodesBothWays) {

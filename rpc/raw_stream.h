@@ -1,0 +1,70 @@
+// Raw (grpc::ByteBuffer) streams for the bulk streaming methods — FetchResult, UploadModel,
+// LoadModelStream — so their messages can be framed with rpc/wire.h instead of being copied
+// into and out of protobuf strings. The methods, their protobuf messages and what travels on
+// the wire are unchanged; only how this code builds and reads those bytes differs.
+//
+// Server: a generated synchronous service replaces one method's handler by a raw one in its
+// constructor (the mechanism the generated WithSplitStreamingMethod_* classes use): the handler
+// gets a ServerReaderWriter of ByteBuffers, reads the request(s) and writes the response(s)
+// itself. Client: ClientReader / ClientWriter of ByteBuffers on the same method name.
+#ifndef LOWBIT_RPC_RAW_STREAM_H_
+#define LOWBIT_RPC_RAW_STREAM_H_
+
+#include <memory>
+#include <string>
+
+#include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/impl/rpc_method.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/method_handler.h"
+#include "grpcpp/support/sync_stream.h"
+#include "rpc/wire.h"
+
+namespace lowbit::rpc {
+
+// The raw methods (HTTP/2 paths) and where their bulk field sits.
+inline constexpr char kFetchResultPath[] = "/lowbit.v1.CalibratorService/FetchResult";
+inline constexpr char kUploadModelPath[] = "/lowbit.v1.CalibratorService/UploadModel";
+inline constexpr char kLoadModelStreamPath[] = "/lowbit.v1.RuntimeService/LoadModelStream";
+// TensorChunk.data inside FetchResultResponse.chunk and LoadModelStreamRequest.chunk (field 2).
+inline constexpr BulkField kChunkData{2, 5};
+inline constexpr BulkField kUploadModelData{0, 4};  // UploadModelRequest.data
+
+using RawServerStream = grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
+
+// The index of the method at `path` in its generated service, from the protobuf descriptor
+// (generated services add their methods in declaration order).
+int MethodIndex(const std::string& path);
+
+// A handler that runs `fn(service, ctx, stream)` for MarkMethodStreamed.
+template <class Service>
+grpc::internal::MethodHandler* RawHandler(Service* service,
+                                          grpc::Status (Service::*fn)(grpc::ServerContext*, RawServerStream*)) {
+  return new grpc::internal::BidiStreamingHandler<Service, grpc::ByteBuffer, grpc::ByteBuffer>(
+      [fn](Service* s, grpc::ServerContext* ctx, RawServerStream* stream) { return (s->*fn)(ctx, stream); }, service);
+}
+
+// Client-streaming / server-streaming calls whose messages are ByteBuffers. `path` is the
+// HTTP/2 path, "/lowbit.v1.CalibratorService/UploadModel", and must outlive the call.
+template <class Response>
+std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> RawClientWriter(grpc::ChannelInterface* channel,
+                                                                      const char* path, grpc::ClientContext* ctx,
+                                                                      Response* response) {
+  const grpc::internal::RpcMethod method(path, grpc::internal::RpcMethod::CLIENT_STREAMING);
+  return std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>>(
+      grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel, method, ctx, response));
+}
+
+template <class Request>
+std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> RawClientReader(grpc::ChannelInterface* channel,
+                                                                      const char* path, grpc::ClientContext* ctx,
+                                                                      const Request& request) {
+  const grpc::internal::RpcMethod method(path, grpc::internal::RpcMethod::SERVER_STREAMING);
+  return std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>>(
+      grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel, method, ctx, request));
+}
+
+}  // namespace lowbit::rpc
+
+#endif  // LOWBIT_RPC_RAW_STREAM_H_
