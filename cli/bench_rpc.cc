@@ -1,5 +1,6 @@
 // lowbit bench-rpc — the services' RPC costs, measured over loopback with both services run
-// as child processes (CPU backend):
+// as child processes (CPU backend, or --bench_backend):
+//   * the floor under any RPC on this machine: a loopback TCP round trip between two threads;
 //   * Gemm latency at M = 1, K = N = 4096 (a W8A8 o_proj): p50 / p99 end to end, the
 //     server-side kernel time from the response, and the RPC overhead p50 − kernel p50;
 //   * Gemm throughput with 1 / 8 / 64 concurrent clients, on a runtime with dynamic batching
@@ -23,6 +24,7 @@
 #include "cli/calibrator_client.h"
 #include "cli/commands.h"
 #include "cli/connection.h"
+#include "cli/loopback_probe.h"
 #include "cli/runtime_client.h"
 #include "cli/service_process.h"
 #include "common/file_util.h"
@@ -33,6 +35,7 @@ ABSL_FLAG(double, bench_seconds, 3.0, "bench-rpc: seconds per throughput point")
 ABSL_FLAG(int, bench_latency_calls, 300, "bench-rpc: sequential calls for the latency percentiles");
 ABSL_FLAG(std::string, bench_clients, "1,8,64", "bench-rpc: concurrent client counts");
 ABSL_FLAG(int64_t, bench_hidden, 4096, "bench-rpc: hidden size of the one-layer model (K = N of o_proj)");
+ABSL_FLAG(std::string, bench_backend, "cpu", "bench-rpc: --backend of the runtimes (cpu, cuda, auto)");
 ABSL_FLAG(std::string, bench_threads, "", "bench-rpc: --threads for the runtimes (default: theirs)");
 ABSL_FLAG(int64_t, bench_queue_delay_us, -1, "bench-rpc: --max_queue_delay_us of the batching runtime (-1: its default)");
 
@@ -129,20 +132,30 @@ int Bench() {
   if (!absl::GetFlag(FLAGS_bench_threads).empty()) threads_arg.push_back("--threads=" + absl::GetFlag(FLAGS_bench_threads));
   auto start_runtime = [&](bool batching, const std::string& log) {
     std::vector<std::string> args = {"serve", "--address=127.0.0.1:0", "--model_root=" + (out / "checkpoints").string(),
-                                     "--backend=cpu", std::string("--batching=") + (batching ? "true" : "false")};
+                                     "--backend=" + absl::GetFlag(FLAGS_bench_backend), std::string("--batching=") + (batching ? "true" : "false")};
     args.insert(args.end(), threads_arg.begin(), threads_arg.end());
     if (batching && absl::GetFlag(FLAGS_bench_queue_delay_us) >= 0) {
       args.push_back(absl::StrCat("--max_queue_delay_us=", absl::GetFlag(FLAGS_bench_queue_delay_us)));
     }
     return ServiceProcess::Start(FindSiblingBinary("lowbit-runtime", "runtime"), args, (out / log).string());
   };
-  std::string md = absl::StrFormat("# lowbit bench-rpc\n\nLoopback, CPU backend, W8A8 layer K = N = %d.\n\n", hidden);
+  std::string md = absl::StrFormat("# lowbit bench-rpc\n\nLoopback, backend %s, W8A8 layer K = N = %d.\n\n",
+                                   absl::GetFlag(FLAGS_bench_backend), hidden);
   const std::string layer = "model.layers.0.self_attn.o_proj";
   std::mt19937 rng(0);
   std::normal_distribution<float> nd;
   std::vector<float> xv(hidden);
   for (auto& v : xv) v = nd(rng);
   const Tensor x1 = Tensor::FromFloats(xv, {1, hidden}, DType::kBF16);
+
+  // --- the machine's floor: a loopback TCP round trip between two threads, no RPC stack
+  auto tcp = MeasureLoopbackTcpRoundTrip(absl::GetFlag(FLAGS_bench_latency_calls) * 10);
+  if (!tcp.ok()) return Fail("loopback TCP round trip", tcp.status());
+  absl::StrAppendFormat(&md,
+                        "Loopback TCP round trip of one byte between two threads (no RPC stack): p50 %.0f us "
+                        "(p10 %.0f, p90 %.0f)\n\n",
+                        tcp->p50_us, tcp->p10_us, tcp->p90_us);
+  std::fprintf(stderr, "loopback TCP round trip: p50 %.0f us\n", tcp->p50_us);
 
   // --- latency and throughput, batching off then on
   std::string tp_rows;
@@ -152,7 +165,8 @@ int Bench() {
     rpc::ClientConfig cfg = RuntimeConfig();
     cfg.address = (*rt)->address();
     cfg.auth_token.clear();
-    auto stub = RuntimeStub(cfg);
+    auto channel = ChannelFor(cfg);
+    auto stub = v1::RuntimeService::NewStub(channel);
     auto info = LoadFromPath(*stub, cfg, "bench", "bench-w8a8");
     if (!info.ok()) return Fail("load", info.status());
     for (int i = 0; i < 20; ++i) (void)CallGemm(*stub, cfg, "bench", layer, x1, DType::kBF16);  // warm-up
@@ -196,7 +210,7 @@ int Bench() {
     if (batching) {
       // Streaming a checkpoint into the runtime.
       const auto t0 = Clock::now();
-      auto streamed = StreamCheckpoint(*stub, cfg, ckpt.string(), "bench-streamed");
+      auto streamed = StreamCheckpoint(*channel, cfg, ckpt.string(), "bench-streamed");
       const double s = std::chrono::duration<double>(Clock::now() - t0).count();
       if (!streamed.ok()) return Fail("LoadModelStream", streamed.status());
       const double mb = DirBytes(ckpt) / 1e6;
@@ -218,10 +232,11 @@ int Bench() {
   rpc::ClientConfig ccfg = CalibratorConfig();
   ccfg.address = (*cal)->address();
   ccfg.auth_token.clear();
-  auto cstub = CalibratorStub(ccfg);
+  auto cchannel = ChannelFor(ccfg);
+  auto cstub = v1::CalibratorService::NewStub(cchannel);
   const double model_mb = DirBytes(model_dir) / 1e6;
   auto t0 = Clock::now();
-  auto up = UploadModelDir(*cstub, ccfg, model_dir.string(), "bench-upload");
+  auto up = UploadModelDir(*cchannel, ccfg, model_dir.string(), "bench-upload");
   double s = std::chrono::duration<double>(Clock::now() - t0).count();
   if (!up.ok()) return Fail("UploadModel", up.status());
   absl::StrAppendFormat(&md, "UploadModel (calibrator): %.1f MB in %.2f s = %.0f MB/s (CRC-32C checked, written, fsynced)\n\n",
@@ -248,14 +263,14 @@ int Bench() {
   }
   for (int64_t chunk : {int64_t{1} << 20, int64_t{4} << 20}) {
     t0 = Clock::now();
-    auto mem = FetchResult(*cstub, ccfg, job->id(), chunk);
+    auto mem = FetchResult(*cchannel, ccfg, job->id(), chunk);
     s = std::chrono::duration<double>(Clock::now() - t0).count();
     if (!mem.ok()) return Fail("FetchResult", mem.status());
     absl::StrAppendFormat(&md, "FetchResult into memory, %d MiB chunks: %.1f MB in %.2f s = %.0f MB/s (reassembled, CRC-32C checked)\n\n",
                           chunk >> 20, mem->tensor_bytes / 1e6, s, mem->tensor_bytes / 1e6 / s);
   }
   t0 = Clock::now();
-  auto fetched = FetchResultToDir(*cstub, ccfg, job->id(), (out / "fetched").string());
+  auto fetched = FetchResultToDir(*cchannel, ccfg, job->id(), (out / "fetched").string());
   s = std::chrono::duration<double>(Clock::now() - t0).count();
   if (!fetched.ok()) return Fail("FetchResult", fetched.status());
   absl::StrAppendFormat(&md, "FetchResult to files (lowbit fetch): %.1f MB of tensors in %.2f s = %.0f MB/s (reassembled, CRC-32C checked, written)\n",

@@ -4,12 +4,15 @@
 // and W8A8 with static input scales written with common/checkpoint). Every Gemm result is
 // checked against an independent double-precision reference computed from the checkpoint's
 // tensors (common/numerics + common/dtype), with the activation quantization the scheme does.
+// The servers run on the CPU backend, or on the one LOWBIT_TEST_BACKEND names (ctest's
+// gpu-labelled copy, cuda.runtime_service_test.*, sets cuda; without a GPU it reports skipped).
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -18,11 +21,14 @@
 #include "absl/strings/match.h"
 #include "calibrator/rtn.h"
 #include "common/checkpoint.h"
+#include "common/file_util.h"
 #include "common/numerics.h"
 #include "common/safetensors.h"
 #include "grpcpp/create_channel.h"
+#include "kernels/backend.h"
 #include "gtest/gtest.h"
 #include "lowbit/v1/runtime.grpc.pb.h"
+#include "nlohmann/json.hpp"
 #include "rpc/client.h"
 #include "rpc/server.h"
 #include "rpc/tensor_codec.h"
@@ -137,9 +143,14 @@ struct TestServer {
   }
 };
 
+std::string TestBackend() {
+  const char* b = std::getenv("LOWBIT_TEST_BACKEND");
+  return b != nullptr && *b != '\0' ? b : "cpu";
+}
+
 EngineOptions DefaultOptions() {
   EngineOptions o;
-  o.backend = "cpu";
+  o.backend = TestBackend();
   o.threads = 2;
   o.registry.model_root = g_fixture->root;
   return o;
@@ -326,6 +337,7 @@ class RuntimeTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_NE(g_fixture, nullptr);
+    if (absl::StartsWith(TestBackend(), "cuda") && !kernels::CudaAvailable()) GTEST_SKIP() << "no CUDA device";
     server_ = StartServer();
     ASSERT_NE(server_, nullptr);
     client_ = std::make_unique<Client>(server_->port);
@@ -499,9 +511,9 @@ TEST_F(RuntimeTest, ServerInfoAndListModels) {
   client_->Prepare(&ctx);
   v1::GetServerInfoResponse info;
   ASSERT_TRUE(client_->stub->GetServerInfo(&ctx, {}, &info).ok());
-  EXPECT_EQ(info.backend(), "cpu");
+  EXPECT_EQ(info.backend(), TestBackend());
   EXPECT_FALSE(info.device().empty());
-  EXPECT_TRUE(info.compute_capability().empty());
+  EXPECT_EQ(info.compute_capability().empty(), TestBackend() == "cpu");  // "9.0" on an H100
   EXPECT_TRUE(info.batching());
   EXPECT_EQ(info.max_queue_delay_us(), 0);  // the default
   EXPECT_EQ(info.max_message_bytes(), int64_t{64} << 20);
@@ -590,9 +602,10 @@ grpc::Status StreamLoad(Client& client, const std::string& name, const std::stri
   for (const std::string& n : (*model)->names()) {
     if (stop) break;
     Tensor t = *(*model)->Get(n);
-    rpc::ForEachChunk(n, t, 16 << 10, [&](const v1::TensorChunk& chunk) {
+    rpc::ForEachChunk(n, t, 16 << 10, [&](const v1::TensorChunk& chunk, std::span<const uint8_t> data) {
       v1::LoadModelStreamRequest m;
       *m.mutable_chunk() = chunk;
+      m.mutable_chunk()->set_data(data.data(), data.size());
       if (tamper && chunk.last()) tamper(*m.mutable_chunk());
       if (truncate && n == std::string(kQ) + ".weight" && chunk.offset() > 0) {
         stop = true;
@@ -622,6 +635,49 @@ TEST_F(RuntimeTest, LoadModelStreamEqualsPathLoad) {
   for (const auto& m : list.models()) {
     if (m.name() == "streamed") EXPECT_EQ(m.source(), "stream");
   }
+}
+
+// A W4A16 checkpoint whose scales are f32 computes f32 activations in the dtype config.json
+// names, read also under its newer key ("dtype", transformers ≥ 4.56): float16 here, so f32
+// input gives exactly what the same input rounded to f16 gives. An unknown dtype refuses the
+// load, naming the key.
+TEST_F(RuntimeTest, ConfigDtypeKeySetsW4A16ComputeType) {
+  auto f32_scales_copy = [](const std::string& dir, const std::string& dtype) {
+    const fs::path src = fs::path(g_fixture->root) / "w4a16", dst = fs::path(g_fixture->root) / dir;
+    fs::remove_all(dst);
+    fs::create_directories(dst);
+    auto ck = SafetensorsModel::Open(src.string());
+    ASSERT_TRUE(ck.ok());
+    std::vector<NamedTensor> tensors;
+    for (const std::string& n : (*ck)->names()) {
+      Tensor t = *(*ck)->Get(n);
+      if (absl::EndsWith(n, "weight_scale")) t = Tensor::FromFloats(t.ToFloats(), t.shape(), DType::kF32);
+      tensors.push_back({n, std::move(t)});
+    }
+    ASSERT_TRUE(WriteSafetensorsModel(dst.string(), std::move(tensors), uint64_t{1} << 40).ok());
+    nlohmann::json config = nlohmann::json::parse(*ReadFileToString((src / "config.json").string()));
+    config.erase("torch_dtype");
+    config["dtype"] = dtype;
+    ASSERT_TRUE(AtomicWriteFile((dst / "config.json").string(), config.dump()).ok());
+  };
+  f32_scales_copy("w4a16_f16", "float16");
+  f32_scales_copy("w4a16_bf16", "bfloat16");
+  f32_scales_copy("w4a16_int8", "int8");
+  ASSERT_TRUE(client_->Load("f16", "w4a16_f16").ok());
+  ASSERT_TRUE(client_->Load("bf16", "w4a16_bf16").ok());
+  std::vector<float> xf;
+  Tensor x = RandomX(3, 512, DType::kF32, 7, &xf);
+  Tensor x16 = Tensor::FromFloats(xf, {3, 512}, DType::kF16);
+  v1::GemmResponse from_f32, from_f16, bf16;
+  ASSERT_TRUE(client_->Gemm(MakeGemm("f16", kDown, x, v1::DTYPE_F16), &from_f32).ok());
+  ASSERT_TRUE(client_->Gemm(MakeGemm("f16", kDown, x16, v1::DTYPE_F16), &from_f16).ok());
+  ASSERT_TRUE(client_->Gemm(MakeGemm("bf16", kDown, x, v1::DTYPE_F16), &bf16).ok());
+  EXPECT_EQ(from_f32.y().data(), from_f16.y().data());
+  EXPECT_NE(from_f32.y().data(), bf16.y().data());  // bf16 rounding differs: the key was read
+  v1::LoadModelResponse resp;
+  grpc::Status st = client_->Load("bad", "w4a16_int8", &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "\"dtype\"")) << st.error_message();
 }
 
 // ---- bad input: each gets the right code and a message naming the problem, and the server
@@ -751,13 +807,46 @@ TEST_F(RuntimeTest, MemoryBudgetRefusesLoad) {
   ASSERT_TRUE(client.Load("a", "w8a8").ok());
   grpc::Status st = client.Load("b", "w8a8");
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_NE(st.error_message().find(std::to_string(one) + " bytes"), std::string::npos) << st.error_message();
   EXPECT_NE(st.error_message().find(std::to_string(one / 2) + " of the"), std::string::npos) << st.error_message();
   // The stream path is bounded by the same budget.
   st = StreamLoad(client, "s", g_fixture->root + "/w8a8");
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
   ASSERT_TRUE(client.Unload("a").ok());
   EXPECT_TRUE(client.Load("b", "w8a8").ok());
+}
+
+// The budget counts what the backend holds, not the checkpoint's bytes: the CPU backend keeps
+// FP8 weights as bf16 (exact, for its bf16 dot products), twice the checkpoint's E4M3 bytes.
+TEST_F(RuntimeTest, MemoryBudgetCountsTheBackendLayout) {
+  if (TestBackend() != "cpu") GTEST_SKIP() << "the bf16 FP8 layout is the CPU backend's";
+  auto ck = SafetensorsModel::Open(g_fixture->root + "/fp8");
+  ASSERT_TRUE(ck.ok());
+  int64_t fp8_bytes = 0;
+  for (const std::string& n : (*ck)->names()) {
+    Tensor t = *(*ck)->Get(n);
+    if (t.dtype() == DType::kF8E4M3) fp8_bytes += static_cast<int64_t>(t.nbytes());
+  }
+  ASSERT_GT(fp8_bytes, 0);
+  v1::LoadModelResponse loaded;
+  ASSERT_TRUE(client_->Load("fp8_probe", "fp8", &loaded).ok());
+  EXPECT_GE(loaded.model().weight_bytes(), 2 * fp8_bytes);
+  EngineOptions o = DefaultOptions();
+  o.registry.memory_budget_bytes = fp8_bytes * 3 / 2;  // the checkpoint fits, the bf16 layout does not
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  grpc::Status st = client.Load("fp8", "fp8");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "weight layout")) << st.error_message();
+  // Nothing stays behind: the same load is refused the same way (not "already loading"), and
+  // the server holds no weight bytes.
+  st = client.Load("fp8", "fp8");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  v1::GetServerInfoResponse info;
+  grpc::ClientContext ctx;
+  client.Prepare(&ctx);
+  ASSERT_TRUE(client.stub->GetServerInfo(&ctx, {}, &info).ok());
+  EXPECT_EQ(info.memory_used_bytes(), 0);
 }
 
 // ---- deadlines, restart ---------------------------------------------------------------------

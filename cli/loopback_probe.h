@@ -1,0 +1,21 @@
+// The floor under any RPC latency on this machine: the round trip of one byte between two
+// threads over a loopback TCP connection (TCP_NODELAY), with no RPC stack at all. On a VM whose
+// idle vCPUs halt, each cross-CPU wake-up costs tens of microseconds, and every RPC pays at
+// least two of them.
+#ifndef LOWBIT_CLI_LOOPBACK_PROBE_H_
+#define LOWBIT_CLI_LOOPBACK_PROBE_H_
+
+#include "absl/status/statusor.h"
+
+namespace lowbit::cli {
+
+struct RoundTrip {
+  double p50_us = 0, p10_us = 0, p90_us = 0;
+};
+
+// `calls` one-byte ping-pongs after 100 warm-up ones; percentiles of the round trip.
+absl::StatusOr<RoundTrip> MeasureLoopbackTcpRoundTrip(int calls);
+
+}  // namespace lowbit::cli
+
+#endif  // LOWBIT_CLI_LOOPBACK_PROBE_H_

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Run HERE (the build machine), before a device call that checks the services on the GPU: packs
+# what the device machine lacks (it has CUDA 13, CMake and PyTorch, but no gRPC, protobuf,
+# Abseil, OpenBLAS…) into .devbundle/bundle.tar.xz — the runtime, CLI, calibrator, lowbit-rtn
+# and the runtime's integration test, built here, with every shared library they load except
+# glibc, libstdc++/libgcc (the device's are newer) and CUDA's own (the device's CUDA 13 is used).
+# .devbundle/ is git-ignored; name it in the device run's `carry`, then run
+# scripts/device-runtime.sh there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build="${BUILD_DIR:-build}"
+bins=(cli/lowbit runtime/lowbit-runtime calibrator/lowbit-calibrator tools/lowbit-rtn
+      tests/integration/runtime_service_test)
+ninja -C "$build" "${bins[@]}"
+stage="$(mktemp -d)"
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/bin" "$stage/lib" .devbundle
+for b in "${bins[@]}"; do cp "$build/$b" "$stage/bin/"; done
+# System and CUDA libraries stay behind; everything else travels.
+skip='/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|ld-linux-x86-64|libcuda|libcudart|libcublas|libcublasLt)\.so'
+for b in "$stage"/bin/*; do ldd "$b"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
+  grep -Ev "$skip" | while read -r lib; do cp -L "$lib" "$stage/lib/"; done
+git rev-parse HEAD > "$stage/COMMIT"
+tar -C "$stage" -cJf .devbundle/bundle.tar.xz .
+ls -l .devbundle/bundle.tar.xz

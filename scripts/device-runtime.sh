@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run ON the GPU device machine, with .devbundle carried (make it here first with
+# scripts/device-bundle.sh): the runtime's integration tests on the CUDA backend
+# (cuda.runtime_service_test.* under ctest; every RPC, every scheme against the double-precision
+# reference, batching bit for bit), then `lowbit bench-rpc` with the runtimes on CUDA (Gemm
+# latency and RPC overhead, batching at 1 / 8 / 64 clients, streaming). Results go to $OUT (or
+# ./device-out).
+#   bash scripts/device-runtime.sh             # tests + bench
+#   SKIP_BENCH=1 bash scripts/device-runtime.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-device-out}"
+mkdir -p "$out"
+bundle="$(mktemp -d)"
+tar -C "$bundle" -xJf .devbundle/bundle.tar.xz
+cuda_lib="${CUDA_HOME:-/usr/local/cuda}/lib64"
+export LD_LIBRARY_PATH="$bundle/lib:$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+echo "bundle of commit $(cat "$bundle/COMMIT")" | tee "$out/bundle.txt"
+nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
+missing="$(ldd "$bundle"/bin/* | grep 'not found' || true)"
+if [[ -n "$missing" ]]; then echo "unresolved libraries: $missing" | tee "$out/ldd.txt"; exit 1; fi
+rc=0
+LOWBIT_TEST_BACKEND=cuda "$bundle/bin/runtime_service_test" 2>&1 | tee "$out/runtime-cuda-tests.log" || rc=$?
+if [[ -z "${SKIP_BENCH:-}" ]]; then
+  "$bundle/bin/lowbit" bench-rpc --out "$out/bench-rpc-cuda" --bench_backend cuda 2>&1 |
+    tee "$out/bench-rpc-cuda.log" || rc=$?
+  "$bundle/bin/lowbit" bench-rpc --out "$out/bench-rpc-cpu" --bench_backend cpu --bench_clients 1,64 2>&1 |
+    tee "$out/bench-rpc-cpu.log" || rc=$?
+fi
+exit $rc
