@@ -15,7 +15,7 @@ ninja -C "$build" "${bins[@]}"
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$stage/lib" .devbundle
-for b in "${bins[@]}"; do cp "$build/$b" "$stage/bin/"; done
+for b in "${bins[@]}"; do strip -o "$stage/bin/$(basename "$b")" "$build/$b"; done  # no debug info
 # System and CUDA libraries stay behind; everything else travels.
 skip='/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|ld-linux-x86-64|libcuda|libcudart|libcublas|libcublasLt)\.so'
 for b in "$stage"/bin/*; do ldd "$b"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |

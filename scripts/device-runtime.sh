@@ -13,8 +13,8 @@ out="${OUT:-device-out}"
 mkdir -p "$out"
 bundle="$(mktemp -d)"
 tar -C "$bundle" -xJf .devbundle/bundle.tar.xz
-cuda_lib="${CUDA_HOME:-/usr/local/cuda}/lib64"
-export LD_LIBRARY_PATH="$bundle/lib:$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+cuda_home="${CUDA_HOME:-/usr/local/cuda}"
+export LD_LIBRARY_PATH="$bundle/lib:$cuda_home/lib64:$cuda_home/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 echo "bundle of commit $(cat "$bundle/COMMIT")" | tee "$out/bundle.txt"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 missing="$(ldd "$bundle"/bin/* | grep 'not found' || true)"
