@@ -889,14 +889,16 @@ Status CpuBackend::PrepareInt8(const Int8WeightSource& src, std::unique_ptr<Prep
     w->kgroups = (k + 3) / 4;
     w->packed.assign(w->panels * w->kgroups * 128, 0);
     w->colsum.assign(n, 0);
+    // Row r's k-group g (4 int8) goes to bytes [4j, 4j+4) of its panel's 128-byte group g: one
+    // 4-byte copy per group; the last group's missing k stay zero.
     for (int64_t r = 0; r < n; ++r) {
-      const int64_t p = r / kNR, j = r % kNR;
+      const int8_t* row = src.weight + r * k;
+      uint8_t* dst = w->packed.data() + (r / kNR) * w->kgroups * 128 + (r % kNR) * 4;
+      const int64_t full = k / 4;
+      for (int64_t g = 0; g < full; ++g) std::memcpy(dst + g * 128, row + 4 * g, 4);
+      std::memcpy(dst + full * 128, row + 4 * full, k - 4 * full);
       int32_t sum = 0;
-      for (int64_t c = 0; c < k; ++c) {
-        const int8_t v = src.weight[r * k + c];
-        sum += v;
-        w->packed[(p * w->kgroups + c / 4) * 128 + j * 4 + c % 4] = static_cast<uint8_t>(v);
-      }
+      for (int64_t c = 0; c < k; ++c) sum += row[c];
       w->colsum[r] = sum;
     }
   }
@@ -917,12 +919,15 @@ Status CpuBackend::PrepareFp8(const Fp8WeightSource& src, std::unique_ptr<Prepar
     w->panels = (n + kNR - 1) / kNR;
     w->kgroups = (k + 1) / 2;
     w->packed.assign(w->panels * w->kgroups * 128, 0);
+    // Row r's k-group g (2 codes, as bf16) goes to bytes [4j, 4j+4) of its panel's group g.
     for (int64_t r = 0; r < n; ++r) {
-      const int64_t p = r / kNR, j = r % kNR;
-      for (int64_t c = 0; c < k; ++c) {
-        uint16_t b = lut.bf16[src.weight[r * k + c]];
-        std::memcpy(&w->packed[(p * w->kgroups + c / 2) * 128 + j * 4 + (c % 2) * 2], &b, 2);
+      const uint8_t* row = src.weight + r * k;
+      uint8_t* dst = w->packed.data() + (r / kNR) * w->kgroups * 128 + (r % kNR) * 4;
+      for (int64_t c = 0; c + 1 < k; c += 2) {
+        const uint16_t pair[2] = {lut.bf16[row[c]], lut.bf16[row[c + 1]]};
+        std::memcpy(dst + (c / 2) * 128, pair, 4);
       }
+      if (k % 2 != 0) std::memcpy(dst + (k / 2) * 128, &lut.bf16[row[k - 1]], 2);
     }
   }
   *out = std::move(w);

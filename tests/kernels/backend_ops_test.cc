@@ -190,12 +190,16 @@ struct Shape {
   bool big;
 };
 
-std::vector<Shape> Shapes(const std::string& backend, bool representative) {
+// any_k: the op's CPU kernels take any K (W8A8, FP8), so the CPU backends also get K = 37 — not
+// a multiple of the 4- (int8) or 2-element (FP8) k-groups their weight layouts pack.
+std::vector<Shape> Shapes(const std::string& backend, bool representative, bool any_k) {
   std::vector<Shape> s;
   const int64_t small_ms[] = {1, 3, 16, 17, 255, 256};
   const int64_t small_kn[][2] = {{32, 33}, {200, 77}, {384, 130}};
   for (auto& kn : small_kn)
     for (int64_t m : small_ms) s.push_back({m, kn[0], kn[1], false});
+  if (any_k && !IsGpu(backend))
+    for (int64_t m : {1, 3, 17}) s.push_back({m, 37, 19, false});
   s.push_back({4096, 200, 77, false});
   if (!representative || backend == "cpu-generic") return s;
   const int64_t big_kn[][2] = {{4096, 4096}, {4096, 6144}, {4096, 28672}, {14336, 4096}};
@@ -212,10 +216,10 @@ struct ShapeGroup {
   bool big;
   std::vector<int64_t> ms;
 };
-std::vector<ShapeGroup> Groups(const std::string& backend) {
+std::vector<ShapeGroup> Groups(const std::string& backend, bool any_k) {
   std::vector<ShapeGroup> g;
   for (bool representative : {false, true})
-    for (const Shape& s : Shapes(backend, representative)) {
+    for (const Shape& s : Shapes(backend, representative, any_k)) {
       if (s.big != representative) continue;
       auto it = std::find_if(g.begin(), g.end(), [&](const ShapeGroup& x) { return x.k == s.k && x.n == s.n; });
       if (it == g.end()) g.push_back({s.k, s.n, s.big, {s.m}});
@@ -283,7 +287,7 @@ void RunQuantTable(QuantOp op) {
   for (const std::string& name : BackendsUnderTest()) {
     OPEN_OR_SKIP(name, b);
     Rng rng(11);
-    std::vector<Shape> shapes = Shapes(name, false);
+    std::vector<Shape> shapes = Shapes(name, false, /*any_k=*/true);
     shapes.push_back({3, 4096, 0, false});
     shapes.push_back({17, 14336, 0, false});
     shapes.push_back({1, 1, 0, false});
@@ -346,7 +350,7 @@ void RunScaledGemmTable(bool fp8) {
   for (const std::string& name : BackendsUnderTest()) {
     OPEN_OR_SKIP(name, b);
     Rng rng(fp8 ? 23 : 17);
-    for (const ShapeGroup& grp : Groups(name)) {
+    for (const ShapeGroup& grp : Groups(name, /*any_k=*/true)) {
       const int64_t k = grp.k, n = grp.n;
       std::vector<ScaledVariant> variants = grp.big ? std::vector<ScaledVariant>{kRepresentativeScaled} : ScaledVariants();
       std::vector<uint8_t> w(n * k);
@@ -488,7 +492,7 @@ void RunW4Table() {
   for (const std::string& name : BackendsUnderTest()) {
     OPEN_OR_SKIP(name, b);
     Rng rng(31);
-    for (const ShapeGroup& grp : Groups(name)) {
+    for (const ShapeGroup& grp : Groups(name, /*any_k=*/false)) {
       const int64_t k = grp.k, n = grp.n;
       for (DType dt : {DType::kF16, DType::kBF16}) {
         if (grp.big && dt != DType::kBF16) continue;
