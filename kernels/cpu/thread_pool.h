@@ -30,7 +30,7 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable start_cv_, done_cv_;
   uint64_t generation_ = 0;
-  int active_ = 0;
+  std::atomic<int> active_{0};  // workers still draining this generation
   bool stop_ = false;
   const std::function<void(int, int64_t)>* fn_ = nullptr;
   int64_t tasks_ = 0;
