@@ -27,8 +27,9 @@ namespace lowbit::rpc {
 inline constexpr char kFetchResultPath[] = "/lowbit.v1.CalibratorService/FetchResult";
 inline constexpr char kUploadModelPath[] = "/lowbit.v1.CalibratorService/UploadModel";
 inline constexpr char kLoadModelStreamPath[] = "/lowbit.v1.RuntimeService/LoadModelStream";
-// TensorChunk.data inside FetchResultResponse.chunk and LoadModelStreamRequest.chunk (field 2).
-inline constexpr BulkField kChunkData{2, 5};
+// TensorChunk.data inside FetchResultResponse.chunk and LoadModelStreamRequest.chunk (field 2,
+// in a oneof with the header, field 1).
+inline constexpr BulkField kChunkData{2, 5, 1};
 inline constexpr BulkField kUploadModelData{0, 4};  // UploadModelRequest.data
 
 using RawServerStream = grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;

@@ -100,6 +100,12 @@ absl::Status SplitFields(Cursor& c, size_t end, BulkField where, bool top, std::
     const uint64_t number = tag >> 3;
     const int type = static_cast<int>(tag & 7);
     if (number == 0 || number > (uint64_t{1} << 29) - 1) return Malformed(absl::StrCat("field number ", number));
+    if (top && where.oneof_sibling > 0 && number == static_cast<uint64_t>(where.oneof_sibling) &&
+        type == kLengthDelimited) {
+      // The oneof switches away from the wrapper: its bulk bytes are gone. (With another wire
+      // type protobuf keeps the field as unknown and the oneof does not switch.)
+      *data = DataPieces();
+    }
     const bool bulk = number == static_cast<uint64_t>(where.field) && (!top || where.wrap_field == 0);
     const bool wrap = top && where.wrap_field > 0 && number == static_cast<uint64_t>(where.wrap_field);
     if ((bulk || wrap) && type != kLengthDelimited) {

@@ -45,6 +45,9 @@ struct DataPieces {
 struct BulkField {
   int wrap_field = 0;
   int field = 0;
+  // A top-level field in the same oneof as wrap_field (0: none). When it appears, protobuf
+  // clears the wrapper and with it any bulk bytes seen so far; the splitter does the same.
+  int oneof_sibling = 0;
 };
 
 // `message` (whose bulk field must be empty; with where.wrap_field it is the sub-message, and

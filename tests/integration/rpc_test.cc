@@ -251,6 +251,25 @@ TEST(Wire, DecodesProtobufBytesSplitAnywhere) {
   EXPECT_EQ(split.data.size, 0u);
 }
 
+// Protobuf's oneof rule: a header after a chunk clears the chunk, data included; a chunk after
+// that starts empty. The splitter must not carry the first chunk's data over to the second.
+TEST(Wire, HeaderBetweenChunksDropsTheFirstChunksDataAsProtobufDoes) {
+  v1::FetchResultResponse first, header, second;
+  first.mutable_chunk()->set_name("a");
+  first.mutable_chunk()->set_data("0123456789");
+  header.mutable_header()->set_tensors(1);
+  second.mutable_chunk()->set_offset(10);
+  const std::string bytes = first.SerializeAsString() + header.SerializeAsString() + second.SerializeAsString();
+  v1::FetchResultResponse want;
+  ASSERT_TRUE(want.ParseFromString(bytes));
+  ASSERT_TRUE(want.chunk().data().empty());
+  v1::FetchResultResponse got;
+  SplitMessage split;
+  ASSERT_TRUE(DecodeWithBulk(Sliced(bytes, 5), kChunkData, &got, &split).ok());
+  EXPECT_EQ(split.data.size, 0u);
+  EXPECT_EQ(got.SerializeAsString(), want.SerializeAsString());
+}
+
 TEST(Wire, AssemblesTensorsFromSlicedMessages) {
   Tensor a = Iota(1000);
   ChunkAssembler assembler;
