@@ -26,15 +26,11 @@ absl::StatusOr<v1::ModelInfo> StreamCheckpoint(grpc::ChannelInterface& channel, 
   v1::LoadModelStreamRequest header;
   header.mutable_header()->set_name(name);
   header.mutable_header()->set_config_json(*config_json);
-  bool ok = writer->Write(rpc::Encode(header));
-  for (const std::string& tname : (*model)->names()) {
-    if (!ok) break;
-    auto t = (*model)->Get(tname);
-    if (!t.ok()) return t.status();
-    auto keep = std::make_shared<const Tensor>(*std::move(t));  // the mapping, until gRPC sent the slices
-    ok = rpc::ForEachChunk(tname, *keep, chunk_bytes, [&](const v1::TensorChunk& meta, std::span<const uint8_t> data) {
-      return writer->Write(rpc::EncodeWithBulk(meta, rpc::kChunkData, data, keep));
-    });
+  if (writer->Write(rpc::Encode(header))) {
+    // A write that fails means the server ended the stream: Finish() says why.
+    absl::StatusOr<bool> sent =
+        rpc::WriteModelChunks(**model, chunk_bytes, [&](const grpc::ByteBuffer& m) { return writer->Write(m); });
+    if (!sent.ok()) return sent.status();
   }
   writer->WritesDone();
   auto st = writer->Finish();

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "google/protobuf/descriptor.h"
+#include "rpc/tensor_codec.h"
 
 namespace lowbit::rpc {
 
@@ -20,6 +21,21 @@ int MethodIndex(const std::string& path) {
     std::abort();
   }
   return m->index();
+}
+
+absl::StatusOr<bool> WriteModelChunks(const SafetensorsModel& model, int64_t chunk_bytes,
+                                      const std::function<bool(const grpc::ByteBuffer&)>& write) {
+  for (const std::string& name : model.names()) {
+    absl::StatusOr<Tensor> t = model.Get(name);
+    if (!t.ok()) return t.status();
+    auto keep = std::make_shared<const Tensor>(*std::move(t));
+    const bool sent =
+        ForEachChunk(name, *keep, chunk_bytes, [&](const v1::TensorChunk& meta, std::span<const uint8_t> data) {
+          return write(EncodeWithBulk(meta, kChunkData, data, keep));
+        });
+    if (!sent) return false;
+  }
+  return true;
 }
 
 }  // namespace lowbit::rpc

@@ -10,6 +10,8 @@
 #ifndef LOWBIT_RPC_RAW_STREAM_H_
 #define LOWBIT_RPC_RAW_STREAM_H_
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -18,6 +20,8 @@
 #include "grpcpp/impl/rpc_method.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/method_handler.h"
+#include "absl/status/statusor.h"
+#include "common/safetensors.h"
 #include "grpcpp/support/sync_stream.h"
 #include "rpc/wire.h"
 
@@ -65,6 +69,14 @@ std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> RawClientReader(grpc::Chan
   return std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>>(
       grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel, method, ctx, request));
 }
+
+// Sends every tensor of `model` as chunk messages (kChunkData: FetchResultResponse and
+// LoadModelStreamRequest alike) of at most `chunk_bytes` data bytes, the data framed as slices
+// over the mapped file, each holding its tensor (and so the mapping) until gRPC has sent it.
+// `write` sends one message and returns false when the stream is gone; then the sending stops
+// and the result is false. A tensor that cannot be read is an error.
+absl::StatusOr<bool> WriteModelChunks(const SafetensorsModel& model, int64_t chunk_bytes,
+                                      const std::function<bool(const grpc::ByteBuffer&)>& write);
 
 }  // namespace lowbit::rpc
 

@@ -338,17 +338,10 @@ absl::Status CalibratorServiceImpl::SendResult(grpc::ServerContext* ctx, const v
   if (!header.ok()) return header.status();
   const absl::Status gone = absl::CancelledError("FetchResult cancelled by the client");
   if (!stream->Write(rpc::Encode(*header))) return gone;
-  for (const std::string& n : (*model)->names()) {
-    absl::StatusOr<Tensor> t = (*model)->Get(n);
-    if (!t.ok()) return t.status();
-    // The chunks' data are slices of the mapped file; each holds the tensor (and the mapping).
-    auto keep = std::make_shared<const Tensor>(*std::move(t));
-    bool ok = rpc::ForEachChunk(n, *keep, chunk, [&](const v1::TensorChunk& meta, std::span<const uint8_t> data) {
-      return !ctx->IsCancelled() && stream->Write(rpc::EncodeWithBulk(meta, rpc::kChunkData, data, keep));
-    });
-    if (!ok) return gone;
-  }
-  return absl::OkStatus();
+  absl::StatusOr<bool> sent = rpc::WriteModelChunks(
+      **model, chunk, [&](const grpc::ByteBuffer& m) { return !ctx->IsCancelled() && stream->Write(m); });
+  if (!sent.ok()) return sent.status();
+  return *sent ? absl::OkStatus() : gone;
 }
 
 grpc::Status CalibratorServiceImpl::QuantizeLayer(grpc::ServerContext* ctx, const v1::QuantizeLayerRequest* req,
