@@ -151,11 +151,12 @@ int Bench() {
   // --- the machine's floor: a loopback TCP round trip between two threads, no RPC stack
   auto tcp = MeasureLoopbackTcpRoundTrip(absl::GetFlag(FLAGS_bench_latency_calls) * 10);
   if (!tcp.ok()) return Fail("loopback TCP round trip", tcp.status());
+  const double tcp50 = Percentile(*tcp, 0.5);
   absl::StrAppendFormat(&md,
                         "Loopback TCP round trip of one byte between two threads (no RPC stack): p50 %.0f us "
                         "(p10 %.0f, p90 %.0f)\n\n",
-                        tcp->p50_us, tcp->p10_us, tcp->p90_us);
-  std::fprintf(stderr, "loopback TCP round trip: p50 %.0f us\n", tcp->p50_us);
+                        tcp50, Percentile(*tcp, 0.1), Percentile(*tcp, 0.9));
+  std::fprintf(stderr, "loopback TCP round trip: p50 %.0f us\n", tcp50);
 
   // --- latency and throughput, batching off then on
   std::string tp_rows;

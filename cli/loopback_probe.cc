@@ -6,7 +6,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -38,7 +37,7 @@ void NoDelay(int fd) {
 
 }  // namespace
 
-absl::StatusOr<RoundTrip> MeasureLoopbackTcpRoundTrip(int calls) {
+absl::StatusOr<std::vector<double>> MeasureLoopbackTcpRoundTrip(int calls) {
   if (calls < 1) return absl::InvalidArgumentError("calls must be ≥ 1");
   Fd listener(::socket(AF_INET, SOCK_STREAM, 0));
   if (listener.fd < 0) return Errno("socket");
@@ -75,9 +74,7 @@ absl::StatusOr<RoundTrip> MeasureLoopbackTcpRoundTrip(int calls) {
   ::shutdown(client.fd, SHUT_RDWR);
   echo.join();
   if (!ok) return Errno("loopback ping-pong");
-  std::sort(us.begin(), us.end());
-  auto at = [&](double p) { return us[static_cast<size_t>(p * (us.size() - 1) + 0.5)]; };
-  return RoundTrip{at(0.5), at(0.1), at(0.9)};
+  return us;
 }
 
 }  // namespace lowbit::cli

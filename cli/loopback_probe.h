@@ -5,16 +5,14 @@
 #ifndef LOWBIT_CLI_LOOPBACK_PROBE_H_
 #define LOWBIT_CLI_LOOPBACK_PROBE_H_
 
+#include <vector>
+
 #include "absl/status/statusor.h"
 
 namespace lowbit::cli {
 
-struct RoundTrip {
-  double p50_us = 0, p10_us = 0, p90_us = 0;
-};
-
-// `calls` one-byte ping-pongs after 100 warm-up ones; percentiles of the round trip.
-absl::StatusOr<RoundTrip> MeasureLoopbackTcpRoundTrip(int calls);
+// `calls` one-byte ping-pongs after 100 warm-up ones: each round trip in microseconds.
+absl::StatusOr<std::vector<double>> MeasureLoopbackTcpRoundTrip(int calls);
 
 }  // namespace lowbit::cli
 
