@@ -87,6 +87,47 @@ absl::Status ReadDenseWeight(const TensorSource& src, const std::set<std::string
   return CheckScale(spec, ws == Strategy::kChannel ? spec.n : 1, true);
 }
 
+// What differs between the int8 and the FP8 Linears in how their activations run: dynamic
+// per-token or static per-tensor (input_scale), and the names each case goes by.
+struct DenseKinds {
+  const char* type;       // "int8" / "FP8", in messages
+  const char* act_label;  // "int8" / "fp8", in LinearSpec::activations
+  LinearKind dynamic_kind;
+  const char* dynamic_scheme;
+  LinearKind static_kind;
+  const char* static_scheme;
+};
+constexpr DenseKinds kInt8Kinds{"int8", "int8", LinearKind::kW8A8Dynamic, "W8A8", LinearKind::kW8A8Static,
+                                "W8A8_STATIC"};
+constexpr DenseKinds kFp8Kinds{"FP8", "fp8", LinearKind::kFp8Dynamic, "FP8_DYNAMIC", LinearKind::kFp8Static, "FP8"};
+
+absl::Status CheckDenseWeightStrategy(const LinearSpec& spec, Strategy ws, const DenseKinds& k) {
+  if (ws == Strategy::kChannel || ws == Strategy::kTensor) return absl::OkStatus();
+  return Unsupported(spec.module, absl::StrCat(k.type, " weight strategy '", std::string(StrategyName(ws)),
+                                               "' (this runtime runs tensor or channel)"));
+}
+
+// Sets spec's kind, scheme and activations from `a` (reading input_scale when static).
+absl::Status SetDenseActivations(const TensorSource& src, const std::set<std::string>& names, const QuantArgs& a,
+                                 const DenseKinds& k, LinearSpec& spec) {
+  Strategy as = a.strategy_or_tensor();
+  if (a.dynamic == Dynamic::kDynamic && as == Strategy::kToken) {
+    spec.kind = k.dynamic_kind;
+    spec.scheme = k.dynamic_scheme;
+    spec.activations = absl::StrCat(k.act_label, " dynamic per-token");
+    return absl::OkStatus();
+  }
+  if (a.dynamic == Dynamic::kStatic && as == Strategy::kTensor) {
+    spec.kind = k.static_kind;
+    spec.scheme = k.static_scheme;
+    spec.activations = absl::StrCat(k.act_label, " static per-tensor");
+    return ReadInputScale(src, names, spec);
+  }
+  return Unsupported(spec.module, absl::StrCat(k.type, " activations '", std::string(DynamicName(a.dynamic)), " ",
+                                               std::string(StrategyName(as)),
+                                               "' (this runtime runs dynamic per-token or static per-tensor)"));
+}
+
 absl::Status ReadInt8(const TensorSource& src, const std::set<std::string>& names, const QuantScheme& scheme,
                       LinearSpec& spec) {
   const QuantArgs& w = *scheme.weights;
@@ -96,10 +137,7 @@ absl::Status ReadInt8(const TensorSource& src, const std::set<std::string>& name
   }
   if (!w.symmetric) return Unsupported(spec.module, "asymmetric int8 weights are not executed by this runtime");
   Strategy ws = w.strategy_or_tensor();
-  if (ws != Strategy::kChannel && ws != Strategy::kTensor) {
-    return Unsupported(spec.module, absl::StrCat("int8 weight strategy '", std::string(StrategyName(ws)),
-                                                 "' (this runtime runs tensor or channel)"));
-  }
+  if (absl::Status s = CheckDenseWeightStrategy(spec, ws, kInt8Kinds); !s.ok()) return s;
   if (!scheme.input_activations) {
     return Unsupported(spec.module, "int8 weight-only (W8A16) is not executed by this runtime; use W8A8");
   }
@@ -107,32 +145,14 @@ absl::Status ReadInt8(const TensorSource& src, const std::set<std::string>& name
   if (a.type != QuantType::kInt || a.num_bits != 8 || !a.symmetric) {
     return Unsupported(spec.module, "int8 weights with activations other than symmetric int8");
   }
-  Strategy as = a.strategy_or_tensor();
-  if (a.dynamic == Dynamic::kDynamic && as == Strategy::kToken) {
-    spec.kind = LinearKind::kW8A8Dynamic;
-    spec.scheme = "W8A8";
-    spec.activations = "int8 dynamic per-token";
-  } else if (a.dynamic == Dynamic::kStatic && as == Strategy::kTensor) {
-    spec.kind = LinearKind::kW8A8Static;
-    spec.scheme = "W8A8_STATIC";
-    spec.activations = "int8 static per-tensor";
-    if (absl::Status s = ReadInputScale(src, names, spec); !s.ok()) return s;
-  } else {
-    return Unsupported(spec.module, absl::StrCat("int8 activations '", std::string(DynamicName(a.dynamic)), " ",
-                                                 std::string(StrategyName(as)),
-                                                 "' (this runtime runs dynamic per-token or static per-tensor)"));
-  }
+  if (absl::Status s = SetDenseActivations(src, names, a, kInt8Kinds, spec); !s.ok()) return s;
   return ReadDenseWeight(src, names, DType::kI8, "int8 weights", ws, spec);
 }
 
 absl::Status ReadFp8(const TensorSource& src, const std::set<std::string>& names, const QuantScheme& scheme,
                      LinearSpec& spec) {
-  const QuantArgs& w = *scheme.weights;
-  Strategy ws = w.strategy_or_tensor();
-  if (ws != Strategy::kChannel && ws != Strategy::kTensor) {
-    return Unsupported(spec.module, absl::StrCat("FP8 weight strategy '", std::string(StrategyName(ws)),
-                                                 "' (this runtime runs tensor or channel)"));
-  }
+  Strategy ws = scheme.weights->strategy_or_tensor();
+  if (absl::Status s = CheckDenseWeightStrategy(spec, ws, kFp8Kinds); !s.ok()) return s;
   if (!scheme.input_activations) {
     return Unsupported(spec.module, "FP8 weight-only is not executed by this runtime; use FP8 or FP8_DYNAMIC");
   }
@@ -140,21 +160,7 @@ absl::Status ReadFp8(const TensorSource& src, const std::set<std::string>& names
   if (a.type != QuantType::kFloat || a.num_bits != 8) {
     return Unsupported(spec.module, "FP8 weights with activations other than FP8");
   }
-  Strategy as = a.strategy_or_tensor();
-  if (a.dynamic == Dynamic::kDynamic && as == Strategy::kToken) {
-    spec.kind = LinearKind::kFp8Dynamic;
-    spec.scheme = "FP8_DYNAMIC";
-    spec.activations = "fp8 dynamic per-token";
-  } else if (a.dynamic == Dynamic::kStatic && as == Strategy::kTensor) {
-    spec.kind = LinearKind::kFp8Static;
-    spec.scheme = "FP8";
-    spec.activations = "fp8 static per-tensor";
-    if (absl::Status s = ReadInputScale(src, names, spec); !s.ok()) return s;
-  } else {
-    return Unsupported(spec.module, absl::StrCat("FP8 activations '", std::string(DynamicName(a.dynamic)), " ",
-                                                 std::string(StrategyName(as)),
-                                                 "' (this runtime runs dynamic per-token or static per-tensor)"));
-  }
+  if (absl::Status s = SetDenseActivations(src, names, a, kFp8Kinds, spec); !s.ok()) return s;
   return ReadDenseWeight(src, names, DType::kF8E4M3, "FP8 weights", ws, spec);
 }
 
