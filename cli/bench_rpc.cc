@@ -263,8 +263,10 @@ int Bench() {
     return 1;
   }
   for (int64_t chunk : {int64_t{1} << 20, int64_t{4} << 20}) {
+    rpc::ClientConfig chunked = ccfg;
+    chunked.chunk_bytes = chunk;
     t0 = Clock::now();
-    auto mem = FetchResult(*cchannel, ccfg, job->id(), chunk);
+    auto mem = FetchResult(*cchannel, chunked, job->id());
     s = std::chrono::duration<double>(Clock::now() - t0).count();
     if (!mem.ok()) return Fail("FetchResult", mem.status());
     absl::StrAppendFormat(&md, "FetchResult into memory, %d MiB chunks: %.1f MB in %.2f s = %.0f MB/s (reassembled, CRC-32C checked)\n\n",

@@ -5,12 +5,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/connection.h"
 #include "common/file_util.h"
 #include "common/safetensors.h"
+#include "common/safetensors_writer.h"
 #include "rpc/crc32c.h"
 #include "rpc/raw_stream.h"
 #include "rpc/status.h"
@@ -44,8 +46,8 @@ std::string JobLine(const v1::Job& job) {
 }
 
 absl::StatusOr<v1::UploadDatasetResponse> UploadDatasetFile(CalibratorStubT& stub, const rpc::ClientConfig& config,
-                                                            const std::string& path, const std::string& name,
-                                                            int64_t chunk_bytes) {
+                                                            const std::string& path, const std::string& name) {
+  const int64_t chunk_bytes = config.chunk_bytes;
   const bool bin = fs::path(path).extension() == ".bin";
   auto data = ReadFileToString(path);
   if (!data.ok()) return data.status();
@@ -120,8 +122,7 @@ bool SendModelFile(grpc::ClientWriter<grpc::ByteBuffer>& writer, const std::shar
 }  // namespace
 
 absl::StatusOr<v1::UploadModelResponse> UploadModelDir(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
-                                                       const std::string& dir, const std::string& name,
-                                                       int64_t chunk_bytes) {
+                                                       const std::string& dir, const std::string& name) {
   std::vector<fs::path> files;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
@@ -136,7 +137,7 @@ absl::StatusOr<v1::UploadModelResponse> UploadModelDir(grpc::ChannelInterface& c
   for (size_t i = 0; i < files.size(); ++i) {
     auto mapped = MappedFile::Open(files[i].string());
     if (!mapped.ok()) return mapped.status();
-    if (!SendModelFile(*writer, *mapped, files[i].filename().string(), i == 0 ? name : "", chunk_bytes)) break;
+    if (!SendModelFile(*writer, *mapped, files[i].filename().string(), i == 0 ? name : "", config.chunk_bytes)) break;
   }
   writer->WritesDone();
   auto st = writer->Finish();
@@ -182,30 +183,37 @@ absl::StatusOr<v1::Job> WaitForJob(CalibratorStubT& stub, const rpc::ClientConfi
   return last;
 }
 
-absl::StatusOr<FetchedResult> FetchResult(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
-                                          const std::string& id, int64_t chunk_bytes) {
+namespace {
+
+// Reads a FetchResult stream: `on_header` with its first message, the header, then `on_chunk`
+// with every chunk (fields, and the data apart in the receive slices). Errors: the stream's
+// status, a malformed message, a stream that does not start with the header or has a second
+// one, or the first error of a callback (the call is then cancelled).
+absl::Status ReadResultStream(grpc::ChannelInterface& channel, const rpc::ClientConfig& config, const std::string& id,
+                              const std::function<absl::Status(const v1::ResultHeader&)>& on_header,
+                              const std::function<absl::Status(const v1::TensorChunk&, const rpc::DataPieces&)>& on_chunk) {
   grpc::ClientContext ctx;
   Prepare(&ctx, config);
   v1::FetchResultRequest req;
   req.set_id(id);
-  req.set_chunk_bytes(chunk_bytes);
+  req.set_chunk_bytes(config.chunk_bytes);
   auto reader = rpc::RawClientReader(&channel, rpc::kFetchResultPath, &ctx, req);
   grpc::ByteBuffer raw;
   v1::FetchResultResponse resp;
   rpc::SplitMessage split;  // reused: its slices are released when the next message arrives
-  FetchedResult result;
   bool have_header = false;
-  rpc::ChunkAssembler assembler;
   absl::Status bad;
   while (bad.ok() && reader->Read(&raw)) {
     bad = rpc::DecodeWithBulk(raw, rpc::kChunkData, &resp, &split);
     if (!bad.ok()) {
       bad = absl::DataLossError(absl::StrCat("FetchResult response: ", bad.message()));
     } else if (resp.has_header()) {
-      result.header = resp.header();
+      bad = have_header ? absl::DataLossError("the result stream has a second header") : on_header(resp.header());
       have_header = true;
+    } else if (!have_header) {
+      bad = absl::DataLossError("the result stream does not start with its header");
     } else if (resp.has_chunk()) {
-      bad = assembler.Add(resp.chunk(), split.data);
+      bad = on_chunk(resp.chunk(), split.data);
     }
   }
   if (!bad.ok()) {
@@ -215,36 +223,124 @@ absl::StatusOr<FetchedResult> FetchResult(grpc::ChannelInterface& channel, const
   }
   auto st = reader->Finish();
   if (!st.ok()) return StatusOf(st);
-  if (absl::Status s = assembler.Finish(); !s.ok()) return s;
   if (!have_header) return absl::DataLossError("the result stream had no header");
-  if (static_cast<int>(assembler.tensors().size()) != result.header.tensors()) {
-    return absl::DataLossError(absl::StrCat("received ", assembler.tensors().size(), " tensors, the header announced ",
-                                            result.header.tensors()));
+  return absl::OkStatus();
+}
+
+absl::Status CheckTensorCount(size_t received, const v1::ResultHeader& header) {
+  if (static_cast<int64_t>(received) == header.tensors()) return absl::OkStatus();
+  return absl::DataLossError(absl::StrCat("received ", received, " tensors, the header announced ", header.tensors()));
+}
+
+// Puts each received tensor in place in the files of a SafetensorsModelWriter laid out from the
+// header's manifest; a tensor the manifest does not list, or lists with another dtype or shape,
+// is DataLoss.
+class FileSink : public rpc::TensorSink {
+ public:
+  explicit FileSink(SafetensorsModelWriter& writer) : writer_(writer) {}
+  absl::Status Begin(const std::string& name, DType dtype, const Shape& shape, int64_t) override {
+    const SafetensorsEntry* e = writer_.Find(name);
+    if (e == nullptr) return absl::DataLossError(absl::StrCat("tensor '", name, "' is not in the header's manifest"));
+    if (e->dtype != dtype || e->shape != shape) {
+      return absl::DataLossError(
+          absl::StrCat("tensor '", name, "' arrived with another dtype or shape than the header's manifest gives"));
+    }
+    name_ = name;
+    return absl::OkStatus();
   }
+  absl::StatusOr<uint32_t> Store(int64_t offset, const rpc::DataPieces& data, uint32_t crc) override {
+    for (std::span<const uint8_t> piece : data.pieces) {
+      crc = rpc::Crc32c(piece.data(), piece.size(), crc);
+      if (absl::Status s = writer_.Write(name_, static_cast<uint64_t>(offset), piece); !s.ok()) return s;
+      offset += static_cast<int64_t>(piece.size());
+    }
+    return crc;
+  }
+  void End() override {}
+
+ private:
+  SafetensorsModelWriter& writer_;
+  std::string name_;
+};
+
+// The files of a result, laid out from its header's manifest in `out_dir`.
+absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> ResultWriter(const v1::ResultHeader& h,
+                                                                     const std::string& out_dir) {
+  if (h.manifest_size() != h.tensors()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the result header lists ", h.manifest_size(), " of its ", h.tensors(),
+                     " tensors; writing files needs the whole manifest (a calibrator older than this client?)"));
+  }
+  std::vector<SafetensorsModelWriter::Placement> placements;
+  for (const v1::ResultTensor& t : h.manifest()) {
+    absl::StatusOr<DType> dtype = rpc::DTypeFromProto(t.dtype());
+    if (!dtype.ok()) {
+      return absl::DataLossError(absl::StrCat("manifest tensor '", t.name(), "': ", dtype.status().message()));
+    }
+    placements.push_back({t.name(), *dtype, Shape(t.shape().begin(), t.shape().end()), t.file()});
+  }
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create '", out_dir, "': ", ec.message()));
+  absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> w = SafetensorsModelWriter::Create(out_dir, placements);
+  if (w.status().code() == absl::StatusCode::kInvalidArgument) {
+    return absl::DataLossError(absl::StrCat("the result's manifest: ", w.status().message()));
+  }
+  return w;
+}
+
+}  // namespace
+
+absl::StatusOr<FetchedResult> FetchResult(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
+                                          const std::string& id) {
+  FetchedResult result;
+  rpc::ChunkAssembler assembler;
+  absl::Status s = ReadResultStream(
+      channel, config, id,
+      [&](const v1::ResultHeader& h) {
+        result.header = h;
+        return absl::OkStatus();
+      },
+      [&](const v1::TensorChunk& chunk, const rpc::DataPieces& data) { return assembler.Add(chunk, data); });
+  if (!s.ok()) return s;
+  if (s = assembler.Finish(); !s.ok()) return s;
+  if (s = CheckTensorCount(assembler.tensors().size(), result.header); !s.ok()) return s;
   result.tensor_bytes = assembler.total_bytes();
   result.tensors = std::move(assembler.tensors());
   return result;
 }
 
 absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
-                                         const std::string& id, const std::string& out_dir, int64_t chunk_bytes) {
-  auto fetched = FetchResult(channel, config, id, chunk_bytes);
-  if (!fetched.ok()) return fetched.status();
-  const v1::ResultHeader& header = fetched->header;
-  std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create '", out_dir, "': ", ec.message()));
+                                         const std::string& id, const std::string& out_dir) {
+  v1::ResultHeader header;
+  std::unique_ptr<SafetensorsModelWriter> writer;
+  std::unique_ptr<FileSink> sink;
+  std::unique_ptr<rpc::ChunkReceiver> receiver;
+  auto on_header = [&](const v1::ResultHeader& h) -> absl::Status {
+    header = h;
+    absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> w = ResultWriter(h, out_dir);
+    if (!w.ok()) return w.status();
+    writer = *std::move(w);
+    sink = std::make_unique<FileSink>(*writer);
+    rpc::TensorLimits limits;
+    limits.max_bytes = int64_t{1} << 50;  // the manifest fixes every size; the disk is the limit
+    receiver = std::make_unique<rpc::ChunkReceiver>(*sink, limits);
+    return absl::OkStatus();
+  };
+  absl::Status s = ReadResultStream(
+      channel, config, id, on_header,
+      [&](const v1::TensorChunk& chunk, const rpc::DataPieces& data) { return receiver->Add(chunk, data); });
+  if (!s.ok()) return s;
+  if (s = receiver->Finish(); !s.ok()) return s;
+  if (s = CheckTensorCount(receiver->tensors(), header); !s.ok()) return s;
   for (const auto& [file, text] : {std::pair<std::string, std::string>{"config.json", header.config_json()},
                                    {"report.json", header.report_json()},
                                    {"recipe.yaml", header.recipe_yaml()}}) {
     if (text.empty()) continue;
-    if (absl::Status s = AtomicWriteFile((fs::path(out_dir) / file).string(), text); !s.ok()) return s;
+    if (s = writer->AddFile(file, text); !s.ok()) return s;
   }
-  std::vector<NamedTensor> tensors;
-  for (auto& [name, t] : fetched->tensors) tensors.push_back({name, std::move(t)});
-  auto written = WriteSafetensorsModel(out_dir, std::move(tensors), uint64_t{5} << 30);
-  if (!written.ok()) return written.status();
-  return fetched->tensor_bytes;
+  if (auto written = writer->Commit(); !written.ok()) return written.status();
+  return receiver->total_bytes();
 }
 
 }  // namespace lowbit::cli

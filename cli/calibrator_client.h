@@ -18,14 +18,12 @@ using CalibratorStubT = v1::CalibratorService::StubInterface;
 
 // .jsonl, or .bin with its .idx beside it.
 absl::StatusOr<v1::UploadDatasetResponse> UploadDatasetFile(CalibratorStubT& stub, const rpc::ClientConfig& config,
-                                                            const std::string& path, const std::string& name,
-                                                            int64_t chunk_bytes = int64_t{1} << 20);
+                                                            const std::string& path, const std::string& name);
 // Every regular file directly in `dir` (config.json, *.safetensors, tokenizer files...).
 // UploadModel and FetchResult are raw streams on `channel` (rpc/raw_stream.h): uploaded data are
 // slices of the mapped files, fetched data are copied from the receive slices into the tensors.
 absl::StatusOr<v1::UploadModelResponse> UploadModelDir(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
-                                                       const std::string& dir, const std::string& name,
-                                                       int64_t chunk_bytes = int64_t{1} << 20);
+                                                       const std::string& dir, const std::string& name);
 // Follows WatchJob until the job ends; draws a progress line on stderr when `bar`.
 absl::StatusOr<v1::Job> WaitForJob(CalibratorStubT& stub, const rpc::ClientConfig& config, const std::string& id,
                                    bool bar);
@@ -36,12 +34,11 @@ struct FetchedResult {
   int64_t tensor_bytes = 0;
 };
 absl::StatusOr<FetchedResult> FetchResult(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
-                                          const std::string& id, int64_t chunk_bytes = int64_t{1} << 20);
+                                          const std::string& id);
 // FetchResult into `out_dir`: config.json, report.json, recipe.yaml, model.safetensors.
 // Returns the tensor bytes received.
 absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
-                                         const std::string& id, const std::string& out_dir,
-                                         int64_t chunk_bytes = int64_t{1} << 20);
+                                         const std::string& id, const std::string& out_dir);
 std::string JobStateName(v1::JobState state);
 // One line: id, state, progress, model, recipe.
 std::string JobLine(const v1::Job& job);

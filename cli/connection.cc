@@ -15,6 +15,8 @@ ABSL_FLAG(std::string, tls_key, "", "client key (PEM), for mTLS");
 ABSL_FLAG(std::string, tls_server_name, "", "name to check in the server certificate");
 ABSL_FLAG(double, timeout_s, 600, "deadline of each unary call in seconds (0 = none)");
 ABSL_FLAG(int64_t, max_message_bytes, int64_t{64} << 20, "max gRPC message size");
+ABSL_FLAG(int64_t, chunk_bytes, int64_t{4} << 20,
+          "data bytes per message of uploads, streamed loads and fetches (at most 32 MiB)");
 
 namespace lowbit::cli {
 namespace {
@@ -29,6 +31,7 @@ rpc::ClientConfig Base(const std::string& flag, const char* env, const char* fal
   c.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   c.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
   c.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  c.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
   return c;
 }
 

@@ -14,7 +14,7 @@ namespace lowbit::cli {
 namespace fs = std::filesystem;
 
 absl::StatusOr<v1::ModelInfo> StreamCheckpoint(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
-                                               const std::string& dir, const std::string& name, int64_t chunk_bytes) {
+                                               const std::string& dir, const std::string& name) {
   auto config_json = ReadFileToString((fs::path(dir) / "config.json").string());
   if (!config_json.ok()) return config_json.status();
   auto model = SafetensorsModel::Open(dir);
@@ -29,7 +29,7 @@ absl::StatusOr<v1::ModelInfo> StreamCheckpoint(grpc::ChannelInterface& channel, 
   if (writer->Write(rpc::Encode(header))) {
     // A write that fails means the server ended the stream: Finish() says why.
     absl::StatusOr<bool> sent =
-        rpc::WriteModelChunks(**model, chunk_bytes, [&](const grpc::ByteBuffer& m) { return writer->Write(m); });
+        rpc::WriteModelChunks(**model, config.chunk_bytes, [&](const grpc::ByteBuffer& m) { return writer->Write(m); });
     if (!sent.ok()) return sent.status();
   }
   writer->WritesDone();

@@ -17,8 +17,7 @@ using RuntimeStubT = v1::RuntimeService::StubInterface;
 
 // A raw stream on `channel` (rpc/raw_stream.h): chunk data are slices of the mapped files.
 absl::StatusOr<v1::ModelInfo> StreamCheckpoint(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
-                                               const std::string& dir, const std::string& name,
-                                               int64_t chunk_bytes = int64_t{1} << 20);
+                                               const std::string& dir, const std::string& name);
 absl::StatusOr<v1::ModelInfo> LoadFromPath(RuntimeStubT& stub, const rpc::ClientConfig& config,
                                            const std::string& name, const std::string& path);
 

@@ -15,7 +15,6 @@
 #include "absl/strings/str_cat.h"
 
 namespace lowbit {
-namespace {
 
 absl::Status ErrnoError(std::string_view what, const std::string& path) {
   int err = errno;
@@ -25,8 +24,6 @@ absl::Status ErrnoError(std::string_view what, const std::string& path) {
   if (err == ENOSPC) return absl::ResourceExhaustedError(msg);
   return absl::InternalError(msg);
 }
-
-}  // namespace
 
 absl::StatusOr<std::shared_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

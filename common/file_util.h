@@ -41,6 +41,10 @@ absl::Status AtomicWriteFile(const std::string& path,
                              const std::function<bool(std::FILE*)>& write);
 absl::Status AtomicWriteFile(const std::string& path, std::string_view contents);
 
+// "<what> <path>: <strerror(errno)>", as NotFound / PermissionDenied / ResourceExhausted (disk
+// full) / Internal by errno.
+absl::Status ErrnoError(std::string_view what, const std::string& path);
+
 // fsyncs a directory so a rename inside it is durable.
 absl::Status SyncDirectory(const std::string& dir);
 

@@ -216,17 +216,16 @@ const SafetensorsEntry* SafetensorsModel::Find(const std::string& name) const {
   return it == where_.end() ? nullptr : files_[it->second]->Find(name);
 }
 
-absl::Status WriteSafetensorsFile(const std::string& path, std::span<const NamedTensor> tensors,
-                                  const std::map<std::string, std::string>& metadata) {
-  std::vector<const NamedTensor*> order;
-  std::set<std::string> names;
-  for (const NamedTensor& t : tensors) {
-    if (!names.insert(t.name).second) return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' given twice"));
-    order.push_back(&t);
-  }
-  std::sort(order.begin(), order.end(), [](const NamedTensor* a, const NamedTensor* b) {
-    size_t sa = DTypeSize(a->tensor.dtype()), sb = DTypeSize(b->tensor.dtype());
-    return sa != sb ? sa > sb : a->name < b->name;
+std::string SafetensorsModel::FileOf(const std::string& name) const {
+  auto it = where_.find(name);
+  return it == where_.end() ? "" : std::filesystem::path(files_[it->second]->path()).filename().string();
+}
+
+absl::StatusOr<SafetensorsLayout> LayoutSafetensorsFile(std::vector<SafetensorsEntry> tensors,
+                                                        const std::map<std::string, std::string>& metadata) {
+  std::sort(tensors.begin(), tensors.end(), [](const SafetensorsEntry& a, const SafetensorsEntry& b) {
+    const size_t sa = DTypeSize(a.dtype), sb = DTypeSize(b.dtype);
+    return sa != sb ? sa > sb : a.name < b.name;
   });
   json header = json::object();
   json meta = json::object();
@@ -234,20 +233,44 @@ absl::Status WriteSafetensorsFile(const std::string& path, std::span<const Named
   for (const auto& [k, v] : metadata) meta[k] = v;
   header["__metadata__"] = meta;
   uint64_t offset = 0;
-  for (const NamedTensor* t : order) {
-    header[t->name] = {{"dtype", DTypeName(t->tensor.dtype())},
-                       {"shape", t->tensor.shape()},
-                       {"data_offsets", {offset, offset + t->tensor.nbytes()}}};
-    offset += t->tensor.nbytes();
+  for (SafetensorsEntry& t : tensors) {
+    if (header.contains(t.name)) return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' given twice"));
+    absl::StatusOr<int64_t> numel = NumElements(t.shape);
+    if (!numel.ok()) return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': ", numel.status().message()));
+    t.begin = offset;
+    t.end = offset + static_cast<uint64_t>(*numel) * DTypeSize(t.dtype);
+    offset = t.end;
+    header[t.name] = {{"dtype", DTypeName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {t.begin, t.end}}};
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
+  SafetensorsLayout layout;
+  layout.prefix.resize(8);
+  for (int i = 0; i < 8; ++i) layout.prefix[i] = static_cast<char>(uint64_t{text.size()} >> (8 * i));
+  layout.prefix += text;
+  layout.entries = std::move(tensors);
+  return layout;
+}
+
+std::string SafetensorsIndexJson(const std::map<std::string, std::string>& weight_map, uint64_t total_size) {
+  json index = {{"metadata", {{"total_size", total_size}}}, {"weight_map", weight_map}};
+  return index.dump(2) + "\n";
+}
+
+absl::Status WriteSafetensorsFile(const std::string& path, std::span<const NamedTensor> tensors,
+                                  const std::map<std::string, std::string>& metadata) {
+  std::vector<SafetensorsEntry> entries;
+  std::map<std::string, const Tensor*> by_name;
+  for (const NamedTensor& t : tensors) {
+    entries.push_back({t.name, t.tensor.dtype(), t.tensor.shape()});
+    by_name[t.name] = &t.tensor;
+  }
+  absl::StatusOr<SafetensorsLayout> layout = LayoutSafetensorsFile(std::move(entries), metadata);
+  if (!layout.ok()) return layout.status();
   return AtomicWriteFile(path, [&](std::FILE* f) {
-    uint8_t len[8];
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(uint64_t{text.size()} >> (8 * i));
-    if (std::fwrite(len, 1, 8, f) != 8 || std::fwrite(text.data(), 1, text.size(), f) != text.size()) return false;
-    for (const NamedTensor* t : order) {
-      auto b = t->tensor.bytes();
+    if (std::fwrite(layout->prefix.data(), 1, layout->prefix.size(), f) != layout->prefix.size()) return false;
+    for (const SafetensorsEntry& e : layout->entries) {
+      auto b = by_name[e.name]->bytes();
       if (!b.empty() && std::fwrite(b.data(), 1, b.size(), f) != b.size()) return false;
     }
     return true;
@@ -277,7 +300,7 @@ absl::StatusOr<std::vector<std::string>> WriteSafetensorsModel(const std::string
     written.push_back("model.safetensors");
     return written;
   }
-  json weight_map = json::object();
+  std::map<std::string, std::string> weight_map;
   for (size_t i = 0; i < shards.size(); ++i) {
     std::string name = absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, shards.size());
     absl::Status s = WriteSafetensorsFile((fs::path(dir) / name).string(), shards[i]);
@@ -285,8 +308,8 @@ absl::StatusOr<std::vector<std::string>> WriteSafetensorsModel(const std::string
     for (const NamedTensor& t : shards[i]) weight_map[t.name] = name;
     written.push_back(name);
   }
-  json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-  absl::Status s = AtomicWriteFile((fs::path(dir) / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+  absl::Status s = AtomicWriteFile((fs::path(dir) / "model.safetensors.index.json").string(),
+                                   SafetensorsIndexJson(weight_map, total));
   if (!s.ok()) return s;
   written.push_back("model.safetensors.index.json");
   return written;

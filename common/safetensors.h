@@ -50,6 +50,7 @@ class SafetensorsFile {
   const SafetensorsEntry* Find(const std::string& name) const;
   // A read-only view into the map (kept alive by the returned tensor).
   absl::StatusOr<Tensor> Get(const std::string& name) const;
+  const std::string& path() const { return file_->path(); }
 
  private:
   std::shared_ptr<MappedFile> file_;
@@ -67,6 +68,8 @@ class SafetensorsModel {
   bool Has(const std::string& name) const { return where_.count(name) > 0; }
   absl::StatusOr<Tensor> Get(const std::string& name) const;  // NotFound for an unknown name
   const SafetensorsEntry* Find(const std::string& name) const;
+  // The name (no directory) of the file that holds `name`, or "" for an unknown name.
+  std::string FileOf(const std::string& name) const;
 
  private:
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
@@ -78,15 +81,28 @@ struct NamedTensor {
   Tensor tensor;
 };
 
-// Writes one .safetensors file atomically. Tensors are laid out by descending dtype size then
-// name, and the header is space-padded to a multiple of 8, so every tensor is naturally aligned.
-// `__metadata__` is {"format": "pt"} plus `metadata`.
+// The layout of one .safetensors file: tensors by descending dtype size then name, the header
+// space-padded to a multiple of 8, so every tensor is naturally aligned; `__metadata__` is
+// {"format": "pt"} plus `metadata`. `tensors` needs name, dtype and shape (begin/end are set
+// here). InvalidArgument for a name given twice or an invalid shape.
+struct SafetensorsLayout {
+  std::string prefix;                     // the 8-byte header length, then the JSON header
+  std::vector<SafetensorsEntry> entries;  // in file order; begin/end relative to prefix.size()
+  uint64_t file_size() const { return prefix.size() + (entries.empty() ? 0 : entries.back().end); }
+};
+absl::StatusOr<SafetensorsLayout> LayoutSafetensorsFile(std::vector<SafetensorsEntry> tensors,
+                                                        const std::map<std::string, std::string>& metadata = {});
+
+// model.safetensors.index.json of a sharded model: `weight_map` is tensor -> file.
+std::string SafetensorsIndexJson(const std::map<std::string, std::string>& weight_map, uint64_t total_size);
+
+// Writes one .safetensors file atomically, laid out by LayoutSafetensorsFile.
 absl::Status WriteSafetensorsFile(const std::string& path, std::span<const NamedTensor> tensors,
                                   const std::map<std::string, std::string>& metadata = {});
 
 // Writes `tensors` into `dir`: model.safetensors when they fit in `max_shard_bytes`, else
-// model-0000i-of-0000k.safetensors shards plus model.safetensors.index.json (written last).
-// Returns the names of the files written.
+// model-0000i-of-0000k.safetensors shards (tensors in name order) plus
+// model.safetensors.index.json (written last). Returns the names of the files written.
 absl::StatusOr<std::vector<std::string>> WriteSafetensorsModel(
     const std::string& dir, std::vector<NamedTensor> tensors, uint64_t max_shard_bytes);
 

@@ -17,6 +17,10 @@ namespace lowbit::rpc {
 struct ClientConfig {
   std::string address = "127.0.0.1:50051";
   int64_t max_message_bytes = int64_t{64} << 20;
+  // Data bytes per message of the chunked streams this client sends (uploads, streamed loads) or
+  // asks for (FetchResult). Bigger chunks mean fewer messages, each a hand-off between gRPC's
+  // threads; they must stay under max_message_bytes (of this client and of the server).
+  int64_t chunk_bytes = int64_t{4} << 20;
   std::string tls_ca_file;                          // TLS when set
   std::string tls_cert_file, tls_key_file;          // client certificate (mTLS)
   std::string tls_server_name;                      // override the name checked in the cert

@@ -132,11 +132,11 @@ bool ForEachChunk(const std::string& name, const Tensor& tensor, int64_t chunk_b
   return true;
 }
 
-absl::Status ChunkAssembler::Add(const v1::TensorChunk& chunk, const DataPieces& data) {
+absl::Status ChunkReceiver::Add(const v1::TensorChunk& chunk, const DataPieces& data) {
   const std::string& name = chunk.name();
   if (!in_progress_) {
     if (name.empty()) return absl::InvalidArgumentError("tensor chunk without a name");
-    if (done_.count(name)) return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' sent twice"));
+    if (seen_.count(name)) return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' sent twice"));
     if (chunk.offset() != 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor '", name, "': first chunk has offset ", chunk.offset(), ", expected 0"));
@@ -151,10 +151,8 @@ absl::Status ChunkAssembler::Add(const v1::TensorChunk& chunk, const DataPieces&
                                                        total_bytes_ + *bytes, " bytes, over the ",
                                                        limits_.max_bytes, "-byte limit"));
     }
-    dtype_ = *dtype;
-    shape_ = std::move(shape);
+    if (absl::Status s = sink_.Begin(name, *dtype, shape, *bytes); !s.ok()) return s;
     size_ = *bytes;
-    buffer_ = ReceiveBuffer(static_cast<size_t>(size_));
     current_name_ = name;
     received_ = 0;
     crc_ = 0;
@@ -173,7 +171,9 @@ absl::Status ChunkAssembler::Add(const v1::TensorChunk& chunk, const DataPieces&
     return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': ", received_ + n,
                                                    " bytes received, but its shape holds ", size_));
   }
-  crc_ = data.CopyTo(buffer_.get() + received_, crc_);
+  absl::StatusOr<uint32_t> crc = sink_.Store(received_, data, crc_);
+  if (!crc.ok()) return crc.status();
+  crc_ = *crc;
   received_ += n;
   if (chunk.last()) {
     if (received_ != size_) {
@@ -185,19 +185,36 @@ absl::Status ChunkAssembler::Add(const v1::TensorChunk& chunk, const DataPieces&
                                               ", received bytes give ", crc_, ")"));
     }
     total_bytes_ += size_;
-    const uint8_t* data_ptr = buffer_.get();
-    done_.emplace(current_name_, Tensor::View(dtype_, std::move(shape_), data_ptr, std::move(buffer_)));
+    seen_.insert(current_name_);
+    sink_.End();
     in_progress_ = false;
   }
   return absl::OkStatus();
 }
 
-absl::Status ChunkAssembler::Finish() const {
+absl::Status ChunkReceiver::Finish() const {
   if (in_progress_) {
     return absl::InvalidArgumentError(absl::StrCat("stream ended inside tensor '", current_name_, "' (",
                                                    received_, " of ", size_, " bytes)"));
   }
   return absl::OkStatus();
+}
+
+absl::Status ChunkAssembler::Begin(const std::string& name, DType dtype, const Shape& shape, int64_t bytes) {
+  name_ = name;
+  dtype_ = dtype;
+  shape_ = shape;
+  buffer_ = ReceiveBuffer(static_cast<size_t>(bytes));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint32_t> ChunkAssembler::Store(int64_t offset, const DataPieces& data, uint32_t crc) {
+  return data.CopyTo(buffer_.get() + offset, crc);
+}
+
+void ChunkAssembler::End() {
+  const uint8_t* data = buffer_.get();
+  done_.emplace(name_, Tensor::View(dtype_, std::move(shape_), data, std::move(buffer_)));
 }
 
 }  // namespace lowbit::rpc

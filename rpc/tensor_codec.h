@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
 
@@ -39,34 +40,67 @@ void TensorToProto(const Tensor& tensor, v1::Tensor* proto);
 bool ForEachChunk(const std::string& name, const Tensor& tensor, int64_t chunk_bytes,
                   const std::function<bool(const v1::TensorChunk& meta, std::span<const uint8_t> data)>& emit);
 
-// Reassembles named tensors from a chunk stream (ForEachChunk's output, any number of tensors
-// one after another). Errors name the tensor: out-of-order offset, a chunk for another tensor
-// before the last one ended, bytes past the shape, a CRC mismatch, a duplicate name. The
-// tensors are read-only views of their own buffers (see ReceiveBuffer in the .cc).
-class ChunkAssembler {
+// Where ChunkReceiver puts the tensors' bytes.
+class TensorSink {
  public:
-  explicit ChunkAssembler(TensorLimits limits = {}) : limits_(limits) {}
-  absl::Status Add(const v1::TensorChunk& chunk) { return Add(chunk, DataPieces::Of(chunk.data())); }
-  // `chunk`'s fields with its data given apart (DecodeWithBulk), copied straight into the tensor.
+  virtual ~TensorSink() = default;
+  // A tensor starts; its name, dtype, shape and byte count passed the checks.
+  virtual absl::Status Begin(const std::string& name, DType dtype, const Shape& shape, int64_t bytes) = 0;
+  // Stores `data` at byte `offset` of the current tensor and returns its CRC-32C chained onto `crc`.
+  virtual absl::StatusOr<uint32_t> Store(int64_t offset, const DataPieces& data, uint32_t crc) = 0;
+  // The current tensor is complete and its CRC-32C matched.
+  virtual void End() = 0;
+};
+
+// Checks a chunk stream (ForEachChunk's output, any number of tensors one after another) and
+// hands each tensor's bytes to a sink. Errors name the tensor: out-of-order offset, a chunk for
+// another tensor before the last one ended, bytes past the shape, a CRC mismatch, a duplicate
+// name, a stream over limits.max_bytes.
+class ChunkReceiver {
+ public:
+  ChunkReceiver(TensorSink& sink, TensorLimits limits) : sink_(sink), limits_(limits) {}
+  // `chunk`'s fields with its data given apart (DecodeWithBulk).
   absl::Status Add(const v1::TensorChunk& chunk, const DataPieces& data);
   // OK only when no tensor is half received.
   absl::Status Finish() const;
-  std::map<std::string, Tensor>& tensors() { return done_; }
   int64_t total_bytes() const { return total_bytes_; }
+  size_t tensors() const { return seen_.size(); }
 
  private:
+  TensorSink& sink_;
   TensorLimits limits_;
-  std::map<std::string, Tensor> done_;
-  // The tensor being received; it becomes a Tensor::View of `buffer_` when complete.
-  std::string current_name_;
-  DType dtype_ = DType::kF32;
-  Shape shape_;
+  std::set<std::string> seen_;
+  std::string current_name_;  // the tensor being received
   int64_t size_ = 0;
-  std::shared_ptr<uint8_t> buffer_;
   int64_t received_ = 0;
   uint32_t crc_ = 0;
   bool in_progress_ = false;
   int64_t total_bytes_ = 0;
+};
+
+// Reassembles named tensors from a chunk stream in memory (a ChunkReceiver into its own
+// buffers). The tensors are read-only views of their buffers (see ReceiveBuffer in the .cc).
+class ChunkAssembler : private TensorSink {
+ public:
+  explicit ChunkAssembler(TensorLimits limits = {}) : receiver_(*this, limits) {}
+  absl::Status Add(const v1::TensorChunk& chunk) { return Add(chunk, DataPieces::Of(chunk.data())); }
+  // Copies the data straight into the tensor.
+  absl::Status Add(const v1::TensorChunk& chunk, const DataPieces& data) { return receiver_.Add(chunk, data); }
+  absl::Status Finish() const { return receiver_.Finish(); }
+  std::map<std::string, Tensor>& tensors() { return done_; }
+  int64_t total_bytes() const { return receiver_.total_bytes(); }
+
+ private:
+  absl::Status Begin(const std::string& name, DType dtype, const Shape& shape, int64_t bytes) override;
+  absl::StatusOr<uint32_t> Store(int64_t offset, const DataPieces& data, uint32_t crc) override;
+  void End() override;
+
+  ChunkReceiver receiver_;
+  std::map<std::string, Tensor> done_;
+  std::string name_;
+  DType dtype_ = DType::kF32;
+  Shape shape_;
+  std::shared_ptr<uint8_t> buffer_;
 };
 
 }  // namespace lowbit::rpc

@@ -310,6 +310,11 @@ absl::StatusOr<v1::FetchResultResponse> ResultHeader(const v1::Job& job, const s
   for (const std::string& n : names) {
     const SafetensorsEntry* e = model.Find(n);
     total += static_cast<int64_t>(e->end - e->begin);
+    v1::ResultTensor* t = h->add_manifest();
+    t->set_name(n);
+    t->set_dtype(rpc::DTypeToProto(e->dtype));
+    t->mutable_shape()->Assign(e->shape.begin(), e->shape.end());
+    t->set_file(model.FileOf(n));
   }
   h->set_tensors(static_cast<int32_t>(names.size()));
   h->set_tensor_bytes(total);

@@ -3,19 +3,24 @@
 // Llama (hidden 128, 2 layers). Independent expectations: the service's checkpoint equals what
 // `lowbit-calibrator calibrate` writes for the same inputs, byte for byte; FetchResult's
 // reassembled tensors equal the safetensors file's; QuantizeLayer RTN equals common/numerics;
-// GPTQ with H = I equals RTN. Bad requests get the right code and a message naming the
-// problem, and the server keeps serving.
+// GPTQ with H = I equals RTN; jobs run three at a time write the same bytes as one at a time.
+// Bad requests get the right code and a message naming the problem, and the server keeps
+// serving.
 #include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <random>
+#include <set>
 
+#include "absl/cleanup/cleanup.h"
 #include "calibrator/dataset.h"
 #include "calibrator/service/calibrator_server.h"
 #include "common/numerics.h"
 #include "common/quant_args.h"
 #include "common/safetensors.h"
+#include "nlohmann/json.hpp"
 #include "rpc/crc32c.h"
 #include "rpc/tensor_codec.h"
 #include "tests/integration/calibrator_test_util.h"
@@ -30,12 +35,15 @@ constexpr char kToken[] = "s3cret-token";
 constexpr int64_t kMaxUpload = 1 << 20;
 
 // Jobs can be held at the start of layer 1 (the on_progress testing hook) so tests can act on a
-// running job deterministically.
+// running job deterministically; and gated at the start of layer 0 until the test opens the
+// gate, so several jobs are known to be running at once.
 struct Hold {
   std::mutex mu;
   std::condition_variable cv;
   bool enabled = false;
   std::string held;  // the job now waiting
+  bool gate = false;
+  int at_gate = 0;   // jobs now waiting at the gate
 };
 Hold* g_hold = new Hold();
 
@@ -51,27 +59,39 @@ class CalibratorServiceTest : public ::testing::Test {
     fs::create_directory_symlink(root_ + "/outside", models_ + "/escape");
     tokens_ = TinyTokens();
 
+    absl::StatusOr<std::unique_ptr<calibrator::CalibratorServer>> s = StartServer(root_ + "/state", 1);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = std::move(*s).release();
+    stub_ = MakeStub(server_->port()).release();
+  }
+  // A server on `state_dir` over models_, running at most `max_concurrent_jobs` jobs at once.
+  static absl::StatusOr<std::unique_ptr<calibrator::CalibratorServer>> StartServer(const std::string& state_dir,
+                                                                                   int max_concurrent_jobs) {
     calibrator::CalibratorServerOptions o;
     o.server.address = "127.0.0.1:0";
     o.server.auth_token = kToken;
     o.server.shutdown_grace = std::chrono::milliseconds(500);
-    o.state_dir = root_ + "/state";
+    o.state_dir = state_dir;
     o.model_root = models_;
     o.max_upload_bytes = kMaxUpload;
-    o.runner.max_concurrent_jobs = 1;
+    o.runner.max_concurrent_jobs = max_concurrent_jobs;
     o.runner.on_progress = [](const std::string& id, const ProgressEvent& e) {
-      if (e.phase != "calibrate" || e.layer != 1) return;
+      if (e.phase != "calibrate") return;
       std::unique_lock<std::mutex> lock(g_hold->mu);
-      if (!g_hold->enabled) return;
+      if (e.layer == 0 && g_hold->gate) {
+        ++g_hold->at_gate;
+        g_hold->cv.notify_all();
+        g_hold->cv.wait_for(lock, std::chrono::seconds(30), [] { return !g_hold->gate; });
+        --g_hold->at_gate;
+        return;
+      }
+      if (e.layer != 1 || !g_hold->enabled) return;
       g_hold->held = id;
       g_hold->cv.notify_all();
       g_hold->cv.wait_for(lock, std::chrono::seconds(30), [] { return !g_hold->enabled; });
       g_hold->held.clear();
     };
-    absl::StatusOr<std::unique_ptr<calibrator::CalibratorServer>> s = calibrator::CalibratorServer::Start(o);
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = std::move(*s).release();
-    stub_ = MakeStub(server_->port()).release();
+    return calibrator::CalibratorServer::Start(o);
   }
   void TearDown() override {
     Release();
@@ -89,6 +109,7 @@ class CalibratorServiceTest : public ::testing::Test {
   static void Release() {
     std::lock_guard<std::mutex> lock(g_hold->mu);
     g_hold->enabled = false;
+    g_hold->gate = false;
     g_hold->cv.notify_all();
   }
   static void WaitHeld(const std::string& id) {
@@ -236,6 +257,19 @@ TEST_F(CalibratorServiceTest, CheckpointEqualsCliAndFetchResultReassemblesIt) {
         << name;
   }
   EXPECT_TRUE(assembler.tensors().count("model.layers.0.self_attn.q_proj.weight_packed"));
+  for (const v1::ResultTensor& t : header.manifest()) EXPECT_EQ(t.file(), "model.safetensors") << t.name();
+  ASSERT_EQ(header.manifest_size(), header.tensors());
+
+  // `lowbit fetch` writes each chunk in place as it arrives (from the header's manifest): the
+  // files it writes are the server's, byte for byte, with chunks far smaller than the tensors.
+  const std::string fetched = root_ + "/fetched";
+  cmd = std::string(LOWBIT_BINARY_DIR) + "/cli/lowbit fetch " + job.id() + " --out " + fetched + " --chunk_bytes 1000" +
+        " --calibrator 127.0.0.1:" + std::to_string(server_->port()) + " --token " + kToken + " > /dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(fetched)) names.insert(e.path().filename().string());
+  EXPECT_EQ(names, (std::set<std::string>{"config.json", "model.safetensors", "recipe.yaml", "report.json"}));
+  for (const std::string& f : names) EXPECT_EQ(ReadAll(fetched + "/" + f), ReadAll(out + "/" + f)) << f;
 }
 
 TEST_F(CalibratorServiceTest, ListJobsFiltersByStateAndBadTokensFailTheJob) {
@@ -588,6 +622,127 @@ TEST_F(CalibratorServiceTest, CancelRunningAndQueuedJobsAndWatchDeadline) {
   // And the next job runs.
   v1::Job next = RunToEnd(TinySpec("W8A16"));
   EXPECT_EQ(next.state(), v1::JOB_STATE_SUCCEEDED) << next.error_message();
+}
+
+// A result directory's files, by name.
+std::map<std::string, std::string> ResultFiles(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.is_regular_file()) out[entry.path().filename().string()] = ReadAll(entry.path().string());
+  }
+  return out;
+}
+
+// report.json without its timings: what must not depend on how the job was scheduled.
+nlohmann::json ReportWithoutTimes(const std::string& text) {
+  nlohmann::json r = nlohmann::json::parse(text);
+  r.erase("seconds");
+  for (nlohmann::json& m : r["modules"]) m.erase("seconds");
+  return r;
+}
+
+// Several jobs at once in one process (max_concurrent_jobs = 3: each on its own worker thread,
+// all sharing OpenBLAS) write the same bytes as the same jobs run one at a time. The reference
+// is the one-at-a-time run on this fixture's server (max_concurrent_jobs = 1); the concurrent
+// run is on a second server with a fresh state dir. Its jobs are gated at the start of layer 0
+// until all three are RUNNING there, so their GPTQ passes (Hessians, Cholesky factors, block
+// updates, forwards) run at the same time.
+TEST_F(CalibratorServiceTest, ConcurrentJobsWriteTheSameBytesAsJobsRunOneAtATime) {
+  const std::string fixtures = std::string(LOWBIT_SOURCE_DIR) + "/tests/fixtures";
+  std::vector<v1::JobSpec> specs;
+  {
+    v1::JobSpec s = TinySpec();  // SmoothQuant, then GPTQ W8A8
+    s.clear_scheme();
+    s.set_recipe_yaml(ReadAll(fixtures + "/recipes/int8_w8a8.yaml"));
+    s.set_output_name("sq-gptq-w8a8");
+    specs.push_back(s);
+  }
+  {
+    v1::JobSpec s = TinySpec("W4A16");  // GPTQ, grouped int4, with a held-out evaluation
+    s.set_heldout_fraction(0.1);
+    s.set_output_name("gptq-w4a16");
+    specs.push_back(s);
+  }
+  {
+    v1::JobSpec s = TinySpec();  // GPTQ with static FP8 weights and inputs, FP8 KV cache
+    s.clear_scheme();
+    s.set_recipe_yaml(ReadAll(fixtures + "/calib/fp8_kv_gptq.yaml"));
+    s.set_output_name("gptq-fp8-kv");
+    specs.push_back(s);
+  }
+
+  // The reference: one at a time.
+  auto t0 = std::chrono::steady_clock::now();
+  for (const v1::JobSpec& spec : specs) {
+    v1::Job job = RunToEnd(spec);
+    ASSERT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << spec.output_name() << ": " << job.error_message();
+  }
+  auto t1 = std::chrono::steady_clock::now();
+
+  // The same specs, all at once.
+  {
+    std::lock_guard<std::mutex> lock(g_hold->mu);
+    g_hold->gate = true;
+  }
+  absl::StatusOr<std::unique_ptr<calibrator::CalibratorServer>> started =
+      StartServer(root_ + "/state-concurrent", static_cast<int>(specs.size()));
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::unique_ptr<calibrator::CalibratorServer> server = *std::move(started);
+  auto open_gate = absl::MakeCleanup([] { Release(); });  // before the server shuts down
+  std::unique_ptr<v1::CalibratorService::Stub> stub = MakeStub(server->port());
+  std::vector<std::string> ids;
+  for (const v1::JobSpec& spec : specs) {
+    v1::CreateJobRequest req;
+    *req.mutable_spec() = spec;
+    v1::CreateJobResponse resp;
+    grpc::Status s = stub->CreateJob(Ctx(kToken).get(), req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ids.push_back(resp.job().id());
+  }
+  {
+    std::unique_lock<std::mutex> lock(g_hold->mu);
+    ASSERT_TRUE(g_hold->cv.wait_for(lock, std::chrono::seconds(60),
+                                    [&] { return g_hold->at_gate == static_cast<int>(specs.size()); }))
+        << g_hold->at_gate << " of " << specs.size() << " jobs reached layer 0 together";
+  }
+  v1::ListJobsRequest lreq;
+  lreq.set_state(v1::JOB_STATE_RUNNING);
+  v1::ListJobsResponse lresp;
+  ASSERT_TRUE(stub->ListJobs(Ctx(kToken).get(), lreq, &lresp).ok());
+  EXPECT_EQ(lresp.jobs_size(), static_cast<int>(specs.size())) << "the jobs are not all running at once";
+  for (const v1::Job& j : lresp.jobs()) {
+    EXPECT_EQ(j.progress().phase(), "calibrate") << j.id();
+    EXPECT_EQ(j.progress().layer(), 0) << j.id();
+  }
+  auto t2 = std::chrono::steady_clock::now();
+  Release();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    v1::Job job = WaitForJob(*stub, kToken, ids[i]);
+    ASSERT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << specs[i].output_name() << ": " << job.error_message();
+  }
+  auto t3 = std::chrono::steady_clock::now();
+  auto ms = [](auto d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); };
+  RecordProperty("one_at_a_time_ms", static_cast<int>(ms(t1 - t0)));
+  RecordProperty("at_once_ms", static_cast<int>(ms(t3 - t2)));
+
+  // Byte for byte, every file but report.json; report.json but for its timings.
+  for (const v1::JobSpec& spec : specs) {
+    SCOPED_TRACE(spec.output_name());
+    const std::string ref = root_ + "/state/outputs/" + spec.output_name();
+    const std::string got = root_ + "/state-concurrent/outputs/" + spec.output_name();
+    ExpectSameCheckpoint(ref, got);
+    std::map<std::string, std::string> a = ResultFiles(ref), b = ResultFiles(got);
+    ASSERT_TRUE(a.count("model.safetensors") && a.count("report.json"));
+    std::vector<std::string> names_a, names_b;
+    for (const auto& [name, bytes] : a) names_a.push_back(name);
+    for (const auto& [name, bytes] : b) names_b.push_back(name);
+    EXPECT_EQ(names_a, names_b);
+    for (const auto& [name, bytes] : a) {
+      if (name == "report.json" || !b.count(name)) continue;
+      EXPECT_TRUE(bytes == b[name]) << name << " differs";
+    }
+    EXPECT_EQ(ReportWithoutTimes(a["report.json"]), ReportWithoutTimes(b["report.json"]));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,9 +2,14 @@
 // that must be refused with a clear error (never a crash).
 #include "common/safetensors.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <random>
 
+#include "common/file_util.h"
+#include "common/safetensors_writer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -167,6 +172,84 @@ TEST_F(SafetensorsTest, AtomicWriteLeavesNoTempFiles) {
     EXPECT_EQ(e.path().filename(), "x.safetensors");
   }
   EXPECT_EQ(files, 1);
+}
+
+// Every file of `dir` by name -> contents.
+std::map<std::string, std::string> DirFiles(const fs::path& dir) {
+  std::map<std::string, std::string> out;
+  for (auto& e : fs::directory_iterator(dir)) out[e.path().filename().string()] = *ReadFileToString(e.path().string());
+  return out;
+}
+
+// The streaming writer lays files out as WriteSafetensorsModel does: fed in shuffled pieces, in
+// any order, it must produce the same bytes (shards and index included).
+TEST_F(SafetensorsTest, ModelWriterMatchesWriteSafetensorsModelFedInAnyOrder) {
+  std::mt19937 rng(7);
+  std::vector<NamedTensor> tensors;
+  const DType dtypes[] = {DType::kF32, DType::kBF16, DType::kI8, DType::kI32, DType::kF8E4M3};
+  for (int i = 0; i < 9; ++i) {
+    const DType dt = dtypes[i % 5];
+    const Shape shape = {3 + i, 17};
+    std::vector<uint8_t> bytes(static_cast<size_t>(NumElements(shape).value()) * DTypeSize(dt));
+    for (uint8_t& b : bytes) b = static_cast<uint8_t>(rng());
+    tensors.push_back({"layer." + std::to_string(i), Tensor::FromBytes(dt, shape, bytes)});
+  }
+  const fs::path want = dir_ / "want", got = dir_ / "got";
+  fs::create_directories(want);
+  fs::create_directories(got);
+  ASSERT_TRUE(WriteSafetensorsModel(want.string(), tensors, 600).ok());  // several shards
+  auto model = SafetensorsModel::Open(want.string());
+  ASSERT_TRUE(model.ok()) << model.status();
+
+  std::vector<SafetensorsModelWriter::Placement> placements;
+  for (const NamedTensor& t : tensors) {
+    placements.push_back({t.name, t.tensor.dtype(), t.tensor.shape(), (*model)->FileOf(t.name)});
+  }
+  auto writer = SafetensorsModelWriter::Create(got.string(), placements);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  std::vector<std::pair<const NamedTensor*, size_t>> pieces;  // (tensor, piece start); pieces of 7 bytes
+  for (const NamedTensor& t : tensors) {
+    for (size_t at = 0; at < t.tensor.nbytes(); at += 7) pieces.push_back({&t, at});
+  }
+  std::shuffle(pieces.begin(), pieces.end(), rng);
+  for (auto [t, at] : pieces) {
+    auto b = t->tensor.bytes().subspan(at, std::min<size_t>(7, t->tensor.nbytes() - at));
+    ASSERT_TRUE((*writer)->Write(t->name, at, b).ok());
+  }
+  ASSERT_TRUE((*writer)->AddFile("config.json", "{}").ok());
+  EXPECT_TRUE(DirFiles(got).count("config.json") == 0) << "nothing appears before Commit";
+  auto written = (*writer)->Commit();
+  ASSERT_TRUE(written.ok()) << written.status();
+  EXPECT_EQ(written->back(), "model.safetensors.index.json");
+  auto got_files = DirFiles(got);
+  EXPECT_EQ(got_files["config.json"], "{}");
+  got_files.erase("config.json");
+  auto want_files = DirFiles(want);
+  EXPECT_GE(want_files.size(), 3u);
+  EXPECT_EQ(got_files, want_files);
+}
+
+TEST_F(SafetensorsTest, ModelWriterRefusesBadInputAndCleansUpWithoutCommit) {
+  using P = SafetensorsModelWriter::Placement;
+  const std::vector<P> escape = {{"a", DType::kF32, {2}, "../a.safetensors"}};
+  EXPECT_EQ(SafetensorsModelWriter::Create(dir_.string(), escape).status().code(), absl::StatusCode::kInvalidArgument);
+  const std::vector<P> not_st = {{"a", DType::kF32, {2}, "config.json"}};
+  EXPECT_EQ(SafetensorsModelWriter::Create(dir_.string(), not_st).status().code(), absl::StatusCode::kInvalidArgument);
+  const std::vector<P> twice = {{"a", DType::kF32, {2}, "x.safetensors"}, {"a", DType::kF32, {2}, "y.safetensors"}};
+  EXPECT_EQ(SafetensorsModelWriter::Create(dir_.string(), twice).status().code(), absl::StatusCode::kInvalidArgument);
+  {
+    const std::vector<P> ok = {{"a", DType::kF32, {2}, "model.safetensors"}};
+    auto w = SafetensorsModelWriter::Create(dir_.string(), ok);
+    ASSERT_TRUE(w.ok()) << w.status();
+    const uint8_t nine[9] = {};
+    absl::Status past = (*w)->Write("a", 0, nine);  // 8 bytes hold two f32
+    EXPECT_EQ(past.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(past.message().find("outside its 8 bytes"), std::string::npos) << past;
+    EXPECT_EQ((*w)->Write("b", 0, std::span<const uint8_t>(nine, 1)).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ((*w)->AddFile("../x", "").code(), absl::StatusCode::kInvalidArgument);
+    ASSERT_TRUE((*w)->Write("a", 0, std::span<const uint8_t>(nine, 8)).ok());
+  }  // destroyed without Commit
+  EXPECT_TRUE(fs::is_empty(dir_));
 }
 
 }  // namespace

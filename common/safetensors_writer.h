@@ -1,0 +1,82 @@
+// Writes a safetensors model directory whose tensors arrive piece by piece and in any order (a
+// network stream), without holding them in memory: every file is laid out up front
+// (LayoutSafetensorsFile, the layout WriteSafetensorsModel writes), created at its full size
+// under a temp name, and filled with pwrite as the pieces come. Commit fsyncs every file, renames
+// it into place and writes model.safetensors.index.json last (for more than one file, or one not
+// named model.safetensors), so a reader never sees a half-written model. A writer destroyed
+// without Commit removes its temp files.
+#ifndef LOWBIT_COMMON_SAFETENSORS_WRITER_H_
+#define LOWBIT_COMMON_SAFETENSORS_WRITER_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/safetensors.h"
+
+namespace lowbit {
+
+class SafetensorsModelWriter {
+ public:
+  // Where one tensor goes: name, dtype and shape, and the file (a plain name ending in
+  // .safetensors) that holds it.
+  struct Placement {
+    std::string name;
+    DType dtype;
+    Shape shape;
+    std::string file;
+  };
+  // InvalidArgument for a file name with a directory part or without the .safetensors suffix, a
+  // name given twice, an invalid shape; Internal (or ResourceExhausted, disk full) when a file
+  // cannot be created.
+  static absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> Create(const std::string& dir,
+                                                                        std::span<const Placement> tensors);
+  ~SafetensorsModelWriter();
+  SafetensorsModelWriter(const SafetensorsModelWriter&) = delete;
+  SafetensorsModelWriter& operator=(const SafetensorsModelWriter&) = delete;
+
+  // The entry of `name` (its dtype, shape and size), or nullptr when the model has no such tensor.
+  const SafetensorsEntry* Find(const std::string& name) const;
+  // Writes `bytes` at byte `offset` of tensor `name`. InvalidArgument past the tensor's end or for
+  // an unknown name; Internal (ResourceExhausted: disk full) for a failed write.
+  absl::Status Write(const std::string& name, uint64_t offset, std::span<const uint8_t> bytes);
+  // A small file (config.json...) to put in the directory with the model, written now under a
+  // temp name and put in place by Commit. InvalidArgument for a name with a directory part.
+  absl::Status AddFile(const std::string& name, std::string_view contents);
+  // Makes every file durable (their fsyncs run at once, so the filesystem can commit them
+  // together), renames them into place, the index last, and syncs the directory once. Returns the
+  // names of the files.
+  absl::StatusOr<std::vector<std::string>> Commit();
+
+ private:
+  struct File {
+    std::string name, tmp_path;
+    int fd = -1;
+    uint64_t unflushed = 0;  // bytes written since the last writeback start
+  };
+  absl::Status CreateFile(const std::string& name, uint64_t size);
+  struct Where {
+    size_t file;
+    uint64_t offset;  // of the tensor's first byte in the file
+    const SafetensorsEntry* entry;
+  };
+  SafetensorsModelWriter() = default;
+  void CloseAll();
+
+  std::string dir_;
+  std::vector<File> files_;
+  std::vector<SafetensorsLayout> layouts_;  // one per file
+  std::map<std::string, Where> where_;
+  std::map<std::string, std::string> weight_map_;  // tensor -> file
+  uint64_t total_bytes_ = 0;
+  bool committed_ = false;
+};
+
+}  // namespace lowbit
+
+#endif  // LOWBIT_COMMON_SAFETENSORS_WRITER_H_
