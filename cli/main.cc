@@ -13,6 +13,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "cli/commands.h"
+#include "common/blas_env.h"
 #include "rpc/wire.h"
 
 namespace {
@@ -39,6 +40,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress (stderr) and results (stdout) stay in order
   lowbit::rpc::KeepFreedMemoryForReuse();
+  lowbit::StopIdleBlasThreads();  // the CLI moves data; `demo` restarts them when it computes
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() < 2) {
     std::fprintf(stderr, "%s\n", kUsage);

@@ -5,6 +5,10 @@
 #include <cstdio>
 #include <cstdlib>
 
+// OpenBLAS's own shutdown of its thread pool (exported; its fork handler uses it). Weak: null
+// when the program is not linked with OpenBLAS.
+extern "C" int blas_thread_shutdown_(void) __attribute__((weak));
+
 namespace lowbit {
 
 void EnsureBlasCoreType(char** argv) {
@@ -21,6 +25,10 @@ void EnsureBlasCoreType(char** argv) {
 #else
   (void)argv;
 #endif
+}
+
+void StopIdleBlasThreads() {
+  if (blas_thread_shutdown_ != nullptr) blas_thread_shutdown_();
 }
 
 }  // namespace lowbit
