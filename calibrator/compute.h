@@ -19,6 +19,11 @@ class Compute {
   // "cpu-openblas", "cuda", ...
   virtual std::string Name() const = 0;
 
+  // What besides the inputs decides the bits of the results: for OpenBLAS its build, the kernel it
+  // picked for this CPU and its thread count (another count changes the last bits of ssyrk,
+  // sgemm and strtri). Resume state saved under one identity is not reused under another.
+  virtual std::string NumericsId() const = 0;
+
   // C[m,n] = alpha · A[m,k] · op(B) + beta · C, where op(B) = Bᵀ for a [n,k] B when
   // `transpose_b`, else B is [k,n]. beta = 0 ignores C's previous contents (NaN included).
   virtual void Gemm(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,

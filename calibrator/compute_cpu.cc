@@ -31,6 +31,11 @@ class CpuComputeImpl final : public Compute {
  public:
   std::string Name() const override { return "cpu-openblas"; }
 
+  std::string NumericsId() const override {
+    return absl::StrCat(openblas_get_config(), "; core ", openblas_get_corename(), "; threads ",
+                        openblas_get_num_threads());
+  }
+
   void Gemm(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
             const float* b, int64_t ldb, float beta, float* c, int64_t ldc) override {
     if (m == 0 || n == 0) return;

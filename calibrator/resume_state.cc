@@ -98,7 +98,7 @@ std::optional<std::vector<float>> Floats(const SafetensorsFile& f, const std::st
 
 }  // namespace
 
-std::string JobFingerprint(const CalibrationJob& job, const PipelineOptions& options) {
+std::string JobFingerprint(const CalibrationJob& job, const PipelineOptions& options, const std::string& numerics_id) {
   Digest d;
   d.Add(std::string("lowbit-resume-v1"));
   d.Add(job.model_dir);
@@ -106,6 +106,7 @@ std::string JobFingerprint(const CalibrationJob& job, const PipelineOptions& opt
   d.Add(job.calibration);
   d.Add(job.heldout);
   d.Add(&options.max_chunk_tokens, sizeof options.max_chunk_tokens);
+  d.Add(numerics_id);
   return absl::StrFormat("%016x", d.value());
 }
 

@@ -45,8 +45,10 @@ struct SmoothingState {
   nlohmann::json summary = nlohmann::json::array();
 };
 
-// A stable digest of what determines the run's result.
-std::string JobFingerprint(const CalibrationJob& job, const PipelineOptions& options);
+// A stable digest of what determines the run's result: the job, the options that change numbers,
+// and the compute's NumericsId (a resume on another BLAS build, CPU kernel or thread count starts
+// over, so the output is still what an uninterrupted run there writes).
+std::string JobFingerprint(const CalibrationJob& job, const PipelineOptions& options, const std::string& numerics_id);
 
 class ResumeState {
  public:

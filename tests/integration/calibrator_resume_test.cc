@@ -5,6 +5,7 @@
 // config.json) as an uninterrupted `lowbit-calibrator calibrate` of the same inputs. A second
 // case stops the server with SIGTERM (graceful) with per-layer resume off: the job starts over
 // and still writes the same bytes.
+#include <cblas.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include <filesystem>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "calibrator/compute.h"
 #include "calibrator/dataset.h"
 #include "calibrator/job_builder.h"
@@ -323,6 +325,76 @@ TEST(PipelineResumeTest, CancelAfterAPersistedLayerThenResumeEqualsUninterrupted
     fs::remove_all(root + "/resumed");
     fs::remove_all(root + "/reference");
   }
+  std::error_code ec;
+  fs::remove_all(root, ec);
+}
+
+// CpuCompute, but reporting another NumericsId: the same job "on another machine".
+class OtherMachineCompute final : public Compute {
+ public:
+  std::string Name() const override { return CpuCompute().Name(); }
+  std::string NumericsId() const override { return CpuCompute().NumericsId() + "; another machine"; }
+  void Gemm(bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+            const float* b, int64_t ldb, float beta, float* c, int64_t ldc) override {
+    CpuCompute().Gemm(transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+  void AddGram(int64_t rows, int64_t k, float alpha, const float* x, float* h) override {
+    CpuCompute().AddGram(rows, k, alpha, x, h);
+  }
+  absl::Status CholeskyInverseUpper(int64_t n, float* h) override { return CpuCompute().CholeskyInverseUpper(n, h); }
+};
+
+// OpenBLAS's bits depend on its thread count, so resume state saved under one BLAS configuration
+// is not reused under another: the run starts over (every layer, SmoothQuant again) and writes
+// what an uninterrupted run writes.
+TEST(PipelineResumeTest, ResumeUnderAnotherBlasConfigurationStartsOver) {
+  const std::string id = CpuCompute().NumericsId();
+  EXPECT_NE(id.find(absl::StrCat("threads ", openblas_get_num_threads())), std::string::npos) << id;
+  EXPECT_NE(id.find(openblas_get_corename()), std::string::npos) << id;
+  const int threads = openblas_get_num_threads();
+  openblas_set_num_threads(threads + 1);
+  EXPECT_NE(CpuCompute().NumericsId(), id) << "the thread count is part of the identity";
+  openblas_set_num_threads(threads);
+
+  const std::string root = MakeTempDir("piperesume-blas");
+  ASSERT_TRUE(WriteSyntheticLlama(root + "/m", TinyModel(/*layers=*/3)).ok());
+  const std::string recipe = "tests/fixtures/recipes/int8_w8a8.yaml";
+  const std::string text = ReadAll(std::string(LOWBIT_SOURCE_DIR) + "/" + recipe);
+  auto job_for = [&](const std::string& out) {
+    absl::StatusOr<RecipeChoice> choice = ResolveRecipe(text, recipe, "", "");
+    EXPECT_TRUE(choice.ok()) << choice.status();
+    absl::StatusOr<CalibrationJob> job =
+        BuildCalibrationJob(root + "/m", out, *std::move(choice), TinyTokens(20, 4), DatasetOptions(), "inline");
+    EXPECT_TRUE(job.ok()) << job.status();
+    return *job;
+  };
+  CalibrationJob reference = job_for(root + "/reference");
+  ASSERT_TRUE(RunCalibration(reference, PipelineOptions(), CpuCompute()).ok());
+
+  PipelineOptions resumable;
+  resumable.resume_dir = root + "/resume";
+  CalibrationJob job = job_for(root + "/resumed");
+  std::atomic<bool> cancel{false};
+  absl::StatusOr<CalibrationResult> first = RunCalibration(
+      job, resumable, CpuCompute(),
+      [&](const ProgressEvent& e) {
+        if (e.phase == "layer_saved" && e.layer == 1) cancel = true;
+      },
+      &cancel);
+  ASSERT_TRUE(absl::IsCancelled(first.status())) << first.status();
+  ASSERT_TRUE(fs::exists(resumable.resume_dir + "/layer-00001.safetensors"));
+
+  OtherMachineCompute other;
+  std::set<int64_t> calibrated;
+  int smoothquant = 0;
+  absl::StatusOr<CalibrationResult> second = RunCalibration(job, resumable, other, [&](const ProgressEvent& e) {
+    if (e.phase == "calibrate") calibrated.insert(e.layer);
+    smoothquant += e.phase == "smoothquant";
+  });
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(calibrated, (std::set<int64_t>{0, 1, 2})) << "every layer runs again";
+  EXPECT_GT(smoothquant, 0);
+  ExpectSameCheckpoint(root + "/resumed", root + "/reference");
   std::error_code ec;
   fs::remove_all(root, ec);
 }
