@@ -734,7 +734,9 @@ absl::StatusOr<CalibrationResult> Pipeline::Run() {
 
   // Per-layer resume state (PipelineOptions::resume_dir).
   std::optional<ResumeState> resume;
-  if (!options_.resume_dir.empty()) resume.emplace(options_.resume_dir, JobFingerprint(job_, options_, compute_.NumericsId()));
+  if (!options_.resume_dir.empty()) {
+    resume.emplace(options_.resume_dir, JobFingerprint(job_, options_, compute_.NumericsId()));
+  }
 
   std::vector<std::vector<float>> smoothing;
   if (job_.plan.smoothquant) {

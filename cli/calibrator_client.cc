@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -47,7 +48,7 @@ std::string JobLine(const v1::Job& job) {
 
 absl::StatusOr<v1::UploadDatasetResponse> UploadDatasetFile(CalibratorStubT& stub, const rpc::ClientConfig& config,
                                                             const std::string& path, const std::string& name) {
-  const int64_t chunk_bytes = config.chunk_bytes;
+  const int64_t chunk_bytes = std::clamp<int64_t>(config.chunk_bytes, 1, rpc::kMaxChunkBytes);
   const bool bin = fs::path(path).extension() == ".bin";
   auto data = ReadFileToString(path);
   if (!data.ok()) return data.status();
@@ -137,7 +138,10 @@ absl::StatusOr<v1::UploadModelResponse> UploadModelDir(grpc::ChannelInterface& c
   for (size_t i = 0; i < files.size(); ++i) {
     auto mapped = MappedFile::Open(files[i].string());
     if (!mapped.ok()) return mapped.status();
-    if (!SendModelFile(*writer, *mapped, files[i].filename().string(), i == 0 ? name : "", config.chunk_bytes)) break;
+    if (!SendModelFile(*writer, *mapped, files[i].filename().string(), i == 0 ? name : "",
+                       std::clamp<int64_t>(config.chunk_bytes, 1, rpc::kMaxChunkBytes))) {
+      break;
+    }
   }
   writer->WritesDone();
   auto st = writer->Finish();
@@ -189,9 +193,10 @@ namespace {
 // with every chunk (fields, and the data apart in the receive slices). Errors: the stream's
 // status, a malformed message, a stream that does not start with the header or has a second
 // one, or the first error of a callback (the call is then cancelled).
+using HeaderFn = std::function<absl::Status(const v1::ResultHeader&)>;
+using ChunkFn = std::function<absl::Status(const v1::TensorChunk&, const rpc::DataPieces&)>;
 absl::Status ReadResultStream(grpc::ChannelInterface& channel, const rpc::ClientConfig& config, const std::string& id,
-                              const std::function<absl::Status(const v1::ResultHeader&)>& on_header,
-                              const std::function<absl::Status(const v1::TensorChunk&, const rpc::DataPieces&)>& on_chunk) {
+                              const HeaderFn& on_header, const ChunkFn& on_chunk) {
   grpc::ClientContext ctx;
   Prepare(&ctx, config);
   v1::FetchResultRequest req;

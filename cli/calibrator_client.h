@@ -35,8 +35,11 @@ struct FetchedResult {
 };
 absl::StatusOr<FetchedResult> FetchResult(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
                                           const std::string& id);
-// FetchResult into `out_dir`: config.json, report.json, recipe.yaml, model.safetensors.
-// Returns the tensor bytes received.
+// FetchResult into `out_dir`: config.json, report.json, recipe.yaml and the checkpoint's
+// safetensors files, laid out from the header's manifest and written in place as the chunks
+// arrive (memory stays O(chunk)); they equal the server's files byte for byte. Nothing appears
+// in `out_dir` unless the whole result arrived intact. Returns the tensor bytes received.
+// Chunk sizes (here and in the uploads): config.chunk_bytes.
 absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
                                          const std::string& id, const std::string& out_dir);
 std::string JobStateName(v1::JobState state);

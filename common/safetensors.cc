@@ -236,7 +236,9 @@ absl::StatusOr<SafetensorsLayout> LayoutSafetensorsFile(std::vector<SafetensorsE
   for (SafetensorsEntry& t : tensors) {
     if (header.contains(t.name)) return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' given twice"));
     absl::StatusOr<int64_t> numel = NumElements(t.shape);
-    if (!numel.ok()) return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': ", numel.status().message()));
+    if (!numel.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': ", numel.status().message()));
+    }
     t.begin = offset;
     t.end = offset + static_cast<uint64_t>(*numel) * DTypeSize(t.dtype);
     offset = t.end;

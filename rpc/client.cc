@@ -9,6 +9,12 @@
 namespace lowbit::rpc {
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& config) {
+  if (config.chunk_bytes < 1 || config.chunk_bytes > kMaxChunkBytes ||
+      config.chunk_bytes + (int64_t{64} << 10) > config.max_message_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("chunk_bytes ", config.chunk_bytes, " must be 1 to ", kMaxChunkBytes,
+                                                   " and at least 64 KiB below max_message_bytes (",
+                                                   config.max_message_bytes, ")"));
+  }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));

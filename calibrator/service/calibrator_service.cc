@@ -11,6 +11,7 @@
 #include "common/file_util.h"
 #include "common/module_match.h"
 #include "common/safetensors.h"
+#include "rpc/client.h"
 #include "rpc/status.h"
 #include "rpc/tensor_codec.h"
 
@@ -332,7 +333,7 @@ absl::Status CalibratorServiceImpl::SendResult(grpc::ServerContext* ctx, const v
                                                       "; FetchResult needs a job in JOB_STATE_SUCCEEDED"));
   }
   if (req.chunk_bytes() < 0) return absl::InvalidArgumentError("chunk_bytes is negative");
-  const int64_t chunk = req.chunk_bytes() == 0 ? int64_t{1} << 20 : std::min<int64_t>(req.chunk_bytes(), 32 << 20);
+  const int64_t chunk = req.chunk_bytes() == 0 ? int64_t{1} << 20 : std::min(req.chunk_bytes(), rpc::kMaxChunkBytes);
   const std::string dir = absl::StrCat(paths_.output_root, "/", job->output_path());
   absl::StatusOr<std::unique_ptr<SafetensorsModel>> model = SafetensorsModel::Open(dir);
   if (!model.ok()) {
