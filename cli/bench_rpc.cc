@@ -4,7 +4,9 @@
 //   * Gemm latency at M = 1, K = N = 4096 (a W8A8 o_proj): p50 / p99 end to end, the
 //     server-side kernel time from the response, and the RPC overhead p50 − kernel p50;
 //   * Gemm throughput with 1 / 8 / 64 concurrent clients, on a runtime with dynamic batching
-//     and on one without (same binary, --batching=false);
+//     and on one without (same binary, --batching=false), for o_proj (4096², 16 MiB of int8
+//     weights: stays in a 32 MiB L3 between calls) and gate_proj (4096 -> 14336 as in
+//     Llama-3-8B, 56 MiB: streamed from memory by every GEMM);
 //   * streaming: UploadModel to the calibrator, LoadModelStream to the runtime, FetchResult
 //     from the calibrator — MB/s of tensor bytes.
 // Writes a Markdown table to --out/bench-rpc.md and prints it.
@@ -13,6 +15,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <thread>
 
@@ -35,6 +38,7 @@ ABSL_FLAG(double, bench_seconds, 3.0, "bench-rpc: seconds per throughput point")
 ABSL_FLAG(int, bench_latency_calls, 300, "bench-rpc: sequential calls for the latency percentiles");
 ABSL_FLAG(std::string, bench_clients, "1,8,64", "bench-rpc: concurrent client counts");
 ABSL_FLAG(int64_t, bench_hidden, 4096, "bench-rpc: hidden size of the one-layer model (K = N of o_proj)");
+ABSL_FLAG(int64_t, bench_intermediate, 14336, "bench-rpc: intermediate size of the model (N of gate_proj)");
 ABSL_FLAG(std::string, bench_backend, "cpu", "bench-rpc: --backend of the runtimes (cpu, cuda, auto)");
 ABSL_FLAG(std::string, bench_threads, "", "bench-rpc: --threads for the runtimes (default: theirs)");
 ABSL_FLAG(int64_t, bench_queue_delay_us, -1, "bench-rpc: --max_queue_delay_us of the batching runtime (-1: its default)");
@@ -111,7 +115,7 @@ int Bench() {
   // A one-layer model with K = N = hidden for o_proj, quantized W8A8 by round-to-nearest.
   SyntheticLlamaOptions o;
   o.hidden = hidden;
-  o.intermediate = hidden;
+  o.intermediate = absl::GetFlag(FLAGS_bench_intermediate);
   o.layers = 1;
   o.heads = std::max<int64_t>(1, hidden / 128);
   o.kv_heads = std::max<int64_t>(1, o.heads / 4);
@@ -139,9 +143,14 @@ int Bench() {
     }
     return ServiceProcess::Start(FindSiblingBinary("lowbit-runtime", "runtime"), args, (out / log).string());
   };
-  std::string md = absl::StrFormat("# lowbit bench-rpc\n\nLoopback, backend %s, W8A8 layer K = N = %d.\n\n",
-                                   absl::GetFlag(FLAGS_bench_backend), hidden);
+  std::string md = absl::StrFormat(
+      "# lowbit bench-rpc\n\nLoopback, backend %s, W8A8 layers o_proj (K = N = %d) and gate_proj (K = %d, N = %d).\n\n",
+      absl::GetFlag(FLAGS_bench_backend), hidden, hidden, o.intermediate);
   const std::string layer = "model.layers.0.self_attn.o_proj";
+  // Throughput: a layer whose weights stay in cache between calls, and one streamed from memory.
+  const std::vector<std::string> tp_layers = {layer, "model.layers.0.mlp.gate_proj"};
+  std::map<std::pair<std::string, int>, double> rps_off;  // (layer, clients) -> Gemm/s without batching
+  std::string ratios;
   std::mt19937 rng(0);
   std::normal_distribution<float> nd;
   std::vector<float> xv(hidden);
@@ -200,13 +209,22 @@ int Bench() {
                           batching ? "on" : "off", p50, p99, k50, p50 - k50, f50, absl::GetFlag(FLAGS_bench_latency_calls));
     std::fprintf(stderr, "batching %s, M=1 latency: p50 %.0f us, p99 %.0f us, kernel p50 %.0f us, empty call %.0f us\n",
                  batching ? "on" : "off", p50, p99, k50, f50);
-    for (absl::string_view c : absl::StrSplit(absl::GetFlag(FLAGS_bench_clients), ',', absl::SkipEmpty())) {
-      const int clients = std::stoi(std::string(c));
-      Throughput t = MeasureThroughput(cfg, "bench", layer, x1, clients, absl::GetFlag(FLAGS_bench_seconds));
-      absl::StrAppendFormat(&tp_rows, "| %s | %d | %.0f | %.1f | %d |\n", batching ? "on" : "off", clients, t.rps,
-                            t.mean_batch, t.errors);
-      std::fprintf(stderr, "batching %s, %d clients: %.0f req/s (mean batch %.1f)\n", batching ? "on" : "off", clients,
-                   t.rps, t.mean_batch);
+    for (const std::string& tl : tp_layers) {
+      const std::string short_name = tl.substr(tl.rfind('.') + 1);
+      for (absl::string_view c : absl::StrSplit(absl::GetFlag(FLAGS_bench_clients), ',', absl::SkipEmpty())) {
+        const int clients = std::stoi(std::string(c));
+        Throughput t = MeasureThroughput(cfg, "bench", tl, x1, clients, absl::GetFlag(FLAGS_bench_seconds));
+        absl::StrAppendFormat(&tp_rows, "| %s | %s | %d | %.0f | %.1f | %d |\n", short_name, batching ? "on" : "off",
+                              clients, t.rps, t.mean_batch, t.errors);
+        std::fprintf(stderr, "%s, batching %s, %d clients: %.0f req/s (mean batch %.1f)\n", short_name.c_str(),
+                     batching ? "on" : "off", clients, t.rps, t.mean_batch);
+        if (!batching) {
+          rps_off[{tl, clients}] = t.rps;
+        } else if (rps_off[{tl, clients}] > 0) {
+          absl::StrAppendFormat(&ratios, "%s, %d clients: batching lifts throughput %.2fx\n\n", short_name, clients,
+                                t.rps / rps_off[{tl, clients}]);
+        }
+      }
     }
     if (batching) {
       // Streaming a checkpoint into the runtime.
@@ -220,8 +238,8 @@ int Bench() {
     }
     (*rt)->Stop();
   }
-  md += "| batching | clients | Gemm/s (M=1) | mean requests per GEMM | errors |\n|---|---:|---:|---:|---:|\n" + tp_rows +
-        "\n";
+  md += "| layer | batching | clients | Gemm/s (M=1) | mean requests per GEMM | errors |\n|---|---|---:|---:|---:|---:|\n" +
+        tp_rows + "\n" + ratios;
 
   // --- calibrator streaming: upload the float model, RTN job, fetch the result
   auto cal = ServiceProcess::Start(FindSiblingBinary("lowbit-calibrator", "calibrator"),

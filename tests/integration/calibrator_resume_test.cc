@@ -265,6 +265,30 @@ TEST_F(CalibratorResumeTest, GracefulStopWithoutPerLayerResumeStartsOverWithTheS
   EXPECT_EQ(Stop(server_, SIGTERM), 0);
 }
 
+// A job on the tiny model in `root`/m with the recipe file `recipe` (relative to the source tree).
+CalibrationJob TinyJob(const std::string& root, const std::string& recipe, const std::string& out,
+                       const DatasetOptions& data) {
+  const std::string text = ReadAll(std::string(LOWBIT_SOURCE_DIR) + "/" + recipe);
+  absl::StatusOr<RecipeChoice> choice = ResolveRecipe(text, recipe, "", "");
+  EXPECT_TRUE(choice.ok()) << choice.status();
+  absl::StatusOr<CalibrationJob> job =
+      BuildCalibrationJob(root + "/m", out, *std::move(choice), TinyTokens(20, 4), data, "inline");
+  EXPECT_TRUE(job.ok()) << job.status();
+  return *job;
+}
+
+// Runs `job` and cancels it once layer `layer` is saved: its resume state stays on disk.
+absl::Status RunUntilLayerSaved(const CalibrationJob& job, const PipelineOptions& options, int64_t layer) {
+  std::atomic<bool> cancel{false};
+  return RunCalibration(
+             job, options, CpuCompute(),
+             [&](const ProgressEvent& e) {
+               if (e.phase == "layer_saved" && e.layer == layer) cancel = true;
+             },
+             &cancel)
+      .status();
+}
+
 // The pipeline's resume on its own, in-process: a run stopped (cancelled) after a persisted layer
 // and run again on the same resume_dir continues from there and writes what an uninterrupted run
 // writes, for recipes that carry state across layers (SmoothQuant scales, static FP8 input and
@@ -276,31 +300,15 @@ TEST(PipelineResumeTest, CancelAfterAPersistedLayerThenResumeEqualsUninterrupted
   data.heldout_fraction = 0.2;
   for (const char* recipe : {"tests/fixtures/recipes/int8_w8a8.yaml", "tests/fixtures/calib/fp8_kv_gptq.yaml"}) {
     SCOPED_TRACE(recipe);
-    const std::string text = ReadAll(std::string(LOWBIT_SOURCE_DIR) + "/" + recipe);
-    auto job_for = [&](const std::string& out) {
-      absl::StatusOr<RecipeChoice> choice = ResolveRecipe(text, recipe, "", "");
-      EXPECT_TRUE(choice.ok()) << choice.status();
-      absl::StatusOr<CalibrationJob> job =
-          BuildCalibrationJob(root + "/m", out, *std::move(choice), TinyTokens(20, 4), data, "inline");
-      EXPECT_TRUE(job.ok()) << job.status();
-      return *job;
-    };
-    PipelineOptions plain;
-    CalibrationJob reference = job_for(root + "/reference");
-    ASSERT_TRUE(RunCalibration(reference, plain, CpuCompute()).ok());
+    CalibrationJob reference = TinyJob(root, recipe, root + "/reference", data);
+    ASSERT_TRUE(RunCalibration(reference, PipelineOptions(), CpuCompute()).ok());
 
     PipelineOptions resumable;
     resumable.resume_dir = root + "/resume";
     std::filesystem::remove_all(resumable.resume_dir);
-    CalibrationJob job = job_for(root + "/resumed");
-    std::atomic<bool> cancel{false};
-    absl::StatusOr<CalibrationResult> first = RunCalibration(
-        job, resumable, CpuCompute(),
-        [&](const ProgressEvent& e) {
-          if (e.phase == "layer_saved" && e.layer == 1) cancel = true;
-        },
-        &cancel);
-    ASSERT_TRUE(absl::IsCancelled(first.status())) << first.status();
+    CalibrationJob job = TinyJob(root, recipe, root + "/resumed", data);
+    absl::Status first = RunUntilLayerSaved(job, resumable, 1);
+    ASSERT_TRUE(absl::IsCancelled(first)) << first;
     EXPECT_FALSE(fs::exists(root + "/resumed"));
     EXPECT_TRUE(fs::exists(resumable.resume_dir + "/layer-00001.safetensors"));
 
@@ -359,29 +367,14 @@ TEST(PipelineResumeTest, ResumeUnderAnotherBlasConfigurationStartsOver) {
   const std::string root = MakeTempDir("piperesume-blas");
   ASSERT_TRUE(WriteSyntheticLlama(root + "/m", TinyModel(/*layers=*/3)).ok());
   const std::string recipe = "tests/fixtures/recipes/int8_w8a8.yaml";
-  const std::string text = ReadAll(std::string(LOWBIT_SOURCE_DIR) + "/" + recipe);
-  auto job_for = [&](const std::string& out) {
-    absl::StatusOr<RecipeChoice> choice = ResolveRecipe(text, recipe, "", "");
-    EXPECT_TRUE(choice.ok()) << choice.status();
-    absl::StatusOr<CalibrationJob> job =
-        BuildCalibrationJob(root + "/m", out, *std::move(choice), TinyTokens(20, 4), DatasetOptions(), "inline");
-    EXPECT_TRUE(job.ok()) << job.status();
-    return *job;
-  };
-  CalibrationJob reference = job_for(root + "/reference");
+  CalibrationJob reference = TinyJob(root, recipe, root + "/reference", DatasetOptions());
   ASSERT_TRUE(RunCalibration(reference, PipelineOptions(), CpuCompute()).ok());
 
   PipelineOptions resumable;
   resumable.resume_dir = root + "/resume";
-  CalibrationJob job = job_for(root + "/resumed");
-  std::atomic<bool> cancel{false};
-  absl::StatusOr<CalibrationResult> first = RunCalibration(
-      job, resumable, CpuCompute(),
-      [&](const ProgressEvent& e) {
-        if (e.phase == "layer_saved" && e.layer == 1) cancel = true;
-      },
-      &cancel);
-  ASSERT_TRUE(absl::IsCancelled(first.status())) << first.status();
+  CalibrationJob job = TinyJob(root, recipe, root + "/resumed", DatasetOptions());
+  absl::Status first = RunUntilLayerSaved(job, resumable, 1);
+  ASSERT_TRUE(absl::IsCancelled(first)) << first;
   ASSERT_TRUE(fs::exists(resumable.resume_dir + "/layer-00001.safetensors"));
 
   OtherMachineCompute other;
