@@ -36,8 +36,20 @@ absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> SafetensorsModelWriter::
     }
     by_file[p.file].push_back({p.name, p.dtype, p.shape});
   }
+  const bool indexed = by_file.size() > 1 || (by_file.size() == 1 && by_file.begin()->first != "model.safetensors");
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string f = e.path().filename().string();
+    const bool stray = (absl::EndsWith(f, ".safetensors") && !by_file.count(f)) ||
+                       (f == "model.safetensors.index.json" && !indexed);
+    if (stray) {
+      return absl::FailedPreconditionError(absl::StrCat(dir, " already holds ", f, ", which this model does not replace: ",
+                                                        "a reader would mix two models; use an empty directory"));
+    }
+  }
   auto w = std::unique_ptr<SafetensorsModelWriter>(new SafetensorsModelWriter());
   w->dir_ = dir;
+  w->indexed_ = indexed;
   for (auto& [file, entries] : by_file) {
     absl::StatusOr<SafetensorsLayout> layout = LayoutSafetensorsFile(std::move(entries));
     if (!layout.ok()) return absl::InvalidArgumentError(absl::StrCat(file, ": ", layout.status().message()));
@@ -131,7 +143,7 @@ absl::Status SafetensorsModelWriter::Write(const std::string& name, uint64_t off
 }
 
 absl::StatusOr<std::vector<std::string>> SafetensorsModelWriter::Commit() {
-  if (layouts_.size() > 1 || (layouts_.size() == 1 && files_[0].name != "model.safetensors")) {
+  if (indexed_) {
     if (absl::Status s = AddFile("model.safetensors.index.json", SafetensorsIndexJson(weight_map_, total_bytes_));
         !s.ok()) {
       return s;

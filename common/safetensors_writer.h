@@ -32,8 +32,10 @@ class SafetensorsModelWriter {
     std::string file;
   };
   // InvalidArgument for a file name with a directory part or without the .safetensors suffix, a
-  // name given twice, an invalid shape; Internal (or ResourceExhausted, disk full) when a file
-  // cannot be created.
+  // name given twice, an invalid shape; FailedPrecondition when `dir` already holds a
+  // *.safetensors file or an index this model would not replace (a reader would mix the two
+  // models); Internal (or ResourceExhausted, disk full) when a file cannot be created. Files of
+  // the same names are replaced on Commit.
   static absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> Create(const std::string& dir,
                                                                         std::span<const Placement> tensors);
   ~SafetensorsModelWriter();
@@ -74,6 +76,7 @@ class SafetensorsModelWriter {
   std::map<std::string, Where> where_;
   std::map<std::string, std::string> weight_map_;  // tensor -> file
   uint64_t total_bytes_ = 0;
+  bool indexed_ = false;  // writes model.safetensors.index.json
   bool committed_ = false;
 };
 

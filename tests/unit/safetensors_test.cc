@@ -250,6 +250,28 @@ TEST_F(SafetensorsTest, ModelWriterRefusesBadInputAndCleansUpWithoutCommit) {
     ASSERT_TRUE((*w)->Write("a", 0, std::span<const uint8_t>(nine, 8)).ok());
   }  // destroyed without Commit
   EXPECT_TRUE(fs::is_empty(dir_));
+
+  // A directory holding another model's shards or index is refused (a reader would mix them);
+  // the same files are replaced.
+  const std::vector<P> one = {{"a", DType::kF32, {2}, "model.safetensors"}};
+  std::ofstream(dir_ / "model-00001-of-00002.safetensors") << "x";
+  auto stray = SafetensorsModelWriter::Create(dir_.string(), one);
+  EXPECT_EQ(stray.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(stray.status().message().find("model-00001-of-00002.safetensors"), std::string::npos) << stray.status();
+  fs::remove(dir_ / "model-00001-of-00002.safetensors");
+  std::ofstream(dir_ / "model.safetensors.index.json") << "{}";
+  EXPECT_EQ(SafetensorsModelWriter::Create(dir_.string(), one).status().code(), absl::StatusCode::kFailedPrecondition);
+  fs::remove(dir_ / "model.safetensors.index.json");
+  std::ofstream(dir_ / "model.safetensors") << "old";
+  std::ofstream(dir_ / "config.json") << "{}";
+  auto again = SafetensorsModelWriter::Create(dir_.string(), one);
+  ASSERT_TRUE(again.ok()) << again.status();
+  const float two[2] = {1.5f, -2.0f};
+  ASSERT_TRUE((*again)->Write("a", 0, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(two), sizeof two)).ok());
+  ASSERT_TRUE((*again)->Commit().ok());
+  auto model = SafetensorsFile::Open((dir_ / "model.safetensors").string());
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->Get("a")->ToFloats(), (std::vector<float>{1.5f, -2.0f}));
 }
 
 }  // namespace
