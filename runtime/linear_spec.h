@@ -31,6 +31,9 @@ enum class LinearKind {
 struct TensorSource {
   std::vector<std::string> names;
   std::function<absl::StatusOr<Tensor>(const std::string&)> get;
+  // Optional: drops the source's own references once the specs hold what they need, so a
+  // streamed set's memory goes as its layers are prepared (and its unused tensors at once).
+  std::function<void()> release;
 };
 
 struct LinearSpec {

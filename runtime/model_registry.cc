@@ -131,6 +131,7 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::LoadFromTensor
     if (it == owned->end()) return absl::NotFoundError(absl::StrCat("no tensor ", n));
     return it->second;
   };
+  source.release = [owned] { owned->clear(); };
   return Load(name, "stream", config, source);
 }
 
@@ -235,6 +236,9 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::Load(const std
                                                                        const TensorSource& tensors) {
   absl::StatusOr<CheckpointLinears> found = FindQuantizedLinears(config, tensors);
   if (!found.ok()) return found.status();
+  // From here each spec holds its own tensors: a streamed model's memory goes layer by layer as
+  // the backend's copies are made (peak ≈ the received bytes, not received + prepared).
+  if (tensors.release) tensors.release();
   absl::StatusOr<DType> model_dtype = ModelDType(config);
   if (!model_dtype.ok()) return model_dtype.status();
   int64_t need = 0;
@@ -263,7 +267,7 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::Load(const std
   model->name = name;
   model->source = source;
   model->float_layers.insert(found->float_linears.begin(), found->float_linears.end());
-  for (const LinearSpec& spec : found->linears) {
+  for (LinearSpec& spec : found->linears) {
     absl::StatusOr<std::shared_ptr<PreparedLinear>> p = Prepare(spec, *model_dtype);
     if (!p.ok()) {
       release();
@@ -271,6 +275,7 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::Load(const std
     }
     model->bytes += (*p)->bytes;
     model->layers[spec.module] = *std::move(p);
+    spec = LinearSpec{};  // its host tensors are no longer needed
     if (model->bytes > need) {
       // The backend's layout outgrew the estimate (e.g. FP8 held as bf16 on the CPU): grow the
       // reservation while the budget allows, else refuse before preparing more.
