@@ -277,12 +277,23 @@ absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> ResultWriter(const v1::R
                      " tensors; writing files needs the whole manifest (a calibrator older than this client?)"));
   }
   std::vector<SafetensorsModelWriter::Placement> placements;
+  int64_t manifest_bytes = 0;
   for (const v1::ResultTensor& t : h.manifest()) {
     absl::StatusOr<DType> dtype = rpc::DTypeFromProto(t.dtype());
     if (!dtype.ok()) {
       return absl::DataLossError(absl::StrCat("manifest tensor '", t.name(), "': ", dtype.status().message()));
     }
     placements.push_back({t.name(), *dtype, Shape(t.shape().begin(), t.shape().end()), t.file()});
+    absl::StatusOr<int64_t> numel = NumElements(placements.back().shape);
+    if (!numel.ok() || *numel > (int64_t{1} << 50)) {
+      return absl::DataLossError(absl::StrCat("manifest tensor '", t.name(), "' has an impossible shape"));
+    }
+    manifest_bytes += *numel * static_cast<int64_t>(DTypeSize(*dtype));
+    if (manifest_bytes > (int64_t{1} << 60)) return absl::DataLossError("the result's manifest adds up to over 1 EiB");
+  }
+  if (manifest_bytes != h.tensor_bytes()) {
+    return absl::DataLossError(absl::StrCat("the result's manifest adds up to ", manifest_bytes,
+                                            " bytes, its header announces ", h.tensor_bytes()));
   }
   std::error_code ec;
   fs::create_directories(out_dir, ec);

@@ -239,8 +239,13 @@ absl::StatusOr<SafetensorsLayout> LayoutSafetensorsFile(std::vector<SafetensorsE
     if (!numel.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': ", numel.status().message()));
     }
+    const uint64_t bytes = static_cast<uint64_t>(*numel) * DTypeSize(t.dtype);
+    if (static_cast<uint64_t>(*numel) > kMaxTensorBytes / DTypeSize(t.dtype) || offset + bytes > kMaxTensorBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': the file would pass ", kMaxTensorBytes,
+                                                     " bytes"));
+    }
     t.begin = offset;
-    t.end = offset + static_cast<uint64_t>(*numel) * DTypeSize(t.dtype);
+    t.end = offset + bytes;
     offset = t.end;
     header[t.name] = {{"dtype", DTypeName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {t.begin, t.end}}};
   }

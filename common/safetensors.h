@@ -85,6 +85,8 @@ struct NamedTensor {
 // space-padded to a multiple of 8, so every tensor is naturally aligned; `__metadata__` is
 // {"format": "pt"} plus `metadata`. `tensors` needs name, dtype and shape (begin/end are set
 // here). InvalidArgument for a name given twice or an invalid shape.
+// The largest data section LayoutSafetensorsFile lays out (1 PiB; sizes stay far from overflow).
+inline constexpr uint64_t kMaxTensorBytes = uint64_t{1} << 50;
 struct SafetensorsLayout {
   std::string prefix;                     // the 8-byte header length, then the JSON header
   std::vector<SafetensorsEntry> entries;  // in file order; begin/end relative to prefix.size()
