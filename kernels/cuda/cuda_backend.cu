@@ -6,6 +6,7 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -34,6 +35,10 @@ using namespace ::lowbit::kernels::cuda;
 
 constexpr size_t kLtWorkspace = 32u << 20;
 constexpr int64_t kGemvMaxM = 16;
+// W4A16 workspace rows reserved at PrepareInt4 (a GEMM processes M in chunks of the rows that fit).
+constexpr int64_t kW4MinChunkRows = 256;
+
+size_t Align256(size_t b) { return (b + 255) / 256 * 256; }
 
 std::string S(int64_t v) { return std::to_string(v); }
 
@@ -113,6 +118,10 @@ class CudaBackend : public Backend {
   }
   Status Synchronize() override { return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
   Status SetStream(void* stream) override {
+    // The arena and the cuBLASLt workspace are shared by every call: work still queued on the
+    // old stream must finish before calls on the new one reuse them.
+    if (static_cast<cudaStream_t>(stream) != stream_)
+      LOWBIT_CUDA_RETURN(cudaStreamSynchronize(stream_), "SetStream: sync the previous stream");
     stream_ = static_cast<cudaStream_t>(stream);
     if (cublasSetStream(blas_, stream_) != CUBLAS_STATUS_SUCCESS) return Internal("cublasSetStream failed");
     return Status::Ok();
@@ -203,6 +212,10 @@ class CudaBackend : public Backend {
       LOWBIT_KRETURN_IF_ERROR(w->Upload(d.perm.data(), d.perm.size() * 4, &p));
       w->perm = static_cast<const int32_t*>(p);
     }
+    // The GEMMs never grow the arena (BackendOptions::workspace_bytes): reserve here what a call
+    // needs for this weight — the dequantized W' of the cuBLAS path plus kW4MinChunkRows rows.
+    const W4Plan plan = PlanW4(n, k, w->perm != nullptr, /*use_blas=*/!simple_);
+    LOWBIT_KRETURN_IF_ERROR(Reserve(plan.fixed + 512 + plan.per_row * kW4MinChunkRows));
     *out = std::move(w);
     return Status::Ok();
   }
@@ -220,15 +233,15 @@ class CudaBackend : public Backend {
     const auto& w = static_cast<const CudaWeight&>(*a.w);
     const int64_t m = a.m, n = w.n(), k = w.k();
     const bool outer = a.x_scale_count > 1 || w.scale_count > 1;
-    const bool lt_ok = !simple_ && a.bias == nullptr && k % 16 == 0 && n % 16 == 0 && sm_ >= (outer ? 90 : 89);
+    const bool broadcast = outer && a.x_scale_count == 1;  // x scale expanded to [M] in the arena
+    const bool lt_ok = !simple_ && a.bias == nullptr && k % 16 == 0 && n % 16 == 0 && sm_ >= (outer ? 90 : 89) &&
+                       (!broadcast || static_cast<size_t>(m) * sizeof(float) <= arena_bytes_);
     if (lt_ok) {
       const float* xs = a.x_scale;
       const float* ws = outer ? w.scale_vec : w.scale;
-      if (outer && a.x_scale_count == 1) {
-        void* buf;
-        LOWBIT_KRETURN_IF_ERROR(Arena(m * sizeof(float), &buf));
-        LOWBIT_KRETURN_IF_ERROR(LaunchBroadcast(static_cast<float*>(buf), a.x_scale, m, stream_));
-        xs = static_cast<const float*>(buf);
+      if (broadcast) {
+        LOWBIT_KRETURN_IF_ERROR(LaunchBroadcast(static_cast<float*>(arena_), a.x_scale, m, stream_));
+        xs = static_cast<const float*>(arena_);
       }
       bool used = false;
       LOWBIT_KRETURN_IF_ERROR(CublasLtFp8Gemm(lt_, static_cast<const uint8_t*>(a.x), xs, static_cast<const uint8_t*>(w.w),
@@ -246,31 +259,47 @@ class CudaBackend : public Backend {
     const int64_t m = a.m, n = w.n(), k = w.k();
     const int xt = ToElem(a.x_dtype);
     const bool use_blas = !simple_ && m > kGemvMaxM;
-    // Workspace layout: [permuted X][dequantized W'][f32 C], each 256-byte aligned.
-    auto al = [](size_t b) { return (b + 255) / 256 * 256; };
-    const size_t xp_bytes = w.perm ? al(static_cast<size_t>(m) * k * 2) : 0;
-    const size_t wd_bytes = use_blas ? al(static_cast<size_t>(n) * k * 2) : 0;
-    const size_t c_bytes = use_blas ? al(static_cast<size_t>(m) * n * 4) : 0;
-    void* base = nullptr;
-    if (xp_bytes + wd_bytes + c_bytes) LOWBIT_KRETURN_IF_ERROR(Arena(xp_bytes + wd_bytes + c_bytes, &base));
-    char* ws = static_cast<char*>(base);
-    const void* x = a.x;
-    if (w.perm) {
-      LOWBIT_KRETURN_IF_ERROR(LaunchPermuteColumns(a.x, w.perm, m, k, ws, stream_));
-      x = ws;
+    // Workspace layout: [dequantized W' (cuBLAS path)][permuted X rows][f32 C rows], each 256-byte
+    // aligned; M is processed in chunks of the rows that fit the arena (PrepareInt4 reserved
+    // W' + kW4MinChunkRows rows), so the call allocates nothing.
+    const W4Plan plan = PlanW4(n, k, w.perm != nullptr, use_blas);
+    int64_t chunk = m;
+    if (plan.per_row > 0) {
+      const size_t need = plan.fixed + 512 + plan.per_row * static_cast<size_t>(std::min(m, kW4MinChunkRows));
+      if (arena_bytes_ < need) LOWBIT_KRETURN_IF_ERROR(Reserve(need));  // only for a weight another instance prepared
+      chunk = std::min<int64_t>(m, static_cast<int64_t>((arena_bytes_ - plan.fixed - 512) / plan.per_row));
     }
-    if (m <= kGemvMaxM) return LaunchGemvW4(xt, x, w.w4, a.bias, m, n, k, a.y, stream_);
-    if (!use_blas) return LaunchGemmW4Simple(xt, x, w.w4, a.bias, m, n, k, a.y, stream_);
-    void* wd = ws + xp_bytes;
-    float* c = reinterpret_cast<float*>(ws + xp_bytes + wd_bytes);
-    LOWBIT_KRETURN_IF_ERROR(LaunchDequantW4(xt, w.w4, n, k, wd, stream_));
+    char* ws = static_cast<char*>(arena_);
+    void* wd = ws;
+    char* xp = ws + plan.fixed;
+    if (use_blas) LOWBIT_KRETURN_IF_ERROR(LaunchDequantW4(xt, w.w4, n, k, wd, stream_));
     const cudaDataType_t t = a.x_dtype == DType::kF16 ? CUDA_R_16F : CUDA_R_16BF;
     const float alpha = 1.0f, beta = 0.0f;
-    cublasStatus_t st = cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
-                                     static_cast<int>(k), &alpha, wd, t, static_cast<int>(k), x, t, static_cast<int>(k),
-                                     &beta, c, CUDA_R_32F, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (st != CUBLAS_STATUS_SUCCESS) return Internal("cublasGemmEx (W4A16) failed: status " + S(static_cast<int>(st)));
-    return LaunchBiasRound(c, a.bias, m, n, ToElem(a.y_dtype), a.y, stream_);
+    for (int64_t r0 = 0; r0 < m; r0 += chunk) {
+      const int64_t rows = std::min(chunk, m - r0);
+      const void* x = static_cast<const char*>(a.x) + static_cast<size_t>(r0) * k * 2;
+      void* y = static_cast<char*>(a.y) + static_cast<size_t>(r0) * n * 2;
+      const size_t xp_bytes = w.perm ? Align256(static_cast<size_t>(rows) * k * 2) : 0;
+      if (w.perm) {
+        LOWBIT_KRETURN_IF_ERROR(LaunchPermuteColumns(x, w.perm, rows, k, xp, stream_));
+        x = xp;
+      }
+      if (m <= kGemvMaxM) {
+        LOWBIT_KRETURN_IF_ERROR(LaunchGemvW4(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
+      } else if (!use_blas) {
+        LOWBIT_KRETURN_IF_ERROR(LaunchGemmW4Simple(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
+      } else {
+        float* c = reinterpret_cast<float*>(xp + xp_bytes);
+        cublasStatus_t st = cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(rows),
+                                         static_cast<int>(k), &alpha, wd, t, static_cast<int>(k), x, t,
+                                         static_cast<int>(k), &beta, c, CUDA_R_32F, static_cast<int>(n),
+                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (st != CUBLAS_STATUS_SUCCESS)
+          return Internal("cublasGemmEx (W4A16) failed: status " + S(static_cast<int>(st)));
+        LOWBIT_KRETURN_IF_ERROR(LaunchBiasRound(c, a.bias, rows, n, ToElem(a.y_dtype), y, stream_));
+      }
+    }
+    return Status::Ok();
   }
 
  private:
@@ -282,15 +311,20 @@ class CudaBackend : public Backend {
       LOWBIT_CUDA_RETURN(cudaStreamSynchronize(stream_), "arena grow sync");
       cudaFree(arena_);
       arena_ = nullptr;
+      arena_bytes_ = 0;  // a failed cudaMalloc below must not leave a stale size with no buffer
     }
     LOWBIT_CUDA_RETURN(cudaMalloc(&arena_, bytes), "cudaMalloc (workspace arena)");
     arena_bytes_ = bytes;
     return Status::Ok();
   }
-  Status Arena(size_t bytes, void** out) {
-    LOWBIT_KRETURN_IF_ERROR(Reserve(bytes));
-    *out = arena_;
-    return Status::Ok();
+  // W4A16 workspace needs: `fixed` bytes (W' for the cuBLAS path) plus `per_row` bytes per row
+  // of M (permuted X when act order, f32 C for the cuBLAS path), 512 bytes of alignment slack.
+  struct W4Plan {
+    size_t fixed, per_row;
+  };
+  static W4Plan PlanW4(int64_t n, int64_t k, bool perm, bool use_blas) {
+    return {use_blas ? Align256(static_cast<size_t>(n) * k * 2) : 0,
+            (perm ? static_cast<size_t>(k) * 2 : 0) + (use_blas ? static_cast<size_t>(n) * 4 : 0)};
   }
 
   std::string name_;

@@ -155,6 +155,7 @@ Status LaunchGemvW4(int xt, const void* x, const W4Dev& w, const float* bias, in
 Status LaunchGemmW4Simple(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k,
                           void* y, cudaStream_t s) {
   dim3 grid(Blocks(n, kBN), Blocks(m, kBM));
+  if (grid.y > 65535) return InvalidArgument("GemmW4A16 (cuda): M = " + std::to_string(m) + " exceeds 65535·64");
   TiledKernel<<<grid, 256, 0, s>>>(ActLoad{xt, x, k}, W4Load{w, xt, k / 8}, BiasEpi{bias, xt, y, n}, m, n, k);
   return CudaStatus(cudaGetLastError(), "GemmW4Simple launch");
 }
@@ -208,6 +209,7 @@ Status LaunchGemmFp8Simple(const uint8_t* x, const float* x_scale, int64_t x_sca
                            const float* w_scale, int64_t w_scale_count, const float* bias, int64_t m, int64_t n,
                            int64_t k, int yt, void* y, cudaStream_t s) {
   dim3 grid(Blocks(n, kBN), Blocks(m, kBM));
+  if (grid.y > 65535) return InvalidArgument("GemmFp8 (cuda): M = " + std::to_string(m) + " exceeds 65535·64");
   TiledKernel<<<grid, 256, 0, s>>>(Fp8Load{x, k}, Fp8Load{w, k},
                                    Fp8Epi{x_scale, x_scale_count, w_scale, w_scale_count, bias, yt, y, n}, m, n, k);
   return CudaStatus(cudaGetLastError(), "GemmFp8Simple launch");
