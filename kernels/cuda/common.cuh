@@ -63,6 +63,11 @@ Status LaunchQuantFp8(int xt, const void* x, int64_t m, int64_t k, const float* 
 Status LaunchGemmW8A8(const int8_t* x, const float* x_scale, int64_t x_scale_count, const int8_t* w,
                       const float* w_scale, int64_t w_scale_count, const float* bias, int64_t m, int64_t n, int64_t k,
                       int yt, void* y, cudaStream_t s);
+// The same epilogue on int32 accumulators computed elsewhere (cuBLASLt): rows [row0, row0 + rows)
+// of Y from acc[rows, N] (row-major); x_scale is indexed by the global row.
+Status LaunchW8A8Epilogue(const int32_t* acc, int64_t row0, int64_t rows, const float* x_scale, int64_t x_scale_count,
+                          const float* w_scale, int64_t w_scale_count, const float* bias, int64_t n, int yt, void* y,
+                          cudaStream_t s);
 
 // Simple tiled f32-accumulating GEMM used by FP8 and W4A16 when no library path applies.
 struct W4Dev {

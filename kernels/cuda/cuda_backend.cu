@@ -1,7 +1,8 @@
 // The CUDA backend: memory, streams, the workspace arena, weight preparation and dispatch.
 // Correct-first kernels (quantize.cu, gemm_w8a8.cu, gemm_w4a16.cu) plus library paths
-// (cuBLASLt FP8, cuBLAS bf16/f16 for W4A16 at large M); "cuda-simple" disables the library
-// paths so the plain kernels can be checked on their own. Nothing here has run on a GPU yet.
+// (cuBLASLt int8 accumulators for W8A8 at M > 16, cuBLASLt FP8, cuBLAS bf16/f16 for W4A16 at
+// large M); "cuda-simple" disables the library paths so the plain kernels can be checked on their
+// own. Nothing here has run on a GPU yet.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
@@ -14,7 +15,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/cublaslt_fp8.h"
+#include "kernels/cuda/cublaslt_gemm.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/validate.h"
 
@@ -98,7 +99,8 @@ class CudaBackend : public Backend {
   std::string name() const override { return name_; }
   std::string Requirements() const override {
     return name_ +
-           ": M ≥ 1 (up to 4,194,240); W8A8 needs K % 4 == 0 (dword loads); FP8 any K, N (cuBLASLt when "
+           ": M ≥ 1 (up to 4,194,240); W8A8 needs K % 4 == 0 (dword loads; cuBLASLt int8 when M > 16, "
+           "K % 16 == 0, N % 16 == 0, sm_80+); FP8 any K, N (cuBLASLt when "
            "K % 16 == 0, N % 16 == 0, no bias, sm_89+ for per-tensor and sm_90+ for per-token × per-channel "
            "scales; else the simple kernel); W4A16 needs K % 8 == 0 and a group size that is a multiple of 8; "
            "device pointers 16-byte aligned (cudaMalloc gives 256).";
@@ -223,9 +225,38 @@ class CudaBackend : public Backend {
   Status GemmW8A8(const GemmArgs& a) override {
     LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmW8A8", a, WeightKind::kInt8, name_));
     const auto& w = static_cast<const CudaWeight&>(*a.w);
-    return LaunchGemmW8A8(static_cast<const int8_t*>(a.x), a.x_scale, a.x_scale_count,
-                          static_cast<const int8_t*>(w.w), w.scale, w.scale_count, a.bias, a.m, w.n(), w.k(),
-                          ToElem(a.y_dtype), a.y, stream_);
+    const int64_t m = a.m, n = w.n(), k = w.k();
+    const auto* x = static_cast<const int8_t*>(a.x);
+    const auto* wq = static_cast<const int8_t*>(w.w);
+    const int yt = ToElem(a.y_dtype);
+    // M > 16: the int32 accumulators from cuBLASLt's int8 tensor cores (as torch._int_mm, which
+    // needs M > 16 and K, N multiples of 8), in the arena, M in chunks of the rows that fit, then
+    // the same epilogue as the SIMT kernel, so the output is the same bits. A chunk cuBLASLt has
+    // no algorithm for runs on the SIMT kernel.
+    const size_t row_bytes = static_cast<size_t>(n) * sizeof(int32_t);
+    const bool lt_ok = !simple_ && sm_ >= 80 && m > kGemvMaxM && k % 16 == 0 && n % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(x) % 16 == 0 && arena_bytes_ >= row_bytes * kGemvMaxM;
+    const int64_t chunk = lt_ok ? std::min<int64_t>(m, static_cast<int64_t>(arena_bytes_ / row_bytes)) : m;
+    const size_t y_elem = a.y_dtype == DType::kF32 ? 4 : 2;
+    for (int64_t r0 = 0; r0 < m; r0 += chunk) {
+      const int64_t rows = std::min(chunk, m - r0);
+      bool used = false;
+      if (lt_ok) {
+        LOWBIT_KRETURN_IF_ERROR(CublasLtInt8Gemm(lt_, x + r0 * k, wq, rows, n, k, static_cast<int32_t*>(arena_), lt_ws_,
+                                                 kLtWorkspace, stream_, &used));
+      }
+      if (used) {
+        LOWBIT_KRETURN_IF_ERROR(LaunchW8A8Epilogue(static_cast<const int32_t*>(arena_), r0, rows, a.x_scale,
+                                                   a.x_scale_count, w.scale, w.scale_count, a.bias, n, yt, a.y,
+                                                   stream_));
+      } else {
+        LOWBIT_KRETURN_IF_ERROR(LaunchGemmW8A8(x + r0 * k, a.x_scale + (a.x_scale_count == 1 ? 0 : r0),
+                                               a.x_scale_count, wq, w.scale, w.scale_count, a.bias, rows, n, k, yt,
+                                               static_cast<char*>(a.y) + static_cast<size_t>(r0) * n * y_elem,
+                                               stream_));
+      }
+    }
+    return Status::Ok();
   }
 
   Status GemmFp8(const GemmArgs& a) override {
