@@ -238,7 +238,8 @@ int Bench() {
     }
     (*rt)->Stop();
   }
-  md += "| layer | batching | clients | Gemm/s (M=1) | mean requests per GEMM | errors |\n|---|---|---:|---:|---:|---:|\n" +
+  md += "| layer | batching | clients | Gemm/s (M=1) | mean requests per GEMM | errors |\n"
+        "|---|---|---:|---:|---:|---:|\n" +
         tp_rows + "\n" + ratios;
 
   // --- calibrator streaming: upload the float model, RTN job, fetch the result

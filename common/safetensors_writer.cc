@@ -43,8 +43,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> SafetensorsModelWriter::
     const bool stray = (absl::EndsWith(f, ".safetensors") && !by_file.count(f)) ||
                        (f == "model.safetensors.index.json" && !indexed);
     if (stray) {
-      return absl::FailedPreconditionError(absl::StrCat(dir, " already holds ", f, ", which this model does not replace: ",
-                                                        "a reader would mix two models; use an empty directory"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          dir, " already holds ", f,
+          ", which this model does not replace: a reader would mix two models; use an empty directory"));
     }
   }
   auto w = std::unique_ptr<SafetensorsModelWriter>(new SafetensorsModelWriter());

@@ -68,8 +68,8 @@ Status PlanTn(cublasLtHandle_t lt, LtDescs& d, cudaDataType_t ab, cudaDataType_t
 Status RunTn(cublasLtHandle_t lt, LtDescs& d, const cublasLtMatmulHeuristicResult_t& res, const void* alpha,
              const void* w, const void* x, const void* beta, void* y, void* workspace, size_t workspace_bytes,
              cudaStream_t stream, bool* used) {
-  const cublasStatus_t s =
-      cublasLtMatmul(lt, d.op, alpha, w, d.a, x, d.b, beta, y, d.d, y, d.d, &res.algo, workspace, workspace_bytes, stream);
+  const cublasStatus_t s = cublasLtMatmul(lt, d.op, alpha, w, d.a, x, d.b, beta, y, d.d, y, d.d, &res.algo, workspace,
+                                          workspace_bytes, stream);
   if (s == CUBLAS_STATUS_NOT_SUPPORTED) return Status::Ok();
   LT(s, "Matmul");
   *used = true;

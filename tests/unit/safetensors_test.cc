@@ -267,7 +267,8 @@ TEST_F(SafetensorsTest, ModelWriterRefusesBadInputAndCleansUpWithoutCommit) {
   auto again = SafetensorsModelWriter::Create(dir_.string(), one);
   ASSERT_TRUE(again.ok()) << again.status();
   const float two[2] = {1.5f, -2.0f};
-  ASSERT_TRUE((*again)->Write("a", 0, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(two), sizeof two)).ok());
+  ASSERT_TRUE(
+      (*again)->Write("a", 0, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(two), sizeof two)).ok());
   ASSERT_TRUE((*again)->Commit().ok());
   auto model = SafetensorsFile::Open((dir_ / "model.safetensors").string());
   ASSERT_TRUE(model.ok()) << model.status();
