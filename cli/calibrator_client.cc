@@ -261,7 +261,7 @@ class FileSink : public rpc::TensorSink {
     }
     return crc;
   }
-  void End() override {}
+  absl::Status End() override { return absl::OkStatus(); }
 
  private:
   SafetensorsModelWriter& writer_;
@@ -278,7 +278,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> ResultWriter(const v1::R
   }
   std::vector<SafetensorsModelWriter::Placement> placements;
   int64_t manifest_bytes = 0;
-  for (const v1::ResultTensor& t : h.manifest()) {
+  for (const v1::TensorInfo& t : h.manifest()) {
     absl::StatusOr<DType> dtype = rpc::DTypeFromProto(t.dtype());
     if (!dtype.ok()) {
       return absl::DataLossError(absl::StrCat("manifest tensor '", t.name(), "': ", dtype.status().message()));

@@ -26,6 +26,7 @@ absl::StatusOr<v1::ModelInfo> StreamCheckpoint(grpc::ChannelInterface& channel, 
   v1::LoadModelStreamRequest header;
   header.mutable_header()->set_name(name);
   header.mutable_header()->set_config_json(*config_json);
+  rpc::AddModelManifest(**model, header.mutable_header()->mutable_manifest());  // layer-by-layer preparation
   if (writer->Write(rpc::Encode(header))) {
     // A write that fails means the server ended the stream: Finish() says why.
     absl::StatusOr<bool> sent =

@@ -23,6 +23,17 @@ int MethodIndex(const std::string& path) {
   return m->index();
 }
 
+void AddModelManifest(const SafetensorsModel& model, google::protobuf::RepeatedPtrField<v1::TensorInfo>* manifest) {
+  for (const std::string& name : model.names()) {
+    const SafetensorsEntry* e = model.Find(name);
+    v1::TensorInfo* t = manifest->Add();
+    t->set_name(name);
+    t->set_dtype(DTypeToProto(e->dtype));
+    t->mutable_shape()->Assign(e->shape.begin(), e->shape.end());
+    t->set_file(model.FileOf(name));
+  }
+}
+
 absl::StatusOr<bool> WriteModelChunks(const SafetensorsModel& model, int64_t chunk_bytes,
                                       const std::function<bool(const grpc::ByteBuffer&)>& write) {
   for (const std::string& name : model.names()) {

@@ -23,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "common/safetensors.h"
 #include "grpcpp/support/sync_stream.h"
+#include "lowbit/v1/tensor.pb.h"
 #include "rpc/wire.h"
 
 namespace lowbit::rpc {
@@ -77,6 +78,9 @@ std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> RawClientReader(grpc::Chan
 // and the result is false. A tensor that cannot be read is an error.
 absl::StatusOr<bool> WriteModelChunks(const SafetensorsModel& model, int64_t chunk_bytes,
                                       const std::function<bool(const grpc::ByteBuffer&)>& write);
+// The manifest of what WriteModelChunks sends, in its order: name, dtype, shape and file of
+// every tensor (ResultHeader.manifest, LoadModelHeader.manifest).
+void AddModelManifest(const SafetensorsModel& model, google::protobuf::RepeatedPtrField<v1::TensorInfo>* manifest);
 
 }  // namespace lowbit::rpc
 

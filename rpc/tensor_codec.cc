@@ -36,6 +36,8 @@ absl::StatusOr<int64_t> CheckedBytes(DType dtype, const Shape& shape, const std:
   return bytes;
 }
 
+}  // namespace
+
 // Memory for a tensor being received, not zeroed: the assembler overwrites every byte before
 // the tensor is handed out (zeroing it first, as Tensor::Zeros does, cost a pass over the
 // memory). (Transparent huge pages, madvise'd, made a first fetch faster but later ones slower:
@@ -43,8 +45,6 @@ absl::StatusOr<int64_t> CheckedBytes(DType dtype, const Shape& shape, const std:
 std::shared_ptr<uint8_t> ReceiveBuffer(size_t n) {
   return std::shared_ptr<uint8_t>(new uint8_t[n], std::default_delete<uint8_t[]>());
 }
-
-}  // namespace
 
 absl::StatusOr<DType> DTypeFromProto(v1::DType dtype) {
   switch (dtype) {
@@ -186,8 +186,8 @@ absl::Status ChunkReceiver::Add(const v1::TensorChunk& chunk, const DataPieces& 
     }
     total_bytes_ += size_;
     seen_.insert(current_name_);
-    sink_.End();
     in_progress_ = false;
+    if (absl::Status s = sink_.End(); !s.ok()) return s;
   }
   return absl::OkStatus();
 }
@@ -201,6 +201,9 @@ absl::Status ChunkReceiver::Finish() const {
 }
 
 absl::Status ChunkAssembler::Begin(const std::string& name, DType dtype, const Shape& shape, int64_t bytes) {
+  if (hooks_.check) {
+    if (absl::Status s = hooks_.check(name, dtype, shape); !s.ok()) return s;
+  }
   name_ = name;
   dtype_ = dtype;
   shape_ = shape;
@@ -212,9 +215,12 @@ absl::StatusOr<uint32_t> ChunkAssembler::Store(int64_t offset, const DataPieces&
   return data.CopyTo(buffer_.get() + offset, crc);
 }
 
-void ChunkAssembler::End() {
+absl::Status ChunkAssembler::End() {
   const uint8_t* data = buffer_.get();
-  done_.emplace(name_, Tensor::View(dtype_, std::move(shape_), data, std::move(buffer_)));
+  Tensor t = Tensor::View(dtype_, std::move(shape_), data, std::move(buffer_));
+  if (hooks_.take) return hooks_.take(name_, std::move(t));
+  done_.emplace(name_, std::move(t));
+  return absl::OkStatus();
 }
 
 }  // namespace lowbit::rpc

@@ -40,6 +40,9 @@ void TensorToProto(const Tensor& tensor, v1::Tensor* proto);
 bool ForEachChunk(const std::string& name, const Tensor& tensor, int64_t chunk_bytes,
                   const std::function<bool(const v1::TensorChunk& meta, std::span<const uint8_t> data)>& emit);
 
+// Memory for a tensor being received, not zeroed (the receiver overwrites every byte).
+std::shared_ptr<uint8_t> ReceiveBuffer(size_t n);
+
 // Where ChunkReceiver puts the tensors' bytes.
 class TensorSink {
  public:
@@ -49,7 +52,7 @@ class TensorSink {
   // Stores `data` at byte `offset` of the current tensor and returns its CRC-32C chained onto `crc`.
   virtual absl::StatusOr<uint32_t> Store(int64_t offset, const DataPieces& data, uint32_t crc) = 0;
   // The current tensor is complete and its CRC-32C matched.
-  virtual void End() = 0;
+  virtual absl::Status End() = 0;
 };
 
 // Checks a chunk stream (ForEachChunk's output, any number of tensors one after another) and
@@ -79,23 +82,32 @@ class ChunkReceiver {
 };
 
 // Reassembles named tensors from a chunk stream in memory (a ChunkReceiver into its own
-// buffers). The tensors are read-only views of their buffers (see ReceiveBuffer in the .cc).
+// buffers). The tensors are read-only views of their buffers.
 class ChunkAssembler : private TensorSink {
  public:
-  explicit ChunkAssembler(TensorLimits limits = {}) : receiver_(*this, limits) {}
+  struct Hooks {
+    // At a tensor's first chunk, before its memory is allocated; an error stops the stream.
+    std::function<absl::Status(const std::string& name, DType dtype, const Shape& shape)> check;
+    // Each complete tensor, handed over instead of kept in tensors(); an error stops the stream.
+    std::function<absl::Status(const std::string& name, Tensor tensor)> take;
+  };
+  explicit ChunkAssembler(TensorLimits limits = {}, Hooks hooks = {})
+      : receiver_(*this, limits), hooks_(std::move(hooks)) {}
   absl::Status Add(const v1::TensorChunk& chunk) { return Add(chunk, DataPieces::Of(chunk.data())); }
   // Copies the data straight into the tensor.
   absl::Status Add(const v1::TensorChunk& chunk, const DataPieces& data) { return receiver_.Add(chunk, data); }
   absl::Status Finish() const { return receiver_.Finish(); }
   std::map<std::string, Tensor>& tensors() { return done_; }
   int64_t total_bytes() const { return receiver_.total_bytes(); }
+  size_t received() const { return receiver_.tensors(); }
 
  private:
   absl::Status Begin(const std::string& name, DType dtype, const Shape& shape, int64_t bytes) override;
   absl::StatusOr<uint32_t> Store(int64_t offset, const DataPieces& data, uint32_t crc) override;
-  void End() override;
+  absl::Status End() override;
 
   ChunkReceiver receiver_;
+  Hooks hooks_;
   std::map<std::string, Tensor> done_;
   std::string name_;
   DType dtype_ = DType::kF32;

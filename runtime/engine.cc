@@ -131,6 +131,12 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> Engine::LoadFromTensors(const
   return r;
 }
 
+absl::StatusOr<std::shared_ptr<const LoadedModel>> Engine::FinishStreamedLoad(ModelRegistry::StreamedLoad& load) {
+  auto r = load.Finish();
+  UpdateModelMetrics();
+  return r;
+}
+
 absl::Status Engine::Unload(const std::string& name) {
   absl::Status s = registry_->Unload(name);
   UpdateModelMetrics();

@@ -59,6 +59,8 @@ class Engine {
   absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromTensors(const std::string& name,
                                                                      const std::string& config_json,
                                                                      std::map<std::string, Tensor> tensors);
+  // Finishes a streamed load begun on registry() (and updates the model metrics).
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> FinishStreamedLoad(ModelRegistry::StreamedLoad& load);
   absl::Status Unload(const std::string& name);
   ModelRegistry& registry() { return *registry_; }
   EngineInfo Info() const;

@@ -258,7 +258,7 @@ int64_t LinearSpec::EstimatedBytes() const {
   return bytes;
 }
 
-absl::StatusOr<CheckpointLinears> FindQuantizedLinears(const nlohmann::json& config, const TensorSource& source) {
+absl::StatusOr<LinearPlan> PlanQuantizedLinears(const nlohmann::json& config, const std::vector<std::string>& names) {
   if (!config.is_object()) return absl::InvalidArgumentError("config.json: expected a JSON object");
   auto qc = config.find("quantization_config");
   if (qc == config.end() || qc->is_null()) {
@@ -274,19 +274,19 @@ absl::StatusOr<CheckpointLinears> FindQuantizedLinears(const nlohmann::json& con
   absl::StatusOr<SchemeResolver> resolver = SchemeResolver::Create(parsed->config_groups, parsed->ignore);
   if (!resolver.ok()) return absl::InvalidArgumentError(absl::StrCat("config.json: ", resolver.status().message()));
 
-  const std::set<std::string> names(source.names.begin(), source.names.end());
+  LinearPlan plan;
+  plan.names = std::set<std::string>(names.begin(), names.end());
   std::set<std::string> modules;
-  for (const std::string& n : names) {
+  for (const std::string& n : plan.names) {
     for (const std::string suffix : {".weight_scale", ".weight_packed"}) {
       if (absl::EndsWith(n, suffix)) modules.insert(n.substr(0, n.size() - suffix.size()));
     }
   }
-  CheckpointLinears out;
-  for (const std::string& n : names) {
+  for (const std::string& n : plan.names) {
     if (!absl::EndsWith(n, ".weight")) continue;
     std::string module = n.substr(0, n.size() - 7);
     if (modules.count(module) || !IsLinearName(module)) continue;
-    out.float_linears.push_back(module);
+    plan.float_linears.push_back(module);
   }
   for (const std::string& module : modules) {
     std::optional<std::string> group = resolver->Resolve(module, kLinearClasses);
@@ -300,36 +300,56 @@ absl::StatusOr<CheckpointLinears> FindQuantizedLinears(const nlohmann::json& con
       return absl::InvalidArgumentError(absl::StrCat("layer ", module, ": config group '", *group,
                                                      "' quantizes no weights"));
     }
-    LinearSpec spec;
-    spec.module = module;
-    spec.group = *group;
-    const QuantArgs& w = *scheme.weights;
-    absl::Status st;
-    if (w.type == QuantType::kInt && w.num_bits == 8) {
-      st = ReadInt8(source, names, scheme, spec);
-    } else if (w.type == QuantType::kInt && w.num_bits == 4) {
-      st = ReadInt4(source, names, scheme, spec);
-    } else if (w.type == QuantType::kFloat && w.num_bits == 8) {
-      st = ReadFp8(source, names, scheme, spec);
-    } else {
-      st = Unsupported(module, absl::StrCat(w.num_bits, "-bit ", std::string(QuantTypeName(w.type)),
-                                            " weights (this runtime runs int8, int4 and FP8 E4M3)"));
-    }
-    if (!st.ok()) return st;
-    if (spec.n <= 0 || spec.k <= 0) return Bad(module, "empty weight");
-    absl::StatusOr<std::optional<Tensor>> bias = Optional(source, names, module + ".bias");
-    if (!bias.ok()) return bias.status();
-    if (*bias) {
-      if (!IsFloat((*bias)->dtype()) || (*bias)->numel() != spec.n) {
-        return Bad(module, absl::StrCat("bias must be float [", spec.n, "], got ", DN((*bias)->dtype()), " ",
-                                        Dims(**bias)));
-      }
-      spec.bias = (*bias)->ToFloats();
-    }
-    out.linears.push_back(std::move(spec));
+    plan.linears.push_back({module, *group, scheme});
   }
-  if (out.linears.empty()) {
+  if (plan.linears.empty()) {
     return absl::FailedPreconditionError("the checkpoint has no quantized Linear (no *.weight_scale tensors)");
+  }
+  return plan;
+}
+
+absl::StatusOr<LinearSpec> ReadQuantizedLinear(const PlannedLinear& planned, const std::set<std::string>& names,
+                                               const TensorSource& source) {
+  const std::string& module = planned.module;
+  const QuantScheme& scheme = planned.scheme;
+  LinearSpec spec;
+  spec.module = module;
+  spec.group = planned.group;
+  const QuantArgs& w = *scheme.weights;
+  absl::Status st;
+  if (w.type == QuantType::kInt && w.num_bits == 8) {
+    st = ReadInt8(source, names, scheme, spec);
+  } else if (w.type == QuantType::kInt && w.num_bits == 4) {
+    st = ReadInt4(source, names, scheme, spec);
+  } else if (w.type == QuantType::kFloat && w.num_bits == 8) {
+    st = ReadFp8(source, names, scheme, spec);
+  } else {
+    st = Unsupported(module, absl::StrCat(w.num_bits, "-bit ", std::string(QuantTypeName(w.type)),
+                                          " weights (this runtime runs int8, int4 and FP8 E4M3)"));
+  }
+  if (!st.ok()) return st;
+  if (spec.n <= 0 || spec.k <= 0) return Bad(module, "empty weight");
+  absl::StatusOr<std::optional<Tensor>> bias = Optional(source, names, module + ".bias");
+  if (!bias.ok()) return bias.status();
+  if (*bias) {
+    if (!IsFloat((*bias)->dtype()) || (*bias)->numel() != spec.n) {
+      return Bad(module, absl::StrCat("bias must be float [", spec.n, "], got ", DN((*bias)->dtype()), " ",
+                                      Dims(**bias)));
+    }
+    spec.bias = (*bias)->ToFloats();
+  }
+  return spec;
+}
+
+absl::StatusOr<CheckpointLinears> FindQuantizedLinears(const nlohmann::json& config, const TensorSource& source) {
+  absl::StatusOr<LinearPlan> plan = PlanQuantizedLinears(config, source.names);
+  if (!plan.ok()) return plan.status();
+  CheckpointLinears out;
+  out.float_linears = plan->float_linears;
+  for (const PlannedLinear& p : plan->linears) {
+    absl::StatusOr<LinearSpec> spec = ReadQuantizedLinear(p, plan->names, source);
+    if (!spec.ok()) return spec.status();
+    out.linears.push_back(*std::move(spec));
   }
   return out;
 }

@@ -9,10 +9,12 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/quant_args.h"
 #include "common/tensor.h"
 #include "nlohmann/json.hpp"
 
@@ -63,6 +65,24 @@ struct CheckpointLinears {
   std::vector<LinearSpec> linears;            // quantized, in name order
   std::vector<std::string> float_linears;     // 2-D *.weight of *_proj / lm_head left in float
 };
+
+// A quantized Linear found by its tensors' names, before they are read: its config group and
+// scheme.
+struct PlannedLinear {
+  std::string module, group;
+  QuantScheme scheme;
+};
+struct LinearPlan {
+  std::set<std::string> names;             // every tensor of the checkpoint
+  std::vector<PlannedLinear> linears;      // in name order
+  std::vector<std::string> float_linears;  // 2-D *.weight of *_proj / lm_head left in float
+};
+// The checks of FindQuantizedLinears that need names only (config, groups, ignore lists).
+absl::StatusOr<LinearPlan> PlanQuantizedLinears(const nlohmann::json& config, const std::vector<std::string>& names);
+// Reads and checks one planned Linear's tensors from `source` (`names`: every tensor of the
+// checkpoint, so optional tensors are looked up only when they exist).
+absl::StatusOr<LinearSpec> ReadQuantizedLinear(const PlannedLinear& planned, const std::set<std::string>& names,
+                                               const TensorSource& source);
 
 // Finds and validates every quantized Linear. `config` is the whole config.json. Errors name the
 // module and the problem: INVALID_ARGUMENT for a malformed checkpoint, UNIMPLEMENTED for a

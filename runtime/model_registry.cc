@@ -230,73 +230,160 @@ absl::Status ModelRegistry::GrowReservation(const std::string& name, int64_t res
   return absl::OkStatus();
 }
 
+absl::Status ModelRegistry::ReserveLoad(const std::string& name, int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (models_.count(name) || loading_.count(name)) {
+    return absl::AlreadyExistsError(absl::StrCat("a model named '", name, "' is already loaded (unload it first)"));
+  }
+  const int64_t left = BytesLeftLocked();
+  if (bytes > left) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "loading '", name, "' needs ", bytes, " bytes of weights but only ", left, " of the ",
+        options_.memory_budget_bytes, "-byte memory budget are left (", used_, " used by ", models_.size(),
+        " loaded models); unload a model or raise --memory_budget_bytes"));
+  }
+  loading_.insert(name);
+  reserved_ += bytes;
+  return absl::OkStatus();
+}
+
+absl::Status ModelRegistry::AddPrepared(const std::string& name, const LinearSpec& spec, DType model_dtype,
+                                        LoadedModel& model, int64_t* reserved) {
+  absl::StatusOr<std::shared_ptr<PreparedLinear>> p = Prepare(spec, model_dtype);
+  if (!p.ok()) return p.status();
+  model.bytes += (*p)->bytes;
+  model.layers[spec.module] = *std::move(p);
+  if (model.bytes > *reserved) {
+    // The backend's layout outgrew the reservation (an estimate, or nothing for a streamed load;
+    // e.g. FP8 held as bf16 on the CPU): grow it while the budget allows, else refuse before
+    // preparing more.
+    if (absl::Status grown = GrowReservation(name, *reserved, model.bytes); !grown.ok()) return grown;
+    *reserved = model.bytes;
+  }
+  return absl::OkStatus();
+}
+
+void ModelRegistry::ReleaseLoad(const std::string& name, int64_t reserved) {
+  std::lock_guard<std::mutex> lock(mu_);
+  loading_.erase(name);
+  reserved_ -= reserved;
+}
+
+std::shared_ptr<const LoadedModel> ModelRegistry::CommitLoad(std::shared_ptr<LoadedModel> model, int64_t reserved) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    loading_.erase(model->name);
+    reserved_ -= reserved;
+    used_ += model->bytes;
+    models_[model->name] = model;
+  }
+  spdlog::info("loaded model '{}' from {}: {} quantized layers, {} bytes", model->name, model->source,
+               model->layers.size(), model->bytes);
+  return model;
+}
+
 absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::Load(const std::string& name,
                                                                        const std::string& source,
                                                                        const nlohmann::json& config,
                                                                        const TensorSource& tensors) {
   absl::StatusOr<CheckpointLinears> found = FindQuantizedLinears(config, tensors);
   if (!found.ok()) return found.status();
+  absl::StatusOr<DType> model_dtype = ModelDType(config);
+  if (!model_dtype.ok()) return model_dtype.status();
   // From here each spec holds its own tensors: a streamed model's memory goes layer by layer as
   // the backend's copies are made (peak ≈ the received bytes, not received + prepared).
   if (tensors.release) tensors.release();
-  absl::StatusOr<DType> model_dtype = ModelDType(config);
-  if (!model_dtype.ok()) return model_dtype.status();
   int64_t need = 0;
   for (const LinearSpec& s : found->linears) need += s.EstimatedBytes();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (models_.count(name) || loading_.count(name)) {
-      return absl::AlreadyExistsError(absl::StrCat("a model named '", name, "' is already loaded (unload it first)"));
-    }
-    int64_t left = BytesLeftLocked();
-    if (need > left) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "loading '", name, "' needs ", need, " bytes of weights but only ", left, " of the ",
-          options_.memory_budget_bytes, "-byte memory budget are left (", used_, " used by ", models_.size(),
-          " loaded models); unload a model or raise --memory_budget_bytes"));
-    }
-    loading_.insert(name);
-    reserved_ += need;
-  }
-  auto release = [&] {
-    std::lock_guard<std::mutex> lock(mu_);
-    loading_.erase(name);
-    reserved_ -= need;
-  };
+  if (absl::Status s = ReserveLoad(name, need); !s.ok()) return s;
   auto model = std::make_shared<LoadedModel>();
   model->name = name;
   model->source = source;
   model->float_layers.insert(found->float_linears.begin(), found->float_linears.end());
   for (LinearSpec& spec : found->linears) {
-    absl::StatusOr<std::shared_ptr<PreparedLinear>> p = Prepare(spec, *model_dtype);
-    if (!p.ok()) {
-      release();
-      return p.status();
+    if (absl::Status s = AddPrepared(name, spec, *model_dtype, *model, &need); !s.ok()) {
+      ReleaseLoad(name, need);
+      return s;
     }
-    model->bytes += (*p)->bytes;
-    model->layers[spec.module] = *std::move(p);
     spec = LinearSpec{};  // its host tensors are no longer needed
-    if (model->bytes > need) {
-      // The backend's layout outgrew the estimate (e.g. FP8 held as bf16 on the CPU): grow the
-      // reservation while the budget allows, else refuse before preparing more.
-      absl::Status grown = GrowReservation(name, need, model->bytes);
-      if (!grown.ok()) {
-        release();
-        return grown;
-      }
-      need = model->bytes;
+  }
+  return CommitLoad(std::move(model), need);
+}
+
+absl::StatusOr<std::unique_ptr<ModelRegistry::StreamedLoad>> ModelRegistry::BeginStreamedLoad(
+    const std::string& name, const std::string& config_json, const std::vector<std::string>& manifest) {
+  if (absl::Status s = CheckName(name); !s.ok()) return s;
+  nlohmann::json config = nlohmann::json::parse(config_json, nullptr, /*allow_exceptions=*/false);
+  if (config.is_discarded()) return absl::InvalidArgumentError("config_json is not valid JSON");
+  absl::StatusOr<LinearPlan> plan = PlanQuantizedLinears(config, manifest);
+  if (!plan.ok()) return plan.status();
+  absl::StatusOr<DType> model_dtype = ModelDType(config);
+  if (!model_dtype.ok()) return model_dtype.status();
+  auto load = std::unique_ptr<StreamedLoad>(new StreamedLoad());
+  load->registry_ = this;
+  load->name_ = name;
+  load->model_dtype_ = *model_dtype;
+  load->plan_ = *std::move(plan);
+  load->pending_.resize(load->plan_.linears.size());
+  load->missing_.assign(load->plan_.linears.size(), 0);
+  // A Linear's tensors are the manifest's names under "<module>.".
+  for (size_t i = 0; i < load->plan_.linears.size(); ++i) {
+    const std::string prefix = load->plan_.linears[i].module + ".";
+    for (auto it = load->plan_.names.lower_bound(prefix); it != load->plan_.names.end() && absl::StartsWith(*it, prefix);
+         ++it) {
+      load->module_of_[*it] = i;
+      ++load->missing_[i];
     }
   }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    loading_.erase(name);
-    reserved_ -= need;
-    used_ += model->bytes;
-    models_[name] = model;
+  load->model_ = std::make_shared<LoadedModel>();
+  load->model_->name = name;
+  load->model_->source = "stream";
+  load->model_->float_layers.insert(load->plan_.float_linears.begin(), load->plan_.float_linears.end());
+  if (absl::Status s = ReserveLoad(name, 0); !s.ok()) return s;
+  load->active_ = true;
+  return load;
+}
+
+ModelRegistry::StreamedLoad::~StreamedLoad() {
+  model_.reset();  // frees what was prepared before the reservation goes
+  if (active_) registry_->ReleaseLoad(name_, reserved_);
+}
+
+absl::Status ModelRegistry::StreamedLoad::Add(const std::string& name, Tensor tensor) {
+  if (!plan_.names.count(name)) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is not in the header's manifest"));
   }
-  spdlog::info("loaded model '{}' from {}: {} quantized layers, {} bytes", name, source, model->layers.size(),
-               model->bytes);
-  return std::shared_ptr<const LoadedModel>(model);
+  auto it = module_of_.find(name);
+  if (it == module_of_.end()) return absl::OkStatus();  // no quantized Linear reads it
+  const size_t i = it->second;
+  if (!pending_[i].emplace(name, std::move(tensor)).second || missing_[i] == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' sent twice"));
+  }
+  if (--missing_[i] > 0) return absl::OkStatus();
+  const std::map<std::string, Tensor>& have = pending_[i];
+  TensorSource source;
+  source.get = [&have](const std::string& n) -> absl::StatusOr<Tensor> {
+    auto t = have.find(n);
+    if (t == have.end()) return absl::NotFoundError(absl::StrCat("no tensor ", n));
+    return t->second;
+  };
+  absl::StatusOr<LinearSpec> spec = ReadQuantizedLinear(plan_.linears[i], plan_.names, source);
+  if (!spec.ok()) return spec.status();
+  absl::Status s = registry_->AddPrepared(name_, *spec, model_dtype_, *model_, &reserved_);
+  pending_[i].clear();
+  return s;
+}
+
+absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::StreamedLoad::Finish() {
+  for (size_t i = 0; i < missing_.size(); ++i) {
+    if (missing_[i] > 0) {
+      return absl::InvalidArgumentError(absl::StrCat("the stream ended before every tensor of layer ",
+                                                     plan_.linears[i].module, " arrived (", missing_[i],
+                                                     " missing)"));
+    }
+  }
+  active_ = false;
+  return registry_->CommitLoad(std::move(model_), reserved_);
 }
 
 absl::Status ModelRegistry::Unload(const std::string& name) {

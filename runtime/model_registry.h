@@ -72,6 +72,37 @@ class ModelRegistry {
   absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromTensors(const std::string& name,
                                                                      const std::string& config_json,
                                                                      std::map<std::string, Tensor> tensors);
+  // A streamed load whose manifest names every tensor up front: each quantized Linear is
+  // prepared as soon as its last tensor arrives, and its host tensors are dropped then (tensors
+  // no Linear needs are dropped at once), so the load holds about one layer in host memory.
+  // Errors of Begin are LoadFromPath's that need names only (config, groups); Add and Finish
+  // return the rest. Destroyed unfinished, it frees what it prepared and its reservations.
+  class StreamedLoad {
+   public:
+    ~StreamedLoad();
+    // `name` must be in the manifest; each tensor once.
+    absl::Status Add(const std::string& name, Tensor tensor);
+    // After the last tensor: INVALID_ARGUMENT when a quantized Linear's tensors did not all arrive.
+    absl::StatusOr<std::shared_ptr<const LoadedModel>> Finish();
+
+   private:
+    friend class ModelRegistry;
+    StreamedLoad() = default;
+    ModelRegistry* registry_ = nullptr;
+    std::string name_;
+    LinearPlan plan_;
+    DType model_dtype_ = DType::kBF16;
+    std::map<std::string, size_t> module_of_;  // tensor -> index into plan_.linears
+    std::vector<std::map<std::string, Tensor>> pending_;  // per planned Linear: tensors so far
+    std::vector<size_t> missing_;                          // per planned Linear: tensors still to come
+    std::shared_ptr<LoadedModel> model_;
+    int64_t reserved_ = 0;
+    bool active_ = false;  // holds the name and the reservation
+  };
+  absl::StatusOr<std::unique_ptr<StreamedLoad>> BeginStreamedLoad(const std::string& name,
+                                                                  const std::string& config_json,
+                                                                  const std::vector<std::string>& manifest);
+
   absl::Status Unload(const std::string& name);
   absl::StatusOr<std::shared_ptr<const LoadedModel>> Get(const std::string& name) const;
   std::vector<std::shared_ptr<const LoadedModel>> List() const;
@@ -95,6 +126,14 @@ class ModelRegistry {
   absl::StatusOr<std::shared_ptr<const LoadedModel>> Load(const std::string& name, const std::string& source,
                                                           const nlohmann::json& config, const TensorSource& tensors);
   absl::StatusOr<std::shared_ptr<PreparedLinear>> Prepare(const LinearSpec& spec, DType model_dtype);
+  // The steps every load takes: reserve the name and `bytes` of the budget; prepare one Linear
+  // into `model`, growing the reservation to what the backend holds; give the reservation back
+  // (a failed load) or turn it into the model's use.
+  absl::Status ReserveLoad(const std::string& name, int64_t bytes);
+  absl::Status AddPrepared(const std::string& name, const LinearSpec& spec, DType model_dtype, LoadedModel& model,
+                           int64_t* reserved);
+  void ReleaseLoad(const std::string& name, int64_t reserved);
+  std::shared_ptr<const LoadedModel> CommitLoad(std::shared_ptr<LoadedModel> model, int64_t reserved);
   int64_t BytesLeftLocked() const;
   // Raises a load's reservation from `reserved` to `need` bytes, or RESOURCE_EXHAUSTED when the
   // budget has not that much left.

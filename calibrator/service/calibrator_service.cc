@@ -12,6 +12,7 @@
 #include "common/module_match.h"
 #include "common/safetensors.h"
 #include "rpc/client.h"
+#include "rpc/raw_stream.h"
 #include "rpc/status.h"
 #include "rpc/tensor_codec.h"
 
@@ -311,12 +312,8 @@ absl::StatusOr<v1::FetchResultResponse> ResultHeader(const v1::Job& job, const s
   for (const std::string& n : names) {
     const SafetensorsEntry* e = model.Find(n);
     total += static_cast<int64_t>(e->end - e->begin);
-    v1::ResultTensor* t = h->add_manifest();
-    t->set_name(n);
-    t->set_dtype(rpc::DTypeToProto(e->dtype));
-    t->mutable_shape()->Assign(e->shape.begin(), e->shape.end());
-    t->set_file(model.FileOf(n));
   }
+  rpc::AddModelManifest(model, h->mutable_manifest());
   h->set_tensors(static_cast<int32_t>(names.size()));
   h->set_tensor_bytes(total);
   return header;

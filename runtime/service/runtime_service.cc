@@ -89,10 +89,39 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
   const std::string name = msg.header().name();
   const std::string config = msg.header().config_json();
   if (absl::Status s = engine_->registry().CheckName(name); !s.ok()) return s;
+  // With a manifest, each quantized Linear is prepared as soon as its tensors arrived
+  // (ModelRegistry::StreamedLoad); without one, the whole checkpoint is assembled first.
+  std::map<std::string, std::pair<DType, Shape>> manifest;
+  std::vector<std::string> manifest_names;
+  for (const v1::TensorInfo& t : msg.header().manifest()) {
+    absl::StatusOr<DType> dtype = rpc::DTypeFromProto(t.dtype());
+    if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat("manifest tensor '", t.name(), "': ", dtype.status().message()));
+    if (!manifest.emplace(t.name(), std::make_pair(*dtype, Shape(t.shape().begin(), t.shape().end()))).second) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name(), "' is twice in the header's manifest"));
+    }
+    manifest_names.push_back(t.name());
+  }
+  std::unique_ptr<ModelRegistry::StreamedLoad> streamed;
+  rpc::ChunkAssembler::Hooks hooks;
+  if (!manifest.empty()) {
+    auto begun = engine_->registry().BeginStreamedLoad(name, config, manifest_names);
+    if (!begun.ok()) return begun.status();
+    streamed = *std::move(begun);
+    hooks.check = [&](const std::string& n, DType dtype, const Shape& shape) -> absl::Status {
+      auto it = manifest.find(n);
+      if (it == manifest.end()) return absl::InvalidArgumentError(absl::StrCat("tensor '", n, "' is not in the header's manifest"));
+      if (it->second.first != dtype || it->second.second != shape) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor '", n, "' arrived with another dtype or shape than the header's manifest gives"));
+      }
+      return absl::OkStatus();
+    };
+    hooks.take = [&](const std::string& n, Tensor t) { return streamed->Add(n, std::move(t)); };
+  }
   rpc::TensorLimits limits;
   const int64_t left = engine_->registry().bytes_left();
   if (left < limits.max_bytes) limits.max_bytes = left;
-  rpc::ChunkAssembler assembler(limits);
+  rpc::ChunkAssembler assembler(limits, std::move(hooks));
   while (next(&st)) {
     if (ctx->IsCancelled()) return absl::CancelledError("the client cancelled the upload");
     if (!st.ok()) return st;
@@ -109,7 +138,16 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
   if (absl::Status s = assembler.Finish(); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("the stream ended early: ", s.message()));
   }
-  auto model = engine_->LoadFromTensors(name, config, std::move(assembler.tensors()));
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> model;
+  if (streamed) {
+    if (assembler.received() != manifest.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("the stream ended early: ", assembler.received(), " of the ",
+                                                     manifest.size(), " tensors in the header's manifest arrived"));
+    }
+    model = engine_->FinishStreamedLoad(*streamed);
+  } else {
+    model = engine_->LoadFromTensors(name, config, std::move(assembler.tensors()));
+  }
   if (!model.ok()) return model.status();
   v1::LoadModelStreamResponse resp;
   ModelInfoToProto(**model, engine_->Info().backend, resp.mutable_model());

@@ -257,7 +257,7 @@ TEST_F(CalibratorServiceTest, CheckpointEqualsCliAndFetchResultReassemblesIt) {
         << name;
   }
   EXPECT_TRUE(assembler.tensors().count("model.layers.0.self_attn.q_proj.weight_packed"));
-  for (const v1::ResultTensor& t : header.manifest()) EXPECT_EQ(t.file(), "model.safetensors") << t.name();
+  for (const v1::TensorInfo& t : header.manifest()) EXPECT_EQ(t.file(), "model.safetensors") << t.name();
   ASSERT_EQ(header.manifest_size(), header.tensors());
 
   // `lowbit fetch` writes each chunk in place as it arrives (from the header's manifest): the

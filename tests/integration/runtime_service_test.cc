@@ -31,6 +31,7 @@
 #include "nlohmann/json.hpp"
 #include "rpc/client.h"
 #include "rpc/server.h"
+#include "rpc/raw_stream.h"
 #include "rpc/tensor_codec.h"
 #include "runtime/engine.h"
 #include "runtime/service/runtime_service.h"
@@ -586,9 +587,14 @@ TEST_F(RuntimeTest, GemmStreamReportsErrorsAndContinues) {
   }
 }
 
-// Streams a checkpoint directory's tensors (ForEachChunk) with its config.json.
+// Streams a checkpoint directory's tensors (ForEachChunk) with its config.json; with
+// `manifest`, the header lists every tensor (the runtime then prepares layer by layer), edited
+// by `edit_manifest` when given.
 grpc::Status StreamLoad(Client& client, const std::string& name, const std::string& dir,
-                        const std::function<void(v1::TensorChunk&)>& tamper = nullptr, bool truncate = false) {
+                        const std::function<void(v1::TensorChunk&)>& tamper = nullptr, bool truncate = false,
+                        bool manifest = false,
+                        const std::function<void(google::protobuf::RepeatedPtrField<v1::TensorInfo>&)>& edit_manifest =
+                            nullptr) {
   grpc::ClientContext ctx;
   client.Prepare(&ctx);
   v1::LoadModelStreamResponse resp;
@@ -596,8 +602,12 @@ grpc::Status StreamLoad(Client& client, const std::string& name, const std::stri
   v1::LoadModelStreamRequest header;
   header.mutable_header()->set_name(name);
   header.mutable_header()->set_config_json(*ReadFileToString(dir + "/config.json"));
-  writer->Write(header);
   auto model = SafetensorsModel::Open(dir);
+  if (manifest) {
+    rpc::AddModelManifest(**model, header.mutable_header()->mutable_manifest());
+    if (edit_manifest) edit_manifest(*header.mutable_header()->mutable_manifest());
+  }
+  writer->Write(header);
   bool stop = false;
   for (const std::string& n : (*model)->names()) {
     if (stop) break;
@@ -618,16 +628,31 @@ grpc::Status StreamLoad(Client& client, const std::string& name, const std::stri
   return writer->Finish();
 }
 
+// Streamed with or without a manifest (layer by layer, or assembled first), a checkpoint computes
+// what the same checkpoint loaded from its directory computes, for every quantized layer.
 TEST_F(RuntimeTest, LoadModelStreamEqualsPathLoad) {
+  for (const char* ck : {"w8a8", "w4a16"}) {
+    SCOPED_TRACE(ck);
+    const std::string dir = g_fixture->root + "/" + ck;
+    const std::string path_name = std::string("path-") + ck;
+    ASSERT_TRUE(client_->Load(path_name, ck).ok());
+    for (bool manifest : {false, true}) {
+      SCOPED_TRACE(manifest ? "with manifest" : "without manifest");
+      const std::string name = std::string(manifest ? "streamed-m-" : "streamed-") + ck;
+      grpc::Status st = StreamLoad(*client_, name, dir, nullptr, false, manifest);
+      ASSERT_TRUE(st.ok()) << st.error_message();
+      for (const char* layer : {kQ, kDown}) {
+        const int64_t k = std::string(layer) == kDown ? 512 : 256;
+        Tensor x = RandomX(4, k, DType::kBF16, 3);
+        v1::GemmResponse a, b;
+        ASSERT_TRUE(client_->Gemm(MakeGemm(name, layer, x), &a).ok()) << layer;
+        ASSERT_TRUE(client_->Gemm(MakeGemm(path_name, layer, x), &b).ok()) << layer;
+        EXPECT_EQ(a.y().data(), b.y().data()) << layer;
+      }
+    }
+  }
   const std::string dir = g_fixture->root + "/w8a8";
-  grpc::Status st = StreamLoad(*client_, "streamed", dir);
-  ASSERT_TRUE(st.ok()) << st.error_message();
-  ASSERT_TRUE(client_->Load("path", "w8a8").ok());
-  Tensor x = RandomX(4, 256, DType::kBF16, 3);
-  v1::GemmResponse a, b;
-  ASSERT_TRUE(client_->Gemm(MakeGemm("streamed", kQ, x), &a).ok());
-  ASSERT_TRUE(client_->Gemm(MakeGemm("path", kQ, x), &b).ok());
-  EXPECT_EQ(a.y().data(), b.y().data());
+  ASSERT_TRUE(StreamLoad(*client_, "streamed", dir).ok());
   grpc::ClientContext ctx;
   client_->Prepare(&ctx);
   v1::ListModelsResponse list;
@@ -752,6 +777,32 @@ TEST_F(RuntimeTest, BadInputTable) {
       {"truncated stream", [](Client& c) {
          return StreamLoad(c, "trunc", g_fixture->root + "/w8a8", nullptr, /*truncate=*/true);
        }, grpc::StatusCode::INVALID_ARGUMENT, "ended early"},
+      {"truncated stream with a manifest", [](Client& c) {
+         return StreamLoad(c, "trunc-m", g_fixture->root + "/w8a8", nullptr, /*truncate=*/true, /*manifest=*/true);
+       }, grpc::StatusCode::INVALID_ARGUMENT, "ended early"},
+      {"tensor not in the manifest", [](Client& c) {
+         return StreamLoad(c, "unlisted", g_fixture->root + "/w8a8", nullptr, false, true,
+                           [](auto& m) { m.RemoveLast(); });
+       }, grpc::StatusCode::INVALID_ARGUMENT, "is not in the header's manifest"},
+      {"manifest lists a tensor never sent", [](Client& c) {
+         return StreamLoad(c, "extra", g_fixture->root + "/w8a8", nullptr, false, true, [](auto& m) {
+           v1::TensorInfo* t = m.Add();
+           t->set_name(std::string(kQ) + ".never_sent");
+           t->set_dtype(v1::DTYPE_F32);
+           t->add_shape(256);
+         });
+       }, grpc::StatusCode::INVALID_ARGUMENT, "ended"},
+      {"manifest dtype differs from the stream", [](Client& c) {
+         return StreamLoad(c, "dtype", g_fixture->root + "/w8a8", nullptr, false, true, [](auto& m) {
+           for (auto& t : m) {
+             if (t.name() == std::string(kQ) + ".weight") t.set_dtype(v1::DTYPE_U8);
+           }
+         });
+       }, grpc::StatusCode::INVALID_ARGUMENT, "another dtype or shape"},
+      {"tensor twice in the manifest", [](Client& c) {
+         return StreamLoad(c, "twice", g_fixture->root + "/w8a8", nullptr, false, true,
+                           [](auto& m) { *m.Add() = m.Get(0); });
+       }, grpc::StatusCode::INVALID_ARGUMENT, "twice in the header's manifest"},
       {"stream without header", [](Client& c) {
          grpc::ClientContext ctx;
          c.Prepare(&ctx);
