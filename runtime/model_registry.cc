@@ -329,8 +329,8 @@ absl::StatusOr<std::unique_ptr<ModelRegistry::StreamedLoad>> ModelRegistry::Begi
   // A Linear's tensors are the manifest's names under "<module>.".
   for (size_t i = 0; i < load->plan_.linears.size(); ++i) {
     const std::string prefix = load->plan_.linears[i].module + ".";
-    for (auto it = load->plan_.names.lower_bound(prefix); it != load->plan_.names.end() && absl::StartsWith(*it, prefix);
-         ++it) {
+    const std::set<std::string>& names = load->plan_.names;
+    for (auto it = names.lower_bound(prefix); it != names.end() && absl::StartsWith(*it, prefix); ++it) {
       load->module_of_[*it] = i;
       ++load->missing_[i];
     }

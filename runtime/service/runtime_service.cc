@@ -95,7 +95,9 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
   std::vector<std::string> manifest_names;
   for (const v1::TensorInfo& t : msg.header().manifest()) {
     absl::StatusOr<DType> dtype = rpc::DTypeFromProto(t.dtype());
-    if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat("manifest tensor '", t.name(), "': ", dtype.status().message()));
+    if (!dtype.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("manifest tensor '", t.name(), "': ", dtype.status().message()));
+    }
     if (!manifest.emplace(t.name(), std::make_pair(*dtype, Shape(t.shape().begin(), t.shape().end()))).second) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name(), "' is twice in the header's manifest"));
     }
@@ -109,7 +111,9 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
     streamed = *std::move(begun);
     hooks.check = [&](const std::string& n, DType dtype, const Shape& shape) -> absl::Status {
       auto it = manifest.find(n);
-      if (it == manifest.end()) return absl::InvalidArgumentError(absl::StrCat("tensor '", n, "' is not in the header's manifest"));
+      if (it == manifest.end()) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", n, "' is not in the header's manifest"));
+      }
       if (it->second.first != dtype || it->second.second != shape) {
         return absl::InvalidArgumentError(
             absl::StrCat("tensor '", n, "' arrived with another dtype or shape than the header's manifest gives"));
