@@ -236,6 +236,8 @@ int Bench() {
       absl::StrAppendFormat(&md, "LoadModelStream (runtime): %.1f MB in %.2f s = %.0f MB/s (includes weight preparation)\n\n",
                             mb, s, mb / s);
     }
+    stub.reset();  // close the connection: a graceful shutdown waits for connected clients
+    channel.reset();
     (*rt)->Stop();
   }
   md += "| layer | batching | clients | Gemm/s (M=1) | mean requests per GEMM | errors |\n"
@@ -297,6 +299,8 @@ int Bench() {
   if (!fetched.ok()) return Fail("FetchResult", fetched.status());
   absl::StrAppendFormat(&md, "FetchResult to files (lowbit fetch): %.1f MB of tensors in %.2f s = %.0f MB/s (reassembled, CRC-32C checked, written)\n",
                         *fetched / 1e6, s, *fetched / 1e6 / s);
+  cstub.reset();
+  cchannel.reset();
   (*cal)->Stop();
 
   std::printf("%s", md.c_str());

@@ -291,6 +291,11 @@ int Demo() {
   }
   std::printf("\ncheckpoints in %s; GEMM error = ||Y_runtime - X.W_float^T|| / ||X.W_float^T|| on the float model's "
               "own Linear inputs\n", (out / "checkpoints").c_str());
+  // Close the client connections first: a server's graceful shutdown waits (up to its grace
+  // period) for connected clients to go, and an idle channel nobody polls does not notice the
+  // GOAWAY.
+  cal.reset();
+  rt.reset();
   const int cs = (*calibrator)->Stop(), rs = (*runtime)->Stop();
   if (cs != 0 || rs != 0) std::fprintf(stderr, "lowbit demo: services exited with %d / %d\n", cs, rs);
   return all_ok ? 0 : 1;

@@ -220,6 +220,8 @@ TEST_F(CalibratorResumeTest, KillNineMidJobThenRestartResumesAfterTheLastLayer) 
   }
   ExpectSameCheckpoint(state + "/outputs/out", root_ + "/reference");
   EXPECT_FALSE(fs::exists(state + "/work/" + id)) << "resume state is removed once the job ends";
+  reader.reset();
+  stub.reset();  // a graceful shutdown waits out its grace period for connected clients
   EXPECT_EQ(Stop(server_, SIGTERM), 0);
 }
 
@@ -262,6 +264,7 @@ TEST_F(CalibratorResumeTest, GracefulStopWithoutPerLayerResumeStartsOverWithTheS
   ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.error_message();
   EXPECT_EQ(done.resumes(), 1);
   ExpectSameCheckpoint(state + "/outputs/out", root_ + "/reference");
+  stub.reset();  // a graceful shutdown waits out its grace period for connected clients
   EXPECT_EQ(Stop(server_, SIGTERM), 0);
 }
 

@@ -138,9 +138,11 @@ def main():
                  "--model_root=" + outputs, "--backend=cpu", "--auth_token=" + TOKEN],
                 os.path.join(work, "runtime.log"))
     md = [("authorization", "Bearer " + TOKEN)]
+    cchannel = grpc.insecure_channel(cal.address)
+    rchannel = grpc.insecure_channel(rt.address)
     try:
-        cstub = cgrpc.CalibratorServiceStub(grpc.insecure_channel(cal.address))
-        rstub = rgrpc.RuntimeServiceStub(grpc.insecure_channel(rt.address))
+        cstub = cgrpc.CalibratorServiceStub(cchannel)
+        rstub = rgrpc.RuntimeServiceStub(rchannel)
 
         # Upload: a wrong checksum is refused, the right one accepted.
         data = open(tokens, "rb").read()
@@ -259,6 +261,10 @@ def main():
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e
     finally:
+        # Close the connections first: a graceful shutdown waits out its grace period for
+        # clients that stay connected.
+        cchannel.close()
+        rchannel.close()
         codes_ = (cal.stop(), rt.stop())
     assert codes_ == (0, 0), codes_
     shutil.rmtree(work, ignore_errors=True)
