@@ -60,6 +60,8 @@ ABSL_FLAG(std::string, output_root, "", "serve: checkpoint directory (default <s
 ABSL_FLAG(int32_t, max_concurrent_jobs, 1, "serve: jobs running at once, the rest queue (env LOWBIT_CALIBRATOR_MAX_CONCURRENT_JOBS)");
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{8} << 30, "serve: largest dataset / model upload (env LOWBIT_CALIBRATOR_MAX_UPLOAD_BYTES)");
 ABSL_FLAG(int64_t, max_message_bytes, int64_t{64} << 20, "serve: largest gRPC message, each way");
+ABSL_FLAG(int64_t, shutdown_grace_ms, 5000,
+          "serve: on SIGTERM, how long in-flight calls (and connected clients) get before they are cancelled");
 ABSL_FLAG(std::string, auth_token, "", "serve: bearer token clients must send (env LOWBIT_CALIBRATOR_AUTH_TOKEN)");
 ABSL_FLAG(std::string, tls_cert, "", "serve: TLS certificate (PEM)");
 ABSL_FLAG(std::string, tls_key, "", "serve: TLS private key (PEM)");
@@ -212,7 +214,7 @@ int Serve() {
   calibrator::CalibratorServerOptions o;
   const rpc::ServerFlags server_flags{FLAGS_address,    FLAGS_tls_cert,        FLAGS_tls_key,
                                       FLAGS_tls_client_ca, FLAGS_auth_token, FLAGS_metrics_address,
-                                      FLAGS_max_message_bytes};
+                                      FLAGS_max_message_bytes, FLAGS_shutdown_grace_ms};
   absl::Status s = rpc::ServerConfigFromFlags(server_flags, "CALIBRATOR", &o.server);
   auto setting = [&s](const auto& flag, const char* env, auto* out) {
     if (s.ok()) s = rpc::FlagOrEnv(flag, "CALIBRATOR", env, out);

@@ -49,10 +49,11 @@ struct ServerFlags {
   const absl::Flag<std::string>& auth_token;
   const absl::Flag<std::string>& metrics_address;
   const absl::Flag<int64_t>& max_message_bytes;
+  const absl::Flag<int64_t>& shutdown_grace_ms;
 };
 
 // Fills `config` by FlagOrEnv, from LOWBIT_<PREFIX>_ADDRESS, _TLS_CERT, _TLS_KEY,
-// _TLS_CLIENT_CA, _AUTH_TOKEN, _METRICS_ADDRESS and _MAX_MESSAGE_BYTES.
+// _TLS_CLIENT_CA, _AUTH_TOKEN, _METRICS_ADDRESS, _MAX_MESSAGE_BYTES and _SHUTDOWN_GRACE_MS.
 inline absl::Status ServerConfigFromFlags(const ServerFlags& f, const std::string& prefix, ServerConfig* config) {
   absl::Status s;
   if (s.ok()) s = FlagOrEnv(f.address, prefix, "ADDRESS", &config->address);
@@ -62,6 +63,12 @@ inline absl::Status ServerConfigFromFlags(const ServerFlags& f, const std::strin
   if (s.ok()) s = FlagOrEnv(f.auth_token, prefix, "AUTH_TOKEN", &config->auth_token);
   if (s.ok()) s = FlagOrEnv(f.metrics_address, prefix, "METRICS_ADDRESS", &config->metrics_address);
   if (s.ok()) s = FlagOrEnv(f.max_message_bytes, prefix, "MAX_MESSAGE_BYTES", &config->max_message_bytes);
+  int64_t grace_ms = 0;
+  if (s.ok()) s = FlagOrEnv(f.shutdown_grace_ms, prefix, "SHUTDOWN_GRACE_MS", &grace_ms);
+  if (s.ok() && grace_ms < 0) {
+    s = absl::InvalidArgumentError(absl::StrCat("shutdown_grace_ms must be 0 or more, not ", grace_ms));
+  }
+  if (s.ok()) config->shutdown_grace = std::chrono::milliseconds(grace_ms);
   return s;
 }
 

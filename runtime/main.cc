@@ -46,6 +46,8 @@ ABSL_FLAG(std::string, tls_key, "", "TLS server key (PEM)");
 ABSL_FLAG(std::string, tls_client_ca, "", "CA for client certificates (mTLS)");
 ABSL_FLAG(std::string, metrics_address, "", "host:port for Prometheus /metrics (empty = off)");
 ABSL_FLAG(int64_t, max_message_bytes, int64_t{64} << 20, "gRPC max message size, receive and send");
+ABSL_FLAG(int64_t, shutdown_grace_ms, 5000,
+          "serve: on SIGTERM, how long in-flight calls (and connected clients) get before they are cancelled");
 ABSL_FLAG(int32_t, threads, 0, "CPU backend worker threads (0 = all cores)");
 ABSL_FLAG(std::vector<std::string>, load, {}, "models to load at start, name=path (path under --model_root); repeatable or comma-separated");
 ABSL_FLAG(std::string, log_level, "info", "spdlog level: trace, debug, info, warn, error");
@@ -65,7 +67,7 @@ int Serve() {
   lowbit::rpc::ServerConfig config;
   const lowbit::rpc::ServerFlags server_flags{FLAGS_address,    FLAGS_tls_cert,        FLAGS_tls_key,
                                               FLAGS_tls_client_ca, FLAGS_auth_token, FLAGS_metrics_address,
-                                              FLAGS_max_message_bytes};
+                                              FLAGS_max_message_bytes, FLAGS_shutdown_grace_ms};
   absl::Status s = lowbit::rpc::ServerConfigFromFlags(server_flags, "RUNTIME", &config);
 
   lowbit::runtime::EngineOptions options;

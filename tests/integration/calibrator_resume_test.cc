@@ -268,6 +268,26 @@ TEST_F(CalibratorResumeTest, GracefulStopWithoutPerLayerResumeStartsOverWithTheS
   EXPECT_EQ(Stop(server_, SIGTERM), 0);
 }
 
+// A graceful stop waits for connected clients only as long as --shutdown_grace_ms (from the
+// environment here): with a client still connected, 200 ms instead of the default 5 s. A grace
+// that does not parse is refused at start.
+TEST_F(CalibratorResumeTest, ShutdownGraceIsConfigurable) {
+  server_ = StartServer(root_ + "/state-grace", models_, {}, {"LOWBIT_CALIBRATOR_SHUTDOWN_GRACE_MS=200"});
+  ASSERT_GT(server_.port, 0);
+  auto stub = MakeStub(server_.port);  // stays connected through the stop
+  v1::ListJobsResponse jobs;
+  ASSERT_TRUE(stub->ListJobs(Ctx(kToken).get(), v1::ListJobsRequest(), &jobs).ok());
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(Stop(server_, SIGTERM), 0);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(s, 3.0) << "the stop waited past its 200 ms grace (the default is 5 s)";
+
+  const std::string cmd = std::string(LOWBIT_BINARY_DIR) + "/calibrator/lowbit-calibrator serve --address 127.0.0.1:0 "
+                          "--state_dir " + root_ + "/state-grace --shutdown_grace_ms=-1 > /dev/null 2>&1";
+  const int rc = std::system(cmd.c_str());
+  EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) != 0) << "a negative grace must be refused: " << rc;
+}
+
 // A job on the tiny model in `root`/m with the recipe file `recipe` (relative to the source tree).
 CalibrationJob TinyJob(const std::string& root, const std::string& recipe, const std::string& out,
                        const DatasetOptions& data) {
