@@ -19,6 +19,10 @@ ctest --test-dir build-device -LE gpu --output-on-failure > "$out/ctest-cpu.log"
 if [[ -z "${SKIP_BENCH:-}" ]]; then
   ./build-device/bench/kernels/lowbit-bench-kernels --backend cuda --ms 1,16,64,256,1024,4096 \
     --ops w8a8,w8a8_quant,fp8,w4a16,quant_int8 --reps 5 --out "$out" 2>&1 | tee "$out/bench-cuda.log"
+  # The plain kernels on the shapes where the library paths (cuBLASLt int8 / FP8) take over, to
+  # see what they bring (and that they were taken): writes kernels-cuda-simple.{md,csv}.
+  ./build-device/bench/kernels/lowbit-bench-kernels --backend cuda-simple --ms 256,4096 \
+    --ops w8a8,fp8 --reps 3 --out "$out" 2>&1 | tee "$out/bench-cuda-simple.log" || rc=$?
   python3 bench/kernels/torch_baselines.py --ms 1,16,64,256,1024,4096 --out "$out/torch-baselines.csv" \
     2>&1 | tee "$out/torch-baselines.log" || rc=$?
   python3 bench/kernels/plot.py "$out/kernels-cuda.csv" "$out/kernels-cuda.png" "$out/torch-baselines.csv" || true
