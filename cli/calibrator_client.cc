@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -242,14 +243,9 @@ absl::Status CheckTensorCount(size_t received, const v1::ResultHeader& header) {
 // is DataLoss.
 class FileSink : public rpc::TensorSink {
  public:
-  explicit FileSink(SafetensorsModelWriter& writer) : writer_(writer) {}
+  FileSink(const rpc::Manifest& manifest, SafetensorsModelWriter& writer) : manifest_(manifest), writer_(writer) {}
   absl::Status Begin(const std::string& name, DType dtype, const Shape& shape, int64_t) override {
-    const SafetensorsEntry* e = writer_.Find(name);
-    if (e == nullptr) return absl::DataLossError(absl::StrCat("tensor '", name, "' is not in the header's manifest"));
-    if (e->dtype != dtype || e->shape != shape) {
-      return absl::DataLossError(
-          absl::StrCat("tensor '", name, "' arrived with another dtype or shape than the header's manifest gives"));
-    }
+    if (absl::Status s = manifest_.Check(name, dtype, shape); !s.ok()) return absl::DataLossError(s.message());
     name_ = name;
     return absl::OkStatus();
   }
@@ -264,12 +260,14 @@ class FileSink : public rpc::TensorSink {
   absl::Status End() override { return absl::OkStatus(); }
 
  private:
+  const rpc::Manifest& manifest_;
   SafetensorsModelWriter& writer_;
   std::string name_;
 };
 
-// The files of a result, laid out from its header's manifest in `out_dir`.
+// The files of a result, laid out in `out_dir` from its header's `manifest` (decoded from `h`).
 absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> ResultWriter(const v1::ResultHeader& h,
+                                                                     const rpc::Manifest& manifest,
                                                                      const std::string& out_dir) {
   if (h.manifest_size() != h.tensors()) {
     return absl::FailedPreconditionError(
@@ -278,17 +276,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> ResultWriter(const v1::R
   }
   std::vector<SafetensorsModelWriter::Placement> placements;
   int64_t manifest_bytes = 0;
-  for (const v1::TensorInfo& t : h.manifest()) {
-    absl::StatusOr<DType> dtype = rpc::DTypeFromProto(t.dtype());
-    if (!dtype.ok()) {
-      return absl::DataLossError(absl::StrCat("manifest tensor '", t.name(), "': ", dtype.status().message()));
-    }
-    placements.push_back({t.name(), *dtype, Shape(t.shape().begin(), t.shape().end()), t.file()});
-    absl::StatusOr<int64_t> numel = NumElements(placements.back().shape);
-    if (!numel.ok() || *numel > (int64_t{1} << 50)) {
-      return absl::DataLossError(absl::StrCat("manifest tensor '", t.name(), "' has an impossible shape"));
-    }
-    manifest_bytes += *numel * static_cast<int64_t>(DTypeSize(*dtype));
+  for (const rpc::Manifest::Entry& e : manifest.entries()) {
+    placements.push_back({e.name, e.dtype, e.shape, e.file});
+    manifest_bytes += e.bytes;
     if (manifest_bytes > (int64_t{1} << 60)) return absl::DataLossError("the result's manifest adds up to over 1 EiB");
   }
   if (manifest_bytes != h.tensor_bytes()) {
@@ -332,14 +322,18 @@ absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const 
   std::unique_ptr<SafetensorsModelWriter> writer;
   std::unique_ptr<FileSink> sink;
   std::unique_ptr<rpc::ChunkReceiver> receiver;
+  std::optional<rpc::Manifest> manifest;
+  rpc::TensorLimits limits;
+  limits.max_bytes = int64_t{1} << 50;  // the manifest fixes every size; the disk is the limit
   auto on_header = [&](const v1::ResultHeader& h) -> absl::Status {
     header = h;
-    absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> w = ResultWriter(h, out_dir);
+    absl::StatusOr<rpc::Manifest> m = rpc::Manifest::FromProto(h.manifest(), limits);
+    if (!m.ok()) return absl::DataLossError(absl::StrCat("the result's manifest: ", m.status().message()));
+    manifest = *std::move(m);
+    absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> w = ResultWriter(h, *manifest, out_dir);
     if (!w.ok()) return w.status();
     writer = *std::move(w);
-    sink = std::make_unique<FileSink>(*writer);
-    rpc::TensorLimits limits;
-    limits.max_bytes = int64_t{1} << 50;  // the manifest fixes every size; the disk is the limit
+    sink = std::make_unique<FileSink>(*manifest, *writer);
     receiver = std::make_unique<rpc::ChunkReceiver>(*sink, limits);
     return absl::OkStatus();
   };

@@ -112,11 +112,6 @@ void SafetensorsModelWriter::CloseAll() {
   }
 }
 
-const SafetensorsEntry* SafetensorsModelWriter::Find(const std::string& name) const {
-  auto it = where_.find(name);
-  return it == where_.end() ? nullptr : it->second.entry;
-}
-
 absl::Status SafetensorsModelWriter::Write(const std::string& name, uint64_t offset, std::span<const uint8_t> bytes) {
   auto it = where_.find(name);
   if (it == where_.end()) return absl::InvalidArgumentError(absl::StrCat("the model has no tensor '", name, "'"));

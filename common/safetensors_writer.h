@@ -42,8 +42,6 @@ class SafetensorsModelWriter {
   SafetensorsModelWriter(const SafetensorsModelWriter&) = delete;
   SafetensorsModelWriter& operator=(const SafetensorsModelWriter&) = delete;
 
-  // The entry of `name` (its dtype, shape and size), or nullptr when the model has no such tensor.
-  const SafetensorsEntry* Find(const std::string& name) const;
   // Writes `bytes` at byte `offset` of tensor `name`. InvalidArgument past the tensor's end or for
   // an unknown name; Internal (ResourceExhausted: disk full) for a failed write.
   absl::Status Write(const std::string& name, uint64_t offset, std::span<const uint8_t> bytes);

@@ -38,6 +38,45 @@ absl::StatusOr<int64_t> CheckedBytes(DType dtype, const Shape& shape, const std:
 
 }  // namespace
 
+absl::StatusOr<Manifest> Manifest::FromProto(const google::protobuf::RepeatedPtrField<v1::TensorInfo>& infos,
+                                             const TensorLimits& limits) {
+  Manifest m;
+  for (const v1::TensorInfo& t : infos) {
+    absl::StatusOr<DType> dtype = DTypeFromProto(t.dtype());
+    if (!dtype.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("manifest tensor '", t.name(), "': ", dtype.status().message()));
+    }
+    Shape shape(t.shape().begin(), t.shape().end());
+    absl::StatusOr<int64_t> bytes =
+        CheckedBytes(*dtype, shape, absl::StrCat("manifest tensor '", t.name(), "'"), limits);
+    if (!bytes.ok()) return bytes.status();
+    if (!m.index_.emplace(t.name(), m.entries_.size()).second) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name(), "' is twice in the header's manifest"));
+    }
+    m.entries_.push_back({t.name(), *dtype, std::move(shape), *bytes, t.file()});
+  }
+  return m;
+}
+
+std::vector<std::string> Manifest::names() const {
+  std::vector<std::string> out;
+  for (const Entry& e : entries_) out.push_back(e.name);
+  return out;
+}
+
+absl::Status Manifest::Check(const std::string& name, DType dtype, const Shape& shape) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is not in the header's manifest"));
+  }
+  const Entry& e = entries_[it->second];
+  if (e.dtype != dtype || e.shape != shape) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "' arrived with another dtype or shape than the header's manifest gives"));
+  }
+  return absl::OkStatus();
+}
+
 // Memory for a tensor being received, not zeroed: the assembler overwrites every byte before
 // the tensor is handed out (zeroing it first, as Tensor::Zeros does, cost a pass over the
 // memory). (Transparent huge pages, madvise'd, made a first fetch faster but later ones slower:

@@ -12,6 +12,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/tensor.h"
@@ -39,6 +40,32 @@ void TensorToProto(const Tensor& tensor, v1::Tensor* proto);
 // false and returns false.
 bool ForEachChunk(const std::string& name, const Tensor& tensor, int64_t chunk_bytes,
                   const std::function<bool(const v1::TensorChunk& meta, std::span<const uint8_t> data)>& emit);
+
+// A stream header's manifest (FetchResult's and LoadModelStream's `TensorInfo`s): every tensor
+// the stream will carry, decoded and checked like a tensor (dtype known, dims ≥ 0, bytes within
+// the limits), no name twice.
+class Manifest {
+ public:
+  struct Entry {
+    std::string name;
+    DType dtype;
+    Shape shape;
+    int64_t bytes = 0;
+    std::string file;  // FetchResult: the safetensors file that holds it
+  };
+  // InvalidArgument naming the tensor.
+  static absl::StatusOr<Manifest> FromProto(const google::protobuf::RepeatedPtrField<v1::TensorInfo>& infos,
+                                            const TensorLimits& limits = {});
+  const std::vector<Entry>& entries() const { return entries_; }  // in chunk order
+  std::vector<std::string> names() const;
+  // A tensor's first chunk against its entry: InvalidArgument unless listed with this dtype
+  // and shape.
+  absl::Status Check(const std::string& name, DType dtype, const Shape& shape) const;
+
+ private:
+  std::vector<Entry> entries_;
+  std::map<std::string, size_t> index_;
+};
 
 // Memory for a tensor being received, not zeroed (the receiver overwrites every byte).
 std::shared_ptr<uint8_t> ReceiveBuffer(size_t n);

@@ -42,6 +42,24 @@ absl::StatusOr<DType> ModelDType(const nlohmann::json& config) {
   return *d == DType::kF16 ? DType::kF16 : DType::kBF16;
 }
 
+// Tensors looked up in a map (kept alive by `owner`), for a streamed load.
+TensorSource MapSource(const std::map<std::string, Tensor>& tensors, std::shared_ptr<const void> owner = nullptr) {
+  TensorSource source;
+  for (const auto& [n, t] : tensors) source.names.push_back(n);
+  source.get = [&tensors, owner](const std::string& n) -> absl::StatusOr<Tensor> {
+    auto it = tensors.find(n);
+    if (it == tensors.end()) return absl::NotFoundError(absl::StrCat("no tensor ", n));
+    return it->second;
+  };
+  return source;
+}
+
+absl::StatusOr<nlohmann::json> ParseConfigJson(const std::string& config_json) {
+  nlohmann::json config = nlohmann::json::parse(config_json, nullptr, /*allow_exceptions=*/false);
+  if (config.is_discarded()) return absl::InvalidArgumentError("config_json is not valid JSON");
+  return config;
+}
+
 }  // namespace
 
 PreparedLinear::~PreparedLinear() {
@@ -121,18 +139,12 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::LoadFromTensor
                                                                                   const std::string& config_json,
                                                                                   std::map<std::string, Tensor> tensors) {
   if (absl::Status s = CheckName(name); !s.ok()) return s;
-  nlohmann::json config = nlohmann::json::parse(config_json, nullptr, /*allow_exceptions=*/false);
-  if (config.is_discarded()) return absl::InvalidArgumentError("config_json is not valid JSON");
+  absl::StatusOr<nlohmann::json> config = ParseConfigJson(config_json);
+  if (!config.ok()) return config.status();
   auto owned = std::make_shared<std::map<std::string, Tensor>>(std::move(tensors));
-  TensorSource source;
-  for (const auto& [n, t] : *owned) source.names.push_back(n);
-  source.get = [owned](const std::string& n) -> absl::StatusOr<Tensor> {
-    auto it = owned->find(n);
-    if (it == owned->end()) return absl::NotFoundError(absl::StrCat("no tensor ", n));
-    return it->second;
-  };
+  TensorSource source = MapSource(*owned, owned);
   source.release = [owned] { owned->clear(); };
-  return Load(name, "stream", config, source);
+  return Load(name, "stream", *config, source);
 }
 
 int64_t ModelRegistry::BytesLeftLocked() const {
@@ -313,11 +325,11 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::Load(const std
 absl::StatusOr<std::unique_ptr<ModelRegistry::StreamedLoad>> ModelRegistry::BeginStreamedLoad(
     const std::string& name, const std::string& config_json, const std::vector<std::string>& manifest) {
   if (absl::Status s = CheckName(name); !s.ok()) return s;
-  nlohmann::json config = nlohmann::json::parse(config_json, nullptr, /*allow_exceptions=*/false);
-  if (config.is_discarded()) return absl::InvalidArgumentError("config_json is not valid JSON");
-  absl::StatusOr<LinearPlan> plan = PlanQuantizedLinears(config, manifest);
+  absl::StatusOr<nlohmann::json> config = ParseConfigJson(config_json);
+  if (!config.ok()) return config.status();
+  absl::StatusOr<LinearPlan> plan = PlanQuantizedLinears(*config, manifest);
   if (!plan.ok()) return plan.status();
-  absl::StatusOr<DType> model_dtype = ModelDType(config);
+  absl::StatusOr<DType> model_dtype = ModelDType(*config);
   if (!model_dtype.ok()) return model_dtype.status();
   auto load = std::unique_ptr<StreamedLoad>(new StreamedLoad());
   load->registry_ = this;
@@ -356,18 +368,11 @@ absl::Status ModelRegistry::StreamedLoad::Add(const std::string& name, Tensor te
   auto it = module_of_.find(name);
   if (it == module_of_.end()) return absl::OkStatus();  // no quantized Linear reads it
   const size_t i = it->second;
-  if (!pending_[i].emplace(name, std::move(tensor)).second || missing_[i] == 0) {
+  if (missing_[i] == 0 || !pending_[i].emplace(name, std::move(tensor)).second) {
     return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' sent twice"));
   }
   if (--missing_[i] > 0) return absl::OkStatus();
-  const std::map<std::string, Tensor>& have = pending_[i];
-  TensorSource source;
-  source.get = [&have](const std::string& n) -> absl::StatusOr<Tensor> {
-    auto t = have.find(n);
-    if (t == have.end()) return absl::NotFoundError(absl::StrCat("no tensor ", n));
-    return t->second;
-  };
-  absl::StatusOr<LinearSpec> spec = ReadQuantizedLinear(plan_.linears[i], plan_.names, source);
+  absl::StatusOr<LinearSpec> spec = ReadQuantizedLinear(plan_.linears[i], plan_.names, MapSource(pending_[i]));
   if (!spec.ok()) return spec.status();
   absl::Status s = registry_->AddPrepared(name_, *spec, model_dtype_, *model_, &reserved_);
   pending_[i].clear();

@@ -23,39 +23,6 @@ CallControl ControlOf(grpc::ServerContext* ctx) {
   return c;
 }
 
-// A LoadModelStream header's manifest: every tensor the stream will carry.
-struct Manifest {
-  std::vector<std::string> names;  // in chunk order
-  std::map<std::string, std::pair<DType, Shape>> entries;
-  // A tensor's first chunk against its entry: listed, with the same dtype and shape.
-  absl::Status Check(const std::string& name, DType dtype, const Shape& shape) const {
-    auto it = entries.find(name);
-    if (it == entries.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is not in the header's manifest"));
-    }
-    if (it->second.first != dtype || it->second.second != shape) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", name, "' arrived with another dtype or shape than the header's manifest gives"));
-    }
-    return absl::OkStatus();
-  }
-};
-
-absl::StatusOr<Manifest> ParseManifest(const v1::LoadModelHeader& header) {
-  Manifest m;
-  for (const v1::TensorInfo& t : header.manifest()) {
-    absl::StatusOr<DType> dtype = rpc::DTypeFromProto(t.dtype());
-    if (!dtype.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("manifest tensor '", t.name(), "': ", dtype.status().message()));
-    }
-    if (!m.entries.emplace(t.name(), std::make_pair(*dtype, Shape(t.shape().begin(), t.shape().end()))).second) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name(), "' is twice in the header's manifest"));
-    }
-    m.names.push_back(t.name());
-  }
-  return m;
-}
-
 }  // namespace
 
 RuntimeServiceImpl::RuntimeServiceImpl(Engine* engine, rpc::ServiceContext service, RuntimeServiceOptions options)
@@ -124,12 +91,12 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
   if (absl::Status s = engine_->registry().CheckName(name); !s.ok()) return s;
   // With a manifest, each quantized Linear is prepared as soon as its tensors arrived
   // (ModelRegistry::StreamedLoad); without one, the whole checkpoint is assembled first.
-  absl::StatusOr<Manifest> manifest = ParseManifest(msg.header());
+  absl::StatusOr<rpc::Manifest> manifest = rpc::Manifest::FromProto(msg.header().manifest());
   if (!manifest.ok()) return manifest.status();
   std::unique_ptr<ModelRegistry::StreamedLoad> streamed;
   rpc::ChunkAssembler::Hooks hooks;
-  if (!manifest->names.empty()) {
-    auto begun = engine_->registry().BeginStreamedLoad(name, config, manifest->names);
+  if (!manifest->entries().empty()) {
+    auto begun = engine_->registry().BeginStreamedLoad(name, config, manifest->names());
     if (!begun.ok()) return begun.status();
     streamed = *std::move(begun);
     hooks.check = [&](const std::string& n, DType dtype, const Shape& shape) {
@@ -159,9 +126,9 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
   }
   absl::StatusOr<std::shared_ptr<const LoadedModel>> model;
   if (streamed) {
-    if (assembler.received() != manifest->names.size()) {
+    if (assembler.received() != manifest->entries().size()) {
       return absl::InvalidArgumentError(absl::StrCat("the stream ended early: ", assembler.received(), " of the ",
-                                                     manifest->names.size(),
+                                                     manifest->entries().size(),
                                                      " tensors in the header's manifest arrived"));
     }
     model = engine_->FinishStreamedLoad(*streamed);
