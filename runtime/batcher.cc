@@ -6,13 +6,40 @@
 
 namespace lowbit::runtime {
 
-absl::Status CallControl::Check() const {
+absl::Status CallControl::CheckDeadline() const {
   if (deadline != std::chrono::system_clock::time_point::max() && std::chrono::system_clock::now() >= deadline) {
     return absl::DeadlineExceededError("the call's deadline passed while the request waited to run");
   }
+  return absl::OkStatus();
+}
+
+absl::Status CallControl::Check() const {
+  if (absl::Status s = CheckDeadline(); !s.ok()) return s;
   if (cancelled && cancelled()) return absl::CancelledError("the call was cancelled by the client");
   return absl::OkStatus();
 }
+
+namespace {
+
+using SteadyTime = std::chrono::steady_clock::time_point;
+
+// The call's deadline on the steady clock (max = none).
+SteadyTime SteadyDeadline(const CallControl& control) {
+  if (control.deadline == std::chrono::system_clock::time_point::max()) return SteadyTime::max();
+  const auto left = control.deadline - std::chrono::system_clock::now();
+  return std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(left);
+}
+
+// Waits for a notification or `until` (max = no timeout).
+void WaitUntil(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, SteadyTime until) {
+  if (until == SteadyTime::max()) {
+    cv.wait(lock);
+  } else {
+    cv.wait_until(lock, until);
+  }
+}
+
+}  // namespace
 
 struct Batcher::Pending {
   BatchItem item;
@@ -23,6 +50,10 @@ struct Batcher::Pending {
   bool abandoned = false;
   absl::Status status;
   GemmResult result;
+  // Signalled (under mu_) when this request's state or leadership changes: one waiter per
+  // request, so an arrival or a finished GEMM wakes only the threads it concerns (a shared
+  // condition variable woke all 64 waiting handler threads on every arrival).
+  std::condition_variable cv;
 };
 
 absl::StatusOr<GemmResult> Batcher::RunAlone(BatchItem item) {
@@ -53,10 +84,12 @@ void Batcher::Withdraw(const Key& key, const std::shared_ptr<Pending>& p) {
   if (metrics_) metrics_->QueueDepth(-1);
   if (p->leader) {
     p->leader = false;
-    if (!q.items.empty()) q.items.front()->leader = true;
+    if (!q.items.empty()) {
+      q.items.front()->leader = true;
+      q.items.front()->cv.notify_one();
+    }
   }
   if (q.items.empty()) queues_.erase(qit);
-  cv_.notify_all();
 }
 
 void Batcher::Execute(const std::vector<std::shared_ptr<Pending>>& batch) {
@@ -80,12 +113,13 @@ void Batcher::Execute(const std::vector<std::shared_ptr<Pending>>& batch) {
       p.result.batch_rows = rows;
     }
     p.state = Pending::kDone;
+    p.cv.notify_one();
   }
-  cv_.notify_all();
 }
 
 absl::StatusOr<GemmResult> Batcher::Run(BatchItem item, const CallControl& control) {
-  if (absl::Status s = control.Check(); !s.ok()) return s;
+  // A call cancelled just as it arrived is rare: only the (cheap) deadline is checked up front.
+  if (absl::Status s = control.CheckDeadline(); !s.ok()) return s;
   if (!options_.enabled) return RunAlone(std::move(item));
 
   const Key key{item.layer.get(), item.x.dtype(), item.out_dtype};
@@ -94,7 +128,19 @@ absl::StatusOr<GemmResult> Batcher::Run(BatchItem item, const CallControl& contr
   p->item = std::move(item);
   p->arrived = std::chrono::steady_clock::now();
   const auto delay = std::chrono::microseconds(std::max<int64_t>(0, options_.max_queue_delay_us));
-  const auto poll = std::chrono::milliseconds(5);
+  const auto cancel_poll = std::chrono::microseconds(std::max<int64_t>(1, options_.cancel_poll_us));
+  const SteadyTime deadline = SteadyDeadline(control);
+  SteadyTime next_cancel_poll = control.cancelled ? p->arrived + cancel_poll : SteadyTime::max();
+  // While queued: the deadline, and cancellation once per cancel_poll. Once taken into a batch
+  // only the deadline (the GEMM runs either way; cancelling would only drop the rows sooner).
+  auto check = [&]() -> absl::Status {
+    if (absl::Status s = control.CheckDeadline(); !s.ok()) return s;
+    if (p->state != Pending::kQueued || std::chrono::steady_clock::now() < next_cancel_poll) return absl::OkStatus();
+    next_cancel_poll = std::chrono::steady_clock::now() + cancel_poll;
+    return control.Check();
+  };
+  // When a waiting request must look again although nobody woke it.
+  auto look_again = [&] { return p->state == Pending::kQueued ? std::min(deadline, next_cancel_poll) : deadline; };
 
   std::unique_lock<std::mutex> lock(mu_);
   Queue& q = queues_[key];
@@ -102,30 +148,31 @@ absl::StatusOr<GemmResult> Batcher::Run(BatchItem item, const CallControl& contr
   q.items.push_back(p);
   q.rows += p->rows;
   if (metrics_) metrics_->QueueDepth(1);
-  cv_.notify_all();
+  // A leader waiting out the delay goes as soon as the batch is full.
+  if (!p->leader && q.rows >= options_.max_batch_rows) q.items.front()->cv.notify_one();
 
   while (true) {
     if (p->state == Pending::kDone) {
       if (!p->status.ok()) return p->status;
       return std::move(p->result);
     }
-    if (p->state == Pending::kQueued) {
-      if (absl::Status s = control.Check(); !s.ok()) {
-        Withdraw(key, p);
-        return s;
-      }
-    } else if (absl::Status s = control.Check(); !s.ok()) {
-      return s;  // taken into a batch that is running: its rows are dropped when it ends
+    if (absl::Status s = check(); !s.ok()) {
+      // Taken into a batch that is running: its rows are dropped when it ends.
+      if (p->state == Pending::kQueued) Withdraw(key, p);
+      return s;
     }
     if (p->state == Pending::kQueued && p->leader) {
       // Wait out the delay (from this request's arrival) unless the batch is already full.
       const auto until = p->arrived + delay;
       while (p->state == Pending::kQueued && p->leader && std::chrono::steady_clock::now() < until &&
              queues_[key].rows < options_.max_batch_rows) {
-        cv_.wait_until(lock, std::min(until, std::chrono::steady_clock::now() + poll));
-        if (!control.Check().ok()) break;
+        p->cv.wait_until(lock, std::min(until, look_again()));
+        if (absl::Status s = check(); !s.ok()) {
+          Withdraw(key, p);
+          return s;
+        }
       }
-      if (!p->leader || p->state != Pending::kQueued || !control.Check().ok()) continue;
+      if (!p->leader || p->state != Pending::kQueued) continue;
       // Take the execution slot, then the batch (everything queued meanwhile joins it).
       lock.unlock();
       std::unique_lock<std::mutex> exec(exec_mu_);
@@ -147,17 +194,17 @@ absl::StatusOr<GemmResult> Batcher::Run(BatchItem item, const CallControl& contr
       if (metrics_) metrics_->QueueDepth(-static_cast<int64_t>(batch.size()));
       if (!qq.items.empty()) {
         qq.items.front()->leader = true;
+        qq.items.front()->cv.notify_one();
       } else {
         queues_.erase(key);
       }
-      cv_.notify_all();
       lock.unlock();
       Execute(batch);
       exec.unlock();
       lock.lock();
       continue;
     }
-    cv_.wait_for(lock, poll);
+    WaitUntil(p->cv, lock, look_again());
   }
 }
 

@@ -7,3 +7,6 @@ if(TARGET lowbit_runtime_service)
   gtest_discover_tests(runtime_service_test TEST_PREFIX "cuda." DISCOVERY_TIMEOUT 60
     PROPERTIES LABELS gpu ENVIRONMENT "LOWBIT_TEST_BACKEND=cuda" SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]")
 endif()
+if(TARGET lowbit_runtime)
+  lowbit_integration_test(batcher_test ${CMAKE_CURRENT_SOURCE_DIR}/batcher_test.cc LIBS lowbit_runtime)
+endif()
