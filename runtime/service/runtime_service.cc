@@ -1,6 +1,7 @@
 #include "runtime/service/runtime_service.h"
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -176,7 +177,7 @@ grpc::Status RuntimeServiceImpl::GetServerInfo(grpc::ServerContext* ctx, const v
   return guard.Finish(grpc::Status::OK);
 }
 
-absl::Status RuntimeServiceImpl::DoGemm(grpc::ServerContext* ctx, const v1::GemmRequest& req, v1::GemmResponse* resp) {
+absl::Status RuntimeServiceImpl::DoGemm(const CallControl& control, const v1::GemmRequest& req, v1::GemmResponse* resp) {
   GemmRequest r;
   r.model = req.model();
   r.layer = req.layer();
@@ -189,7 +190,7 @@ absl::Status RuntimeServiceImpl::DoGemm(grpc::ServerContext* ctx, const v1::Gemm
     if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat("out_dtype: ", d.status().message()));
     r.out_dtype = *d;
   }
-  absl::StatusOr<GemmResult> y = engine_->Gemm(r, ControlOf(ctx));
+  absl::StatusOr<GemmResult> y = engine_->Gemm(r, control);
   if (!y.ok()) return y.status();
   const int64_t bytes = static_cast<int64_t>(y->y.nbytes());
   if (bytes + 4096 > options_.max_message_bytes) {
@@ -207,7 +208,7 @@ absl::Status RuntimeServiceImpl::DoGemm(grpc::ServerContext* ctx, const v1::Gemm
 grpc::Status RuntimeServiceImpl::Gemm(grpc::ServerContext* ctx, const v1::GemmRequest* req, v1::GemmResponse* resp) {
   rpc::CallGuard guard(ctx, service_, "Gemm");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  return guard.Finish(rpc::ToGrpcStatus(DoGemm(ctx, *req, resp)));
+  return guard.Finish(rpc::ToGrpcStatus(DoGemm(ControlOf(ctx), *req, resp)));
 }
 
 grpc::Status RuntimeServiceImpl::GemmStream(
@@ -221,6 +222,13 @@ grpc::Status RuntimeServiceImpl::GemmStream(
   std::deque<v1::GemmStreamRequest> queue;
   bool reading_done = false, write_failed = false;
   int idle = 0;
+  // The stream's requests do not each ask the call whether it was cancelled (a completion-queue
+  // pluck under the sync API, with at most 6 pluckers per queue): the reader finds out when its
+  // Read fails, a writer when its Write does, and the requests waiting in the batcher see it here.
+  std::atomic<bool> gone{false};
+  CallControl control;
+  control.cancelled = [&gone] { return gone.load(); };
+  control.deadline = ctx->deadline();
   std::vector<std::thread> workers;
   auto work = [&] {
     std::unique_lock<std::mutex> lock(mu);
@@ -235,14 +243,17 @@ grpc::Status RuntimeServiceImpl::GemmStream(
       lock.unlock();
       v1::GemmStreamResponse out;
       out.set_request_id(r.request_id());
-      absl::Status s = DoGemm(ctx, r.request(), out.mutable_response());
+      absl::Status s = DoGemm(control, r.request(), out.mutable_response());
       if (!s.ok()) {
         out.clear_response();
         out.set_error_code(static_cast<int32_t>(s.code()));
         out.set_error_message(std::string(s.message()));
       }
       lock.lock();
-      if (!write_failed && !stream->Write(out)) write_failed = true;
+      if (!write_failed && !stream->Write(out)) {
+        write_failed = true;
+        gone = true;
+      }
     }
   };
   const size_t max_workers = static_cast<size_t>(std::max(1, options_.max_stream_inflight));
@@ -255,13 +266,15 @@ grpc::Status RuntimeServiceImpl::GemmStream(
     if (idle == 0 && workers.size() < max_workers) workers.emplace_back(work);
     cv.notify_all();
   }
+  const bool cancelled = ctx->IsCancelled();  // Read failed: the client half-closed, or went
+  if (cancelled) gone = true;
   {
     std::lock_guard<std::mutex> lock(mu);
     reading_done = true;
     cv.notify_all();
   }
   for (std::thread& t : workers) t.join();
-  if (ctx->IsCancelled()) return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the stream"));
+  if (cancelled) return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the stream"));
   return guard.Finish(grpc::Status::OK);
 }
 

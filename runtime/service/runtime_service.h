@@ -39,7 +39,7 @@ class RuntimeServiceImpl final : public v1::RuntimeService::Service {
                           grpc::ServerReaderWriter<v1::GemmStreamResponse, v1::GemmStreamRequest>* stream) override;
 
  private:
-  absl::Status DoGemm(grpc::ServerContext* ctx, const v1::GemmRequest& req, v1::GemmResponse* resp);
+  absl::Status DoGemm(const CallControl& control, const v1::GemmRequest& req, v1::GemmResponse* resp);
   absl::StatusOr<v1::LoadModelStreamResponse> ReceiveModel(grpc::ServerContext* ctx, rpc::RawServerStream* stream);
 
   Engine* engine_;

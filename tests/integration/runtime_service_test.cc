@@ -587,6 +587,92 @@ TEST_F(RuntimeTest, GemmStreamReportsErrorsAndContinues) {
   }
 }
 
+// Many requests of one stream waiting in the batcher at once, long enough to be asked (all the
+// time here) whether the stream was cancelled: all run, together, and equal the unary results.
+TEST_F(RuntimeTest, GemmStreamWithManyRequestsWaitingInTheQueue) {
+  EngineOptions o = DefaultOptions();
+  o.batching.max_queue_delay_us = 200'000;  // every request waits 0.2 s for company
+  o.batching.cancel_poll_us = 1;            // and asks all the time
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  ASSERT_TRUE(client.Load("m", "w8a8").ok());
+  ASSERT_TRUE(client_->Load("m", "w8a8").ok());
+  grpc::ClientContext ctx;
+  client.Prepare(&ctx);
+  auto stream = client.stub->GemmStream(&ctx);
+  constexpr int kN = 48;
+  std::map<uint64_t, Tensor> xs;
+  for (int i = 0; i < kN; ++i) {
+    v1::GemmStreamRequest req;
+    req.set_request_id(i);
+    xs[i] = RandomX(1, 256, DType::kF32, 700 + i);
+    *req.mutable_request() = MakeGemm("m", kQ, xs[i]);
+    ASSERT_TRUE(stream->Write(req));
+  }
+  stream->WritesDone();
+  std::map<uint64_t, v1::GemmStreamResponse> got;
+  v1::GemmStreamResponse r;
+  while (stream->Read(&r)) got[r.request_id()] = r;
+  grpc::Status st = stream->Finish();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(got.size(), size_t(kN));
+  int max_batch = 0;
+  for (auto& [id, resp] : got) {
+    ASSERT_EQ(resp.error_code(), 0) << id << ": " << resp.error_message();
+    max_batch = std::max(max_batch, resp.response().batch_requests());
+    v1::GemmResponse unary;  // from the fixture's server, without a batching delay
+    ASSERT_TRUE(client_->Gemm(MakeGemm("m", kQ, xs[id]), &unary).ok());
+    EXPECT_EQ(resp.response().y().data(), unary.y().data()) << id;
+  }
+  EXPECT_GT(max_batch, 1) << "the stream's requests did not wait together";
+}
+
+// A stream cancelled while its requests wait in a long batching window: they leave the queue
+// (within the cancel poll), no GEMM runs for them, and the server serves the next call.
+TEST_F(RuntimeTest, CancelledGemmStreamLeavesTheQueue) {
+  EngineOptions o = DefaultOptions();
+  o.batching.max_queue_delay_us = 5'000'000;
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  ASSERT_TRUE(client.Load("m", "w8a8").ok());
+  auto gauge = [&](const std::string& name) {
+    for (const auto& fam : server->registry->Collect()) {
+      if (fam.name == name) return fam.type == prometheus::MetricType::Gauge ? fam.metric.at(0).gauge.value
+                                                                            : fam.metric.at(0).counter.value;
+    }
+    return -1.0;
+  };
+  grpc::ClientContext ctx;
+  client.Prepare(&ctx);
+  auto stream = client.stub->GemmStream(&ctx);
+  for (int i = 0; i < 5; ++i) {
+    v1::GemmStreamRequest req;
+    req.set_request_id(i);
+    *req.mutable_request() = MakeGemm("m", kQ, RandomX(1, 256, DType::kF32, 40 + i));
+    ASSERT_TRUE(stream->Write(req));
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  while (gauge("lowbit_runtime_queue_depth") < 5 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(gauge("lowbit_runtime_queue_depth"), 5.0);
+  ctx.TryCancel();
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  const auto t1 = std::chrono::steady_clock::now();
+  while (gauge("lowbit_runtime_queue_depth") > 0 && std::chrono::steady_clock::now() - t1 < std::chrono::seconds(3)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(gauge("lowbit_runtime_queue_depth"), 0.0);
+  EXPECT_LT(std::chrono::steady_clock::now() - t1, std::chrono::seconds(1)) << "the queue emptied only at the window's end";
+  EXPECT_EQ(gauge("lowbit_runtime_gemms_total"), 0.0);
+  // The server still serves: a request fills the window alone after 5 s, so give it rows enough
+  // to fill max_batch_rows instead.
+  v1::GemmResponse resp;
+  ASSERT_TRUE(client.Gemm(MakeGemm("m", kQ, RandomX(4096, 256, DType::kF32, 1)), &resp, 10000).ok());
+}
+
 // Streams a checkpoint directory's tensors (ForEachChunk) with its config.json; with
 // `manifest`, the header lists every tensor (the runtime then prepares layer by layer), edited
 // by `edit_manifest` when given.
