@@ -33,7 +33,7 @@
 #include "calibrator/service/calibrator_server.h"
 #include "rpc/server.h"
 #include "rpc/settings.h"
-#include "rpc/wire.h"
+#include "rpc/process.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #endif
@@ -210,7 +210,7 @@ std::string FromEnv(const char* name) {
 int Serve() {
   // Logs go to stderr; stdout carries only the "listening on" line (scripts read the port).
   spdlog::set_default_logger(spdlog::stderr_color_mt("lowbit-calibrator"));
-  rpc::KeepFreedMemoryForReuse();
+  rpc::SetUpProcess();
   calibrator::CalibratorServerOptions o;
   const rpc::ServerFlags server_flags{FLAGS_address,    FLAGS_tls_cert,        FLAGS_tls_key,
                                       FLAGS_tls_client_ca, FLAGS_auth_token, FLAGS_metrics_address,

@@ -14,7 +14,7 @@
 #include "absl/flags/usage.h"
 #include "cli/commands.h"
 #include "common/blas_env.h"
-#include "rpc/wire.h"
+#include "rpc/process.h"
 
 namespace {
 
@@ -39,7 +39,7 @@ constexpr const char* kUsage =
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress (stderr) and results (stdout) stay in order
-  lowbit::rpc::KeepFreedMemoryForReuse();
+  lowbit::rpc::SetUpProcess();
   lowbit::StopIdleBlasThreads();  // the CLI moves data; `demo` restarts them when it computes
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() < 2) {

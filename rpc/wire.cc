@@ -1,7 +1,5 @@
 #include "rpc/wire.h"
 
-#include <malloc.h>
-
 #include <algorithm>
 #include <cstring>
 
@@ -158,11 +156,6 @@ absl::Status SplitFields(Cursor& c, size_t end, BulkField where, bool top, std::
 void ReleaseKeepAlive(void* p) { delete static_cast<std::shared_ptr<const void>*>(p); }
 
 }  // namespace
-
-void KeepFreedMemoryForReuse() {
-  mallopt(M_TRIM_THRESHOLD, 256 << 20);
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-}
 
 DataPieces DataPieces::Of(std::string_view bytes) {
   DataPieces d;

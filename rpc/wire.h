@@ -60,13 +60,6 @@ grpc::ByteBuffer EncodeWithBulk(const google::protobuf::MessageLite& message, Bu
 grpc::ByteBuffer Encode(const google::protobuf::MessageLite& message);
 absl::Status Decode(const grpc::ByteBuffer& buffer, google::protobuf::MessageLite* message);
 
-// Keeps freed heap memory in the process for reuse (glibc mallopt: a trim threshold of 256 MiB,
-// and a fixed mmap threshold of 32 MiB, glibc's maximum). gRPC allocates a buffer for each socket
-// read and frees it once the message is consumed; with glibc's defaults those pages went back
-// to the kernel and came back as fresh zeroed pages — page faults that took ~20% of a receiving
-// server's CPU in UploadModel. Call once at process start (the services' and the CLI's main).
-void KeepFreedMemoryForReuse();
-
 // A received message with its bulk field split off. `data` points into `slices`.
 struct SplitMessage {
   std::vector<grpc::Slice> slices;

@@ -24,7 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "rpc/server.h"
 #include "rpc/settings.h"
-#include "rpc/wire.h"
+#include "rpc/process.h"
 #include "runtime/engine.h"
 #include "runtime/service/runtime_service.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -63,7 +63,7 @@ int Serve() {
   // Logs go to stderr; stdout carries only the "listening on" line that launchers wait for.
   spdlog::set_default_logger(spdlog::stderr_color_mt("lowbit-runtime"));
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
-  lowbit::rpc::KeepFreedMemoryForReuse();
+  lowbit::rpc::SetUpProcess();
   lowbit::rpc::ServerConfig config;
   const lowbit::rpc::ServerFlags server_flags{FLAGS_address,    FLAGS_tls_cert,        FLAGS_tls_key,
                                               FLAGS_tls_client_ca, FLAGS_auth_token, FLAGS_metrics_address,
