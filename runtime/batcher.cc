@@ -131,18 +131,22 @@ absl::StatusOr<GemmResult> Batcher::Run(BatchItem item, const CallControl& contr
   const auto cancel_poll = std::chrono::microseconds(std::max<int64_t>(1, options_.cancel_poll_us));
   const SteadyTime deadline = SteadyDeadline(control);
   SteadyTime next_cancel_poll = control.cancelled ? p->arrived + cancel_poll : SteadyTime::max();
-  // While queued: the deadline, and cancellation once per cancel_poll. Once taken into a batch
-  // only the deadline (the GEMM runs either way; cancelling would only drop the rows sooner).
+  std::unique_lock<std::mutex> lock(mu_);
+  // While queued: the deadline, and cancellation once per cancel_poll, asked without the queue
+  // lock (it may take tens of µs; the state is re-read after it). Once taken into a batch only
+  // the deadline (the GEMM runs either way; cancelling would only drop the rows sooner).
   auto check = [&]() -> absl::Status {
     if (absl::Status s = control.CheckDeadline(); !s.ok()) return s;
     if (p->state != Pending::kQueued || std::chrono::steady_clock::now() < next_cancel_poll) return absl::OkStatus();
     next_cancel_poll = std::chrono::steady_clock::now() + cancel_poll;
-    return control.Check();
+    lock.unlock();
+    absl::Status s = control.Check();
+    lock.lock();
+    return s;
   };
   // When a waiting request must look again although nobody woke it.
   auto look_again = [&] { return p->state == Pending::kQueued ? std::min(deadline, next_cancel_poll) : deadline; };
 
-  std::unique_lock<std::mutex> lock(mu_);
   Queue& q = queues_[key];
   p->leader = q.items.empty();
   q.items.push_back(p);
@@ -161,6 +165,7 @@ absl::StatusOr<GemmResult> Batcher::Run(BatchItem item, const CallControl& contr
       if (p->state == Pending::kQueued) Withdraw(key, p);
       return s;
     }
+    if (p->state == Pending::kDone) continue;  // it may have run while check() asked without the lock
     if (p->state == Pending::kQueued && p->leader) {
       // Wait out the delay (from this request's arrival) unless the batch is already full.
       const auto until = p->arrived + delay;

@@ -7,7 +7,10 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <mutex>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -217,6 +220,76 @@ TEST(BatcherTest, ARequestThatRunsAtOnceNeverPollsCancellation) {
     for (int i = 0; i < 20; ++i) ExpectOwnRows(batcher.Run(Item(layer, 1, i), control), 1, i);
     EXPECT_EQ(polls.load(), 0) << "batching " << enabled;
   }
+}
+
+// Many threads, requests cancelled or timing out at random while queued, the cancellation asked
+// all the time (without the queue lock): every call returns, with its own rows or with
+// CANCELLED / DEADLINE_EXCEEDED, and nothing stays queued.
+TEST(BatcherTest, RandomCancellationsAndDeadlinesUnderLoad) {
+  FakeExecutor fake;
+  BatcherOptions options;
+  options.max_queue_delay_us = 300;
+  options.max_batch_rows = 8;
+  options.cancel_poll_us = 1;
+  Batcher batcher(options, fake.Bind(), nullptr);
+  auto layer = std::make_shared<PreparedLinear>();
+  constexpr int kThreads = 16, kCalls = 150;
+  std::atomic<int> finished{0}, ok{0}, ended_early{0}, wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      for (int i = 0; i < kCalls; ++i) {
+        const int rows = 1 + static_cast<int>(rng() % 3);
+        const float value = static_cast<float>(t * 1000 + i);
+        auto flag = std::make_shared<std::atomic<bool>>(false);
+        CallControl control;
+        control.cancelled = [flag] { return flag->load(); };
+        const int kind = static_cast<int>(rng() % 4);
+        if (kind == 1) control.deadline = std::chrono::system_clock::now() + std::chrono::microseconds(rng() % 400);
+        std::thread canceller;
+        if (kind == 2) {
+          const int after = static_cast<int>(rng() % 400);
+          canceller = std::thread([flag, after] {
+            std::this_thread::sleep_for(std::chrono::microseconds(after));
+            *flag = true;
+          });
+        }
+        auto r = batcher.Run(Item(layer, rows, value), control);
+        if (canceller.joinable()) canceller.join();
+        if (r.ok()) {
+          ++ok;
+          std::vector<float> y = r->y.ToFloats();
+          for (size_t j = 0; j < y.size(); ++j) {
+            if (y[j] != 2 * (value + j) + 1 || r->y.dim(0) != rows) {
+              ++wrong;
+              break;
+            }
+          }
+        } else if (r.status().code() == absl::StatusCode::kCancelled ||
+                   r.status().code() == absl::StatusCode::kDeadlineExceeded) {
+          ++ended_early;
+        } else {
+          ++wrong;
+        }
+        ++finished;
+      }
+    });
+  }
+  const auto t0 = Clock::now();
+  while (finished.load() < kThreads * kCalls && Clock::now() - t0 < std::chrono::seconds(120)) {
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  if (finished.load() < kThreads * kCalls) {
+    ADD_FAILURE() << "calls hung: " << finished.load() << " of " << kThreads * kCalls << " returned";
+    std::fflush(nullptr);
+    std::_Exit(1);  // the hung threads cannot be joined
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT(ok.load(), kThreads * kCalls / 4);
+  EXPECT_GT(ended_early.load(), 0);
+  std::printf("  %d ran, %d ended early, %zu GEMMs\n", ok.load(), ended_early.load(), fake.batches().size());
 }
 
 TEST(BatcherTest, DifferentLayersNeverShareAGemm) {
