@@ -289,6 +289,11 @@ TEST(BatcherTest, RandomCancellationsAndDeadlinesUnderLoad) {
   EXPECT_EQ(wrong.load(), 0);
   EXPECT_GT(ok.load(), kThreads * kCalls / 4);
   EXPECT_GT(ended_early.load(), 0);
+  // Nothing stayed queued: a full batch's worth of rows runs alone (a stale queued request would
+  // lead the queue and never run).
+  auto last = batcher.Run(Item(layer, 8, 1), CallControl{});
+  ExpectOwnRows(last, 8, 1);
+  EXPECT_EQ(last->batch_requests, 1);
   std::printf("  %d ran, %d ended early, %zu GEMMs\n", ok.load(), ended_early.load(), fake.batches().size());
 }
 
