@@ -291,7 +291,7 @@ grpc::Status CalibratorServiceImpl::FetchResultRaw(grpc::ServerContext* ctx, rpc
   if (absl::Status s = rpc::Decode(raw, &req); !s.ok()) {
     return guard.Finish(Edge(absl::InvalidArgumentError(absl::StrCat("FetchResult request: ", s.message()))));
   }
-  return guard.Finish(Edge(SendResult(ctx, req, stream)));
+  return guard.Finish(Edge(SendResult(req, stream)));
 }
 
 namespace {
@@ -321,8 +321,7 @@ absl::StatusOr<v1::FetchResultResponse> ResultHeader(const v1::Job& job, const s
 
 }  // namespace
 
-absl::Status CalibratorServiceImpl::SendResult(grpc::ServerContext* ctx, const v1::FetchResultRequest& req,
-                                               rpc::RawServerStream* stream) {
+absl::Status CalibratorServiceImpl::SendResult(const v1::FetchResultRequest& req, rpc::RawServerStream* stream) {
   absl::StatusOr<v1::Job> job = runner_->Get(req.id());
   if (!job.ok()) return job.status();
   if (job->state() != v1::JOB_STATE_SUCCEEDED) {
@@ -342,7 +341,7 @@ absl::Status CalibratorServiceImpl::SendResult(grpc::ServerContext* ctx, const v
   const absl::Status gone = absl::CancelledError("FetchResult cancelled by the client");
   if (!stream->Write(rpc::Encode(*header))) return gone;
   absl::StatusOr<bool> sent = rpc::WriteModelChunks(
-      **model, chunk, [&](const grpc::ByteBuffer& m) { return !ctx->IsCancelled() && stream->Write(m); });
+      **model, chunk, [&](const grpc::ByteBuffer& m) { return stream->Write(m); });  // fails once cancelled
   if (!sent.ok()) return sent.status();
   return *sent ? absl::OkStatus() : gone;
 }

@@ -44,7 +44,7 @@ class CalibratorServiceImpl final : public v1::CalibratorService::Service {
   const rpc::ServiceContext& context_;
   JobRunner* runner_;
   const UploadStore* uploads_;
-  absl::Status SendResult(grpc::ServerContext* ctx, const v1::FetchResultRequest& req, rpc::RawServerStream* stream);
+  absl::Status SendResult(const v1::FetchResultRequest& req, rpc::RawServerStream* stream);
 
   ServicePaths paths_;
   std::atomic<bool> stopping_{false};

@@ -714,6 +714,64 @@ grpc::Status StreamLoad(Client& client, const std::string& name, const std::stri
   return writer->Finish();
 }
 
+// A LoadModelStream cancelled half way: CANCELLED, no model under that name, and the name (and
+// the memory reserved for it) free again for the next load.
+TEST_F(RuntimeTest, CancelledLoadModelStreamLeavesNothing) {
+  const std::string dir = g_fixture->root + "/w8a8";
+  for (bool manifest : {false, true}) {
+    SCOPED_TRACE(manifest ? "with manifest" : "without manifest");
+    grpc::ClientContext ctx;
+    client_->Prepare(&ctx);
+    v1::LoadModelStreamResponse resp;
+    auto writer = client_->stub->LoadModelStream(&ctx, &resp);
+    v1::LoadModelStreamRequest header;
+    header.mutable_header()->set_name("half");
+    header.mutable_header()->set_config_json(*ReadFileToString(dir + "/config.json"));
+    auto model = SafetensorsModel::Open(dir);
+    ASSERT_TRUE(model.ok());
+    if (manifest) rpc::AddModelManifest(**model, header.mutable_header()->mutable_manifest());
+    ASSERT_TRUE(writer->Write(header));
+    int sent = 0;
+    for (const std::string& n : (*model)->names()) {
+      if (++sent > 3) break;
+      Tensor t = *(*model)->Get(n);
+      rpc::ForEachChunk(n, t, 4 << 10, [&](const v1::TensorChunk& chunk, std::span<const uint8_t> data) {
+        v1::LoadModelStreamRequest m;
+        *m.mutable_chunk() = chunk;
+        m.mutable_chunk()->set_data(data.data(), data.size());
+        return writer->Write(m);
+      });
+    }
+    ctx.TryCancel();
+    EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::CANCELLED);
+    // The server's handler may still be unwinding: its models are checked until it has.
+    bool listed = true;
+    for (int i = 0; i < 200 && listed; ++i) {
+      grpc::ClientContext lctx;
+      client_->Prepare(&lctx);
+      v1::ListModelsResponse list;
+      ASSERT_TRUE(client_->stub->ListModels(&lctx, {}, &list).ok());
+      listed = false;
+      for (const auto& m : list.models()) listed = listed || m.name() == "half";
+      if (listed) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_FALSE(listed) << "a cancelled stream left a model behind";
+    grpc::Status st;
+    for (int i = 0; i < 200; ++i) {  // the name is released when the handler returns
+      st = StreamLoad(*client_, "half", dir, nullptr, false, manifest);
+      if (st.error_code() != grpc::StatusCode::ALREADY_EXISTS) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    v1::UnloadModelRequest u;
+    u.set_name("half");
+    v1::UnloadModelResponse ur;
+    grpc::ClientContext uctx;
+    client_->Prepare(&uctx);
+    ASSERT_TRUE(client_->stub->UnloadModel(&uctx, u, &ur).ok());
+  }
+}
+
 // Streamed with or without a manifest (layer by layer, or assembled first), a checkpoint computes
 // what the same checkpoint loaded from its directory computes, for every quantized layer.
 TEST_F(RuntimeTest, LoadModelStreamEqualsPathLoad) {
