@@ -31,9 +31,9 @@
 #ifdef LOWBIT_CALIBRATOR_SERVE
 #include <cstdlib>
 #include "calibrator/service/calibrator_server.h"
+#include "rpc/process.h"
 #include "rpc/server.h"
 #include "rpc/settings.h"
-#include "rpc/process.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #endif
