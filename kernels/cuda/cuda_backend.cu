@@ -79,6 +79,7 @@ class CudaBackend : public Backend {
  public:
   CudaBackend(std::string name, bool simple, int device) : name_(std::move(name)), simple_(simple), device_(device) {}
   ~CudaBackend() override {
+    lt_gemms_.reset();  // its plans before the handle
     if (arena_) cudaFree(arena_);
     if (lt_ws_) cudaFree(lt_ws_);
     if (lt_) cublasLtDestroy(lt_);
@@ -93,6 +94,7 @@ class CudaBackend : public Backend {
     if (cublasCreate(&blas_) != CUBLAS_STATUS_SUCCESS) return Internal("cublasCreate failed");
     if (cublasLtCreate(&lt_) != CUBLAS_STATUS_SUCCESS) return Internal("cublasLtCreate failed");
     LOWBIT_CUDA_RETURN(cudaMalloc(&lt_ws_, kLtWorkspace), "cudaMalloc (cuBLASLt workspace)");
+    lt_gemms_ = std::make_unique<cuda::CublasLtGemms>(lt_, lt_ws_, kLtWorkspace);
     return Reserve(workspace_bytes ? workspace_bytes : (64u << 20));
   }
 
@@ -242,8 +244,8 @@ class CudaBackend : public Backend {
       const int64_t rows = std::min(chunk, m - r0);
       bool used = false;
       if (lt_ok) {
-        LOWBIT_KRETURN_IF_ERROR(CublasLtInt8Gemm(lt_, x + r0 * k, wq, rows, n, k, static_cast<int32_t*>(arena_), lt_ws_,
-                                                 kLtWorkspace, stream_, &used));
+        LOWBIT_KRETURN_IF_ERROR(
+            lt_gemms_->Int8(x + r0 * k, wq, rows, n, k, static_cast<int32_t*>(arena_), stream_, &used));
       }
       if (used) {
         LOWBIT_KRETURN_IF_ERROR(LaunchW8A8Epilogue(static_cast<const int32_t*>(arena_), r0, rows, a.x_scale,
@@ -275,8 +277,8 @@ class CudaBackend : public Backend {
         xs = static_cast<const float*>(arena_);
       }
       bool used = false;
-      LOWBIT_KRETURN_IF_ERROR(CublasLtFp8Gemm(lt_, static_cast<const uint8_t*>(a.x), xs, static_cast<const uint8_t*>(w.w),
-                                              ws, outer, m, n, k, a.y_dtype, a.y, lt_ws_, kLtWorkspace, stream_, &used));
+      LOWBIT_KRETURN_IF_ERROR(lt_gemms_->Fp8(static_cast<const uint8_t*>(a.x), xs, static_cast<const uint8_t*>(w.w), ws,
+                                             outer, m, n, k, a.y_dtype, a.y, stream_, &used));
       if (used) return Status::Ok();
     }
     return LaunchGemmFp8Simple(static_cast<const uint8_t*>(a.x), a.x_scale, a.x_scale_count,
@@ -366,6 +368,7 @@ class CudaBackend : public Backend {
   cublasHandle_t blas_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   void* lt_ws_ = nullptr;
+  std::unique_ptr<cuda::CublasLtGemms> lt_gemms_;  // cuBLASLt plans per shape
   void* arena_ = nullptr;
   size_t arena_bytes_ = 0;
 };

@@ -9,8 +9,9 @@
 // INT8: int32 accumulators only (CUBLAS_COMPUTE_32I); the caller's epilogue applies the scales,
 // so the result is bit-identical to the SIMT kernel's.
 // When cuBLASLt has no algorithm for a case (or refuses it as not supported), *used = false and
-// the caller falls back to its own kernel. Untested on a GPU so far (no device in the sessions
-// that wrote it).
+// the caller falls back to its own kernel. Each case and shape is planned once and kept
+// (CublasLtGemms, cublaslt_gemm.h). Untested on a GPU so far (no device in the sessions that
+// wrote it).
 #include <cublasLt.h>
 
 #include "kernels/cuda/common.cuh"
@@ -25,96 +26,118 @@ Status LtStatus(cublasStatus_t s, const char* what) {
 }
 #define LT(expr, what) LOWBIT_KRETURN_IF_ERROR(LtStatus((expr), what))
 
-struct LtDescs {
+cudaDataType_t OutType(DType y) { return y == DType::kF32 ? CUDA_R_32F : y == DType::kF16 ? CUDA_R_16F : CUDA_R_16BF; }
+}  // namespace
+
+struct CublasLtGemms::Plan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-  cublasLtMatmulPreference_t pref = nullptr;
-  ~LtDescs() {
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatmulHeuristicResult_t res{};
+  bool usable = false;  // cuBLASLt has an algorithm for the case and has not refused it
+  ~Plan() {
     if (d) cublasLtMatrixLayoutDestroy(d);
     if (b) cublasLtMatrixLayoutDestroy(b);
     if (a) cublasLtMatrixLayoutDestroy(a);
     if (op) cublasLtMatmulDescDestroy(op);
   }
 };
-}  // namespace
 
-namespace {
+CublasLtGemms::CublasLtGemms(cublasLtHandle_t lt, void* workspace, size_t workspace_bytes)
+    : lt_(lt), workspace_(workspace), workspace_bytes_(workspace_bytes) {}
 
-// Layouts for D[N,M] = Wᵀ·X in the TN form (A = W, K×N column-major = W row-major; B = X,
-// K×M column-major = X row-major; D N×M column-major = Y row-major), the preference with the
-// workspace limit, and the heuristic's first algorithm. false in *found: none for this case.
-Status PlanTn(cublasLtHandle_t lt, LtDescs& d, cudaDataType_t ab, cudaDataType_t dt, int64_t m, int64_t n, int64_t k,
-              size_t workspace_bytes, cublasLtMatmulHeuristicResult_t* res, bool* found) {
-  *found = false;
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  LT(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
-  LT(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "TRANSB");
-  LT(cublasLtMatrixLayoutCreate(&d.a, ab, k, n, k), "layout A");
-  LT(cublasLtMatrixLayoutCreate(&d.b, ab, k, m, k), "layout B");
-  LT(cublasLtMatrixLayoutCreate(&d.d, dt, n, m, n), "layout D");
-  LT(cublasLtMatmulPreferenceCreate(&d.pref), "PreferenceCreate");
-  LT(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
-                                          sizeof workspace_bytes),
-     "MAX_WORKSPACE_BYTES");
-  int count = 0;
-  const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(lt, d.op, d.a, d.b, d.d, d.d, d.pref, 1, res, &count);
-  *found = hs == CUBLAS_STATUS_SUCCESS && count > 0;
+CublasLtGemms::~CublasLtGemms() = default;
+
+// The descriptor (compute type; outer-vector scale modes for FP8 with vectors), the TN layouts
+// (A = W, K×N column-major = W row-major; B = X, K×M column-major = X row-major; D N×M
+// column-major = Y row-major) and the heuristic's first algorithm within the workspace.
+Status CublasLtGemms::Find(const Key& key, Plan** out) {
+  *out = nullptr;
+  if (auto it = plans_.find(key); it != plans_.end()) {
+    *out = it->second.get();
+    return Status::Ok();
+  }
+  if (plans_.size() >= kMaxPlans) plans_.clear();
+  const auto [int8, m, n, k, dt_int, outer] = key;
+  const auto dt = static_cast<cudaDataType_t>(dt_int);
+  const cudaDataType_t ab = int8 ? CUDA_R_8I : CUDA_R_8F_E4M3;
+  auto plan = std::make_unique<Plan>();
+  Plan& p = *plan;
+  if (int8) {
+    LT(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32I, CUDA_R_32I), "MatmulDescCreate");
+  } else {
+    LT(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "MatmulDescCreate");
+  }
+  bool refused = false;
+  if (outer) {
+    // A cuBLASLt without outer-vector scaling (< 12.9) refuses the attribute: fall back then.
+    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    refused = cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode) !=
+                  CUBLAS_STATUS_SUCCESS ||
+              cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode) !=
+                  CUBLAS_STATUS_SUCCESS;
+  }
+  if (!refused) {
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
+    LT(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "TRANSB");
+    LT(cublasLtMatrixLayoutCreate(&p.a, ab, k, n, k), "layout A");
+    LT(cublasLtMatrixLayoutCreate(&p.b, ab, k, m, k), "layout B");
+    LT(cublasLtMatrixLayoutCreate(&p.d, dt, n, m, n), "layout D");
+    cublasLtMatmulPreference_t pref = nullptr;
+    LT(cublasLtMatmulPreferenceCreate(&pref), "PreferenceCreate");
+    cublasStatus_t ps = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                             &workspace_bytes_, sizeof workspace_bytes_);
+    int count = 0;
+    if (ps == CUBLAS_STATUS_SUCCESS) {
+      ps = cublasLtMatmulAlgoGetHeuristic(lt_, p.op, p.a, p.b, p.d, p.d, pref, 1, &p.res, &count);
+    }
+    cublasLtMatmulPreferenceDestroy(pref);
+    p.usable = ps == CUBLAS_STATUS_SUCCESS && count > 0;
+  }
+  *out = plan.get();
+  plans_.emplace(key, std::move(plan));
   return Status::Ok();
 }
 
-// The matmul itself; NOT_SUPPORTED leaves *used false (the caller falls back), other failures
-// are errors.
-Status RunTn(cublasLtHandle_t lt, LtDescs& d, const cublasLtMatmulHeuristicResult_t& res, const void* alpha,
-             const void* w, const void* x, const void* beta, void* y, void* workspace, size_t workspace_bytes,
-             cudaStream_t stream, bool* used) {
-  const cublasStatus_t s = cublasLtMatmul(lt, d.op, alpha, w, d.a, x, d.b, beta, y, d.d, y, d.d, &res.algo, workspace,
-                                          workspace_bytes, stream);
-  if (s == CUBLAS_STATUS_NOT_SUPPORTED) return Status::Ok();
+// The matmul itself; NOT_SUPPORTED marks the plan unusable and leaves *used false (the caller
+// falls back), other failures are errors.
+Status CublasLtGemms::Run(Plan* p, const void* alpha, const void* w, const void* x, const void* beta, void* y,
+                          cudaStream_t stream, bool* used) {
+  const cublasStatus_t s = cublasLtMatmul(lt_, p->op, alpha, w, p->a, x, p->b, beta, y, p->d, y, p->d, &p->res.algo,
+                                          workspace_, workspace_bytes_, stream);
+  if (s == CUBLAS_STATUS_NOT_SUPPORTED) {
+    p->usable = false;
+    return Status::Ok();
+  }
   LT(s, "Matmul");
   *used = true;
   return Status::Ok();
 }
 
-}  // namespace
-
-Status CublasLtFp8Gemm(cublasLtHandle_t lt, const uint8_t* x, const float* x_scale, const uint8_t* w,
-                       const float* w_scale, bool outer_vec, int64_t m, int64_t n, int64_t k, DType y_dtype, void* y,
-                       void* workspace, size_t workspace_bytes, cudaStream_t stream, bool* used) {
+Status CublasLtGemms::Fp8(const uint8_t* x, const float* x_scale, const uint8_t* w, const float* w_scale,
+                          bool outer_vec, int64_t m, int64_t n, int64_t k, DType y_dtype, void* y, cudaStream_t stream,
+                          bool* used) {
   *used = false;
-  LtDescs d;
-  LT(cublasLtMatmulDescCreate(&d.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "MatmulDescCreate");
-  LT(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof w_scale), "A_SCALE");
-  LT(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale, sizeof x_scale), "B_SCALE");
-  if (outer_vec) {
-    // A cuBLASLt without outer-vector scaling (< 12.9) refuses the attribute: fall back then.
-    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-    if (cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode) !=
-            CUBLAS_STATUS_SUCCESS ||
-        cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode) !=
-            CUBLAS_STATUS_SUCCESS)
-      return Status::Ok();
-  }
-  const cudaDataType_t dt = y_dtype == DType::kF32 ? CUDA_R_32F : y_dtype == DType::kF16 ? CUDA_R_16F : CUDA_R_16BF;
-  cublasLtMatmulHeuristicResult_t res{};
-  bool found = false;
-  LOWBIT_KRETURN_IF_ERROR(PlanTn(lt, d, CUDA_R_8F_E4M3, dt, m, n, k, workspace_bytes, &res, &found));
-  if (!found) return Status::Ok();
+  std::lock_guard<std::mutex> lock(mu_);
+  Plan* p = nullptr;
+  LOWBIT_KRETURN_IF_ERROR(Find(Key{false, m, n, k, static_cast<int>(OutType(y_dtype)), outer_vec}, &p));
+  if (!p->usable) return Status::Ok();
+  // The scale pointers change from call to call; the kernel takes their values at launch.
+  LT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof w_scale), "A_SCALE");
+  LT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale, sizeof x_scale), "B_SCALE");
   const float alpha = 1.0f, beta = 0.0f;
-  return RunTn(lt, d, res, &alpha, w, x, &beta, y, workspace, workspace_bytes, stream, used);
+  return Run(p, &alpha, w, x, &beta, y, stream, used);
 }
 
-Status CublasLtInt8Gemm(cublasLtHandle_t lt, const int8_t* x, const int8_t* w, int64_t m, int64_t n, int64_t k,
-                        int32_t* acc, void* workspace, size_t workspace_bytes, cudaStream_t stream, bool* used) {
+Status CublasLtGemms::Int8(const int8_t* x, const int8_t* w, int64_t m, int64_t n, int64_t k, int32_t* acc,
+                           cudaStream_t stream, bool* used) {
   *used = false;
-  LtDescs d;
-  LT(cublasLtMatmulDescCreate(&d.op, CUBLAS_COMPUTE_32I, CUDA_R_32I), "MatmulDescCreate");
-  cublasLtMatmulHeuristicResult_t res{};
-  bool found = false;
-  LOWBIT_KRETURN_IF_ERROR(PlanTn(lt, d, CUDA_R_8I, CUDA_R_32I, m, n, k, workspace_bytes, &res, &found));
-  if (!found) return Status::Ok();
+  std::lock_guard<std::mutex> lock(mu_);
+  Plan* p = nullptr;
+  LOWBIT_KRETURN_IF_ERROR(Find(Key{true, m, n, k, static_cast<int>(CUDA_R_32I), false}, &p));
+  if (!p->usable) return Status::Ok();
   const int32_t alpha = 1, beta = 0;
-  return RunTn(lt, d, res, &alpha, w, x, &beta, acc, workspace, workspace_bytes, stream, used);
+  return Run(p, &alpha, w, x, &beta, acc, stream, used);
 }
 
 }  // namespace lowbit::kernels::cuda

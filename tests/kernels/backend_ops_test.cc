@@ -431,6 +431,67 @@ void RunScaledGemmTable(bool fp8) {
 TEST(BackendOps, GemmW8A8) { RunScaledGemmTable(false); }
 TEST(BackendOps, GemmFp8) { RunScaledGemmTable(true); }
 
+// The CUDA backend plans each cuBLASLt case and shape once and keeps the plan: the same shape
+// again, with new weights, scales and activations (so new scale pointers), must compute the new
+// product. W8A8 at M = 17 reaches cuBLASLt int8, FP8 at K = 256, N = 48 cuBLASLt FP8 (per tensor,
+// and per token × per channel on sm_90).
+TEST(BackendOps, RepeatedShapesReuseCublasLtPlansWithNewScales) {
+  bool any = false;
+  for (const std::string& name : BackendsUnderTest()) {
+    if (!IsGpu(name)) continue;
+    any = true;
+    OPEN_OR_SKIP(name, b);
+    Rng rng(31);
+    const int64_t m = 17, k = 256, n = 48;
+    for (bool fp8 : {false, true})
+      for (bool pt : {false, true})
+        for (int round = 0; round < 3; ++round) {
+          const std::string ctx = name + (fp8 ? " GemmFp8" : " GemmW8A8") + (pt ? " per-token" : " per-tensor") +
+                                  " round " + std::to_string(round);
+          std::vector<uint8_t> w(n * k), x(m * k);
+          for (auto* v : {&w, &x})
+            for (auto& e : *v) {
+              e = fp8 ? static_cast<uint8_t>(rng.Next() & 0xFF) : static_cast<uint8_t>(rng.Int(-128, 127));
+              if (fp8 && (e & 0x7F) == 0x7F) e ^= 1;  // no NaN codes
+            }
+          std::vector<uint8_t> ws_bf16 = ScalesIn(DType::kBF16, RandomScales(pt ? n : 1, rng, 0.01f));
+          const ScaleView wsv{ws_bf16.data(), DType::kBF16, pt ? n : 1};
+          std::vector<float> xs = RandomScales(pt ? m : 1, rng, 0.02f);
+          std::unique_ptr<PreparedWeight> pw;
+          Status st = fp8 ? b->PrepareFp8({w.data(), n, k, wsv}, &pw)
+                          : b->PrepareInt8({reinterpret_cast<const int8_t*>(w.data()), n, k, wsv}, &pw);
+          ASSERT_TRUE(st.ok()) << ctx << ": " << st.ToString();
+          Buf dx(b.get(), x.data(), x.size()), dxs(b.get(), xs.data(), xs.size() * 4);
+          Buf dy(b.get(), ActivationBytes(DType::kBF16, m, n));
+          GemmArgs a;
+          a.m = m;
+          a.x = dx.get();
+          a.x_dtype = fp8 ? DType::kF8E4M3 : DType::kI8;
+          a.x_scale = static_cast<const float*>(dxs.get());
+          a.x_scale_count = static_cast<int64_t>(xs.size());
+          a.w = pw.get();
+          a.y = dy.get();
+          a.y_dtype = DType::kBF16;
+          st = fp8 ? b->GemmFp8(a) : b->GemmW8A8(a);
+          ASSERT_TRUE(st.ok()) << ctx << ": " << st.ToString();
+          std::vector<uint8_t> got = dy.Read<uint8_t>(), want(ActivationBytes(DType::kBF16, m, n));
+          std::string d;
+          if (fp8) {
+            std::vector<float> abs_sum(m * n);
+            ref::GemmFp8(m, x.data(), xs.data(), a.x_scale_count, {w.data(), n, k, wsv}, nullptr, DType::kBF16,
+                         want.data(), abs_sum.data());
+            d = CompareFloat(DType::kBF16, got.data(), want.data(), abs_sum.data(), m, n, k, std::ldexp(1.0, -12));
+          } else {
+            ref::GemmW8A8(m, reinterpret_cast<const int8_t*>(x.data()), xs.data(), a.x_scale_count,
+                          {reinterpret_cast<const int8_t*>(w.data()), n, k, wsv}, nullptr, DType::kBF16, want.data());
+            d = CompareBytes(got.data(), want.data(), want.size(), 2, "outputs");
+          }
+          EXPECT_TRUE(d.empty()) << ctx << ": " << d;
+        }
+  }
+  if (!any) GTEST_SKIP() << "no CUDA backend under test";
+}
+
 // ---- W4A16 ----------------------------------------------------------------------------------
 
 struct W4Variant {
