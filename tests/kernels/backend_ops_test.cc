@@ -349,6 +349,22 @@ std::vector<ScaledVariant> ScaledVariants() {
 }
 const ScaledVariant kRepresentativeScaled{DType::kBF16, true, true};
 
+// The arguments of a W8A8 / FP8 GEMM on device buffers (x: int8 or E4M3 codes, x_scale: f32).
+GemmArgs ScaledArgs(bool fp8, int64_t m, const Buf& x, const Buf& x_scale, size_t x_scale_count,
+                    const PreparedWeight* w, const float* bias, const Buf& y, DType y_dtype) {
+  GemmArgs a;
+  a.m = m;
+  a.x = x.get();
+  a.x_dtype = fp8 ? DType::kF8E4M3 : DType::kI8;
+  a.x_scale = static_cast<const float*>(x_scale.get());
+  a.x_scale_count = static_cast<int64_t>(x_scale_count);
+  a.w = w;
+  a.bias = bias;
+  a.y = y.get();
+  a.y_dtype = y_dtype;
+  return a;
+}
+
 void RunScaledGemmTable(bool fp8) {
   for (const std::string& name : BackendsUnderTest()) {
     OPEN_OR_SKIP(name, b);
@@ -386,16 +402,8 @@ void RunScaledGemmTable(bool fp8) {
                                     std::string(DTypeName(v.out)) + (pt ? " per-token×per-channel" : " per-tensor") +
                                     (v.bias ? " +bias" : "");
             Buf dy(b.get(), ActivationBytes(v.out, m, n));
-            GemmArgs a;
-            a.m = m;
-            a.x = dx.get();
-            a.x_dtype = fp8 ? DType::kF8E4M3 : DType::kI8;
-            a.x_scale = static_cast<const float*>(dxs.get());
-            a.x_scale_count = static_cast<int64_t>(xs.size());
-            a.w = pw.get();
-            a.bias = v.bias ? static_cast<const float*>(dbias.get()) : nullptr;
-            a.y = dy.get();
-            a.y_dtype = v.out;
+            const float* bias_p = v.bias ? static_cast<const float*>(dbias.get()) : nullptr;
+            GemmArgs a = ScaledArgs(fp8, m, dx, dxs, xs.size(), pw.get(), bias_p, dy, v.out);
             st = fp8 ? b->GemmFp8(a) : b->GemmW8A8(a);
             ASSERT_TRUE(st.ok()) << ctx << ": " << st.ToString();
             std::vector<uint8_t> got = dy.Read<uint8_t>();
@@ -463,15 +471,7 @@ TEST(BackendOps, RepeatedShapesReuseCublasLtPlansWithNewScales) {
           ASSERT_TRUE(st.ok()) << ctx << ": " << st.ToString();
           Buf dx(b.get(), x.data(), x.size()), dxs(b.get(), xs.data(), xs.size() * 4);
           Buf dy(b.get(), ActivationBytes(DType::kBF16, m, n));
-          GemmArgs a;
-          a.m = m;
-          a.x = dx.get();
-          a.x_dtype = fp8 ? DType::kF8E4M3 : DType::kI8;
-          a.x_scale = static_cast<const float*>(dxs.get());
-          a.x_scale_count = static_cast<int64_t>(xs.size());
-          a.w = pw.get();
-          a.y = dy.get();
-          a.y_dtype = DType::kBF16;
+          GemmArgs a = ScaledArgs(fp8, m, dx, dxs, xs.size(), pw.get(), nullptr, dy, DType::kBF16);
           st = fp8 ? b->GemmFp8(a) : b->GemmW8A8(a);
           ASSERT_TRUE(st.ok()) << ctx << ": " << st.ToString();
           std::vector<uint8_t> got = dy.Read<uint8_t>(), want(ActivationBytes(DType::kBF16, m, n));
