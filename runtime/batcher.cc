@@ -6,9 +6,15 @@
 
 namespace lowbit::runtime {
 
+namespace {
+absl::Status DeadlinePassed() {
+  return absl::DeadlineExceededError("the call's deadline passed while the request waited to run");
+}
+}  // namespace
+
 absl::Status CallControl::CheckDeadline() const {
   if (deadline != std::chrono::system_clock::time_point::max() && std::chrono::system_clock::now() >= deadline) {
-    return absl::DeadlineExceededError("the call's deadline passed while the request waited to run");
+    return DeadlinePassed();
   }
   return absl::OkStatus();
 }
@@ -44,6 +50,7 @@ void WaitUntil(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, 
 struct Batcher::Pending {
   BatchItem item;
   int64_t rows = 0;
+  std::chrono::system_clock::time_point deadline;  // the call's (max = none)
   std::chrono::steady_clock::time_point arrived;
   enum State { kQueued, kTaken, kDone } state = kQueued;
   bool leader = false;
@@ -56,11 +63,14 @@ struct Batcher::Pending {
   std::condition_variable cv;
 };
 
-absl::StatusOr<GemmResult> Batcher::RunAlone(BatchItem item) {
+absl::StatusOr<GemmResult> Batcher::RunAlone(BatchItem item, const CallControl& control) {
   std::vector<const Tensor*> xs = {&item.x};
   std::vector<Tensor> ys;
   double us = 0;
   std::lock_guard<std::mutex> exec(exec_mu_);
+  // Under load the wait for the slot can be long: a request whose deadline passed meanwhile is
+  // not computed (its client has gone).
+  if (absl::Status d = control.CheckDeadline(); !d.ok()) return d;
   absl::Status s = executor_(*item.layer, item.x.dtype(), item.out_dtype, xs, &ys, &us);
   if (!s.ok()) return s;
   if (metrics_) metrics_->Batch(1, item.x.dim(0), us * 1e-6);
@@ -120,13 +130,14 @@ void Batcher::Execute(const std::vector<std::shared_ptr<Pending>>& batch) {
 absl::StatusOr<GemmResult> Batcher::Run(BatchItem item, const CallControl& control) {
   // A call cancelled just as it arrived is rare: only the (cheap) deadline is checked up front.
   if (absl::Status s = control.CheckDeadline(); !s.ok()) return s;
-  if (!options_.enabled) return RunAlone(std::move(item));
+  if (!options_.enabled) return RunAlone(std::move(item), control);
 
   const Key key{item.layer.get(), item.x.dtype(), item.out_dtype};
   auto p = std::make_shared<Pending>();
   p->rows = item.x.dim(0);
   p->item = std::move(item);
   p->arrived = std::chrono::steady_clock::now();
+  p->deadline = control.deadline;
   const auto delay = std::chrono::microseconds(std::max<int64_t>(0, options_.max_queue_delay_us));
   const auto cancel_poll = std::chrono::microseconds(std::max<int64_t>(1, options_.cancel_poll_us));
   const SteadyTime deadline = SteadyDeadline(control);
@@ -185,9 +196,21 @@ absl::StatusOr<GemmResult> Batcher::Run(BatchItem item, const CallControl& contr
       if (!p->leader || p->state != Pending::kQueued) continue;  // withdrawn meanwhile: cannot happen, but be safe
       Queue& qq = queues_[key];
       std::vector<std::shared_ptr<Pending>> batch;
-      int64_t rows = 0;
+      int64_t rows = 0, shed = 0;
+      const auto now = std::chrono::system_clock::now();
       while (!qq.items.empty()) {
-        const auto& next = qq.items.front();
+        std::shared_ptr<Pending> next = qq.items.front();
+        if (next->deadline <= now) {
+          // Its deadline passed while it waited (for the slot, under load): shed, not computed.
+          qq.items.pop_front();
+          qq.rows -= next->rows;
+          ++shed;
+          next->status = DeadlinePassed();
+          next->state = Pending::kDone;
+          next->leader = false;
+          next->cv.notify_one();
+          continue;
+        }
         if (!batch.empty() && rows + next->rows > options_.max_batch_rows) break;
         rows += next->rows;
         next->state = Pending::kTaken;
@@ -196,7 +219,7 @@ absl::StatusOr<GemmResult> Batcher::Run(BatchItem item, const CallControl& contr
         qq.items.pop_front();
       }
       qq.rows -= rows;
-      if (metrics_) metrics_->QueueDepth(-static_cast<int64_t>(batch.size()));
+      if (metrics_) metrics_->QueueDepth(-static_cast<int64_t>(batch.size()) - shed);
       if (!qq.items.empty()) {
         qq.items.front()->leader = true;
         qq.items.front()->cv.notify_one();
@@ -204,7 +227,7 @@ absl::StatusOr<GemmResult> Batcher::Run(BatchItem item, const CallControl& contr
         queues_.erase(key);
       }
       lock.unlock();
-      Execute(batch);
+      if (!batch.empty()) Execute(batch);
       exec.unlock();
       lock.lock();
       continue;

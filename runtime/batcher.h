@@ -7,7 +7,9 @@
 // runs the batch and hands every request its rows. Requests queued while a GEMM runs join the
 // next batch, so batches grow with load even with a zero delay.
 // A waiting request leaves the queue at its deadline, or within cancel_poll_us of its call being
-// cancelled. A request taken into a running GEMM waits for it (or its deadline).
+// cancelled; one whose deadline passed by the time its batch is taken is shed, not computed
+// (with batching off: by the time it gets the execution slot). A request taken into a running
+// GEMM waits for it (or its deadline).
 #ifndef LOWBIT_RUNTIME_BATCHER_H_
 #define LOWBIT_RUNTIME_BATCHER_H_
 
@@ -86,7 +88,7 @@ class Batcher {
     std::deque<std::shared_ptr<Pending>> items;
     int64_t rows = 0;
   };
-  absl::StatusOr<GemmResult> RunAlone(BatchItem item);
+  absl::StatusOr<GemmResult> RunAlone(BatchItem item, const CallControl& control);
   void Execute(const std::vector<std::shared_ptr<Pending>>& batch);
   // Removes a queued request (cancelled); hands the leadership on if it led. Under mu_.
   void Withdraw(const Key& key, const std::shared_ptr<Pending>& p);

@@ -151,6 +151,38 @@ TEST(BatcherTest, AWithdrawnLeaderHandsTheBatchToTheNextRequest) {
   EXPECT_EQ(fake.batches(), (std::vector<int>{1}));
 }
 
+// Under load a request can wait for the execution slot past its deadline (a leader, or any
+// request with batching off, waits on the slot, not on its deadline): it is shed when the slot
+// comes, not computed, and the requests behind it still run.
+TEST(BatcherTest, ARequestPastItsDeadlineWhenTheSlotComesIsShedNotComputed) {
+  for (bool enabled : {false, true}) {
+    SCOPED_TRACE(enabled ? "batching on" : "batching off");
+    FakeExecutor fake;
+    BatcherOptions options;
+    options.enabled = enabled;
+    Batcher batcher(options, fake.Bind(), nullptr);
+    auto layer = std::make_shared<PreparedLinear>();
+    fake.Hold();
+    std::thread first([&] { ExpectOwnRows(batcher.Run(Item(layer, 1, 0), CallControl{}), 1, 0); });
+    fake.WaitForGemms(1);
+    CallControl short_deadline;
+    short_deadline.deadline = std::chrono::system_clock::now() + milliseconds(50);
+    absl::StatusOr<GemmResult> late, patient;
+    std::thread late_thread([&] { late = batcher.Run(Item(layer, 1, 1), short_deadline); });
+    std::this_thread::sleep_for(milliseconds(20));  // the late one is first in line
+    std::thread patient_thread([&] { patient = batcher.Run(Item(layer, 2, 9), CallControl{}); });
+    std::this_thread::sleep_for(milliseconds(150));  // past the late one's deadline
+    fake.Release();
+    first.join();
+    late_thread.join();
+    patient_thread.join();
+    EXPECT_EQ(late.status().code(), absl::StatusCode::kDeadlineExceeded);
+    ExpectOwnRows(patient, 2, 9);
+    EXPECT_EQ(patient->batch_requests, 1);
+    EXPECT_EQ(fake.batches(), (std::vector<int>{1, 1})) << "the late request was computed";
+  }
+}
+
 TEST(BatcherTest, AFailedGemmFailsEveryRequestInItAndTheNextBatchRuns) {
   FakeExecutor fake;
   Batcher batcher(BatcherOptions{}, fake.Bind(), nullptr);
