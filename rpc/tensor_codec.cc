@@ -36,6 +36,14 @@ absl::StatusOr<int64_t> CheckedBytes(DType dtype, const Shape& shape, const std:
   return bytes;
 }
 
+// Memory for a tensor being received, not zeroed: the assembler overwrites every byte before
+// the tensor is handed out (zeroing it first, as Tensor::Zeros does, cost a pass over the
+// memory). (Transparent huge pages, madvise'd, made a first fetch faster but later ones slower:
+// with defrag=madvise the page faults wait for compaction.)
+std::shared_ptr<uint8_t> ReceiveBuffer(size_t n) {
+  return std::shared_ptr<uint8_t>(new uint8_t[n], std::default_delete<uint8_t[]>());
+}
+
 }  // namespace
 
 absl::StatusOr<Manifest> Manifest::FromProto(const google::protobuf::RepeatedPtrField<v1::TensorInfo>& infos,
@@ -75,14 +83,6 @@ absl::Status Manifest::Check(const std::string& name, DType dtype, const Shape& 
         absl::StrCat("tensor '", name, "' arrived with another dtype or shape than the header's manifest gives"));
   }
   return absl::OkStatus();
-}
-
-// Memory for a tensor being received, not zeroed: the assembler overwrites every byte before
-// the tensor is handed out (zeroing it first, as Tensor::Zeros does, cost a pass over the
-// memory). (Transparent huge pages, madvise'd, made a first fetch faster but later ones slower:
-// with defrag=madvise the page faults wait for compaction.)
-std::shared_ptr<uint8_t> ReceiveBuffer(size_t n) {
-  return std::shared_ptr<uint8_t>(new uint8_t[n], std::default_delete<uint8_t[]>());
 }
 
 absl::StatusOr<DType> DTypeFromProto(v1::DType dtype) {

@@ -67,9 +67,6 @@ class Manifest {
   std::map<std::string, size_t> index_;
 };
 
-// Memory for a tensor being received, not zeroed (the receiver overwrites every byte).
-std::shared_ptr<uint8_t> ReceiveBuffer(size_t n);
-
 // Where ChunkReceiver puts the tensors' bytes.
 class TensorSink {
  public:
