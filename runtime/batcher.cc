@@ -148,8 +148,10 @@ absl::StatusOr<GemmResult> Batcher::Run(BatchItem item, const CallControl& contr
   // the deadline (the GEMM runs either way; cancelling would only drop the rows sooner).
   auto check = [&]() -> absl::Status {
     if (absl::Status s = control.CheckDeadline(); !s.ok()) return s;
-    if (p->state != Pending::kQueued || std::chrono::steady_clock::now() < next_cancel_poll) return absl::OkStatus();
-    next_cancel_poll = std::chrono::steady_clock::now() + cancel_poll;
+    if (p->state != Pending::kQueued) return absl::OkStatus();
+    const SteadyTime now = std::chrono::steady_clock::now();
+    if (now < next_cancel_poll) return absl::OkStatus();
+    next_cancel_poll = now + cancel_poll;
     lock.unlock();
     absl::Status s = control.Check();
     lock.lock();
