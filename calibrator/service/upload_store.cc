@@ -1,6 +1,5 @@
 #include "calibrator/service/upload_store.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,6 +16,7 @@
 #include "common/path_guard.h"
 #include "common/file_util.h"
 #include "rpc/crc32c.h"
+#include "spdlog/spdlog.h"
 
 namespace lowbit::calibrator {
 
@@ -31,34 +31,22 @@ absl::Status WriteAll(std::FILE* f, const std::string& bytes, const std::string&
   return absl::OkStatus();
 }
 
-// Writes the pieces in order, one write(2) each. (One writev of all the pieces was 4× slower:
-// this kernel's buffered-write path copies an iovec of many ~16 KiB pieces very slowly.)
-absl::Status WritePieces(int fd, const rpc::DataPieces& data, const std::string& what) {
-  for (std::span<const uint8_t> p : data.pieces) {
-    while (!p.empty()) {
-      const ssize_t n = write(fd, p.data(), p.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return absl::InternalError(absl::StrCat("cannot write ", what, ": ", std::strerror(errno)));
-      p = p.subspan(static_cast<size_t>(n));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CloseSynced(int& fd, const std::string& what) {
-  if (fd < 0) return absl::OkStatus();
-  bool ok = fsync(fd) == 0;
-  ok = close(fd) == 0 && ok;
-  fd = -1;
-  return ok ? absl::OkStatus() : absl::InternalError(absl::StrCat("cannot write ", what));
-}
-
 absl::Status CloseSynced(std::FILE*& f, const std::string& what) {
   if (f == nullptr) return absl::OkStatus();
   bool ok = std::fflush(f) == 0 && fsync(fileno(f)) == 0;
   ok = std::fclose(f) == 0 && ok;
   f = nullptr;
   return ok ? absl::OkStatus() : absl::InternalError(absl::StrCat("cannot write ", what));
+}
+
+// A write failure as the client sees it: its code (ResourceExhausted for a full disk), the file
+// named as the client sent it, not by the server's path (which goes to the server's log).
+absl::Status FileError(const absl::Status& s, const char* verb, const std::string& file) {
+  spdlog::error("upload: {}", s.ToString());
+  return absl::Status(s.code(), absl::StrCat("cannot ", verb, " '", file, "' of the upload",
+                                             s.code() == absl::StatusCode::kResourceExhausted
+                                                 ? ": the server's disk is full"
+                                                 : ""));
 }
 
 void RemoveTree(const std::string& dir) {
@@ -243,7 +231,7 @@ absl::StatusOr<std::unique_ptr<UploadStore::ModelUpload>> UploadStore::BeginMode
 }
 
 UploadStore::ModelUpload::~ModelUpload() {
-  if (fd_ >= 0) close(fd_);
+  file_.reset();  // stops its writer thread before the directory goes
   RemoveTree(tmp_dir_);
 }
 
@@ -263,25 +251,25 @@ absl::Status UploadStore::ModelUpload::Add(const v1::UploadModelRequest& msg, co
     if (std::find(done_.begin(), done_.end(), msg.file_name()) != done_.end()) {
       return absl::InvalidArgumentError(absl::StrCat("file '", msg.file_name(), "' was already sent"));
     }
+    absl::StatusOr<std::unique_ptr<StreamingFileWriter>> file =
+        StreamingFileWriter::Create(absl::StrCat(tmp_dir_, "/", msg.file_name()));
+    if (!file.ok()) return FileError(file.status(), "create", msg.file_name());
+    file_ = *std::move(file);
     file_name_ = msg.file_name();
-    fd_ = open(absl::StrCat(tmp_dir_, "/", file_name_).c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (fd_ < 0) return absl::InternalError("cannot create the upload's temp file");
-    file_bytes_ = 0;
-    writeback_from_ = 0;
     file_crc_ = 0;
   } else if (!msg.file_name().empty() && msg.file_name() != file_name_) {
     return absl::InvalidArgumentError(absl::StrCat("file '", msg.file_name(), "' started before '", file_name_,
                                                    "' ended (file_last)"));
   }
-  if (msg.offset() != file_bytes_) {
+  if (msg.offset() != file_->size()) {
     return absl::InvalidArgumentError(absl::StrCat("file '", file_name_, "': offset ", msg.offset(),
-                                                   " but ", file_bytes_, " bytes were received"));
+                                                   " but ", file_->size(), " bytes were received"));
   }
   bytes_ += static_cast<int64_t>(data.size);
   if (absl::Status s = SizeCheck(bytes_, store_->max_upload_bytes()); !s.ok()) return s;
-  if (absl::Status s = WritePieces(fd_, data, file_name_); !s.ok()) return s;
-  file_bytes_ += static_cast<int64_t>(data.size);
-  StartWriteback();
+  for (std::span<const uint8_t> piece : data.pieces) {
+    if (absl::Status s = file_->Append(piece); !s.ok()) return FileError(s, "write", file_name_);
+  }
   file_crc_ = data.Crc32c(file_crc_);
   if (msg.file_last()) {
     if (file_crc_ != msg.crc32c()) {
@@ -293,17 +281,10 @@ absl::Status UploadStore::ModelUpload::Add(const v1::UploadModelRequest& msg, co
   return absl::OkStatus();
 }
 
-// Starts the disk writes of what was written since the last call, every 16 MiB, so they overlap
-// the rest of the upload and the fsync at the end of the file has little left to wait for.
-void UploadStore::ModelUpload::StartWriteback() {
-  constexpr int64_t kStep = int64_t{16} << 20;
-  if (file_bytes_ - writeback_from_ < kStep) return;
-  sync_file_range(fd_, writeback_from_, file_bytes_ - writeback_from_, SYNC_FILE_RANGE_WRITE);
-  writeback_from_ = file_bytes_;
-}
-
 absl::Status UploadStore::ModelUpload::CloseFile() {
-  if (absl::Status s = CloseSynced(fd_, file_name_); !s.ok()) return s;
+  absl::Status s = file_->Close();
+  file_.reset();
+  if (!s.ok()) return FileError(s, "write", file_name_);
   done_.push_back(file_name_);
   ++files_;
   file_name_.clear();

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/streaming_file_writer.h"
 #include "lowbit/v1/calibrator.pb.h"
 #include "rpc/wire.h"
 
@@ -68,13 +69,10 @@ class UploadStore {
    private:
     friend class UploadStore;
     absl::Status CloseFile();
-    void StartWriteback();
     const UploadStore* store_ = nullptr;
     std::string tmp_dir_, name_;
-    std::string file_name_;  // the file being received ("" between files)
-    int fd_ = -1;            // written with writev, straight from the receive slices
-    int64_t file_bytes_ = 0;
-    int64_t writeback_from_ = 0;  // file_bytes_ at the last StartWriteback
+    std::string file_name_;                     // the file being received ("" between files)
+    std::unique_ptr<StreamingFileWriter> file_;  // its writer (O_DIRECT, a background thread)
     uint32_t file_crc_ = 0;
     int64_t bytes_ = 0;
     int32_t files_ = 0;
