@@ -26,11 +26,13 @@ absl::StatusOr<v1::ModelInfo> StreamCheckpoint(grpc::ChannelInterface& channel, 
   v1::LoadModelStreamRequest header;
   header.mutable_header()->set_name(name);
   header.mutable_header()->set_config_json(*config_json);
-  rpc::AddModelManifest(**model, header.mutable_header()->mutable_manifest());  // layer-by-layer preparation
+  // By name: a layer's tensors arrive together, and the runtime prepares it at once.
+  rpc::AddModelManifest(**model, rpc::TensorOrder::kByName, header.mutable_header()->mutable_manifest());
   if (writer->Write(rpc::Encode(header))) {
     // A write that fails means the server ended the stream: Finish() says why.
     absl::StatusOr<bool> sent =
-        rpc::WriteModelChunks(**model, config.chunk_bytes, [&](const grpc::ByteBuffer& m) { return writer->Write(m); });
+        rpc::WriteModelChunks(**model, rpc::TensorOrder::kByName, config.chunk_bytes,
+                              [&](const grpc::ByteBuffer& m) { return writer->Write(m); });
     if (!sent.ok()) return sent.status();
   }
   writer->WritesDone();

@@ -205,6 +205,15 @@ std::vector<std::string> SafetensorsModel::names() const {
   return out;
 }
 
+std::vector<std::string> SafetensorsModel::names_in_file_order() const {
+  std::vector<std::pair<std::pair<size_t, uint64_t>, std::string>> order;  // ((file, begin), name)
+  for (const auto& [name, i] : where_) order.push_back({{i, files_[i]->Find(name)->begin}, name});
+  std::sort(order.begin(), order.end());
+  std::vector<std::string> out;
+  for (auto& [key, name] : order) out.push_back(std::move(name));
+  return out;
+}
+
 absl::StatusOr<Tensor> SafetensorsModel::Get(const std::string& name) const {
   auto it = where_.find(name);
   if (it == where_.end()) return absl::NotFoundError(absl::StrCat("model has no tensor '", name, "'"));

@@ -65,6 +65,9 @@ class SafetensorsModel {
   static absl::StatusOr<std::unique_ptr<SafetensorsModel>> Open(const std::string& dir);
 
   std::vector<std::string> names() const;  // sorted
+  // Every tensor by file (in files_ order: the shards sorted by name) and by offset in it: the
+  // order that reads each file front to back, and lets a receiver write each file front to back.
+  std::vector<std::string> names_in_file_order() const;
   bool Has(const std::string& name) const { return where_.count(name) > 0; }
   absl::StatusOr<Tensor> Get(const std::string& name) const;  // NotFound for an unknown name
   const SafetensorsEntry* Find(const std::string& name) const;

@@ -67,11 +67,13 @@ absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> SafetensorsModelWriter::
       w->weight_map_[e.name] = file;
       w->total_bytes_ += e.end - e.begin;
     }
-    if (absl::Status s = w->CreateFile(file, layout.file_size()); !s.ok()) return s;
-    const File& f = w->files_.back();
-    if (pwrite(f.fd, layout.prefix.data(), layout.prefix.size(), 0) != static_cast<ssize_t>(layout.prefix.size())) {
-      return ErrnoError("cannot write", f.tmp_path);
-    }
+    File f{file, absl::StrCat(dir, "/", file, ".tmp.", getpid())};
+    f.size = layout.file_size();
+    f.prefix = &layout.prefix;
+    const int fd = open(f.tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return ErrnoError("cannot create", f.tmp_path);
+    close(fd);
+    w->files_.push_back(std::move(f));  // from here on the destructor removes it
     ++i;
   }
   return w;
@@ -79,11 +81,36 @@ absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> SafetensorsModelWriter::
 
 absl::Status SafetensorsModelWriter::CreateFile(const std::string& name, uint64_t size) {
   File f{name, absl::StrCat(dir_, "/", name, ".tmp.", getpid())};
+  f.size = size;
   f.fd = open(f.tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (f.fd < 0) return ErrnoError("cannot create", f.tmp_path);
-  files_.push_back(f);  // from here on the destructor removes it
-  if (ftruncate(f.fd, static_cast<off_t>(size)) != 0) return ErrnoError("cannot size", f.tmp_path);
+  files_.push_back(std::move(f));  // from here on the destructor removes it
+  const File& added = files_.back();
+  if (ftruncate(added.fd, static_cast<off_t>(size)) != 0) return ErrnoError("cannot size", added.tmp_path);
   return absl::OkStatus();
+}
+
+absl::Status SafetensorsModelWriter::OpenInPlace(File& f, bool header) {
+  f.fd = open(f.tmp_path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (f.fd < 0) return ErrnoError("cannot open", f.tmp_path);
+  if (ftruncate(f.fd, static_cast<off_t>(f.size)) != 0) return ErrnoError("cannot size", f.tmp_path);
+  if (header && f.prefix != nullptr &&
+      pwrite(f.fd, f.prefix->data(), f.prefix->size(), 0) != static_cast<ssize_t>(f.prefix->size())) {
+    return ErrnoError("cannot write", f.tmp_path);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SafetensorsModelWriter::EndStreaming(File& f) {
+  const bool whole = static_cast<uint64_t>(f.seq->size()) == f.size;
+  absl::Status s = f.seq->Close();  // truncates to what was streamed, fsyncs
+  f.seq.reset();
+  if (!s.ok()) return s;
+  if (whole) {
+    f.durable = true;
+    return absl::OkStatus();
+  }
+  return OpenInPlace(f, /*header=*/false);
 }
 
 absl::Status SafetensorsModelWriter::AddFile(const std::string& name, std::string_view contents) {
@@ -107,6 +134,7 @@ SafetensorsModelWriter::~SafetensorsModelWriter() {
 
 void SafetensorsModelWriter::CloseAll() {
   for (File& f : files_) {
+    f.seq.reset();
     if (f.fd >= 0) close(f.fd);
     f.fd = -1;
   }
@@ -123,6 +151,35 @@ absl::Status SafetensorsModelWriter::Write(const std::string& name, uint64_t off
   }
   File& f = files_[w.file];
   uint64_t at = w.offset + offset;
+  if (!f.seq && f.fd < 0 && !f.durable && f.prefix != nullptr && at == f.prefix->size()) {
+    // The file's first tensor bytes: stream it, and end the streaming of the file before.
+    if (streaming_ >= 0 && files_[streaming_].seq) {
+      if (absl::Status s = EndStreaming(files_[streaming_]); !s.ok()) return s;
+    }
+    absl::StatusOr<std::unique_ptr<StreamingFileWriter>> seq = StreamingFileWriter::Create(f.tmp_path);
+    if (!seq.ok()) return seq.status();
+    f.seq = *std::move(seq);
+    streaming_ = static_cast<int>(w.file);
+    if (absl::Status s = f.seq->Append({reinterpret_cast<const uint8_t*>(f.prefix->data()), f.prefix->size()});
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (f.seq && at == static_cast<uint64_t>(f.seq->size())) {
+    streamed_bytes_ += bytes.size();
+    return f.seq->Append(bytes);
+  }
+  if (f.seq || f.durable) {  // out of order (or again): in place from here on
+    if (f.seq) {
+      if (absl::Status s = EndStreaming(f); !s.ok()) return s;
+    }
+    if (f.durable) {
+      f.durable = false;
+      if (absl::Status s = OpenInPlace(f, /*header=*/false); !s.ok()) return s;
+    }
+  } else if (f.fd < 0) {
+    if (absl::Status s = OpenInPlace(f, /*header=*/true); !s.ok()) return s;
+  }
   while (!bytes.empty()) {
     const ssize_t n = pwrite(f.fd, bytes.data(), bytes.size(), static_cast<off_t>(at));
     if (n < 0 && errno == EINTR) continue;
@@ -151,7 +208,11 @@ absl::StatusOr<std::vector<std::string>> SafetensorsModelWriter::Commit() {
     std::vector<std::thread> threads;
     for (size_t i = 0; i < files_.size(); ++i) {
       threads.emplace_back([&, i] {
-        if (fsync(files_[i].fd) != 0) synced[i] = ErrnoError("cannot sync", files_[i].tmp_path);
+        File& f = files_[i];
+        if (f.seq) synced[i] = EndStreaming(f);  // durable when whole, else open in place
+        if (!synced[i].ok() || f.durable) return;
+        if (f.fd < 0) synced[i] = OpenInPlace(f, /*header=*/true);  // nothing arrived for it
+        if (synced[i].ok() && fsync(f.fd) != 0) synced[i] = ErrnoError("cannot sync", f.tmp_path);
       });
     }
     for (std::thread& t : threads) t.join();

@@ -4,7 +4,8 @@
 // under a temp name, and filled with pwrite as the pieces come. Commit fsyncs every file, renames
 // it into place and writes model.safetensors.index.json last (for more than one file, or one not
 // named model.safetensors), so a reader never sees a half-written model. A writer destroyed
-// without Commit removes its temp files.
+// without Commit removes its temp files. Tensor files whose pieces come in file order are
+// written with O_DIRECT from a background thread (StreamingFileWriter): no page-cache copy.
 #ifndef LOWBIT_COMMON_SAFETENSORS_WRITER_H_
 #define LOWBIT_COMMON_SAFETENSORS_WRITER_H_
 
@@ -18,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/safetensors.h"
+#include "common/streaming_file_writer.h"
 
 namespace lowbit {
 
@@ -53,13 +55,29 @@ class SafetensorsModelWriter {
   // names of the files.
   absl::StatusOr<std::vector<std::string>> Commit();
 
+  // Tensor bytes that went through the streaming path (the rest were written in place).
+  uint64_t streamed_bytes() const { return streamed_bytes_; }
+
  private:
+  // A tensor file starts empty. From the piece right after its header it is streamed (`seq`:
+  // O_DIRECT, a writer thread) while its pieces come in file order, as a FetchResult sends them;
+  // otherwise — or from the first piece out of order — it is laid out at full size and written in
+  // place (`fd`, pwrite). One file is streamed at a time.
   struct File {
     std::string name, tmp_path;
+    uint64_t size = 0;                     // laid out
+    const std::string* prefix = nullptr;   // its header (tensor files), in layouts_
+    std::unique_ptr<StreamingFileWriter> seq;
     int fd = -1;
-    uint64_t unflushed = 0;  // bytes written since the last writeback start
+    uint64_t unflushed = 0;  // bytes pwritten since the last writeback start
+    bool durable = false;    // streamed whole, synced and closed
   };
+  // A file of `size` bytes written with pwrite (AddFile).
   absl::Status CreateFile(const std::string& name, uint64_t size);
+  // Opens `f` for pwrite at its full size; `header`: writes its header (nothing was streamed).
+  static absl::Status OpenInPlace(File& f, bool header);
+  // Ends the streaming of `f`: durable if it is whole, else open for pwrite at its full size.
+  static absl::Status EndStreaming(File& f);
   struct Where {
     size_t file;
     uint64_t offset;  // of the tensor's first byte in the file
@@ -74,6 +92,8 @@ class SafetensorsModelWriter {
   std::map<std::string, Where> where_;
   std::map<std::string, std::string> weight_map_;  // tensor -> file
   uint64_t total_bytes_ = 0;
+  uint64_t streamed_bytes_ = 0;
+  int streaming_ = -1;  // the index of the file being streamed, -1 when none
   bool indexed_ = false;  // writes model.safetensors.index.json
   bool committed_ = false;
 };

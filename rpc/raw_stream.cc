@@ -23,8 +23,15 @@ int MethodIndex(const std::string& path) {
   return m->index();
 }
 
-void AddModelManifest(const SafetensorsModel& model, google::protobuf::RepeatedPtrField<v1::TensorInfo>* manifest) {
-  for (const std::string& name : model.names()) {
+namespace {
+std::vector<std::string> Names(const SafetensorsModel& model, TensorOrder order) {
+  return order == TensorOrder::kByFile ? model.names_in_file_order() : model.names();
+}
+}  // namespace
+
+void AddModelManifest(const SafetensorsModel& model, TensorOrder order,
+                      google::protobuf::RepeatedPtrField<v1::TensorInfo>* manifest) {
+  for (const std::string& name : Names(model, order)) {
     const SafetensorsEntry* e = model.Find(name);
     v1::TensorInfo* t = manifest->Add();
     t->set_name(name);
@@ -34,9 +41,9 @@ void AddModelManifest(const SafetensorsModel& model, google::protobuf::RepeatedP
   }
 }
 
-absl::StatusOr<bool> WriteModelChunks(const SafetensorsModel& model, int64_t chunk_bytes,
+absl::StatusOr<bool> WriteModelChunks(const SafetensorsModel& model, TensorOrder order, int64_t chunk_bytes,
                                       const std::function<bool(const grpc::ByteBuffer&)>& write) {
-  for (const std::string& name : model.names()) {
+  for (const std::string& name : Names(model, order)) {
     absl::StatusOr<Tensor> t = model.Get(name);
     if (!t.ok()) return t.status();
     auto keep = std::make_shared<const Tensor>(*std::move(t));

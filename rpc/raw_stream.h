@@ -71,16 +71,23 @@ std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> RawClientReader(grpc::Chan
       grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel, method, ctx, request));
 }
 
-// Sends every tensor of `model` as chunk messages (kChunkData: FetchResultResponse and
-// LoadModelStreamRequest alike) of at most `chunk_bytes` data bytes, the data framed as slices
+// The order a model's tensors are sent in. kByName keeps a layer's tensors together (a runtime
+// prepares each layer as soon as its tensors are in: LoadModelStream); kByFile reads each file
+// front to back and lets the receiver write each one front to back (FetchResult: `lowbit fetch`
+// streams the files to disk with O_DIRECT then).
+enum class TensorOrder { kByName, kByFile };
+
+// Sends every tensor of `model` in `order` as chunk messages (kChunkData:
+// FetchResultResponse and LoadModelStreamRequest alike) of at most `chunk_bytes` data bytes, the data framed as slices
 // over the mapped file, each holding its tensor (and so the mapping) until gRPC has sent it.
 // `write` sends one message and returns false when the stream is gone; then the sending stops
 // and the result is false. A tensor that cannot be read is an error.
-absl::StatusOr<bool> WriteModelChunks(const SafetensorsModel& model, int64_t chunk_bytes,
+absl::StatusOr<bool> WriteModelChunks(const SafetensorsModel& model, TensorOrder order, int64_t chunk_bytes,
                                       const std::function<bool(const grpc::ByteBuffer&)>& write);
 // The manifest of what WriteModelChunks sends, in its order: name, dtype, shape and file of
 // every tensor (ResultHeader.manifest, LoadModelHeader.manifest).
-void AddModelManifest(const SafetensorsModel& model, google::protobuf::RepeatedPtrField<v1::TensorInfo>* manifest);
+void AddModelManifest(const SafetensorsModel& model, TensorOrder order,
+                      google::protobuf::RepeatedPtrField<v1::TensorInfo>* manifest);
 
 }  // namespace lowbit::rpc
 

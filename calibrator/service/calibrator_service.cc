@@ -313,7 +313,7 @@ absl::StatusOr<v1::FetchResultResponse> ResultHeader(const v1::Job& job, const s
     const SafetensorsEntry* e = model.Find(n);
     total += static_cast<int64_t>(e->end - e->begin);
   }
-  rpc::AddModelManifest(model, h->mutable_manifest());
+  rpc::AddModelManifest(model, rpc::TensorOrder::kByFile, h->mutable_manifest());
   h->set_tensors(static_cast<int32_t>(names.size()));
   h->set_tensor_bytes(total);
   return header;
@@ -340,8 +340,9 @@ absl::Status CalibratorServiceImpl::SendResult(const v1::FetchResultRequest& req
   if (!header.ok()) return header.status();
   const absl::Status gone = absl::CancelledError("FetchResult cancelled by the client");
   if (!stream->Write(rpc::Encode(*header))) return gone;
-  absl::StatusOr<bool> sent = rpc::WriteModelChunks(
-      **model, chunk, [&](const grpc::ByteBuffer& m) { return stream->Write(m); });  // fails once cancelled
+  // kByFile: the client writes each file front to back (O_DIRECT). Write fails once cancelled.
+  absl::StatusOr<bool> sent = rpc::WriteModelChunks(**model, rpc::TensorOrder::kByFile, chunk,
+                                                    [&](const grpc::ByteBuffer& m) { return stream->Write(m); });
   if (!sent.ok()) return sent.status();
   return *sent ? absl::OkStatus() : gone;
 }

@@ -690,7 +690,7 @@ grpc::Status StreamLoad(Client& client, const std::string& name, const std::stri
   header.mutable_header()->set_config_json(*ReadFileToString(dir + "/config.json"));
   auto model = SafetensorsModel::Open(dir);
   if (manifest) {
-    rpc::AddModelManifest(**model, header.mutable_header()->mutable_manifest());
+    rpc::AddModelManifest(**model, rpc::TensorOrder::kByName, header.mutable_header()->mutable_manifest());
     if (edit_manifest) edit_manifest(*header.mutable_header()->mutable_manifest());
   }
   writer->Write(header);
@@ -729,7 +729,9 @@ TEST_F(RuntimeTest, CancelledLoadModelStreamLeavesNothing) {
     header.mutable_header()->set_config_json(*ReadFileToString(dir + "/config.json"));
     auto model = SafetensorsModel::Open(dir);
     ASSERT_TRUE(model.ok());
-    if (manifest) rpc::AddModelManifest(**model, header.mutable_header()->mutable_manifest());
+    if (manifest) {
+      rpc::AddModelManifest(**model, rpc::TensorOrder::kByName, header.mutable_header()->mutable_manifest());
+    }
     ASSERT_TRUE(writer->Write(header));
     int sent = 0;
     for (const std::string& n : (*model)->names()) {

@@ -98,6 +98,25 @@ TEST_F(SafetensorsTest, ShardsAtSizeLimitWithIndex) {
   EXPECT_NE(bad.status().message().find("ghost"), std::string::npos);
 }
 
+// names_in_file_order: by shard, then by offset in it — the layout puts wider dtypes first, so
+// in one file "b_i8" (1 byte) comes after "z_f32" though it sorts first by name.
+TEST_F(SafetensorsTest, NamesInFileOrderFollowShardsAndOffsets) {
+  std::vector<NamedTensor> tensors;
+  tensors.push_back({"b_i8", Tensor::FromBytes(DType::kI8, {64}, std::vector<uint8_t>(64, 1))});
+  tensors.push_back({"z_f32", Tensor::FromFloats(std::vector<float>(16, 1.0f), {16}, DType::kF32)});
+  tensors.push_back({"a_bf16", Tensor::FromFloats(std::vector<float>(32, 1.0f), {32}, DType::kBF16)});
+  ASSERT_TRUE(WriteSafetensorsModel(dir_.string(), tensors, 1 << 20).ok());  // one file
+  auto model = SafetensorsModel::Open(dir_.string());
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->names(), (std::vector<std::string>{"a_bf16", "b_i8", "z_f32"}));
+  EXPECT_EQ((*model)->names_in_file_order(), (std::vector<std::string>{"z_f32", "a_bf16", "b_i8"}));
+  // Each next tensor starts where the one before ends.
+  const std::vector<std::string> order = (*model)->names_in_file_order();
+  for (size_t i = 1; i < order.size(); ++i) {
+    EXPECT_EQ((*model)->Find(order[i])->begin, (*model)->Find(order[i - 1])->end) << order[i];
+  }
+}
+
 TEST_F(SafetensorsTest, SingleFileWhenItFits) {
   std::vector<NamedTensor> t = {{"a", Tensor::Zeros(DType::kF32, {4})}};
   auto files = WriteSafetensorsModel(dir_.string(), t, 1 << 20);
@@ -181,52 +200,98 @@ std::map<std::string, std::string> DirFiles(const fs::path& dir) {
   return out;
 }
 
-// The streaming writer lays files out as WriteSafetensorsModel does: fed in shuffled pieces, in
-// any order, it must produce the same bytes (shards and index included).
+// The streaming writer lays files out as WriteSafetensorsModel does: fed in pieces in any order,
+// it must produce the same bytes (shards and index included) — pieces shuffled (written in
+// place), in file order (streamed, O_DIRECT), in file order with a few pieces held back to the end
+// (streamed, then in place), and whole files in reverse order with their pieces in order.
 TEST_F(SafetensorsTest, ModelWriterMatchesWriteSafetensorsModelFedInAnyOrder) {
   std::mt19937 rng(7);
   std::vector<NamedTensor> tensors;
   const DType dtypes[] = {DType::kF32, DType::kBF16, DType::kI8, DType::kI32, DType::kF8E4M3};
+  uint64_t total = 0;
   for (int i = 0; i < 9; ++i) {
     const DType dt = dtypes[i % 5];
     const Shape shape = {3 + i, 17};
     std::vector<uint8_t> bytes(static_cast<size_t>(NumElements(shape).value()) * DTypeSize(dt));
     for (uint8_t& b : bytes) b = static_cast<uint8_t>(rng());
+    total += bytes.size();
     tensors.push_back({"layer." + std::to_string(i), Tensor::FromBytes(dt, shape, bytes)});
   }
-  const fs::path want = dir_ / "want", got = dir_ / "got";
+  const fs::path want = dir_ / "want";
   fs::create_directories(want);
-  fs::create_directories(got);
   ASSERT_TRUE(WriteSafetensorsModel(want.string(), tensors, 600).ok());  // several shards
   auto model = SafetensorsModel::Open(want.string());
   ASSERT_TRUE(model.ok()) << model.status();
+  auto want_files = DirFiles(want);
+  EXPECT_GE(want_files.size(), 3u);
 
   std::vector<SafetensorsModelWriter::Placement> placements;
   for (const NamedTensor& t : tensors) {
     placements.push_back({t.name, t.tensor.dtype(), t.tensor.shape(), (*model)->FileOf(t.name)});
   }
-  auto writer = SafetensorsModelWriter::Create(got.string(), placements);
-  ASSERT_TRUE(writer.ok()) << writer.status();
-  std::vector<std::pair<const NamedTensor*, size_t>> pieces;  // (tensor, piece start); pieces of 7 bytes
-  for (const NamedTensor& t : tensors) {
-    for (size_t at = 0; at < t.tensor.nbytes(); at += 7) pieces.push_back({&t, at});
+  // Pieces of 7 bytes: (tensor, piece start), in file order — each file's tensors by the offset of
+  // their bytes in the reference file.
+  struct Piece {
+    const NamedTensor* t;
+    size_t at;
+  };
+  auto where_in_file = [&](const NamedTensor& t) { return (*model)->Get(t.name)->bytes().data(); };
+  std::vector<const NamedTensor*> by_file;
+  for (const NamedTensor& t : tensors) by_file.push_back(&t);
+  std::sort(by_file.begin(), by_file.end(), [&](const NamedTensor* a, const NamedTensor* b) {
+    const std::string fa = (*model)->FileOf(a->name), fb = (*model)->FileOf(b->name);
+    return fa != fb ? fa < fb : std::less<const uint8_t*>()(where_in_file(*a), where_in_file(*b));
+  });
+  std::vector<Piece> in_order;
+  for (const NamedTensor* t : by_file) {
+    for (size_t at = 0; at < t->tensor.nbytes(); at += 7) in_order.push_back({t, at});
   }
-  std::shuffle(pieces.begin(), pieces.end(), rng);
-  for (auto [t, at] : pieces) {
-    auto b = t->tensor.bytes().subspan(at, std::min<size_t>(7, t->tensor.nbytes() - at));
-    ASSERT_TRUE((*writer)->Write(t->name, at, b).ok());
+  auto run = [&](const std::string& name, const std::vector<Piece>& pieces) -> uint64_t {
+    SCOPED_TRACE(name);
+    const fs::path got = dir_ / name;
+    fs::create_directories(got);
+    auto writer = SafetensorsModelWriter::Create(got.string(), placements);
+    EXPECT_TRUE(writer.ok()) << writer.status();
+    if (!writer.ok()) return 0;
+    for (const Piece& p : pieces) {
+      auto b = p.t->tensor.bytes().subspan(p.at, std::min<size_t>(7, p.t->tensor.nbytes() - p.at));
+      EXPECT_TRUE((*writer)->Write(p.t->name, p.at, b).ok());
+    }
+    EXPECT_TRUE((*writer)->AddFile("config.json", "{}").ok());
+    EXPECT_TRUE(DirFiles(got).count("config.json") == 0) << "nothing appears before Commit";
+    auto written = (*writer)->Commit();
+    EXPECT_TRUE(written.ok()) << written.status();
+    if (!written.ok()) return 0;
+    EXPECT_EQ(written->back(), "model.safetensors.index.json");
+    auto got_files = DirFiles(got);
+    EXPECT_EQ(got_files["config.json"], "{}");
+    got_files.erase("config.json");
+    EXPECT_EQ(got_files, want_files);
+    return (*writer)->streamed_bytes();
+  };
+
+  std::vector<Piece> shuffled = in_order;
+  std::shuffle(shuffled.begin(), shuffled.end(), rng);
+  run("shuffled", shuffled);
+  EXPECT_EQ(run("in_order", in_order), total) << "pieces in file order must all be streamed";
+  std::vector<Piece> held_back;
+  std::vector<Piece> tail;
+  for (size_t i = 0; i < in_order.size(); ++i) (i % 37 == 5 ? tail : held_back).push_back(in_order[i]);
+  held_back.insert(held_back.end(), tail.rbegin(), tail.rend());
+  const uint64_t streamed = run("held_back", held_back);
+  EXPECT_GT(streamed, 0u);
+  EXPECT_LT(streamed, total);
+  std::vector<Piece> files_reversed;
+  for (size_t i = in_order.size(); i-- > 0;) {
+    // Whole files from the last to the first, each file's pieces in order.
+    const std::string f = (*model)->FileOf(in_order[i].t->name);
+    if (i + 1 < in_order.size() && (*model)->FileOf(in_order[i + 1].t->name) == f) continue;
+    size_t first = i;
+    while (first > 0 && (*model)->FileOf(in_order[first - 1].t->name) == f) --first;
+    files_reversed.insert(files_reversed.end(), in_order.begin() + first, in_order.begin() + i + 1);
   }
-  ASSERT_TRUE((*writer)->AddFile("config.json", "{}").ok());
-  EXPECT_TRUE(DirFiles(got).count("config.json") == 0) << "nothing appears before Commit";
-  auto written = (*writer)->Commit();
-  ASSERT_TRUE(written.ok()) << written.status();
-  EXPECT_EQ(written->back(), "model.safetensors.index.json");
-  auto got_files = DirFiles(got);
-  EXPECT_EQ(got_files["config.json"], "{}");
-  got_files.erase("config.json");
-  auto want_files = DirFiles(want);
-  EXPECT_GE(want_files.size(), 3u);
-  EXPECT_EQ(got_files, want_files);
+  ASSERT_EQ(files_reversed.size(), in_order.size());
+  EXPECT_EQ(run("files_reversed", files_reversed), total);
 }
 
 TEST_F(SafetensorsTest, ModelWriterRefusesBadInputAndCleansUpWithoutCommit) {
