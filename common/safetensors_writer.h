@@ -1,11 +1,11 @@
 // Writes a safetensors model directory whose tensors arrive piece by piece and in any order (a
 // network stream), without holding them in memory: every file is laid out up front
-// (LayoutSafetensorsFile, the layout WriteSafetensorsModel writes), created at its full size
-// under a temp name, and filled with pwrite as the pieces come. Commit fsyncs every file, renames
-// it into place and writes model.safetensors.index.json last (for more than one file, or one not
-// named model.safetensors), so a reader never sees a half-written model. A writer destroyed
-// without Commit removes its temp files. Tensor files whose pieces come in file order are
-// written with O_DIRECT from a background thread (StreamingFileWriter): no page-cache copy.
+// (LayoutSafetensorsFile, the layout WriteSafetensorsModel writes), created under a temp name, and
+// filled as the pieces come: streamed with O_DIRECT from a background thread (StreamingFileWriter,
+// no page-cache copy) while a file's pieces come in file order, else written in place with pwrite.
+// Commit fsyncs every file, renames it into place and writes model.safetensors.index.json last
+// (for more than one file, or one not named model.safetensors), so a reader never sees a
+// half-written model. A writer destroyed without Commit removes its temp files.
 #ifndef LOWBIT_COMMON_SAFETENSORS_WRITER_H_
 #define LOWBIT_COMMON_SAFETENSORS_WRITER_H_
 
