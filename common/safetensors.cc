@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/streaming_file_writer.h"
 #include "nlohmann/json.hpp"
 
 namespace lowbit {
@@ -283,13 +284,15 @@ absl::Status WriteSafetensorsFile(const std::string& path, std::span<const Named
   }
   absl::StatusOr<SafetensorsLayout> layout = LayoutSafetensorsFile(std::move(entries), metadata);
   if (!layout.ok()) return layout.status();
-  return AtomicWriteFile(path, [&](std::FILE* f) {
-    if (std::fwrite(layout->prefix.data(), 1, layout->prefix.size(), f) != layout->prefix.size()) return false;
+  // Streamed (O_DIRECT, a writer thread): the resume state rewrites the calibration activations
+  // after every layer, gigabytes for a real model.
+  return AtomicWriteFileStreamed(path, [&](StreamingFileWriter& w) {
+    const std::string& prefix = layout->prefix;
+    absl::Status s = w.Append({reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size()});
     for (const SafetensorsEntry& e : layout->entries) {
-      auto b = by_name[e.name]->bytes();
-      if (!b.empty() && std::fwrite(b.data(), 1, b.size(), f) != b.size()) return false;
+      if (s.ok()) s = w.Append(by_name[e.name]->bytes());
     }
-    return true;
+    return s;
   });
 }
 

@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
@@ -177,6 +179,22 @@ absl::Status StreamingFileWriter::WriteBuffer(const Buffer& b) {
     writeback_from_ = end;
   }
   return absl::OkStatus();
+}
+
+absl::Status AtomicWriteFileStreamed(const std::string& path,
+                                     const std::function<absl::Status(StreamingFileWriter&)>& write) {
+  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
+  absl::StatusOr<std::unique_ptr<StreamingFileWriter>> w = StreamingFileWriter::Create(tmp);
+  if (!w.ok()) return w.status();
+  absl::Status status = write(**w);
+  if (status.ok()) status = (*w)->Close();
+  w->reset();
+  if (status.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) status = ErrnoError("cannot rename onto", path);
+  if (!status.ok()) {
+    std::remove(tmp.c_str());
+    return status;
+  }
+  return SyncDirectory(std::filesystem::path(path).parent_path().string());
 }
 
 }  // namespace lowbit

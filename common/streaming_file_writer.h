@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -94,6 +95,13 @@ class StreamingFileWriter {
   int64_t writeback_from_ = 0;  // buffered mode: end of the last sync_file_range (writer thread)
   std::thread writer_;
 };
+
+// AtomicWriteFile (common/file_util.h) for large files: `write` appends the contents to a
+// StreamingFileWriter on a temp file beside `path`; then the file is closed (fsynced), renamed over
+// `path` and the directory synced. A crash leaves the old file or the new one, never a torn one;
+// on any error the temp file is removed.
+absl::Status AtomicWriteFileStreamed(const std::string& path,
+                                     const std::function<absl::Status(StreamingFileWriter&)>& write);
 
 }  // namespace lowbit
 

@@ -1,7 +1,8 @@
 // StreamingFileWriter: the file holds exactly the bytes appended, in order, whatever the piece
 // sizes against the buffer size (the expectation is the concatenation, read back from disk); the
 // O_DIRECT path, the buffered path, tmpfs;
-// errors (a full disk, a missing directory, use after Close) come back as statuses, never a hang.
+// errors (a full disk, a missing directory, use after Close) come back as statuses, never a hang;
+// AtomicWriteFileStreamed replaces a file whole or not at all.
 #include "common/streaming_file_writer.h"
 
 #include <filesystem>
@@ -135,6 +136,27 @@ TEST_F(StreamingFileWriterTest, AbandonedWriterStopsWithoutClose) {
   }
   EXPECT_TRUE(fs::exists(path));
   EXPECT_LE(fs::file_size(path), 40960u);
+}
+
+TEST_F(StreamingFileWriterTest, AtomicWriteFileStreamedReplacesWholeOrNotAtAll) {
+  const std::string path = (dir_ / "state.safetensors").string();
+  ASSERT_TRUE(AtomicWriteFile(path, "old contents").ok());
+  const std::vector<uint8_t> data = RandomBytes((size_t{9} << 20) + 17, 5);
+  // A write that fails halfway leaves the old file and no temp file.
+  absl::Status failed = AtomicWriteFileStreamed(path, [&](StreamingFileWriter& w) {
+    absl::Status s = w.Append({data.data(), data.size() / 2});
+    return s.ok() ? absl::InternalError("the producer failed") : s;
+  });
+  EXPECT_EQ(failed.code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(*ReadFileToString(path), "old contents");
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 1) << "a temp file was left";
+  // A whole write replaces it.
+  ASSERT_TRUE(AtomicWriteFileStreamed(path, [&](StreamingFileWriter& w) { return w.Append(data); }).ok());
+  absl::StatusOr<std::string> back = ReadFileToString(path);
+  ASSERT_TRUE(back.ok());
+  ASSERT_EQ(back->size(), data.size());
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), reinterpret_cast<const uint8_t*>(back->data())));
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 1);
 }
 
 }  // namespace
