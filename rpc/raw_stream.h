@@ -77,8 +77,8 @@ std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> RawClientReader(grpc::Chan
 // streams the files to disk with O_DIRECT then).
 enum class TensorOrder { kByName, kByFile };
 
-// Sends every tensor of `model` in `order` as chunk messages (kChunkData:
-// FetchResultResponse and LoadModelStreamRequest alike) of at most `chunk_bytes` data bytes, the data framed as slices
+// Sends every tensor of `model` in `order` as chunk messages (kChunkData: FetchResultResponse and
+// LoadModelStreamRequest alike) of at most `chunk_bytes` data bytes, the data framed as slices
 // over the mapped file, each holding its tensor (and so the mapping) until gRPC has sent it.
 // `write` sends one message and returns false when the stream is gone; then the sending stops
 // and the result is false. A tensor that cannot be read is an error.
