@@ -1,6 +1,8 @@
 #include "rpc/tensor_codec.h"
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <span>
 
 #include "absl/strings/str_cat.h"
@@ -36,13 +38,78 @@ absl::StatusOr<int64_t> CheckedBytes(DType dtype, const Shape& shape, const std:
   return bytes;
 }
 
-// Memory for a tensor being received, not zeroed: the assembler overwrites every byte before
-// the tensor is handed out (zeroing it first, as Tensor::Zeros does, cost a pass over the
-// memory). (Transparent huge pages, madvise'd, made a first fetch faster but later ones slower:
-// with defrag=madvise the page faults wait for compaction.)
-std::shared_ptr<uint8_t> ReceiveBuffer(size_t n) {
-  return std::shared_ptr<uint8_t>(new uint8_t[n], std::default_delete<uint8_t[]>());
-}
+// Memory for the tensors being received, not zeroed: the assembler overwrites every byte before
+// a tensor is handed out (zeroing it first, as Tensor::Zeros does, cost a pass over the memory).
+// (Transparent huge pages, madvise'd, made a first fetch faster but later ones slower: with
+// defrag=madvise the page faults wait for compaction.)
+//
+// Large buffers are kept for reuse while any ChunkAssembler is alive. Below kPooledBytes glibc's
+// heap keeps freed memory and hands it out again (rpc::SetUpProcess); above it every allocation is
+// a fresh mmap whose pages fault in, zeroed by the kernel, and every free unmaps it. A stream that
+// drops its tensors as it goes — the runtime's streamed load prepares each layer and frees its
+// tensors — would fault in every layer's large tensors anew; instead a freed large buffer goes to
+// the next tensor that fits it (at most 1/8 larger than asked), up to kMaxKeptBytes kept. When the
+// last assembler goes, everything kept is freed.
+class ReceivePool {
+ public:
+  static constexpr size_t kPooledBytes = size_t{32} << 20;  // glibc's largest mmap threshold
+  static constexpr size_t kMaxKeptBytes = size_t{1} << 30;
+
+  static ReceivePool& Get() {
+    static ReceivePool* pool = new ReceivePool();  // never destroyed: buffers may outlive main
+    return *pool;
+  }
+
+  std::shared_ptr<uint8_t> Take(size_t n) {
+    if (n < kPooledBytes) return std::shared_ptr<uint8_t>(new uint8_t[n], std::default_delete<uint8_t[]>());
+    uint8_t* p = nullptr;
+    size_t size = n;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (auto it = kept_.lower_bound(n); it != kept_.end() && it->first <= n + n / 8) {
+        p = it->second;
+        size = it->first;
+        kept_bytes_ -= size;
+        kept_.erase(it);
+      }
+    }
+    if (p == nullptr) p = new uint8_t[n];
+    return std::shared_ptr<uint8_t>(p, [this, size](uint8_t* q) { Give(q, size); });
+  }
+
+  void AssemblerBorn() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++assemblers_;
+  }
+  void AssemblerGone() {
+    std::multimap<size_t, uint8_t*> drop;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--assemblers_ > 0) return;
+      drop.swap(kept_);
+      kept_bytes_ = 0;
+    }
+    for (auto& [size, p] : drop) delete[] p;
+  }
+
+ private:
+  void Give(uint8_t* p, size_t size) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (assemblers_ > 0 && kept_bytes_ + size <= kMaxKeptBytes) {
+        kept_.emplace(size, p);
+        kept_bytes_ += size;
+        return;
+      }
+    }
+    delete[] p;
+  }
+
+  std::mutex mu_;
+  std::multimap<size_t, uint8_t*> kept_;  // size -> buffer
+  size_t kept_bytes_ = 0;
+  int assemblers_ = 0;
+};
 
 }  // namespace
 
@@ -239,6 +306,17 @@ absl::Status ChunkReceiver::Finish() const {
   return absl::OkStatus();
 }
 
+ChunkAssembler::ChunkAssembler(TensorLimits limits, Hooks hooks)
+    : receiver_(*this, limits), hooks_(std::move(hooks)) {
+  ReceivePool::Get().AssemblerBorn();
+}
+
+ChunkAssembler::~ChunkAssembler() {
+  done_.clear();
+  buffer_.reset();
+  ReceivePool::Get().AssemblerGone();
+}
+
 absl::Status ChunkAssembler::Begin(const std::string& name, DType dtype, const Shape& shape, int64_t bytes) {
   if (hooks_.check) {
     if (absl::Status s = hooks_.check(name, dtype, shape); !s.ok()) return s;
@@ -246,7 +324,7 @@ absl::Status ChunkAssembler::Begin(const std::string& name, DType dtype, const S
   name_ = name;
   dtype_ = dtype;
   shape_ = shape;
-  buffer_ = ReceiveBuffer(static_cast<size_t>(bytes));
+  buffer_ = ReceivePool::Get().Take(static_cast<size_t>(bytes));
   return absl::OkStatus();
 }
 

@@ -115,8 +115,13 @@ class ChunkAssembler : private TensorSink {
     // Each complete tensor, handed over instead of kept in tensors(); an error stops the stream.
     std::function<absl::Status(const std::string& name, Tensor tensor)> take;
   };
-  explicit ChunkAssembler(TensorLimits limits = {}, Hooks hooks = {})
-      : receiver_(*this, limits), hooks_(std::move(hooks)) {}
+  // While any assembler is alive, the memory of large received tensors (≥ 32 MiB) that are freed
+  // is kept and reused for the next ones (tensor_codec.cc, ReceivePool): no fresh pages per layer
+  // when tensors are dropped as they are used.
+  explicit ChunkAssembler(TensorLimits limits = {}, Hooks hooks = {});
+  ~ChunkAssembler() override;
+  ChunkAssembler(const ChunkAssembler&) = delete;
+  ChunkAssembler& operator=(const ChunkAssembler&) = delete;
   absl::Status Add(const v1::TensorChunk& chunk) { return Add(chunk, DataPieces::Of(chunk.data())); }
   // Copies the data straight into the tensor.
   absl::Status Add(const v1::TensorChunk& chunk, const DataPieces& data) { return receiver_.Add(chunk, data); }

@@ -1,6 +1,8 @@
 // rpc/: checksums, the wire codec and the server plumbing, against independent expectations:
 // published CRC-32C check values, hand-built protos, and a real server on a loopback port
 // probed through generated stubs (grpc.health.v1 and lowbit.v1).
+#include <sys/resource.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -117,6 +119,52 @@ TEST(Chunking, RoundTripsSeveralTensors) {
   EXPECT_TRUE(std::equal(ra.bytes().begin(), ra.bytes().end(), a.bytes().begin()));
   EXPECT_EQ(asm_.tensors().at("empty").shape(), (Shape{0, 4}));
   EXPECT_EQ(asm_.total_bytes(), 412);
+}
+
+long MinorFaults() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
+// A stream that drops each tensor as it is used (the runtime's streamed load) reuses the memory of
+// the large ones (≥ 32 MiB, which glibc maps afresh on every allocation): the second 48 MiB tensor
+// is received into the first one's pages — almost no page faults — and still holds its own bytes;
+// once the assembler is gone the kept memory is freed (a new assembler faults its pages in again).
+TEST(Chunking, LargeTensorsDroppedAsTheyComeReuseTheirMemory) {
+  const int64_t n = int64_t{12} << 20;  // 48 MiB of int32
+  Tensor a = Iota(n);
+  Tensor b = Tensor::Zeros(DType::kI32, {n});
+  for (int64_t i = 0; i < n; ++i) b.mutable_data<int32_t>()[i] = static_cast<int32_t>(i ^ 0x5a5a5a5a);
+  const auto ca = Chunks("a", a, 4 << 20), cb = Chunks("b", b, 4 << 20), cc = Chunks("c", a, 4 << 20);
+  const long pages = (n * 4) / 4096;
+  bool b_ok = false;
+  ChunkAssembler::Hooks hooks;
+  hooks.take = [&](const std::string& name, Tensor t) {  // used at once, then dropped
+    if (name == "b") b_ok = std::equal(t.bytes().begin(), t.bytes().end(), b.bytes().begin());
+    return absl::OkStatus();
+  };
+  long faults_a = 0, faults_b = 0, faults_c = 0;
+  {
+    ChunkAssembler s({}, hooks);
+    long f0 = MinorFaults();
+    for (const auto& c : ca) ASSERT_TRUE(s.Add(c).ok());
+    faults_a = MinorFaults() - f0;
+    f0 = MinorFaults();
+    for (const auto& c : cb) ASSERT_TRUE(s.Add(c).ok());
+    faults_b = MinorFaults() - f0;
+    ASSERT_TRUE(s.Finish().ok());
+  }
+  {
+    ChunkAssembler s({}, hooks);
+    const long f0 = MinorFaults();
+    for (const auto& c : cc) ASSERT_TRUE(s.Add(c).ok());
+    faults_c = MinorFaults() - f0;
+  }
+  EXPECT_TRUE(b_ok) << "the reused memory must hold the second tensor's own bytes";
+  EXPECT_GT(faults_a, pages / 2) << "a fresh 48 MiB buffer faults its pages in";
+  EXPECT_LT(faults_b, pages / 8) << "the second tensor should reuse the first one's pages";
+  EXPECT_GT(faults_c, pages / 2) << "kept memory is freed with the last assembler";
 }
 
 TEST(Chunking, RefusesBrokenStreams) {
