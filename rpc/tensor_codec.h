@@ -115,9 +115,9 @@ class ChunkAssembler : private TensorSink {
     // Each complete tensor, handed over instead of kept in tensors(); an error stops the stream.
     std::function<absl::Status(const std::string& name, Tensor tensor)> take;
   };
-  // While any assembler is alive, the memory of large received tensors (≥ 32 MiB) that are freed
-  // is kept and reused for the next ones (tensor_codec.cc, ReceivePool): no fresh pages per layer
-  // when tensors are dropped as they are used.
+  // While any assembler is receiving (from construction to Finish), the memory of large received
+  // tensors (≥ 32 MiB) that are freed is kept and reused for the next ones (tensor_codec.cc,
+  // ReceivePool): no fresh pages per layer when tensors are dropped as they are used.
   explicit ChunkAssembler(TensorLimits limits = {}, Hooks hooks = {});
   ~ChunkAssembler() override;
   ChunkAssembler(const ChunkAssembler&) = delete;
@@ -125,7 +125,9 @@ class ChunkAssembler : private TensorSink {
   absl::Status Add(const v1::TensorChunk& chunk) { return Add(chunk, DataPieces::Of(chunk.data())); }
   // Copies the data straight into the tensor.
   absl::Status Add(const v1::TensorChunk& chunk, const DataPieces& data) { return receiver_.Add(chunk, data); }
-  absl::Status Finish() const { return receiver_.Finish(); }
+  // Checks that the stream ended cleanly. From here on freed memory goes back to the system: what
+  // the caller does with the tensors next (prepare them all, drop them) does not grow the pool.
+  absl::Status Finish();
   std::map<std::string, Tensor>& tensors() { return done_; }
   int64_t total_bytes() const { return receiver_.total_bytes(); }
   size_t received() const { return receiver_.tensors(); }
@@ -142,6 +144,7 @@ class ChunkAssembler : private TensorSink {
   DType dtype_ = DType::kF32;
   Shape shape_;
   std::shared_ptr<uint8_t> buffer_;
+  bool receiving_ = true;  // counted in the pool's receiving assemblers
 };
 
 }  // namespace lowbit::rpc
