@@ -44,13 +44,13 @@ absl::StatusOr<int64_t> CheckedBytes(DType dtype, const Shape& shape, const std:
 // defrag=madvise the page faults wait for compaction.)
 //
 // Large buffers are kept for reuse while any ChunkAssembler is receiving (constructed, not yet
-// finished). Below kPooledBytes glibc's
-// heap keeps freed memory and hands it out again (rpc::SetUpProcess); above it every allocation is
-// a fresh mmap whose pages fault in, zeroed by the kernel, and every free unmaps it. A stream that
-// drops its tensors as it goes — the runtime's streamed load prepares each layer and frees its
-// tensors — would fault in every layer's large tensors anew; instead a freed large buffer goes to
-// the next tensor that fits it (at most 1/8 larger than asked), up to kMaxKeptBytes kept. When the
-// last receiving assembler finishes or goes, everything kept is freed.
+// finished). Below kPooledBytes glibc's heap keeps freed memory and hands it out again
+// (rpc::SetUpProcess); above it every allocation is a fresh mmap whose pages fault in, zeroed by
+// the kernel, and every free unmaps it. A stream that drops its tensors as it goes — the runtime's
+// streamed load prepares each layer and frees its tensors — would fault in every layer's large
+// tensors anew; instead a freed large buffer goes to the next tensor that fits it (at most 1/8
+// larger than asked), up to kMaxKeptBytes kept. When the last receiving assembler finishes or
+// goes, everything kept is freed.
 class ReceivePool {
  public:
   static constexpr size_t kPooledBytes = size_t{32} << 20;  // glibc's largest mmap threshold
