@@ -67,26 +67,22 @@ absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> SafetensorsModelWriter::
       w->weight_map_[e.name] = file;
       w->total_bytes_ += e.end - e.begin;
     }
-    File f{file, absl::StrCat(dir, "/", file, ".tmp.", getpid())};
-    f.size = layout.file_size();
-    f.prefix = &layout.prefix;
-    const int fd = open(f.tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return ErrnoError("cannot create", f.tmp_path);
-    close(fd);
-    w->files_.push_back(std::move(f));  // from here on the destructor removes it
+    if (absl::Status s = w->CreateFile(file, layout.file_size(), &layout.prefix); !s.ok()) return s;
     ++i;
   }
   return w;
 }
 
-absl::Status SafetensorsModelWriter::CreateFile(const std::string& name, uint64_t size) {
-  File f{name, absl::StrCat(dir_, "/", name, ".tmp.", getpid())};
+absl::Status SafetensorsModelWriter::CreateFile(const std::string& name, uint64_t size, const std::string* prefix) {
+  File f;
+  f.name = name;
+  f.tmp_path = absl::StrCat(dir_, "/", name, ".tmp.", getpid());
   f.size = size;
-  f.fd = open(f.tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (f.fd < 0) return ErrnoError("cannot create", f.tmp_path);
+  f.prefix = prefix;
+  const int fd = open(f.tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoError("cannot create", f.tmp_path);
+  close(fd);
   files_.push_back(std::move(f));  // from here on the destructor removes it
-  const File& added = files_.back();
-  if (ftruncate(added.fd, static_cast<off_t>(size)) != 0) return ErrnoError("cannot size", added.tmp_path);
   return absl::OkStatus();
 }
 
@@ -99,6 +95,16 @@ absl::Status SafetensorsModelWriter::OpenInPlace(File& f, bool header) {
     return ErrnoError("cannot write", f.tmp_path);
   }
   return absl::OkStatus();
+}
+
+absl::Status SafetensorsModelWriter::OpenForPwrite(File& f) {
+  if (f.seq) {
+    if (absl::Status s = EndStreaming(f); !s.ok()) return s;
+  }
+  if (f.fd >= 0) return absl::OkStatus();
+  const bool streamed = f.durable;  // streamed whole: its header is in it
+  f.durable = false;
+  return OpenInPlace(f, /*header=*/!streamed);
 }
 
 absl::Status SafetensorsModelWriter::EndStreaming(File& f) {
@@ -117,8 +123,9 @@ absl::Status SafetensorsModelWriter::AddFile(const std::string& name, std::strin
   if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
     return absl::InvalidArgumentError(absl::StrCat("'", name, "' is not a plain file name"));
   }
-  if (absl::Status s = CreateFile(name, contents.size()); !s.ok()) return s;
-  const File& f = files_.back();
+  if (absl::Status s = CreateFile(name, contents.size(), nullptr); !s.ok()) return s;
+  File& f = files_.back();
+  if (absl::Status s = OpenInPlace(f, /*header=*/false); !s.ok()) return s;
   if (pwrite(f.fd, contents.data(), contents.size(), 0) != static_cast<ssize_t>(contents.size())) {
     return ErrnoError("cannot write", f.tmp_path);
   }
@@ -169,17 +176,8 @@ absl::Status SafetensorsModelWriter::Write(const std::string& name, uint64_t off
     streamed_bytes_ += bytes.size();
     return f.seq->Append(bytes);
   }
-  if (f.seq || f.durable) {  // out of order (or again): in place from here on
-    if (f.seq) {
-      if (absl::Status s = EndStreaming(f); !s.ok()) return s;
-    }
-    if (f.durable) {
-      f.durable = false;
-      if (absl::Status s = OpenInPlace(f, /*header=*/false); !s.ok()) return s;
-    }
-  } else if (f.fd < 0) {
-    if (absl::Status s = OpenInPlace(f, /*header=*/true); !s.ok()) return s;
-  }
+  // Not the next byte of a streamed file (or a file not streamed at all): in place from here on.
+  if (absl::Status s = OpenForPwrite(f); !s.ok()) return s;
   while (!bytes.empty()) {
     const ssize_t n = pwrite(f.fd, bytes.data(), bytes.size(), static_cast<off_t>(at));
     if (n < 0 && errno == EINTR) continue;
@@ -211,7 +209,7 @@ absl::StatusOr<std::vector<std::string>> SafetensorsModelWriter::Commit() {
         File& f = files_[i];
         if (f.seq) synced[i] = EndStreaming(f);  // durable when whole, else open in place
         if (!synced[i].ok() || f.durable) return;
-        if (f.fd < 0) synced[i] = OpenInPlace(f, /*header=*/true);  // nothing arrived for it
+        synced[i] = OpenForPwrite(f);  // opens a file nothing arrived for, with its header
         if (synced[i].ok() && fsync(f.fd) != 0) synced[i] = ErrnoError("cannot sync", f.tmp_path);
       });
     }

@@ -72,10 +72,14 @@ class SafetensorsModelWriter {
     uint64_t unflushed = 0;  // bytes pwritten since the last writeback start
     bool durable = false;    // streamed whole, synced and closed
   };
-  // A file of `size` bytes written with pwrite (AddFile).
-  absl::Status CreateFile(const std::string& name, uint64_t size);
+  // Creates file `name` empty under its temp name (removed by the destructor from here on):
+  // `size` bytes laid out, `prefix` its header (tensor files) or null.
+  absl::Status CreateFile(const std::string& name, uint64_t size, const std::string* prefix);
   // Opens `f` for pwrite at its full size; `header`: writes its header (nothing was streamed).
   static absl::Status OpenInPlace(File& f, bool header);
+  // Makes `f` writable in place: ends its streaming, or opens it (with its header unless it
+  // was streamed whole). A no-op for a file open in place already.
+  static absl::Status OpenForPwrite(File& f);
   // Ends the streaming of `f`: durable if it is whole, else open for pwrite at its full size.
   static absl::Status EndStreaming(File& f);
   struct Where {
