@@ -75,23 +75,25 @@ absl::Status SyncDirectory(const std::string& dir) {
   return absl::OkStatus();
 }
 
+std::string AtomicTempPath(const std::string& path) { return absl::StrCat(path, ".tmp.", ::getpid()); }
+
+absl::Status FinishAtomicWrite(const std::string& tmp, const std::string& path, absl::Status written) {
+  if (written.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) written = ErrnoError("cannot rename onto", path);
+  if (!written.ok()) {
+    std::remove(tmp.c_str());
+    return written;
+  }
+  return SyncDirectory(std::filesystem::path(path).parent_path().string());
+}
+
 absl::Status AtomicWriteFile(const std::string& path, const std::function<bool(std::FILE*)>& write) {
-  std::filesystem::path target(path);
-  std::string dir = target.parent_path().string();
-  std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  const std::string tmp = AtomicTempPath(path);
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   if (f == nullptr) return ErrnoError("cannot create", tmp);
   bool ok = write(f) && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
   absl::Status status = ok ? absl::OkStatus() : ErrnoError("cannot write", tmp);
   if (std::fclose(f) != 0 && status.ok()) status = ErrnoError("cannot close", tmp);
-  if (status.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    status = ErrnoError("cannot rename onto", path);
-  }
-  if (!status.ok()) {
-    std::remove(tmp.c_str());
-    return status;
-  }
-  return SyncDirectory(dir);
+  return FinishAtomicWrite(tmp, path, std::move(status));
 }
 
 absl::Status AtomicWriteFile(const std::string& path, std::string_view contents) {

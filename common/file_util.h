@@ -41,6 +41,13 @@ absl::Status AtomicWriteFile(const std::string& path,
                              const std::function<bool(std::FILE*)>& write);
 absl::Status AtomicWriteFile(const std::string& path, std::string_view contents);
 
+// The two ends of that protocol, for writers other than a FILE* (AtomicWriteFileStreamed): the
+// temp path beside `path`, and — once the temp file is written, fsynced and closed with status
+// `written` — its rename over `path` and the directory's sync; on any error the temp file is
+// removed and the error returned.
+std::string AtomicTempPath(const std::string& path);
+absl::Status FinishAtomicWrite(const std::string& tmp, const std::string& path, absl::Status written);
+
 // "<what> <path>: <strerror(errno)>", as NotFound / PermissionDenied / ResourceExhausted (disk
 // full) / Internal by errno.
 absl::Status ErrnoError(std::string_view what, const std::string& path);

@@ -5,10 +5,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
@@ -47,8 +45,7 @@ StreamingFileWriter::StreamingFileWriter(std::string path, int fd, bool direct, 
     : path_(std::move(path)), fd_(fd), options_(options), direct_(direct) {
   buffers_.resize(options_.buffers);
   for (int i = 0; i < options_.buffers; ++i) {
-    storage_.emplace_back(static_cast<uint8_t*>(std::aligned_alloc(kAlign, options_.buffer_bytes)), &std::free);
-    buffers_[i].data = storage_.back().get();
+    buffers_[i].data.reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, options_.buffer_bytes)));
     if (buffers_[i].data != nullptr) free_.push_back(i);
   }
   if (free_.empty()) error_ = absl::ResourceExhaustedError(absl::StrCat("no memory for the write buffers of ", path_));
@@ -102,7 +99,7 @@ absl::Status StreamingFileWriter::Append(std::span<const uint8_t> bytes) {
     // The buffer being filled is neither free nor queued: only this thread touches it.
     Buffer& b = buffers_[cur_];
     const size_t n = std::min(bytes.size(), options_.buffer_bytes - b.used);
-    std::memcpy(b.data + b.used, bytes.data(), n);
+    std::memcpy(b.data.get() + b.used, bytes.data(), n);
     b.used += n;
     size_ += static_cast<int64_t>(n);
     bytes = bytes.subspan(n);
@@ -118,7 +115,7 @@ absl::Status StreamingFileWriter::Close() {
   if (cur_ >= 0) {
     Buffer& b = buffers_[cur_];
     // The last block goes out whole under O_DIRECT: zeros after the data, cut off below.
-    std::memset(b.data + b.used, 0, RoundUp(b.used) - b.used);
+    std::memset(b.data.get() + b.used, 0, RoundUp(b.used) - b.used);
     if (b.used > 0) Submit();
   }
   {
@@ -142,7 +139,7 @@ void StreamingFileWriter::WriterLoop() {
     if (queued_.empty()) return;  // stopped, and everything queued is handled
     const int i = queued_.front();
     queued_.pop_front();
-    const Buffer b = buffers_[i];
+    const Buffer& b = buffers_[i];   // queued: the producer leaves it alone until it is free again
     const bool skip = !error_.ok();  // after an error (or when abandoned) nothing more is written
     lock.unlock();
     absl::Status s = skip ? absl::OkStatus() : WriteBuffer(b);
@@ -159,7 +156,7 @@ absl::Status StreamingFileWriter::WriteBuffer(const Buffer& b) {
   size_t len = direct ? RoundUp(b.used) : b.used;
   size_t done = 0;
   while (done < len) {
-    const ssize_t n = pwrite(fd_, b.data + done, len - done, b.offset + static_cast<int64_t>(done));
+    const ssize_t n = pwrite(fd_, b.data.get() + done, len - done, b.offset + static_cast<int64_t>(done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EINVAL && direct && done == 0) {
       // The filesystem accepted O_DIRECT at open but refuses these writes: buffered from here on.
@@ -183,18 +180,13 @@ absl::Status StreamingFileWriter::WriteBuffer(const Buffer& b) {
 
 absl::Status AtomicWriteFileStreamed(const std::string& path,
                                      const std::function<absl::Status(StreamingFileWriter&)>& write) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
+  const std::string tmp = AtomicTempPath(path);
   absl::StatusOr<std::unique_ptr<StreamingFileWriter>> w = StreamingFileWriter::Create(tmp);
   if (!w.ok()) return w.status();
   absl::Status status = write(**w);
   if (status.ok()) status = (*w)->Close();
-  w->reset();
-  if (status.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) status = ErrnoError("cannot rename onto", path);
-  if (!status.ok()) {
-    std::remove(tmp.c_str());
-    return status;
-  }
-  return SyncDirectory(std::filesystem::path(path).parent_path().string());
+  w->reset();  // closes the file (without a sync) if Close was not reached
+  return FinishAtomicWrite(tmp, path, std::move(status));
 }
 
 }  // namespace lowbit

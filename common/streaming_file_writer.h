@@ -20,6 +20,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -65,7 +66,7 @@ class StreamingFileWriter {
 
  private:
   struct Buffer {
-    uint8_t* data = nullptr;
+    std::unique_ptr<uint8_t, void (*)(void*)> data{nullptr, &std::free};  // aligned_alloc'ed
     size_t used = 0;
     int64_t offset = 0;  // in the file
   };
@@ -79,7 +80,6 @@ class StreamingFileWriter {
   const std::string path_;
   int fd_;  // -1 once closed
   const Options options_;
-  std::vector<std::unique_ptr<uint8_t, void (*)(void*)>> storage_;
   int64_t size_ = 0;
   int cur_ = -1;  // index of the buffer being filled, -1 when none
   bool closed_ = false;
