@@ -25,9 +25,12 @@ __device__ __forceinline__ float LoadElem(int t, const void* p, int64_t i) {
   return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
 }
 __device__ __forceinline__ void StoreElem(int t, void* p, int64_t i, float v) {
-  if (t == kF32) static_cast<float*>(p)[i] = v;
-  else if (t == kF16) static_cast<__half*>(p)[i] = __float2half_rn(v);
-  else static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+  if (t == kF32)
+    static_cast<float*>(p)[i] = v;
+  else if (t == kF16)
+    static_cast<__half*>(p)[i] = __float2half_rn(v);
+  else
+    static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
 }
 // Rounds v to the 16-bit activation type (RNE), back in f32.
 __device__ __forceinline__ float RoundTo(int t, float v) {
@@ -55,12 +58,18 @@ inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Activation quantization; one block per row.
 Status LaunchQuantInt8PerToken(int xt, const void* x, int64_t m, int64_t k, int8_t* q, float* scale, cudaStream_t s);
-Status LaunchQuantFp8(int xt, const void* x, int64_t m, int64_t k, const float* static_scale_or_null, float static_scale,
-                      uint8_t* q, float* scale_out, cudaStream_t s);
+Status LaunchQuantFp8(int xt, const void* x, int64_t m, int64_t k, const float* static_scale_or_null,
+                      float static_scale, uint8_t* q, float* scale_out, cudaStream_t s);
 
 // W8A8: int8 [M,K] × int8 [N,K]ᵀ with dp4a, int32 accumulation, fused scale/bias epilogue.
 // K % 4 == 0.
 Status LaunchGemmW8A8(const int8_t* x, const float* x_scale, int64_t x_scale_count, const int8_t* w,
+                      const float* w_scale, int64_t w_scale_count, const float* bias, int64_t m, int64_t n, int64_t k,
+                      int yt, void* y, cudaStream_t s);
+// W8A8 weight streaming for M ≤ kW8A8GemvMaxM on the int8 tensor cores (sm_80+); K % 16 == 0,
+// 16-byte aligned x and w. Same epilogue and bits as LaunchGemmW8A8.
+constexpr int64_t kW8A8GemvMaxM = 16;
+Status LaunchGemvW8A8(const int8_t* x, const float* x_scale, int64_t x_scale_count, const int8_t* w,
                       const float* w_scale, int64_t w_scale_count, const float* bias, int64_t m, int64_t n, int64_t k,
                       int yt, void* y, cudaStream_t s);
 // The same epilogue on int32 accumulators computed elsewhere (cuBLASLt): rows [row0, row0 + rows)
@@ -84,6 +93,10 @@ Status LaunchGemmW4Simple(int xt, const void* x, const W4Dev& w, const float* bi
 // W4A16 weight-streaming GEMV-style kernel for M ≤ 16.
 Status LaunchGemvW4(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k, void* y,
                     cudaStream_t s);
+// The same on the tensor cores (mma.sync, sm_80+): M ≤ 16, K % 32 == 0, f16/bf16, 16-byte
+// aligned x.
+Status LaunchGemvW4Mma(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k,
+                       void* y, cudaStream_t s);
 // W4A16 large M: dequantize to the activation type (rounded), then cuBLAS; the epilogue adds bias.
 Status LaunchDequantW4(int xt, const W4Dev& w, int64_t n, int64_t k, void* out, cudaStream_t s);
 Status LaunchBiasRound(const float* c, const float* bias, int64_t m, int64_t n, int yt, void* y, cudaStream_t s);

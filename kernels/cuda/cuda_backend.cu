@@ -1,13 +1,15 @@
 // The CUDA backend: memory, streams, the workspace arena, weight preparation and dispatch.
-// Correct-first kernels (quantize.cu, gemm_w8a8.cu, gemm_w4a16.cu) plus library paths
-// (cuBLASLt int8 accumulators for W8A8 at M > 16, cuBLASLt FP8, cuBLAS bf16/f16 for W4A16 at
-// large M); "cuda-simple" disables the library paths so the plain kernels can be checked on their
-// own. Nothing here has run on a GPU yet.
+// Plain kernels (quantize.cu, gemm_w8a8.cu, gemm_w4a16.cu), tensor-core paths (W8A8 weight
+// streaming with mma.sync at M ≤ 16; CUTLASS wgmma W8A8 with a fused epilogue on sm_90, gemm_sm90.h)
+// and library paths (cuBLASLt int8 accumulators for W8A8 at M > 16 elsewhere, cuBLASLt FP8, cuBLAS
+// bf16/f16 for W4A16 at large M); "cuda-simple" runs only the plain kernels, so they can be checked
+// on their own. Nothing here has run on a GPU yet.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -17,6 +19,9 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cublaslt_gemm.h"
 #include "kernels/cuda/cuda_backend.h"
+#if LOWBIT_KERNELS_HAVE_CUTLASS
+#include "kernels/cuda/gemm_sm90.h"
+#endif
 #include "kernels/validate.h"
 
 namespace lowbit::kernels {
@@ -40,12 +45,21 @@ constexpr int64_t kGemvMaxM = 16;
 constexpr int64_t kW4MinChunkRows = 256;
 
 size_t Align256(size_t b) { return (b + 255) / 256 * 256; }
+bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// LOWBIT_CUDA_NO_CUTLASS=1 turns the CUTLASS Hopper kernels off (W8A8 then takes cuBLASLt + the
+// separate epilogue), to compare the two paths on one machine.
+bool CutlassDisabled() {
+  const char* v = std::getenv("LOWBIT_CUDA_NO_CUTLASS");
+  return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
+}
 
 std::string S(int64_t v) { return std::to_string(v); }
 
 class CudaWeight : public PreparedWeight {
  public:
-  CudaWeight(std::string backend, WeightKind kind, int64_t n, int64_t k) : PreparedWeight(std::move(backend), kind, n, k) {}
+  CudaWeight(std::string backend, WeightKind kind, int64_t n, int64_t k)
+      : PreparedWeight(std::move(backend), kind, n, k) {}
   ~CudaWeight() override {
     for (void* p : allocs) cudaFree(p);
   }
@@ -91,6 +105,7 @@ class CudaBackend : public Backend {
     cudaDeviceProp prop;
     LOWBIT_CUDA_RETURN(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
     sm_ = prop.major * 10 + prop.minor;
+    use_cutlass_ = !simple_ && sm_ == 90 && !CutlassDisabled();
     if (cublasCreate(&blas_) != CUBLAS_STATUS_SUCCESS) return Internal("cublasCreate failed");
     if (cublasLtCreate(&lt_) != CUBLAS_STATUS_SUCCESS) return Internal("cublasLtCreate failed");
     LOWBIT_CUDA_RETURN(cudaMalloc(&lt_ws_, kLtWorkspace), "cudaMalloc (cuBLASLt workspace)");
@@ -101,8 +116,9 @@ class CudaBackend : public Backend {
   std::string name() const override { return name_; }
   std::string Requirements() const override {
     return name_ +
-           ": M ≥ 1 (up to 4,194,240); W8A8 needs K % 4 == 0 (dword loads; cuBLASLt int8 when M > 16, "
-           "K % 16 == 0, N % 16 == 0, sm_80+); FP8 any K, N (cuBLASLt when "
+           ": M ≥ 1 (up to 4,194,240); W8A8 needs K % 4 == 0 (dword loads; with K % 16 == 0 the int8 "
+           "tensor cores: mma.sync when M ≤ 16 (sm_80+), and when M > 16 CUTLASS wgmma on sm_90 for f16/bf16 "
+           "output with N % 16 == 0, else cuBLASLt int8 with N % 16 == 0, sm_80+); FP8 any K, N (cuBLASLt when "
            "K % 16 == 0, N % 16 == 0, no bias, sm_89+ for per-tensor and sm_90+ for per-token × per-channel "
            "scales; else the simple kernel); W4A16 needs K % 8 == 0 and a group size that is a multiple of 8; "
            "device pointers 16-byte aligned (cudaMalloc gives 256).";
@@ -186,8 +202,7 @@ class CudaBackend : public Backend {
     LOWBIT_KRETURN_IF_ERROR(ValidateInt4Source(src));
     if (src.k % 8 != 0) return InvalidArgument(name_ + ": W4A16 needs K % 8 == 0; got K = " + S(src.k));
     const int64_t gs = Int4GroupSize(src.k, src.group_size);
-    if (gs % 8 != 0)
-      return InvalidArgument(name_ + ": W4A16 needs a group size that is a multiple of 8; got " + S(gs));
+    if (gs % 8 != 0) return InvalidArgument(name_ + ": W4A16 needs a group size that is a multiple of 8; got " + S(gs));
     DecodedInt4 d;
     LOWBIT_KRETURN_IF_ERROR(DecodeInt4(src, &d));
     auto w = std::make_unique<CudaWeight>(name_, WeightKind::kInt4, src.n, src.k);
@@ -197,7 +212,8 @@ class CudaBackend : public Backend {
     for (int64_t r = 0; r < n; ++r)
       for (int64_t c = 0; c < k; ++c) {
         const uint32_t code = static_cast<uint32_t>(d.codes[r * k + c] + 8) & 15u;
-        packed[r * words + c / 8] = static_cast<int32_t>(static_cast<uint32_t>(packed[r * words + c / 8]) | (code << (4 * (c % 8))));
+        packed[r * words + c / 8] =
+            static_cast<int32_t>(static_cast<uint32_t>(packed[r * words + c / 8]) | (code << (4 * (c % 8))));
       }
     void* p;
     LOWBIT_KRETURN_IF_ERROR(w->Upload(packed.data(), packed.size() * 4, &p));
@@ -231,7 +247,24 @@ class CudaBackend : public Backend {
     const auto* x = static_cast<const int8_t*>(a.x);
     const auto* wq = static_cast<const int8_t*>(w.w);
     const int yt = ToElem(a.y_dtype);
-    // M > 16: the int32 accumulators from cuBLASLt's int8 tensor cores (as torch._int_mm, which
+    const bool k16 = k % 16 == 0 && Aligned16(x) && Aligned16(wq);
+    // M ≤ 16: stream the weight through the int8 tensor cores (mma.sync).
+    if (!simple_ && sm_ >= 80 && m <= kW8A8GemvMaxM && k16)
+      return LaunchGemvW8A8(x, a.x_scale, a.x_scale_count, wq, w.scale, w.scale_count, a.bias, m, n, k, yt, a.y,
+                            stream_);
+#if LOWBIT_KERNELS_HAVE_CUTLASS
+    // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue.
+    if (use_cutlass_ && m > kW8A8GemvMaxM && k16 && n % 16 == 0 && a.y_dtype != DType::kF32 && Aligned16(a.y) &&
+        Aligned16(a.x_scale) && (a.bias == nullptr || Aligned16(a.bias))) {
+      sm90::W8A8Sm90Args s;
+      s.x = x, s.x_scale = a.x_scale, s.x_scale_count = a.x_scale_count;
+      s.w = wq, s.w_scale = w.scale, s.w_scale_count = w.scale_count, s.bias = a.bias;
+      s.m = m, s.n = n, s.k = k, s.y = a.y;
+      s.workspace = lt_ws_, s.workspace_bytes = kLtWorkspace;  // free: calls on the stream run in turn
+      return sm90::GemmW8A8(s, a.y_dtype == DType::kBF16, stream_);
+    }
+#endif
+    // M > 16 elsewhere: the int32 accumulators from cuBLASLt's int8 tensor cores (as torch._int_mm, which
     // needs M > 16 and K, N multiples of 8), in the arena, M in chunks of the rows that fit, then
     // the same epilogue as the SIMT kernel, so the output is the same bits. A chunk cuBLASLt has
     // no algorithm for runs on the SIMT kernel.
@@ -252,10 +285,9 @@ class CudaBackend : public Backend {
                                                    a.x_scale_count, w.scale, w.scale_count, a.bias, n, yt, a.y,
                                                    stream_));
       } else {
-        LOWBIT_KRETURN_IF_ERROR(LaunchGemmW8A8(x + r0 * k, a.x_scale + (a.x_scale_count == 1 ? 0 : r0),
-                                               a.x_scale_count, wq, w.scale, w.scale_count, a.bias, rows, n, k, yt,
-                                               static_cast<char*>(a.y) + static_cast<size_t>(r0) * n * y_elem,
-                                               stream_));
+        LOWBIT_KRETURN_IF_ERROR(LaunchGemmW8A8(
+            x + r0 * k, a.x_scale + (a.x_scale_count == 1 ? 0 : r0), a.x_scale_count, wq, w.scale, w.scale_count,
+            a.bias, rows, n, k, yt, static_cast<char*>(a.y) + static_cast<size_t>(r0) * n * y_elem, stream_));
       }
     }
     return Status::Ok();
@@ -317,16 +349,18 @@ class CudaBackend : public Backend {
         LOWBIT_KRETURN_IF_ERROR(LaunchPermuteColumns(x, w.perm, rows, k, xp, stream_));
         x = xp;
       }
-      if (m <= kGemvMaxM) {
+      if (m <= kGemvMaxM && !simple_ && sm_ >= 80 && k % 32 == 0 && Aligned16(x)) {
+        LOWBIT_KRETURN_IF_ERROR(LaunchGemvW4Mma(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
+      } else if (m <= kGemvMaxM) {
         LOWBIT_KRETURN_IF_ERROR(LaunchGemvW4(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
       } else if (!use_blas) {
         LOWBIT_KRETURN_IF_ERROR(LaunchGemmW4Simple(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
       } else {
         float* c = reinterpret_cast<float*>(xp + xp_bytes);
-        cublasStatus_t st = cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(rows),
-                                         static_cast<int>(k), &alpha, wd, t, static_cast<int>(k), x, t,
-                                         static_cast<int>(k), &beta, c, CUDA_R_32F, static_cast<int>(n),
-                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        cublasStatus_t st =
+            cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(rows),
+                         static_cast<int>(k), &alpha, wd, t, static_cast<int>(k), x, t, static_cast<int>(k), &beta, c,
+                         CUDA_R_32F, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         if (st != CUBLAS_STATUS_SUCCESS)
           return Internal("cublasGemmEx (W4A16) failed: status " + S(static_cast<int>(st)));
         LOWBIT_KRETURN_IF_ERROR(LaunchBiasRound(c, a.bias, rows, n, ToElem(a.y_dtype), y, stream_));
@@ -364,6 +398,7 @@ class CudaBackend : public Backend {
   bool simple_;
   int device_;
   int sm_ = 0;
+  bool use_cutlass_ = false;  // the sm_90a CUTLASS kernels (when built in)
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;

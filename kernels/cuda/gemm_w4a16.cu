@@ -1,7 +1,9 @@
 // W4A16 kernels. Dequantized weight: W'[n,k] = round_act((code − 8 − z[n,g]) · s[n,g]), g = k / gs
 // in the kernel's (act-order-permuted) column order; accumulation in f32.
-//   * GemvW4Kernel (M ≤ 16): weight streaming — one warp per output column, each lane reads
-//     packed int32 words (8 codes), dequantizes and multiplies with every activation row.
+//   * GemvW4MmaKernel (M ≤ 16, K % 32 == 0, "cuda"): weight streaming on the tensor cores, the
+//     weight dequantized in registers (below).
+//   * GemvW4Kernel (M ≤ 16, "cuda-simple" and other K): one warp per output column, each lane
+//     reads packed int32 words (8 codes), dequantizes and multiplies with every activation row.
 //   * GemmW4SimpleKernel: a plain tiled kernel (64×64 tiles, f32 FMA) for any M ("cuda-simple").
 //   * DequantW4Kernel + cuBLAS (large M, "cuda"): W' materialized in the activation dtype in
 //     the workspace, then cublasGemmEx with f32 accumulation into f32, then bias + rounding.
@@ -22,9 +24,9 @@ __device__ __forceinline__ float DequantOne(const W4Dev& w, int xt, int64_t nn, 
 
 constexpr int kMaxGemvM = 16;
 
-__global__ void __launch_bounds__(256) GemvW4Kernel(int xt, const void* __restrict__ x, W4Dev w,
-                                                    const float* __restrict__ bias, int64_t m, int64_t n, int64_t k,
-                                                    void* y) {
+__global__ void __launch_bounds__(256)
+    GemvW4Kernel(int xt, const void* __restrict__ x, W4Dev w, const float* __restrict__ bias, int64_t m, int64_t n,
+                 int64_t k, void* y) {
   const int lane = threadIdx.x & 31;
   const int64_t col = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
   if (col >= n) return;
@@ -40,7 +42,8 @@ __global__ void __launch_bounds__(256) GemvW4Kernel(int xt, const void* __restri
     float wv[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j)
-      wv[j] = RoundTo(xt, __fmul_rn(__fsub_rn(static_cast<float>(static_cast<int>((word >> (4 * j)) & 15u) - 8), z), s));
+      wv[j] =
+          RoundTo(xt, __fmul_rn(__fsub_rn(static_cast<float>(static_cast<int>((word >> (4 * j)) & 15u) - 8), z), s));
 #pragma unroll
     for (int i = 0; i < kMaxGemvM; ++i) {
       if (i >= m) break;
@@ -57,6 +60,152 @@ __global__ void __launch_bounds__(256) GemvW4Kernel(int xt, const void* __restri
       if (bias) v = __fadd_rn(v, bias[col]);
       StoreElem(xt, y, i * n + col, v);
     }
+  }
+}
+
+// ---- M ≤ 16 on the tensor cores: mma.sync m16n8k16 (f16/bf16 in, f32 accumulators; sm_80+) ----
+// A block owns 16 weight rows (two mma n-tiles of 8) and kW4Warps warps split K between them; the
+// tokens are the mma's 16 rows. Lane (g, t) = (lane / 4, lane % 4) streams 16 bytes (4 packed
+// words, 32 codes) of weight rows n0 + g and n0 + 8 + g per step of 128 codes, at codes
+// 32·t … 32·t + 31, dequantizes them in registers exactly as DequantOne does and reads the same
+// codes' activations of tokens g and g + 8. The mma pairs A and B elements by position within a
+// thread group, so feeding both operands the same codes in the same register order computes the
+// dot products whatever order K is walked in: each word's codes 0–3 feed one mma, 4–7 the next.
+// The warps' partial sums are added in a fixed order through shared memory.
+constexpr int kW4Warps = 8;
+constexpr int kW4Unroll = 2;  // steps (16-byte loads per weight row) in flight per lane
+
+template <class T>
+struct W4Mma;
+template <>
+struct W4Mma<__nv_bfloat16> {
+  __device__ static uint32_t Pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  __device__ static __nv_bfloat16 Round(float v) { return __float2bfloat16_rn(v); }
+  __device__ static void Mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                             uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+  }
+};
+template <>
+struct W4Mma<__half> {
+  __device__ static uint32_t Pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  __device__ static __half Round(float v) { return __float2half_rn(v); }
+  __device__ static void Mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                             uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+  }
+};
+
+// Codes j, j + 1 of a word dequantized as DequantOne does — ((code − 8) − z) · s, rounded to T —
+// and packed. code − 8 comes exactly from the float whose bits are 0x4B000000 | code (2^23 + code).
+template <class T>
+__device__ __forceinline__ uint32_t DequantPair(uint32_t word, int j, float z, float s) {
+  const float c0 = __fsub_rn(__int_as_float(0x4B000000 | ((word >> (4 * j)) & 15u)), 8388616.0f);
+  const float c1 = __fsub_rn(__int_as_float(0x4B000000 | ((word >> (4 * j + 4)) & 15u)), 8388616.0f);
+  return W4Mma<T>::Pack(__fmul_rn(__fsub_rn(c0, z), s), __fmul_rn(__fsub_rn(c1, z), s));
+}
+
+template <class T, bool kUpperRows>
+__global__ void __launch_bounds__(kW4Warps * 32)
+    GemvW4MmaKernel(const T* __restrict__ x, W4Dev w, const float* __restrict__ bias, int64_t m, int64_t n, int64_t k,
+                    T* __restrict__ y) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * 16;
+  const int64_t words = k / 8;
+  const int64_t rows[2] = {n0 + g, n0 + 8 + g};
+  const bool row_ok[2] = {rows[0] < n, rows[1] < n};
+  const bool lo_ok = g < m, hi_ok = kUpperRows && g + 8 < m;
+  const T* xlo = x + static_cast<int64_t>(g) * k;
+  const T* xhi = x + static_cast<int64_t>(g + 8) * k;
+  const bool one_group = w.group_size % 32 == 0;  // a lane's 32 codes share a group
+  float c[2][4] = {};
+  const int64_t steps = (k + 127) / 128;
+  for (int64_t s0 = warp; s0 < steps; s0 += kW4Warps * kW4Unroll) {
+    int4 wv[kW4Unroll][2];
+#pragma unroll
+    for (int u = 0; u < kW4Unroll; ++u) {
+      const int64_t kb = (s0 + static_cast<int64_t>(u) * kW4Warps) * 128 + 32 * t;
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        wv[u][r] = (row_ok[r] && kb < k) ? __ldg(reinterpret_cast<const int4*>(w.packed + rows[r] * words + kb / 8))
+                                         : make_int4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kW4Unroll; ++u) {
+      const int64_t kb = (s0 + static_cast<int64_t>(u) * kW4Warps) * 128 + 32 * t;
+      // Every lane runs every mma (mma.sync is warp-wide): lanes past K feed zeros.
+      const bool k_ok = kb < k;
+      float sc[2][4], zr[2][4];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int64_t base = (row_ok[r] ? rows[r] : 0) * w.groups;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int64_t gi = base + (k_ok ? (one_group ? kb : kb + 8 * j) / w.group_size : 0);
+          if (j == 0 || !one_group) {
+            sc[r][j] = __ldg(w.scale + gi);
+            zr[r][j] = w.zero ? __ldg(w.zero + gi) : 0.0f;
+          } else {
+            sc[r][j] = sc[r][0];
+            zr[r][j] = zr[r][0];
+          }
+        }
+      }
+      const uint32_t* wq[2] = {reinterpret_cast<const uint32_t*>(&wv[u][0]),
+                               reinterpret_cast<const uint32_t*>(&wv[u][1])};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t kk = kb + 8 * j;
+        const int4 lo = (k_ok && lo_ok) ? __ldg(reinterpret_cast<const int4*>(xlo + kk)) : make_int4(0, 0, 0, 0);
+        const int4 hi = (k_ok && hi_ok) ? __ldg(reinterpret_cast<const int4*>(xhi + kk)) : make_int4(0, 0, 0, 0);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const uint32_t word = wq[r][j];
+          W4Mma<T>::Mma(c[r], lo.x, hi.x, lo.y, hi.y, DequantPair<T>(word, 0, zr[r][j], sc[r][j]),
+                        DequantPair<T>(word, 2, zr[r][j], sc[r][j]));
+          W4Mma<T>::Mma(c[r], lo.z, hi.z, lo.w, hi.w, DequantPair<T>(word, 4, zr[r][j], sc[r][j]),
+                        DequantPair<T>(word, 6, zr[r][j], sc[r][j]));
+        }
+      }
+    }
+  }
+  // c[r][0], c[r][1]: token g, weight rows n0 + 8r + 2t, + 1; c[r][2], c[r][3]: token g + 8.
+  __shared__ float part[kW4Warps][2][4][32];
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) part[warp][r][i][lane] = c[r][i];
+  __syncthreads();
+  if (warp >= 2) return;
+  const int r = warp;  // warp 0 finishes n-tile 0, warp 1 n-tile 1
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float v = 0.0f;
+#pragma unroll
+    for (int q = 0; q < kW4Warps; ++q) v = __fadd_rn(v, part[q][r][i][lane]);
+    const int64_t gm = g + (i >= 2 ? 8 : 0), gn = n0 + 8 * r + 2 * t + (i & 1);
+    if (gm >= m || gn >= n) continue;
+    if (bias) v = __fadd_rn(v, bias[gn]);
+    y[gm * n + gn] = W4Mma<T>::Round(v);
   }
 }
 
@@ -152,6 +301,30 @@ Status LaunchGemvW4(int xt, const void* x, const W4Dev& w, const float* bias, in
   return CudaStatus(cudaGetLastError(), "GemvW4 launch");
 }
 
+Status LaunchGemvW4Mma(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k,
+                       void* y, cudaStream_t s) {
+  if (m < 1 || m > kMaxGemvM || k % 32 != 0 || (xt != kBF16 && xt != kF16))
+    return Internal("LaunchGemvW4Mma: needs 1 ≤ M ≤ 16, K % 32 == 0 and f16/bf16 activations");
+  const unsigned blocks = Blocks(n, 16);
+  const bool upper = m > 8;
+  if (xt == kBF16) {
+    auto* xb = static_cast<const __nv_bfloat16*>(x);
+    auto* yb = static_cast<__nv_bfloat16*>(y);
+    if (upper)
+      GemvW4MmaKernel<__nv_bfloat16, true><<<blocks, kW4Warps * 32, 0, s>>>(xb, w, bias, m, n, k, yb);
+    else
+      GemvW4MmaKernel<__nv_bfloat16, false><<<blocks, kW4Warps * 32, 0, s>>>(xb, w, bias, m, n, k, yb);
+  } else {
+    auto* xh = static_cast<const __half*>(x);
+    auto* yh = static_cast<__half*>(y);
+    if (upper)
+      GemvW4MmaKernel<__half, true><<<blocks, kW4Warps * 32, 0, s>>>(xh, w, bias, m, n, k, yh);
+    else
+      GemvW4MmaKernel<__half, false><<<blocks, kW4Warps * 32, 0, s>>>(xh, w, bias, m, n, k, yh);
+  }
+  return CudaStatus(cudaGetLastError(), "GemvW4Mma launch");
+}
+
 Status LaunchGemmW4Simple(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k,
                           void* y, cudaStream_t s) {
   dim3 grid(Blocks(n, kBN), Blocks(m, kBM));
@@ -172,7 +345,7 @@ Status LaunchBiasRound(const float* c, const float* bias, int64_t m, int64_t n, 
 
 Status LaunchPermuteColumns(const void* x, const int32_t* perm, int64_t m, int64_t k, void* out, cudaStream_t s) {
   PermuteKernel<<<Blocks(m * k, 256), 256, 0, s>>>(static_cast<const uint16_t*>(x), perm, m, k,
-                                                    static_cast<uint16_t*>(out));
+                                                   static_cast<uint16_t*>(out));
   return CudaStatus(cudaGetLastError(), "PermuteColumns launch");
 }
 

@@ -441,7 +441,8 @@ TEST(BackendOps, GemmFp8) { RunScaledGemmTable(true); }
 
 // The CUDA backend plans each cuBLASLt case and shape once and keeps the plan: the same shape
 // again, with new weights, scales and activations (so new scale pointers), must compute the new
-// product. W8A8 at M = 17 reaches cuBLASLt int8, FP8 at K = 256, N = 48 cuBLASLt FP8 (per tensor,
+// product. W8A8 at M = 17 reaches cuBLASLt int8 (the CUTLASS kernel instead on sm_90, unless
+// LOWBIT_CUDA_NO_CUTLASS=1, as scripts/device-kernels.sh also runs it), FP8 at K = 256, N = 48 cuBLASLt FP8 (per tensor,
 // and per token × per channel on sm_90).
 TEST(BackendOps, RepeatedShapesReuseCublasLtPlansWithNewScales) {
   bool any = false;

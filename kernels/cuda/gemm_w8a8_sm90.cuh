@@ -1,0 +1,119 @@
+// W8A8-INT8 on Hopper: CUTLASS 3.x TMA + wgmma warp-specialized GEMM with the scales fused into
+// the epilogue (an epilogue visitor tree), so the int32 accumulators never leave the registers.
+// The tree computes exactly what the CPU reference and W8A8Value compute, in the same order and
+// rounding (the file is built with --fmad=false, so no multiply-add is contracted):
+//   y = (((float)acc · w_scale[n]) · x_scale[m]) + bias[n]      → rounded once to f16/bf16
+// A missing bias adds -0.0f, the exact identity of IEEE addition (x + -0 = x, also for x = ±0).
+// Per-tensor scales are the broadcasts' scalar case (a bool stride of false reads element 0 of the
+// device pointer), so nothing is expanded on the host or in the workspace.
+//
+// Included once per output type and tile configuration by gemm_w8a8_sm90_*.cu (each its own
+// translation unit so the heavy CUTLASS instantiations compile in parallel).
+#ifndef LOWBIT_KERNELS_CUDA_GEMM_W8A8_SM90_CUH_
+#define LOWBIT_KERNELS_CUDA_GEMM_W8A8_SM90_CUH_
+
+#include <cutlass/cutlass.h>
+#include <cutlass/gemm/device/gemm_universal_adapter.h>
+
+#include <cute/tensor.hpp>
+#include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/epilogue/fusion/sm90_visitor_compute_tma_warpspecialized.hpp>
+#include <cutlass/epilogue/fusion/sm90_visitor_load_tma_warpspecialized.hpp>
+#include <cutlass/epilogue/fusion/sm90_visitor_tma_warpspecialized.hpp>
+#include <cutlass/gemm/collective/collective_builder.hpp>
+#include <cutlass/gemm/kernel/gemm_universal.hpp>
+#include <cutlass/util/packed_stride.hpp>
+#include <string>
+
+#include "kernels/cuda/gemm_sm90.h"
+
+namespace lowbit::kernels::cuda::sm90 {
+
+template <class ElementD, class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule>
+struct W8A8Gemm {
+  using ElementAcc = int32_t;
+  // X [M, K] row-major (K-major), W [N, K] row-major = K×N column-major (K-major), Y [M, N] row-major.
+  using LayoutX = cutlass::layout::RowMajor;
+  using LayoutW = cutlass::layout::ColumnMajor;
+  using LayoutY = cutlass::layout::RowMajor;
+  static constexpr int kAlignInt8 = 16;  // 16 bytes for TMA
+  static constexpr int kAlignY = 16 / sizeof(ElementD);
+
+  using Acc = cutlass::epilogue::fusion::Sm90AccFetch;
+  // Stride with a bool in the broadcast mode: true = one value per row/column, false = element 0.
+  using WScale =
+      cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, float, float, cute::Stride<cute::_0, bool, cute::_0>>;
+  using XScale =
+      cutlass::epilogue::fusion::Sm90ColBroadcast<0, TileShape, float, float, cute::Stride<bool, cute::_0, cute::_0>>;
+  using Bias = cutlass::epilogue::fusion::Sm90RowBroadcast<0, TileShape, float, float>;
+  template <class Out>
+  using Mul = cutlass::epilogue::fusion::Sm90Compute<cutlass::multiplies, Out, float,
+                                                     cutlass::FloatRoundStyle::round_to_nearest>;
+  using Add = cutlass::epilogue::fusion::Sm90Compute<cutlass::plus, ElementD, float,
+                                                     cutlass::FloatRoundStyle::round_to_nearest>;
+  using AccTimesW = cutlass::epilogue::fusion::Sm90EVT<Mul<float>, Acc, WScale>;
+  using TimesX = cutlass::epilogue::fusion::Sm90EVT<Mul<float>, AccTimesW, XScale>;
+  using Tree = cutlass::epilogue::fusion::Sm90EVT<Add, TimesX, Bias>;
+
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, float, void, LayoutY, kAlignY, ElementD, LayoutY,
+      kAlignY, EpilogueSchedule, Tree>::CollectiveOp;
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, int8_t, LayoutX, kAlignInt8, int8_t, LayoutW, kAlignInt8,
+      ElementAcc, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      KernelSchedule>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static Status Run(const W8A8Sm90Args& a, cudaStream_t stream) {
+    using StrideX = typename Kernel::StrideA;
+    using StrideW = typename Kernel::StrideB;
+    using StrideY = typename Kernel::StrideD;
+    const int m = static_cast<int>(a.m), n = static_cast<int>(a.n), k = static_cast<int>(a.k);
+    StrideX sx = cutlass::make_cute_packed_stride(StrideX{}, cute::make_shape(m, k, 1));
+    StrideW sw = cutlass::make_cute_packed_stride(StrideW{}, cute::make_shape(n, k, 1));
+    StrideY sy = cutlass::make_cute_packed_stride(StrideY{}, cute::make_shape(m, n, 1));
+
+    typename WScale::Arguments ws{a.w_scale, 0.0f, {cute::_0{}, a.w_scale_count != 1, cute::_0{}}};
+    typename XScale::Arguments xs{a.x_scale, 0.0f, {a.x_scale_count != 1, cute::_0{}, cute::_0{}}};
+    typename Bias::Arguments bias{a.bias, -0.0f, {}};
+    typename Tree::Arguments tree{{{{}, ws, {}}, xs, {}}, bias, {}};
+
+    typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
+                                  {m, n, k, 1},
+                                  {static_cast<const int8_t*>(a.x), sx, static_cast<const int8_t*>(a.w), sw},
+                                  {tree, nullptr, sy, static_cast<ElementD*>(a.y), sy}};
+    Gemm gemm;
+    if (gemm.can_implement(args) != cutlass::Status::kSuccess)
+      return InvalidArgument("W8A8 sm90: CUTLASS cannot run M=" + std::to_string(m) + " N=" + std::to_string(n) +
+                             " K=" + std::to_string(k));
+    if (Gemm::get_workspace_size(args) > a.workspace_bytes)
+      return Internal("W8A8 sm90: CUTLASS needs " + std::to_string(Gemm::get_workspace_size(args)) +
+                      " bytes of workspace");
+    cutlass::Status st = gemm.initialize(args, a.workspace, stream);
+    if (st == cutlass::Status::kSuccess) st = gemm.run(stream);
+    if (st != cutlass::Status::kSuccess)
+      return Internal(std::string("W8A8 sm90: CUTLASS launch failed: ") + cutlassGetStatusString(st) + " (" +
+                      cudaGetErrorString(cudaGetLastError()) + ")");
+    return Status::Ok();
+  }
+};
+
+// Tile configurations, chosen by M (the weight is N×K, the activations M×K). Both use ping-pong
+// consumer warp groups (one runs its epilogue while the other runs the next tile's wgmmas).
+// Small M: 64-row tiles, no cluster. Large M: 128×128 tiles on a 2×1 cluster, so each weight
+// tile is loaded once by TMA multicast for two CTAs.
+template <class ElementD>
+using W8A8SmallM =
+    W8A8Gemm<ElementD, cute::Shape<cute::_64, cute::_128, cute::_128>, cute::Shape<cute::_1, cute::_1, cute::_1>,
+             cutlass::gemm::KernelTmaWarpSpecializedPingpong, cutlass::epilogue::TmaWarpSpecialized>;
+template <class ElementD>
+using W8A8LargeM =
+    W8A8Gemm<ElementD, cute::Shape<cute::_128, cute::_128, cute::_128>, cute::Shape<cute::_2, cute::_1, cute::_1>,
+             cutlass::gemm::KernelTmaWarpSpecializedPingpong, cutlass::epilogue::TmaWarpSpecialized>;
+
+}  // namespace lowbit::kernels::cuda::sm90
+
+#endif  // LOWBIT_KERNELS_CUDA_GEMM_W8A8_SM90_CUH_
