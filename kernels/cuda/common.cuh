@@ -80,7 +80,7 @@ Status LaunchW8A8Epilogue(const int32_t* acc, int64_t row0, int64_t rows, const 
 
 // Simple tiled f32-accumulating GEMM used by FP8 and W4A16 when no library path applies.
 struct W4Dev {
-  const int32_t* packed;  // [N, K/8], kernel (permuted) column order
+  const int32_t* packed;  // [N, K/8]: q = code − 8 as signed nibbles (int4b_t), kernel (permuted) column order
   const float* scale;     // [N, G]
   const float* zero;      // [N, G] or null
   int64_t groups, group_size;

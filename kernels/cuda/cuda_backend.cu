@@ -1,6 +1,7 @@
 // The CUDA backend: memory, streams, the workspace arena, weight preparation and dispatch.
-// Plain kernels (quantize.cu, gemm_w8a8.cu, gemm_w4a16.cu), tensor-core paths (W8A8 weight
-// streaming with mma.sync at M ≤ 16; CUTLASS wgmma W8A8 with a fused epilogue on sm_90, gemm_sm90.h)
+// Plain kernels (quantize.cu, gemm_w8a8.cu, gemm_w4a16.cu), tensor-core paths (W8A8 and W4A16
+// weight streaming with mma.sync at M ≤ 16; on sm_90 CUTLASS wgmma W8A8 with a fused epilogue and
+// W4A16 mixed-input, gemm_sm90.h)
 // and library paths (cuBLASLt int8 accumulators for W8A8 at M > 16 elsewhere, cuBLASLt FP8, cuBLAS
 // bf16/f16 for W4A16 at large M); "cuda-simple" runs only the plain kernels, so they can be checked
 // on their own. Nothing here has run on a GPU yet.
@@ -87,6 +88,7 @@ class CudaWeight : public PreparedWeight {
   // int4
   W4Dev w4{};
   const int32_t* perm = nullptr;
+  const void* w4_scale_t[2] = {nullptr, nullptr};  // [G, N] scales as f16, bf16 (CUTLASS W4A16), or null
 };
 
 class CudaBackend : public Backend {
@@ -105,7 +107,9 @@ class CudaBackend : public Backend {
     cudaDeviceProp prop;
     LOWBIT_CUDA_RETURN(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
     sm_ = prop.major * 10 + prop.minor;
+#if LOWBIT_KERNELS_HAVE_CUTLASS
     use_cutlass_ = !simple_ && sm_ == 90 && !CutlassDisabled();
+#endif
     if (cublasCreate(&blas_) != CUBLAS_STATUS_SUCCESS) return Internal("cublasCreate failed");
     if (cublasLtCreate(&lt_) != CUBLAS_STATUS_SUCCESS) return Internal("cublasLtCreate failed");
     LOWBIT_CUDA_RETURN(cudaMalloc(&lt_ws_, kLtWorkspace), "cudaMalloc (cuBLASLt workspace)");
@@ -120,7 +124,10 @@ class CudaBackend : public Backend {
            "tensor cores: mma.sync when M ≤ 16 (sm_80+), and when M > 16 CUTLASS wgmma on sm_90 for f16/bf16 "
            "output with N % 16 == 0, else cuBLASLt int8 with N % 16 == 0, sm_80+); FP8 any K, N (cuBLASLt when "
            "K % 16 == 0, N % 16 == 0, no bias, sm_89+ for per-tensor and sm_90+ for per-token × per-channel "
-           "scales; else the simple kernel); W4A16 needs K % 8 == 0 and a group size that is a multiple of 8; "
+           "scales; else the simple kernel); W4A16 needs K % 8 == 0 and a group size that is a multiple of 8 "
+           "(M ≤ 16: mma.sync weight streaming when K % 32 == 0, sm_80+; M > 16: CUTLASS mixed-input on sm_90 for "
+           "symmetric weights with K % 64 == 0, N % 8 == 0, a group size of K or a multiple of 64 and scales exact "
+           "in the activation type, else dequantize + cuBLAS); "
            "device pointers 16-byte aligned (cudaMalloc gives 256).";
   }
 
@@ -211,7 +218,7 @@ class CudaBackend : public Backend {
     std::vector<int32_t> packed(n * words, 0);
     for (int64_t r = 0; r < n; ++r)
       for (int64_t c = 0; c < k; ++c) {
-        const uint32_t code = static_cast<uint32_t>(d.codes[r * k + c] + 8) & 15u;
+        const uint32_t code = static_cast<uint32_t>(d.codes[r * k + c]) & 15u;  // q as a signed nibble
         packed[r * words + c / 8] =
             static_cast<int32_t>(static_cast<uint32_t>(packed[r * words + c / 8]) | (code << (4 * (c % 8))));
       }
@@ -232,9 +239,31 @@ class CudaBackend : public Backend {
       LOWBIT_KRETURN_IF_ERROR(w->Upload(d.perm.data(), d.perm.size() * 4, &p));
       w->perm = static_cast<const int32_t*>(p);
     }
+#if LOWBIT_KERNELS_HAVE_CUTLASS
+    // The CUTLASS mixed-input GEMM (M > 16, symmetric weights) reads the group scales as T values,
+    // [G, N]: a copy for each activation type T that holds every scale exactly (else the
+    // reference's round_T(q · s) would not be what it computes).
+    if (use_cutlass_ && !d.asym && sm90::W4A16Supported(n, k, gs)) {
+      for (DType t : {DType::kF16, DType::kBF16}) {
+        std::vector<uint16_t> st(d.scale.size());
+        bool exact = true;
+        for (int64_t r = 0; r < n && exact; ++r)
+          for (int64_t g = 0; g < d.groups; ++g) {
+            const float v = d.scale[r * d.groups + g];
+            exact = exact && std::isfinite(v) && RoundToDType(v, t) == v;
+            st[g * n + r] = t == DType::kBF16 ? FloatToBf16(v) : FloatToFp16(v);
+          }
+        if (!exact) continue;
+        LOWBIT_KRETURN_IF_ERROR(w->Upload(st.data(), st.size() * 2, &p));
+        w->w4_scale_t[t == DType::kBF16] = p;
+      }
+    }
+#endif
     // The GEMMs never grow the arena (BackendOptions::workspace_bytes): reserve here what a call
-    // needs for this weight — the dequantized W' of the cuBLAS path plus kW4MinChunkRows rows.
-    const W4Plan plan = PlanW4(n, k, w->perm != nullptr, /*use_blas=*/!simple_);
+    // needs for this weight — the dequantized W' of the cuBLAS path (unless the CUTLASS kernel
+    // takes every M > 16 for it) plus kW4MinChunkRows rows.
+    const bool blas_w = !simple_ && (w->w4_scale_t[0] == nullptr || w->w4_scale_t[1] == nullptr);
+    const W4Plan plan = PlanW4(n, k, w->perm != nullptr, blas_w);
     LOWBIT_KRETURN_IF_ERROR(Reserve(plan.fixed + 512 + plan.per_row * kW4MinChunkRows));
     *out = std::move(w);
     return Status::Ok();
@@ -323,7 +352,10 @@ class CudaBackend : public Backend {
     const auto& w = static_cast<const CudaWeight&>(*a.w);
     const int64_t m = a.m, n = w.n(), k = w.k();
     const int xt = ToElem(a.x_dtype);
-    const bool use_blas = !simple_ && m > kGemvMaxM;
+    const void* scale_t = w.w4_scale_t[a.x_dtype == DType::kBF16];
+    const bool use_cutlass = use_cutlass_ && m > kGemvMaxM && scale_t != nullptr && Aligned16(a.y) &&
+                             (w.perm != nullptr || Aligned16(a.x)) && (a.bias == nullptr || Aligned16(a.bias));
+    const bool use_blas = !simple_ && m > kGemvMaxM && !use_cutlass;
     // Workspace layout: [dequantized W' (cuBLAS path)][permuted X rows][f32 C rows], each 256-byte
     // aligned; M is processed in chunks of the rows that fit the arena (PrepareInt4 reserved
     // W' + kW4MinChunkRows rows), so the call allocates nothing.
@@ -353,6 +385,14 @@ class CudaBackend : public Backend {
         LOWBIT_KRETURN_IF_ERROR(LaunchGemvW4Mma(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
       } else if (m <= kGemvMaxM) {
         LOWBIT_KRETURN_IF_ERROR(LaunchGemvW4(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
+#if LOWBIT_KERNELS_HAVE_CUTLASS
+      } else if (use_cutlass) {
+        sm90::W4A16Sm90Args s;
+        s.w = w.w4.packed, s.scale = scale_t, s.group_size = w.w4.group_size;
+        s.x = x, s.bias = a.bias, s.m = rows, s.n = n, s.k = k, s.y = y;
+        s.workspace = lt_ws_, s.workspace_bytes = kLtWorkspace;
+        LOWBIT_KRETURN_IF_ERROR(sm90::GemmW4A16(s, a.x_dtype == DType::kBF16, stream_));
+#endif
       } else if (!use_blas) {
         LOWBIT_KRETURN_IF_ERROR(LaunchGemmW4Simple(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
       } else {

@@ -33,6 +33,23 @@ constexpr int64_t kW8A8SmallMaxM = 128;
 // y_is_bf16: bf16 output, else f16.
 Status GemmW8A8(const W8A8Sm90Args& a, bool y_is_bf16, cudaStream_t stream);
 
+// W4A16 for M > 16, symmetric int4 (no zero points): Y[M, N] = X[M, K] · W'ᵀ (+ bias), W'[n, k] =
+// round_T(q[n, k] · s[g(k), n]), f32 accumulation, T = f16 or bf16 (activations and output).
+struct W4A16Sm90Args {
+  const void* w;       // int4 [N, K], q = code − 8 as signed nibbles, K-contiguous, low nibble first
+  const void* scale;   // T [G, N] (N contiguous); G = ceil(K / group_size)
+  int64_t group_size;  // K for per-channel scales
+  const void* x;       // T [M, K]
+  const float* bias;   // [N] or null
+  int64_t m, n, k;
+  void* y;  // T [M, N]
+  void* workspace;
+  size_t workspace_bytes;
+};
+// The shapes GemmW4A16 takes: K % 64 == 0, N % 8 == 0, a group size of K or a multiple of 64.
+bool W4A16Supported(int64_t n, int64_t k, int64_t group_size);
+Status GemmW4A16(const W4A16Sm90Args& a, bool bf16, cudaStream_t stream);
+
 }  // namespace lowbit::kernels::cuda::sm90
 
 #endif  // LOWBIT_KERNELS_CUDA_GEMM_SM90_H_

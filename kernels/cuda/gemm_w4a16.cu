@@ -14,8 +14,12 @@
 namespace lowbit::kernels::cuda {
 namespace {
 
+// W4Dev::packed holds q = code − 8 as signed nibbles (CUTLASS's int4b_t); XOR with this turns a
+// word's nibbles back into codes 0..15.
+constexpr uint32_t kNibbleBias = 0x88888888u;
+
 __device__ __forceinline__ float DequantOne(const W4Dev& w, int xt, int64_t nn, int64_t kk, int64_t words) {
-  const uint32_t word = static_cast<uint32_t>(w.packed[nn * words + kk / 8]);
+  const uint32_t word = static_cast<uint32_t>(w.packed[nn * words + kk / 8]) ^ kNibbleBias;
   const int code = static_cast<int>((word >> (4 * (kk % 8))) & 15u);
   const int64_t g = kk / w.group_size;
   const float z = w.zero ? w.zero[nn * w.groups + g] : 0.0f;
@@ -35,7 +39,7 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
   for (int i = 0; i < kMaxGemvM; ++i) acc[i] = 0.0f;
   for (int64_t wi = lane; wi < words; wi += 32) {
-    const uint32_t word = static_cast<uint32_t>(w.packed[col * words + wi]);
+    const uint32_t word = static_cast<uint32_t>(w.packed[col * words + wi]) ^ kNibbleBias;
     const int64_t g = (wi * 8) / w.group_size;
     const float s = w.scale[col * w.groups + g];
     const float z = w.zero ? w.zero[col * w.groups + g] : 0.0f;
@@ -179,7 +183,7 @@ __global__ void __launch_bounds__(kW4Warps * 32)
         const int4 hi = (k_ok && hi_ok) ? __ldg(reinterpret_cast<const int4*>(xhi + kk)) : make_int4(0, 0, 0, 0);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          const uint32_t word = wq[r][j];
+          const uint32_t word = wq[r][j] ^ kNibbleBias;
           W4Mma<T>::Mma(c[r], lo.x, hi.x, lo.y, hi.y, DequantPair<T>(word, 0, zr[r][j], sc[r][j]),
                         DequantPair<T>(word, 2, zr[r][j], sc[r][j]));
           W4Mma<T>::Mma(c[r], lo.z, hi.z, lo.w, hi.w, DequantPair<T>(word, 4, zr[r][j], sc[r][j]),
