@@ -72,6 +72,11 @@ constexpr int64_t kW8A8GemvMaxM = 16;
 Status LaunchGemvW8A8(const int8_t* x, const float* x_scale, int64_t x_scale_count, const int8_t* w,
                       const float* w_scale, int64_t w_scale_count, const float* bias, int64_t m, int64_t n, int64_t k,
                       int yt, void* y, cudaStream_t s);
+// FP8 weight streaming for M ≤ 16 on the e4m3 tensor cores (sm_89+), the same kernel as
+// LaunchGemvW8A8 with f32 accumulators; the epilogue of the simple FP8 kernel.
+Status LaunchGemvFp8(const uint8_t* x, const float* x_scale, int64_t x_scale_count, const uint8_t* w,
+                     const float* w_scale, int64_t w_scale_count, const float* bias, int64_t m, int64_t n, int64_t k,
+                     int yt, void* y, cudaStream_t s);
 // The same epilogue on int32 accumulators computed elsewhere (cuBLASLt): rows [row0, row0 + rows)
 // of Y from acc[rows, N] (row-major); x_scale is indexed by the global row.
 Status LaunchW8A8Epilogue(const int32_t* acc, int64_t row0, int64_t rows, const float* x_scale, int64_t x_scale_count,

@@ -122,7 +122,8 @@ class CudaBackend : public Backend {
     return name_ +
            ": M ≥ 1 (up to 4,194,240); W8A8 needs K % 4 == 0 (dword loads; with K % 16 == 0 the int8 "
            "tensor cores: mma.sync when M ≤ 16 (sm_80+), and when M > 16 CUTLASS wgmma on sm_90 for f16/bf16 "
-           "output with N % 16 == 0, else cuBLASLt int8 with N % 16 == 0, sm_80+); FP8 any K, N (cuBLASLt when "
+           "output with N % 16 == 0, else cuBLASLt int8 with N % 16 == 0, sm_80+); FP8 any K, N (M ≤ 16 and "
+           "K % 16 == 0: mma.sync weight streaming, sm_89+; else cuBLASLt when "
            "K % 16 == 0, N % 16 == 0, no bias, sm_89+ for per-tensor and sm_90+ for per-token × per-channel "
            "scales; else the simple kernel); W4A16 needs K % 8 == 0 and a group size that is a multiple of 8 "
            "(M ≤ 16: mma.sync weight streaming when K % 32 == 0, sm_80+; M > 16: CUTLASS mixed-input on sm_90 for "
@@ -326,6 +327,11 @@ class CudaBackend : public Backend {
     LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmFp8", a, WeightKind::kFp8, name_));
     const auto& w = static_cast<const CudaWeight&>(*a.w);
     const int64_t m = a.m, n = w.n(), k = w.k();
+    // M ≤ 16: stream the weight through the e4m3 tensor cores (mma.sync).
+    if (!simple_ && sm_ >= 89 && m <= kW8A8GemvMaxM && k % 16 == 0 && Aligned16(a.x) && Aligned16(w.w))
+      return LaunchGemvFp8(static_cast<const uint8_t*>(a.x), a.x_scale, a.x_scale_count,
+                           static_cast<const uint8_t*>(w.w), w.scale, w.scale_count, a.bias, m, n, k, ToElem(a.y_dtype),
+                           a.y, stream_);
     const bool outer = a.x_scale_count > 1 || w.scale_count > 1;
     const bool broadcast = outer && a.x_scale_count == 1;  // x scale expanded to [M] in the arena
     const bool lt_ok = !simple_ && a.bias == nullptr && k % 16 == 0 && n % 16 == 0 && sm_ >= (outer ? 90 : 89) &&

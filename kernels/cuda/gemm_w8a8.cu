@@ -1,5 +1,5 @@
 // W8A8-INT8 GEMM: Y[m,n] = ((float)Σ_k X[m,k]·W[n,k] · w_scale[n]) · x_scale[m] + bias[n].
-// GemvW8A8Kernel streams the weight for M ≤ 16 on the int8 tensor cores (below). GemmW8A8Kernel,
+// Gemv8BitKernel streams the weight for M ≤ 16 on the 8-bit tensor cores (below; W8A8 and FP8). GemmW8A8Kernel,
 // for any M and the reference among the CUDA paths, is a plain shared-memory tiled kernel (64×64 tile, 32-byte K step,
 // 4×4 outputs per thread) with
 // __dp4a and int32 accumulators; the epilogue uses explicitly rounded f32 operations (no FMA
@@ -74,40 +74,68 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// ---- small M: weight streaming on the int8 tensor cores (mma.sync m16n8k32, sm_80+) ----
-// A block owns 8 weight rows (the mma's n) and kGemvWarps warps split K between them; the tokens
-// (M ≤ 16) are the mma's 16 rows. Each lane streams 16-byte pieces of one weight row — lane
-// (g, t) = (lane / 4, lane % 4) reads row n0 + g at bytes k0 + 16·t … + 15 — and the same bytes of
-// token rows g and g + 8. The mma pairs A and B elements by position within a thread group t, so
-// feeding both operands the same bytes in the same register order computes the exact dot products
+// ---- small M: weight streaming on the 8-bit tensor cores (mma.sync m16n8k32) ----
+// W8A8 (int8, int32 accumulators, sm_80+) and FP8 (e4m3, f32 accumulators, sm_89+). A block owns
+// 8 weight rows (the mma's n) and kGemvWarps warps split K between them; the tokens (M ≤ 16) are
+// the mma's 16 rows. Each lane streams 16-byte pieces of one weight row — lane (g, t) =
+// (lane / 4, lane % 4) reads row n0 + g at bytes k0 + 16·t … + 15 — and the same bytes of token
+// rows g and g + 8. The mma pairs A and B elements by position within a thread group t, so
+// feeding both operands the same bytes in the same register order computes the dot products
 // whatever order K is walked in: dwords 0–1 of a piece feed one mma, dwords 2–3 the next. Warps
-// add their int32 partial sums through shared memory (exact), and warp 0 runs W8A8Value.
+// add their partial sums through shared memory in a fixed order (exact for int32), and warp 0
+// runs the epilogue.
 constexpr int kGemvWarps = 4;
 constexpr int kGemvUnroll = 4;  // 16-byte weight loads in flight per lane
 
-__device__ __forceinline__ void MmaS8(int32_t (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+struct Int8Mma {
+  using Acc = int32_t;
+  __device__ static void Mma(Acc (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #endif
-}
+  }
+  __device__ static float Value(Acc acc, float ws, float xs, const float* bias, int64_t gn) {
+    return W8A8Value(acc, ws, xs, bias, gn);
+  }
+};
 
-template <bool kUpperRows>  // tokens 8..15 present (M > 8)
+struct Fp8Mma {
+  using Acc = float;
+  __device__ static void Mma(Acc (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+  }
+  // As the simple FP8 kernel: the sum times the weight scale, times the token scale, plus bias.
+  __device__ static float Value(Acc acc, float ws, float xs, const float* bias, int64_t gn) {
+    float v = __fmul_rn(__fmul_rn(acc, ws), xs);
+    if (bias) v = __fadd_rn(v, bias[gn]);
+    return v;
+  }
+};
+
+template <class Op, bool kUpperRows>  // kUpperRows: tokens 8..15 present (M > 8)
 __global__ void __launch_bounds__(kGemvWarps * 32)
-    GemvW8A8Kernel(const int8_t* __restrict__ x, const float* __restrict__ x_scale, int64_t x_scale_count,
-                   const int8_t* __restrict__ w, const float* __restrict__ w_scale, int64_t w_scale_count,
+    Gemv8BitKernel(const uint8_t* __restrict__ x, const float* __restrict__ x_scale, int64_t x_scale_count,
+                   const uint8_t* __restrict__ w, const float* __restrict__ w_scale, int64_t w_scale_count,
                    const float* __restrict__ bias, int64_t m, int64_t n, int64_t k, int yt, void* y) {
+  using Acc = typename Op::Acc;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * 8;
   const bool row_ok = n0 + g < n, lo_ok = g < m, hi_ok = kUpperRows && g + 8 < m;
-  const int8_t* wrow = w + (n0 + g) * k;
-  const int8_t* xlo = x + static_cast<int64_t>(g) * k;
-  const int8_t* xhi = x + static_cast<int64_t>(g + 8) * k;
-  int32_t c[4] = {0, 0, 0, 0};
+  const uint8_t* wrow = w + (n0 + g) * k;
+  const uint8_t* xlo = x + static_cast<int64_t>(g) * k;
+  const uint8_t* xhi = x + static_cast<int64_t>(g + 8) * k;
+  Acc c[4] = {0, 0, 0, 0};
   // Steps of 64 bytes of K (4 lanes × 16 bytes); warp `warp` takes steps warp, warp + W, …
   const int64_t steps = (k + 63) / 64;
   for (int64_t s0 = warp; s0 < steps; s0 += kGemvWarps * kGemvUnroll) {
@@ -127,26 +155,48 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
                               static_cast<uint32_t>(hi.y)};
       const uint32_t a1[4] = {static_cast<uint32_t>(lo.z), static_cast<uint32_t>(hi.z), static_cast<uint32_t>(lo.w),
                               static_cast<uint32_t>(hi.w)};
-      MmaS8(c, a0, static_cast<uint32_t>(wv[u].x), static_cast<uint32_t>(wv[u].y));
-      MmaS8(c, a1, static_cast<uint32_t>(wv[u].z), static_cast<uint32_t>(wv[u].w));
+      Op::Mma(c, a0, static_cast<uint32_t>(wv[u].x), static_cast<uint32_t>(wv[u].y));
+      Op::Mma(c, a1, static_cast<uint32_t>(wv[u].z), static_cast<uint32_t>(wv[u].w));
     }
   }
   // c[0], c[1]: token g, weight rows n0 + 2t, n0 + 2t + 1; c[2], c[3]: token g + 8.
-  __shared__ int32_t part[kGemvWarps][32][4];
+  __shared__ Acc part[kGemvWarps][32][4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) part[warp][lane][i] = c[i];
   __syncthreads();
   if (warp != 0) return;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    int32_t acc = 0;
+    Acc acc = 0;
 #pragma unroll
     for (int v = 0; v < kGemvWarps; ++v) acc += part[v][lane][i];
     const int64_t gm = g + (i >= 2 ? 8 : 0), gn = n0 + 2 * t + (i & 1);
     if (gm >= m || gn >= n) continue;
     const float xs = x_scale[x_scale_count == 1 ? 0 : gm];
-    StoreElem(yt, y, gm * n + gn, W8A8Value(acc, w_scale[w_scale_count == 1 ? 0 : gn], xs, bias, gn));
+    StoreElem(yt, y, gm * n + gn, Op::Value(acc, w_scale[w_scale_count == 1 ? 0 : gn], xs, bias, gn));
   }
+}
+
+template <class Op>
+Status LaunchGemv8Bit(const char* what, const void* x, const float* x_scale, int64_t x_scale_count, const void* w,
+                      const float* w_scale, int64_t w_scale_count, const float* bias, int64_t m, int64_t n, int64_t k,
+                      int yt, void* y, cudaStream_t s) {
+  if (m < 1 || m > kW8A8GemvMaxM || k % 16 != 0)
+    return InvalidArgument(std::string(what) + " (cuda): needs 1 ≤ M ≤ 16 and K % 16 == 0; got M = " +
+                           std::to_string(m) + ", K = " + std::to_string(k));
+  const int64_t blocks = CeilDiv(n, 8);
+  if (blocks > 0x7fffffff)
+    return InvalidArgument(std::string(what) + " (cuda): N = " + std::to_string(n) + " is too large");
+  const auto* xb = static_cast<const uint8_t*>(x);
+  const auto* wb = static_cast<const uint8_t*>(w);
+  if (m > 8) {
+    Gemv8BitKernel<Op, true><<<static_cast<unsigned>(blocks), kGemvWarps * 32, 0, s>>>(
+        xb, x_scale, x_scale_count, wb, w_scale, w_scale_count, bias, m, n, k, yt, y);
+  } else {
+    Gemv8BitKernel<Op, false><<<static_cast<unsigned>(blocks), kGemvWarps * 32, 0, s>>>(
+        xb, x_scale, x_scale_count, wb, w_scale, w_scale_count, bias, m, n, k, yt, y);
+  }
+  return CudaStatus(cudaGetLastError(), what);
 }
 
 __global__ void W8A8EpilogueKernel(const int32_t* __restrict__ acc, int64_t row0, int64_t rows,
@@ -176,19 +226,15 @@ Status LaunchW8A8Epilogue(const int32_t* acc, int64_t row0, int64_t rows, const 
 Status LaunchGemvW8A8(const int8_t* x, const float* x_scale, int64_t x_scale_count, const int8_t* w,
                       const float* w_scale, int64_t w_scale_count, const float* bias, int64_t m, int64_t n, int64_t k,
                       int yt, void* y, cudaStream_t s) {
-  if (m < 1 || m > kW8A8GemvMaxM || k % 16 != 0)
-    return InvalidArgument("GemvW8A8 (cuda): needs 1 ≤ M ≤ 16 and K % 16 == 0; got M = " + std::to_string(m) +
-                           ", K = " + std::to_string(k));
-  const int64_t blocks = CeilDiv(n, 8);
-  if (blocks > 0x7fffffff) return InvalidArgument("GemvW8A8 (cuda): N = " + std::to_string(n) + " is too large");
-  if (m > 8) {
-    GemvW8A8Kernel<true><<<static_cast<unsigned>(blocks), kGemvWarps * 32, 0, s>>>(
-        x, x_scale, x_scale_count, w, w_scale, w_scale_count, bias, m, n, k, yt, y);
-  } else {
-    GemvW8A8Kernel<false><<<static_cast<unsigned>(blocks), kGemvWarps * 32, 0, s>>>(
-        x, x_scale, x_scale_count, w, w_scale, w_scale_count, bias, m, n, k, yt, y);
-  }
-  return CudaStatus(cudaGetLastError(), "GemvW8A8 launch");
+  return LaunchGemv8Bit<Int8Mma>("GemvW8A8", x, x_scale, x_scale_count, w, w_scale, w_scale_count, bias, m, n, k, yt, y,
+                                 s);
+}
+
+Status LaunchGemvFp8(const uint8_t* x, const float* x_scale, int64_t x_scale_count, const uint8_t* w,
+                     const float* w_scale, int64_t w_scale_count, const float* bias, int64_t m, int64_t n, int64_t k,
+                     int yt, void* y, cudaStream_t s) {
+  return LaunchGemv8Bit<Fp8Mma>("GemvFp8", x, x_scale, x_scale_count, w, w_scale, w_scale_count, bias, m, n, k, yt, y,
+                                s);
 }
 
 Status LaunchGemmW8A8(const int8_t* x, const float* x_scale, int64_t x_scale_count, const int8_t* w,
