@@ -1,0 +1,100 @@
+# Emulates the GEMV kernels' lane/register mapping against the mma fragment layouts taken from
+# CUTLASS's MMA_Traits (SM80_16x8x32_S32S8S8S32_TN, SM80_16x8x16_F32BF16BF16F32_TN).
+import numpy as np
+rng = np.random.default_rng(1)
+
+def a_pos_8(g, t, i):   # int8/e4m3 m16n8k32: value i (0..15) of lane -> (m, k); reg = i // 4
+    return g + 8 * ((i // 4) % 2), 4 * t + (i % 4) + 16 * (i // 8)
+def b_pos_8(g, t, i):   # value i (0..7) -> (k, n); reg = i // 4
+    return 4 * t + (i % 4) + 16 * (i // 4), g
+def a_pos_16(g, t, i):  # f16/bf16 m16n8k16: value i (0..7) -> (m, k); reg = i // 2
+    return g + 8 * ((i // 2) % 2), 2 * t + (i % 2) + 8 * (i // 4)
+def b_pos_16(g, t, i):  # value i (0..3) -> (k, n); reg = i // 2
+    return 2 * t + (i % 2) + 8 * (i // 2), g
+def c_pos(g, t, i):
+    return g + 8 * (i // 2), 2 * t + (i % 2)
+
+def mma(a_vals, b_vals, kdim, apos, bpos):
+    """a_vals[lane] = list of element values in fragment order; returns C contribution 16x8."""
+    A = np.full((16, kdim), np.nan); B = np.full((kdim, 8), np.nan)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        for i, v in enumerate(a_vals[lane]):
+            m, k = apos(g, t, i); assert np.isnan(A[m, k]); A[m, k] = v
+        for i, v in enumerate(b_vals[lane]):
+            k, n = bpos(g, t, i); assert np.isnan(B[k, n]); B[k, n] = v
+    assert not np.isnan(A).any() and not np.isnan(B).any()
+    return A @ B
+
+def gemv8(X, W):  # the W8A8/FP8 kernel: one block of 8 rows, 4 warps, K steps of 64
+    M, K = X.shape; N = W.shape[0]
+    Y = np.zeros((M, N))
+    Xp = np.zeros((16, K)); Xp[:M] = X
+    for n0 in range(0, N, 8):
+        Wp = np.zeros((8, K)); Wp[:min(8, N - n0)] = W[n0:n0 + 8]
+        C = np.zeros((16, 8))
+        for s in range((K + 63) // 64):
+            def piece(row_vals, off):  # 16 bytes -> 4 dwords of 4 values
+                v = row_vals[off:off + 16] if off < K else np.zeros(16)
+                return [v[4 * d:4 * d + 4] for d in range(4)]
+            for half in range(2):  # dwords 0-1, then 2-3
+                av, bv = [], []
+                for lane in range(32):
+                    g, t = lane // 4, lane % 4
+                    off = s * 64 + 16 * t
+                    lo, hi, w = piece(Xp[g], off), piece(Xp[g + 8], off), piece(Wp[g], off)
+                    d0, d1 = 2 * half, 2 * half + 1
+                    regs_a = [lo[d0], hi[d0], lo[d1], hi[d1]]
+                    regs_b = [w[d0], w[d1]]
+                    av.append([x for r in regs_a for x in r]); bv.append([x for r in regs_b for x in r])
+                C += mma(av, bv, 32, a_pos_8, b_pos_8)
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            for i in range(4):
+                m, n = c_pos(g, t, i)
+                if m < M and n0 + n < N: Y[m, n0 + n] = C[m, n]
+    return Y
+
+def gemv4(X, codes, scale, gs):  # the W4A16 kernel: 16 rows per block (two n-tiles), steps of 128 codes
+    M, K = X.shape; N = codes.shape[0]
+    Wd = (codes - 8) * np.repeat(scale, gs, axis=1)[:, :K]
+    Y = np.zeros((M, N)); Xp = np.zeros((16, K)); Xp[:M] = X
+    for n0 in range(0, N, 16):
+        for r in range(2):
+            rows = Wd[n0 + 8 * r:n0 + 8 * r + 8]
+            Wp = np.zeros((8, K)); Wp[:rows.shape[0]] = rows
+            C = np.zeros((16, 8))
+            for s in range((K + 127) // 128):
+                for j in range(4):        # word j of the lane's 4 words
+                    for half in range(2):  # codes 0-3, then 4-7
+                        av, bv = [], []
+                        for lane in range(32):
+                            g, t = lane // 4, lane % 4
+                            kb = s * 128 + 32 * t
+                            kk = kb + 8 * j
+                            get = lambda row: row[kk:kk + 8] if kb < K else np.zeros(8)
+                            lo, hi, w = get(Xp[g]), get(Xp[g + 8]), get(Wp[g])
+                            # int4: lo.x = elements 0,1; lo.y = 2,3; lo.z = 4,5; lo.w = 6,7
+                            e = 4 * half
+                            regs_a = [lo[e:e + 2], hi[e:e + 2], lo[e + 2:e + 4], hi[e + 2:e + 4]]
+                            regs_b = [w[e:e + 2], w[e + 2:e + 4]]  # DequantPair(word, e), (word, e + 2)
+                            av.append([x for q in regs_a for x in q]); bv.append([x for q in regs_b for x in q])
+                        C += mma(av, bv, 16, a_pos_16, b_pos_16)
+            for lane in range(32):
+                g, t = lane // 4, lane % 4
+                for i in range(4):
+                    m, n = c_pos(g, t, i)
+                    col = n0 + 8 * r + n
+                    if m < M and col < N: Y[m, col] = C[m, n]
+    return Y, Wd
+
+for (M, N, K) in [(1, 8, 64), (3, 13, 96), (16, 24, 192), (9, 8, 48), (16, 5, 16)]:
+    X = rng.integers(-128, 128, (M, K)).astype(float); W = rng.integers(-128, 128, (N, K)).astype(float)
+    assert np.array_equal(gemv8(X, W), X @ W.T), (M, N, K)
+print("8-bit gemv mapping ok")
+for (M, N, K, gs) in [(1, 16, 128, 128), (5, 20, 96, 32), (16, 33, 256, 128), (12, 16, 160, 32)]:
+    X = rng.integers(-8, 8, (M, K)).astype(float)
+    codes = rng.integers(0, 16, (N, K)).astype(float); scale = rng.integers(1, 4, (N, (K + gs - 1) // gs)).astype(float)
+    Y, Wd = gemv4(X, codes, scale, gs)
+    assert np.array_equal(Y, X @ Wd.T), (M, N, K)
+print("w4 gemv mapping ok")
