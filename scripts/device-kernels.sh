@@ -19,8 +19,8 @@ grep "lowbit:" "$out/configure.log" || true  # whether the CUTLASS kernels are i
 cmake --build build-device -j "$(nproc)" > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
 rc=0
 ctest --test-dir build-device -L gpu --output-on-failure 2>&1 | tee "$out/ctest-gpu.log" || rc=$?
-# The W8A8 cases once more without the CUTLASS kernels: the cuBLASLt int8 path they replace on sm_90.
-for t in GemmW8A8 RepeatedShapes; do
+# The W8A8 / FP8 cases once more without the CUTLASS kernels: the cuBLASLt paths they replace on sm_90.
+for t in GemmW8A8 GemmFp8 RepeatedShapes; do
   LOWBIT_CUDA_NO_CUTLASS=1 ./build-device/tests/kernels/kernels_backend_ops_gpu_test --gtest_filter=$t \
     >> "$out/gpu-no-cutlass.log" 2>&1 || rc=$?
 done
@@ -32,10 +32,10 @@ if [[ -z "${SKIP_BENCH:-}" ]]; then
   # see what they bring (and that they were taken): writes kernels-cuda-simple.{md,csv}.
   ./build-device/bench/kernels/lowbit-bench-kernels --backend cuda-simple --ms 256,4096 \
     --ops w8a8,fp8 --reps 3 --out "$out" 2>&1 | tee "$out/bench-cuda-simple.log" || rc=$?
-  # W8A8 at M > 16 without the CUTLASS kernels (cuBLASLt int8 + the separate epilogue), side by
-  # side with the run above: writes no-cutlass/kernels-cuda.{md,csv}.
+  # W8A8 / FP8 / W4A16 at M > 16 without the CUTLASS kernels (cuBLASLt + a separate epilogue; dequantize
+  # + cuBLAS), side by side with the run above: writes no-cutlass/kernels-cuda.{md,csv}.
   LOWBIT_CUDA_NO_CUTLASS=1 ./build-device/bench/kernels/lowbit-bench-kernels --backend cuda --ms 64,256,1024,4096 \
-    --ops w8a8 --reps 3 --out "$out/no-cutlass" 2>&1 | tee "$out/bench-cuda-no-cutlass.log" || rc=$?
+    --ops w8a8,fp8,w4a16 --reps 3 --out "$out/no-cutlass" 2>&1 | tee "$out/bench-cuda-no-cutlass.log" || rc=$?
   python3 bench/kernels/torch_baselines.py --ms 1,16,64,256,1024,4096 --out "$out/torch-baselines.csv" \
     2>&1 | tee "$out/torch-baselines.log" || rc=$?
   python3 bench/kernels/plot.py "$out/kernels-cuda.csv" "$out/kernels-cuda.png" "$out/torch-baselines.csv" || true

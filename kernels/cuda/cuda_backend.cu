@@ -123,7 +123,8 @@ class CudaBackend : public Backend {
            ": M ≥ 1 (up to 4,194,240); W8A8 needs K % 4 == 0 (dword loads; with K % 16 == 0 the int8 "
            "tensor cores: mma.sync when M ≤ 16 (sm_80+), and when M > 16 CUTLASS wgmma on sm_90 for f16/bf16 "
            "output with N % 16 == 0, else cuBLASLt int8 with N % 16 == 0, sm_80+); FP8 any K, N (M ≤ 16 and "
-           "K % 16 == 0: mma.sync weight streaming, sm_89+; else cuBLASLt when "
+           "K % 16 == 0: mma.sync weight streaming, sm_89+; M > 16 on sm_90: CUTLASS wgmma for f16/bf16 output with "
+           "K, N multiples of 16; else cuBLASLt when "
            "K % 16 == 0, N % 16 == 0, no bias, sm_89+ for per-tensor and sm_90+ for per-token × per-channel "
            "scales; else the simple kernel); W4A16 needs K % 8 == 0 and a group size that is a multiple of 8 "
            "(M ≤ 16: mma.sync weight streaming when K % 32 == 0, sm_80+; M > 16: CUTLASS mixed-input on sm_90 for "
@@ -282,18 +283,8 @@ class CudaBackend : public Backend {
     if (!simple_ && sm_ >= 80 && m <= kW8A8GemvMaxM && k16)
       return LaunchGemvW8A8(x, a.x_scale, a.x_scale_count, wq, w.scale, w.scale_count, a.bias, m, n, k, yt, a.y,
                             stream_);
-#if LOWBIT_KERNELS_HAVE_CUTLASS
     // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue.
-    if (use_cutlass_ && m > kW8A8GemvMaxM && k16 && n % 16 == 0 && a.y_dtype != DType::kF32 && Aligned16(a.y) &&
-        Aligned16(a.x_scale) && (a.bias == nullptr || Aligned16(a.bias))) {
-      sm90::W8A8Sm90Args s;
-      s.x = x, s.x_scale = a.x_scale, s.x_scale_count = a.x_scale_count;
-      s.w = wq, s.w_scale = w.scale, s.w_scale_count = w.scale_count, s.bias = a.bias;
-      s.m = m, s.n = n, s.k = k, s.y = a.y;
-      s.workspace = lt_ws_, s.workspace_bytes = kLtWorkspace;  // free: calls on the stream run in turn
-      return sm90::GemmW8A8(s, a.y_dtype == DType::kBF16, stream_);
-    }
-#endif
+    if (ScaledSm90Ok(a, w)) return RunScaledSm90(/*fp8=*/false, a, w);
     // M > 16 elsewhere: the int32 accumulators from cuBLASLt's int8 tensor cores (as torch._int_mm, which
     // needs M > 16 and K, N multiples of 8), in the arena, M in chunks of the rows that fit, then
     // the same epilogue as the SIMT kernel, so the output is the same bits. A chunk cuBLASLt has
@@ -332,6 +323,8 @@ class CudaBackend : public Backend {
       return LaunchGemvFp8(static_cast<const uint8_t*>(a.x), a.x_scale, a.x_scale_count,
                            static_cast<const uint8_t*>(w.w), w.scale, w.scale_count, a.bias, m, n, k, ToElem(a.y_dtype),
                            a.y, stream_);
+    // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue.
+    if (ScaledSm90Ok(a, w)) return RunScaledSm90(/*fp8=*/true, a, w);
     const bool outer = a.x_scale_count > 1 || w.scale_count > 1;
     const bool broadcast = outer && a.x_scale_count == 1;  // x scale expanded to [M] in the arena
     const bool lt_ok = !simple_ && a.bias == nullptr && k % 16 == 0 && n % 16 == 0 && sm_ >= (outer ? 90 : 89) &&
@@ -416,6 +409,28 @@ class CudaBackend : public Backend {
   }
 
  private:
+  // Whether a W8A8 / FP8 call can take the CUTLASS sm_90 kernel: M > 16, K and N multiples of 16,
+  // f16/bf16 output, 16-byte aligned operands.
+  bool ScaledSm90Ok(const GemmArgs& a, const CudaWeight& w) const {
+    return use_cutlass_ && a.m > kW8A8GemvMaxM && w.k() % 16 == 0 && w.n() % 16 == 0 && a.y_dtype != DType::kF32 &&
+           Aligned16(a.x) && Aligned16(w.w) && Aligned16(a.y) && Aligned16(a.x_scale) &&
+           (a.bias == nullptr || Aligned16(a.bias));
+  }
+  Status RunScaledSm90(bool fp8, const GemmArgs& a, const CudaWeight& w) {
+#if LOWBIT_KERNELS_HAVE_CUTLASS
+    sm90::ScaledSm90Args s;
+    s.x = a.x, s.x_scale = a.x_scale, s.x_scale_count = a.x_scale_count;
+    s.w = w.w, s.w_scale = w.scale, s.w_scale_count = w.scale_count, s.bias = a.bias;
+    s.m = a.m, s.n = w.n(), s.k = w.k(), s.y = a.y;
+    s.workspace = lt_ws_, s.workspace_bytes = kLtWorkspace;  // free: calls on the stream run in turn
+    const bool bf16 = a.y_dtype == DType::kBF16;
+    return fp8 ? sm90::GemmFp8(s, bf16, stream_) : sm90::GemmW8A8(s, bf16, stream_);
+#else
+    (void)fp8, (void)a, (void)w;
+    return Internal("RunScaledSm90: built without CUTLASS");  // unreachable: use_cutlass_ stays false
+#endif
+  }
+
   // The workspace arena: one device buffer that grows to the high-water mark (the only
   // allocation outside Prepare*/Alloc; steady-state calls allocate nothing).
   Status Reserve(size_t bytes) {

@@ -13,13 +13,14 @@
 
 namespace lowbit::kernels::cuda::sm90 {
 
-// Y[m,n] = ((float)Σ_k X[m,k]·W[n,k] · w_scale[n]) · x_scale[m] + bias[n], bit-identical to the
-// CPU reference. Needs K % 16 == 0 and N % 8 == 0 (16-byte TMA rows), 16-byte aligned pointers.
-struct W8A8Sm90Args {
-  const void* x;  // int8 [M, K]
+// Scaled 8-bit GEMMs: Y[m,n] = ((float)Σ_k X[m,k]·W[n,k] · w_scale[n]) · x_scale[m] + bias[n],
+// W8A8 (int8, bit-identical to the CPU reference) and FP8 (e4m3, f32 accumulation). Needs
+// K % 16 == 0 and N % 8 == 0 (16-byte TMA rows), 16-byte aligned pointers.
+struct ScaledSm90Args {
+  const void* x;  // int8 / e4m3 [M, K]
   const float* x_scale;
   int64_t x_scale_count;  // 1 or M
-  const void* w;          // int8 [N, K]
+  const void* w;          // int8 / e4m3 [N, K]
   const float* w_scale;
   int64_t w_scale_count;  // 1 or N
   const float* bias;      // [N] or null
@@ -29,9 +30,10 @@ struct W8A8Sm90Args {
   size_t workspace_bytes;
 };
 // M at and below which the 64-row tile configuration runs.
-constexpr int64_t kW8A8SmallMaxM = 128;
+constexpr int64_t kScaledSmallMaxM = 128;
 // y_is_bf16: bf16 output, else f16.
-Status GemmW8A8(const W8A8Sm90Args& a, bool y_is_bf16, cudaStream_t stream);
+Status GemmW8A8(const ScaledSm90Args& a, bool y_is_bf16, cudaStream_t stream);
+Status GemmFp8(const ScaledSm90Args& a, bool y_is_bf16, cudaStream_t stream);
 
 // W4A16 for M > 16, symmetric int4 (no zero points): Y[M, N] = X[M, K] · W'ᵀ (+ bias), W'[n, k] =
 // round_T(q[n, k] · s[g(k), n]), f32 accumulation, T = f16 or bf16 (activations and output).

@@ -1,10 +1,10 @@
-// W8A8 on Hopper, M ≤ kW8A8SmallMaxM: the 64×128 tile instantiations (see gemm_w8a8_sm90.cuh).
-#include "kernels/cuda/gemm_w8a8_sm90.cuh"
+// W8A8 on Hopper, M ≤ kScaledSmallMaxM: the 64×128 tile instantiations (gemm_scaled_sm90.cuh).
+#include "kernels/cuda/gemm_scaled_sm90.cuh"
 
 namespace lowbit::kernels::cuda::sm90 {
 
-Status GemmW8A8Small(const W8A8Sm90Args& a, bool y_is_bf16, cudaStream_t stream) {
-  return y_is_bf16 ? W8A8SmallM<cutlass::bfloat16_t>::Run(a, stream) : W8A8SmallM<cutlass::half_t>::Run(a, stream);
+Status GemmW8A8Small(const ScaledSm90Args& a, bool y_is_bf16, cudaStream_t stream) {
+  return RunScaled<int8_t, SmallM>("W8A8", a, y_is_bf16, stream);
 }
 
 }  // namespace lowbit::kernels::cuda::sm90

@@ -1,16 +1,19 @@
-// W8A8-INT8 on Hopper: CUTLASS 3.x TMA + wgmma warp-specialized GEMM with the scales fused into
-// the epilogue (an epilogue visitor tree), so the int32 accumulators never leave the registers.
-// The tree computes exactly what the CPU reference and W8A8Value compute, in the same order and
-// rounding (the file is built with --fmad=false, so no multiply-add is contracted):
+// Scaled 8-bit GEMMs on Hopper — W8A8-INT8 (int32 accumulators) and FP8-E4M3 (f32) — as CUTLASS
+// 3.x TMA + wgmma warp-specialized kernels with the scales fused into the epilogue (an epilogue
+// visitor tree), so the accumulators never leave the registers. The tree computes what the CPU
+// reference (W8A8Value; the simple FP8 kernel) computes, in the same order and rounding (the files
+// are built with --fmad=false, so no multiply-add is contracted; for W8A8 the result is the same
+// bits, the int32 sum being exact):
 //   y = (((float)acc · w_scale[n]) · x_scale[m]) + bias[n]      → rounded once to f16/bf16
 // A missing bias adds -0.0f, the exact identity of IEEE addition (x + -0 = x, also for x = ±0).
 // Per-tensor scales are the broadcasts' scalar case (a bool stride of false reads element 0 of the
 // device pointer), so nothing is expanded on the host or in the workspace.
 //
-// Included once per output type and tile configuration by gemm_w8a8_sm90_*.cu (each its own
-// translation unit so the heavy CUTLASS instantiations compile in parallel).
-#ifndef LOWBIT_KERNELS_CUDA_GEMM_W8A8_SM90_CUH_
-#define LOWBIT_KERNELS_CUDA_GEMM_W8A8_SM90_CUH_
+// FP8 uses the default (non-"fast accumulation") mainloop, which promotes the wgmma partial sums
+// into f32 registers at an interval. Included by gemm_w8a8_sm90_*.cu and gemm_fp8_sm90.cu, each its
+// own translation unit so the heavy CUTLASS instantiations compile in parallel.
+#ifndef LOWBIT_KERNELS_CUDA_GEMM_SCALED_SM90_CUH_
+#define LOWBIT_KERNELS_CUDA_GEMM_SCALED_SM90_CUH_
 
 #include <cutlass/cutlass.h>
 #include <cutlass/gemm/device/gemm_universal_adapter.h>
@@ -29,14 +32,15 @@
 
 namespace lowbit::kernels::cuda::sm90 {
 
-template <class ElementD, class TileShape, class ClusterShape, class KernelSchedule, class EpilogueSchedule>
-struct W8A8Gemm {
-  using ElementAcc = int32_t;
+template <class ElementIn, class ElementD, class TileShape, class ClusterShape, class KernelSchedule,
+          class EpilogueSchedule>
+struct ScaledGemm {
+  using ElementAcc = cute::conditional_t<cute::is_same_v<ElementIn, int8_t>, int32_t, float>;
   // X [M, K] row-major (K-major), W [N, K] row-major = K×N column-major (K-major), Y [M, N] row-major.
   using LayoutX = cutlass::layout::RowMajor;
   using LayoutW = cutlass::layout::ColumnMajor;
   using LayoutY = cutlass::layout::RowMajor;
-  static constexpr int kAlignInt8 = 16;  // 16 bytes for TMA
+  static constexpr int kAlignIn = 16;  // 16 bytes for TMA
   static constexpr int kAlignY = 16 / sizeof(ElementD);
 
   using Acc = cutlass::epilogue::fusion::Sm90AccFetch;
@@ -60,14 +64,14 @@ struct W8A8Gemm {
       cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, float, void, LayoutY, kAlignY, ElementD, LayoutY,
       kAlignY, EpilogueSchedule, Tree>::CollectiveOp;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, int8_t, LayoutX, kAlignInt8, int8_t, LayoutW, kAlignInt8,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementIn, LayoutX, kAlignIn, ElementIn, LayoutW, kAlignIn,
       ElementAcc, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       KernelSchedule>::CollectiveOp;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
-  static Status Run(const W8A8Sm90Args& a, cudaStream_t stream) {
+  static Status Run(const char* what, const ScaledSm90Args& a, cudaStream_t stream) {
     using StrideX = typename Kernel::StrideA;
     using StrideW = typename Kernel::StrideB;
     using StrideY = typename Kernel::StrideD;
@@ -83,19 +87,19 @@ struct W8A8Gemm {
 
     typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
                                   {m, n, k, 1},
-                                  {static_cast<const int8_t*>(a.x), sx, static_cast<const int8_t*>(a.w), sw},
+                                  {static_cast<const ElementIn*>(a.x), sx, static_cast<const ElementIn*>(a.w), sw},
                                   {tree, nullptr, sy, static_cast<ElementD*>(a.y), sy}};
     Gemm gemm;
     if (gemm.can_implement(args) != cutlass::Status::kSuccess)
-      return InvalidArgument("W8A8 sm90: CUTLASS cannot run M=" + std::to_string(m) + " N=" + std::to_string(n) +
-                             " K=" + std::to_string(k));
+      return InvalidArgument(std::string(what) + " sm90: CUTLASS cannot run M=" + std::to_string(m) +
+                             " N=" + std::to_string(n) + " K=" + std::to_string(k));
     if (Gemm::get_workspace_size(args) > a.workspace_bytes)
-      return Internal("W8A8 sm90: CUTLASS needs " + std::to_string(Gemm::get_workspace_size(args)) +
+      return Internal(std::string(what) + " sm90: CUTLASS needs " + std::to_string(Gemm::get_workspace_size(args)) +
                       " bytes of workspace");
     cutlass::Status st = gemm.initialize(args, a.workspace, stream);
     if (st == cutlass::Status::kSuccess) st = gemm.run(stream);
     if (st != cutlass::Status::kSuccess)
-      return Internal(std::string("W8A8 sm90: CUTLASS launch failed: ") + cutlassGetStatusString(st) + " (" +
+      return Internal(std::string(what) + " sm90: CUTLASS launch failed: " + cutlassGetStatusString(st) + " (" +
                       cudaGetErrorString(cudaGetLastError()) + ")");
     return Status::Ok();
   }
@@ -105,15 +109,21 @@ struct W8A8Gemm {
 // consumer warp groups (one runs its epilogue while the other runs the next tile's wgmmas).
 // Small M: 64-row tiles, no cluster. Large M: 128×128 tiles on a 2×1 cluster, so each weight
 // tile is loaded once by TMA multicast for two CTAs.
-template <class ElementD>
-using W8A8SmallM =
-    W8A8Gemm<ElementD, cute::Shape<cute::_64, cute::_128, cute::_128>, cute::Shape<cute::_1, cute::_1, cute::_1>,
-             cutlass::gemm::KernelTmaWarpSpecializedPingpong, cutlass::epilogue::TmaWarpSpecialized>;
-template <class ElementD>
-using W8A8LargeM =
-    W8A8Gemm<ElementD, cute::Shape<cute::_128, cute::_128, cute::_128>, cute::Shape<cute::_2, cute::_1, cute::_1>,
-             cutlass::gemm::KernelTmaWarpSpecializedPingpong, cutlass::epilogue::TmaWarpSpecialized>;
+template <class ElementIn, class ElementD>
+using SmallM = ScaledGemm<ElementIn, ElementD, cute::Shape<cute::_64, cute::_128, cute::_128>,
+                          cute::Shape<cute::_1, cute::_1, cute::_1>, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                          cutlass::epilogue::TmaWarpSpecialized>;
+template <class ElementIn, class ElementD>
+using LargeM = ScaledGemm<ElementIn, ElementD, cute::Shape<cute::_128, cute::_128, cute::_128>,
+                          cute::Shape<cute::_2, cute::_1, cute::_1>, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                          cutlass::epilogue::TmaWarpSpecialized>;
+
+template <class ElementIn, template <class, class> class Config>
+Status RunScaled(const char* what, const ScaledSm90Args& a, bool y_is_bf16, cudaStream_t stream) {
+  return y_is_bf16 ? Config<ElementIn, cutlass::bfloat16_t>::Run(what, a, stream)
+                   : Config<ElementIn, cutlass::half_t>::Run(what, a, stream);
+}
 
 }  // namespace lowbit::kernels::cuda::sm90
 
-#endif  // LOWBIT_KERNELS_CUDA_GEMM_W8A8_SM90_CUH_
+#endif  // LOWBIT_KERNELS_CUDA_GEMM_SCALED_SM90_CUH_

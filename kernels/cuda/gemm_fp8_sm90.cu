@@ -1,0 +1,11 @@
+// FP8-E4M3 on Hopper (gemm_scaled_sm90.cuh): both tile configurations and the dispatch by M.
+#include "kernels/cuda/gemm_scaled_sm90.cuh"
+
+namespace lowbit::kernels::cuda::sm90 {
+
+Status GemmFp8(const ScaledSm90Args& a, bool y_is_bf16, cudaStream_t stream) {
+  if (a.m <= kScaledSmallMaxM) return RunScaled<cutlass::float_e4m3_t, SmallM>("FP8", a, y_is_bf16, stream);
+  return RunScaled<cutlass::float_e4m3_t, LargeM>("FP8", a, y_is_bf16, stream);
+}
+
+}  // namespace lowbit::kernels::cuda::sm90
