@@ -9,6 +9,8 @@
 //     the workspace, then cublasGemmEx with f32 accumulation into f32, then bias + rounding.
 // Needs K % 8 == 0 and a group size that is a multiple of 8 (a packed word never straddles
 // two groups).
+#include <type_traits>
+
 #include "kernels/cuda/common.cuh"
 
 namespace lowbit::kernels::cuda {
@@ -79,41 +81,40 @@ __global__ void __launch_bounds__(256)
 constexpr int kW4Warps = 8;
 constexpr int kW4Unroll = 2;  // steps (16-byte loads per weight row) in flight per lane
 
+// The f16 / bf16 pieces of the kernel: packing two values, the output rounding, the mma.
 template <class T>
-struct W4Mma;
-template <>
-struct W4Mma<__nv_bfloat16> {
+struct W4Mma {
+  static constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   __device__ static uint32_t Pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
+    uint32_t bits;
+    if constexpr (kBf16) {
+      __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+      bits = *reinterpret_cast<uint32_t*>(&v);
+    } else {
+      __half2 v = __floats2half2_rn(lo, hi);
+      bits = *reinterpret_cast<uint32_t*>(&v);
+    }
+    return bits;
   }
-  __device__ static __nv_bfloat16 Round(float v) { return __float2bfloat16_rn(v); }
+  __device__ static T Round(float v) {
+    if constexpr (kBf16)
+      return __float2bfloat16_rn(v);
+    else
+      return __float2half_rn(v);
+  }
   __device__ static void Mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                              uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-  }
-};
-template <>
-struct W4Mma<__half> {
-  __device__ static uint32_t Pack(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-  __device__ static __half Round(float v) { return __float2half_rn(v); }
-  __device__ static void Mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                             uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#define LOWBIT_W4_MMA(TYPE)                                                   \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE         \
+               ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n" \
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])               \
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1))
+    if constexpr (kBf16)
+      LOWBIT_W4_MMA("bf16");
+    else
+      LOWBIT_W4_MMA("f16");
+#undef LOWBIT_W4_MMA
 #endif
   }
 };
