@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs dependencies, builds, and runs every test that needs no
-# GPU (GPU tests carry the ctest label `gpu` and run on the device: scripts/device-run.sh).
+# GPU (GPU tests carry the ctest label `gpu` and run on the device: scripts/device-kernels.sh and
+# scripts/device-runtime.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
