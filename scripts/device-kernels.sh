@@ -19,9 +19,10 @@ grep "lowbit:" "$out/configure.log" || true  # whether the CUTLASS kernels are i
 cmake --build build-device -j "$(nproc)" > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
 rc=0
 ctest --test-dir build-device -L gpu --output-on-failure 2>&1 | tee "$out/ctest-gpu.log" || rc=$?
-# The W8A8 / FP8 cases once more without the CUTLASS kernels: the cuBLASLt paths they replace on sm_90.
-for t in GemmW8A8 GemmFp8 RepeatedShapes; do
-  LOWBIT_CUDA_NO_CUTLASS=1 ./build-device/tests/kernels/kernels_backend_ops_gpu_test --gtest_filter=$t \
+# The W8A8 / FP8 / W4A16 cases once more without the CUTLASS kernels: the cuBLASLt / cuBLAS paths
+# they replace on sm_90.
+for t in GemmW8A8 GemmFp8 GemmW4A16 RepeatedShapesReuseCublasLtPlansWithNewScales; do
+  LOWBIT_CUDA_NO_CUTLASS=1 ./build-device/tests/kernels/kernels_backend_ops_gpu_test --gtest_filter=BackendOps.$t \
     >> "$out/gpu-no-cutlass.log" 2>&1 || rc=$?
 done
 ctest --test-dir build-device -LE gpu --output-on-failure > "$out/ctest-cpu.log" 2>&1 || rc=$?
