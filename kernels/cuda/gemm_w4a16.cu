@@ -120,12 +120,13 @@ struct W4Mma {
 };
 
 // Codes j, j + 1 of a word dequantized as DequantOne does — ((code − 8) − z) · s, rounded to T —
-// and packed. code − 8 comes exactly from the float whose bits are 0x4B000000 | code (2^23 + code).
+// and packed. The float whose bits are 0x4B000000 | code is 2^23 + code, and zc = 2^23 + 8 + z
+// (z an integer zero point, |z| ≤ 8): their difference is code − 8 − z exactly, in one add.
 template <class T>
-__device__ __forceinline__ uint32_t DequantPair(uint32_t word, int j, float z, float s) {
-  const float c0 = __fsub_rn(__int_as_float(0x4B000000 | ((word >> (4 * j)) & 15u)), 8388616.0f);
-  const float c1 = __fsub_rn(__int_as_float(0x4B000000 | ((word >> (4 * j + 4)) & 15u)), 8388616.0f);
-  return W4Mma<T>::Pack(__fmul_rn(__fsub_rn(c0, z), s), __fmul_rn(__fsub_rn(c1, z), s));
+__device__ __forceinline__ uint32_t DequantPair(uint32_t word, int j, float zc, float s) {
+  const float c0 = __fsub_rn(__int_as_float(0x4B000000 | ((word >> (4 * j)) & 15u)), zc);
+  const float c1 = __fsub_rn(__int_as_float(0x4B000000 | ((word >> (4 * j + 4)) & 15u)), zc);
+  return W4Mma<T>::Pack(__fmul_rn(c0, s), __fmul_rn(c1, s));
 }
 
 template <class T, bool kUpperRows>
@@ -168,7 +169,7 @@ __global__ void __launch_bounds__(kW4Warps * 32)
           const int64_t gi = base + (k_ok ? (one_group ? kb : kb + 8 * j) / w.group_size : 0);
           if (j == 0 || !one_group) {
             sc[r][j] = __ldg(w.scale + gi);
-            zr[r][j] = w.zero ? __ldg(w.zero + gi) : 0.0f;
+            zr[r][j] = 8388616.0f + (w.zero ? __ldg(w.zero + gi) : 0.0f);  // exact: see DequantPair
           } else {
             sc[r][j] = sc[r][0];
             zr[r][j] = zr[r][0];
