@@ -283,8 +283,12 @@ class CudaBackend : public Backend {
     if (!simple_ && sm_ >= 80 && m <= kW8A8GemvMaxM && k16)
       return LaunchGemvW8A8(x, a.x_scale, a.x_scale_count, wq, w.scale, w.scale_count, a.bias, m, n, k, yt, a.y,
                             stream_);
-    // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue.
-    if (ScaledSm90Ok(a, w)) return RunScaledSm90(/*fp8=*/false, a, w);
+    // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue (a
+    // problem it refuses goes on below).
+    if (ScaledSm90Ok(a, w)) {
+      Status st = RunScaledSm90(/*fp8=*/false, a, w);
+      if (st.code() != StatusCode::kUnimplemented) return st;
+    }
     // M > 16 elsewhere: the int32 accumulators from cuBLASLt's int8 tensor cores (as torch._int_mm, which
     // needs M > 16 and K, N multiples of 8), in the arena, M in chunks of the rows that fit, then
     // the same epilogue as the SIMT kernel, so the output is the same bits. A chunk cuBLASLt has
@@ -323,8 +327,12 @@ class CudaBackend : public Backend {
       return LaunchGemvFp8(static_cast<const uint8_t*>(a.x), a.x_scale, a.x_scale_count,
                            static_cast<const uint8_t*>(w.w), w.scale, w.scale_count, a.bias, m, n, k, ToElem(a.y_dtype),
                            a.y, stream_);
-    // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue.
-    if (ScaledSm90Ok(a, w)) return RunScaledSm90(/*fp8=*/true, a, w);
+    // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue (a
+    // problem it refuses goes on below).
+    if (ScaledSm90Ok(a, w)) {
+      Status st = RunScaledSm90(/*fp8=*/true, a, w);
+      if (st.code() != StatusCode::kUnimplemented) return st;
+    }
     const bool outer = a.x_scale_count > 1 || w.scale_count > 1;
     const bool broadcast = outer && a.x_scale_count == 1;  // x scale expanded to [M] in the arena
     const bool lt_ok = !simple_ && a.bias == nullptr && k % 16 == 0 && n % 16 == 0 && sm_ >= (outer ? 90 : 89) &&
@@ -427,7 +435,7 @@ class CudaBackend : public Backend {
     return fp8 ? sm90::GemmFp8(s, bf16, stream_) : sm90::GemmW8A8(s, bf16, stream_);
 #else
     (void)fp8, (void)a, (void)w;
-    return Internal("RunScaledSm90: built without CUTLASS");  // unreachable: use_cutlass_ stays false
+    return Unimplemented("RunScaledSm90: built without CUTLASS");  // unreachable: use_cutlass_ stays false
 #endif
   }
 

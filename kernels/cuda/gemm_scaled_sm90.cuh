@@ -91,7 +91,7 @@ struct ScaledGemm {
                                   {tree, nullptr, sy, static_cast<ElementD*>(a.y), sy}};
     Gemm gemm;
     if (gemm.can_implement(args) != cutlass::Status::kSuccess)
-      return InvalidArgument(std::string(what) + " sm90: CUTLASS cannot run M=" + std::to_string(m) +
+      return Unimplemented(std::string(what) + " sm90: CUTLASS cannot run M=" + std::to_string(m) +
                              " N=" + std::to_string(n) + " K=" + std::to_string(k));
     if (Gemm::get_workspace_size(args) > a.workspace_bytes)
       return Internal(std::string(what) + " sm90: CUTLASS needs " + std::to_string(Gemm::get_workspace_size(args)) +

@@ -31,7 +31,8 @@ struct ScaledSm90Args {
 };
 // M at and below which the 64-row tile configuration runs.
 constexpr int64_t kScaledSmallMaxM = 128;
-// y_is_bf16: bf16 output, else f16.
+// y_is_bf16: bf16 output, else f16. kUnimplemented (nothing enqueued) when CUTLASS refuses the
+// problem, so the caller can take another path.
 Status GemmW8A8(const ScaledSm90Args& a, bool y_is_bf16, cudaStream_t stream);
 Status GemmFp8(const ScaledSm90Args& a, bool y_is_bf16, cudaStream_t stream);
 
