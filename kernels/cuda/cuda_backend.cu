@@ -1,10 +1,10 @@
 // The CUDA backend: memory, streams, the workspace arena, weight preparation and dispatch.
-// Plain kernels (quantize.cu, gemm_w8a8.cu, gemm_w4a16.cu), tensor-core paths (W8A8 and W4A16
-// weight streaming with mma.sync at M ≤ 16; on sm_90 CUTLASS wgmma W8A8 with a fused epilogue and
-// W4A16 mixed-input, gemm_sm90.h)
-// and library paths (cuBLASLt int8 accumulators for W8A8 at M > 16 elsewhere, cuBLASLt FP8, cuBLAS
-// bf16/f16 for W4A16 at large M); "cuda-simple" runs only the plain kernels, so they can be checked
-// on their own. Nothing here has run on a GPU yet.
+// Plain kernels (quantize.cu, gemm_w8a8.cu, gemm_w4a16.cu); tensor-core paths: W8A8, FP8 and W4A16
+// weight streaming with mma.sync at M ≤ 16, and at M > 16 on sm_90 CUTLASS wgmma kernels
+// (gemm_sm90.h: W8A8 / FP8 with the scales fused into the epilogue, W4A16 mixed-input); library
+// paths where those do not apply (cuBLASLt int8 accumulators + a scale kernel for W8A8, cuBLASLt
+// FP8, dequantize + cuBLAS for W4A16). "cuda-simple" runs only the plain kernels, so they can be
+// checked on their own. Nothing here has run on a GPU yet.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
@@ -48,8 +48,8 @@ constexpr int64_t kW4MinChunkRows = 256;
 size_t Align256(size_t b) { return (b + 255) / 256 * 256; }
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// LOWBIT_CUDA_NO_CUTLASS=1 turns the CUTLASS Hopper kernels off (W8A8 then takes cuBLASLt + the
-// separate epilogue), to compare the two paths on one machine.
+// LOWBIT_CUDA_NO_CUTLASS=1 turns the CUTLASS Hopper kernels off (W8A8 / FP8 then take cuBLASLt,
+// W4A16 dequantize + cuBLAS), to compare the paths on one machine.
 bool CutlassDisabled() {
   const char* v = std::getenv("LOWBIT_CUDA_NO_CUTLASS");
   return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;

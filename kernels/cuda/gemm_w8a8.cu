@@ -1,11 +1,11 @@
 // W8A8-INT8 GEMM: Y[m,n] = ((float)Σ_k X[m,k]·W[n,k] · w_scale[n]) · x_scale[m] + bias[n].
-// Gemv8BitKernel streams the weight for M ≤ 16 on the 8-bit tensor cores (below; W8A8 and FP8). GemmW8A8Kernel,
-// for any M and the reference among the CUDA paths, is a plain shared-memory tiled kernel (64×64 tile, 32-byte K step,
-// 4×4 outputs per thread) with
-// __dp4a and int32 accumulators; the epilogue uses explicitly rounded f32 operations (no FMA
-// contraction), so the output is bit-identical to the CPU reference. Needs K % 4 == 0 (dword
-// loads). The backend prefers cuBLASLt's int8 tensor cores for the accumulators where it has an
-// algorithm (gemm_cublaslt.cu) and runs the same epilogue on them (W8A8EpilogueKernel).
+// Gemv8BitKernel streams the weight for M ≤ 16 on the 8-bit tensor cores (W8A8 and FP8, below).
+// GemmW8A8Kernel, for any M (and "cuda-simple"), is a plain shared-memory tiled kernel (64×64
+// tile, 32-byte K step, 4×4 outputs per thread) with __dp4a and int32 accumulators. The epilogue
+// uses explicitly rounded f32 operations (no FMA contraction), so the output is bit-identical to
+// the CPU reference. Needs K % 4 == 0 (dword loads). Off sm_90 (or without CUTLASS) the backend
+// takes cuBLASLt's int8 tensor cores for the accumulators at M > 16 where it has an algorithm
+// (gemm_cublaslt.cu) and runs the same epilogue on them (W8A8EpilogueKernel).
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"
