@@ -99,9 +99,10 @@ Status LaunchGemmW4Simple(int xt, const void* x, const W4Dev& w, const float* bi
 Status LaunchGemvW4(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k, void* y,
                     cudaStream_t s);
 // The same on the tensor cores (mma.sync, sm_80+): M ≤ 16, K % 32 == 0, f16/bf16, 16-byte
-// aligned x.
+// aligned x. scales_exact: every scale is a value of the activation type (then symmetric weights
+// are dequantized in packed f16/bf16 arithmetic, with the same results).
 Status LaunchGemvW4Mma(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k,
-                       void* y, cudaStream_t s);
+                       void* y, bool scales_exact, cudaStream_t s);
 // W4A16 large M: dequantize to the activation type (rounded), then cuBLAS; the epilogue adds bias.
 Status LaunchDequantW4(int xt, const W4Dev& w, int64_t n, int64_t k, void* out, cudaStream_t s);
 Status LaunchBiasRound(const float* c, const float* bias, int64_t m, int64_t n, int yt, void* y, cudaStream_t s);

@@ -88,6 +88,7 @@ class CudaWeight : public PreparedWeight {
   // int4
   W4Dev w4{};
   const int32_t* perm = nullptr;
+  bool w4_scale_exact[2] = {false, false};         // every scale an f16, a bf16 value
   const void* w4_scale_t[2] = {nullptr, nullptr};  // [G, N] scales as f16, bf16 (CUTLASS W4A16), or null
 };
 
@@ -241,21 +242,23 @@ class CudaBackend : public Backend {
       LOWBIT_KRETURN_IF_ERROR(w->Upload(d.perm.data(), d.perm.size() * 4, &p));
       w->perm = static_cast<const int32_t*>(p);
     }
+    // Scales that are values of the activation type T let symmetric weights be dequantized in T
+    // arithmetic (mma.sync GEMV) and by CUTLASS with the reference's round_T(q · s).
+    for (DType t : {DType::kF16, DType::kBF16})
+      w->w4_scale_exact[t == DType::kBF16] = std::all_of(
+          d.scale.begin(), d.scale.end(), [t](float v) { return std::isfinite(v) && RoundToDType(v, t) == v; });
 #if LOWBIT_KERNELS_HAVE_CUTLASS
     // The CUTLASS mixed-input GEMM (M > 16, symmetric weights) reads the group scales as T values,
-    // [G, N]: a copy for each activation type T that holds every scale exactly (else the
-    // reference's round_T(q · s) would not be what it computes).
+    // [G, N]: a copy for each T that holds every scale exactly.
     if (use_cutlass_ && !d.asym && sm90::W4A16Supported(n, k, gs)) {
       for (DType t : {DType::kF16, DType::kBF16}) {
+        if (!w->w4_scale_exact[t == DType::kBF16]) continue;
         std::vector<uint16_t> st(d.scale.size());
-        bool exact = true;
-        for (int64_t r = 0; r < n && exact; ++r)
+        for (int64_t r = 0; r < n; ++r)
           for (int64_t g = 0; g < d.groups; ++g) {
             const float v = d.scale[r * d.groups + g];
-            exact = exact && std::isfinite(v) && RoundToDType(v, t) == v;
             st[g * n + r] = t == DType::kBF16 ? FloatToBf16(v) : FloatToFp16(v);
           }
-        if (!exact) continue;
         LOWBIT_KRETURN_IF_ERROR(w->Upload(st.data(), st.size() * 2, &p));
         w->w4_scale_t[t == DType::kBF16] = p;
       }
@@ -389,7 +392,8 @@ class CudaBackend : public Backend {
         x = xp;
       }
       if (m <= kGemvMaxM && !simple_ && sm_ >= 80 && k % 32 == 0 && Aligned16(x)) {
-        LOWBIT_KRETURN_IF_ERROR(LaunchGemvW4Mma(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
+        LOWBIT_KRETURN_IF_ERROR(
+            LaunchGemvW4Mma(xt, x, w.w4, a.bias, rows, n, k, y, w.w4_scale_exact[a.x_dtype == DType::kBF16], stream_));
       } else if (m <= kGemvMaxM) {
         LOWBIT_KRETURN_IF_ERROR(LaunchGemvW4(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
 #if LOWBIT_KERNELS_HAVE_CUTLASS

@@ -102,6 +102,21 @@ struct W4Mma {
     else
       return __float2half_rn(v);
   }
+  // (a − b) · s on packed pairs of T, each operation rounded in T.
+  __device__ static uint32_t SubMul(uint32_t a, uint32_t b, uint32_t s) {
+    uint32_t bits;
+    if constexpr (kBf16) {
+      const __nv_bfloat162 r =
+          __hmul2(__hsub2(*reinterpret_cast<const __nv_bfloat162*>(&a), *reinterpret_cast<const __nv_bfloat162*>(&b)),
+                  *reinterpret_cast<const __nv_bfloat162*>(&s));
+      bits = *reinterpret_cast<const uint32_t*>(&r);
+    } else {
+      const __half2 r = __hmul2(__hsub2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b)),
+                                *reinterpret_cast<const __half2*>(&s));
+      bits = *reinterpret_cast<const uint32_t*>(&r);
+    }
+    return bits;
+  }
   __device__ static void Mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                              uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -129,7 +144,21 @@ __device__ __forceinline__ uint32_t DequantPair(uint32_t word, int j, float zc, 
   return W4Mma<T>::Pack(__fmul_rn(c0, s), __fmul_rn(c1, s));
 }
 
-template <class T, bool kUpperRows>
+// The same pair in packed T arithmetic, for symmetric weights whose scales are T values (the
+// backend checks at load): the T whose bits are kMagic | code is 128 + code (bf16) or 1024 + code
+// (f16), so subtracting 136 / 1032 leaves code − 8 exactly, and the product with s is rounded once
+// in T — the reference's round_T((code − 8) · s), the f32 product being exact. Two codes cost two
+// shifts, two logic operations, one subtraction and one multiplication.
+template <class T>
+__device__ __forceinline__ uint32_t DequantPairPacked(uint32_t word, int j, uint32_t s2) {
+  constexpr uint32_t kMagic = W4Mma<T>::kBf16 ? 0x43004300u : 0x64006400u;
+  constexpr uint32_t kBias = W4Mma<T>::kBf16 ? 0x43084308u : 0x64086408u;
+  const uint32_t t = word >> (4 * j);
+  const uint32_t pair = (t & 0xFu) | ((t << 12) & 0xF0000u) | kMagic;
+  return W4Mma<T>::SubMul(pair, kBias, s2);
+}
+
+template <class T, bool kUpperRows, bool kPacked>
 __global__ void __launch_bounds__(kW4Warps * 32)
     GemvW4MmaKernel(const T* __restrict__ x, W4Dev w, const float* __restrict__ bias, int64_t m, int64_t n, int64_t k,
                     T* __restrict__ y) {
@@ -176,6 +205,11 @@ __global__ void __launch_bounds__(kW4Warps * 32)
           }
         }
       }
+      uint32_t s2[2][4];  // the scales as packed pairs of T (kPacked)
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) s2[r][j] = kPacked ? W4Mma<T>::Pack(sc[r][j], sc[r][j]) : 0u;
       const uint32_t* wq[2] = {reinterpret_cast<const uint32_t*>(&wv[u][0]),
                                reinterpret_cast<const uint32_t*>(&wv[u][1])};
 #pragma unroll
@@ -186,10 +220,13 @@ __global__ void __launch_bounds__(kW4Warps * 32)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const uint32_t word = wq[r][j] ^ kNibbleBias;
-          W4Mma<T>::Mma(c[r], lo.x, hi.x, lo.y, hi.y, DequantPair<T>(word, 0, zr[r][j], sc[r][j]),
-                        DequantPair<T>(word, 2, zr[r][j], sc[r][j]));
-          W4Mma<T>::Mma(c[r], lo.z, hi.z, lo.w, hi.w, DequantPair<T>(word, 4, zr[r][j], sc[r][j]),
-                        DequantPair<T>(word, 6, zr[r][j], sc[r][j]));
+          uint32_t b[4];
+#pragma unroll
+          for (int p = 0; p < 4; ++p)
+            b[p] =
+                kPacked ? DequantPairPacked<T>(word, 2 * p, s2[r][j]) : DequantPair<T>(word, 2 * p, zr[r][j], sc[r][j]);
+          W4Mma<T>::Mma(c[r], lo.x, hi.x, lo.y, hi.y, b[0], b[1]);
+          W4Mma<T>::Mma(c[r], lo.z, hi.z, lo.w, hi.w, b[2], b[3]);
         }
       }
     }
@@ -307,27 +344,32 @@ Status LaunchGemvW4(int xt, const void* x, const W4Dev& w, const float* bias, in
   return CudaStatus(cudaGetLastError(), "GemvW4 launch");
 }
 
+template <class T>
+void LaunchGemvW4MmaT(const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k, void* y,
+                      bool packed, cudaStream_t s) {
+  const unsigned blocks = Blocks(n, 16);
+  auto* xt = static_cast<const T*>(x);
+  auto* yt = static_cast<T*>(y);
+  const int threads = kW4Warps * 32;
+  if (m > 8 && packed)
+    GemvW4MmaKernel<T, true, true><<<blocks, threads, 0, s>>>(xt, w, bias, m, n, k, yt);
+  else if (m > 8)
+    GemvW4MmaKernel<T, true, false><<<blocks, threads, 0, s>>>(xt, w, bias, m, n, k, yt);
+  else if (packed)
+    GemvW4MmaKernel<T, false, true><<<blocks, threads, 0, s>>>(xt, w, bias, m, n, k, yt);
+  else
+    GemvW4MmaKernel<T, false, false><<<blocks, threads, 0, s>>>(xt, w, bias, m, n, k, yt);
+}
+
 Status LaunchGemvW4Mma(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k,
-                       void* y, cudaStream_t s) {
+                       void* y, bool scales_exact, cudaStream_t s) {
   if (m < 1 || m > kMaxGemvM || k % 32 != 0 || (xt != kBF16 && xt != kF16))
     return Internal("LaunchGemvW4Mma: needs 1 ≤ M ≤ 16, K % 32 == 0 and f16/bf16 activations");
-  const unsigned blocks = Blocks(n, 16);
-  const bool upper = m > 8;
-  if (xt == kBF16) {
-    auto* xb = static_cast<const __nv_bfloat16*>(x);
-    auto* yb = static_cast<__nv_bfloat16*>(y);
-    if (upper)
-      GemvW4MmaKernel<__nv_bfloat16, true><<<blocks, kW4Warps * 32, 0, s>>>(xb, w, bias, m, n, k, yb);
-    else
-      GemvW4MmaKernel<__nv_bfloat16, false><<<blocks, kW4Warps * 32, 0, s>>>(xb, w, bias, m, n, k, yb);
-  } else {
-    auto* xh = static_cast<const __half*>(x);
-    auto* yh = static_cast<__half*>(y);
-    if (upper)
-      GemvW4MmaKernel<__half, true><<<blocks, kW4Warps * 32, 0, s>>>(xh, w, bias, m, n, k, yh);
-    else
-      GemvW4MmaKernel<__half, false><<<blocks, kW4Warps * 32, 0, s>>>(xh, w, bias, m, n, k, yh);
-  }
+  const bool packed = scales_exact && w.zero == nullptr;
+  if (xt == kBF16)
+    LaunchGemvW4MmaT<__nv_bfloat16>(x, w, bias, m, n, k, y, packed, s);
+  else
+    LaunchGemvW4MmaT<__half>(x, w, bias, m, n, k, y, packed, s);
   return CudaStatus(cudaGetLastError(), "GemvW4Mma launch");
 }
 
