@@ -565,7 +565,10 @@ void RunW4Table() {
         for (auto& v : bias) v = static_cast<float>(rng.Normal());
         Buf dbias(b.get(), bias.data(), n * 4);
         std::vector<W4Variant> variants = W4Variants();
-        if (grp.big) variants = {{128, true, true}};  // group 128, asymmetric, act order
+        // Big shapes: group 128, asymmetric, act order; on CUDA also group 128 symmetric (the common
+        // W4A16 checkpoint), which takes the packed-dequantization GEMV and the CUTLASS kernel.
+        if (grp.big) variants = {{128, true, true}};
+        if (grp.big && IsGpu(name)) variants.push_back({128, false, false});
         for (const W4Variant& v : variants) {
           Int4Checkpoint ck = MakeInt4(n, k, v, dt, rng);
           const Int4WeightSource src = ck.Source(n, k, v.group_size, dt);
