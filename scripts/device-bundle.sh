@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Run HERE (the build machine), before a device call that checks the services on the GPU: packs
-# what the device machine lacks (it has CUDA 13, CMake and PyTorch, but no gRPC, protobuf,
-# Abseil, OpenBLAS…) into .devbundle/bundle.tar.xz — the runtime, CLI, calibrator, lowbit-rtn
-# and the runtime's integration test, built here, with every shared library they load except
-# glibc, libstdc++/libgcc (the device's are newer) and CUDA's own (the device's CUDA 13 is used).
-# .devbundle/ is git-ignored; name it in the device run's `carry`, then run
-# scripts/device-runtime.sh there.
+# Run HERE (the build machine), before a device call: packs what the device machine lacks (it has
+# CUDA 13, CMake and PyTorch, but no gRPC, protobuf, Abseil, OpenBLAS, GoogleTest or CUTLASS…) into
+# .devbundle/bundle.tar.xz — the runtime, CLI, calibrator, lowbit-rtn, the runtime's integration
+# test, the GPU backend-ops test and the kernel benchmark, built here, with every shared library
+# they load except glibc, libstdc++/libgcc (the device's are newer) and CUDA's own (the device's
+# CUDA 13 is used). .devbundle/ is git-ignored; name it in the device run's `carry`, then run
+# scripts/device-kernels.sh and scripts/device-runtime.sh there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build="${BUILD_DIR:-build}"
 bins=(cli/lowbit runtime/lowbit-runtime calibrator/lowbit-calibrator tools/lowbit-rtn
-      tests/integration/runtime_service_test)
+      tests/integration/runtime_service_test tests/kernels/kernels_backend_ops_gpu_test
+      bench/kernels/lowbit-bench-kernels)
 ninja -C "$build" "${bins[@]}"
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
