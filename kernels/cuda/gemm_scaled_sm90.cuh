@@ -28,6 +28,7 @@
 #include <cutlass/util/packed_stride.hpp>
 #include <string>
 
+#include "kernels/cuda/cutlass_launch.cuh"
 #include "kernels/cuda/gemm_sm90.h"
 
 namespace lowbit::kernels::cuda::sm90 {
@@ -89,19 +90,11 @@ struct ScaledGemm {
                                   {m, n, k, 1},
                                   {static_cast<const ElementIn*>(a.x), sx, static_cast<const ElementIn*>(a.w), sw},
                                   {tree, nullptr, sy, static_cast<ElementD*>(a.y), sy}};
-    Gemm gemm;
-    if (gemm.can_implement(args) != cutlass::Status::kSuccess)
-      return Unimplemented(std::string(what) + " sm90: CUTLASS cannot run M=" + std::to_string(m) +
-                             " N=" + std::to_string(n) + " K=" + std::to_string(k));
-    if (Gemm::get_workspace_size(args) > a.workspace_bytes)
-      return Internal(std::string(what) + " sm90: CUTLASS needs " + std::to_string(Gemm::get_workspace_size(args)) +
-                      " bytes of workspace");
-    cutlass::Status st = gemm.initialize(args, a.workspace, stream);
-    if (st == cutlass::Status::kSuccess) st = gemm.run(stream);
-    if (st != cutlass::Status::kSuccess)
-      return Internal(std::string(what) + " sm90: CUTLASS launch failed: " + cutlassGetStatusString(st) + " (" +
-                      cudaGetErrorString(cudaGetLastError()) + ")");
-    return Status::Ok();
+    const auto problem = [&] {
+      return "M=" + std::to_string(m) + " N=" + std::to_string(n) + " K=" + std::to_string(k);
+    };
+    return LaunchCutlassGemm<Gemm>(what, problem, StatusCode::kUnimplemented, args, a.workspace, a.workspace_bytes,
+                                   stream);
   }
 };
 

@@ -22,6 +22,7 @@
 #include <cutlass/util/packed_stride.hpp>
 #include <string>
 
+#include "kernels/cuda/cutlass_launch.cuh"
 #include "kernels/cuda/gemm_sm90.h"
 
 namespace lowbit::kernels::cuda::sm90 {
@@ -74,19 +75,12 @@ struct W4A16Gemm {
                                   {static_cast<const cutlass::int4b_t*>(a.w), sw, static_cast<const T*>(a.x), sx,
                                    static_cast<const T*>(a.scale), ss, static_cast<int>(a.group_size)},
                                   {tree, nullptr, sy, static_cast<T*>(a.y), sy}};
-    Gemm gemm;
-    if (gemm.can_implement(args) != cutlass::Status::kSuccess)
-      return InvalidArgument("W4A16 sm90: CUTLASS cannot run M=" + std::to_string(m) + " N=" + std::to_string(n) +
-                             " K=" + std::to_string(k) + " group " + std::to_string(a.group_size));
-    if (Gemm::get_workspace_size(args) > a.workspace_bytes)
-      return Internal("W4A16 sm90: CUTLASS needs " + std::to_string(Gemm::get_workspace_size(args)) +
-                      " bytes of workspace");
-    cutlass::Status st = gemm.initialize(args, a.workspace, stream);
-    if (st == cutlass::Status::kSuccess) st = gemm.run(stream);
-    if (st != cutlass::Status::kSuccess)
-      return Internal(std::string("W4A16 sm90: CUTLASS launch failed: ") + cutlassGetStatusString(st) + " (" +
-                      cudaGetErrorString(cudaGetLastError()) + ")");
-    return Status::Ok();
+    const auto problem = [&] {
+      return "M=" + std::to_string(m) + " N=" + std::to_string(n) + " K=" + std::to_string(k) + " group " +
+             std::to_string(a.group_size);
+    };
+    return LaunchCutlassGemm<Gemm>("W4A16 sm90", problem, StatusCode::kInvalidArgument, args, a.workspace,
+                                   a.workspace_bytes, stream);
   }
 };
 

@@ -8,7 +8,7 @@ Status GemmW8A8Small(const ScaledSm90Args& a, bool y_is_bf16, cudaStream_t strea
 
 Status GemmW8A8(const ScaledSm90Args& a, bool y_is_bf16, cudaStream_t stream) {
   if (a.m <= kScaledSmallMaxM) return GemmW8A8Small(a, y_is_bf16, stream);
-  return RunScaled<int8_t, LargeM>("W8A8", a, y_is_bf16, stream);
+  return RunScaled<int8_t, LargeM>("W8A8 sm90", a, y_is_bf16, stream);
 }
 
 }  // namespace lowbit::kernels::cuda::sm90

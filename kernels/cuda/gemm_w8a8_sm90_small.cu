@@ -4,7 +4,7 @@
 namespace lowbit::kernels::cuda::sm90 {
 
 Status GemmW8A8Small(const ScaledSm90Args& a, bool y_is_bf16, cudaStream_t stream) {
-  return RunScaled<int8_t, SmallM>("W8A8", a, y_is_bf16, stream);
+  return RunScaled<int8_t, SmallM>("W8A8 sm90", a, y_is_bf16, stream);
 }
 
 }  // namespace lowbit::kernels::cuda::sm90

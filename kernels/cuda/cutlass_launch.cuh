@@ -1,0 +1,36 @@
+// The tail every CUTLASS GEMM call shares (gemm_scaled_sm90.cuh, gemm_w4a16_sm90.cu): ask the
+// kernel whether it takes the problem, check the workspace, initialize and launch on `stream`.
+#ifndef LOWBIT_KERNELS_CUDA_CUTLASS_LAUNCH_CUH_
+#define LOWBIT_KERNELS_CUDA_CUTLASS_LAUNCH_CUH_
+
+#include <cuda_runtime.h>
+#include <cutlass/cutlass.h>
+
+#include <string>
+
+#include "kernels/status.h"
+
+namespace lowbit::kernels::cuda::sm90 {
+
+// `what` names the GEMM ("W8A8 sm90"); `problem()` describes its shape, called only for the error;
+// a problem the kernel refuses returns `refused` with nothing enqueued.
+template <class Gemm, class Problem>
+Status LaunchCutlassGemm(const char* what, Problem problem, StatusCode refused, const typename Gemm::Arguments& args,
+                         void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  Gemm gemm;
+  if (gemm.can_implement(args) != cutlass::Status::kSuccess)
+    return Status(refused, std::string(what) + ": CUTLASS cannot run " + problem());
+  const size_t need = Gemm::get_workspace_size(args);
+  if (need > workspace_bytes)
+    return Internal(std::string(what) + ": CUTLASS needs " + std::to_string(need) + " bytes of workspace");
+  cutlass::Status st = gemm.initialize(args, workspace, stream);
+  if (st == cutlass::Status::kSuccess) st = gemm.run(stream);
+  if (st != cutlass::Status::kSuccess)
+    return Internal(std::string(what) + ": CUTLASS launch failed: " + cutlassGetStatusString(st) + " (" +
+                    cudaGetErrorString(cudaGetLastError()) + ")");
+  return Status::Ok();
+}
+
+}  // namespace lowbit::kernels::cuda::sm90
+
+#endif  // LOWBIT_KERNELS_CUDA_CUTLASS_LAUNCH_CUH_
