@@ -5,12 +5,16 @@
 # reference, batching bit for bit), then `lowbit bench-rpc` with the runtimes on CUDA (Gemm
 # latency and RPC overhead, batching at 1 / 8 / 64 clients, streaming). Results go to $OUT (or
 # ./device-out).
+# Time-boxed steps (scripts/device-steps.sh; LOWBIT_DEVICE_BUDGET_S, default here 240: what a
+# 15-minute device session has left after scripts/device-kernels.sh).
 #   bash scripts/device-runtime.sh             # tests + bench
 #   SKIP_BENCH=1 bash scripts/device-runtime.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-device-out}"
 mkdir -p "$out"
+LOWBIT_DEVICE_BUDGET_S="${LOWBIT_DEVICE_BUDGET_S:-240}"
+source scripts/device-steps.sh
 bundle="$(mktemp -d)"
 tar -C "$bundle" -xJf .devbundle/bundle.tar.xz
 cuda_home="${CUDA_HOME:-/usr/local/cuda}"
@@ -19,12 +23,11 @@ echo "bundle of commit $(cat "$bundle/COMMIT")" | tee "$out/bundle.txt"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 missing="$(ldd "$bundle"/bin/* | grep 'not found' || true)"
 if [[ -n "$missing" ]]; then echo "unresolved libraries: $missing" | tee "$out/ldd.txt"; exit 1; fi
-rc=0
-LOWBIT_TEST_BACKEND=cuda "$bundle/bin/runtime_service_test" 2>&1 | tee "$out/runtime-cuda-tests.log" || rc=$?
+LOWBIT_TEST_BACKEND=cuda step runtime-cuda-tests 90 "$bundle/bin/runtime_service_test"
 if [[ -z "${SKIP_BENCH:-}" ]]; then
-  "$bundle/bin/lowbit" bench-rpc --out "$out/bench-rpc-cuda" --bench_backend cuda 2>&1 |
-    tee "$out/bench-rpc-cuda.log" || rc=$?
-  "$bundle/bin/lowbit" bench-rpc --out "$out/bench-rpc-cpu" --bench_backend cpu --bench_clients 1,64 2>&1 |
-    tee "$out/bench-rpc-cpu.log" || rc=$?
+  step bench-rpc-cuda 90 "$bundle/bin/lowbit" bench-rpc --out "$out/bench-rpc-cuda" --bench_backend cuda
+  step bench-rpc-cpu 60 "$bundle/bin/lowbit" bench-rpc --out "$out/bench-rpc-cpu" --bench_backend cpu \
+    --bench_clients 1,64
 fi
+cat "$out/steps.tsv"
 exit $rc

@@ -29,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <sstream>
@@ -190,6 +191,13 @@ struct Shape {
   bool big;
 };
 
+// LOWBIT_TEST_SHAPES=small leaves out the Llama-3-8B shapes: for slow runs of the whole table,
+// such as compute-sanitizer's memcheck on the device (scripts/device-kernels.sh).
+bool SmallShapesOnly() {
+  const char* v = std::getenv("LOWBIT_TEST_SHAPES");
+  return v != nullptr && std::string(v) == "small";
+}
+
 // any_k: the op's CPU kernels take any K (W8A8, FP8), so the CPU backends also get K = 37 — not
 // a multiple of the 4- (int8) or 2-element (FP8) k-groups their weight layouts pack.
 std::vector<Shape> Shapes(const std::string& backend, bool representative, bool any_k) {
@@ -201,10 +209,15 @@ std::vector<Shape> Shapes(const std::string& backend, bool representative, bool 
   if (any_k && !IsGpu(backend))
     for (int64_t m : {1, 3, 17}) s.push_back({m, 37, 19, false});
   // CUDA: K and N multiples of 16 reach cuBLASLt FP8 (no bias only); no other shape here does.
+  // (320, 56) reaches the Hopper CUTLASS kernels with a K that ends inside their 128-wide k-tile
+  // (with group 128: a half last group) and the int4 GEMV with N ending inside its 16-row block.
   if (IsGpu(backend))
-    for (int64_t m : {1, 3, 16, 17, 255, 256, 4096}) s.push_back({m, 256, 48, false});
+    for (int64_t m : {1, 3, 16, 17, 255, 256, 4096}) {
+      s.push_back({m, 256, 48, false});
+      s.push_back({m, 320, 56, false});
+    }
   s.push_back({4096, 200, 77, false});
-  if (!representative || backend == "cpu-generic") return s;
+  if (!representative || backend == "cpu-generic" || SmallShapesOnly()) return s;
   const int64_t big_kn[][2] = {{4096, 4096}, {4096, 6144}, {4096, 28672}, {14336, 4096}};
   std::vector<int64_t> ms = IsGpu(backend) ? std::vector<int64_t>{1, 3, 16, 17, 255, 256, 4096}
                                            : std::vector<int64_t>{1, 17};
@@ -696,7 +709,9 @@ TEST(BackendOps, CpuAvx2IsRefusedWithoutAvx2) {
   EXPECT_NE(std::find(names.begin(), names.end(), "cpu-avx2"), names.end());
   const std::string isa = CpuIsa();
   EXPECT_TRUE(isa == "avx512-vnni-bf16" || isa == "avx2-fma-f16c" || isa == "generic") << isa;
-  if (isa == "generic") EXPECT_FALSE(CpuHasAvx2Kernels());
+  if (isa == "generic") {
+    EXPECT_FALSE(CpuHasAvx2Kernels());
+  }
 }
 #endif
 
