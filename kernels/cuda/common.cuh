@@ -46,6 +46,16 @@ __device__ __forceinline__ uint8_t FloatToFp8(float v) {
   return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
 }
 
+// 16 bytes that the grid reads once (streamed weights), loaded without allocating in L1, so L1
+// keeps the activations that every block of a weight-streaming kernel re-reads. p 16-byte aligned.
+__device__ __forceinline__ int4 LoadStreamed16(const void* p) {
+  int4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.s32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
 inline Status CudaStatus(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return Status::Ok();
   return Internal(std::string("cuda: ") + what + ": " + cudaGetErrorString(e));

@@ -130,6 +130,8 @@ struct W4Mma {
     else
       LOWBIT_W4_MMA("f16");
 #undef LOWBIT_W4_MMA
+#else
+    __trap();  // compiled for an arch without this mma: never silently return zeros
 #endif
   }
 };
@@ -172,6 +174,14 @@ __global__ void __launch_bounds__(kW4Warps * 32)
   const T* xlo = x + static_cast<int64_t>(g) * k;
   const T* xhi = x + static_cast<int64_t>(g + 8) * k;
   const bool one_group = w.group_size % 32 == 0;  // a lane's 32 codes share a group
+  // Group of column kk: a shift for power-of-two group sizes (128, and K = 2^j per channel),
+  // else a 32-bit division (K < 2^31) — not the 64-bit one, ≈ 70 instructions, in the inner loop.
+  const uint32_t gsize = static_cast<uint32_t>(w.group_size);
+  const int gshift = (gsize & (gsize - 1)) == 0 ? __ffs(static_cast<int>(gsize)) - 1 : -1;
+  const auto group_of = [&](int64_t kk) -> int64_t {
+    const uint32_t c = static_cast<uint32_t>(kk);
+    return gshift >= 0 ? (c >> gshift) : c / gsize;
+  };
   float c[2][4] = {};
   const int64_t steps = (k + 127) / 128;
   for (int64_t s0 = warp; s0 < steps; s0 += kW4Warps * kW4Unroll) {
@@ -181,8 +191,7 @@ __global__ void __launch_bounds__(kW4Warps * 32)
       const int64_t kb = (s0 + static_cast<int64_t>(u) * kW4Warps) * 128 + 32 * t;
 #pragma unroll
       for (int r = 0; r < 2; ++r)
-        wv[u][r] = (row_ok[r] && kb < k) ? __ldg(reinterpret_cast<const int4*>(w.packed + rows[r] * words + kb / 8))
-                                         : make_int4(0, 0, 0, 0);
+        wv[u][r] = (row_ok[r] && kb < k) ? LoadStreamed16(w.packed + rows[r] * words + kb / 8) : make_int4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < kW4Unroll; ++u) {
@@ -195,7 +204,7 @@ __global__ void __launch_bounds__(kW4Warps * 32)
         const int64_t base = (row_ok[r] ? rows[r] : 0) * w.groups;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          const int64_t gi = base + (k_ok ? (one_group ? kb : kb + 8 * j) / w.group_size : 0);
+          const int64_t gi = base + (k_ok ? group_of(one_group ? kb : kb + 8 * j) : 0);
           if (j == 0 || !one_group) {
             sc[r][j] = __ldg(w.scale + gi);
             zr[r][j] = 8388616.0f + (w.zero ? __ldg(w.zero + gi) : 0.0f);  // exact: see DequantPair

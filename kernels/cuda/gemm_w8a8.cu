@@ -96,6 +96,8 @@ struct Int8Mma {
         "{%0,%1,%2,%3};\n"
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();  // compiled for an arch without int8 mma: never silently return zeros
 #endif
   }
   __device__ static float Value(Acc acc, float ws, float xs, const float* bias, int64_t gn) {
@@ -112,6 +114,8 @@ struct Fp8Mma {
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();  // compiled for an arch without e4m3 mma: never silently return zeros
 #endif
   }
   // As the simple FP8 kernel: the sum times the weight scale, times the token scale, plus bias.
@@ -143,8 +147,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 #pragma unroll
     for (int u = 0; u < kGemvUnroll; ++u) {
       const int64_t off = (s0 + static_cast<int64_t>(u) * kGemvWarps) * 64 + t * 16;
-      wv[u] = (row_ok && off < k) ? __ldg(reinterpret_cast<const int4*>(wrow + off)) : make_int4(0, 0, 0, 0);
+      wv[u] = (row_ok && off < k) ? LoadStreamed16(wrow + off) : make_int4(0, 0, 0, 0);
     }
+    // A fresh accumulator per iteration (8 mmas), promoted with an f32 add: the FP8 mma keeps
+    // only ~13 mantissa bits of D between mmas (Ada/Hopper); exact and free for int32.
+    Acc cs[4] = {0, 0, 0, 0};
 #pragma unroll
     for (int u = 0; u < kGemvUnroll; ++u) {
       const int64_t off = (s0 + static_cast<int64_t>(u) * kGemvWarps) * 64 + t * 16;
@@ -155,9 +162,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
                               static_cast<uint32_t>(hi.y)};
       const uint32_t a1[4] = {static_cast<uint32_t>(lo.z), static_cast<uint32_t>(hi.z), static_cast<uint32_t>(lo.w),
                               static_cast<uint32_t>(hi.w)};
-      Op::Mma(c, a0, static_cast<uint32_t>(wv[u].x), static_cast<uint32_t>(wv[u].y));
-      Op::Mma(c, a1, static_cast<uint32_t>(wv[u].z), static_cast<uint32_t>(wv[u].w));
+      Op::Mma(cs, a0, static_cast<uint32_t>(wv[u].x), static_cast<uint32_t>(wv[u].y));
+      Op::Mma(cs, a1, static_cast<uint32_t>(wv[u].z), static_cast<uint32_t>(wv[u].w));
     }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) c[i] += cs[i];
   }
   // c[0], c[1]: token g, weight rows n0 + 2t, n0 + 2t + 1; c[2], c[3]: token g + 8.
   __shared__ Acc part[kGemvWarps][32][4];
