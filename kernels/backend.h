@@ -21,6 +21,10 @@
 //              k / group_size; Y[m,n] = round_out(Σ_k X[m,k]·W'[n,k] + bias[n]) with f32
 //              accumulation; the output dtype is the activation dtype.
 //
+// Threads. A Backend is not thread-safe: callers serialize every call on one backend, Prepare*
+// and the destruction of its PreparedWeights included (the runtime holds BackendHandle::mu).
+// A CUDA backend may be called from any host thread; it makes its device current on each call.
+//
 // Shapes. M ≥ 1 (tested 1..4096; the interface takes any M up to 16384 and beyond).
 // K and N requirements differ per backend and op; Requirements() says which, and every op
 // returns InvalidArgument with the offending value when they are not met.

@@ -40,6 +40,9 @@ else
   test_bin=./build-device/tests/kernels/kernels_backend_ops_gpu_test
   bench_bin=./build-device/bench/kernels/lowbit-bench-kernels
 fi
+# LOWBIT_CUDA_TRACE=1: the backend prints each GEMM path it takes (once per op, shape and path),
+# so the logs show which kernel ran where (fallbacks are otherwise silent).
+export LOWBIT_CUDA_TRACE=1
 step ctest-gpu 240 "$test_bin"
 if ! grep -q "ctest-gpu	0	" "$out/steps.tsv"; then
   # A fault or a wrong result: memcheck the small shapes of the whole table (the big ones would take
@@ -67,5 +70,12 @@ if [[ -z "${SKIP_BENCH:-}" ]]; then
   step bench-cuda-simple 40 "$bench_bin" --backend cuda-simple --ms 256,4096 --ops w8a8,fp8 --reps 2 --out "$out"
   step plot 20 python3 bench/kernels/plot.py "$out/kernels-cuda.csv" "$out/kernels-cuda.png" "$out/torch-baselines.csv"
 fi
-cat "$out/steps.tsv"
+# Which paths ran, counted over the test's and the benchmark's calls.
+grep -h "lowbit cuda path:" "$out"/*.log 2>/dev/null | sed 's/.* -> //' | sort | uniq -c > "$out/paths.txt" || true
+# CUTLASS reports a TMA descriptor it could not encode on stderr and (NDEBUG) goes on: a failure.
+if grep -l "Failed to initialize the TMA descriptor" "$out"/*.log 2>/dev/null; then
+  echo "CUTLASS could not encode a TMA descriptor (logs above)"
+  rc=1
+fi
+cat "$out/paths.txt" "$out/steps.tsv"
 exit $rc

@@ -42,6 +42,7 @@ __device__ __forceinline__ float Fp8ToFloat(uint8_t v) {
   __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(v), __NV_E4M3);
   return __half2float(__half(h));
 }
+// Round to nearest even; beyond ±448 (±inf included) saturates to ±448; NaN stays NaN.
 __device__ __forceinline__ uint8_t FloatToFp8(float v) {
   return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
 }
@@ -114,6 +115,7 @@ Status LaunchGemvW4(int xt, const void* x, const W4Dev& w, const float* bias, in
 Status LaunchGemvW4Mma(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k,
                        void* y, bool scales_exact, cudaStream_t s);
 // W4A16 large M: dequantize to the activation type (rounded), then cuBLAS; the epilogue adds bias.
+// out: 16-byte aligned, f16 / bf16 (xt).
 Status LaunchDequantW4(int xt, const W4Dev& w, int64_t n, int64_t k, void* out, cudaStream_t s);
 Status LaunchBiasRound(const float* c, const float* bias, int64_t m, int64_t n, int yt, void* y, cudaStream_t s);
 // Gathers activation columns: out[m, j] = x[m, perm[j]] (16-bit types).

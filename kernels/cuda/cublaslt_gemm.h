@@ -41,8 +41,10 @@ class CublasLtGemms {
 
  private:
   struct Plan;
-  // (int8?, M, N, K, output type, outer-vector scales?)
-  using Key = std::tuple<bool, int64_t, int64_t, int64_t, int, bool>;
+  // (int8?, M, N, K, output type, outer-vector scales?, alignment in bytes of the X, W and Y
+  // pointers — their lowest set bit, at most 256: the heuristic is told it, so an algorithm that
+  // needs more is never chosen, and a misaligned call does not spoil the aligned calls' plan)
+  using Key = std::tuple<bool, int64_t, int64_t, int64_t, int, bool, uint32_t>;
   // The plan for `key`, made on first use (Plan::usable false when cuBLASLt has none). Under mu_.
   Status Find(const Key& key, Plan** out);
   Status Run(Plan* plan, const void* alpha, const void* w, const void* x, const void* beta, void* y,

@@ -10,9 +10,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -50,19 +53,45 @@ bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 // LOWBIT_CUDA_NO_CUTLASS=1 turns the CUTLASS Hopper kernels off (W8A8 / FP8 then take cuBLASLt,
 // W4A16 dequantize + cuBLAS), to compare the paths on one machine.
-bool CutlassDisabled() {
-  const char* v = std::getenv("LOWBIT_CUDA_NO_CUTLASS");
+bool EnvFlag(const char* name) {
+  const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
 }
+bool CutlassDisabled() { return EnvFlag("LOWBIT_CUDA_NO_CUTLASS"); }
+
+// LOWBIT_CUDA_TRACE=1: each GEMM path taken is printed to stderr once per (op, M, N, K, path) —
+// which kernel ran, without a profiler (fallbacks are otherwise silent).
+class PathTrace {
+ public:
+  PathTrace() : on_(EnvFlag("LOWBIT_CUDA_TRACE")) {}
+  void Note(const std::string& backend, const char* op, int64_t m, int64_t n, int64_t k, const char* path) {
+    if (!on_) return;
+    std::string key = backend + " " + op + " M=" + std::to_string(m) + " N=" + std::to_string(n) +
+                      " K=" + std::to_string(k) + " -> " + path;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (seen_.insert(key).second) std::fprintf(stderr, "lowbit cuda path: %s\n", key.c_str());
+  }
+
+ private:
+  bool on_;
+  std::mutex mu_;
+  std::set<std::string> seen_;
+};
 
 std::string S(int64_t v) { return std::to_string(v); }
+
+// cudaFree whose failure is dropped: a recorded error must not surface later as the failure of
+// the next launch (whose check reads cudaGetLastError).
+void FreeQuietly(void* p) {
+  if (p != nullptr && cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
+}
 
 class CudaWeight : public PreparedWeight {
  public:
   CudaWeight(std::string backend, WeightKind kind, int64_t n, int64_t k)
       : PreparedWeight(std::move(backend), kind, n, k) {}
   ~CudaWeight() override {
-    for (void* p : allocs) cudaFree(p);
+    for (void* p : allocs) FreeQuietly(p);
   }
   void SetMeta(int64_t gs, bool per_channel, bool asym, bool act_order) {
     group_size_ = gs;
@@ -70,12 +99,14 @@ class CudaWeight : public PreparedWeight {
     asym_ = asym;
     act_order_ = act_order;
   }
-  Status Upload(const void* host, size_t bytes, void** dev) {
+  // Copies on `stream` and waits for it: a plain cudaMemcpy from pageable memory may return
+  // before the data lands, unordered with a later kernel on a non-blocking stream.
+  Status Upload(const void* host, size_t bytes, cudaStream_t stream, void** dev) {
     LOWBIT_CUDA_RETURN(cudaMalloc(dev, std::max<size_t>(bytes, 1)), "cudaMalloc (weight)");
     allocs.push_back(*dev);
     allocated += static_cast<int64_t>(std::max<size_t>(bytes, 1));
-    LOWBIT_CUDA_RETURN(cudaMemcpy(*dev, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (weight)");
-    return Status::Ok();
+    LOWBIT_CUDA_RETURN(cudaMemcpyAsync(*dev, host, bytes, cudaMemcpyHostToDevice, stream), "copy (weight)");
+    return CudaStatus(cudaStreamSynchronize(stream), "copy (weight) sync");
   }
   int64_t bytes() const override { return allocated; }
   std::vector<void*> allocs;
@@ -96,9 +127,10 @@ class CudaBackend : public Backend {
  public:
   CudaBackend(std::string name, bool simple, int device) : name_(std::move(name)), simple_(simple), device_(device) {}
   ~CudaBackend() override {
+    (void)cudaSetDevice(device_);
     lt_gemms_.reset();  // its plans before the handle
-    if (arena_) cudaFree(arena_);
-    if (lt_ws_) cudaFree(lt_ws_);
+    FreeQuietly(arena_);
+    FreeQuietly(lt_ws_);
     if (lt_) cublasLtDestroy(lt_);
     if (blas_) cublasDestroy(blas_);
   }
@@ -135,19 +167,29 @@ class CudaBackend : public Backend {
   }
 
   Status Alloc(size_t bytes, void** ptr) override {
+    LOWBIT_KRETURN_IF_ERROR(UseDevice());
     return CudaStatus(cudaMalloc(ptr, std::max<size_t>(bytes, 1)), "cudaMalloc");
   }
-  void Free(void* ptr) override { cudaFree(ptr); }
+  void Free(void* ptr) override {
+    (void)UseDevice();
+    FreeQuietly(ptr);
+  }
   Status CopyIn(void* dst, const void* src, size_t bytes) override {
+    LOWBIT_KRETURN_IF_ERROR(UseDevice());
     LOWBIT_CUDA_RETURN(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "CopyIn");
     return CudaStatus(cudaStreamSynchronize(stream_), "CopyIn sync");
   }
   Status CopyOut(void* dst, const void* src, size_t bytes) override {
+    LOWBIT_KRETURN_IF_ERROR(UseDevice());
     LOWBIT_CUDA_RETURN(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "CopyOut");
     return CudaStatus(cudaStreamSynchronize(stream_), "CopyOut sync");
   }
-  Status Synchronize() override { return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+  Status Synchronize() override {
+    LOWBIT_KRETURN_IF_ERROR(UseDevice());
+    return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  }
   Status SetStream(void* stream) override {
+    LOWBIT_KRETURN_IF_ERROR(UseDevice());
     // The arena and the cuBLASLt workspace are shared by every call: work still queued on the
     // old stream must finish before calls on the new one reuse them.
     if (static_cast<cudaStream_t>(stream) != stream_)
@@ -158,21 +200,25 @@ class CudaBackend : public Backend {
   }
 
   Status QuantizeInt8PerToken(DType dt, const void* x, int64_t m, int64_t k, int8_t* q, float* scale) override {
+    LOWBIT_KRETURN_IF_ERROR(UseDevice());
     LOWBIT_KRETURN_IF_ERROR(ValidateQuantize("QuantizeInt8PerToken", dt, x, m, k, q, scale, true));
     return LaunchQuantInt8PerToken(ToElem(dt), x, m, k, q, scale, stream_);
   }
   Status QuantizeFp8PerTensor(DType dt, const void* x, int64_t m, int64_t k, float scale, uint8_t* q) override {
+    LOWBIT_KRETURN_IF_ERROR(UseDevice());
     LOWBIT_KRETURN_IF_ERROR(ValidateQuantize("QuantizeFp8PerTensor", dt, x, m, k, q, nullptr, false));
     if (!(scale > 0.0f) || !std::isfinite(scale))
       return InvalidArgument("QuantizeFp8PerTensor: scale " + std::to_string(scale) + " must be finite and > 0");
     return LaunchQuantFp8(ToElem(dt), x, m, k, nullptr, scale, q, nullptr, stream_);
   }
   Status QuantizeFp8PerToken(DType dt, const void* x, int64_t m, int64_t k, uint8_t* q, float* scale) override {
+    LOWBIT_KRETURN_IF_ERROR(UseDevice());
     LOWBIT_KRETURN_IF_ERROR(ValidateQuantize("QuantizeFp8PerToken", dt, x, m, k, q, scale, true));
     return LaunchQuantFp8(ToElem(dt), x, m, k, nullptr, 1.0f, q, scale, stream_);
   }
 
   Status PrepareInt8(const Int8WeightSource& src, std::unique_ptr<PreparedWeight>* out) override {
+    LOWBIT_KRETURN_IF_ERROR(UseDevice());
     LOWBIT_KRETURN_IF_ERROR(ValidateInt8Source(src));
     if (src.k % 4 != 0)
       return InvalidArgument(name_ + ": W8A8 needs K % 4 == 0 (dp4a dword loads); got K = " + S(src.k));
@@ -180,9 +226,9 @@ class CudaBackend : public Backend {
     w->SetMeta(0, src.scale.count != 1, false, false);
     std::vector<float> sc = ScalesToFloat(src.scale);
     void* p;
-    LOWBIT_KRETURN_IF_ERROR(w->Upload(src.weight, src.n * src.k, &p));
+    LOWBIT_KRETURN_IF_ERROR(w->Upload(src.weight, src.n * src.k, stream_, &p));
     w->w = p;
-    LOWBIT_KRETURN_IF_ERROR(w->Upload(sc.data(), sc.size() * 4, &p));
+    LOWBIT_KRETURN_IF_ERROR(w->Upload(sc.data(), sc.size() * 4, stream_, &p));
     w->scale = static_cast<const float*>(p);
     w->scale_count = static_cast<int64_t>(sc.size());
     *out = std::move(w);
@@ -190,6 +236,7 @@ class CudaBackend : public Backend {
   }
 
   Status PrepareFp8(const Fp8WeightSource& src, std::unique_ptr<PreparedWeight>* out) override {
+    LOWBIT_KRETURN_IF_ERROR(UseDevice());
     LOWBIT_KRETURN_IF_ERROR(ValidateFp8Source(src));
     auto w = std::make_unique<CudaWeight>(name_, WeightKind::kFp8, src.n, src.k);
     w->SetMeta(0, src.scale.count != 1, false, false);
@@ -197,18 +244,19 @@ class CudaBackend : public Backend {
     std::vector<float> vec(src.n, sc[0]);
     if (sc.size() > 1) vec = sc;
     void* p;
-    LOWBIT_KRETURN_IF_ERROR(w->Upload(src.weight, src.n * src.k, &p));
+    LOWBIT_KRETURN_IF_ERROR(w->Upload(src.weight, src.n * src.k, stream_, &p));
     w->w = p;
-    LOWBIT_KRETURN_IF_ERROR(w->Upload(sc.data(), sc.size() * 4, &p));
+    LOWBIT_KRETURN_IF_ERROR(w->Upload(sc.data(), sc.size() * 4, stream_, &p));
     w->scale = static_cast<const float*>(p);
     w->scale_count = static_cast<int64_t>(sc.size());
-    LOWBIT_KRETURN_IF_ERROR(w->Upload(vec.data(), vec.size() * 4, &p));
+    LOWBIT_KRETURN_IF_ERROR(w->Upload(vec.data(), vec.size() * 4, stream_, &p));
     w->scale_vec = static_cast<const float*>(p);
     *out = std::move(w);
     return Status::Ok();
   }
 
   Status PrepareInt4(const Int4WeightSource& src, std::unique_ptr<PreparedWeight>* out) override {
+    LOWBIT_KRETURN_IF_ERROR(UseDevice());
     LOWBIT_KRETURN_IF_ERROR(ValidateInt4Source(src));
     if (src.k % 8 != 0) return InvalidArgument(name_ + ": W4A16 needs K % 8 == 0; got K = " + S(src.k));
     const int64_t gs = Int4GroupSize(src.k, src.group_size);
@@ -226,20 +274,20 @@ class CudaBackend : public Backend {
             static_cast<int32_t>(static_cast<uint32_t>(packed[r * words + c / 8]) | (code << (4 * (c % 8))));
       }
     void* p;
-    LOWBIT_KRETURN_IF_ERROR(w->Upload(packed.data(), packed.size() * 4, &p));
+    LOWBIT_KRETURN_IF_ERROR(w->Upload(packed.data(), packed.size() * 4, stream_, &p));
     w->w4.packed = static_cast<const int32_t*>(p);
-    LOWBIT_KRETURN_IF_ERROR(w->Upload(d.scale.data(), d.scale.size() * 4, &p));
+    LOWBIT_KRETURN_IF_ERROR(w->Upload(d.scale.data(), d.scale.size() * 4, stream_, &p));
     w->w4.scale = static_cast<const float*>(p);
     w->w4.zero = nullptr;
     if (d.asym) {
       std::vector<float> z(d.zero.begin(), d.zero.end());
-      LOWBIT_KRETURN_IF_ERROR(w->Upload(z.data(), z.size() * 4, &p));
+      LOWBIT_KRETURN_IF_ERROR(w->Upload(z.data(), z.size() * 4, stream_, &p));
       w->w4.zero = static_cast<const float*>(p);
     }
     w->w4.groups = d.groups;
     w->w4.group_size = gs;
     if (!d.perm.empty()) {
-      LOWBIT_KRETURN_IF_ERROR(w->Upload(d.perm.data(), d.perm.size() * 4, &p));
+      LOWBIT_KRETURN_IF_ERROR(w->Upload(d.perm.data(), d.perm.size() * 4, stream_, &p));
       w->perm = static_cast<const int32_t*>(p);
     }
     // Scales that are values of the activation type T let symmetric weights be dequantized in T
@@ -259,15 +307,15 @@ class CudaBackend : public Backend {
             const float v = d.scale[r * d.groups + g];
             st[g * n + r] = t == DType::kBF16 ? FloatToBf16(v) : FloatToFp16(v);
           }
-        LOWBIT_KRETURN_IF_ERROR(w->Upload(st.data(), st.size() * 2, &p));
+        LOWBIT_KRETURN_IF_ERROR(w->Upload(st.data(), st.size() * 2, stream_, &p));
         w->w4_scale_t[t == DType::kBF16] = p;
       }
     }
 #endif
-    // The GEMMs never grow the arena (BackendOptions::workspace_bytes): reserve here what a call
-    // needs for this weight — the dequantized W' of the cuBLAS path (unless the CUTLASS kernel
-    // takes every M > 16 for it) plus kW4MinChunkRows rows.
-    const bool blas_w = !simple_ && (w->w4_scale_t[0] == nullptr || w->w4_scale_t[1] == nullptr);
+    // Reserve here what a call needs for this weight, so the GEMMs do not grow the arena: the
+    // dequantized W' of the cuBLAS path (unless the CUTLASS kernel takes the M > 16 calls of an
+    // activation type; a call in the other type then grows the arena) plus kW4MinChunkRows rows.
+    const bool blas_w = !simple_ && w->w4_scale_t[0] == nullptr && w->w4_scale_t[1] == nullptr;
     const W4Plan plan = PlanW4(n, k, w->perm != nullptr, blas_w);
     LOWBIT_KRETURN_IF_ERROR(Reserve(plan.fixed + 512 + plan.per_row * kW4MinChunkRows));
     *out = std::move(w);
@@ -275,6 +323,7 @@ class CudaBackend : public Backend {
   }
 
   Status GemmW8A8(const GemmArgs& a) override {
+    LOWBIT_KRETURN_IF_ERROR(UseDevice());
     LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmW8A8", a, WeightKind::kInt8, name_));
     const auto& w = static_cast<const CudaWeight&>(*a.w);
     const int64_t m = a.m, n = w.n(), k = w.k();
@@ -283,14 +332,19 @@ class CudaBackend : public Backend {
     const int yt = ToElem(a.y_dtype);
     const bool k16 = k % 16 == 0 && Aligned16(x) && Aligned16(wq);
     // M ≤ 16: stream the weight through the int8 tensor cores (mma.sync).
-    if (!simple_ && sm_ >= 80 && m <= kW8A8GemvMaxM && k16)
+    if (!simple_ && sm_ >= 80 && m <= kW8A8GemvMaxM && k16) {
+      trace_.Note(name_, "W8A8", m, n, k, "mma.sync GEMV");
       return LaunchGemvW8A8(x, a.x_scale, a.x_scale_count, wq, w.scale, w.scale_count, a.bias, m, n, k, yt, a.y,
                             stream_);
+    }
     // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue (a
     // problem it refuses goes on below).
     if (ScaledSm90Ok(a, w)) {
       Status st = RunScaledSm90(/*fp8=*/false, a, w);
-      if (st.code() != StatusCode::kUnimplemented) return st;
+      if (st.code() != StatusCode::kUnimplemented) {
+        trace_.Note(name_, "W8A8", m, n, k, "CUTLASS sm90");
+        return st;
+      }
     }
     // M > 16 elsewhere: the int32 accumulators from cuBLASLt's int8 tensor cores (as torch._int_mm, which
     // needs M > 16 and K, N multiples of 8), in the arena, M in chunks of the rows that fit, then
@@ -299,7 +353,9 @@ class CudaBackend : public Backend {
     const size_t row_bytes = static_cast<size_t>(n) * sizeof(int32_t);
     const bool lt_ok = !simple_ && sm_ >= 80 && m > kGemvMaxM && k % 16 == 0 && n % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(x) % 16 == 0 && arena_bytes_ >= row_bytes * kGemvMaxM;
-    const int64_t chunk = lt_ok ? std::min<int64_t>(m, static_cast<int64_t>(arena_bytes_ / row_bytes)) : m;
+    // Chunks after the first start at a multiple of 16 rows, so x + r0·K keeps x's alignment.
+    const int64_t fit = static_cast<int64_t>(arena_bytes_ / row_bytes);
+    const int64_t chunk = !lt_ok || m <= fit ? m : fit / 16 * 16;
     const size_t y_elem = a.y_dtype == DType::kF32 ? 4 : 2;
     for (int64_t r0 = 0; r0 < m; r0 += chunk) {
       const int64_t rows = std::min(chunk, m - r0);
@@ -308,6 +364,7 @@ class CudaBackend : public Backend {
         LOWBIT_KRETURN_IF_ERROR(
             lt_gemms_->Int8(x + r0 * k, wq, rows, n, k, static_cast<int32_t*>(arena_), stream_, &used));
       }
+      trace_.Note(name_, "W8A8", rows, n, k, used ? "cuBLASLt int8 + epilogue" : "SIMT dp4a");
       if (used) {
         LOWBIT_KRETURN_IF_ERROR(LaunchW8A8Epilogue(static_cast<const int32_t*>(arena_), r0, rows, a.x_scale,
                                                    a.x_scale_count, w.scale, w.scale_count, a.bias, n, yt, a.y,
@@ -322,23 +379,30 @@ class CudaBackend : public Backend {
   }
 
   Status GemmFp8(const GemmArgs& a) override {
+    LOWBIT_KRETURN_IF_ERROR(UseDevice());
     LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmFp8", a, WeightKind::kFp8, name_));
     const auto& w = static_cast<const CudaWeight&>(*a.w);
     const int64_t m = a.m, n = w.n(), k = w.k();
     // M ≤ 16: stream the weight through the e4m3 tensor cores (mma.sync).
-    if (!simple_ && sm_ >= 89 && m <= kW8A8GemvMaxM && k % 16 == 0 && Aligned16(a.x) && Aligned16(w.w))
+    if (!simple_ && sm_ >= 89 && m <= kW8A8GemvMaxM && k % 16 == 0 && Aligned16(a.x) && Aligned16(w.w)) {
+      trace_.Note(name_, "FP8", m, n, k, "mma.sync GEMV");
       return LaunchGemvFp8(static_cast<const uint8_t*>(a.x), a.x_scale, a.x_scale_count,
                            static_cast<const uint8_t*>(w.w), w.scale, w.scale_count, a.bias, m, n, k, ToElem(a.y_dtype),
                            a.y, stream_);
+    }
     // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue (a
     // problem it refuses goes on below).
     if (ScaledSm90Ok(a, w)) {
       Status st = RunScaledSm90(/*fp8=*/true, a, w);
-      if (st.code() != StatusCode::kUnimplemented) return st;
+      if (st.code() != StatusCode::kUnimplemented) {
+        trace_.Note(name_, "FP8", m, n, k, "CUTLASS sm90");
+        return st;
+      }
     }
     const bool outer = a.x_scale_count > 1 || w.scale_count > 1;
     const bool broadcast = outer && a.x_scale_count == 1;  // x scale expanded to [M] in the arena
     const bool lt_ok = !simple_ && a.bias == nullptr && k % 16 == 0 && n % 16 == 0 && sm_ >= (outer ? 90 : 89) &&
+                       Aligned16(a.x) && Aligned16(w.w) && Aligned16(a.y) &&
                        (!broadcast || static_cast<size_t>(m) * sizeof(float) <= arena_bytes_);
     if (lt_ok) {
       const float* xs = a.x_scale;
@@ -350,14 +414,19 @@ class CudaBackend : public Backend {
       bool used = false;
       LOWBIT_KRETURN_IF_ERROR(lt_gemms_->Fp8(static_cast<const uint8_t*>(a.x), xs, static_cast<const uint8_t*>(w.w), ws,
                                              outer, m, n, k, a.y_dtype, a.y, stream_, &used));
-      if (used) return Status::Ok();
+      if (used) {
+        trace_.Note(name_, "FP8", m, n, k, outer ? "cuBLASLt FP8 outer-vector scales" : "cuBLASLt FP8");
+        return Status::Ok();
+      }
     }
+    trace_.Note(name_, "FP8", m, n, k, "simple tiled");
     return LaunchGemmFp8Simple(static_cast<const uint8_t*>(a.x), a.x_scale, a.x_scale_count,
                                static_cast<const uint8_t*>(w.w), w.scale, w.scale_count, a.bias, m, n, k,
                                ToElem(a.y_dtype), a.y, stream_);
   }
 
   Status GemmW4A16(const GemmArgs& a) override {
+    LOWBIT_KRETURN_IF_ERROR(UseDevice());
     LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmW4A16", a, WeightKind::kInt4, name_));
     const auto& w = static_cast<const CudaWeight&>(*a.w);
     const int64_t m = a.m, n = w.n(), k = w.k();
@@ -392,9 +461,12 @@ class CudaBackend : public Backend {
         x = xp;
       }
       if (m <= kGemvMaxM && !simple_ && sm_ >= 80 && k % 32 == 0 && Aligned16(x)) {
+        const bool packed = w.w4_scale_exact[a.x_dtype == DType::kBF16] && w.w4.zero == nullptr;
+        trace_.Note(name_, "W4A16", rows, n, k, packed ? "mma.sync GEMV, packed dequant" : "mma.sync GEMV");
         LOWBIT_KRETURN_IF_ERROR(
             LaunchGemvW4Mma(xt, x, w.w4, a.bias, rows, n, k, y, w.w4_scale_exact[a.x_dtype == DType::kBF16], stream_));
       } else if (m <= kGemvMaxM) {
+        trace_.Note(name_, "W4A16", rows, n, k, "SIMT GEMV");
         LOWBIT_KRETURN_IF_ERROR(LaunchGemvW4(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
 #if LOWBIT_KERNELS_HAVE_CUTLASS
       } else if (use_cutlass) {
@@ -402,11 +474,18 @@ class CudaBackend : public Backend {
         s.w = w.w4.packed, s.scale = scale_t, s.group_size = w.w4.group_size;
         s.x = x, s.bias = a.bias, s.m = rows, s.n = n, s.k = k, s.y = y;
         s.workspace = lt_ws_, s.workspace_bytes = kLtWorkspace;
-        LOWBIT_KRETURN_IF_ERROR(sm90::GemmW4A16(s, a.x_dtype == DType::kBF16, stream_));
+        // A problem CUTLASS refuses (kUnimplemented, nothing enqueued; W4A16Supported and the
+        // alignment checks make it unlikely) runs on the plain kernel, which needs no workspace.
+        const Status st = sm90::GemmW4A16(s, a.x_dtype == DType::kBF16, stream_);
+        const bool refused = st.code() == StatusCode::kUnimplemented;
+        trace_.Note(name_, "W4A16", rows, n, k, refused ? "simple tiled (CUTLASS refused)" : "CUTLASS sm90");
+        LOWBIT_KRETURN_IF_ERROR(refused ? LaunchGemmW4Simple(xt, x, w.w4, a.bias, rows, n, k, y, stream_) : st);
 #endif
       } else if (!use_blas) {
+        trace_.Note(name_, "W4A16", rows, n, k, "simple tiled");
         LOWBIT_KRETURN_IF_ERROR(LaunchGemmW4Simple(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
       } else {
+        trace_.Note(name_, "W4A16", rows, n, k, "dequantize + cuBLAS");
         float* c = reinterpret_cast<float*>(xp + xp_bytes);
         cublasStatus_t st =
             cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(rows),
@@ -421,6 +500,10 @@ class CudaBackend : public Backend {
   }
 
  private:
+  // The device current on the calling thread (cudaSetDevice is per thread; callers may use any
+  // thread). Cheap when it already is.
+  Status UseDevice() const { return CudaStatus(cudaSetDevice(device_), "cudaSetDevice"); }
+
   // Whether a W8A8 / FP8 call can take the CUTLASS sm_90 kernel: M > 16, K and N multiples of 16,
   // f16/bf16 output, 16-byte aligned operands.
   bool ScaledSm90Ok(const GemmArgs& a, const CudaWeight& w) const {
@@ -449,7 +532,7 @@ class CudaBackend : public Backend {
     if (bytes <= arena_bytes_) return Status::Ok();
     if (arena_) {
       LOWBIT_CUDA_RETURN(cudaStreamSynchronize(stream_), "arena grow sync");
-      cudaFree(arena_);
+      FreeQuietly(arena_);
       arena_ = nullptr;
       arena_bytes_ = 0;  // a failed cudaMalloc below must not leave a stale size with no buffer
     }
@@ -479,6 +562,7 @@ class CudaBackend : public Backend {
   std::unique_ptr<cuda::CublasLtGemms> lt_gemms_;  // cuBLASLt plans per shape
   void* arena_ = nullptr;
   size_t arena_bytes_ = 0;
+  PathTrace trace_;
 };
 
 }  // namespace

@@ -13,13 +13,14 @@
 namespace lowbit::kernels::cuda::sm90 {
 
 // `what` names the GEMM ("W8A8 sm90"); `problem()` describes its shape, called only for the error;
-// a problem the kernel refuses returns `refused` with nothing enqueued.
+// a problem the kernel refuses returns kUnimplemented with nothing enqueued (the caller takes
+// another path).
 template <class Gemm, class Problem>
-Status LaunchCutlassGemm(const char* what, Problem problem, StatusCode refused, const typename Gemm::Arguments& args,
-                         void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+Status LaunchCutlassGemm(const char* what, Problem problem, const typename Gemm::Arguments& args, void* workspace,
+                         size_t workspace_bytes, cudaStream_t stream) {
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess)
-    return Status(refused, std::string(what) + ": CUTLASS cannot run " + problem());
+    return Unimplemented(std::string(what) + ": CUTLASS cannot run " + problem());
   const size_t need = Gemm::get_workspace_size(args);
   if (need > workspace_bytes)
     return Internal(std::string(what) + ": CUTLASS needs " + std::to_string(need) + " bytes of workspace");

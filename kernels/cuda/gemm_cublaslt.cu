@@ -27,6 +27,13 @@ Status LtStatus(cublasStatus_t s, const char* what) {
 #define LT(expr, what) LOWBIT_KRETURN_IF_ERROR(LtStatus((expr), what))
 
 cudaDataType_t OutType(DType y) { return y == DType::kF32 ? CUDA_R_32F : y == DType::kF16 ? CUDA_R_16F : CUDA_R_16BF; }
+
+// The alignment the three pointers share: the lowest set bit of their addresses, at most 256.
+uint32_t CommonAlignment(const void* x, const void* w, const void* y) {
+  const uintptr_t bits =
+      reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(y) | uintptr_t{256};
+  return static_cast<uint32_t>(bits & (~bits + 1));
+}
 }  // namespace
 
 struct CublasLtGemms::Plan {
@@ -34,6 +41,7 @@ struct CublasLtGemms::Plan {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
   cublasLtMatmulHeuristicResult_t res{};
   bool usable = false;  // cuBLASLt has an algorithm for the case and has not refused it
+  bool ran = false;     // a matmul with it has been enqueued
   ~Plan() {
     if (d) cublasLtMatrixLayoutDestroy(d);
     if (b) cublasLtMatrixLayoutDestroy(b);
@@ -57,7 +65,7 @@ Status CublasLtGemms::Find(const Key& key, Plan** out) {
     return Status::Ok();
   }
   if (plans_.size() >= kMaxPlans) plans_.clear();
-  const auto [int8, m, n, k, dt_int, outer] = key;
+  const auto [int8, m, n, k, dt_int, outer, align] = key;
   const auto dt = static_cast<cudaDataType_t>(dt_int);
   const cudaDataType_t ab = int8 ? CUDA_R_8I : CUDA_R_8F_E4M3;
   auto plan = std::make_unique<Plan>();
@@ -87,6 +95,11 @@ Status CublasLtGemms::Find(const Key& key, Plan** out) {
     LT(cublasLtMatmulPreferenceCreate(&pref), "PreferenceCreate");
     cublasStatus_t ps = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                              &workspace_bytes_, sizeof workspace_bytes_);
+    for (const cublasLtMatmulPreferenceAttributes_t attr :
+         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+          CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+      if (ps == CUBLAS_STATUS_SUCCESS) ps = cublasLtMatmulPreferenceSetAttribute(pref, attr, &align, sizeof align);
+    }
     int count = 0;
     if (ps == CUBLAS_STATUS_SUCCESS) {
       ps = cublasLtMatmulAlgoGetHeuristic(lt_, p.op, p.a, p.b, p.d, p.d, pref, 1, &p.res, &count);
@@ -99,17 +112,21 @@ Status CublasLtGemms::Find(const Key& key, Plan** out) {
   return Status::Ok();
 }
 
-// The matmul itself; NOT_SUPPORTED marks the plan unusable and leaves *used false (the caller
-// falls back), other failures are errors.
+// The matmul itself. NOT_SUPPORTED — and, on a plan's first matmul, INVALID_VALUE or
+// ARCH_MISMATCH (what cuBLASLt answers for a type or scale-mode combination it has no kernel for)
+// — marks the plan unusable and leaves *used false: the caller falls back. Other failures are
+// errors.
 Status CublasLtGemms::Run(Plan* p, const void* alpha, const void* w, const void* x, const void* beta, void* y,
                           cudaStream_t stream, bool* used) {
   const cublasStatus_t s = cublasLtMatmul(lt_, p->op, alpha, w, p->a, x, p->b, beta, y, p->d, y, p->d, &p->res.algo,
                                           workspace_, workspace_bytes_, stream);
-  if (s == CUBLAS_STATUS_NOT_SUPPORTED) {
+  if (s == CUBLAS_STATUS_NOT_SUPPORTED ||
+      (!p->ran && (s == CUBLAS_STATUS_INVALID_VALUE || s == CUBLAS_STATUS_ARCH_MISMATCH))) {
     p->usable = false;
     return Status::Ok();
   }
   LT(s, "Matmul");
+  p->ran = true;
   *used = true;
   return Status::Ok();
 }
@@ -120,7 +137,8 @@ Status CublasLtGemms::Fp8(const uint8_t* x, const float* x_scale, const uint8_t*
   *used = false;
   std::lock_guard<std::mutex> lock(mu_);
   Plan* p = nullptr;
-  LOWBIT_KRETURN_IF_ERROR(Find(Key{false, m, n, k, static_cast<int>(OutType(y_dtype)), outer_vec}, &p));
+  LOWBIT_KRETURN_IF_ERROR(
+      Find(Key{false, m, n, k, static_cast<int>(OutType(y_dtype)), outer_vec, CommonAlignment(x, w, y)}, &p));
   if (!p->usable) return Status::Ok();
   // The scale pointers change from call to call; the kernel takes their values at launch.
   LT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof w_scale), "A_SCALE");
@@ -134,7 +152,8 @@ Status CublasLtGemms::Int8(const int8_t* x, const int8_t* w, int64_t m, int64_t 
   *used = false;
   std::lock_guard<std::mutex> lock(mu_);
   Plan* p = nullptr;
-  LOWBIT_KRETURN_IF_ERROR(Find(Key{true, m, n, k, static_cast<int>(CUDA_R_32I), false}, &p));
+  LOWBIT_KRETURN_IF_ERROR(
+      Find(Key{true, m, n, k, static_cast<int>(CUDA_R_32I), false, CommonAlignment(x, w, acc)}, &p));
   if (!p->usable) return Status::Ok();
   const int32_t alpha = 1, beta = 0;
   return Run(p, &alpha, w, x, &beta, acc, stream, used);

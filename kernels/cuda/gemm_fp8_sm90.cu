@@ -5,7 +5,7 @@ namespace lowbit::kernels::cuda::sm90 {
 
 Status GemmFp8(const ScaledSm90Args& a, bool y_is_bf16, cudaStream_t stream) {
   if (a.m <= kScaledSmallMaxM) return RunScaled<cutlass::float_e4m3_t, SmallM>("FP8 sm90", a, y_is_bf16, stream);
-  return RunScaled<cutlass::float_e4m3_t, LargeM>("FP8 sm90", a, y_is_bf16, stream);
+  return RunScaled<cutlass::float_e4m3_t, LargeMCooperative>("FP8 sm90", a, y_is_bf16, stream);
 }
 
 }  // namespace lowbit::kernels::cuda::sm90

@@ -93,13 +93,12 @@ struct ScaledGemm {
     const auto problem = [&] {
       return "M=" + std::to_string(m) + " N=" + std::to_string(n) + " K=" + std::to_string(k);
     };
-    return LaunchCutlassGemm<Gemm>(what, problem, StatusCode::kUnimplemented, args, a.workspace, a.workspace_bytes,
-                                   stream);
+    return LaunchCutlassGemm<Gemm>(what, problem, args, a.workspace, a.workspace_bytes, stream);
   }
 };
 
-// Tile configurations, chosen by M (the weight is N×K, the activations M×K). Both use ping-pong
-// consumer warp groups (one runs its epilogue while the other runs the next tile's wgmmas).
+// Tile configurations, chosen by M (the weight is N×K, the activations M×K). SmallM and LargeM use
+// ping-pong consumer warp groups (one runs its epilogue while the other runs the next tile's wgmmas).
 // Small M: 64-row tiles, no cluster. Large M: 128×128 tiles on a 2×1 cluster, so each weight
 // tile is loaded once by TMA multicast for two CTAs.
 template <class ElementIn, class ElementD>
@@ -110,6 +109,15 @@ template <class ElementIn, class ElementD>
 using LargeM = ScaledGemm<ElementIn, ElementD, cute::Shape<cute::_128, cute::_128, cute::_128>,
                           cute::Shape<cute::_2, cute::_1, cute::_1>, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                           cutlass::epilogue::TmaWarpSpecialized>;
+// FP8 at large M: the same tile with cooperative consumers (each warp group owns 64 of the 128
+// rows). The promoting FP8 mainloop keeps two accumulator sets; with one warp group owning the
+// whole 128×128 tile (ping-pong) that is 256 f32 registers per thread and ptxas spills ≈ 900
+// bytes per thread in the mainloop. Same per-output accumulation order, so the same numbers.
+template <class ElementIn, class ElementD>
+using LargeMCooperative =
+    ScaledGemm<ElementIn, ElementD, cute::Shape<cute::_128, cute::_128, cute::_128>,
+               cute::Shape<cute::_2, cute::_1, cute::_1>, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+               cutlass::epilogue::TmaWarpSpecializedCooperative>;
 
 template <class ElementIn, template <class, class> class Config>
 Status RunScaled(const char* what, const ScaledSm90Args& a, bool y_is_bf16, cudaStream_t stream) {

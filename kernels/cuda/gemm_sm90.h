@@ -51,6 +51,7 @@ struct W4A16Sm90Args {
 };
 // The shapes GemmW4A16 takes: K % 64 == 0, N % 8 == 0, a group size of K or a multiple of 64.
 bool W4A16Supported(int64_t n, int64_t k, int64_t group_size);
+// kUnimplemented (nothing enqueued) when CUTLASS refuses the problem.
 Status GemmW4A16(const W4A16Sm90Args& a, bool bf16, cudaStream_t stream);
 
 }  // namespace lowbit::kernels::cuda::sm90

@@ -317,10 +317,24 @@ struct BiasEpi {
   }
 };
 
-__global__ void DequantW4Kernel(int xt, W4Dev w, int64_t n, int64_t k, void* out) {
+// One thread per packed word: its 8 codes share a group (the group size is a multiple of 8), the
+// values are DequantOne's, stored as one 16-byte piece of W' (16-bit types only).
+__global__ void DequantW4Kernel(int xt, W4Dev w, int64_t n, int64_t words, uint4* out) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n * k) return;
-  StoreElem(xt, out, i, DequantOne(w, xt, i / k, i % k, k / 8));
+  if (i >= n * words) return;
+  const int64_t r = i / words, g = (i - r * words) * 8 / w.group_size;
+  const uint32_t word = static_cast<uint32_t>(w.packed[i]) ^ kNibbleBias;
+  const float sc = w.scale[r * w.groups + g];
+  const float z = w.zero ? w.zero[r * w.groups + g] : 0.0f;
+  uint32_t h[4];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float v = __fmul_rn(__fsub_rn(static_cast<float>(static_cast<int>((word >> (4 * j)) & 15u) - 8), z), sc);
+    const uint32_t bits =
+        xt == kF16 ? __half_as_ushort(__float2half_rn(v)) : __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    h[j / 2] = j % 2 == 0 ? bits : h[j / 2] | (bits << 16);
+  }
+  out[i] = make_uint4(h[0], h[1], h[2], h[3]);
 }
 
 __global__ void BiasRoundKernel(const float* c, const float* bias, int64_t m, int64_t n, int yt, void* y) {
@@ -391,7 +405,8 @@ Status LaunchGemmW4Simple(int xt, const void* x, const W4Dev& w, const float* bi
 }
 
 Status LaunchDequantW4(int xt, const W4Dev& w, int64_t n, int64_t k, void* out, cudaStream_t s) {
-  DequantW4Kernel<<<Blocks(n * k, 256), 256, 0, s>>>(xt, w, n, k, out);
+  if (xt == kF32) return InvalidArgument("DequantW4: f16 / bf16 only");
+  DequantW4Kernel<<<Blocks(n * (k / 8), 256), 256, 0, s>>>(xt, w, n, k / 8, static_cast<uint4*>(out));
   return CudaStatus(cudaGetLastError(), "DequantW4 launch");
 }
 

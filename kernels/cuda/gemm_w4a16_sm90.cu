@@ -79,8 +79,7 @@ struct W4A16Gemm {
       return "M=" + std::to_string(m) + " N=" + std::to_string(n) + " K=" + std::to_string(k) + " group " +
              std::to_string(a.group_size);
     };
-    return LaunchCutlassGemm<Gemm>("W4A16 sm90", problem, StatusCode::kInvalidArgument, args, a.workspace,
-                                   a.workspace_bytes, stream);
+    return LaunchCutlassGemm<Gemm>("W4A16 sm90", problem, args, a.workspace, a.workspace_bytes, stream);
   }
 };
 

@@ -50,9 +50,9 @@ __global__ void QuantFp8Kernel(int xt, const void* x, int64_t k, float static_sc
     if (threadIdx.x == 0) scale_out[row] = s;
   }
   for (int64_t c = threadIdx.x; c < k; c += kThreads) {
-    float v = __fdiv_rn(LoadElem(xt, x, row * k + c), s);
-    v = fminf(fmaxf(v, -448.0f), 448.0f);
-    q[row * k + c] = FloatToFp8(v);
+    // FloatToFp8 saturates to ±448 itself (the reference's clamp) and keeps NaN a NaN (a clamp
+    // with fminf / fmaxf would turn it into a finite code).
+    q[row * k + c] = FloatToFp8(__fdiv_rn(LoadElem(xt, x, row * k + c), s));
   }
 }
 
@@ -114,8 +114,7 @@ __global__ void __launch_bounds__(kThreads) QuantRowVecKernel(const T* __restric
         f = fminf(fmaxf(f, -128.0f), 127.0f);
         code = static_cast<uint8_t>(static_cast<int8_t>(__float2int_rn(f)));
       } else {
-        f = fminf(fmaxf(f, -448.0f), 448.0f);
-        code = FloatToFp8(f);
+        code = FloatToFp8(f);  // saturating, NaN kept (QuantFp8Kernel)
       }
       packed[j / 4] |= code << (8 * (j % 4));
     }

@@ -804,7 +804,9 @@ TEST_F(RuntimeTest, LoadModelStreamEqualsPathLoad) {
   v1::ListModelsResponse list;
   ASSERT_TRUE(client_->stub->ListModels(&ctx, {}, &list).ok());
   for (const auto& m : list.models()) {
-    if (m.name() == "streamed") EXPECT_EQ(m.source(), "stream");
+    if (m.name() == "streamed") {
+      EXPECT_EQ(m.source(), "stream");
+    }
   }
 }
 
@@ -1062,8 +1064,12 @@ TEST_F(RuntimeTest, DeadlineExceededWhileQueued) {
   // The server withdraws it from the queue: nothing stays queued.
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   for (const auto& fam : server->registry->Collect()) {
-    if (fam.name == "lowbit_runtime_queue_depth") EXPECT_EQ(fam.metric.at(0).gauge.value, 0.0);
-    if (fam.name == "lowbit_runtime_gemms_total") EXPECT_EQ(fam.metric.at(0).counter.value, 0.0);
+    if (fam.name == "lowbit_runtime_queue_depth") {
+      EXPECT_EQ(fam.metric.at(0).gauge.value, 0.0);
+    }
+    if (fam.name == "lowbit_runtime_gemms_total") {
+      EXPECT_EQ(fam.metric.at(0).counter.value, 0.0);
+    }
   }
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1500));
   // The server still serves (with a deadline long enough for the window).

@@ -212,12 +212,14 @@ std::vector<Shape> Shapes(const std::string& backend, bool representative, bool 
   if (any_k && !IsGpu(backend))
     for (int64_t m : {1, 3, 17}) s.push_back({m, 37, 19, false});
   // CUDA: K and N multiples of 16 reach cuBLASLt FP8 (no bias only); no other shape here does.
-  // (320, 56) reaches the Hopper CUTLASS kernels with a K that ends inside their 128-wide k-tile
-  // (with group 128: a half last group) and the int4 GEMV with N ending inside its 16-row block.
+  // K = 320 ends inside the Hopper CUTLASS kernels' 128-wide k-tile: (320, 64) for W8A8 / FP8
+  // (N % 16), (320, 56) for W4A16 (with group 128: a half last group) and for the int4 GEMV with N
+  // ending inside its 16-row block.
   if (IsGpu(backend))
     for (int64_t m : {1, 3, 16, 17, 255, 256, 4096}) {
       s.push_back({m, 256, 48, false});
       s.push_back({m, 320, 56, false});
+      s.push_back({m, 320, 64, false});
     }
   s.push_back({4096, 200, 77, false});
   if (!representative || backend == "cpu-generic" || SmallShapesOnly()) return s;
@@ -312,6 +314,10 @@ void RunQuantTable(QuantOp op) {
     shapes.push_back({3, 4096, 0, false});
     shapes.push_back({17, 14336, 0, false});
     shapes.push_back({1, 1, 0, false});
+    // K = 37 (not a multiple of 8) and K = 16392 (past the longest row the CUDA vector kernel
+    // keeps in registers) take the CUDA scalar kernels for f16 / bf16 too.
+    shapes.push_back({3, 37, 0, false});
+    shapes.push_back({2, 16392, 0, false});
     for (const Shape& sh : shapes)
       for (DType dt : kActTypes) {
         const int64_t m = sh.m, k = sh.k;
