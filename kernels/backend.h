@@ -12,6 +12,10 @@
 //                         q = round_half_even(clamp(x / s, -128, 127)), f32 math.
 //   QuantizeFp8PerTensor  q = fp8_e4m3(clamp(x / s, -448, 448)) (RNE, saturating), s given.
 //   QuantizeFp8PerToken   s[m] = absmax / 448 (1 for an all-zero row), then as above.
+//   Both per-token quantizers: a row holding a NaN or an infinity gets s[m] = NaN (the bits
+//   kNonFiniteRowScaleBits on every backend) and all codes 0, so each GEMM output of that row is
+//   NaN — as a float GEMM's would be NaN or infinite — never finite garbage. Per tensor: NaN
+//   stays a NaN code, ±inf saturates to ±448 (the clamp).
 //   GemmW8A8   Y[m,n] = round_out(((float)acc[m,n] * w_scale[n]) * x_scale[m] + bias[n]),
 //              acc = Σ_k Xq[m,k]·Wq[n,k] in exact int32, every float op in f32 (no FMA), so
 //              every backend agrees bit for bit. Per-tensor scales: count 1.
@@ -44,6 +48,9 @@
 namespace lowbit::kernels {
 
 using ::lowbit::DType;
+
+// The scale of a per-token-quantized row holding a NaN or an infinity: a quiet NaN (see above).
+constexpr uint32_t kNonFiniteRowScaleBits = 0x7FC00000u;
 
 // ---- Weights in checkpoint form (host memory) -----------------------------------------------
 

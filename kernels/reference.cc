@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "common/dtype.h"
@@ -29,9 +30,14 @@ void StoreFloat(DType dtype, void* p, int64_t i, float v) {
 
 namespace {
 
+// +inf when the row holds a NaN or an infinity (the per-token quantizers' non-finite row).
 float RowAbsMax(DType dt, const void* x, int64_t row, int64_t k) {
   float a = 0.0f;
-  for (int64_t c = 0; c < k; ++c) a = std::max(a, std::fabs(LoadFloat(dt, x, row * k + c)));
+  for (int64_t c = 0; c < k; ++c) {
+    const float v = std::fabs(LoadFloat(dt, x, row * k + c));
+    if (!std::isfinite(v)) return std::numeric_limits<float>::infinity();
+    a = std::max(a, v);
+  }
   return a;
 }
 
@@ -43,6 +49,10 @@ int64_t Fp8Times512(uint8_t code) { return static_cast<int64_t>(Fp8E4M3ToFloat(c
 void QuantizeInt8PerToken(DType x_dtype, const void* x, int64_t m, int64_t k, int8_t* q, float* scale) {
   for (int64_t r = 0; r < m; ++r) {
     float absmax = RowAbsMax(x_dtype, x, r, k);
+    if (!std::isfinite(absmax)) {
+      NonFiniteRow(k, q + r * k, scale + r);
+      continue;
+    }
     float s = absmax > 0.0f ? absmax / 127.0f : 1.0f;
     scale[r] = s;
     for (int64_t c = 0; c < k; ++c) {
@@ -60,6 +70,10 @@ void QuantizeFp8PerTensor(DType x_dtype, const void* x, int64_t m, int64_t k, fl
 void QuantizeFp8PerToken(DType x_dtype, const void* x, int64_t m, int64_t k, uint8_t* q, float* scale) {
   for (int64_t r = 0; r < m; ++r) {
     float absmax = RowAbsMax(x_dtype, x, r, k);
+    if (!std::isfinite(absmax)) {
+      NonFiniteRow(k, q + r * k, scale + r);
+      continue;
+    }
     float s = absmax > 0.0f ? absmax / kFp8E4M3Max : 1.0f;
     scale[r] = s;
     for (int64_t c = 0; c < k; ++c)

@@ -5,11 +5,21 @@
 #ifndef LOWBIT_KERNELS_REFERENCE_H_
 #define LOWBIT_KERNELS_REFERENCE_H_
 
+#include <algorithm>
+#include <bit>
 #include <cstdint>
 
 #include "kernels/backend.h"
 
 namespace lowbit::kernels::ref {
+
+// What the per-token quantizers write for a row holding a NaN or an infinity: scale NaN
+// (kNonFiniteRowScaleBits), every code 0 (backend.h). Shared with the CPU fast paths.
+template <class Code>
+inline void NonFiniteRow(int64_t k, Code* q, float* scale) {
+  *scale = std::bit_cast<float>(kNonFiniteRowScaleBits);
+  std::fill(q, q + k, Code{0});
+}
 
 float LoadFloat(DType dtype, const void* p, int64_t i);
 // Rounds v to dtype (RNE) and stores it.

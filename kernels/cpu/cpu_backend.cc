@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <new>
 #include <vector>
@@ -427,22 +428,31 @@ LB_AVX2 inline void Store8Bytes(__m256i v, bool is_signed, void* dst) {
   _mm_storel_epi64(static_cast<__m128i*>(dst), _mm256_castsi256_si128(p));
 }
 
+// +inf when the row holds a NaN or an infinity (the reference's RowAbsMax).
 LB_AVX2 float RowAbsMaxAvx2(const float* xf, int64_t k) {
   const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-  __m256 mx = _mm256_setzero_ps();
+  __m256 mx = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
   int64_t i = 0;
-  // max_ps returns its second operand when either is NaN: NaN inputs are skipped, like std::max.
-  for (; i + 8 <= k; i += 8) mx = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xf + i), sign), mx);
+  for (; i + 8 <= k; i += 8) {
+    const __m256 v = _mm256_loadu_ps(xf + i);
+    mx = _mm256_max_ps(_mm256_and_ps(v, sign), mx);  // an infinity stays; a NaN lane is skipped…
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));  // …and noted here
+  }
+  if (_mm256_movemask_ps(nan) != 0) return std::numeric_limits<float>::infinity();
   alignas(32) float t[8];
   _mm256_store_ps(t, mx);
   float a = 0.0f;
   for (float v : t) a = std::max(a, v);
-  for (; i < k; ++i) a = std::max(a, std::fabs(xf[i]));
+  for (; i < k; ++i) {
+    if (!std::isfinite(xf[i])) return std::numeric_limits<float>::infinity();
+    a = std::max(a, std::fabs(xf[i]));
+  }
   return a;
 }
 
 LB_AVX2 void QuantRowInt8Avx2(const float* xf, int64_t k, int8_t* q, float* scale_out) {
   const float absmax = RowAbsMaxAvx2(xf, k);
+  if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q, scale_out);
   const float s = absmax > 0.0f ? absmax / 127.0f : 1.0f;
   *scale_out = s;
   const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
@@ -760,10 +770,16 @@ class CpuBackend : public Backend {
 
 LB_AVX512 void QuantRowInt8Avx(const float* xf, int64_t k, int8_t* q, float* scale_out) {
   __m512 mx = _mm512_setzero_ps();
+  __mmask16 nan = 0;
   int64_t i = 0;
-  for (; i + 16 <= k; i += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(xf + i)));
-  float absmax = _mm512_reduce_max_ps(mx);
-  for (; i < k; ++i) absmax = std::max(absmax, std::fabs(xf[i]));
+  for (; i + 16 <= k; i += 16) {
+    const __m512 v = _mm512_loadu_ps(xf + i);
+    mx = _mm512_max_ps(mx, _mm512_abs_ps(v));
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  }
+  float absmax = nan ? std::numeric_limits<float>::infinity() : _mm512_reduce_max_ps(mx);
+  for (; i < k; ++i) absmax = std::isfinite(xf[i]) ? std::max(absmax, std::fabs(xf[i])) : std::numeric_limits<float>::infinity();
+  if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q, scale_out);
   const float s = absmax > 0.0f ? absmax / 127.0f : 1.0f;
   *scale_out = s;
   const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
@@ -776,9 +792,19 @@ LB_AVX512 void QuantRowInt8Avx(const float* xf, int64_t k, int8_t* q, float* sca
   for (; i < k; ++i) q[i] = static_cast<int8_t>(std::nearbyint(std::clamp(xf[i] / s, -128.0f, 127.0f)));
 }
 
+// +inf when the row holds a NaN or an infinity (the reference's RowAbsMax).
+float RowAbsMax(const float* xf, int64_t k) {
+  float a = 0.0f;
+  for (int64_t i = 0; i < k; ++i) {
+    if (!std::isfinite(xf[i])) return std::numeric_limits<float>::infinity();
+    a = std::max(a, std::fabs(xf[i]));
+  }
+  return a;
+}
+
 void QuantRowInt8Generic(const float* xf, int64_t k, int8_t* q, float* scale_out) {
-  float absmax = 0.0f;
-  for (int64_t i = 0; i < k; ++i) absmax = std::max(absmax, std::fabs(xf[i]));
+  const float absmax = RowAbsMax(xf, k);
+  if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q, scale_out);
   const float s = absmax > 0.0f ? absmax / 127.0f : 1.0f;
   *scale_out = s;
   for (int64_t i = 0; i < k; ++i) q[i] = static_cast<int8_t>(std::nearbyint(std::clamp(xf[i] / s, -128.0f, 127.0f)));
@@ -788,11 +814,6 @@ void QuantRowFp8(const float* xf, int64_t k, float s, uint8_t* q) {
   for (int64_t i = 0; i < k; ++i) q[i] = FastFp8(std::clamp(xf[i] / s, -kFp8E4M3Max, kFp8E4M3Max));
 }
 
-float RowAbsMax(const float* xf, int64_t k) {
-  float a = 0.0f;
-  for (int64_t i = 0; i < k; ++i) a = std::max(a, std::fabs(xf[i]));
-  return a;
-}
 
 Status CpuBackend::QuantizeInt8PerToken(DType dt, const void* x, int64_t m, int64_t k, int8_t* q, float* scale) {
   LOWBIT_KRETURN_IF_ERROR(ValidateQuantize("QuantizeInt8PerToken", dt, x, m, k, q, scale, true));
@@ -857,6 +878,7 @@ Status CpuBackend::QuantizeFp8PerToken(DType dt, const void* x, int64_t m, int64
     if (avx2_) {
       RowToF32Avx2(dt, xr, k, row.data());
       const float absmax = RowAbsMaxAvx2(row.data(), k);
+      if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q + r * k, scale + r);
       const float s = absmax > 0.0f ? absmax / kFp8E4M3Max : 1.0f;
       scale[r] = s;
       QuantRowFp8Avx2(row.data(), k, s, q + r * k);
@@ -864,6 +886,7 @@ Status CpuBackend::QuantizeFp8PerToken(DType dt, const void* x, int64_t m, int64
     }
     avx_ ? RowToF32Avx(dt, xr, k, row.data()) : RowToF32Generic(dt, xr, k, row.data());
     const float absmax = RowAbsMax(row.data(), k);
+    if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q + r * k, scale + r);
     const float s = absmax > 0.0f ? absmax / kFp8E4M3Max : 1.0f;
     scale[r] = s;
     QuantRowFp8(row.data(), k, s, q + r * k);

@@ -2,12 +2,26 @@
 // reduction; x / scale is an IEEE division (__fdiv_rn), conversions round to nearest even and
 // saturate — the same f32 operations as the CPU reference, so codes and scales are bit-exact.
 // f16/bf16 rows of up to 16384 elements take the vectorized kernel (one read of X, 16-byte loads).
+// A per-token row holding a NaN or an infinity gets scale NaN and codes 0 (backend.h).
+#include "kernels/backend.h"
 #include "kernels/cuda/common.cuh"
 
 namespace lowbit::kernels::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+
+// |v| for the row maximum, +inf for a NaN or an infinity (fmaxf would skip a NaN): a row whose
+// maximum is +inf is the non-finite row.
+__device__ __forceinline__ float AbsForMax(float v) {
+  const float a = fabsf(v);
+  return a <= 3.402823466e38f ? a : __int_as_float(0x7f800000);
+}
+__device__ __forceinline__ bool FiniteMax(float absmax) { return absmax <= 3.402823466e38f; }
+__device__ __forceinline__ float RowScale(float absmax, float qmax) {
+  if (!FiniteMax(absmax)) return __uint_as_float(kNonFiniteRowScaleBits);
+  return absmax > 0.0f ? __fdiv_rn(absmax, qmax) : 1.0f;
+}
 
 __device__ float BlockMax(float v) {
   __shared__ float red[kThreads / 32];
@@ -28,31 +42,34 @@ __device__ float BlockMax(float v) {
 __global__ void QuantInt8PerTokenKernel(int xt, const void* x, int64_t k, int8_t* q, float* scale) {
   const int64_t row = blockIdx.x;
   float mx = 0.0f;
-  for (int64_t c = threadIdx.x; c < k; c += kThreads) mx = fmaxf(mx, fabsf(LoadElem(xt, x, row * k + c)));
+  for (int64_t c = threadIdx.x; c < k; c += kThreads) mx = fmaxf(mx, AbsForMax(LoadElem(xt, x, row * k + c)));
   const float absmax = BlockMax(mx);
-  const float s = absmax > 0.0f ? __fdiv_rn(absmax, 127.0f) : 1.0f;
+  const float s = RowScale(absmax, 127.0f);
+  const bool finite = FiniteMax(absmax);
   if (threadIdx.x == 0) scale[row] = s;
   for (int64_t c = threadIdx.x; c < k; c += kThreads) {
     float v = __fdiv_rn(LoadElem(xt, x, row * k + c), s);
     v = fminf(fmaxf(v, -128.0f), 127.0f);
-    q[row * k + c] = static_cast<int8_t>(__float2int_rn(v));
+    q[row * k + c] = finite ? static_cast<int8_t>(__float2int_rn(v)) : int8_t{0};
   }
 }
 
 __global__ void QuantFp8Kernel(int xt, const void* x, int64_t k, float static_scale, uint8_t* q, float* scale_out) {
   const int64_t row = blockIdx.x;
   float s = static_scale;
+  bool finite = true;
   if (scale_out != nullptr) {  // dynamic per token
     float mx = 0.0f;
-    for (int64_t c = threadIdx.x; c < k; c += kThreads) mx = fmaxf(mx, fabsf(LoadElem(xt, x, row * k + c)));
+    for (int64_t c = threadIdx.x; c < k; c += kThreads) mx = fmaxf(mx, AbsForMax(LoadElem(xt, x, row * k + c)));
     const float absmax = BlockMax(mx);
-    s = absmax > 0.0f ? __fdiv_rn(absmax, 448.0f) : 1.0f;
+    s = RowScale(absmax, 448.0f);
+    finite = FiniteMax(absmax);
     if (threadIdx.x == 0) scale_out[row] = s;
   }
   for (int64_t c = threadIdx.x; c < k; c += kThreads) {
     // FloatToFp8 saturates to ±448 itself (the reference's clamp) and keeps NaN a NaN (a clamp
     // with fminf / fmaxf would turn it into a finite code).
-    q[row * k + c] = FloatToFp8(__fdiv_rn(LoadElem(xt, x, row * k + c), s));
+    q[row * k + c] = finite ? FloatToFp8(__fdiv_rn(LoadElem(xt, x, row * k + c), s)) : uint8_t{0};
   }
 }
 
@@ -89,14 +106,15 @@ __global__ void __launch_bounds__(kThreads) QuantRowVecKernel(const T* __restric
       v[i] = __ldg(xr + idx);
       const T* e = reinterpret_cast<const T*>(&v[i]);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fabsf(ToF32(e[j])));
+      for (int j = 0; j < 8; ++j) mx = fmaxf(mx, AbsForMax(ToF32(e[j])));
     }
   }
   float s = static_scale;
+  bool finite = true;
   if (kKind != 2) {
     const float absmax = BlockMax(mx);
-    const float qmax = kKind == 0 ? 127.0f : 448.0f;
-    s = absmax > 0.0f ? __fdiv_rn(absmax, qmax) : 1.0f;
+    s = RowScale(absmax, kKind == 0 ? 127.0f : 448.0f);
+    finite = FiniteMax(absmax);
     if (threadIdx.x == 0) scale_out[row] = s;
   }
   uint2* qr = reinterpret_cast<uint2*>(q + row * k);
@@ -118,7 +136,7 @@ __global__ void __launch_bounds__(kThreads) QuantRowVecKernel(const T* __restric
       }
       packed[j / 4] |= code << (8 * (j % 4));
     }
-    qr[idx] = make_uint2(packed[0], packed[1]);
+    qr[idx] = finite ? make_uint2(packed[0], packed[1]) : make_uint2(0, 0);
   }
 }
 

@@ -31,6 +31,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -215,8 +216,10 @@ std::vector<Shape> Shapes(const std::string& backend, bool representative, bool 
   // K = 320 ends inside the Hopper CUTLASS kernels' 128-wide k-tile: (320, 64) for W8A8 / FP8
   // (N % 16), (320, 56) for W4A16 (with group 128: a half last group) and for the int4 GEMV with N
   // ending inside its 16-row block.
+  // M on both sides of the CUTLASS tile boundaries: 64-row tiles up to M = 128, 128-row tiles on
+  // a 2-CTA cluster above (M = 300: an odd number of row tiles).
   if (IsGpu(backend))
-    for (int64_t m : {1, 3, 16, 17, 255, 256, 4096}) {
+    for (int64_t m : {1, 3, 16, 17, 64, 65, 128, 129, 255, 256, 300, 4096}) {
       s.push_back({m, 256, 48, false});
       s.push_back({m, 320, 56, false});
       s.push_back({m, 320, 64, false});
@@ -279,7 +282,8 @@ std::string ShapeName(const Shape& s) {
 
 const DType kActTypes[] = {DType::kF32, DType::kF16, DType::kBF16};
 
-// Round-half-even and saturation cases planted in the activations of the quantization tests.
+// Round-half-even, saturation and non-finite cases planted in the activations of the
+// quantization tests.
 void PlantTies(DType dt, std::vector<uint8_t>& x, int64_t m, int64_t k) {
   if (k < 8 || m < 2) return;
   // Row 0: absmax 127 → scale 1: ties 0.5, 1.5, 2.5, -0.5, -2.5 (int8 round half to even).
@@ -292,6 +296,14 @@ void PlantTies(DType dt, std::vector<uint8_t>& x, int64_t m, int64_t k) {
   }
   if (m >= 3)  // row 2 all zero: scale 1
     for (int64_t c = 0; c < k; ++c) ref::StoreFloat(dt, x.data(), 2 * k + c, 0.0f);
+  // Non-finite rows (per token: scale NaN, codes 0; per tensor: a NaN code, ±448): row 3 a NaN
+  // mid-row, row 4 -inf in the last column (the vector loops' tail when K is not a multiple of
+  // their width), row 5 +inf in the first.
+  if (m >= 6) {
+    ref::StoreFloat(dt, x.data(), 3 * k + k / 2, std::numeric_limits<float>::quiet_NaN());
+    ref::StoreFloat(dt, x.data(), 4 * k + k - 1, -std::numeric_limits<float>::infinity());
+    ref::StoreFloat(dt, x.data(), 5 * k, std::numeric_limits<float>::infinity());
+  }
 }
 
 #define OPEN_OR_SKIP(name, b)                                                                                      \
