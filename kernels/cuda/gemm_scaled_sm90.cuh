@@ -97,10 +97,18 @@ struct ScaledGemm {
   }
 };
 
-// Tile configurations, chosen by M (the weight is N×K, the activations M×K). SmallM and LargeM use
-// ping-pong consumer warp groups (one runs its epilogue while the other runs the next tile's wgmmas).
-// Small M: 64-row tiles, no cluster. Large M: 128×128 tiles on a 2×1 cluster, so each weight
-// tile is loaded once by TMA multicast for two CTAs.
+// Tile configurations, chosen by M (the weight is N×K, the activations M×K). At small M the GEMM
+// streams the weight, and what counts is how many SMs pull it: N / tile_n CTAs per 64 rows.
+// Tiny M (≤ kScaledTinyMaxM): 64×64 tiles (N / 64 CTAs, twice the 64×128 tiles'), on a 1×8
+// cluster whose 8 CTAs along N share each activation tile by TMA multicast (vLLM's choice for
+// its smallest-M int8 / FP8 configurations). SmallM and LargeM use ping-pong consumer warp groups
+// (one runs its epilogue while the other runs the next tile's wgmmas): small M 64×128 tiles, no
+// cluster; large M 128×128 tiles on a 2×1 cluster, so each weight tile is loaded once by TMA
+// multicast for two CTAs.
+template <class ElementIn, class ElementD>
+using TinyM = ScaledGemm<ElementIn, ElementD, cute::Shape<cute::_64, cute::_64, cute::_128>,
+                         cute::Shape<cute::_1, cute::_8, cute::_1>, cutlass::gemm::KernelTmaWarpSpecialized,
+                         cutlass::epilogue::TmaWarpSpecialized>;
 template <class ElementIn, class ElementD>
 using SmallM = ScaledGemm<ElementIn, ElementD, cute::Shape<cute::_64, cute::_128, cute::_128>,
                           cute::Shape<cute::_1, cute::_1, cute::_1>, cutlass::gemm::KernelTmaWarpSpecializedPingpong,

@@ -29,7 +29,8 @@ struct ScaledSm90Args {
   void* workspace;
   size_t workspace_bytes;
 };
-// M at and below which the 64-row tile configuration runs.
+// M at and below which the 64×64-tile (1×8 cluster) configuration runs, then the 64×128 one.
+constexpr int64_t kScaledTinyMaxM = 64;
 constexpr int64_t kScaledSmallMaxM = 128;
 // y_is_bf16: bf16 output, else f16. kUnimplemented (nothing enqueued) when CUTLASS refuses the
 // problem, so the caller can take another path.

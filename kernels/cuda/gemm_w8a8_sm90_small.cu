@@ -1,4 +1,4 @@
-// W8A8 on Hopper, M ≤ kScaledSmallMaxM: the 64×128 tile instantiations (gemm_scaled_sm90.cuh).
+// W8A8 on Hopper, kScaledTinyMaxM < M ≤ kScaledSmallMaxM: the 64×128 tile instantiations (gemm_scaled_sm90.cuh).
 #include "kernels/cuda/gemm_scaled_sm90.cuh"
 
 namespace lowbit::kernels::cuda::sm90 {
