@@ -55,16 +55,16 @@ fi
 no_cutlass_filter=BackendOps.GemmW8A8:BackendOps.GemmFp8:BackendOps.GemmW4A16
 no_cutlass_filter+=:BackendOps.RepeatedShapesReuseCublasLtPlansWithNewScales
 if [[ -z "${SKIP_BENCH:-}" ]]; then
-  step bench-cuda 150 "$bench_bin" --backend cuda --ms 1,16,64,256,1024,4096 \
+  step bench-cuda 180 "$bench_bin" --backend cuda --ms 1,16,64,128,256,1024,4096 \
     --ops w8a8,w8a8_quant,fp8,w4a16,quant_int8 --reps 3 --out "$out"
-  step torch-baselines 90 python3 bench/kernels/torch_baselines.py --ms 1,16,64,256,1024,4096 \
+  step torch-baselines 90 python3 bench/kernels/torch_baselines.py --ms 1,16,64,128,256,1024,4096 \
     --reps 3 --out "$out/torch-baselines.csv"
 fi
 LOWBIT_CUDA_NO_CUTLASS=1 step gpu-no-cutlass 120 "$test_bin" --gtest_filter="$no_cutlass_filter"
 if [[ -z "${SKIP_BENCH:-}" ]]; then
   # W8A8 / FP8 / W4A16 at M > 16 without the CUTLASS kernels (cuBLASLt + a separate epilogue;
   # dequantize + cuBLAS), beside the run above: writes no-cutlass/kernels-cuda.{md,csv}.
-  LOWBIT_CUDA_NO_CUTLASS=1 step bench-cuda-no-cutlass 60 "$bench_bin" --backend cuda --ms 64,256,1024,4096 \
+  LOWBIT_CUDA_NO_CUTLASS=1 step bench-cuda-no-cutlass 60 "$bench_bin" --backend cuda --ms 64,128,256,1024,4096 \
     --ops w8a8,fp8,w4a16 --reps 3 --out "$out/no-cutlass"
   # The plain kernels on the shapes where the library paths take over (writes kernels-cuda-simple.*).
   step bench-cuda-simple 40 "$bench_bin" --backend cuda-simple --ms 256,4096 --ops w8a8,fp8 --reps 2 --out "$out"
