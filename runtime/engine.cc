@@ -199,6 +199,18 @@ absl::StatusOr<GemmResult> Engine::Gemm(const GemmRequest& req, const CallContro
                                                    ": its output dtype is the activation dtype ",
                                                    DN(x.dtype()), ", not ", DN(out)));
   }
+  if (layer.kind == LinearKind::kW8A8Static) {
+    // Static per-tensor int8 has no row scale to carry a NaN or an infinity (the dynamic schemes
+    // turn such a row into a NaN output row), and clamping it would give a finite wrong answer.
+    const std::vector<float> f = x.ToFloats();
+    for (size_t i = 0; i < f.size(); ++i) {
+      if (!std::isfinite(f[i])) {
+        return absl::InvalidArgumentError(absl::StrCat("x[", i / k, ", ", i % k, "] is ", f[i], "; layer '", req.layer,
+                                                       "' is ", layer.scheme,
+                                                       " (static per-tensor int8), which cannot represent it"));
+      }
+    }
+  }
   BatchItem item;
   item.layer = it->second;
   item.x = x;

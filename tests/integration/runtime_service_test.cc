@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -446,6 +447,42 @@ TEST_F(RuntimeTest, GemmApproximatesFloatLayer) {
     EXPECT_GT(rel, 0.0) << dir;  // it really is quantized
     std::printf("  %s: relative error vs the float layer %.4f\n", dir, rel);
   }
+}
+
+// A NaN or an infinity in a request row: dynamic per-token schemes give that output row NaN and
+// leave the other rows as they are without it; static per-tensor int8 refuses the request, naming
+// the element.
+TEST_F(RuntimeTest, NonFiniteActivationsGiveNaNRowsOrARefusal) {
+  const int64_t m = 3, k = 256, n = 256;
+  std::vector<float> xf;
+  Tensor clean = RandomX(m, k, DType::kF32, 7, &xf);
+  xf[1 * k + 17] = std::numeric_limits<float>::quiet_NaN();
+  Tensor dirty = Tensor::FromFloats(xf, {m, k}, DType::kF32);
+  for (const char* dir : {"w8a8", "fp8_dynamic"}) {
+    ASSERT_TRUE(client_->Load(dir, dir).ok());
+    v1::GemmResponse want, got;
+    ASSERT_TRUE(client_->Gemm(MakeGemm(dir, kQ, clean, v1::DTYPE_F32), &want).ok());
+    grpc::Status st = client_->Gemm(MakeGemm(dir, kQ, dirty, v1::DTYPE_F32), &got);
+    ASSERT_TRUE(st.ok()) << dir << ": " << st.error_message();
+    const std::vector<float> yw = ResultFloats(want), yg = ResultFloats(got);
+    ASSERT_EQ(yg.size(), static_cast<size_t>(m * n));
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        if (i == 1) {
+          EXPECT_TRUE(std::isnan(yg[i * n + j])) << dir << " y[1, " << j << "] = " << yg[i * n + j];
+        } else {
+          EXPECT_EQ(yg[i * n + j], yw[i * n + j]) << dir << " y[" << i << ", " << j << "]";
+        }
+      }
+    ASSERT_TRUE(client_->Unload(dir).ok());
+  }
+  ASSERT_TRUE(client_->Load("w8a8_static", "w8a8_static").ok());
+  v1::GemmResponse resp;
+  grpc::Status st = client_->Gemm(MakeGemm("w8a8_static", kQ, dirty, v1::DTYPE_F32), &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("x[1, 17] is nan"), std::string::npos) << st.error_message();
+  ASSERT_TRUE(client_->Gemm(MakeGemm("w8a8_static", kQ, clean, v1::DTYPE_F32), &resp).ok());  // still serving
+  ASSERT_TRUE(client_->Unload("w8a8_static").ok());
 }
 
 // ---- batching -------------------------------------------------------------------------------
