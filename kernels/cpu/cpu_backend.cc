@@ -778,7 +778,9 @@ LB_AVX512 void QuantRowInt8Avx(const float* xf, int64_t k, int8_t* q, float* sca
     nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
   }
   float absmax = nan ? std::numeric_limits<float>::infinity() : _mm512_reduce_max_ps(mx);
-  for (; i < k; ++i) absmax = std::isfinite(xf[i]) ? std::max(absmax, std::fabs(xf[i])) : std::numeric_limits<float>::infinity();
+  for (; i < k; ++i) {
+    absmax = std::isfinite(xf[i]) ? std::max(absmax, std::fabs(xf[i])) : std::numeric_limits<float>::infinity();
+  }
   if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q, scale_out);
   const float s = absmax > 0.0f ? absmax / 127.0f : 1.0f;
   *scale_out = s;
@@ -813,7 +815,6 @@ void QuantRowInt8Generic(const float* xf, int64_t k, int8_t* q, float* scale_out
 void QuantRowFp8(const float* xf, int64_t k, float s, uint8_t* q) {
   for (int64_t i = 0; i < k; ++i) q[i] = FastFp8(std::clamp(xf[i] / s, -kFp8E4M3Max, kFp8E4M3Max));
 }
-
 
 Status CpuBackend::QuantizeInt8PerToken(DType dt, const void* x, int64_t m, int64_t k, int8_t* q, float* scale) {
   LOWBIT_KRETURN_IF_ERROR(ValidateQuantize("QuantizeInt8PerToken", dt, x, m, k, q, scale, true));
