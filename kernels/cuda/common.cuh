@@ -114,6 +114,8 @@ Status LaunchGemvW4(int xt, const void* x, const W4Dev& w, const float* bias, in
 // are dequantized in packed f16/bf16 arithmetic, with the same results).
 Status LaunchGemvW4Mma(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k,
                        void* y, bool scales_exact, cudaStream_t s);
+// Whether LaunchGemvW4Mma dequantizes in packed f16/bf16 arithmetic: symmetric weights, exact scales.
+inline bool GemvW4MmaPacked(const W4Dev& w, bool scales_exact) { return scales_exact && w.zero == nullptr; }
 // W4A16 large M: dequantize to the activation type (rounded), then cuBLAS; the epilogue adds bias.
 // out: 16-byte aligned, f16 / bf16 (xt).
 Status LaunchDequantW4(int xt, const W4Dev& w, int64_t n, int64_t k, void* out, cudaStream_t s);

@@ -341,10 +341,7 @@ class CudaBackend : public Backend {
     // problem it refuses goes on below).
     if (ScaledSm90Ok(a, w)) {
       Status st = RunScaledSm90(/*fp8=*/false, a, w);
-      if (st.code() != StatusCode::kUnimplemented) {
-        trace_.Note(name_, "W8A8", m, n, k, "CUTLASS sm90");
-        return st;
-      }
+      if (st.code() != StatusCode::kUnimplemented) return st;
     }
     // M > 16 elsewhere: the int32 accumulators from cuBLASLt's int8 tensor cores (as torch._int_mm, which
     // needs M > 16 and K, N multiples of 8), in the arena, M in chunks of the rows that fit, then
@@ -394,10 +391,7 @@ class CudaBackend : public Backend {
     // problem it refuses goes on below).
     if (ScaledSm90Ok(a, w)) {
       Status st = RunScaledSm90(/*fp8=*/true, a, w);
-      if (st.code() != StatusCode::kUnimplemented) {
-        trace_.Note(name_, "FP8", m, n, k, "CUTLASS sm90");
-        return st;
-      }
+      if (st.code() != StatusCode::kUnimplemented) return st;
     }
     const bool outer = a.x_scale_count > 1 || w.scale_count > 1;
     const bool broadcast = outer && a.x_scale_count == 1;  // x scale expanded to [M] in the arena
@@ -461,10 +455,10 @@ class CudaBackend : public Backend {
         x = xp;
       }
       if (m <= kGemvMaxM && !simple_ && sm_ >= 80 && k % 32 == 0 && Aligned16(x)) {
-        const bool packed = w.w4_scale_exact[a.x_dtype == DType::kBF16] && w.w4.zero == nullptr;
-        trace_.Note(name_, "W4A16", rows, n, k, packed ? "mma.sync GEMV, packed dequant" : "mma.sync GEMV");
-        LOWBIT_KRETURN_IF_ERROR(
-            LaunchGemvW4Mma(xt, x, w.w4, a.bias, rows, n, k, y, w.w4_scale_exact[a.x_dtype == DType::kBF16], stream_));
+        const bool scales_exact = w.w4_scale_exact[a.x_dtype == DType::kBF16];
+        trace_.Note(name_, "W4A16", rows, n, k,
+                    GemvW4MmaPacked(w.w4, scales_exact) ? "mma.sync GEMV, packed dequant" : "mma.sync GEMV");
+        LOWBIT_KRETURN_IF_ERROR(LaunchGemvW4Mma(xt, x, w.w4, a.bias, rows, n, k, y, scales_exact, stream_));
       } else if (m <= kGemvMaxM) {
         trace_.Note(name_, "W4A16", rows, n, k, "SIMT GEMV");
         LOWBIT_KRETURN_IF_ERROR(LaunchGemvW4(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
@@ -511,6 +505,7 @@ class CudaBackend : public Backend {
            Aligned16(a.x) && Aligned16(w.w) && Aligned16(a.y) && Aligned16(a.x_scale) &&
            (a.bias == nullptr || Aligned16(a.bias));
   }
+  // kUnimplemented (nothing enqueued) when CUTLASS refuses the problem; the caller goes on.
   Status RunScaledSm90(bool fp8, const GemmArgs& a, const CudaWeight& w) {
 #if LOWBIT_KERNELS_HAVE_CUTLASS
     sm90::ScaledSm90Args s;
@@ -519,7 +514,10 @@ class CudaBackend : public Backend {
     s.m = a.m, s.n = w.n(), s.k = w.k(), s.y = a.y;
     s.workspace = lt_ws_, s.workspace_bytes = kLtWorkspace;  // free: calls on the stream run in turn
     const bool bf16 = a.y_dtype == DType::kBF16;
-    return fp8 ? sm90::GemmFp8(s, bf16, stream_) : sm90::GemmW8A8(s, bf16, stream_);
+    Status st = fp8 ? sm90::GemmFp8(s, bf16, stream_) : sm90::GemmW8A8(s, bf16, stream_);
+    if (st.code() != StatusCode::kUnimplemented)
+      trace_.Note(name_, fp8 ? "FP8" : "W8A8", a.m, s.n, s.k, "CUTLASS sm90");
+    return st;
 #else
     (void)fp8, (void)a, (void)w;
     return Unimplemented("RunScaledSm90: built without CUTLASS");  // unreachable: use_cutlass_ stays false

@@ -20,12 +20,17 @@ namespace {
 // word's nibbles back into codes 0..15.
 constexpr uint32_t kNibbleBias = 0x88888888u;
 
+// (code − 8 − z) · s in f32 for code j of a word (codes 0..15, after the XOR), before the rounding
+// to the activation type: the reference's dequantization.
+__device__ __forceinline__ float DequantCode(uint32_t word, int j, float z, float s) {
+  return __fmul_rn(__fsub_rn(static_cast<float>(static_cast<int>((word >> (4 * j)) & 15u) - 8), z), s);
+}
+
 __device__ __forceinline__ float DequantOne(const W4Dev& w, int xt, int64_t nn, int64_t kk, int64_t words) {
   const uint32_t word = static_cast<uint32_t>(w.packed[nn * words + kk / 8]) ^ kNibbleBias;
-  const int code = static_cast<int>((word >> (4 * (kk % 8))) & 15u);
   const int64_t g = kk / w.group_size;
   const float z = w.zero ? w.zero[nn * w.groups + g] : 0.0f;
-  return RoundTo(xt, __fmul_rn(__fsub_rn(static_cast<float>(code - 8), z), w.scale[nn * w.groups + g]));
+  return RoundTo(xt, DequantCode(word, static_cast<int>(kk % 8), z, w.scale[nn * w.groups + g]));
 }
 
 constexpr int kMaxGemvM = 16;
@@ -47,9 +52,7 @@ __global__ void __launch_bounds__(256)
     const float z = w.zero ? w.zero[col * w.groups + g] : 0.0f;
     float wv[8];
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-      wv[j] =
-          RoundTo(xt, __fmul_rn(__fsub_rn(static_cast<float>(static_cast<int>((word >> (4 * j)) & 15u) - 8), z), s));
+    for (int j = 0; j < 8; ++j) wv[j] = RoundTo(xt, DequantCode(word, j, z, s));
 #pragma unroll
     for (int i = 0; i < kMaxGemvM; ++i) {
       if (i >= m) break;
@@ -329,7 +332,7 @@ __global__ void DequantW4Kernel(int xt, W4Dev w, int64_t n, int64_t words, uint4
   uint32_t h[4];
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    const float v = __fmul_rn(__fsub_rn(static_cast<float>(static_cast<int>((word >> (4 * j)) & 15u) - 8), z), sc);
+    const float v = DequantCode(word, j, z, sc);
     const uint32_t bits =
         xt == kF16 ? __half_as_ushort(__float2half_rn(v)) : __bfloat16_as_ushort(__float2bfloat16_rn(v));
     h[j / 2] = j % 2 == 0 ? bits : h[j / 2] | (bits << 16);
@@ -388,7 +391,7 @@ Status LaunchGemvW4Mma(int xt, const void* x, const W4Dev& w, const float* bias,
                        void* y, bool scales_exact, cudaStream_t s) {
   if (m < 1 || m > kMaxGemvM || k % 32 != 0 || (xt != kBF16 && xt != kF16))
     return Internal("LaunchGemvW4Mma: needs 1 ≤ M ≤ 16, K % 32 == 0 and f16/bf16 activations");
-  const bool packed = scales_exact && w.zero == nullptr;
+  const bool packed = GemvW4MmaPacked(w, scales_exact);
   if (xt == kBF16)
     LaunchGemvW4MmaT<__nv_bfloat16>(x, w, bias, m, n, k, y, packed, s);
   else
