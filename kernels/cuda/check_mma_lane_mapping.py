@@ -55,38 +55,87 @@ def gemv8(X, W):  # the W8A8/FP8 kernel: one block of 8 rows, 4 warps, K steps o
                 if m < M and n0 + n < N: Y[m, n0 + n] = C[m, n]
     return Y
 
-def gemv4(X, codes, scale, gs):  # the W4A16 kernel: 16 rows per block (two n-tiles), steps of 128 codes
-    M, K = X.shape; N = codes.shape[0]
-    Wd = (codes - 8) * np.repeat(scale, gs, axis=1)[:, :K]
+def w4_steps(begin, end, stride, unroll=2):  # W4MmaRows' loop: (step, step < end) per unrolled step
+    s0 = begin
+    while s0 < end:
+        for u in range(unroll):
+            yield s0 + u * stride, s0 + u * stride < end
+        s0 += stride * unroll
+
+def w4_warp(Xp, Wd, n0, r, steps):  # one warp's 16x8 accumulator tile for n-tile r over `steps`
+    K = Xp.shape[1]
+    rows = Wd[n0 + 8 * r:n0 + 8 * r + 8]
+    Wp = np.zeros((8, K)); Wp[:rows.shape[0]] = rows
+    C = np.zeros((16, 8))
+    for s, in_range in steps:
+        for j in range(4):        # word j of the lane's 4 words
+            for half in range(2):  # codes 0-3, then 4-7
+                av, bv = [], []
+                for lane in range(32):
+                    g, t = lane // 4, lane % 4
+                    kb = s * 128 + 32 * t
+                    kk = kb + 8 * j
+                    ok = in_range and kb < K
+                    get = lambda row: row[kk:kk + 8] if ok else np.zeros(8)
+                    lo, hi, w = get(Xp[g]), get(Xp[g + 8]), get(Wp[g])
+                    # int4: lo.x = elements 0,1; lo.y = 2,3; lo.z = 4,5; lo.w = 6,7
+                    e = 4 * half
+                    regs_a = [lo[e:e + 2], hi[e:e + 2], lo[e + 2:e + 4], hi[e + 2:e + 4]]
+                    regs_b = [w[e:e + 2], w[e + 2:e + 4]]  # DequantPair(word, e), (word, e + 2)
+                    av.append([x for q in regs_a for x in q]); bv.append([x for q in regs_b for x in q])
+                C += mma(av, bv, 16, a_pos_16, b_pos_16)
+    return C
+
+def w4_out(n0, r, lane, i):  # W4OutPos: (token, weight row) of accumulator i of n-tile r
+    m, n = c_pos(lane // 4, lane % 4, i)
+    return m, n0 + 8 * r + n
+
+def gemv4(X, Wd, warps=8):  # GemvW4MmaKernel: 16 rows per block, the warps splitting K (w, w + 8, ...)
+    M, K = X.shape; N = Wd.shape[0]; steps = (K + 127) // 128
     Y = np.zeros((M, N)); Xp = np.zeros((16, K)); Xp[:M] = X
     for n0 in range(0, N, 16):
         for r in range(2):
-            rows = Wd[n0 + 8 * r:n0 + 8 * r + 8]
-            Wp = np.zeros((8, K)); Wp[:rows.shape[0]] = rows
-            C = np.zeros((16, 8))
-            for s in range((K + 127) // 128):
-                for j in range(4):        # word j of the lane's 4 words
-                    for half in range(2):  # codes 0-3, then 4-7
-                        av, bv = [], []
-                        for lane in range(32):
-                            g, t = lane // 4, lane % 4
-                            kb = s * 128 + 32 * t
-                            kk = kb + 8 * j
-                            get = lambda row: row[kk:kk + 8] if kb < K else np.zeros(8)
-                            lo, hi, w = get(Xp[g]), get(Xp[g + 8]), get(Wp[g])
-                            # int4: lo.x = elements 0,1; lo.y = 2,3; lo.z = 4,5; lo.w = 6,7
-                            e = 4 * half
-                            regs_a = [lo[e:e + 2], hi[e:e + 2], lo[e + 2:e + 4], hi[e + 2:e + 4]]
-                            regs_b = [w[e:e + 2], w[e + 2:e + 4]]  # DequantPair(word, e), (word, e + 2)
-                            av.append([x for q in regs_a for x in q]); bv.append([x for q in regs_b for x in q])
-                        C += mma(av, bv, 16, a_pos_16, b_pos_16)
+            C = sum(w4_warp(Xp, Wd, n0, r, w4_steps(w, steps, warps)) for w in range(warps))
             for lane in range(32):
-                g, t = lane // 4, lane % 4
                 for i in range(4):
-                    m, n = c_pos(g, t, i)
-                    col = n0 + 8 * r + n
-                    if m < M and col < N: Y[m, col] = C[m, n]
-    return Y, Wd
+                    m, col = w4_out(n0, r, lane, i)
+                    if m < M and col < N: Y[m, col] = C[lane // 4 + 8 * (i // 2), 2 * (lane % 4) + i % 2]
+    return Y
+
+def gemv4_split(X, Wd, sms, warps=8, max_slices=16):  # GemvW4SplitKernel with PlanW4Split's grid
+    M, K = X.shape; N = Wd.shape[0]; rows = 16 * warps
+    tiles, steps = -(-N // rows), -(-K // 128)
+    slices = min(max(-(-2 * sms // tiles), 1), min(steps, max_slices))
+    slice_steps = -(-steps // slices); slices = -(-steps // slice_steps)
+    ld = tiles * rows
+    part = np.full((slices, M, ld), np.nan); written = np.zeros(part.shape, int)
+    Xp = np.zeros((16, K)); Xp[:M] = X
+    Y = np.full((M, N), np.nan)
+    for tile in range(tiles):
+        for sl in range(slices):
+            begin = sl * slice_steps
+            for w in range(warps):
+                n0 = tile * rows + 16 * w
+                for r in range(2):
+                    C = w4_warp(Xp, Wd, n0, r, w4_steps(begin, min(steps, begin + slice_steps), 1))
+                    for lane in range(32):
+                        for i in range(4):
+                            m, col = w4_out(n0, r, lane, i)
+                            if m < M:
+                                part[sl, m, col] = C[lane // 4 + 8 * (i // 2), 2 * (lane % 4) + i % 2]
+                                written[sl, m, col] += 1
+        # the tile's last block: slices added in order, for the rows and columns in range
+        for w in range(warps):
+            for r in range(2):
+                for lane in range(32):
+                    for i in range(4):
+                        m, col = w4_out(tile * rows + 16 * w, r, lane, i)
+                        if m < M and col < N: Y[m, col] = sum(part[s, m, col] for s in range(slices))
+    assert (written == 1).all(), "a partial slot written twice or never"
+    return Y, slices
+
+def dequant4(codes, scale, gs):
+    return (codes - 8) * np.repeat(scale, gs, axis=1)[:, :codes.shape[1]]
 
 for (M, N, K) in [(1, 8, 64), (3, 13, 96), (16, 24, 192), (9, 8, 48), (16, 5, 16)]:
     X = rng.integers(-128, 128, (M, K)).astype(float); W = rng.integers(-128, 128, (N, K)).astype(float)
@@ -95,6 +144,16 @@ print("8-bit gemv mapping ok")
 for (M, N, K, gs) in [(1, 16, 128, 128), (5, 20, 96, 32), (16, 33, 256, 128), (12, 16, 160, 32)]:
     X = rng.integers(-8, 8, (M, K)).astype(float)
     codes = rng.integers(0, 16, (N, K)).astype(float); scale = rng.integers(1, 4, (N, (K + gs - 1) // gs)).astype(float)
-    Y, Wd = gemv4(X, codes, scale, gs)
-    assert np.array_equal(Y, X @ Wd.T), (M, N, K)
+    Wd = dequant4(codes, scale, gs)
+    assert np.array_equal(gemv4(X, Wd), X @ Wd.T), (M, N, K)
 print("w4 gemv mapping ok")
+# The split-K kernel: ragged N (a tile's upper warps past N), K tails inside a step, one slice per
+# step, uneven slices (the last one shorter), one slice, M across the upper-rows boundary.
+for (M, N, K, gs, sms) in [(16, 56, 320, 128, 132), (5, 200, 832, 32, 4), (9, 128, 4096, 128, 132),
+                           (16, 300, 640, 128, 1), (1, 130, 96, 32, 132)]:
+    X = rng.integers(-8, 8, (M, K)).astype(float)
+    codes = rng.integers(0, 16, (N, K)).astype(float); scale = rng.integers(1, 4, (N, (K + gs - 1) // gs)).astype(float)
+    Wd = dequant4(codes, scale, gs)
+    Y, slices = gemv4_split(X, Wd, sms)
+    assert np.array_equal(Y, X @ Wd.T), (M, N, K, slices)
+print("w4 split-K gemv mapping ok")

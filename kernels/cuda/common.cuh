@@ -109,11 +109,23 @@ Status LaunchGemmW4Simple(int xt, const void* x, const W4Dev& w, const float* bi
 // W4A16 weight-streaming GEMV-style kernel for M ≤ 16.
 Status LaunchGemvW4(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k, void* y,
                     cudaStream_t s);
+// Device scratch of the split-K W4A16 GEMV, owned by the backend. One launch at a time may use it
+// (the backend's calls run in turn on its stream).
+struct W4SplitWork {
+  float* part = nullptr;  // f32 partial sums: nothing else in use during the call
+  size_t part_bytes = 0;
+  int* tickets = nullptr;  // one per 128-row tile, zeroed at allocation; every launch leaves them zero
+  int64_t ticket_count = 0;
+  int sms = 0;        // the device's SM count
+  int64_t min_m = 5;  // the split kernel for M ≥ min_m (17: never)
+};
 // The same on the tensor cores (mma.sync, sm_80+): M ≤ 16, K % 32 == 0, f16/bf16, 16-byte
 // aligned x. scales_exact: every scale is a value of the activation type (then symmetric weights
-// are dequantized in packed f16/bf16 arithmetic, with the same results).
+// are dequantized in packed f16/bf16 arithmetic, with the same results). With `split` (may be
+// null) and M ≥ split->min_m, 128 weight rows per block and K split across blocks (the activation
+// read once per 128 rows, not per 16); *slices_used is then the number of K slices, else 0.
 Status LaunchGemvW4Mma(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k,
-                       void* y, bool scales_exact, cudaStream_t s);
+                       void* y, bool scales_exact, const W4SplitWork* split, int64_t* slices_used, cudaStream_t s);
 // Whether LaunchGemvW4Mma dequantizes in packed f16/bf16 arithmetic: symmetric weights, exact scales.
 inline bool GemvW4MmaPacked(const W4Dev& w, bool scales_exact) { return scales_exact && w.zero == nullptr; }
 // W4A16 large M: dequantize to the activation type (rounded), then cuBLAS; the epilogue adds bias.

@@ -47,6 +47,8 @@ constexpr size_t kLtWorkspace = 32u << 20;
 constexpr int64_t kGemvMaxM = 16;
 // W4A16 workspace rows reserved at PrepareInt4 (a GEMM processes M in chunks of the rows that fit).
 constexpr int64_t kW4MinChunkRows = 256;
+// Tickets of the split-K W4A16 GEMV: one per 128 weight rows (N up to 2^21 splits K).
+constexpr int64_t kW4Tickets = 16384;
 
 size_t Align256(size_t b) { return (b + 255) / 256 * 256; }
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -58,6 +60,15 @@ bool EnvFlag(const char* name) {
   return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
 }
 bool CutlassDisabled() { return EnvFlag("LOWBIT_CUDA_NO_CUTLASS"); }
+// LOWBIT_CUDA_W4_SPLIT_MIN_M=m (1…17): the smallest M that takes the split-K W4A16 GEMV (17: none),
+// to compare it with the 16-row kernel on one machine.
+int64_t W4SplitMinM() {
+  const char* v = std::getenv("LOWBIT_CUDA_W4_SPLIT_MIN_M");
+  if (v == nullptr || *v == '\0') return 5;
+  char* end = nullptr;
+  const long m = std::strtol(v, &end, 10);
+  return *end == '\0' && m >= 1 && m <= 17 ? m : 5;
+}
 
 // LOWBIT_CUDA_TRACE=1: each GEMM path taken is printed to stderr once per (op, M, N, K, path) —
 // which kernel ran, without a profiler (fallbacks are otherwise silent).
@@ -131,6 +142,7 @@ class CudaBackend : public Backend {
     lt_gemms_.reset();  // its plans before the handle
     FreeQuietly(arena_);
     FreeQuietly(lt_ws_);
+    FreeQuietly(w4_split_.tickets);
     if (lt_) cublasLtDestroy(lt_);
     if (blas_) cublasDestroy(blas_);
   }
@@ -147,6 +159,16 @@ class CudaBackend : public Backend {
     if (cublasLtCreate(&lt_) != CUBLAS_STATUS_SUCCESS) return Internal("cublasLtCreate failed");
     LOWBIT_CUDA_RETURN(cudaMalloc(&lt_ws_, kLtWorkspace), "cudaMalloc (cuBLASLt workspace)");
     lt_gemms_ = std::make_unique<cuda::CublasLtGemms>(lt_, lt_ws_, kLtWorkspace);
+    // The split-K W4A16 GEMV: its partial sums in the cuBLASLt workspace (calls on the stream run
+    // in turn), its tickets zeroed once here.
+    LOWBIT_CUDA_RETURN(cudaMalloc(&w4_split_.tickets, kW4Tickets * sizeof(int)), "cudaMalloc (W4A16 tickets)");
+    LOWBIT_CUDA_RETURN(cudaMemset(w4_split_.tickets, 0, kW4Tickets * sizeof(int)), "cudaMemset (W4A16 tickets)");
+    LOWBIT_CUDA_RETURN(cudaDeviceSynchronize(), "cudaMemset (W4A16 tickets) sync");
+    w4_split_.ticket_count = kW4Tickets;
+    w4_split_.part = static_cast<float*>(lt_ws_);
+    w4_split_.part_bytes = kLtWorkspace;
+    w4_split_.sms = prop.multiProcessorCount;
+    w4_split_.min_m = W4SplitMinM();
     return Reserve(workspace_bytes ? workspace_bytes : (64u << 20));
   }
 
@@ -456,9 +478,13 @@ class CudaBackend : public Backend {
       }
       if (m <= kGemvMaxM && !simple_ && sm_ >= 80 && k % 32 == 0 && Aligned16(x)) {
         const bool scales_exact = w.w4_scale_exact[a.x_dtype == DType::kBF16];
-        trace_.Note(name_, "W4A16", rows, n, k,
-                    GemvW4MmaPacked(w.w4, scales_exact) ? "mma.sync GEMV, packed dequant" : "mma.sync GEMV");
-        LOWBIT_KRETURN_IF_ERROR(LaunchGemvW4Mma(xt, x, w.w4, a.bias, rows, n, k, y, scales_exact, stream_));
+        int64_t slices = 0;
+        LOWBIT_KRETURN_IF_ERROR(
+            LaunchGemvW4Mma(xt, x, w.w4, a.bias, rows, n, k, y, scales_exact, &w4_split_, &slices, stream_));
+        const std::string path = std::string(slices > 0 ? "mma.sync GEMV 128 rows, K in " + S(slices) + " slices"
+                                                        : "mma.sync GEMV 16 rows") +
+                                 (GemvW4MmaPacked(w.w4, scales_exact) ? ", packed dequant" : "");
+        trace_.Note(name_, "W4A16", rows, n, k, path.c_str());
       } else if (m <= kGemvMaxM) {
         trace_.Note(name_, "W4A16", rows, n, k, "SIMT GEMV");
         LOWBIT_KRETURN_IF_ERROR(LaunchGemvW4(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
@@ -557,6 +583,7 @@ class CudaBackend : public Backend {
   cublasHandle_t blas_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   void* lt_ws_ = nullptr;
+  W4SplitWork w4_split_;                           // the split-K W4A16 GEMV's scratch (its partials in lt_ws_)
   std::unique_ptr<cuda::CublasLtGemms> lt_gemms_;  // cuBLASLt plans per shape
   void* arena_ = nullptr;
   size_t arena_bytes_ = 0;

@@ -1,7 +1,8 @@
 // W4A16 kernels. Dequantized weight: W'[n,k] = round_act((code − 8 − z[n,g]) · s[n,g]), g = k / gs
 // in the kernel's (act-order-permuted) column order; accumulation in f32.
-//   * GemvW4MmaKernel (M ≤ 16, K % 32 == 0, "cuda"): weight streaming on the tensor cores, the
-//     weight dequantized in registers (below).
+//   * GemvW4MmaKernel, GemvW4SplitKernel (M ≤ 16, K % 32 == 0, "cuda"): weight streaming on the
+//     tensor cores, the weight dequantized in registers (below); 16 weight rows per block, or 128
+//     with K split across blocks (from M = 5: the activation read once per 128 rows).
 //   * GemvW4Kernel (M ≤ 16, "cuda-simple" and other K): one warp per output column, each lane
 //     reads packed int32 words (8 codes), dequantizes and multiplies with every activation row.
 //   * GemmW4SimpleKernel: a plain tiled kernel (64×64 tiles, f32 FMA) for any M ("cuda-simple").
@@ -9,6 +10,7 @@
 //     the workspace, then cublasGemmEx with f32 accumulation into f32, then bias + rounding.
 // Needs K % 8 == 0 and a group size that is a multiple of 8 (a packed word never straddles
 // two groups).
+#include <algorithm>
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
@@ -73,14 +75,14 @@ __global__ void __launch_bounds__(256)
 }
 
 // ---- M ≤ 16 on the tensor cores: mma.sync m16n8k16 (f16/bf16 in, f32 accumulators; sm_80+) ----
-// A block owns 16 weight rows (two mma n-tiles of 8) and kW4Warps warps split K between them; the
-// tokens are the mma's 16 rows. Lane (g, t) = (lane / 4, lane % 4) streams 16 bytes (4 packed
+// A warp owns 16 weight rows (two mma n-tiles of 8) over some of K's 128-code steps (W4MmaRows);
+// the tokens are the mma's 16 rows. Lane (g, t) = (lane / 4, lane % 4) streams 16 bytes (4 packed
 // words, 32 codes) of weight rows n0 + g and n0 + 8 + g per step of 128 codes, at codes
 // 32·t … 32·t + 31, dequantizes them in registers exactly as DequantOne does and reads the same
 // codes' activations of tokens g and g + 8. The mma pairs A and B elements by position within a
 // thread group, so feeding both operands the same codes in the same register order computes the
 // dot products whatever order K is walked in: each word's codes 0–3 feed one mma, 4–7 the next.
-// The warps' partial sums are added in a fixed order through shared memory.
+// Partial sums over K are added in a fixed order (the same bits every run).
 constexpr int kW4Warps = 8;
 constexpr int kW4Unroll = 2;  // steps (16-byte loads per weight row) in flight per lane
 
@@ -163,13 +165,14 @@ __device__ __forceinline__ uint32_t DequantPairPacked(uint32_t word, int j, uint
   return W4Mma<T>::SubMul(pair, kBias, s2);
 }
 
+// One warp's share of the tensor-core GEMV: weight rows n0 … n0 + 15 (two mma n-tiles of 8)
+// against every token, over the 128-code steps begin, begin + stride, … < end, accumulated into c.
+// c[r][0], c[r][1]: token g, weight rows n0 + 8r + 2t, + 1; c[r][2], c[r][3]: token g + 8.
 template <class T, bool kUpperRows, bool kPacked>
-__global__ void __launch_bounds__(kW4Warps * 32)
-    GemvW4MmaKernel(const T* __restrict__ x, W4Dev w, const float* __restrict__ bias, int64_t m, int64_t n, int64_t k,
-                    T* __restrict__ y) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+__device__ __forceinline__ void W4MmaRows(const T* __restrict__ x, const W4Dev& w, int64_t m, int64_t n, int64_t k,
+                                          int64_t n0, int64_t begin, int64_t end, int64_t stride, float (&c)[2][4]) {
+  const int lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * 16;
   const int64_t words = k / 8;
   const int64_t rows[2] = {n0 + g, n0 + 8 + g};
   const bool row_ok[2] = {rows[0] < n, rows[1] < n};
@@ -185,22 +188,21 @@ __global__ void __launch_bounds__(kW4Warps * 32)
     const uint32_t c = static_cast<uint32_t>(kk);
     return gshift >= 0 ? (c >> gshift) : c / gsize;
   };
-  float c[2][4] = {};
-  const int64_t steps = (k + 127) / 128;
-  for (int64_t s0 = warp; s0 < steps; s0 += kW4Warps * kW4Unroll) {
+  for (int64_t s0 = begin; s0 < end; s0 += stride * kW4Unroll) {
     int4 wv[kW4Unroll][2];
 #pragma unroll
     for (int u = 0; u < kW4Unroll; ++u) {
-      const int64_t kb = (s0 + static_cast<int64_t>(u) * kW4Warps) * 128 + 32 * t;
+      const int64_t step = s0 + static_cast<int64_t>(u) * stride, kb = step * 128 + 32 * t;
+      const bool k_ok = step < end && kb < k;
 #pragma unroll
       for (int r = 0; r < 2; ++r)
-        wv[u][r] = (row_ok[r] && kb < k) ? LoadStreamed16(w.packed + rows[r] * words + kb / 8) : make_int4(0, 0, 0, 0);
+        wv[u][r] = (row_ok[r] && k_ok) ? LoadStreamed16(w.packed + rows[r] * words + kb / 8) : make_int4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < kW4Unroll; ++u) {
-      const int64_t kb = (s0 + static_cast<int64_t>(u) * kW4Warps) * 128 + 32 * t;
+      const int64_t step = s0 + static_cast<int64_t>(u) * stride, kb = step * 128 + 32 * t;
       // Every lane runs every mma (mma.sync is warp-wide): lanes past K feed zeros.
-      const bool k_ok = kb < k;
+      const bool k_ok = step < end && kb < k;
       float sc[2][4], zr[2][4];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -243,7 +245,27 @@ __global__ void __launch_bounds__(kW4Warps * 32)
       }
     }
   }
-  // c[r][0], c[r][1]: token g, weight rows n0 + 8r + 2t, + 1; c[r][2], c[r][3]: token g + 8.
+}
+
+// Output (token, weight row) of accumulator i of n-tile r for this lane (see W4MmaRows).
+struct W4Out {
+  int64_t gm, gn;
+};
+__device__ __forceinline__ W4Out W4OutPos(int64_t n0, int r, int i) {
+  const int lane = threadIdx.x & 31;
+  return {(lane >> 2) + (i >= 2 ? 8 : 0), n0 + 8 * r + 2 * (lane & 3) + (i & 1)};
+}
+
+// 16 weight rows per block, its kW4Warps warps splitting K (step w, w + kW4Warps, …); the warps'
+// partial sums added in a fixed order through shared memory.
+template <class T, bool kUpperRows, bool kPacked>
+__global__ void __launch_bounds__(kW4Warps * 32)
+    GemvW4MmaKernel(const T* __restrict__ x, W4Dev w, const float* __restrict__ bias, int64_t m, int64_t n, int64_t k,
+                    T* __restrict__ y) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * 16;
+  float c[2][4] = {};
+  W4MmaRows<T, kUpperRows, kPacked>(x, w, m, n, k, n0, warp, (k + 127) / 128, kW4Warps, c);
   __shared__ float part[kW4Warps][2][4][32];
 #pragma unroll
   for (int r = 0; r < 2; ++r)
@@ -257,11 +279,74 @@ __global__ void __launch_bounds__(kW4Warps * 32)
     float v = 0.0f;
 #pragma unroll
     for (int q = 0; q < kW4Warps; ++q) v = __fadd_rn(v, part[q][r][i][lane]);
-    const int64_t gm = g + (i >= 2 ? 8 : 0), gn = n0 + 8 * r + 2 * t + (i & 1);
-    if (gm >= m || gn >= n) continue;
-    if (bias) v = __fadd_rn(v, bias[gn]);
-    y[gm * n + gn] = W4Mma<T>::Round(v);
+    const W4Out o = W4OutPos(n0, r, i);
+    if (o.gm >= m || o.gn >= n) continue;
+    if (bias) v = __fadd_rn(v, bias[o.gn]);
+    y[o.gm * n + o.gn] = W4Mma<T>::Round(v);
   }
+}
+
+// kW4SplitRows weight rows per block, warp w owning rows 16w … 16w + 15 of them over the block's
+// slice of K (blockIdx.y: steps [slice · slice_steps, …)), so a block reads its slice of the
+// activation once for 128 weight rows where the kernel above reads all of it for 16 — at M = 16
+// the activation re-reads, not the weight, would bound that one. With one slice the warps write
+// Y; with several each block writes its partial sums to part[slice][M][tiles · kW4SplitRows], and
+// the last block of a row tile to arrive (a ticket per tile, reset by that block for the next
+// launch) adds the slices in order 0, 1, … — the same bits whichever block comes last. Two blocks
+// per SM (≤ 128 registers; the plan sizes the grid for that).
+constexpr int kW4SplitRows = 16 * kW4Warps;
+
+template <class T, bool kUpperRows, bool kPacked>
+__global__ void __launch_bounds__(kW4Warps * 32, 2)
+    GemvW4SplitKernel(const T* __restrict__ x, W4Dev w, const float* __restrict__ bias, int64_t m, int64_t n, int64_t k,
+                      int64_t slice_steps, float* __restrict__ part, int* __restrict__ tickets, T* __restrict__ y) {
+  const int warp = threadIdx.x >> 5;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kW4SplitRows + 16 * warp;
+  const int64_t steps = (k + 127) / 128, begin = static_cast<int64_t>(blockIdx.y) * slice_steps;
+  float c[2][4] = {};
+  const int64_t end = begin + slice_steps < steps ? begin + slice_steps : steps;
+  W4MmaRows<T, kUpperRows, kPacked>(x, w, m, n, k, n0, begin, end, 1, c);
+  const int slices = static_cast<int>(gridDim.y);
+  if (slices > 1) {
+    const int64_t ld = static_cast<int64_t>(gridDim.x) * kW4SplitRows;  // every column in bounds
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int i = 0; i < 4; i += 2) {
+        const W4Out o = W4OutPos(n0, r, i);  // o.gn even: columns gn, gn + 1 in one 8-byte store
+        if (o.gm < m)
+          *reinterpret_cast<float2*>(part + (blockIdx.y * m + o.gm) * ld + o.gn) = make_float2(c[r][i], c[r][i + 1]);
+      }
+    __threadfence();  // this thread's partials visible device-wide before the block takes its ticket
+    __syncthreads();
+    __shared__ int last;
+    if (threadIdx.x == 0) last = atomicAdd(tickets + blockIdx.x, 1) == slices - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const W4Out o = W4OutPos(n0, r, i);
+        float v = 0.0f;
+        if (o.gm < m)
+          for (int s = 0; s < slices; ++s) v = __fadd_rn(v, __ldcg(part + (s * m + o.gm) * ld + o.gn));
+        c[r][i] = v;
+      }
+    if (threadIdx.x == 0) tickets[blockIdx.x] = 0;
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const W4Out o = W4OutPos(n0, r, i);
+      if (o.gm >= m || o.gn >= n) continue;
+      float v = c[r][i];
+      if (slices == 1) v = __fadd_rn(0.0f, v);  // the sum starts from +0, as the reduction's does
+      if (bias) v = __fadd_rn(v, bias[o.gn]);
+      y[o.gm * n + o.gn] = W4Mma<T>::Round(v);
+    }
 }
 
 constexpr int kBM = 64, kBN = 64, kBK = 16;
@@ -361,6 +446,55 @@ __global__ void BroadcastKernel(float* p, const float* src, int64_t n) {
 
 unsigned Blocks(int64_t n, int t) { return static_cast<unsigned>(CeilDiv(n, t)); }
 
+template <class T, template <class, bool, bool> class Launch, class... Args>
+void DispatchW4Mma(int64_t m, bool packed, Args... args) {
+  if (m > 8 && packed)
+    Launch<T, true, true>::Run(args...);
+  else if (m > 8)
+    Launch<T, true, false>::Run(args...);
+  else if (packed)
+    Launch<T, false, true>::Run(args...);
+  else
+    Launch<T, false, false>::Run(args...);
+}
+
+template <class T, bool kUpperRows, bool kPacked>
+struct LaunchMma16 {
+  static void Run(const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k, void* y,
+                  cudaStream_t s) {
+    GemvW4MmaKernel<T, kUpperRows, kPacked>
+        <<<Blocks(n, 16), kW4Warps * 32, 0, s>>>(static_cast<const T*>(x), w, bias, m, n, k, static_cast<T*>(y));
+  }
+};
+
+template <class T, bool kUpperRows, bool kPacked>
+struct LaunchSplit {
+  static void Run(const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k, void* y, dim3 grid,
+                  int64_t slice_steps, const W4SplitWork* work, cudaStream_t s) {
+    GemvW4SplitKernel<T, kUpperRows, kPacked><<<grid, kW4Warps * 32, 0, s>>>(
+        static_cast<const T*>(x), w, bias, m, n, k, slice_steps, work->part, work->tickets, static_cast<T*>(y));
+  }
+};
+
+// How the split kernel covers [M, N] × K: ceil(N / 128) row tiles, K in `slices` slices of
+// `slice_steps` 128-code steps, as many slices as bring the grid to two blocks per SM (at most
+// kW4MaxSlices, every slice non-empty). slices = 0 when the work buffers cannot hold it.
+constexpr int64_t kW4MaxSlices = 16;
+struct W4SplitPlan {
+  int64_t tiles, slices, slice_steps;
+};
+W4SplitPlan PlanW4Split(const W4SplitWork& work, int64_t m, int64_t n, int64_t k) {
+  const int64_t tiles = CeilDiv(n, kW4SplitRows), steps = CeilDiv(k, 128);
+  int64_t slices =
+      std::clamp<int64_t>(CeilDiv(2 * static_cast<int64_t>(work.sms), tiles), 1, std::min(steps, kW4MaxSlices));
+  const int64_t slice_steps = CeilDiv(steps, slices);
+  slices = CeilDiv(steps, slice_steps);
+  const bool fits =
+      slices == 1 || (tiles <= work.ticket_count &&
+                      static_cast<size_t>(slices * m * tiles * kW4SplitRows) * sizeof(float) <= work.part_bytes);
+  return {tiles, fits ? slices : 0, slice_steps};
+}
+
 }  // namespace
 
 Status LaunchGemvW4(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k, void* y,
@@ -370,32 +504,26 @@ Status LaunchGemvW4(int xt, const void* x, const W4Dev& w, const float* bias, in
   return CudaStatus(cudaGetLastError(), "GemvW4 launch");
 }
 
-template <class T>
-void LaunchGemvW4MmaT(const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k, void* y,
-                      bool packed, cudaStream_t s) {
-  const unsigned blocks = Blocks(n, 16);
-  auto* xt = static_cast<const T*>(x);
-  auto* yt = static_cast<T*>(y);
-  const int threads = kW4Warps * 32;
-  if (m > 8 && packed)
-    GemvW4MmaKernel<T, true, true><<<blocks, threads, 0, s>>>(xt, w, bias, m, n, k, yt);
-  else if (m > 8)
-    GemvW4MmaKernel<T, true, false><<<blocks, threads, 0, s>>>(xt, w, bias, m, n, k, yt);
-  else if (packed)
-    GemvW4MmaKernel<T, false, true><<<blocks, threads, 0, s>>>(xt, w, bias, m, n, k, yt);
-  else
-    GemvW4MmaKernel<T, false, false><<<blocks, threads, 0, s>>>(xt, w, bias, m, n, k, yt);
-}
-
 Status LaunchGemvW4Mma(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k,
-                       void* y, bool scales_exact, cudaStream_t s) {
+                       void* y, bool scales_exact, const W4SplitWork* split, int64_t* slices_used, cudaStream_t s) {
   if (m < 1 || m > kMaxGemvM || k % 32 != 0 || (xt != kBF16 && xt != kF16))
     return Internal("LaunchGemvW4Mma: needs 1 ≤ M ≤ 16, K % 32 == 0 and f16/bf16 activations");
   const bool packed = GemvW4MmaPacked(w, scales_exact);
-  if (xt == kBF16)
-    LaunchGemvW4MmaT<__nv_bfloat16>(x, w, bias, m, n, k, y, packed, s);
-  else
-    LaunchGemvW4MmaT<__half>(x, w, bias, m, n, k, y, packed, s);
+  const bool bf16 = xt == kBF16;
+  W4SplitPlan plan{0, 0, 0};
+  if (split != nullptr && m >= split->min_m) plan = PlanW4Split(*split, m, n, k);
+  *slices_used = plan.slices;
+  if (plan.slices > 0) {
+    const dim3 grid(static_cast<unsigned>(plan.tiles), static_cast<unsigned>(plan.slices));
+    if (bf16)
+      DispatchW4Mma<__nv_bfloat16, LaunchSplit>(m, packed, x, w, bias, m, n, k, y, grid, plan.slice_steps, split, s);
+    else
+      DispatchW4Mma<__half, LaunchSplit>(m, packed, x, w, bias, m, n, k, y, grid, plan.slice_steps, split, s);
+  } else if (bf16) {
+    DispatchW4Mma<__nv_bfloat16, LaunchMma16>(m, packed, x, w, bias, m, n, k, y, s);
+  } else {
+    DispatchW4Mma<__half, LaunchMma16>(m, packed, x, w, bias, m, n, k, y, s);
+  }
   return CudaStatus(cudaGetLastError(), "GemvW4Mma launch");
 }
 

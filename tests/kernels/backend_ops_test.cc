@@ -204,9 +204,10 @@ bool SmallShapesOnly() {
 // a multiple of the 4- (int8) or 2-element (FP8) k-groups their weight layouts pack.
 std::vector<Shape> Shapes(const std::string& backend, bool representative, bool any_k) {
   std::vector<Shape> s;
-  // CUDA adds M = 12: the weight-streaming kernels' upper token rows (8..15) partly present.
+  // CUDA adds M = 12: the weight-streaming kernels' upper token rows (8..15) partly present; and
+  // M = 6: the split-K int4 GEMV (M ≥ 5) without them.
   std::vector<int64_t> small_ms = {1, 3, 16, 17, 255, 256};
-  if (IsGpu(backend)) small_ms.insert(small_ms.begin() + 2, 12);
+  if (IsGpu(backend)) small_ms.insert(small_ms.begin() + 2, {6, 12});
   const int64_t small_kn[][2] = {{32, 33}, {200, 77}, {384, 130}};
   for (auto& kn : small_kn)
     for (int64_t m : small_ms) s.push_back({m, kn[0], kn[1], false});
@@ -219,7 +220,7 @@ std::vector<Shape> Shapes(const std::string& backend, bool representative, bool 
   // M on both sides of the CUTLASS tile boundaries: 64-row tiles up to M = 128, 128-row tiles on
   // a 2-CTA cluster above (M = 300: an odd number of row tiles).
   if (IsGpu(backend))
-    for (int64_t m : {1, 3, 16, 17, 64, 65, 128, 129, 255, 256, 300, 4096}) {
+    for (int64_t m : {1, 3, 6, 16, 17, 64, 65, 128, 129, 255, 256, 300, 4096}) {
       s.push_back({m, 256, 48, false});
       s.push_back({m, 320, 56, false});
       s.push_back({m, 320, 64, false});
