@@ -56,7 +56,7 @@ fi
 no_cutlass_filter=BackendOps.GemmW8A8:BackendOps.GemmFp8:BackendOps.GemmW4A16
 no_cutlass_filter+=:BackendOps.RepeatedShapesReuseCublasLtPlansWithNewScales
 if [[ -z "${SKIP_BENCH:-}" ]]; then
-  step bench-cuda 180 "$bench_bin" --backend cuda --ms 1,16,64,128,256,1024,4096 \
+  step bench-cuda 210 "$bench_bin" --backend cuda --ms 1,16,64,128,256,1024,4096 \
     --ops w8a8,w8a8_quant,fp8,w4a16,quant_int8 --reps 3 --out "$out"
   step torch-baselines 90 python3 bench/kernels/torch_baselines.py --ms 1,16,64,128,256,1024,4096 \
     --reps 3 --out "$out/torch-baselines.csv"

@@ -7,8 +7,8 @@
 //     chose. The GPU baselines (torch) come from bench/kernels/torch_baselines.py.
 // Each point: a warm-up call, then `reps` timed batches (≥ 0.2 s or ≥ 1 call each), median of
 // the per-call time. For M ≤ 64 (memory-bound) the weights rotate through enough copies to
-// exceed twice the last-level cache. Writes <out>/kernels-<backend>.md and .csv and, when
-// /usr/bin/python3 has matplotlib, <out>/kernels-<backend>.png (bench/kernels/plot.py).
+// exceed twice the last-level cache (on a GPU backend at least twice a 50 MB L2). Writes <out>/kernels-<backend>.md and
+// .csv and, when /usr/bin/python3 has matplotlib, <out>/kernels-<backend>.png (bench/kernels/plot.py).
 //
 // Usage: lowbit-bench-kernels [--backend cpu|cpu-avx2|cpu-generic|cuda|auto] [--threads N] [--ms 1,16,64,256,1024,4096]
 //          [--shapes llama3-8b|small] [--ops w8a8,w8a8_quant,fp8,w4a16,quant_int8,sgemm]
@@ -36,6 +36,9 @@
 
 #ifdef LOWBIT_BENCH_OPENBLAS
 #include <cblas.h>
+#endif
+#if LOWBIT_KERNELS_HAVE_CUDA
+#include <cuda_runtime.h>
 #endif
 
 namespace lowbit::kernels {
@@ -69,16 +72,75 @@ std::vector<KN> ShapeSet(const std::string& name) {
   return {{4096, 6144, "qkv_proj"}, {4096, 4096, "o_proj"}, {4096, 28672, "gate_up_proj"}, {14336, 4096, "down_proj"}};
 }
 
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+using CallFn = std::function<Status(int64_t)>;  // one timed call; i = call index (rotating weight copies)
+
+void CheckOrExit(const Status& s) {
+  if (s.ok()) return;
+  std::fprintf(stderr, "%s\n", s.ToString().c_str());
+  std::exit(1);
 }
 
-// Median per-call seconds of fn(i) (i = call index, for rotating weight copies).
-double TimeIt(Backend* b, int reps, const std::function<void(int64_t)>& fn) {
-  fn(0);
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Per-call seconds of fn replayed from a CUDA graph of kGraphCalls captured calls: the kernels
+// without the host's launch cost, as a caller that replays graphs (vLLM's decode) sees them.
+// 0 when the calls cannot be captured (a path that synchronizes or allocates) or without CUDA.
+constexpr int kGraphCalls = 64;
+double TimeGraph(Backend* b, int reps, double one, const CallFn& fn, int64_t* call) {
+#if LOWBIT_KERNELS_HAVE_CUDA
+  cudaStream_t s = nullptr;
+  if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  double result = 0;
+  cudaGraph_t g = nullptr;
+  cudaGraphExec_t e = nullptr;
+  if (b->SetStream(s).ok() && cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) == cudaSuccess) {
+    bool ok = true;
+    for (int i = 0; i < kGraphCalls && ok; ++i) ok = fn((*call)++).ok();
+    const bool ended = cudaStreamEndCapture(s, &g) == cudaSuccess;  // ends the capture whatever happened
+    if (ok && ended && cudaGraphInstantiate(&e, g, 0) == cudaSuccess && cudaGraphLaunch(e, s) == cudaSuccess &&
+        cudaStreamSynchronize(s) == cudaSuccess) {
+      const int64_t launches = std::max<int64_t>(1, static_cast<int64_t>(0.05 / (one * kGraphCalls)));
+      std::vector<double> per;
+      for (int r = 0; r < reps && ok; ++r) {
+        const double t0 = Now();
+        for (int64_t l = 0; l < launches && ok; ++l) ok = cudaGraphLaunch(e, s) == cudaSuccess;
+        ok = ok && cudaStreamSynchronize(s) == cudaSuccess;
+        per.push_back((Now() - t0) / static_cast<double>(launches * kGraphCalls));
+      }
+      if (ok) result = Median(per);
+    }
+  }
+  (void)cudaGetLastError();
+  if (e) cudaGraphExecDestroy(e);
+  if (g) cudaGraphDestroy(g);
+  CheckOrExit(b->SetStream(nullptr));  // back to the default stream, after s's work
+  cudaStreamDestroy(s);
+  return result;
+#else
+  (void)b, (void)reps, (void)one, (void)fn, (void)call;
+  return 0;
+#endif
+}
+
+struct Timing {
+  double loop = 0;   // median per-call seconds, calls issued one after another from the host
+  double graph = 0;  // the same replayed from a CUDA graph (0: not measured)
+};
+
+// fn(0) warms up; `reps` timed batches of ≥ 0.2 s (or one call). With `graph`, also TimeGraph.
+Timing TimeIt(Backend* b, int reps, bool graph, const CallFn& fn) {
+  CheckOrExit(fn(0));
   (void)b->Synchronize();
   double t0 = Now();
-  fn(1);
+  CheckOrExit(fn(1));
   (void)b->Synchronize();
   const double one = std::max(Now() - t0, 1e-7);
   const int64_t iters = std::max<int64_t>(1, static_cast<int64_t>(0.2 / one));
@@ -87,13 +149,17 @@ double TimeIt(Backend* b, int reps, const std::function<void(int64_t)>& fn) {
   for (int r = 0; r < reps; ++r) {
     (void)b->Synchronize();
     t0 = Now();
-    for (int64_t i = 0; i < iters; ++i) fn(call++);
+    for (int64_t i = 0; i < iters; ++i) CheckOrExit(fn(call++));
     (void)b->Synchronize();
     per.push_back((Now() - t0) / iters);
   }
-  std::sort(per.begin(), per.end());
-  return per[per.size() / 2];
+  Timing t;
+  t.loop = Median(per);
+  if (graph) t.graph = TimeGraph(b, reps, t.loop, fn, &call);
+  return t;
 }
+
+constexpr int64_t kGpuL2Bytes = 50ll << 20;
 
 int64_t LastLevelCache() {
   long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
@@ -124,6 +190,7 @@ struct Row {
   std::string op, shape;
   int64_t m, k, n;
   double us, tflops, tbs;
+  double us_graph;     // CUDA: per call replayed from a graph (no host launch cost); 0 if not measured
   double ratio_sgemm;  // t_sgemm / t_op; 0 if none
 };
 
@@ -157,9 +224,13 @@ class Bench {
     owned_.clear();
   }
 
+  // The cache the rotation must defeat: the CPU's last level, or on a GPU backend its L2 (50 MB on
+  // an H100 / H200, the size torch_baselines.py assumes, so both sides rotate alike) if larger.
   int Copies(int64_t m, size_t weight_bytes) const {
     if (m > 64) return 1;
-    return static_cast<int>(std::clamp<int64_t>((2 * LastLevelCache() + weight_bytes - 1) / weight_bytes, 1, 16));
+    const bool gpu = b_->name().rfind("cpu", 0) != 0;
+    const int64_t cache = gpu ? std::max<int64_t>(LastLevelCache(), kGpuL2Bytes) : LastLevelCache();
+    return static_cast<int>(std::clamp<int64_t>((2 * cache + weight_bytes - 1) / weight_bytes, 1, 16));
   }
 
   void Run() {
@@ -183,11 +254,18 @@ class Bench {
     }
   }
 
-  double Record(const std::string& op, const KN& kn, int64_t m, double t, double flops, double bytes) {
-    Row r{op, kn.name, m, kn.k, kn.n, t * 1e6, flops / t / 1e12, bytes / t / 1e12, 0};
+  // On a GPU backend the memory-bound calls (M ≤ 256, a few µs each, where the host's launch cost
+  // can exceed the kernel's) are also timed replayed from a CUDA graph.
+  bool GraphTimed(int64_t m) const { return b_->name().rfind("cpu", 0) != 0 && m <= 256; }
+
+  double Record(const std::string& op, const KN& kn, int64_t m, Timing tm, double flops, double bytes) {
+    const double t = tm.loop;
+    Row r{op, kn.name, m, kn.k, kn.n, t * 1e6, flops / t / 1e12, bytes / t / 1e12, tm.graph * 1e6, 0};
     rows_.push_back(r);
-    std::printf("%-11s %-13s M=%-5lld K=%-6lld N=%-6lld %10.1f us %8.3f TFLOP/s %7.3f TB/s\n", op.c_str(), kn.name,
+    std::printf("%-11s %-13s M=%-5lld K=%-6lld N=%-6lld %10.1f us %8.3f TFLOP/s %7.3f TB/s", op.c_str(), kn.name,
                 (long long)m, (long long)kn.k, (long long)kn.n, r.us, r.tflops, r.tbs);
+    if (tm.graph > 0) std::printf("  graph %8.2f us %7.3f TB/s", r.us_graph, bytes / tm.graph / 1e12);
+    std::printf("\n");
     std::fflush(stdout);
     return t;
   }
@@ -201,13 +279,13 @@ class Bench {
     for (auto& c : w)
       for (auto& v : c) v = static_cast<float>(static_cast<int64_t>(rng.Next() % 2001) - 1000) * 1e-3f;
     std::vector<float> x(m * k, 0.5f), y(m * n);
-    double t = TimeIt(b_.get(), o_.reps, [&](int64_t i) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
-                  1.0f, x.data(), static_cast<int>(k), w[i % copies].data(), static_cast<int>(k), 0.0f, y.data(),
-                  static_cast<int>(n));
+    const Timing t = TimeIt(b_.get(), o_.reps, false, [&](int64_t i) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
+                  static_cast<int>(k), 1.0f, x.data(), static_cast<int>(k), w[i % copies].data(), static_cast<int>(k),
+                  0.0f, y.data(), static_cast<int>(n));
+      return Status::Ok();
     });
-    Record("sgemm", kn, m, t, 2.0 * m * n * k, 4.0 * (n * k + m * k + m * n));
-    return t;
+    return Record("sgemm", kn, m, t, 2.0 * m * n * k, 4.0 * (n * k + m * k + m * n));
 #else
     return 0;
 #endif
@@ -229,8 +307,8 @@ class Bench {
       void* dx = Dev(xb.size() * 2, xb.data());
       void* dq = Dev(m * k);
       void* ds = Dev(m * 4);
-      double t = TimeIt(b_.get(), o_.reps, [&](int64_t) {
-        check(b_->QuantizeInt8PerToken(DType::kBF16, dx, m, k, static_cast<int8_t*>(dq), static_cast<float*>(ds)));
+      const Timing t = TimeIt(b_.get(), o_.reps, GraphTimed(m), [&](int64_t) {
+        return b_->QuantizeInt8PerToken(DType::kBF16, dx, m, k, static_cast<int8_t*>(dq), static_cast<float*>(ds));
       });
       return Record(op, kn, m, t, 0.0, 3.0 * m * k + 4.0 * m);
     }
@@ -278,11 +356,14 @@ class Bench {
     a.x_scale_count = m;
     a.y = dy;
     a.y_dtype = DType::kBF16;
-    double t = TimeIt(b_.get(), o_.reps, [&](int64_t i) {
+    const Timing t = TimeIt(b_.get(), o_.reps, GraphTimed(m), [&](int64_t i) {
       a.w = pws[i % copies].get();
-      if (op == "w8a8_quant")
-        check(b_->QuantizeInt8PerToken(DType::kBF16, dxb, m, k, static_cast<int8_t*>(dxq), static_cast<float*>(dxs)));
-      check(w4 ? b_->GemmW4A16(a) : fp8 ? b_->GemmFp8(a) : b_->GemmW8A8(a));
+      if (op == "w8a8_quant") {
+        Status q =
+            b_->QuantizeInt8PerToken(DType::kBF16, dxb, m, k, static_cast<int8_t*>(dxq), static_cast<float*>(dxs));
+        if (!q.ok()) return q;
+      }
+      return w4 ? b_->GemmW4A16(a) : fp8 ? b_->GemmFp8(a) : b_->GemmW8A8(a);
     });
     const double act_bytes = (w4 || op == "w8a8_quant") ? 2.0 * m * k : 1.0 * m * k;
     return Record(op, kn, m, t, 2.0 * m * n * k, wbytes + act_bytes + 2.0 * m * n);
@@ -291,10 +372,10 @@ class Bench {
   void Write(const std::string& cmdline) {
     std::string base = o_.out + "/kernels-" + b_->name();
     std::ofstream csv(base + ".csv");
-    csv << "op,shape,m,k,n,us,tflops,tbs,ratio_sgemm\n";
+    csv << "op,shape,m,k,n,us,tflops,tbs,ratio_sgemm,us_graph\n";
     for (const Row& r : rows_)
       csv << r.op << "," << r.shape << "," << r.m << "," << r.k << "," << r.n << "," << r.us << "," << r.tflops << ","
-          << r.tbs << "," << r.ratio_sgemm << "\n";
+          << r.tbs << "," << r.ratio_sgemm << "," << r.us_graph << "\n";
     csv.close();
     std::ofstream md(base + ".md");
     const char* core = std::getenv("OPENBLAS_CORETYPE");
@@ -309,20 +390,25 @@ class Bench {
     }
     md << "  \nCommit: " << Commit() << "  \n";
     md << "µs: median per call; TFLOP/s = 2·M·N·K / t; TB/s = (weights in their format + activations + outputs) / t; "
-          "× sgemm = t(OpenBLAS sgemm, same M, K, N, same run) / t.\n\n";
-    md << "| op | layer (K×N) | M | µs | TFLOP/s | TB/s | × sgemm |\n|---|---|---:|---:|---:|---:|---:|\n";
+          "× sgemm = t(OpenBLAS sgemm, same M, K, N, same run) / t; µs (graph): per call when " +
+              std::to_string(kGraphCalls) +
+              " calls are replayed from a CUDA graph (GPU, M ≤ 256: no host launch cost).\n\n";
+    md << "| op | layer (K×N) | M | µs | TFLOP/s | TB/s | × sgemm | µs (graph) |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|\n";
     char buf[512];
     for (const Row& r : rows_) {
-      std::snprintf(buf, sizeof buf, "| %s | %s %lld×%lld | %lld | %.1f | %.3f | %.3f | %s |\n", r.op.c_str(),
+      std::snprintf(buf, sizeof buf, "| %s | %s %lld×%lld | %lld | %.1f | %.3f | %.3f | %s | %s |\n", r.op.c_str(),
                     r.shape.c_str(), (long long)r.k, (long long)r.n, (long long)r.m, r.us, r.tflops, r.tbs,
-                    r.ratio_sgemm > 0 ? (std::to_string(r.ratio_sgemm).substr(0, 5) + "×").c_str() : "");
+                    r.ratio_sgemm > 0 ? (std::to_string(r.ratio_sgemm).substr(0, 5) + "×").c_str() : "",
+                    r.us_graph > 0 ? std::to_string(r.us_graph).substr(0, 6).c_str() : "");
       md << buf;
     }
     md.close();
     std::printf("wrote %s.md and %s.csv\n", base.c_str(), base.c_str());
-    std::string plot = std::string("/usr/bin/python3 ") + LOWBIT_SOURCE_DIR + "/bench/kernels/plot.py " + base + ".csv " +
-                       base + ".png";
-    if (std::system(plot.c_str()) != 0) std::printf("no PNG (needs /usr/bin/python3 with matplotlib): %s\n", plot.c_str());
+    std::string plot = std::string("/usr/bin/python3 ") + LOWBIT_SOURCE_DIR + "/bench/kernels/plot.py " + base +
+                       ".csv " + base + ".png";
+    if (std::system(plot.c_str()) != 0)
+      std::printf("no PNG (needs /usr/bin/python3 with matplotlib): %s\n", plot.c_str());
   }
 
  private:
@@ -366,15 +452,21 @@ int main(int argc, char** argv) {
       cmdline += std::string(" ") + argv[i + 1];
       return argv[++i];
     };
-    if (a == "--backend") o.backend = val();
-    else if (a == "--threads") o.threads = std::atoi(val().c_str());
+    if (a == "--backend")
+      o.backend = val();
+    else if (a == "--threads")
+      o.threads = std::atoi(val().c_str());
     else if (a == "--ms") {
       o.ms.clear();
       for (auto& s : Split(val())) o.ms.push_back(std::atoll(s.c_str()));
-    } else if (a == "--shapes") o.shapes = val();
-    else if (a == "--ops") o.ops = Split(val());
-    else if (a == "--reps") o.reps = std::atoi(val().c_str());
-    else if (a == "--out") o.out = val();
+    } else if (a == "--shapes")
+      o.shapes = val();
+    else if (a == "--ops")
+      o.ops = Split(val());
+    else if (a == "--reps")
+      o.reps = std::atoi(val().c_str());
+    else if (a == "--out")
+      o.out = val();
     else {
       std::fprintf(stderr, "unknown flag %s (see the comment at the top of bench_kernels.cc)\n", a.c_str());
       return 2;

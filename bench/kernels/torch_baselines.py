@@ -3,7 +3,9 @@
 lowbit-bench-kernels --backend cuda: torch.matmul bf16 (cuBLAS), torch._int_mm (int8 → int32),
 torch._scaled_mm (FP8 E4M3, per-token × per-channel scales, bf16 out) on the Llama-3-8B layer
 shapes. CUDA events around many launches; weights rotate through enough copies to exceed 2× the
-50 MB L2 for small M (design.md §7). Writes the same CSV columns as lowbit-bench-kernels.
+50 MB L2 for small M (design.md §7). For M ≤ 256 also `us_graph`: per call when GRAPH_CALLS calls
+are replayed from a CUDA graph (no Python / host launch cost), as lowbit-bench-kernels does for its
+side. Writes the same CSV columns as lowbit-bench-kernels.
 Usage: torch_baselines.py [--ms 1,16,64,256,1024,4096] [--reps 5] [--out torch-baselines.csv]
 """
 import argparse
@@ -13,6 +15,7 @@ import torch
 
 SHAPES = [("qkv_proj", 4096, 6144), ("o_proj", 4096, 4096), ("gate_up_proj", 4096, 28672), ("down_proj", 14336, 4096)]
 L2_BYTES = 50 << 20
+GRAPH_CALLS = 64
 
 
 def time_op(fn, copies, reps):
@@ -34,6 +37,34 @@ def time_op(fn, copies, reps):
         end.record()
         torch.cuda.synchronize()
         per.append(start.elapsed_time(end) / 1e3 / iters)
+    per.sort()
+    return per[len(per) // 2]
+
+
+def time_graph(fn, copies, reps, one):
+    """Per-call seconds of GRAPH_CALLS calls captured into one CUDA graph and replayed."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream before capture (torch's recipe)
+        for i in range(3):
+            fn(i % copies)
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for i in range(GRAPH_CALLS):
+            fn(i % copies)
+    g.replay()
+    torch.cuda.synchronize()
+    launches = max(1, int(0.05 / (one * GRAPH_CALLS)))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    per = []
+    for _ in range(reps):
+        start.record()
+        for _ in range(launches):
+            g.replay()
+        end.record()
+        torch.cuda.synchronize()
+        per.append(start.elapsed_time(end) / 1e3 / (launches * GRAPH_CALLS))
     per.sort()
     return per[len(per) // 2]
 
@@ -67,11 +98,18 @@ def main():
                 except Exception as e:  # noqa: BLE001 - report and go on
                     print(f"{op} M={m} {name}: {e}")
                     continue
+                tg = 0.0
+                if m <= 256:
+                    try:
+                        tg = time_graph(fn, copies, args.reps, t)
+                    except Exception as e:  # noqa: BLE001 - the loop figure stands alone
+                        print(f"{op} M={m} {name}: no graph timing: {e}")
                 rows.append(dict(op=op, shape=name, m=m, k=k, n=n, us=t * 1e6, tflops=2 * m * n * k / t / 1e12,
-                                 tbs=nbytes / t / 1e12, ratio_sgemm=0))
-                print(f"{op:16s} {name:13s} M={m:<5d} {t * 1e6:10.1f} us {2 * m * n * k / t / 1e12:8.1f} TFLOP/s")
+                                 tbs=nbytes / t / 1e12, ratio_sgemm=0, us_graph=tg * 1e6))
+                graph = f"  graph {tg * 1e6:8.2f} us" if tg > 0 else ""
+                print(f"{op:16s} {name:13s} M={m:<5d} {t * 1e6:10.1f} us {2 * m * n * k / t / 1e12:8.1f} TFLOP/s{graph}")
     with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["op", "shape", "m", "k", "n", "us", "tflops", "tbs", "ratio_sgemm"])
+        w = csv.DictWriter(f, fieldnames=["op", "shape", "m", "k", "n", "us", "tflops", "tbs", "ratio_sgemm", "us_graph"])
         w.writeheader()
         w.writerows(rows)
     print("wrote", args.out)
