@@ -105,7 +105,7 @@ def gemv4(X, Wd, warps=8):  # GemvW4MmaKernel: 16 rows per block, the warps spli
 def gemv4_split(X, Wd, sms, warps=8, max_slices=16):  # GemvW4SplitKernel with PlanW4Split's grid
     M, K = X.shape; N = Wd.shape[0]; rows = 16 * warps
     tiles, steps = -(-N // rows), -(-K // 128)
-    slices = min(max(-(-2 * sms // tiles), 1), min(steps, max_slices))
+    slices = min(max(2 * sms // tiles, 1), min(steps, max_slices))
     slice_steps = -(-steps // slices); slices = -(-steps // slice_steps)
     ld = tiles * rows
     part = np.full((slices, M, ld), np.nan); written = np.zeros(part.shape, int)

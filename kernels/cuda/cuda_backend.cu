@@ -47,8 +47,9 @@ constexpr size_t kLtWorkspace = 32u << 20;
 constexpr int64_t kGemvMaxM = 16;
 // W4A16 workspace rows reserved at PrepareInt4 (a GEMM processes M in chunks of the rows that fit).
 constexpr int64_t kW4MinChunkRows = 256;
-// Tickets of the split-K W4A16 GEMV: one per 128 weight rows (N up to 2^21 splits K).
-constexpr int64_t kW4Tickets = 16384;
+// Tickets of the split-K W4A16 GEMV, one per 128-row tile; K is split only when the tiles fit
+// one wave of two blocks per SM with room to spare (tiles ≤ SMs), so a few hundred suffice.
+constexpr int64_t kW4Tickets = 1024;
 
 size_t Align256(size_t b) { return (b + 255) / 256 * 256; }
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -63,11 +64,15 @@ bool CutlassDisabled() { return EnvFlag("LOWBIT_CUDA_NO_CUTLASS"); }
 // LOWBIT_CUDA_W4_SPLIT_MIN_M=m (1…17): the smallest M that takes the split-K W4A16 GEMV (17: none),
 // to compare it with the 16-row kernel on one machine.
 int64_t W4SplitMinM() {
+  constexpr int64_t kDefault = 5;
   const char* v = std::getenv("LOWBIT_CUDA_W4_SPLIT_MIN_M");
-  if (v == nullptr || *v == '\0') return 5;
+  if (v == nullptr || *v == '\0') return kDefault;
   char* end = nullptr;
   const long m = std::strtol(v, &end, 10);
-  return *end == '\0' && m >= 1 && m <= 17 ? m : 5;
+  if (*end == '\0' && m >= 1 && m <= 17) return m;
+  std::fprintf(stderr, "lowbit cuda: LOWBIT_CUDA_W4_SPLIT_MIN_M=%s is not an integer in 1…17; using %lld\n", v,
+               static_cast<long long>(kDefault));
+  return kDefault;
 }
 
 // LOWBIT_CUDA_TRACE=1: each GEMM path taken is printed to stderr once per (op, M, N, K, path) —

@@ -315,7 +315,8 @@ __global__ void __launch_bounds__(kW4Warps * 32, 2)
       for (int i = 0; i < 4; i += 2) {
         const W4Out o = W4OutPos(n0, r, i);  // o.gn even: columns gn, gn + 1 in one 8-byte store
         if (o.gm < m)
-          *reinterpret_cast<float2*>(part + (blockIdx.y * m + o.gm) * ld + o.gn) = make_float2(c[r][i], c[r][i + 1]);
+          __stcg(reinterpret_cast<float2*>(part + (blockIdx.y * m + o.gm) * ld + o.gn),
+                 make_float2(c[r][i], c[r][i + 1]));
       }
     __threadfence();  // this thread's partials visible device-wide before the block takes its ticket
     __syncthreads();
@@ -324,16 +325,29 @@ __global__ void __launch_bounds__(kW4Warps * 32, 2)
     __syncthreads();
     if (!last) return;
     __threadfence();
+    // Slice-major with a column pair per load, so up to 16 loads are in flight per thread (this
+    // block is on the kernel's critical path); each output still adds slices 0, 1, … in order.
+    float2 sum[2][2];  // [r][i / 2]
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const W4Out o = W4OutPos(n0, r, i);
-        float v = 0.0f;
-        if (o.gm < m)
-          for (int s = 0; s < slices; ++s) v = __fadd_rn(v, __ldcg(part + (s * m + o.gm) * ld + o.gn));
-        c[r][i] = v;
-      }
+      for (int h = 0; h < 2; ++h) sum[r][h] = make_float2(0.0f, 0.0f);
+#pragma unroll 4
+    for (int s = 0; s < slices; ++s)
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const W4Out o = W4OutPos(n0, r, 2 * h);
+          if (o.gm >= m) continue;
+          const float2 p = __ldcg(reinterpret_cast<const float2*>(part + (s * m + o.gm) * ld + o.gn));
+          sum[r][h].x = __fadd_rn(sum[r][h].x, p.x);
+          sum[r][h].y = __fadd_rn(sum[r][h].y, p.y);
+        }
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) c[r][2 * h] = sum[r][h].x, c[r][2 * h + 1] = sum[r][h].y;
     if (threadIdx.x == 0) tickets[blockIdx.x] = 0;
   }
 #pragma unroll
@@ -477,7 +491,8 @@ struct LaunchSplit {
 };
 
 // How the split kernel covers [M, N] × K: ceil(N / 128) row tiles, K in `slices` slices of
-// `slice_steps` 128-code steps, as many slices as bring the grid to two blocks per SM (at most
+// `slice_steps` 128-code steps, as many slices as fit the tiles in one wave of two blocks per SM
+// (rounded down: a partial second wave of latency-bound blocks would cost a whole one; at most
 // kW4MaxSlices, every slice non-empty). slices = 0 when the work buffers cannot hold it.
 constexpr int64_t kW4MaxSlices = 16;
 struct W4SplitPlan {
@@ -485,8 +500,7 @@ struct W4SplitPlan {
 };
 W4SplitPlan PlanW4Split(const W4SplitWork& work, int64_t m, int64_t n, int64_t k) {
   const int64_t tiles = CeilDiv(n, kW4SplitRows), steps = CeilDiv(k, 128);
-  int64_t slices =
-      std::clamp<int64_t>(CeilDiv(2 * static_cast<int64_t>(work.sms), tiles), 1, std::min(steps, kW4MaxSlices));
+  int64_t slices = std::clamp<int64_t>(2 * static_cast<int64_t>(work.sms) / tiles, 1, std::min(steps, kW4MaxSlices));
   const int64_t slice_steps = CeilDiv(steps, slices);
   slices = CeilDiv(steps, slice_steps);
   const bool fits =

@@ -666,6 +666,41 @@ void RunW4Table() {
 
 TEST(BackendOps, GemmW4A16) { RunW4Table(); }
 
+// The same call three times gives the same bits: on CUDA at M = 16, K = N = 4096 the split-K GEMV
+// (K in 8 slices on 132 SMs, the last block of each row tile adding them), whose per-tile tickets
+// each launch must leave as it found them; a wrong ticket picks a block that adds missing slices.
+TEST(BackendOps, GemmW4A16RepeatsBitIdentically) {
+  for (const std::string& name : BackendsUnderTest()) {
+    OPEN_OR_SKIP(name, b);
+    Rng rng(47);
+    const int64_t m = 16, k = 4096, n = 4096;
+    const W4Variant v{128, false, false};
+    Int4Checkpoint ck = MakeInt4(n, k, v, DType::kBF16, rng);
+    std::unique_ptr<PreparedWeight> pw;
+    Status st = b->PrepareInt4(ck.Source(n, k, v.group_size), &pw);
+    ASSERT_TRUE(st.ok()) << name << ": " << st.ToString();
+    std::vector<float> bias(n);
+    for (auto& e : bias) e = static_cast<float>(rng.Normal());
+    std::vector<uint8_t> x = MakeActivations(DType::kBF16, m, k, rng);
+    Buf dx(b.get(), x.data(), x.size()), dbias(b.get(), bias.data(), n * 4);
+    std::vector<uint8_t> first;
+    for (int round = 0; round < 3; ++round) {
+      Buf dy(b.get(), ActivationBytes(DType::kBF16, m, n));
+      GemmArgs a;
+      a.m = m, a.x = dx.get(), a.x_dtype = DType::kBF16, a.w = pw.get();
+      a.bias = static_cast<const float*>(dbias.get()), a.y = dy.get(), a.y_dtype = DType::kBF16;
+      st = b->GemmW4A16(a);
+      ASSERT_TRUE(st.ok()) << name << " round " << round << ": " << st.ToString();
+      std::vector<uint8_t> got = dy.Read<uint8_t>();
+      if (round == 0)
+        first = got;
+      else
+        EXPECT_EQ(CompareBytes(got.data(), first.data(), first.size(), 2, "outputs"), "")
+            << name << ": round " << round << " differs from round 0";
+    }
+  }
+}
+
 // ---- validation -----------------------------------------------------------------------------
 
 bool Contains(const Status& s, const char* what) { return s.message().find(what) != std::string::npos; }
