@@ -79,6 +79,8 @@ if [[ -z "${SKIP_BENCH:-}" ]]; then
   step bench-cuda-simple 40 "$bench_bin" --backend cuda-simple --ms 256,4096 --ops w8a8,fp8 --reps 2 --out "$out"
   step plot 20 python3 bench/kernels/plot.py "$out/kernels-cuda.csv" "$out/kernels-cuda.png" "$out/torch-baselines.csv"
 fi
+# Each GPU target of the kernels issue, met or not, from whatever the steps above wrote.
+python3 bench/kernels/targets.py "$out" > "$out/targets.log" 2>&1 || true
 # Which paths ran, counted over the test's and the benchmark's calls.
 grep -h "lowbit cuda path:" "$out"/*.log 2>/dev/null | sed 's/.* -> //' | sort | uniq -c > "$out/paths.txt" || true
 # CUTLASS reports a TMA descriptor it could not encode on stderr and (NDEBUG) goes on: a failure.
@@ -86,5 +88,5 @@ if grep -l "Failed to initialize the TMA descriptor" "$out"/*.log 2>/dev/null; t
   echo "CUTLASS could not encode a TMA descriptor (logs above)"
   rc=1
 fi
-cat "$out/paths.txt" "$out/steps.tsv"
+cat "$out/paths.txt" "$out/steps.tsv" "$out/targets.md" 2>/dev/null || true
 exit $rc
