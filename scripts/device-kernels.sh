@@ -14,8 +14,8 @@
 # default 480, is the whole script's budget): the GPU backend-ops test; if it fails,
 # compute-sanitizer memcheck on the small shapes (to name the faulting kernel); the kernel
 # benchmark and the torch baselines; the cuBLASLt / cuBLAS paths' tests without CUTLASS (and with
-# the 16-row int4 GEMV); the two int4 GEMVs side by side at M ≤ 16; the benchmark without CUTLASS;
-# the plain kernels' benchmark.
+# the unsplit GEMVs); the split-K and unsplit GEMVs side by side at M ≤ 16; the benchmark without
+# CUTLASS; the plain kernels' benchmark.
 #   bash scripts/device-kernels.sh            # all
 #   SKIP_BENCH=1 bash scripts/device-kernels.sh
 set -euo pipefail
@@ -61,16 +61,16 @@ if [[ -z "${SKIP_BENCH:-}" ]]; then
   step torch-baselines 90 python3 bench/kernels/torch_baselines.py --ms 1,16,64,128,256,1024,4096 \
     --reps 3 --out "$out/torch-baselines.csv"
 fi
-# Also the 16-row int4 GEMV at every M ≤ 16 (the default takes the split-K one from M = 5).
-LOWBIT_CUDA_NO_CUTLASS=1 LOWBIT_CUDA_W4_SPLIT_MIN_M=17 step gpu-no-cutlass 120 "$test_bin" \
+# Also the unsplit GEMVs at every M ≤ 16 (the default takes the split-K ones from M = 5).
+LOWBIT_CUDA_NO_CUTLASS=1 LOWBIT_CUDA_GEMV_SPLIT_MIN_M=17 step gpu-no-cutlass 120 "$test_bin" \
   --gtest_filter="$no_cutlass_filter"
 if [[ -z "${SKIP_BENCH:-}" ]]; then
-  # The int4 GEMV both ways at M ≤ 16 (which M should take the split-K kernel): 128 weight rows
-  # per block with K split across blocks (MIN_M=1), 16 rows per block (MIN_M=17).
-  LOWBIT_CUDA_W4_SPLIT_MIN_M=1 step bench-w4-split 40 "$bench_bin" --backend cuda --ms 1,2,4,8,16 \
-    --ops w4a16 --reps 3 --out "$out/w4-split"
-  LOWBIT_CUDA_W4_SPLIT_MIN_M=17 step bench-w4-16rows 40 "$bench_bin" --backend cuda --ms 1,2,4,8,16 \
-    --ops w4a16 --reps 3 --out "$out/w4-16rows"
+  # The GEMVs both ways at M ≤ 16 (which M should take the split-K kernels): K split across
+  # blocks of 64 (8-bit) / 128 (int4) weight rows (MIN_M=1), or not (MIN_M=17).
+  LOWBIT_CUDA_GEMV_SPLIT_MIN_M=1 step bench-gemv-split 60 "$bench_bin" --backend cuda --ms 1,4,8,16 \
+    --ops w8a8,fp8,w4a16 --reps 2 --out "$out/gemv-split"
+  LOWBIT_CUDA_GEMV_SPLIT_MIN_M=17 step bench-gemv-unsplit 60 "$bench_bin" --backend cuda --ms 1,4,8,16 \
+    --ops w8a8,fp8,w4a16 --reps 2 --out "$out/gemv-unsplit"
   # W8A8 / FP8 / W4A16 at M > 16 without the CUTLASS kernels (cuBLASLt + a separate epilogue;
   # dequantize + cuBLAS), beside the run above: writes no-cutlass/kernels-cuda.{md,csv}.
   LOWBIT_CUDA_NO_CUTLASS=1 step bench-cuda-no-cutlass 60 "$bench_bin" --backend cuda --ms 64,128,256,1024,4096 \

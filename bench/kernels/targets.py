@@ -4,7 +4,8 @@
 Inputs (all written by scripts/device-kernels.sh into one folder):
   kernels-cuda.csv        lowbit-bench-kernels --backend cuda
   torch-baselines.csv     bench/kernels/torch_baselines.py (same session)
-  w4-split/kernels-cuda.csv, w4-16rows/kernels-cuda.csv   the two int4 GEMVs at M ≤ 16 (optional)
+  gemv-split/kernels-cuda.csv, gemv-unsplit/kernels-cuda.csv   the GEMVs at M ≤ 16 with K split
+                          across blocks and without (optional)
   nvidia-smi.txt          which GPU (its HBM bandwidth: the spec figure below)
 
 Times: at M ≤ 256 both sides carry `us_graph` (calls replayed from a CUDA graph, no host launch
@@ -126,25 +127,25 @@ def evaluate(folder):
              for (op, shape, m), r in sorted(ours.items()) if op == "quant_int8" and m >= 1024]
         add("| quantization ≥ 85% of HBM bandwidth (M ≥ 1024) | " +
             ("; ".join(f"{s} M={m} {v:.0%}" for s, m, v in q) or "—") + f" | {verdict([v for _, _, v in q], 0.85)} |")
-    split = index(load(os.path.join(folder, "w4-split", "kernels-cuda.csv")))
-    rows16 = index(load(os.path.join(folder, "w4-16rows", "kernels-cuda.csv")))
-    if split and rows16:
+    split = index(load(os.path.join(folder, "gemv-split", "kernels-cuda.csv")))
+    unsplit = index(load(os.path.join(folder, "gemv-unsplit", "kernels-cuda.csv")))
+    if split and unsplit:
+        ms = sorted({m for (_, _, m) in split})
         add("")
-        add("int4 GEMV, split-K (128 rows per block) against 16 rows per block: t(16 rows) / t(split), > 1 "
-            "means split-K is faster")
+        add("GEMVs with K split across blocks against unsplit: t(unsplit) / t(split), > 1 means split-K is faster")
         add("")
-        add("| layer | " + " | ".join(f"M={m}" for m in sorted({m for (_, _, m) in split})) + " |")
-        add("|---|" + "---:|" * len({m for (_, _, m) in split}))
-        for shape in sorted({s for (_, s, _) in split}):
+        add("| op | layer | " + " | ".join(f"M={m}" for m in ms) + " |")
+        add("|---|---|" + "---:|" * len(ms))
+        for op, shape in sorted({(o, s) for (o, s, _) in split}):
             cells = []
-            for m in sorted({m for (_, _, m) in split}):
-                a, b = split.get(("w4a16", shape, m)), rows16.get(("w4a16", shape, m))
+            for m in ms:
+                a, b = split.get((op, shape, m)), unsplit.get((op, shape, m))
                 if a and b:
                     ta, tb, basis = times(a, b)
                     cells.append(f"{tb / ta:.2f}" + ("" if basis == "graph" else " (loop)"))
                 else:
                     cells.append("—")
-            add(f"| {shape} | " + " | ".join(cells) + " |")
+            add(f"| {op} | {shape} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -26,41 +26,89 @@ def mma(a_vals, b_vals, kdim, apos, bpos):
     assert not np.isnan(A).any() and not np.isnan(B).any()
     return A @ B
 
-def gemv8(X, W):  # the W8A8/FP8 kernel: one block of 8 rows, 4 warps, K steps of 64
-    M, K = X.shape; N = W.shape[0]
-    Y = np.zeros((M, N))
-    Xp = np.zeros((16, K)); Xp[:M] = X
-    for n0 in range(0, N, 8):
-        Wp = np.zeros((8, K)); Wp[:min(8, N - n0)] = W[n0:n0 + 8]
-        C = np.zeros((16, 8))
-        for s in range((K + 63) // 64):
-            def piece(row_vals, off):  # 16 bytes -> 4 dwords of 4 values
-                v = row_vals[off:off + 16] if off < K else np.zeros(16)
-                return [v[4 * d:4 * d + 4] for d in range(4)]
-            for half in range(2):  # dwords 0-1, then 2-3
-                av, bv = [], []
-                for lane in range(32):
-                    g, t = lane // 4, lane % 4
-                    off = s * 64 + 16 * t
-                    lo, hi, w = piece(Xp[g], off), piece(Xp[g + 8], off), piece(Wp[g], off)
-                    d0, d1 = 2 * half, 2 * half + 1
-                    regs_a = [lo[d0], hi[d0], lo[d1], hi[d1]]
-                    regs_b = [w[d0], w[d1]]
-                    av.append([x for r in regs_a for x in r]); bv.append([x for r in regs_b for x in r])
-                C += mma(av, bv, 32, a_pos_8, b_pos_8)
-        for lane in range(32):
-            g, t = lane // 4, lane % 4
-            for i in range(4):
-                m, n = c_pos(g, t, i)
-                if m < M and n0 + n < N: Y[m, n0 + n] = C[m, n]
-    return Y
+def split_plan(N, K, rows, step, per_sm, sms, max_slices=16):  # PlanGemvSplit (common.cuh)
+    tiles, steps = -(-N // rows), -(-K // step)
+    slices = min(max(per_sm * sms // tiles, 1), max_slices, steps)
+    slice_steps = -(-steps // slices)
+    return tiles, -(-steps // slice_steps), slice_steps
 
-def w4_steps(begin, end, stride, unroll=2):  # W4MmaRows' loop: (step, step < end) per unrolled step
+def split_grid(M, N, K, rows, step, per_sm, sms, warps, warp_rows, warp_tile):
+    """The split-K kernels' grid: warp_tile(n0, begin, end) -> {(m, col): value} for one warp's
+    outputs (m < M, any col of the padded tile); partial slots written once, then each tile's
+    slices added in order. Returns Y and the number of slices."""
+    tiles, slices, slice_steps = split_plan(N, K, rows, step, per_sm, sms)
+    steps = -(-K // step)
+    ld = tiles * rows
+    part = np.full((slices, M, ld), np.nan); written = np.zeros(part.shape, int)
+    Y = np.full((M, N), np.nan)
+    for tile in range(tiles):
+        for sl in range(slices):
+            begin = sl * slice_steps
+            for w in range(warps):
+                for (m, col), v in warp_tile(tile * rows + warp_rows * w, begin, min(steps, begin + slice_steps)).items():
+                    part[sl, m, col] = v; written[sl, m, col] += 1
+        for m in range(M):  # the tile's last block: slices in order, columns in range
+            for col in range(tile * rows, min(N, (tile + 1) * rows)):
+                Y[m, col] = sum(part[s, m, col] for s in range(slices))
+    assert (written == 1).all(), "a partial slot written twice or never"
+    return Y, slices
+
+def loop_steps(begin, end, stride, unroll):  # Mma8Rows' / W4MmaRows' loop: (step, step < end)
     s0 = begin
     while s0 < end:
         for u in range(unroll):
             yield s0 + u * stride, s0 + u * stride < end
         s0 += stride * unroll
+
+def w8_steps(begin, end, stride):
+    return loop_steps(begin, end, stride, 4)
+
+def w8_warp(Xp, W, n0, steps):  # one warp's 16x8 accumulator tile for weight rows n0..n0+7
+    K = Xp.shape[1]
+    Wp = np.zeros((8, K)); rows = W[n0:n0 + 8]; Wp[:rows.shape[0]] = rows
+    C = np.zeros((16, 8))
+    for s, in_range in steps:
+        def piece(row_vals, off):  # 16 bytes -> 4 dwords of 4 values
+            v = row_vals[off:off + 16] if in_range and off < K else np.zeros(16)
+            return [v[4 * d:4 * d + 4] for d in range(4)]
+        for half in range(2):  # dwords 0-1, then 2-3
+            av, bv = [], []
+            for lane in range(32):
+                g, t = lane // 4, lane % 4
+                off = s * 64 + 16 * t
+                lo, hi, w = piece(Xp[g], off), piece(Xp[g + 8], off), piece(Wp[g], off)
+                d0, d1 = 2 * half, 2 * half + 1
+                regs_a = [lo[d0], hi[d0], lo[d1], hi[d1]]
+                regs_b = [w[d0], w[d1]]
+                av.append([x for r in regs_a for x in r]); bv.append([x for r in regs_b for x in r])
+            C += mma(av, bv, 32, a_pos_8, b_pos_8)
+    return C
+
+def w8_out(C, n0, M):  # Gemv8Pos: the lane's accumulators -> {(m, col)} for tokens m < M
+    out = {}
+    for lane in range(32):
+        for i in range(4):
+            m, n = c_pos(lane // 4, lane % 4, i)
+            if m < M: out[(m, n0 + n)] = C[m, n]
+    return out
+
+def gemv8(X, W, warps=4):  # Gemv8BitKernel: 8 rows per block, the warps splitting K (w, w + 4, ...)
+    M, K = X.shape; N = W.shape[0]; steps = (K + 63) // 64
+    Y = np.zeros((M, N)); Xp = np.zeros((16, K)); Xp[:M] = X
+    for n0 in range(0, N, 8):
+        C = sum(w8_warp(Xp, W, n0, w8_steps(w, steps, warps)) for w in range(warps))
+        for (m, col), v in w8_out(C, n0, M).items():
+            if col < N: Y[m, col] = v
+    return Y
+
+def gemv8_split(X, W, sms):  # Gemv8BitSplitKernel: 64 rows (8 warps x 8) per block, 3 blocks per SM
+    M, K = X.shape; N = W.shape[0]
+    Xp = np.zeros((16, K)); Xp[:M] = X
+    return split_grid(M, N, K, 64, 64, 3, sms, 8, 8,
+                      lambda n0, b, e: w8_out(w8_warp(Xp, W, n0, w8_steps(b, e, 1)), n0, M))
+
+def w4_steps(begin, end, stride):
+    return loop_steps(begin, end, stride, 2)
 
 def w4_warp(Xp, Wd, n0, r, steps):  # one warp's 16x8 accumulator tile for n-tile r over `steps`
     K = Xp.shape[1]
@@ -102,37 +150,19 @@ def gemv4(X, Wd, warps=8):  # GemvW4MmaKernel: 16 rows per block, the warps spli
                     if m < M and col < N: Y[m, col] = C[lane // 4 + 8 * (i // 2), 2 * (lane % 4) + i % 2]
     return Y
 
-def gemv4_split(X, Wd, sms, warps=8, max_slices=16):  # GemvW4SplitKernel with PlanW4Split's grid
-    M, K = X.shape; N = Wd.shape[0]; rows = 16 * warps
-    tiles, steps = -(-N // rows), -(-K // 128)
-    slices = min(max(2 * sms // tiles, 1), min(steps, max_slices))
-    slice_steps = -(-steps // slices); slices = -(-steps // slice_steps)
-    ld = tiles * rows
-    part = np.full((slices, M, ld), np.nan); written = np.zeros(part.shape, int)
+def gemv4_split(X, Wd, sms):  # GemvW4SplitKernel: 128 rows (8 warps x 16) per block, 2 blocks per SM
+    M, K = X.shape; N = Wd.shape[0]
     Xp = np.zeros((16, K)); Xp[:M] = X
-    Y = np.full((M, N), np.nan)
-    for tile in range(tiles):
-        for sl in range(slices):
-            begin = sl * slice_steps
-            for w in range(warps):
-                n0 = tile * rows + 16 * w
-                for r in range(2):
-                    C = w4_warp(Xp, Wd, n0, r, w4_steps(begin, min(steps, begin + slice_steps), 1))
-                    for lane in range(32):
-                        for i in range(4):
-                            m, col = w4_out(n0, r, lane, i)
-                            if m < M:
-                                part[sl, m, col] = C[lane // 4 + 8 * (i // 2), 2 * (lane % 4) + i % 2]
-                                written[sl, m, col] += 1
-        # the tile's last block: slices added in order, for the rows and columns in range
-        for w in range(warps):
-            for r in range(2):
-                for lane in range(32):
-                    for i in range(4):
-                        m, col = w4_out(tile * rows + 16 * w, r, lane, i)
-                        if m < M and col < N: Y[m, col] = sum(part[s, m, col] for s in range(slices))
-    assert (written == 1).all(), "a partial slot written twice or never"
-    return Y, slices
+    def warp_tile(n0, begin, end):
+        out = {}
+        for r in range(2):
+            C = w4_warp(Xp, Wd, n0, r, w4_steps(begin, end, 1))
+            for lane in range(32):
+                for i in range(4):
+                    m, col = w4_out(n0, r, lane, i)
+                    if m < M: out[(m, col)] = C[lane // 4 + 8 * (i // 2), 2 * (lane % 4) + i % 2]
+        return out
+    return split_grid(M, N, K, 128, 128, 2, sms, 8, 16, warp_tile)
 
 def dequant4(codes, scale, gs):
     return (codes - 8) * np.repeat(scale, gs, axis=1)[:, :codes.shape[1]]
@@ -141,6 +171,13 @@ for (M, N, K) in [(1, 8, 64), (3, 13, 96), (16, 24, 192), (9, 8, 48), (16, 5, 16
     X = rng.integers(-128, 128, (M, K)).astype(float); W = rng.integers(-128, 128, (N, K)).astype(float)
     assert np.array_equal(gemv8(X, W), X @ W.T), (M, N, K)
 print("8-bit gemv mapping ok")
+# The split-K kernel: ragged N, K tails inside a step, several slices, an uneven last slice, one
+# slice, M across the upper-rows boundary.
+for (M, N, K, sms) in [(16, 56, 320, 132), (6, 130, 1040, 4), (9, 64, 4096, 132), (16, 200, 192, 1)]:
+    X = rng.integers(-128, 128, (M, K)).astype(float); W = rng.integers(-128, 128, (N, K)).astype(float)
+    Y, slices = gemv8_split(X, W, sms)
+    assert np.array_equal(Y, X @ W.T), (M, N, K, slices)
+print("8-bit split-K gemv mapping ok")
 for (M, N, K, gs) in [(1, 16, 128, 128), (5, 20, 96, 32), (16, 33, 256, 128), (12, 16, 160, 32)]:
     X = rng.integers(-8, 8, (M, K)).astype(float)
     codes = rng.integers(0, 16, (N, K)).astype(float); scale = rng.integers(1, 4, (N, (K + gs - 1) // gs)).astype(float)

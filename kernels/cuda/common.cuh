@@ -65,6 +65,62 @@ inline Status CudaStatus(cudaError_t e, const char* what) {
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// ---- split-K weight streaming (the M ≤ 16 GEMVs at M ≥ min_m) ----
+// A block owns a tile of weight rows over a slice of K, so it reads only its slice of the
+// activation, once for the whole tile. With several slices each block writes its partial sums;
+// the last block of a tile to arrive (LastSliceBlock) adds the slices in order 0, 1, … and
+// writes Y — the same bits whichever block comes last.
+
+// The backend's scratch for it. One launch at a time may use it (the backend's calls run in turn
+// on its stream).
+struct GemvSplitWork {
+  void* part = nullptr;  // partial sums (int32 or f32): nothing else in use during the call
+  size_t part_bytes = 0;
+  int* tickets = nullptr;  // one per row tile, zeroed at allocation; every launch leaves them zero
+  int64_t ticket_count = 0;
+  int sms = 0;        // the device's SM count
+  int64_t min_m = 5;  // split for M ≥ min_m (17: never)
+};
+
+struct GemvSplitPlan {
+  int64_t tiles = 0, slices = 0, slice_steps = 0;  // slices = 0: do not split (the caller's other kernel)
+};
+// Tiles of `rows` weight rows; K in steps of `step` codes; `per_sm` blocks fit an SM. As many
+// slices as fit the tiles in one wave (rounded down: a partial second wave of latency-bound
+// blocks would cost a whole one), at most 16, each non-empty; `acc_bytes` per partial sum.
+inline GemvSplitPlan PlanGemvSplit(const GemvSplitWork* work, int64_t rows, int64_t step, int per_sm, size_t acc_bytes,
+                                   int64_t m, int64_t n, int64_t k) {
+  GemvSplitPlan p;
+  if (work == nullptr || m < work->min_m) return p;
+  const int64_t tiles = CeilDiv(n, rows), steps = CeilDiv(k, step);
+  int64_t slices = static_cast<int64_t>(per_sm) * work->sms / tiles;
+  slices = slices < 1 ? 1 : slices > 16 ? 16 : slices;
+  if (slices > steps) slices = steps;
+  const int64_t slice_steps = CeilDiv(steps, slices);
+  slices = CeilDiv(steps, slice_steps);
+  if (slices > 1 &&
+      (tiles > work->ticket_count || static_cast<size_t>(slices * m * tiles * rows) * acc_bytes > work->part_bytes))
+    return p;
+  p.tiles = tiles, p.slices = slices, p.slice_steps = slice_steps;
+  return p;
+}
+
+// Called by every thread of a block after it stored its partial sums: true in the block of row
+// tile `tile` that arrives last, to which every slice's partials are then visible (read them with
+// __ldcg). That block resets the tile's ticket for the next launch.
+__device__ __forceinline__ bool LastSliceBlock(int* tickets, unsigned tile, int slices) {
+  __shared__ int last;
+  __threadfence();  // this thread's partials visible device-wide before the block takes its ticket
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(tickets + tile, 1) == slices - 1;
+    if (last) tickets[tile] = 0;  // every other block of the tile has taken its ticket
+  }
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
 // ---- launchers (host functions; every one enqueues on `stream` and returns launch errors) ----
 
 // Activation quantization; one block per row.
@@ -78,16 +134,18 @@ Status LaunchGemmW8A8(const int8_t* x, const float* x_scale, int64_t x_scale_cou
                       const float* w_scale, int64_t w_scale_count, const float* bias, int64_t m, int64_t n, int64_t k,
                       int yt, void* y, cudaStream_t s);
 // W8A8 weight streaming for M ≤ kW8A8GemvMaxM on the int8 tensor cores (sm_80+); K % 16 == 0,
-// 16-byte aligned x and w. Same epilogue and bits as LaunchGemmW8A8.
+// 16-byte aligned x and w. Same epilogue and bits as LaunchGemmW8A8 (int32 sums are exact in any
+// order). With `split` (may be null) and M ≥ split->min_m, 64 weight rows per block and K split
+// across blocks; *slices_used is then the number of K slices, else 0.
 constexpr int64_t kW8A8GemvMaxM = 16;
 Status LaunchGemvW8A8(const int8_t* x, const float* x_scale, int64_t x_scale_count, const int8_t* w,
                       const float* w_scale, int64_t w_scale_count, const float* bias, int64_t m, int64_t n, int64_t k,
-                      int yt, void* y, cudaStream_t s);
-// FP8 weight streaming for M ≤ 16 on the e4m3 tensor cores (sm_89+), the same kernel as
+                      int yt, void* y, const GemvSplitWork* split, int64_t* slices_used, cudaStream_t s);
+// FP8 weight streaming for M ≤ 16 on the e4m3 tensor cores (sm_89+), the same kernels as
 // LaunchGemvW8A8 with f32 accumulators; the epilogue of the simple FP8 kernel.
 Status LaunchGemvFp8(const uint8_t* x, const float* x_scale, int64_t x_scale_count, const uint8_t* w,
                      const float* w_scale, int64_t w_scale_count, const float* bias, int64_t m, int64_t n, int64_t k,
-                     int yt, void* y, cudaStream_t s);
+                     int yt, void* y, const GemvSplitWork* split, int64_t* slices_used, cudaStream_t s);
 // The same epilogue on int32 accumulators computed elsewhere (cuBLASLt): rows [row0, row0 + rows)
 // of Y from acc[rows, N] (row-major); x_scale is indexed by the global row.
 Status LaunchW8A8Epilogue(const int32_t* acc, int64_t row0, int64_t rows, const float* x_scale, int64_t x_scale_count,
@@ -109,23 +167,13 @@ Status LaunchGemmW4Simple(int xt, const void* x, const W4Dev& w, const float* bi
 // W4A16 weight-streaming GEMV-style kernel for M ≤ 16.
 Status LaunchGemvW4(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k, void* y,
                     cudaStream_t s);
-// Device scratch of the split-K W4A16 GEMV, owned by the backend. One launch at a time may use it
-// (the backend's calls run in turn on its stream).
-struct W4SplitWork {
-  float* part = nullptr;  // f32 partial sums: nothing else in use during the call
-  size_t part_bytes = 0;
-  int* tickets = nullptr;  // one per 128-row tile, zeroed at allocation; every launch leaves them zero
-  int64_t ticket_count = 0;
-  int sms = 0;        // the device's SM count
-  int64_t min_m = 5;  // the split kernel for M ≥ min_m (17: never)
-};
 // The same on the tensor cores (mma.sync, sm_80+): M ≤ 16, K % 32 == 0, f16/bf16, 16-byte
 // aligned x. scales_exact: every scale is a value of the activation type (then symmetric weights
 // are dequantized in packed f16/bf16 arithmetic, with the same results). With `split` (may be
 // null) and M ≥ split->min_m, 128 weight rows per block and K split across blocks (the activation
 // read once per 128 rows, not per 16); *slices_used is then the number of K slices, else 0.
 Status LaunchGemvW4Mma(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k,
-                       void* y, bool scales_exact, const W4SplitWork* split, int64_t* slices_used, cudaStream_t s);
+                       void* y, bool scales_exact, const GemvSplitWork* split, int64_t* slices_used, cudaStream_t s);
 // Whether LaunchGemvW4Mma dequantizes in packed f16/bf16 arithmetic: symmetric weights, exact scales.
 inline bool GemvW4MmaPacked(const W4Dev& w, bool scales_exact) { return scales_exact && w.zero == nullptr; }
 // W4A16 large M: dequantize to the activation type (rounded), then cuBLAS; the epilogue adds bias.

@@ -47,9 +47,9 @@ constexpr size_t kLtWorkspace = 32u << 20;
 constexpr int64_t kGemvMaxM = 16;
 // W4A16 workspace rows reserved at PrepareInt4 (a GEMM processes M in chunks of the rows that fit).
 constexpr int64_t kW4MinChunkRows = 256;
-// Tickets of the split-K W4A16 GEMV, one per 128-row tile; K is split only when the tiles fit
-// one wave of two blocks per SM with room to spare (tiles ≤ SMs), so a few hundred suffice.
-constexpr int64_t kW4Tickets = 1024;
+// Tickets of the split-K GEMVs, one per row tile; K is split only when the tiles fit one wave
+// with room to spare (tiles ≤ half the blocks a wave holds), so a few hundred suffice.
+constexpr int64_t kGemvTickets = 1024;
 
 size_t Align256(size_t b) { return (b + 255) / 256 * 256; }
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -61,16 +61,16 @@ bool EnvFlag(const char* name) {
   return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
 }
 bool CutlassDisabled() { return EnvFlag("LOWBIT_CUDA_NO_CUTLASS"); }
-// LOWBIT_CUDA_W4_SPLIT_MIN_M=m (1…17): the smallest M that takes the split-K W4A16 GEMV (17: none),
-// to compare it with the 16-row kernel on one machine.
-int64_t W4SplitMinM() {
+// LOWBIT_CUDA_GEMV_SPLIT_MIN_M=m (1…17): the smallest M that takes the split-K GEMVs (W8A8, FP8,
+// W4A16; 17: none), to compare them with the unsplit ones on one machine.
+int64_t GemvSplitMinM() {
   constexpr int64_t kDefault = 5;
-  const char* v = std::getenv("LOWBIT_CUDA_W4_SPLIT_MIN_M");
+  const char* v = std::getenv("LOWBIT_CUDA_GEMV_SPLIT_MIN_M");
   if (v == nullptr || *v == '\0') return kDefault;
   char* end = nullptr;
   const long m = std::strtol(v, &end, 10);
   if (*end == '\0' && m >= 1 && m <= 17) return m;
-  std::fprintf(stderr, "lowbit cuda: LOWBIT_CUDA_W4_SPLIT_MIN_M=%s is not an integer in 1…17; using %lld\n", v,
+  std::fprintf(stderr, "lowbit cuda: LOWBIT_CUDA_GEMV_SPLIT_MIN_M=%s is not an integer in 1…17; using %lld\n", v,
                static_cast<long long>(kDefault));
   return kDefault;
 }
@@ -95,6 +95,13 @@ class PathTrace {
 };
 
 std::string S(int64_t v) { return std::to_string(v); }
+
+// The trace name of a GEMV launch: the split-K kernel (`split_rows` per block, K in `slices`
+// slices) or the unsplit one (`rows` per block).
+std::string GemvPath(int64_t slices, int split_rows, int rows) {
+  return slices > 0 ? "mma.sync GEMV " + S(split_rows) + " rows, K in " + S(slices) + " slices"
+                    : "mma.sync GEMV " + S(rows) + " rows";
+}
 
 // cudaFree whose failure is dropped: a recorded error must not surface later as the failure of
 // the next launch (whose check reads cudaGetLastError).
@@ -147,7 +154,7 @@ class CudaBackend : public Backend {
     lt_gemms_.reset();  // its plans before the handle
     FreeQuietly(arena_);
     FreeQuietly(lt_ws_);
-    FreeQuietly(w4_split_.tickets);
+    FreeQuietly(split_.tickets);
     if (lt_) cublasLtDestroy(lt_);
     if (blas_) cublasDestroy(blas_);
   }
@@ -164,16 +171,16 @@ class CudaBackend : public Backend {
     if (cublasLtCreate(&lt_) != CUBLAS_STATUS_SUCCESS) return Internal("cublasLtCreate failed");
     LOWBIT_CUDA_RETURN(cudaMalloc(&lt_ws_, kLtWorkspace), "cudaMalloc (cuBLASLt workspace)");
     lt_gemms_ = std::make_unique<cuda::CublasLtGemms>(lt_, lt_ws_, kLtWorkspace);
-    // The split-K W4A16 GEMV: its partial sums in the cuBLASLt workspace (calls on the stream run
-    // in turn), its tickets zeroed once here.
-    LOWBIT_CUDA_RETURN(cudaMalloc(&w4_split_.tickets, kW4Tickets * sizeof(int)), "cudaMalloc (W4A16 tickets)");
-    LOWBIT_CUDA_RETURN(cudaMemset(w4_split_.tickets, 0, kW4Tickets * sizeof(int)), "cudaMemset (W4A16 tickets)");
-    LOWBIT_CUDA_RETURN(cudaDeviceSynchronize(), "cudaMemset (W4A16 tickets) sync");
-    w4_split_.ticket_count = kW4Tickets;
-    w4_split_.part = static_cast<float*>(lt_ws_);
-    w4_split_.part_bytes = kLtWorkspace;
-    w4_split_.sms = prop.multiProcessorCount;
-    w4_split_.min_m = W4SplitMinM();
+    // The split-K GEMVs: their partial sums in the cuBLASLt workspace (calls on the stream run in
+    // turn), their tickets zeroed once here.
+    LOWBIT_CUDA_RETURN(cudaMalloc(&split_.tickets, kGemvTickets * sizeof(int)), "cudaMalloc (GEMV tickets)");
+    LOWBIT_CUDA_RETURN(cudaMemset(split_.tickets, 0, kGemvTickets * sizeof(int)), "cudaMemset (GEMV tickets)");
+    LOWBIT_CUDA_RETURN(cudaDeviceSynchronize(), "cudaMemset (GEMV tickets) sync");
+    split_.ticket_count = kGemvTickets;
+    split_.part = lt_ws_;
+    split_.part_bytes = kLtWorkspace;
+    split_.sms = prop.multiProcessorCount;
+    split_.min_m = GemvSplitMinM();
     return Reserve(workspace_bytes ? workspace_bytes : (64u << 20));
   }
 
@@ -360,9 +367,11 @@ class CudaBackend : public Backend {
     const bool k16 = k % 16 == 0 && Aligned16(x) && Aligned16(wq);
     // M ≤ 16: stream the weight through the int8 tensor cores (mma.sync).
     if (!simple_ && sm_ >= 80 && m <= kW8A8GemvMaxM && k16) {
-      trace_.Note(name_, "W8A8", m, n, k, "mma.sync GEMV");
-      return LaunchGemvW8A8(x, a.x_scale, a.x_scale_count, wq, w.scale, w.scale_count, a.bias, m, n, k, yt, a.y,
-                            stream_);
+      int64_t slices = 0;
+      LOWBIT_KRETURN_IF_ERROR(LaunchGemvW8A8(x, a.x_scale, a.x_scale_count, wq, w.scale, w.scale_count, a.bias, m, n, k,
+                                             yt, a.y, &split_, &slices, stream_));
+      trace_.Note(name_, "W8A8", m, n, k, GemvPath(slices, 64, 8).c_str());
+      return Status::Ok();
     }
     // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue (a
     // problem it refuses goes on below).
@@ -409,10 +418,12 @@ class CudaBackend : public Backend {
     const int64_t m = a.m, n = w.n(), k = w.k();
     // M ≤ 16: stream the weight through the e4m3 tensor cores (mma.sync).
     if (!simple_ && sm_ >= 89 && m <= kW8A8GemvMaxM && k % 16 == 0 && Aligned16(a.x) && Aligned16(w.w)) {
-      trace_.Note(name_, "FP8", m, n, k, "mma.sync GEMV");
-      return LaunchGemvFp8(static_cast<const uint8_t*>(a.x), a.x_scale, a.x_scale_count,
-                           static_cast<const uint8_t*>(w.w), w.scale, w.scale_count, a.bias, m, n, k, ToElem(a.y_dtype),
-                           a.y, stream_);
+      int64_t slices = 0;
+      LOWBIT_KRETURN_IF_ERROR(LaunchGemvFp8(static_cast<const uint8_t*>(a.x), a.x_scale, a.x_scale_count,
+                                            static_cast<const uint8_t*>(w.w), w.scale, w.scale_count, a.bias, m, n, k,
+                                            ToElem(a.y_dtype), a.y, &split_, &slices, stream_));
+      trace_.Note(name_, "FP8", m, n, k, GemvPath(slices, 64, 8).c_str());
+      return Status::Ok();
     }
     // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue (a
     // problem it refuses goes on below).
@@ -485,10 +496,9 @@ class CudaBackend : public Backend {
         const bool scales_exact = w.w4_scale_exact[a.x_dtype == DType::kBF16];
         int64_t slices = 0;
         LOWBIT_KRETURN_IF_ERROR(
-            LaunchGemvW4Mma(xt, x, w.w4, a.bias, rows, n, k, y, scales_exact, &w4_split_, &slices, stream_));
-        const std::string path = std::string(slices > 0 ? "mma.sync GEMV 128 rows, K in " + S(slices) + " slices"
-                                                        : "mma.sync GEMV 16 rows") +
-                                 (GemvW4MmaPacked(w.w4, scales_exact) ? ", packed dequant" : "");
+            LaunchGemvW4Mma(xt, x, w.w4, a.bias, rows, n, k, y, scales_exact, &split_, &slices, stream_));
+        const std::string path =
+            GemvPath(slices, 128, 16) + (GemvW4MmaPacked(w.w4, scales_exact) ? ", packed dequant" : "");
         trace_.Note(name_, "W4A16", rows, n, k, path.c_str());
       } else if (m <= kGemvMaxM) {
         trace_.Note(name_, "W4A16", rows, n, k, "SIMT GEMV");
@@ -588,7 +598,7 @@ class CudaBackend : public Backend {
   cublasHandle_t blas_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   void* lt_ws_ = nullptr;
-  W4SplitWork w4_split_;                           // the split-K W4A16 GEMV's scratch (its partials in lt_ws_)
+  GemvSplitWork split_;                            // the split-K W4A16 GEMV's scratch (its partials in lt_ws_)
   std::unique_ptr<cuda::CublasLtGemms> lt_gemms_;  // cuBLASLt plans per shape
   void* arena_ = nullptr;
   size_t arena_bytes_ = 0;

@@ -292,12 +292,14 @@ __global__ void __launch_bounds__(kW4Warps * 32)
 // the activation re-reads, not the weight, would bound that one. With one slice the warps write
 // Y; with several each block writes its partial sums to part[slice][M][tiles · kW4SplitRows], and
 // the last block of a row tile to arrive (a ticket per tile, reset by that block for the next
-// launch) adds the slices in order 0, 1, … — the same bits whichever block comes last. Two blocks
-// per SM (≤ 128 registers; the plan sizes the grid for that).
+// launch) adds the slices in order 0, 1, … — the same bits whichever block comes last
+// (common.cuh: PlanGemvSplit, LastSliceBlock). Two blocks per SM (≤ 128 registers; the plan
+// sizes the grid for that).
 constexpr int kW4SplitRows = 16 * kW4Warps;
+constexpr int kW4SplitBlocksPerSm = 2;
 
 template <class T, bool kUpperRows, bool kPacked>
-__global__ void __launch_bounds__(kW4Warps * 32, 2)
+__global__ void __launch_bounds__(kW4Warps * 32, kW4SplitBlocksPerSm)
     GemvW4SplitKernel(const T* __restrict__ x, W4Dev w, const float* __restrict__ bias, int64_t m, int64_t n, int64_t k,
                       int64_t slice_steps, float* __restrict__ part, int* __restrict__ tickets, T* __restrict__ y) {
   const int warp = threadIdx.x >> 5;
@@ -318,13 +320,7 @@ __global__ void __launch_bounds__(kW4Warps * 32, 2)
           __stcg(reinterpret_cast<float2*>(part + (blockIdx.y * m + o.gm) * ld + o.gn),
                  make_float2(c[r][i], c[r][i + 1]));
       }
-    __threadfence();  // this thread's partials visible device-wide before the block takes its ticket
-    __syncthreads();
-    __shared__ int last;
-    if (threadIdx.x == 0) last = atomicAdd(tickets + blockIdx.x, 1) == slices - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (!LastSliceBlock(tickets, blockIdx.x, slices)) return;
     // Slice-major with a column pair per load, so up to 16 loads are in flight per thread (this
     // block is on the kernel's critical path); each output still adds slices 0, 1, … in order.
     float2 sum[2][2];  // [r][i / 2]
@@ -348,7 +344,6 @@ __global__ void __launch_bounds__(kW4Warps * 32, 2)
     for (int r = 0; r < 2; ++r)
 #pragma unroll
       for (int h = 0; h < 2; ++h) c[r][2 * h] = sum[r][h].x, c[r][2 * h + 1] = sum[r][h].y;
-    if (threadIdx.x == 0) tickets[blockIdx.x] = 0;
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r)
@@ -484,30 +479,12 @@ struct LaunchMma16 {
 template <class T, bool kUpperRows, bool kPacked>
 struct LaunchSplit {
   static void Run(const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k, void* y, dim3 grid,
-                  int64_t slice_steps, const W4SplitWork* work, cudaStream_t s) {
-    GemvW4SplitKernel<T, kUpperRows, kPacked><<<grid, kW4Warps * 32, 0, s>>>(
-        static_cast<const T*>(x), w, bias, m, n, k, slice_steps, work->part, work->tickets, static_cast<T*>(y));
+                  int64_t slice_steps, const GemvSplitWork* work, cudaStream_t s) {
+    GemvW4SplitKernel<T, kUpperRows, kPacked>
+        <<<grid, kW4Warps * 32, 0, s>>>(static_cast<const T*>(x), w, bias, m, n, k, slice_steps,
+                                        static_cast<float*>(work->part), work->tickets, static_cast<T*>(y));
   }
 };
-
-// How the split kernel covers [M, N] × K: ceil(N / 128) row tiles, K in `slices` slices of
-// `slice_steps` 128-code steps, as many slices as fit the tiles in one wave of two blocks per SM
-// (rounded down: a partial second wave of latency-bound blocks would cost a whole one; at most
-// kW4MaxSlices, every slice non-empty). slices = 0 when the work buffers cannot hold it.
-constexpr int64_t kW4MaxSlices = 16;
-struct W4SplitPlan {
-  int64_t tiles, slices, slice_steps;
-};
-W4SplitPlan PlanW4Split(const W4SplitWork& work, int64_t m, int64_t n, int64_t k) {
-  const int64_t tiles = CeilDiv(n, kW4SplitRows), steps = CeilDiv(k, 128);
-  int64_t slices = std::clamp<int64_t>(2 * static_cast<int64_t>(work.sms) / tiles, 1, std::min(steps, kW4MaxSlices));
-  const int64_t slice_steps = CeilDiv(steps, slices);
-  slices = CeilDiv(steps, slice_steps);
-  const bool fits =
-      slices == 1 || (tiles <= work.ticket_count &&
-                      static_cast<size_t>(slices * m * tiles * kW4SplitRows) * sizeof(float) <= work.part_bytes);
-  return {tiles, fits ? slices : 0, slice_steps};
-}
 
 }  // namespace
 
@@ -519,13 +496,12 @@ Status LaunchGemvW4(int xt, const void* x, const W4Dev& w, const float* bias, in
 }
 
 Status LaunchGemvW4Mma(int xt, const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k,
-                       void* y, bool scales_exact, const W4SplitWork* split, int64_t* slices_used, cudaStream_t s) {
+                       void* y, bool scales_exact, const GemvSplitWork* split, int64_t* slices_used, cudaStream_t s) {
   if (m < 1 || m > kMaxGemvM || k % 32 != 0 || (xt != kBF16 && xt != kF16))
     return Internal("LaunchGemvW4Mma: needs 1 ≤ M ≤ 16, K % 32 == 0 and f16/bf16 activations");
   const bool packed = GemvW4MmaPacked(w, scales_exact);
   const bool bf16 = xt == kBF16;
-  W4SplitPlan plan{0, 0, 0};
-  if (split != nullptr && m >= split->min_m) plan = PlanW4Split(*split, m, n, k);
+  const GemvSplitPlan plan = PlanGemvSplit(split, kW4SplitRows, 128, kW4SplitBlocksPerSm, sizeof(float), m, n, k);
   *slices_used = plan.slices;
   if (plan.slices > 0) {
     const dim3 grid(static_cast<unsigned>(plan.tiles), static_cast<unsigned>(plan.slices));

@@ -666,37 +666,52 @@ void RunW4Table() {
 
 TEST(BackendOps, GemmW4A16) { RunW4Table(); }
 
-// The same call three times gives the same bits: on CUDA at M = 16, K = N = 4096 the split-K GEMV
-// (K in 8 slices on 132 SMs, the last block of each row tile adding them), whose per-tile tickets
-// each launch must leave as it found them; a wrong ticket picks a block that adds missing slices.
-TEST(BackendOps, GemmW4A16RepeatsBitIdentically) {
+// The same call three times gives the same bits: on CUDA at M = 16, K = N = 4096 the split-K
+// GEMVs (K in slices by the SM count, the last block of each row tile adding them), whose per-tile
+// tickets each launch must leave as it found them; a wrong ticket picks a block that adds missing
+// slices. W4A16 and FP8 (float sums, the order must be fixed too); W8A8 shares the mechanism.
+TEST(BackendOps, SplitKGemvsRepeatBitIdentically) {
   for (const std::string& name : BackendsUnderTest()) {
     OPEN_OR_SKIP(name, b);
     Rng rng(47);
     const int64_t m = 16, k = 4096, n = 4096;
-    const W4Variant v{128, false, false};
-    Int4Checkpoint ck = MakeInt4(n, k, v, DType::kBF16, rng);
-    std::unique_ptr<PreparedWeight> pw;
-    Status st = b->PrepareInt4(ck.Source(n, k, v.group_size), &pw);
-    ASSERT_TRUE(st.ok()) << name << ": " << st.ToString();
     std::vector<float> bias(n);
     for (auto& e : bias) e = static_cast<float>(rng.Normal());
-    std::vector<uint8_t> x = MakeActivations(DType::kBF16, m, k, rng);
-    Buf dx(b.get(), x.data(), x.size()), dbias(b.get(), bias.data(), n * 4);
-    std::vector<uint8_t> first;
-    for (int round = 0; round < 3; ++round) {
-      Buf dy(b.get(), ActivationBytes(DType::kBF16, m, n));
-      GemmArgs a;
-      a.m = m, a.x = dx.get(), a.x_dtype = DType::kBF16, a.w = pw.get();
-      a.bias = static_cast<const float*>(dbias.get()), a.y = dy.get(), a.y_dtype = DType::kBF16;
-      st = b->GemmW4A16(a);
-      ASSERT_TRUE(st.ok()) << name << " round " << round << ": " << st.ToString();
-      std::vector<uint8_t> got = dy.Read<uint8_t>();
-      if (round == 0)
-        first = got;
-      else
-        EXPECT_EQ(CompareBytes(got.data(), first.data(), first.size(), 2, "outputs"), "")
-            << name << ": round " << round << " differs from round 0";
+    Buf dbias(b.get(), bias.data(), n * 4);
+    // W4A16: bf16 activations; FP8: e4m3 codes (no NaN) with per-token and per-channel scales.
+    const W4Variant v{128, false, false};
+    Int4Checkpoint ck = MakeInt4(n, k, v, DType::kBF16, rng);
+    std::vector<uint8_t> x16 = MakeActivations(DType::kBF16, m, k, rng);
+    std::vector<uint8_t> w8(n * k), x8(m * k);
+    for (auto* vec : {&w8, &x8})
+      for (auto& e : *vec) {
+        e = static_cast<uint8_t>(rng.Next() & 0xFF);
+        if ((e & 0x7F) == 0x7F) e ^= 1;
+      }
+    std::vector<float> ws = RandomScales(n, rng, 0.01f), xs = RandomScales(m, rng, 0.02f);
+    for (bool fp8 : {false, true}) {
+      const std::string ctx = name + (fp8 ? " GemmFp8" : " GemmW4A16");
+      std::unique_ptr<PreparedWeight> pw;
+      Status st = fp8 ? b->PrepareFp8({w8.data(), n, k, {ws.data(), DType::kF32, n}}, &pw)
+                      : b->PrepareInt4(ck.Source(n, k, v.group_size), &pw);
+      ASSERT_TRUE(st.ok()) << ctx << ": " << st.ToString();
+      const std::vector<uint8_t>& x = fp8 ? x8 : x16;
+      Buf dx(b.get(), x.data(), x.size()), dxs(b.get(), xs.data(), xs.size() * 4);
+      std::vector<uint8_t> first;
+      for (int round = 0; round < 3; ++round) {
+        Buf dy(b.get(), ActivationBytes(DType::kBF16, m, n));
+        GemmArgs a =
+            ScaledArgs(true, m, dx, dxs, m, pw.get(), static_cast<const float*>(dbias.get()), dy, DType::kBF16);
+        if (!fp8) a.x_dtype = DType::kBF16, a.x_scale = nullptr, a.x_scale_count = 0;
+        st = fp8 ? b->GemmFp8(a) : b->GemmW4A16(a);
+        ASSERT_TRUE(st.ok()) << ctx << " round " << round << ": " << st.ToString();
+        std::vector<uint8_t> got = dy.Read<uint8_t>();
+        if (round == 0)
+          first = got;
+        else
+          EXPECT_EQ(CompareBytes(got.data(), first.data(), first.size(), 2, "outputs"), "")
+              << ctx << ": round " << round << " differs from round 0";
+      }
     }
   }
 }

@@ -45,8 +45,10 @@ class TargetsTest(unittest.TestCase):
                  row("torch_bf16", 16, 12, us_graph=10.5), row("torch_bf16", 256, 19)]
         write(os.path.join(self.dir, "kernels-cuda.csv"), ours)
         write(os.path.join(self.dir, "torch-baselines.csv"), torch)
-        write(os.path.join(self.dir, "w4-split", "kernels-cuda.csv"), [row("w4a16", 16, 5, us_graph=3)])
-        write(os.path.join(self.dir, "w4-16rows", "kernels-cuda.csv"), [row("w4a16", 16, 6, us_graph=4.5)])
+        write(os.path.join(self.dir, "gemv-split", "kernels-cuda.csv"),
+              [row("w4a16", 16, 5, us_graph=3), row("fp8", 16, 5)])
+        write(os.path.join(self.dir, "gemv-unsplit", "kernels-cuda.csv"),
+              [row("w4a16", 16, 6, us_graph=4.5), row("fp8", 16, 4)])
         with open(os.path.join(self.dir, "nvidia-smi.txt"), "w") as f:
             f.write("|   0  NVIDIA H100 80GB HBM3          On  |\n")
         self.text = targets.evaluate(self.dir)
@@ -77,7 +79,8 @@ class TargetsTest(unittest.TestCase):
         self.assertIn("o_proj M=4096 84% | not met", line(self.text, "| quantization"))
 
     def test_split_k_table(self):
-        self.assertIn("| o_proj | 1.50 |", self.text)  # 4.5 / 3
+        self.assertIn("| w4a16 | o_proj | 1.50 |", self.text)  # 4.5 / 3
+        self.assertIn("| fp8 | o_proj | 0.80 (loop) |", self.text)  # 4 / 5, no graph times
 
 
 if __name__ == "__main__":
