@@ -80,6 +80,8 @@ int64_t GemvSplitMinM() {
 class PathTrace {
  public:
   PathTrace() : on_(EnvFlag("LOWBIT_CUDA_TRACE")) {}
+  // Whether tracing is on: callers skip building a path name nobody reads.
+  bool on() const { return on_; }
   void Note(const std::string& backend, const char* op, int64_t m, int64_t n, int64_t k, const char* path) {
     if (!on_) return;
     std::string key = backend + " " + op + " M=" + std::to_string(m) + " N=" + std::to_string(n) +
@@ -370,7 +372,7 @@ class CudaBackend : public Backend {
       int64_t slices = 0;
       LOWBIT_KRETURN_IF_ERROR(LaunchGemvW8A8(x, a.x_scale, a.x_scale_count, wq, w.scale, w.scale_count, a.bias, m, n, k,
                                              yt, a.y, &split_, &slices, stream_));
-      trace_.Note(name_, "W8A8", m, n, k, GemvPath(slices, 64, 8).c_str());
+      if (trace_.on()) trace_.Note(name_, "W8A8", m, n, k, GemvPath(slices, 64, 8).c_str());
       return Status::Ok();
     }
     // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue (a
@@ -422,7 +424,7 @@ class CudaBackend : public Backend {
       LOWBIT_KRETURN_IF_ERROR(LaunchGemvFp8(static_cast<const uint8_t*>(a.x), a.x_scale, a.x_scale_count,
                                             static_cast<const uint8_t*>(w.w), w.scale, w.scale_count, a.bias, m, n, k,
                                             ToElem(a.y_dtype), a.y, &split_, &slices, stream_));
-      trace_.Note(name_, "FP8", m, n, k, GemvPath(slices, 64, 8).c_str());
+      if (trace_.on()) trace_.Note(name_, "FP8", m, n, k, GemvPath(slices, 64, 8).c_str());
       return Status::Ok();
     }
     // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue (a
@@ -497,9 +499,10 @@ class CudaBackend : public Backend {
         int64_t slices = 0;
         LOWBIT_KRETURN_IF_ERROR(
             LaunchGemvW4Mma(xt, x, w.w4, a.bias, rows, n, k, y, scales_exact, &split_, &slices, stream_));
-        const std::string path =
-            GemvPath(slices, 128, 16) + (GemvW4MmaPacked(w.w4, scales_exact) ? ", packed dequant" : "");
-        trace_.Note(name_, "W4A16", rows, n, k, path.c_str());
+        if (trace_.on())
+          trace_.Note(
+              name_, "W4A16", rows, n, k,
+              (GemvPath(slices, 128, 16) + (GemvW4MmaPacked(w.w4, scales_exact) ? ", packed dequant" : "")).c_str());
       } else if (m <= kGemvMaxM) {
         trace_.Note(name_, "W4A16", rows, n, k, "SIMT GEMV");
         LOWBIT_KRETURN_IF_ERROR(LaunchGemvW4(xt, x, w.w4, a.bias, rows, n, k, y, stream_));
@@ -598,7 +601,7 @@ class CudaBackend : public Backend {
   cublasHandle_t blas_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   void* lt_ws_ = nullptr;
-  GemvSplitWork split_;                            // the split-K W4A16 GEMV's scratch (its partials in lt_ws_)
+  GemvSplitWork split_;                            // the split-K GEMVs' scratch (their partials in lt_ws_)
   std::unique_ptr<cuda::CublasLtGemms> lt_gemms_;  // cuBLASLt plans per shape
   void* arena_ = nullptr;
   size_t arena_bytes_ = 0;
