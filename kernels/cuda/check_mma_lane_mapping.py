@@ -27,10 +27,16 @@ def mma(a_vals, b_vals, kdim, apos, bpos):
     return A @ B
 
 def split_plan(N, K, rows, step, per_sm, sms, max_slices=16):  # PlanGemvSplit (common.cuh)
-    tiles, steps = -(-N // rows), -(-K // step)
-    slices = min(max(per_sm * sms // tiles, 1), max_slices, steps)
+    tiles, steps, slots = -(-N // rows), -(-K // step), per_sm * sms
+    if tiles <= slots:
+        slices = slots // tiles  # one wave
+    else:  # the fewest slices whose waves are >= 90% full
+        slices = next((s for s in range(1, 17) if tiles * s * 10 >= -(-tiles * s // slots) * slots * 9), 16)
+    slices = min(slices, max_slices, steps)
     slice_steps = -(-steps // slices)
-    return tiles, -(-steps // slice_steps), slice_steps
+    slices = -(-steps // slice_steps)
+    assert tiles > slots or tiles * slices <= slots, "one wave when the tiles fit one"
+    return tiles, slices, slice_steps
 
 def split_grid(M, N, K, rows, step, per_sm, sms, warps, warp_rows, warp_tile):
     """The split-K kernels' grid: warp_tile(n0, begin, end) -> {(m, col): value} for one warp's
@@ -173,7 +179,10 @@ for (M, N, K) in [(1, 8, 64), (3, 13, 96), (16, 24, 192), (9, 8, 48), (16, 5, 16
 print("8-bit gemv mapping ok")
 # The split-K kernel: ragged N, K tails inside a step, several slices, an uneven last slice, one
 # slice, M across the upper-rows boundary.
-for (M, N, K, sms) in [(16, 56, 320, 132), (6, 130, 1040, 4), (9, 64, 4096, 132), (16, 200, 192, 1)]:
+# (16, 448, 1024, 2): 7 tiles on 6 slots, more than a wave: the fewest slices whose waves are >= 90%
+# full (4: 28 blocks in 5 waves of 6). (5, 1, 4112, 132): one row, K % 64 == 16.
+for (M, N, K, sms) in [(16, 56, 320, 132), (6, 130, 1040, 4), (9, 64, 4096, 132), (16, 200, 192, 1),
+                       (16, 448, 1024, 2), (5, 1, 4112, 132)]:
     X = rng.integers(-128, 128, (M, K)).astype(float); W = rng.integers(-128, 128, (N, K)).astype(float)
     Y, slices = gemv8_split(X, W, sms)
     assert np.array_equal(Y, X @ W.T), (M, N, K, slices)

@@ -47,9 +47,9 @@ constexpr size_t kLtWorkspace = 32u << 20;
 constexpr int64_t kGemvMaxM = 16;
 // W4A16 workspace rows reserved at PrepareInt4 (a GEMM processes M in chunks of the rows that fit).
 constexpr int64_t kW4MinChunkRows = 256;
-// Tickets of the split-K GEMVs, one per row tile; K is split only when the tiles fit one wave
-// with room to spare (tiles ≤ half the blocks a wave holds), so a few hundred suffice.
-constexpr int64_t kGemvTickets = 1024;
+// Tickets of the split-K GEMVs, one per row tile (a 128K-row layer in 64-row tiles: 2004; a
+// layer with more tiles takes the unsplit kernel).
+constexpr int64_t kGemvTickets = 4096;
 
 size_t Align256(size_t b) { return (b + 255) / 256 * 256; }
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -101,8 +101,8 @@ std::string S(int64_t v) { return std::to_string(v); }
 // The trace name of a GEMV launch: the split-K kernel (`split_rows` per block, K in `slices`
 // slices) or the unsplit one (`rows` per block).
 std::string GemvPath(int64_t slices, int split_rows, int rows) {
-  return slices > 0 ? "mma.sync GEMV " + S(split_rows) + " rows, K in " + S(slices) + " slices"
-                    : "mma.sync GEMV " + S(rows) + " rows";
+  if (slices == 0) return "mma.sync GEMV " + S(rows) + " rows";
+  return "mma.sync GEMV " + S(split_rows) + " rows, " + (slices > 1 ? "K in " + S(slices) + " slices" : "K whole");
 }
 
 // cudaFree whose failure is dropped: a recorded error must not surface later as the failure of
@@ -175,8 +175,8 @@ class CudaBackend : public Backend {
     lt_gemms_ = std::make_unique<cuda::CublasLtGemms>(lt_, lt_ws_, kLtWorkspace);
     // The split-K GEMVs: their partial sums in the cuBLASLt workspace (calls on the stream run in
     // turn), their tickets zeroed once here.
-    LOWBIT_CUDA_RETURN(cudaMalloc(&split_.tickets, kGemvTickets * sizeof(int)), "cudaMalloc (GEMV tickets)");
-    LOWBIT_CUDA_RETURN(cudaMemset(split_.tickets, 0, kGemvTickets * sizeof(int)), "cudaMemset (GEMV tickets)");
+    LOWBIT_CUDA_RETURN(cudaMalloc(&split_.tickets, kGemvTickets * sizeof(unsigned)), "cudaMalloc (GEMV tickets)");
+    LOWBIT_CUDA_RETURN(cudaMemset(split_.tickets, 0, kGemvTickets * sizeof(unsigned)), "cudaMemset (GEMV tickets)");
     LOWBIT_CUDA_RETURN(cudaDeviceSynchronize(), "cudaMemset (GEMV tickets) sync");
     split_.ticket_count = kGemvTickets;
     split_.part = lt_ws_;

@@ -301,7 +301,8 @@ constexpr int kW4SplitBlocksPerSm = 2;
 template <class T, bool kUpperRows, bool kPacked>
 __global__ void __launch_bounds__(kW4Warps * 32, kW4SplitBlocksPerSm)
     GemvW4SplitKernel(const T* __restrict__ x, W4Dev w, const float* __restrict__ bias, int64_t m, int64_t n, int64_t k,
-                      int64_t slice_steps, float* __restrict__ part, int* __restrict__ tickets, T* __restrict__ y) {
+                      int64_t slice_steps, float* __restrict__ part, unsigned* __restrict__ tickets,
+                      T* __restrict__ y) {
   const int warp = threadIdx.x >> 5;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kW4SplitRows + 16 * warp;
   const int64_t steps = (k + 127) / 128, begin = static_cast<int64_t>(blockIdx.y) * slice_steps;

@@ -8,6 +8,7 @@
 // takes cuBLASLt's int8 tensor cores for the accumulators at M > 16 where it has an algorithm
 // (gemm_cublaslt.cu) and runs the same epilogue on them (W8A8EpilogueKernel).
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 
@@ -229,7 +230,7 @@ __global__ void __launch_bounds__(kGemvSplitWarps * 32, kGemvSplitBlocksPerSm)
     Gemv8BitSplitKernel(const uint8_t* __restrict__ x, const float* __restrict__ x_scale, int64_t x_scale_count,
                         const uint8_t* __restrict__ w, const float* __restrict__ w_scale, int64_t w_scale_count,
                         const float* __restrict__ bias, int64_t m, int64_t n, int64_t k, int64_t slice_steps,
-                        typename Op::Acc* __restrict__ part, int* __restrict__ tickets, int yt, void* y) {
+                        typename Op::Acc* __restrict__ part, unsigned* __restrict__ tickets, int yt, void* y) {
   using Acc = typename Op::Acc;
   const int warp = threadIdx.x >> 5;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kGemvSplitRows + 8 * warp;
@@ -239,24 +240,30 @@ __global__ void __launch_bounds__(kGemvSplitWarps * 32, kGemvSplitBlocksPerSm)
   Mma8Rows<Op, kUpperRows>(x, w, m, n, k, n0, begin, end, 1, c);
   const int slices = static_cast<int>(gridDim.y);
   if (slices > 1) {
-    const int64_t ld = static_cast<int64_t>(gridDim.x) * kGemvSplitRows;  // every column in bounds
+    // c[0], c[1] (and c[2], c[3]) are columns gn, gn + 1 of one token, gn even: one 8-byte store
+    // and load per pair (every column of the padded tile is in bounds).
+    using Acc2 = std::conditional_t<std::is_same_v<Acc, float>, float2, int2>;
+    const int64_t ld = static_cast<int64_t>(gridDim.x) * kGemvSplitRows;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < 4; i += 2) {
       int64_t gm, gn;
       Gemv8Pos(n0, i, &gm, &gn);
-      if (gm < m) __stcg(part + (blockIdx.y * m + gm) * ld + gn, c[i]);
+      if (gm < m) __stcg(reinterpret_cast<Acc2*>(part + (blockIdx.y * m + gm) * ld + gn), Acc2{c[i], c[i + 1]});
     }
     if (!LastSliceBlock(tickets, blockIdx.x, slices)) return;
-    // Slice-major, so up to 16 loads are in flight per thread (this block is on the kernel's
+    // Slice-major, so up to 8 pair loads are in flight per thread (this block is on the kernel's
     // critical path); each output adds slices 0, 1, … in order.
     Acc sum[4] = {0, 0, 0, 0};
 #pragma unroll 4
     for (int s = 0; s < slices; ++s)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
+      for (int i = 0; i < 4; i += 2) {
         int64_t gm, gn;
         Gemv8Pos(n0, i, &gm, &gn);
-        if (gm < m) sum[i] += __ldcg(part + (s * m + gm) * ld + gn);
+        if (gm >= m) continue;
+        const Acc2 p = __ldcg(reinterpret_cast<const Acc2*>(part + (s * m + gm) * ld + gn));
+        sum[i] += p.x;
+        sum[i + 1] += p.y;
       }
 #pragma unroll
     for (int i = 0; i < 4; ++i) c[i] = sum[i];
