@@ -105,6 +105,29 @@ std::string GemvPath(int64_t slices, int split_rows, int rows) {
   return "mma.sync GEMV " + S(split_rows) + " rows, " + (slices > 1 ? "K in " + S(slices) + " slices" : "K whole");
 }
 
+#ifndef LOWBIT_CUDA_ARCHS
+#define LOWBIT_CUDA_ARCHS "?"
+#endif
+
+// Does nothing: whether the build has code for a device is whether this kernel has (it is
+// compiled with every plain kernel of the backend, for the same architectures).
+__global__ void ImageProbeKernel() {}
+
+// An error naming the fix when this build has no code for the device (e.g. built for sm_90a,
+// run on an A100): without it every launch would fail with "no kernel image is available".
+Status CheckKernelImage(const std::string& backend, const cudaDeviceProp& prop) {
+  cudaFuncAttributes attr;
+  const cudaError_t e = cudaFuncGetAttributes(&attr, ImageProbeKernel);
+  if (e == cudaSuccess) return Status::Ok();
+  (void)cudaGetLastError();
+  const std::string sm = S(prop.major * 10 + prop.minor);
+  return Unimplemented("backend '" + backend + "': this build has no GPU code for " + prop.name + " (sm_" + sm +
+                       "): it was compiled for CUDA architectures " LOWBIT_CUDA_ARCHS
+                       "; rebuild with "
+                       "-DCMAKE_CUDA_ARCHITECTURES=\"" +
+                       sm + ";90a\" (" + cudaGetErrorString(e) + ")");
+}
+
 // cudaFree whose failure is dropped: a recorded error must not surface later as the failure of
 // the next launch (whose check reads cudaGetLastError).
 void FreeQuietly(void* p) {
@@ -166,6 +189,7 @@ class CudaBackend : public Backend {
     cudaDeviceProp prop;
     LOWBIT_CUDA_RETURN(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
     sm_ = prop.major * 10 + prop.minor;
+    LOWBIT_KRETURN_IF_ERROR(CheckKernelImage(name_, prop));
 #if LOWBIT_KERNELS_HAVE_CUTLASS
     use_cutlass_ = !simple_ && sm_ == 90 && !CutlassDisabled();
 #endif
