@@ -5,7 +5,9 @@
 //     a trap"). On an AVX2-only CPU OpenBLAS's own detection is kept (0.3.21 names AMD Zen 3
 //     "Zen", whose sgemm matches or beats forcing "Haswell"); the table records the core it
 //     chose. The GPU baselines (torch) come from bench/kernels/torch_baselines.py.
-// Each point: a warm-up call, then `reps` timed batches (≥ 0.2 s or ≥ 1 call each), median of
+// Weights are random, made once per layer shape and kind and kept across M (on a device the host's
+// weight generation would otherwise take much of a short session). Each point: a warm-up call,
+// then `reps` timed batches (≥ 0.2 s or ≥ 1 call each), median of
 // the per-call time. For M ≤ 64 (memory-bound) the weights rotate through enough copies to
 // exceed twice the last-level cache (on a GPU backend at least twice a 50 MB L2). Writes <out>/kernels-<backend>.md and
 // .csv and, when /usr/bin/python3 has matplotlib, <out>/kernels-<backend>.png (bench/kernels/plot.py).
@@ -251,6 +253,51 @@ class Bench {
         }
         FreeAll();
       }
+      weights_.clear();
+    }
+  }
+
+  // The prepared weights of the current layer shape for one kind ("int8" for w8a8 and
+  // w8a8_quant, "fp8", "int4"), at least `copies` of them: made once per shape and kept across M
+  // (an M that rotates through more copies adds them), so the host generates each weight once.
+  const std::vector<std::unique_ptr<PreparedWeight>>& Weights(const std::string& kind, const KN& kn, int copies) {
+    auto& v = weights_[kind];
+    const int64_t k = kn.k, n = kn.n;
+    while (static_cast<int>(v.size()) < copies) {
+      std::unique_ptr<PreparedWeight> pw;
+      Status st;
+      if (kind == "int4") {
+        std::vector<int32_t> packed(n * (k / 8));
+        FillRandom(packed.data(), packed.size() * 4, ~0ull);
+        std::vector<uint16_t> sc(n * (k / 128), FloatToBf16(0.01f));
+        Int4WeightSource src;
+        src.weight_packed = packed.data();
+        src.n = n;
+        src.k = k;
+        src.group_size = 128;
+        src.scale = {sc.data(), DType::kBF16, static_cast<int64_t>(sc.size())};
+        st = b_->PrepareInt4(src, &pw);
+      } else {
+        std::vector<uint8_t> w(n * k);
+        FillRandom(w.data(), w.size(), 0x6F6F6F6F6F6F6F6Full);  // no FP8 NaN codes
+        std::vector<float> wscale(n, 0.01f);
+        if (kind == "fp8")
+          st = b_->PrepareFp8({w.data(), n, k, {wscale.data(), DType::kF32, n}}, &pw);
+        else
+          st = b_->PrepareInt8({reinterpret_cast<int8_t*>(w.data()), n, k, {wscale.data(), DType::kF32, n}}, &pw);
+      }
+      CheckOrExit(st);
+      v.push_back(std::move(pw));
+    }
+    return v;
+  }
+
+  // Random bytes (8 per generator step), each word masked.
+  void FillRandom(void* p, size_t bytes, uint64_t mask) {
+    auto* b = static_cast<uint8_t*>(p);
+    for (size_t i = 0; i < bytes; i += 8) {
+      const uint64_t r = wrng_.Next() & mask;
+      std::memcpy(b + i, &r, std::min<size_t>(8, bytes - i));
     }
   }
 
@@ -294,13 +341,6 @@ class Bench {
   double RunOp(const std::string& op, const KN& kn, int64_t m) {
     const int64_t k = kn.k, n = kn.n;
     Rng rng;
-    Status st;
-    auto check = [&](const Status& s) {
-      if (!s.ok()) {
-        std::fprintf(stderr, "%s: %s\n", op.c_str(), s.ToString().c_str());
-        std::exit(1);
-      }
-    };
     std::vector<uint16_t> xb(m * k);
     for (auto& v : xb) v = FloatToBf16(static_cast<float>(static_cast<int64_t>(rng.Next() % 2001) - 1000) * 1e-3f);
     if (op == "quant_int8") {
@@ -315,34 +355,9 @@ class Bench {
     const bool fp8 = op == "fp8", w4 = op == "w4a16";
     size_t wbytes = w4 ? n * k / 2 + (n * k / 128) * 2 : n * k;
     const int copies = Copies(m, wbytes);
-    std::vector<std::unique_ptr<PreparedWeight>> pws;
-    std::vector<float> wscale(n, 0.01f);
-    for (int c = 0; c < copies; ++c) {
-      std::unique_ptr<PreparedWeight> pw;
-      if (w4) {
-        std::vector<int32_t> packed(n * (k / 8));
-        for (auto& v : packed) v = static_cast<int32_t>(rng.Next());
-        std::vector<uint16_t> sc(n * (k / 128), FloatToBf16(0.01f));
-        Int4WeightSource s;
-        s.weight_packed = packed.data();
-        s.n = n;
-        s.k = k;
-        s.group_size = 128;
-        s.scale = {sc.data(), DType::kBF16, static_cast<int64_t>(sc.size())};
-        st = b_->PrepareInt4(s, &pw);
-      } else {
-        std::vector<uint8_t> w(n * k);
-        for (auto& v : w) v = static_cast<uint8_t>(rng.Next() & 0x6F);
-        if (fp8)
-          st = b_->PrepareFp8({w.data(), n, k, {wscale.data(), DType::kF32, n}}, &pw);
-        else
-          st = b_->PrepareInt8({reinterpret_cast<int8_t*>(w.data()), n, k, {wscale.data(), DType::kF32, n}}, &pw);
-      }
-      check(st);
-      pws.push_back(std::move(pw));
-    }
+    const auto& pws = Weights(w4 ? "int4" : fp8 ? "fp8" : "int8", kn, copies);
     std::vector<uint8_t> xq(m * k);
-    for (auto& v : xq) v = static_cast<uint8_t>(rng.Next() & 0x6F);
+    FillRandom(xq.data(), xq.size(), 0x6F6F6F6F6F6F6F6Full);
     std::vector<float> xs(m, 0.02f);
     void* dxb = Dev(xb.size() * 2, xb.data());
     void* dxq = Dev(xq.size(), xq.data());
@@ -416,6 +431,8 @@ class Bench {
   std::unique_ptr<Backend> b_;
   std::vector<void*> owned_;
   std::vector<Row> rows_;
+  std::map<std::string, std::vector<std::unique_ptr<PreparedWeight>>> weights_;  // see Weights()
+  Rng wrng_;                                                                     // weights' bytes
 };
 
 // OpenBLAS reads OPENBLAS_CORETYPE when it loads; set it and re-exec (design.md "CPU BLAS").
