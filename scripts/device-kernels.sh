@@ -15,7 +15,7 @@
 # compute-sanitizer memcheck on the small shapes (to name the faulting kernel); the kernel
 # benchmark and the torch baselines; the cuBLASLt / cuBLAS paths' tests without CUTLASS (and with
 # the unsplit GEMVs); the split-K and unsplit GEMVs side by side at M ≤ 16; the benchmark without
-# CUTLASS; the plain kernels' benchmark.
+# CUTLASS; the plain kernels' benchmark; the CPU W8A8 benchmark on the device's CPU.
 #   bash scripts/device-kernels.sh            # all
 #   SKIP_BENCH=1 bash scripts/device-kernels.sh
 set -euo pipefail
@@ -78,6 +78,9 @@ if [[ -z "${SKIP_BENCH:-}" ]]; then
   # The plain kernels on the shapes where the library paths take over (writes kernels-cuda-simple.*).
   step bench-cuda-simple 40 "$bench_bin" --backend cuda-simple --ms 256,4096 --ops w8a8,fp8 --reps 2 --out "$out"
   step plot 20 python3 bench/kernels/plot.py "$out/kernels-cuda.csv" "$out/kernels-cuda.png" "$out/torch-baselines.csv"
+  # Last, if time is left: the CPU target (W8A8 ≥ 2.5× OpenBLAS sgemm at M ≥ 64) on the device's
+  # server CPU (AVX-512 VNNI where it has it; the build machine has only AVX2). Writes kernels-cpu.*.
+  step bench-cpu 45 "$bench_bin" --backend cpu --ops sgemm,w8a8 --ms 64,256 --reps 1 --out "$out"
 fi
 # Each GPU target of the kernels issue, met or not, from whatever the steps above wrote.
 python3 bench/kernels/targets.py "$out" > "$out/targets.log" 2>&1 || true
