@@ -7,6 +7,7 @@ Inputs (all written by scripts/device-kernels.sh into one folder):
   gemv-split/kernels-cuda.csv, gemv-unsplit/kernels-cuda.csv   the GEMVs at M ≤ 16 with K split
                           across blocks and without (optional)
   nvidia-smi.txt          which GPU (its HBM bandwidth: the spec figure below)
+  kernels-cpu.csv         lowbit-bench-kernels --backend cpu --ops sgemm,w8a8 (optional: the CPU target)
 
 Times: at M ≤ 256 both sides carry `us_graph` (calls replayed from a CUDA graph, no host launch
 cost) next to `us` (calls issued from the host); a comparison uses `us_graph` when both sides
@@ -127,6 +128,11 @@ def evaluate(folder):
              for (op, shape, m), r in sorted(ours.items()) if op == "quant_int8" and m >= 1024]
         add("| quantization ≥ 85% of HBM bandwidth (M ≥ 1024) | " +
             ("; ".join(f"{s} M={m} {v:.0%}" for s, m, v in q) or "—") + f" | {verdict([v for _, _, v in q], 0.85)} |")
+    cpu = [r for r in load(os.path.join(folder, "kernels-cpu.csv")) if r["op"] == "w8a8" and r["m"] >= 64]
+    if cpu:
+        rows = [(r["shape"], r["m"], float(r["ratio_sgemm"])) for r in cpu]
+        add("| CPU: W8A8 ≥ 2.5× OpenBLAS sgemm at M ≥ 64 | " +
+            "; ".join(f"{s} M={m} {v:.2f}×" for s, m, v in rows) + f" | {verdict([v for _, _, v in rows], 2.5)} |")
     split = index(load(os.path.join(folder, "gemv-split", "kernels-cuda.csv")))
     unsplit = index(load(os.path.join(folder, "gemv-unsplit", "kernels-cuda.csv")))
     if split and unsplit:

@@ -49,6 +49,9 @@ class TargetsTest(unittest.TestCase):
               [row("w4a16", 16, 5, us_graph=3), row("fp8", 16, 5)])
         write(os.path.join(self.dir, "gemv-unsplit", "kernels-cuda.csv"),
               [row("w4a16", 16, 6, us_graph=4.5), row("fp8", 16, 4)])
+        cpu = [row("sgemm", 64, 900), row("w8a8", 64, 300), row("w8a8", 256, 500)]
+        cpu[1]["ratio_sgemm"], cpu[2]["ratio_sgemm"] = 3.0, 2.4
+        write(os.path.join(self.dir, "kernels-cpu.csv"), cpu)
         with open(os.path.join(self.dir, "nvidia-smi.txt"), "w") as f:
             f.write("|   0  NVIDIA H100 80GB HBM3          On  |\n")
         self.text = targets.evaluate(self.dir)
@@ -77,6 +80,9 @@ class TargetsTest(unittest.TestCase):
         self.assertIn("w4a16 o_proj 100%", line(self.text, "| M = 1: every GEMM"))
         # 2.8 TB/s with no graph time: 2.8 / 3.35 = 84% < 85%.
         self.assertIn("o_proj M=4096 84% | not met", line(self.text, "| quantization"))
+
+    def test_cpu_target_takes_the_worst_ratio(self):
+        self.assertIn("o_proj M=64 3.00×; o_proj M=256 2.40× | not met", line(self.text, "| CPU: W8A8"))
 
     def test_split_k_table(self):
         self.assertIn("| w4a16 | o_proj | 1.50 |", self.text)  # 4.5 / 3
