@@ -10,7 +10,6 @@
 //     the workspace, then cublasGemmEx with f32 accumulation into f32, then bias + rounding.
 // Needs K % 8 == 0 and a group size that is a multiple of 8 (a packed word never straddles
 // two groups).
-#include <algorithm>
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
