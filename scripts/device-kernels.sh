@@ -30,6 +30,7 @@ if [[ -f .devbundle/bundle.tar.xz && -z "${LOWBIT_DEVICE_BUILD:-}" ]]; then
   tar -C "$bundle" -xJf .devbundle/bundle.tar.xz
   export LD_LIBRARY_PATH="$bundle/lib:$cuda_home/lib64:$cuda_home/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   echo "prebuilt kernels of commit $(cat "$bundle/COMMIT")" | tee "$out/kernels-build.txt"
+  source scripts/device-check-bundle.sh
   test_bin="$bundle/bin/kernels_backend_ops_gpu_test"
   bench_bin="$bundle/bin/lowbit-bench-kernels"
 else
@@ -45,7 +46,8 @@ fi
 # so the logs show which kernel ran where (fallbacks are otherwise silent).
 export LOWBIT_CUDA_TRACE=1
 step ctest-gpu 240 "$test_bin"
-if ! grep -q "ctest-gpu	0	" "$out/steps.tsv"; then
+# (Not after a timeout: a hang would hang under the sanitizer too.)
+if ! grep -q "ctest-gpu	0	" "$out/steps.tsv" && ! grep -q "ctest-gpu	124	" "$out/steps.tsv"; then
   # A fault or a wrong result: memcheck the small shapes of the whole table (the big ones would take
   # minutes under the sanitizer) to name the kernel and the access.
   sanitizer="$(command -v compute-sanitizer || echo "$cuda_home/bin/compute-sanitizer")"
@@ -58,7 +60,7 @@ no_cutlass_filter+=:BackendOps.RepeatedShapesReuseCublasLtPlansWithNewScales
 if [[ -z "${SKIP_BENCH:-}" ]]; then
   step bench-cuda 210 "$bench_bin" --backend cuda --ms 1,16,64,128,256,1024,4096 \
     --ops w8a8,w8a8_quant,fp8,w4a16,quant_int8 --reps 3 --out "$out"
-  step torch-baselines 90 python3 bench/kernels/torch_baselines.py --ms 1,16,64,128,256,1024,4096 \
+  step torch-baselines 90 python3 -u bench/kernels/torch_baselines.py --ms 1,16,64,128,256,1024,4096 \
     --reps 3 --out "$out/torch-baselines.csv"
 fi
 # Also the unsplit GEMVs at every M ≤ 16 (the default takes the split-K ones from M = 5).

@@ -27,6 +27,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -135,14 +136,16 @@ double TimeGraph(Backend* b, int reps, double one, const CallFn& fn, int64_t* ca
 struct Timing {
   double loop = 0;   // median per-call seconds, calls issued one after another from the host
   double graph = 0;  // the same replayed from a CUDA graph (0: not measured)
+  Status error;      // a call failed: the point is reported and skipped, the run goes on
 };
 
 // fn(0) warms up; `reps` timed batches of ≥ 0.2 s (or one call). With `graph`, also TimeGraph.
 Timing TimeIt(Backend* b, int reps, bool graph, const CallFn& fn) {
-  CheckOrExit(fn(0));
+  Timing t;
+  if (!(t.error = fn(0)).ok()) return t;
   (void)b->Synchronize();
   double t0 = Now();
-  CheckOrExit(fn(1));
+  if (!(t.error = fn(1)).ok()) return t;
   (void)b->Synchronize();
   const double one = std::max(Now() - t0, 1e-7);
   const int64_t iters = std::max<int64_t>(1, static_cast<int64_t>(0.2 / one));
@@ -151,11 +154,11 @@ Timing TimeIt(Backend* b, int reps, bool graph, const CallFn& fn) {
   for (int r = 0; r < reps; ++r) {
     (void)b->Synchronize();
     t0 = Now();
-    for (int64_t i = 0; i < iters; ++i) CheckOrExit(fn(call++));
+    for (int64_t i = 0; i < iters && t.error.ok(); ++i) t.error = fn(call++);
+    if (!t.error.ok()) return t;
     (void)b->Synchronize();
     per.push_back((Now() - t0) / iters);
   }
-  Timing t;
   t.loop = Median(per);
   if (graph) t.graph = TimeGraph(b, reps, t.loop, fn, &call);
   return t;
@@ -177,6 +180,8 @@ std::string CpuModel() {
 }
 
 std::string Commit() {
+  // A bundle run on another machine (scripts/device-kernels.sh) names its commit here.
+  if (const char* c = std::getenv("LOWBIT_COMMIT"); c != nullptr && *c != '\0') return c;
   std::string cmd = std::string("git -C ") + LOWBIT_SOURCE_DIR + " rev-parse --short HEAD 2>/dev/null";
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return "unknown";
@@ -227,11 +232,10 @@ class Bench {
   }
 
   // The cache the rotation must defeat: the CPU's last level, or on a GPU backend its L2 (50 MB on
-  // an H100 / H200, the size torch_baselines.py assumes, so both sides rotate alike) if larger.
+  // an H100 / H200, the size torch_baselines.py assumes, so both sides rotate alike).
   int Copies(int64_t m, size_t weight_bytes) const {
     if (m > 64) return 1;
-    const bool gpu = b_->name().rfind("cpu", 0) != 0;
-    const int64_t cache = gpu ? std::max<int64_t>(LastLevelCache(), kGpuL2Bytes) : LastLevelCache();
+    const int64_t cache = Gpu() ? kGpuL2Bytes : LastLevelCache();
     return static_cast<int>(std::clamp<int64_t>((2 * cache + weight_bytes - 1) / weight_bytes, 1, 16));
   }
 
@@ -243,14 +247,10 @@ class Bench {
     if (b_->name().rfind("cpu", 0) != 0 || b_->name() == "cpu-ref") want_sgemm = false;
     for (const KN& kn : ShapeSet(o_.shapes)) {
       for (int64_t m : o_.ms) {
-        double t_sgemm = 0;
-        if (want_sgemm) t_sgemm = RunSgemm(kn, m);
-        for (const std::string& op : o_.ops) {
-          if (op == "sgemm") continue;
-          double t = RunOp(op, kn, m);
-          if (t <= 0) continue;
-          rows_.back().ratio_sgemm = t_sgemm > 0 ? t_sgemm / t : 0;
-        }
+        t_sgemm_ = 0;
+        if (want_sgemm) t_sgemm_ = RunSgemm(kn, m);
+        for (const std::string& op : o_.ops)
+          if (op != "sgemm") RunOp(op, kn, m);
         FreeAll();
       }
       weights_.clear();
@@ -260,7 +260,8 @@ class Bench {
   // The prepared weights of the current layer shape for one kind ("int8" for w8a8 and
   // w8a8_quant, "fp8", "int4"), at least `copies` of them: made once per shape and kept across M
   // (an M that rotates through more copies adds them), so the host generates each weight once.
-  const std::vector<std::unique_ptr<PreparedWeight>>& Weights(const std::string& kind, const KN& kn, int copies) {
+  // Null (the error printed) when a weight cannot be prepared.
+  const std::vector<std::unique_ptr<PreparedWeight>>* Weights(const std::string& kind, const KN& kn, int copies) {
     auto& v = weights_[kind];
     const int64_t k = kn.k, n = kn.n;
     while (static_cast<int>(v.size()) < copies) {
@@ -286,10 +287,13 @@ class Bench {
         else
           st = b_->PrepareInt8({reinterpret_cast<int8_t*>(w.data()), n, k, {wscale.data(), DType::kF32, n}}, &pw);
       }
-      CheckOrExit(st);
+      if (!st.ok()) {
+        std::fprintf(stderr, "prepare %s %s: %s\n", kind.c_str(), kn.name, st.ToString().c_str());
+        return nullptr;
+      }
       v.push_back(std::move(pw));
     }
-    return v;
+    return &v;
   }
 
   // Random bytes (8 per generator step), each word masked.
@@ -301,14 +305,37 @@ class Bench {
     }
   }
 
-  // On a GPU backend the memory-bound calls (M ≤ 256, a few µs each, where the host's launch cost
-  // can exceed the kernel's) are also timed replayed from a CUDA graph.
-  bool GraphTimed(int64_t m) const { return b_->name().rfind("cpu", 0) != 0 && m <= 256; }
+  bool Gpu() const { return b_->name().rfind("cpu", 0) != 0; }
+  // On a GPU backend the calls of a few µs, where the host's launch cost can exceed the kernel's,
+  // are also timed replayed from a CUDA graph: the GEMMs at M ≤ 256 and the quantization always.
+  bool GraphTimed(const std::string& op, int64_t m) const { return Gpu() && (m <= 256 || op == "quant_int8"); }
 
-  double Record(const std::string& op, const KN& kn, int64_t m, Timing tm, double flops, double bytes) {
+  // Prints the point and appends it to the CSV at once (a run cut short keeps what it measured);
+  // a failed point is reported and skipped. Returns the loop time (0: skipped).
+  double Record(const std::string& op, const KN& kn, int64_t m, const Timing& tm, double flops, double bytes) {
+    if (!tm.error.ok()) {
+      std::fprintf(stderr, "%s %s M=%lld: %s (point skipped)\n", op.c_str(), kn.name, (long long)m,
+                   tm.error.ToString().c_str());
+      return 0;
+    }
     const double t = tm.loop;
-    Row r{op, kn.name, m, kn.k, kn.n, t * 1e6, flops / t / 1e12, bytes / t / 1e12, tm.graph * 1e6, 0};
+    Row r{op,
+          kn.name,
+          m,
+          kn.k,
+          kn.n,
+          t * 1e6,
+          flops / t / 1e12,
+          bytes / t / 1e12,
+          tm.graph * 1e6,
+          op != "sgemm" && op != "quant_int8" && t_sgemm_ > 0 ? t_sgemm_ / t : 0};
     rows_.push_back(r);
+    if (!csv_.is_open()) {
+      csv_.open(o_.out + "/kernels-" + b_->name() + ".csv");
+      csv_ << "op,shape,m,k,n,us,tflops,tbs,ratio_sgemm,us_graph\n";
+    }
+    csv_ << r.op << "," << r.shape << "," << r.m << "," << r.k << "," << r.n << "," << r.us << "," << r.tflops << ","
+         << r.tbs << "," << r.ratio_sgemm << "," << r.us_graph << std::endl;
     std::printf("%-11s %-13s M=%-5lld K=%-6lld N=%-6lld %10.1f us %8.3f TFLOP/s %7.3f TB/s", op.c_str(), kn.name,
                 (long long)m, (long long)kn.k, (long long)kn.n, r.us, r.tflops, r.tbs);
     if (tm.graph > 0) std::printf("  graph %8.2f us %7.3f TB/s", r.us_graph, bytes / tm.graph / 1e12);
@@ -344,10 +371,11 @@ class Bench {
     std::vector<uint16_t> xb(m * k);
     for (auto& v : xb) v = FloatToBf16(static_cast<float>(static_cast<int64_t>(rng.Next() % 2001) - 1000) * 1e-3f);
     if (op == "quant_int8") {
+      if (!quant_done_.insert({m, k}).second) return 0;  // the same (M, K) for another layer shape
       void* dx = Dev(xb.size() * 2, xb.data());
       void* dq = Dev(m * k);
       void* ds = Dev(m * 4);
-      const Timing t = TimeIt(b_.get(), o_.reps, GraphTimed(m), [&](int64_t) {
+      const Timing t = TimeIt(b_.get(), o_.reps, GraphTimed(op, m), [&](int64_t) {
         return b_->QuantizeInt8PerToken(DType::kBF16, dx, m, k, static_cast<int8_t*>(dq), static_cast<float*>(ds));
       });
       return Record(op, kn, m, t, 0.0, 3.0 * m * k + 4.0 * m);
@@ -355,7 +383,8 @@ class Bench {
     const bool fp8 = op == "fp8", w4 = op == "w4a16";
     size_t wbytes = w4 ? n * k / 2 + (n * k / 128) * 2 : n * k;
     const int copies = Copies(m, wbytes);
-    const auto& pws = Weights(w4 ? "int4" : fp8 ? "fp8" : "int8", kn, copies);
+    const auto* pws = Weights(w4 ? "int4" : fp8 ? "fp8" : "int8", kn, copies);
+    if (pws == nullptr) return 0;
     std::vector<uint8_t> xq(m * k);
     FillRandom(xq.data(), xq.size(), 0x6F6F6F6F6F6F6F6Full);
     std::vector<float> xs(m, 0.02f);
@@ -371,8 +400,8 @@ class Bench {
     a.x_scale_count = m;
     a.y = dy;
     a.y_dtype = DType::kBF16;
-    const Timing t = TimeIt(b_.get(), o_.reps, GraphTimed(m), [&](int64_t i) {
-      a.w = pws[i % copies].get();
+    const Timing t = TimeIt(b_.get(), o_.reps, GraphTimed(op, m), [&](int64_t i) {
+      a.w = (*pws)[i % copies].get();
       if (op == "w8a8_quant") {
         Status q =
             b_->QuantizeInt8PerToken(DType::kBF16, dxb, m, k, static_cast<int8_t*>(dxq), static_cast<float*>(dxs));
@@ -384,14 +413,10 @@ class Bench {
     return Record(op, kn, m, t, 2.0 * m * n * k, wbytes + act_bytes + 2.0 * m * n);
   }
 
+  // The Markdown table and the plot (the CSV was written point by point).
   void Write(const std::string& cmdline) {
     std::string base = o_.out + "/kernels-" + b_->name();
-    std::ofstream csv(base + ".csv");
-    csv << "op,shape,m,k,n,us,tflops,tbs,ratio_sgemm,us_graph\n";
-    for (const Row& r : rows_)
-      csv << r.op << "," << r.shape << "," << r.m << "," << r.k << "," << r.n << "," << r.us << "," << r.tflops << ","
-          << r.tbs << "," << r.ratio_sgemm << "," << r.us_graph << "\n";
-    csv.close();
+    csv_.close();
     std::ofstream md(base + ".md");
     const char* core = std::getenv("OPENBLAS_CORETYPE");
     md << "Command: `" << cmdline << "`  \n";
@@ -407,7 +432,7 @@ class Bench {
     md << "µs: median per call; TFLOP/s = 2·M·N·K / t; TB/s = (weights in their format + activations + outputs) / t; "
           "× sgemm = t(OpenBLAS sgemm, same M, K, N, same run) / t; µs (graph): per call when " +
               std::to_string(kGraphCalls) +
-              " calls are replayed from a CUDA graph (GPU, M ≤ 256: no host launch cost).\n\n";
+              " calls are replayed from a CUDA graph (GPU, M ≤ 256 and quantization: no host launch cost).\n\n";
     md << "| op | layer (K×N) | M | µs | TFLOP/s | TB/s | × sgemm | µs (graph) |\n"
           "|---|---|---:|---:|---:|---:|---:|---:|\n";
     char buf[512];
@@ -433,6 +458,9 @@ class Bench {
   std::vector<Row> rows_;
   std::map<std::string, std::vector<std::unique_ptr<PreparedWeight>>> weights_;  // see Weights()
   Rng wrng_;                                                                     // weights' bytes
+  double t_sgemm_ = 0;                                // the sgemm time of the current (shape, M), 0 if none
+  std::set<std::pair<int64_t, int64_t>> quant_done_;  // (M, K) already timed for quant_int8
+  std::ofstream csv_;
 };
 
 // OpenBLAS reads OPENBLAS_CORETYPE when it loads; set it and re-exec (design.md "CPU BLAS").

@@ -128,7 +128,8 @@ def evaluate(folder):
              for (op, shape, m), r in sorted(ours.items()) if op == "quant_int8" and m >= 1024]
         add("| quantization ≥ 85% of HBM bandwidth (M ≥ 1024) | " +
             ("; ".join(f"{s} M={m} {v:.0%}" for s, m, v in q) or "—") + f" | {verdict([v for _, _, v in q], 0.85)} |")
-    cpu = [r for r in load(os.path.join(folder, "kernels-cpu.csv")) if r["op"] == "w8a8" and r["m"] >= 64]
+    cpu = [r for r in load(os.path.join(folder, "kernels-cpu.csv"))
+           if r["op"] == "w8a8" and r["m"] >= 64 and float(r["ratio_sgemm"]) > 0]  # 0: no sgemm beside it
     if cpu:
         rows = [(r["shape"], r["m"], float(r["ratio_sgemm"])) for r in cpu]
         add("| CPU: W8A8 ≥ 2.5× OpenBLAS sgemm at M ≥ 64 | " +

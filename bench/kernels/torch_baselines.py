@@ -76,43 +76,56 @@ def main():
     ap.add_argument("--out", default="torch-baselines.csv")
     args = ap.parse_args()
     dev = torch.device("cuda")
-    rows = []
-    for name, k, n in SHAPES:
-        for m in [int(v) for v in args.ms.split(",")]:
-            copies = max(1, min(16, (2 * L2_BYTES) // (n * k))) if m <= 64 else 1
-            x16 = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-            w16 = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) for _ in range(copies)]
-            ops = {"torch_bf16": (lambda i: torch.matmul(x16, w16[i].t()), 2 * n * k + 2 * m * k + 2 * m * n)}
-            x8 = torch.randint(-128, 127, (max(m, 17), k), device=dev, dtype=torch.int8)  # _int_mm needs M > 16
-            w8 = [torch.randint(-128, 127, (n, k), device=dev, dtype=torch.int8) for _ in range(copies)]
-            ops["torch_int_mm"] = (lambda i: torch._int_mm(x8, w8[i].t()), n * k + m * k + 4 * m * n)
-            xf8 = x16.to(torch.float8_e4m3fn)
-            wf8 = [w.to(torch.float8_e4m3fn) for w in w16]
-            sa = torch.rand(m, 1, device=dev, dtype=torch.float32) + 0.5
-            sb = torch.rand(1, n, device=dev, dtype=torch.float32) + 0.5
-            ops["torch_scaled_mm"] = (lambda i: torch._scaled_mm(xf8, wf8[i].t(), scale_a=sa, scale_b=sb,
-                                                                  out_dtype=torch.bfloat16), n * k + m * k + 2 * m * n)
-            for op, (fn, nbytes) in ops.items():
-                try:
-                    t = time_op(fn, copies, args.reps)
-                except Exception as e:  # noqa: BLE001 - report and go on
-                    print(f"{op} M={m} {name}: {e}")
-                    continue
-                tg = 0.0
-                if m <= 256:
-                    try:
-                        tg = time_graph(fn, copies, args.reps, t)
-                    except Exception as e:  # noqa: BLE001 - the loop figure stands alone
-                        print(f"{op} M={m} {name}: no graph timing: {e}")
-                rows.append(dict(op=op, shape=name, m=m, k=k, n=n, us=t * 1e6, tflops=2 * m * n * k / t / 1e12,
-                                 tbs=nbytes / t / 1e12, ratio_sgemm=0, us_graph=tg * 1e6))
-                graph = f"  graph {tg * 1e6:8.2f} us" if tg > 0 else ""
-                print(f"{op:16s} {name:13s} M={m:<5d} {t * 1e6:10.1f} us {2 * m * n * k / t / 1e12:8.1f} TFLOP/s{graph}")
+    fields = ["op", "shape", "m", "k", "n", "us", "tflops", "tbs", "ratio_sgemm", "us_graph"]
+    # Rows are written as they are measured: a run cut short keeps what it measured.
     with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["op", "shape", "m", "k", "n", "us", "tflops", "tbs", "ratio_sgemm", "us_graph"])
-        w.writeheader()
-        w.writerows(rows)
+        out = csv.DictWriter(f, fieldnames=fields)
+        out.writeheader()
+        f.flush()
+        for name, k, n in SHAPES:
+            for m in [int(v) for v in args.ms.split(",")]:
+                measure_shape(dev, name, k, n, m, args.reps, out, f)
     print("wrote", args.out)
+
+
+def copies_for(m, weight_bytes):
+    """Weight copies to rotate through: ≥ 2× the L2 for memory-bound M (as lowbit-bench-kernels)."""
+    return max(1, min(16, -(-2 * L2_BYTES // weight_bytes))) if m <= 64 else 1
+
+
+def measure_shape(dev, name, k, n, m, reps, out, f):
+    c16, c8 = copies_for(m, 2 * n * k), copies_for(m, n * k)
+    x16 = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+    w16 = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) for _ in range(c16)]
+    ops = {"torch_bf16": (lambda i: torch.matmul(x16, w16[i].t()), 2 * n * k + 2 * m * k + 2 * m * n, c16)}
+    # torch._int_mm needs M > 16: at M ≤ 16 this row is an M = 17 product (labelled with M).
+    x8 = torch.randint(-128, 127, (max(m, 17), k), device=dev, dtype=torch.int8)
+    w8 = [torch.randint(-128, 127, (n, k), device=dev, dtype=torch.int8) for _ in range(c8)]
+    ops["torch_int_mm"] = (lambda i: torch._int_mm(x8, w8[i].t()), n * k + m * k + 4 * m * n, c8)
+    xf8 = x16.to(torch.float8_e4m3fn)
+    wf8 = [torch.randn(n, k, device=dev, dtype=torch.bfloat16).to(torch.float8_e4m3fn) for _ in range(c8)]
+    sa = torch.rand(m, 1, device=dev, dtype=torch.float32) + 0.5
+    sb = torch.rand(1, n, device=dev, dtype=torch.float32) + 0.5
+    ops["torch_scaled_mm"] = (lambda i: torch._scaled_mm(xf8, wf8[i].t(), scale_a=sa, scale_b=sb,
+                                                          out_dtype=torch.bfloat16), n * k + m * k + 2 * m * n, c8)
+    for op, (fn, nbytes, copies) in ops.items():
+        try:
+            t = time_op(fn, copies, reps)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            print(f"{op} M={m} {name}: {e}", flush=True)
+            continue
+        tg = 0.0
+        if m <= 256:
+            try:
+                tg = time_graph(fn, copies, reps, t)
+            except Exception as e:  # noqa: BLE001 - the loop figure stands alone
+                print(f"{op} M={m} {name}: no graph timing: {e}", flush=True)
+        out.writerow(dict(op=op, shape=name, m=m, k=k, n=n, us=t * 1e6, tflops=2 * m * n * k / t / 1e12,
+                          tbs=nbytes / t / 1e12, ratio_sgemm=0, us_graph=tg * 1e6))
+        f.flush()
+        graph = f"  graph {tg * 1e6:8.2f} us" if tg > 0 else ""
+        print(f"{op:16s} {name:13s} M={m:<5d} {t * 1e6:10.1f} us {2 * m * n * k / t / 1e12:8.1f} TFLOP/s{graph}",
+              flush=True)
 
 
 if __name__ == "__main__":
