@@ -197,6 +197,7 @@ class CudaBackend : public Backend {
     if (cublasLtCreate(&lt_) != CUBLAS_STATUS_SUCCESS) return Internal("cublasLtCreate failed");
     LOWBIT_CUDA_RETURN(cudaMalloc(&lt_ws_, kLtWorkspace), "cudaMalloc (cuBLASLt workspace)");
     lt_gemms_ = std::make_unique<cuda::CublasLtGemms>(lt_, lt_ws_, kLtWorkspace);
+    LOWBIT_KRETURN_IF_ERROR(UseBlasWorkspace());
     // The split-K GEMVs: their partial sums in the cuBLASLt workspace (calls on the stream run in
     // turn), their tickets zeroed once here.
     LOWBIT_CUDA_RETURN(cudaMalloc(&split_.tickets, kGemvTickets * sizeof(unsigned)), "cudaMalloc (GEMV tickets)");
@@ -256,7 +257,7 @@ class CudaBackend : public Backend {
       LOWBIT_CUDA_RETURN(cudaStreamSynchronize(stream_), "SetStream: sync the previous stream");
     stream_ = static_cast<cudaStream_t>(stream);
     if (cublasSetStream(blas_, stream_) != CUBLAS_STATUS_SUCCESS) return Internal("cublasSetStream failed");
-    return Status::Ok();
+    return UseBlasWorkspace();
   }
 
   Status QuantizeInt8PerToken(DType dt, const void* x, int64_t m, int64_t k, int8_t* q, float* scale) override {
@@ -562,6 +563,15 @@ class CudaBackend : public Backend {
   }
 
  private:
+  // cuBLAS on the backend's workspace (calls on the stream run in turn), not a pool it allocates
+  // per stream: nothing to allocate when a caller captures the stream into a CUDA graph. Again
+  // after every cublasSetStream, which resets it.
+  Status UseBlasWorkspace() {
+    if (cublasSetWorkspace(blas_, lt_ws_, kLtWorkspace) != CUBLAS_STATUS_SUCCESS)
+      return Internal("cublasSetWorkspace failed");
+    return Status::Ok();
+  }
+
   // The device current on the calling thread (cudaSetDevice is per thread; callers may use any
   // thread). Cheap when it already is.
   Status UseDevice() const { return CudaStatus(cudaSetDevice(device_), "cudaSetDevice"); }

@@ -115,13 +115,18 @@ Status CublasLtGemms::Find(const Key& key, Plan** out) {
 // The matmul itself. NOT_SUPPORTED — and, on a plan's first matmul, INVALID_VALUE or
 // ARCH_MISMATCH (what cuBLASLt answers for a type or scale-mode combination it has no kernel for)
 // — marks the plan unusable and leaves *used false: the caller falls back. Other failures are
-// errors.
+// errors; so is a refusal while the stream is being captured into a CUDA graph (what capture
+// allows is not what a plain launch allows: the plan is not given up on that evidence).
 Status CublasLtGemms::Run(Plan* p, const void* alpha, const void* w, const void* x, const void* beta, void* y,
                           cudaStream_t stream, bool* used) {
   const cublasStatus_t s = cublasLtMatmul(lt_, p->op, alpha, w, p->a, x, p->b, beta, y, p->d, y, p->d, &p->res.algo,
                                           workspace_, workspace_bytes_, stream);
   if (s == CUBLAS_STATUS_NOT_SUPPORTED ||
       (!p->ran && (s == CUBLAS_STATUS_INVALID_VALUE || s == CUBLAS_STATUS_ARCH_MISMATCH))) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture != cudaStreamCaptureStatusNone)
+      return Internal("cuBLASLt refused a matmul during stream capture (status " + std::to_string(static_cast<int>(s)) +
+                      ")");
     p->usable = false;
     return Status::Ok();
   }
