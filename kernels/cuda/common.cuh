@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "common/dtype.h"
 #include "kernels/status.h"
@@ -71,6 +72,11 @@ inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // the last block of a tile to arrive (LastSliceBlock) adds the slices in order 0, 1, … and
 // writes Y — the same bits whichever block comes last.
 
+// Weight rows per block of the M ≤ 16 GEMVs, unsplit and split-K (the launchers' grids, the
+// backend's path names).
+constexpr int kGemv8Rows = 8, kGemv8SplitRows = 64;      // W8A8, FP8
+constexpr int kGemvW4Rows = 16, kGemvW4SplitRows = 128;  // W4A16
+
 // The backend's scratch for it. One launch at a time may use it (the backend's calls run in turn
 // on its stream).
 struct GemvSplitWork {
@@ -131,6 +137,52 @@ __device__ __forceinline__ bool LastSliceBlock(unsigned* tickets, unsigned tile,
   __syncthreads();
   if (last) __threadfence();
   return last;
+}
+
+// A lane's partial sums for kTiles mma n-tiles of 8 columns, as the mma leaves them: c[t][0],
+// c[t][1] for token g = lane / 4 at columns col[t], col[t] + 1 (col[t] even), c[t][2], c[t][3]
+// for token g + 8. part is [slices][M][ld] with every column of the padded tiles in bounds; tokens
+// ≥ M are neither stored nor read. Pairs of columns move as one 8-byte access.
+template <class Acc>
+using AccPair = std::conditional_t<std::is_same_v<Acc, float>, float2, int2>;
+
+// Stores this block's slice (blockIdx.y) of the partial sums.
+template <class Acc, int kTiles>
+__device__ __forceinline__ void StoreSlicePartials(Acc* part, int64_t ld, int64_t m, const int64_t (&col)[kTiles],
+                                                   const Acc (&c)[kTiles][4]) {
+  const int g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+  for (int t = 0; t < kTiles; ++t)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      if (g + 8 * h < m)
+        __stcg(reinterpret_cast<AccPair<Acc>*>(part + (blockIdx.y * m + g + 8 * h) * ld + col[t]),
+               AccPair<Acc>{c[t][2 * h], c[t][2 * h + 1]});
+}
+
+// In a tile's last block (LastSliceBlock): c becomes the sums over every slice, each output's
+// added in slice order 0, 1, … Slice-major, so up to 4 · 2 · kTiles loads are in flight per
+// thread (this block is on the kernel's critical path).
+template <class Acc, int kTiles>
+__device__ __forceinline__ void SumSlicePartials(const Acc* part, int64_t ld, int64_t m, int slices,
+                                                 const int64_t (&col)[kTiles], Acc (&c)[kTiles][4]) {
+  const int g = (threadIdx.x & 31) >> 2;
+  Acc sum[kTiles][4] = {};
+#pragma unroll 4
+  for (int s = 0; s < slices; ++s)
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (g + 8 * h >= m) continue;
+        const AccPair<Acc> p = __ldcg(reinterpret_cast<const AccPair<Acc>*>(part + (s * m + g + 8 * h) * ld + col[t]));
+        sum[t][2 * h] += p.x;
+        sum[t][2 * h + 1] += p.y;
+      }
+#pragma unroll
+  for (int t = 0; t < kTiles; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) c[t][i] = sum[t][i];
 }
 
 // ---- launchers (host functions; every one enqueues on `stream` and returns launch errors) ----

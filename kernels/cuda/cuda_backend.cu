@@ -409,7 +409,7 @@ class CudaBackend : public Backend {
       int64_t slices = 0;
       LOWBIT_KRETURN_IF_ERROR(LaunchGemvW8A8(x, a.x_scale, a.x_scale_count, wq, w.scale, w.scale_count, a.bias, m, n, k,
                                              yt, a.y, &split_, &slices, stream_));
-      if (trace_.on()) trace_.Note(name_, "W8A8", m, n, k, GemvPath(slices, 64, 8).c_str());
+      if (trace_.on()) trace_.Note(name_, "W8A8", m, n, k, GemvPath(slices, kGemv8SplitRows, kGemv8Rows).c_str());
       return Status::Ok();
     }
     // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue (a
@@ -461,7 +461,7 @@ class CudaBackend : public Backend {
       LOWBIT_KRETURN_IF_ERROR(LaunchGemvFp8(static_cast<const uint8_t*>(a.x), a.x_scale, a.x_scale_count,
                                             static_cast<const uint8_t*>(w.w), w.scale, w.scale_count, a.bias, m, n, k,
                                             ToElem(a.y_dtype), a.y, &split_, &slices, stream_));
-      if (trace_.on()) trace_.Note(name_, "FP8", m, n, k, GemvPath(slices, 64, 8).c_str());
+      if (trace_.on()) trace_.Note(name_, "FP8", m, n, k, GemvPath(slices, kGemv8SplitRows, kGemv8Rows).c_str());
       return Status::Ok();
     }
     // Hopper, M > 16: CUTLASS wgmma + TMA with the scales and bias fused into the epilogue (a
@@ -537,9 +537,10 @@ class CudaBackend : public Backend {
         LOWBIT_KRETURN_IF_ERROR(
             LaunchGemvW4Mma(xt, x, w.w4, a.bias, rows, n, k, y, scales_exact, &split_, &slices, stream_));
         if (trace_.on())
-          trace_.Note(
-              name_, "W4A16", rows, n, k,
-              (GemvPath(slices, 128, 16) + (GemvW4MmaPacked(w.w4, scales_exact) ? ", packed dequant" : "")).c_str());
+          trace_.Note(name_, "W4A16", rows, n, k,
+                      (GemvPath(slices, kGemvW4SplitRows, kGemvW4Rows) +
+                       (GemvW4MmaPacked(w.w4, scales_exact) ? ", packed dequant" : ""))
+                          .c_str());
       } else if (m <= kGemvMaxM) {
         trace_.Note(name_, "W4A16", rows, n, k, "SIMT GEMV");
         LOWBIT_KRETURN_IF_ERROR(LaunchGemvW4(xt, x, w.w4, a.bias, rows, n, k, y, stream_));

@@ -262,7 +262,7 @@ __global__ void __launch_bounds__(kW4Warps * 32)
     GemvW4MmaKernel(const T* __restrict__ x, W4Dev w, const float* __restrict__ bias, int64_t m, int64_t n, int64_t k,
                     T* __restrict__ y) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * 16;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kGemvW4Rows;
   float c[2][4] = {};
   W4MmaRows<T, kUpperRows, kPacked>(x, w, m, n, k, n0, warp, (k + 127) / 128, kW4Warps, c);
   __shared__ float part[kW4Warps][2][4][32];
@@ -285,16 +285,16 @@ __global__ void __launch_bounds__(kW4Warps * 32)
   }
 }
 
-// kW4SplitRows weight rows per block, warp w owning rows 16w … 16w + 15 of them over the block's
+// kGemvW4SplitRows weight rows per block, warp w owning rows 16w … 16w + 15 of them over the block's
 // slice of K (blockIdx.y: steps [slice · slice_steps, …)), so a block reads its slice of the
 // activation once for 128 weight rows where the kernel above reads all of it for 16 — at M = 16
 // the activation re-reads, not the weight, would bound that one. With one slice the warps write
-// Y; with several each block writes its partial sums to part[slice][M][tiles · kW4SplitRows], and
+// Y; with several each block writes its partial sums to part[slice][M][tiles · kGemvW4SplitRows], and
 // the last block of a row tile to arrive (a ticket per tile, reset by that block for the next
 // launch) adds the slices in order 0, 1, … — the same bits whichever block comes last
 // (common.cuh: PlanGemvSplit, LastSliceBlock). Two blocks per SM (≤ 128 registers; the plan
 // sizes the grid for that).
-constexpr int kW4SplitRows = 16 * kW4Warps;
+static_assert(kGemvW4SplitRows == 16 * kW4Warps);
 constexpr int kW4SplitBlocksPerSm = 2;
 
 template <class T, bool kUpperRows, bool kPacked>
@@ -303,47 +303,18 @@ __global__ void __launch_bounds__(kW4Warps * 32, kW4SplitBlocksPerSm)
                       int64_t slice_steps, float* __restrict__ part, unsigned* __restrict__ tickets,
                       T* __restrict__ y) {
   const int warp = threadIdx.x >> 5;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kW4SplitRows + 16 * warp;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kGemvW4SplitRows + 16 * warp;
   const int64_t steps = (k + 127) / 128, begin = static_cast<int64_t>(blockIdx.y) * slice_steps;
   float c[2][4] = {};
   const int64_t end = begin + slice_steps < steps ? begin + slice_steps : steps;
   W4MmaRows<T, kUpperRows, kPacked>(x, w, m, n, k, n0, begin, end, 1, c);
   const int slices = static_cast<int>(gridDim.y);
   if (slices > 1) {
-    const int64_t ld = static_cast<int64_t>(gridDim.x) * kW4SplitRows;  // every column in bounds
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-#pragma unroll
-      for (int i = 0; i < 4; i += 2) {
-        const W4Out o = W4OutPos(n0, r, i);  // o.gn even: columns gn, gn + 1 in one 8-byte store
-        if (o.gm < m)
-          __stcg(reinterpret_cast<float2*>(part + (blockIdx.y * m + o.gm) * ld + o.gn),
-                 make_float2(c[r][i], c[r][i + 1]));
-      }
+    const int64_t ld = static_cast<int64_t>(gridDim.x) * kGemvW4SplitRows;
+    const int64_t col[2] = {W4OutPos(n0, 0, 0).gn, W4OutPos(n0, 1, 0).gn};
+    StoreSlicePartials(part, ld, m, col, c);
     if (!LastSliceBlock(tickets, blockIdx.x, slices)) return;
-    // Slice-major with a column pair per load, so up to 16 loads are in flight per thread (this
-    // block is on the kernel's critical path); each output still adds slices 0, 1, … in order.
-    float2 sum[2][2];  // [r][i / 2]
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) sum[r][h] = make_float2(0.0f, 0.0f);
-#pragma unroll 4
-    for (int s = 0; s < slices; ++s)
-#pragma unroll
-      for (int r = 0; r < 2; ++r)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const W4Out o = W4OutPos(n0, r, 2 * h);
-          if (o.gm >= m) continue;
-          const float2 p = __ldcg(reinterpret_cast<const float2*>(part + (s * m + o.gm) * ld + o.gn));
-          sum[r][h].x = __fadd_rn(sum[r][h].x, p.x);
-          sum[r][h].y = __fadd_rn(sum[r][h].y, p.y);
-        }
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) c[r][2 * h] = sum[r][h].x, c[r][2 * h + 1] = sum[r][h].y;
+    SumSlicePartials(part, ld, m, slices, col, c);
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r)
@@ -471,8 +442,8 @@ template <class T, bool kUpperRows, bool kPacked>
 struct LaunchMma16 {
   static void Run(const void* x, const W4Dev& w, const float* bias, int64_t m, int64_t n, int64_t k, void* y,
                   cudaStream_t s) {
-    GemvW4MmaKernel<T, kUpperRows, kPacked>
-        <<<Blocks(n, 16), kW4Warps * 32, 0, s>>>(static_cast<const T*>(x), w, bias, m, n, k, static_cast<T*>(y));
+    GemvW4MmaKernel<T, kUpperRows, kPacked><<<Blocks(n, kGemvW4Rows), kW4Warps * 32, 0, s>>>(
+        static_cast<const T*>(x), w, bias, m, n, k, static_cast<T*>(y));
   }
 };
 
@@ -501,7 +472,7 @@ Status LaunchGemvW4Mma(int xt, const void* x, const W4Dev& w, const float* bias,
     return Internal("LaunchGemvW4Mma: needs 1 ≤ M ≤ 16, K % 32 == 0 and f16/bf16 activations");
   const bool packed = GemvW4MmaPacked(w, scales_exact);
   const bool bf16 = xt == kBF16;
-  const GemvSplitPlan plan = PlanGemvSplit(split, kW4SplitRows, 128, kW4SplitBlocksPerSm, sizeof(float), m, n, k);
+  const GemvSplitPlan plan = PlanGemvSplit(split, kGemvW4SplitRows, 128, kW4SplitBlocksPerSm, sizeof(float), m, n, k);
   *slices_used = plan.slices;
   if (plan.slices > 0) {
     const dim3 grid(static_cast<unsigned>(plan.tiles), static_cast<unsigned>(plan.slices));

@@ -8,7 +8,6 @@
 // takes cuBLASLt's int8 tensor cores for the accumulators at M > 16 where it has an algorithm
 // (gemm_cublaslt.cu) and runs the same epilogue on them (W8A8EpilogueKernel).
 #include <algorithm>
-#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 
@@ -196,7 +195,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
                    const float* __restrict__ bias, int64_t m, int64_t n, int64_t k, int yt, void* y) {
   using Acc = typename Op::Acc;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * 8;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kGemv8Rows;
   Acc c[4] = {0, 0, 0, 0};
   Mma8Rows<Op, kUpperRows>(x, w, m, n, k, n0, warp, (k + 63) / 64, kGemvWarps, c);
   __shared__ Acc part[kGemvWarps][32][4];
@@ -215,7 +214,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   }
 }
 
-// kGemvSplitRows weight rows per block, warp w owning rows 8w … 8w + 7 over the block's slice of
+// kGemv8SplitRows weight rows per block, warp w owning rows 8w … 8w + 7 over the block's slice of
 // K (blockIdx.y), so a block reads its slice of the activation once for 64 weight rows where the
 // kernel above reads all of it for 8 (at M = 16 the int8 activation is twice the weight rows'
 // bytes a block streams). Partial sums as in the int4 split kernel (common.cuh, "split-K"):
@@ -223,7 +222,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 // blocks per SM (≤ 85 registers: FP8 spills under four's 64; the plan sizes the grid for that).
 constexpr int kGemvSplitBlocksPerSm = 3;
 constexpr int kGemvSplitWarps = 8;
-constexpr int kGemvSplitRows = 8 * kGemvSplitWarps;
+static_assert(kGemv8SplitRows == 8 * kGemvSplitWarps);
 
 template <class Op, bool kUpperRows>
 __global__ void __launch_bounds__(kGemvSplitWarps * 32, kGemvSplitBlocksPerSm)
@@ -233,46 +232,25 @@ __global__ void __launch_bounds__(kGemvSplitWarps * 32, kGemvSplitBlocksPerSm)
                         typename Op::Acc* __restrict__ part, unsigned* __restrict__ tickets, int yt, void* y) {
   using Acc = typename Op::Acc;
   const int warp = threadIdx.x >> 5;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kGemvSplitRows + 8 * warp;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kGemv8SplitRows + 8 * warp;
   const int64_t steps = (k + 63) / 64, begin = static_cast<int64_t>(blockIdx.y) * slice_steps;
   const int64_t end = begin + slice_steps < steps ? begin + slice_steps : steps;
-  Acc c[4] = {0, 0, 0, 0};
-  Mma8Rows<Op, kUpperRows>(x, w, m, n, k, n0, begin, end, 1, c);
+  Acc c[1][4] = {};  // one n-tile (common.cuh's partial-sum helpers)
+  Mma8Rows<Op, kUpperRows>(x, w, m, n, k, n0, begin, end, 1, c[0]);
   const int slices = static_cast<int>(gridDim.y);
   if (slices > 1) {
-    // c[0], c[1] (and c[2], c[3]) are columns gn, gn + 1 of one token, gn even: one 8-byte store
-    // and load per pair (every column of the padded tile is in bounds).
-    using Acc2 = std::conditional_t<std::is_same_v<Acc, float>, float2, int2>;
-    const int64_t ld = static_cast<int64_t>(gridDim.x) * kGemvSplitRows;
-#pragma unroll
-    for (int i = 0; i < 4; i += 2) {
-      int64_t gm, gn;
-      Gemv8Pos(n0, i, &gm, &gn);
-      if (gm < m) __stcg(reinterpret_cast<Acc2*>(part + (blockIdx.y * m + gm) * ld + gn), Acc2{c[i], c[i + 1]});
-    }
+    const int64_t ld = static_cast<int64_t>(gridDim.x) * kGemv8SplitRows;
+    int64_t gm, col[1];
+    Gemv8Pos(n0, 0, &gm, &col[0]);
+    StoreSlicePartials(part, ld, m, col, c);
     if (!LastSliceBlock(tickets, blockIdx.x, slices)) return;
-    // Slice-major, so up to 8 pair loads are in flight per thread (this block is on the kernel's
-    // critical path); each output adds slices 0, 1, … in order.
-    Acc sum[4] = {0, 0, 0, 0};
-#pragma unroll 4
-    for (int s = 0; s < slices; ++s)
-#pragma unroll
-      for (int i = 0; i < 4; i += 2) {
-        int64_t gm, gn;
-        Gemv8Pos(n0, i, &gm, &gn);
-        if (gm >= m) continue;
-        const Acc2 p = __ldcg(reinterpret_cast<const Acc2*>(part + (s * m + gm) * ld + gn));
-        sum[i] += p.x;
-        sum[i + 1] += p.y;
-      }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) c[i] = sum[i];
+    SumSlicePartials(part, ld, m, slices, col, c);
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     int64_t gm, gn;
     Gemv8Pos(n0, i, &gm, &gn);
-    Gemv8Store<Op>(c[i], gm, gn, x_scale, x_scale_count, w_scale, w_scale_count, bias, m, n, yt, y);
+    Gemv8Store<Op>(c[0][i], gm, gn, x_scale, x_scale_count, w_scale, w_scale_count, bias, m, n, yt, y);
   }
 }
 
@@ -284,12 +262,12 @@ Status LaunchGemv8Bit(const char* what, const void* x, const float* x_scale, int
   if (m < 1 || m > kW8A8GemvMaxM || k % 16 != 0)
     return InvalidArgument(std::string(what) + " (cuda): needs 1 ≤ M ≤ 16 and K % 16 == 0; got M = " +
                            std::to_string(m) + ", K = " + std::to_string(k));
-  const int64_t blocks = CeilDiv(n, 8);
+  const int64_t blocks = CeilDiv(n, kGemv8Rows);
   if (blocks > 0x7fffffff)
     return InvalidArgument(std::string(what) + " (cuda): N = " + std::to_string(n) + " is too large");
   const auto* xb = static_cast<const uint8_t*>(x);
   const auto* wb = static_cast<const uint8_t*>(w);
-  const GemvSplitPlan plan = PlanGemvSplit(split, kGemvSplitRows, 64, kGemvSplitBlocksPerSm, sizeof(Acc), m, n, k);
+  const GemvSplitPlan plan = PlanGemvSplit(split, kGemv8SplitRows, 64, kGemvSplitBlocksPerSm, sizeof(Acc), m, n, k);
   *slices_used = plan.slices;
   if (plan.slices > 0) {
     const dim3 grid(static_cast<unsigned>(plan.tiles), static_cast<unsigned>(plan.slices));
