@@ -54,6 +54,27 @@ Tensor Convert(const Tensor& x, DType to) {
   return Tensor::FromFloats(f, x.shape(), to);
 }
 
+// W8A8 static activations, quantized on the host once per request (vLLM static_scaled_int8_quant:
+// q = clamp(round_half_even(x / s), -128, 127)). A NaN or an infinity is refused: one scale for
+// the tensor leaves no row scale to carry it (the dynamic schemes turn such a row into NaN
+// outputs), and clamping it would be a finite wrong answer.
+absl::StatusOr<Tensor> QuantizeStaticInt8(const Tensor& x, float s, const std::string& layer_name,
+                                          const std::string& scheme) {
+  const std::vector<float> f = x.ToFloats();
+  const int64_t k = x.dim(1);
+  Tensor q = Tensor::Zeros(DType::kI8, x.shape());
+  int8_t* qd = q.mutable_data<int8_t>();
+  for (size_t i = 0; i < f.size(); ++i) {
+    if (!std::isfinite(f[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("x[", i / k, ", ", i % k, "] is ", f[i], "; layer '", layer_name,
+                                                     "' is ", scheme,
+                                                     " (static per-tensor int8), which cannot represent it"));
+    }
+    qd[i] = static_cast<int8_t>(std::min(127.0f, std::max(-128.0f, std::nearbyint(f[i] / s))));
+  }
+  return q;
+}
+
 std::string CpuModelName() {
   std::ifstream in("/proc/cpuinfo");
   std::string line;
@@ -117,7 +138,8 @@ void Engine::UpdateModelMetrics() {
   if (metrics_) metrics_->Models(registry_->model_count(), registry_->used_bytes(), registry_->budget_bytes());
 }
 
-absl::StatusOr<std::shared_ptr<const LoadedModel>> Engine::LoadFromPath(const std::string& name, const std::string& path) {
+absl::StatusOr<std::shared_ptr<const LoadedModel>> Engine::LoadFromPath(const std::string& name,
+                                                                        const std::string& path) {
   auto r = registry_->LoadFromPath(name, path);
   UpdateModelMetrics();
   return r;
@@ -174,8 +196,8 @@ absl::StatusOr<GemmResult> Engine::Gemm(const GemmRequest& req, const CallContro
   const PreparedLinear& layer = *it->second;
   const Tensor& x = req.x;
   if (!IsActivationDType(x.dtype())) {
-    return absl::InvalidArgumentError(absl::StrCat("x has dtype ", DN(x.dtype()),
-                                                   "; Gemm takes F32, F16 or BF16 activations"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("x has dtype ", DN(x.dtype()), "; Gemm takes F32, F16 or BF16 activations"));
   }
   if (x.shape().size() != 2) {
     return absl::InvalidArgumentError(absl::StrCat("x has shape ", ShapeString(x.shape()), "; Gemm takes [M, K]"));
@@ -183,8 +205,8 @@ absl::StatusOr<GemmResult> Engine::Gemm(const GemmRequest& req, const CallContro
   const int64_t m = x.dim(0), k = x.dim(1);
   if (m < 1) return absl::InvalidArgumentError(absl::StrCat("x has M = ", m, " rows; at least 1 is needed"));
   if (m > options_.max_rows) {
-    return absl::InvalidArgumentError(absl::StrCat("x has M = ", m, " rows; the limit is ", options_.max_rows,
-                                                   " per request (split it)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("x has M = ", m, " rows; the limit is ", options_.max_rows, " per request (split it)"));
   }
   if (k != layer.k) {
     return absl::InvalidArgumentError(absl::StrCat("x has K = ", k, " columns but layer '", req.layer, "' takes K = ",
@@ -196,24 +218,20 @@ absl::StatusOr<GemmResult> Engine::Gemm(const GemmRequest& req, const CallContro
   }
   if (layer.kind == LinearKind::kW4A16 && x.dtype() != DType::kF32 && out != x.dtype()) {
     return absl::InvalidArgumentError(absl::StrCat("layer '", req.layer, "' is ", layer.scheme,
-                                                   ": its output dtype is the activation dtype ",
-                                                   DN(x.dtype()), ", not ", DN(out)));
-  }
-  if (layer.kind == LinearKind::kW8A8Static) {
-    // Static per-tensor int8 has no row scale to carry a NaN or an infinity (the dynamic schemes
-    // turn such a row into a NaN output row), and clamping it would give a finite wrong answer.
-    const std::vector<float> f = x.ToFloats();
-    for (size_t i = 0; i < f.size(); ++i) {
-      if (!std::isfinite(f[i])) {
-        return absl::InvalidArgumentError(absl::StrCat("x[", i / k, ", ", i % k, "] is ", f[i], "; layer '", req.layer,
-                                                       "' is ", layer.scheme,
-                                                       " (static per-tensor int8), which cannot represent it"));
-      }
-    }
+                                                   ": its output dtype is the activation dtype ", DN(x.dtype()),
+                                                   ", not ", DN(out)));
   }
   BatchItem item;
   item.layer = it->second;
-  item.x = x;
+  if (layer.kind == LinearKind::kW8A8Static) {
+    // Quantized here, in the request's thread, so a refusal is this request's alone; the batch
+    // then carries int8 rows (RunBatch).
+    absl::StatusOr<Tensor> q = QuantizeStaticInt8(x, *layer.input_scale, req.layer, layer.scheme);
+    if (!q.ok()) return q.status();
+    item.x = *std::move(q);
+  } else {
+    item.x = x;
+  }
   item.out_dtype = out;
   return batcher_->Run(std::move(item), control);
 }
@@ -225,26 +243,12 @@ absl::Status Engine::RunBatch(const PreparedLinear& layer, DType x_dtype, DType 
   int64_t m = 0;
   for (const Tensor* x : xs) m += x->dim(0);
 
-  // Host-side preparation: W8A8 static quantizes here (vLLM static_scaled_int8_quant:
-  // q = clamp(round_half_even(x / s), -128, 127)); W4A16 with F32 activations converts them
-  // to the model dtype first.
+  // Host-side preparation: W4A16 with F32 activations converts them to the model dtype first.
+  // (W8A8 static rows arrive quantized to int8: Engine::Gemm.)
   DType dev_x_dtype = x_dtype;
   std::vector<Tensor> host_parts;
   host_parts.reserve(xs.size());
-  if (layer.kind == LinearKind::kW8A8Static) {
-    const float s = *layer.input_scale;
-    for (const Tensor* x : xs) {
-      std::vector<float> f = x->ToFloats();
-      Tensor q = Tensor::Zeros(DType::kI8, x->shape());
-      int8_t* qd = q.mutable_data<int8_t>();
-      for (size_t i = 0; i < f.size(); ++i) {
-        float v = std::nearbyint(f[i] / s);
-        qd[i] = static_cast<int8_t>(std::min(127.0f, std::max(-128.0f, v)));
-      }
-      host_parts.push_back(std::move(q));
-    }
-    dev_x_dtype = DType::kI8;
-  } else if (layer.kind == LinearKind::kW4A16 && x_dtype == DType::kF32) {
+  if (layer.kind == LinearKind::kW4A16 && x_dtype == DType::kF32) {
     dev_x_dtype = layer.w4_compute_dtype;
     for (const Tensor* x : xs) host_parts.push_back(Convert(*x, dev_x_dtype));
   } else {
@@ -333,7 +337,8 @@ absl::Status Engine::RunBatch(const PreparedLinear& layer, DType x_dtype, DType 
   size_t yoff = 0;
   for (const Tensor* x : xs) {
     Tensor y = Tensor::Zeros(kernel_y, {x->dim(0), n});
-    if (kernels::Status s = be.CopyOut(y.mutable_bytes().data(), static_cast<uint8_t*>(*yd) + yoff, y.nbytes()); !s.ok()) {
+    if (kernels::Status s = be.CopyOut(y.mutable_bytes().data(), static_cast<uint8_t*>(*yd) + yoff, y.nbytes());
+        !s.ok()) {
       return Kernel(s, layer);
     }
     yoff += static_cast<size_t>(x->dim(0)) * row_bytes;
