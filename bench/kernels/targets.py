@@ -68,6 +68,12 @@ def bytes_moved(r):
     return r["tbs"] * 1e12 * r["us"] * 1e-6
 
 
+def hbm_fraction(r, bw):
+    """The row's bytes over its time (the graph time when measured) as a fraction of bw."""
+    t = r["us_graph"] if r["us_graph"] > 0 else r["us"]
+    return bytes_moved(r) / (t * 1e-6) / bw
+
+
 def ratio_rows(ours, theirs, op, base, ms):
     """Per (shape, M): t(base) / t(op)."""
     out = []
@@ -116,16 +122,13 @@ def evaluate(folder):
     rows = ratio_rows(ours, torch, "w4a16", "torch_bf16", [m for m in all_ms if m >= 256])
     add(f"| W4A16 at M ≥ 256 ≥ 1.0× torch bf16 | {fmt_ratios(rows)} | {verdict([v for _, _, v, _ in rows], 1.0)} |")
     if bw:
-        fr = []
-        for (op, shape, m), r in sorted(ours.items()):
-            if op in GEMMS and m == 1:
-                t = r["us_graph"] if r["us_graph"] > 0 else r["us"]
-                fr.append((f"{op} {shape}", bytes_moved(r) / (t * 1e-6) / bw))
+        fr = [(f"{op} {shape}", hbm_fraction(r, bw)) for (op, shape, m), r in sorted(ours.items())
+              if op in GEMMS and m == 1]
         add("| M = 1: every GEMM ≥ 75% of HBM bandwidth | " +
             ("; ".join(f"{k} {v:.0%}" for k, v in fr) or "—") +
             f" | {verdict([v for _, v in fr], 0.75)} |")
-        q = [(shape, m, bytes_moved(r) / ((r['us_graph'] if r['us_graph'] > 0 else r['us']) * 1e-6) / bw)
-             for (op, shape, m), r in sorted(ours.items()) if op == "quant_int8" and m >= 1024]
+        q = [(shape, m, hbm_fraction(r, bw)) for (op, shape, m), r in sorted(ours.items())
+             if op == "quant_int8" and m >= 1024]
         add("| quantization ≥ 85% of HBM bandwidth (M ≥ 1024) | " +
             ("; ".join(f"{s} M={m} {v:.0%}" for s, m, v in q) or "—") + f" | {verdict([v for _, _, v in q], 0.85)} |")
     cpu = [r for r in load(os.path.join(folder, "kernels-cpu.csv"))

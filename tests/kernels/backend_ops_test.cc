@@ -67,6 +67,12 @@ struct Rng {
     return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
   }
   int Int(int lo, int hi) { return lo + static_cast<int>(Next() % static_cast<uint64_t>(hi - lo + 1)); }
+  // A random 8-bit code: an int8 value, or an e4m3 code that is not NaN (0x7F / 0xFF → 0x7E / 0xFE).
+  uint8_t Code(bool fp8) {
+    if (!fp8) return static_cast<uint8_t>(Int(-128, 127));
+    const auto c = static_cast<uint8_t>(Next() & 0xFF);
+    return (c & 0x7F) == 0x7F ? c ^ 1 : c;
+  }
 };
 
 // "cpu-avx2" is dropped (with a note) on a CPU without AVX2/FMA/F16C, where MakeBackend refuses it.
@@ -221,14 +227,14 @@ std::vector<Shape> Shapes(const std::string& backend, bool representative, bool 
   // a 2-CTA cluster above (M = 300: an odd number of row tiles).
   // K = 1040 (K % 64 == 16: the 8-bit GEMVs' last step partly past K) with N = 130 ragged: split
   // into many slices, the last one short.
-  if (IsGpu(backend))
+  if (IsGpu(backend)) {
     for (int64_t m : {6, 12}) s.push_back({m, 1040, 130, false});
-  if (IsGpu(backend))
     for (int64_t m : {1, 3, 6, 16, 17, 64, 65, 128, 129, 255, 256, 300, 4096}) {
       s.push_back({m, 256, 48, false});
       s.push_back({m, 320, 56, false});
       s.push_back({m, 320, 64, false});
     }
+  }
   s.push_back({4096, 200, 77, false});
   if (!representative || backend == "cpu-generic" || SmallShapesOnly()) return s;
   const int64_t big_kn[][2] = {{4096, 4096}, {4096, 6144}, {4096, 28672}, {14336, 4096}};
@@ -420,10 +426,7 @@ void RunScaledGemmTable(bool fp8) {
       // over long K (the GPU's FP8 mma keeps fewer bits than f32 between promotions).
       if (grp.big && fp8) variants.push_back({DType::kF32, true, false});
       std::vector<uint8_t> w(n * k);
-      for (auto& v : w) v = fp8 ? static_cast<uint8_t>(rng.Next() & 0xFF) : static_cast<uint8_t>(rng.Int(-128, 127));
-      if (fp8)  // no NaN codes
-        for (auto& v : w)
-          if ((v & 0x7F) == 0x7F) v ^= 1;
+      for (auto& v : w) v = rng.Code(fp8);
       std::vector<float> bias(n);
       for (auto& v : bias) v = static_cast<float>(rng.Normal());
       Buf dbias(b.get(), bias.data(), n * 4);
@@ -440,11 +443,7 @@ void RunScaledGemmTable(bool fp8) {
         for (int64_t m : grp.ms) {
           const Shape sh{m, k, n, grp.big};
           std::vector<uint8_t> x(m * k);
-          for (auto& v : x)
-            v = fp8 ? static_cast<uint8_t>(rng.Next() & 0xFF) : static_cast<uint8_t>(rng.Int(-128, 127));
-          if (fp8)
-            for (auto& v : x)
-              if ((v & 0x7F) == 0x7F) v ^= 1;
+          for (auto& v : x) v = rng.Code(fp8);
           std::vector<float> xs = RandomScales(pt ? m : 1, rng, fp8 ? 0.02f : 0.01f);
           Buf dx(b.get(), x.data(), x.size()), dxs(b.get(), xs.data(), xs.size() * 4);
           for (const ScaledVariant& v : variants) {
@@ -510,10 +509,7 @@ TEST(BackendOps, RepeatedShapesReuseCublasLtPlansWithNewScales) {
                                   " round " + std::to_string(round);
           std::vector<uint8_t> w(n * k), x(m * k);
           for (auto* v : {&w, &x})
-            for (auto& e : *v) {
-              e = fp8 ? static_cast<uint8_t>(rng.Next() & 0xFF) : static_cast<uint8_t>(rng.Int(-128, 127));
-              if (fp8 && (e & 0x7F) == 0x7F) e ^= 1;  // no NaN codes
-            }
+            for (auto& e : *v) e = rng.Code(fp8);
           std::vector<uint8_t> ws_bf16 = ScalesIn(DType::kBF16, RandomScales(pt ? n : 1, rng, 0.01f));
           const ScaleView wsv{ws_bf16.data(), DType::kBF16, pt ? n : 1};
           std::vector<float> xs = RandomScales(pt ? m : 1, rng, 0.02f);
@@ -688,10 +684,7 @@ TEST(BackendOps, SplitKGemvsRepeatBitIdentically) {
     std::vector<uint8_t> x16 = MakeActivations(DType::kBF16, m, k, rng);
     std::vector<uint8_t> w8(n * k), x8(m * k);
     for (auto* vec : {&w8, &x8})
-      for (auto& e : *vec) {
-        e = static_cast<uint8_t>(rng.Next() & 0xFF);
-        if ((e & 0x7F) == 0x7F) e ^= 1;
-      }
+      for (auto& e : *vec) e = rng.Code(true);
     std::vector<float> ws = RandomScales(n, rng, 0.01f), xs = RandomScales(m, rng, 0.02f);
     for (bool fp8 : {false, true}) {
       const std::string ctx = name + (fp8 ? " GemmFp8" : " GemmW4A16");
