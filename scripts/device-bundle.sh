@@ -23,7 +23,7 @@ for b in "$stage"/bin/*; do ldd "$b"; done | awk '$2 == "=>" && $3 ~ /^\// {prin
   grep -Ev "$skip" | while read -r lib; do cp -L "$lib" "$stage/lib/"; done
 git rev-parse HEAD > "$stage/COMMIT"
 # The sources the binaries were built from, hashed, so the device run can tell a stale bundle
-# (scripts/device-check-bundle.sh) instead of measuring old code.
+# (scripts/device-unpack-bundle.sh) instead of measuring old code.
 git ls-files --cached --others --exclude-standard -- common kernels bench runtime rpc calibrator cli proto tools tests |
   while read -r f; do [[ -f "$f" ]] && echo "$f"; done | xargs -d '\n' sha256sum > "$stage/SOURCES.sha256"
 tar -C "$stage" -cJf .devbundle/bundle.tar.xz .

@@ -26,11 +26,7 @@ source scripts/device-steps.sh
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 cuda_home="${CUDA_HOME:-/usr/local/cuda}"
 if [[ -f .devbundle/bundle.tar.xz && -z "${LOWBIT_DEVICE_BUILD:-}" ]]; then
-  bundle="$(mktemp -d)"
-  tar -C "$bundle" -xJf .devbundle/bundle.tar.xz
-  export LD_LIBRARY_PATH="$bundle/lib:$cuda_home/lib64:$cuda_home/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  echo "prebuilt kernels of commit $(cat "$bundle/COMMIT")" | tee "$out/kernels-build.txt"
-  source scripts/device-check-bundle.sh
+  source scripts/device-unpack-bundle.sh "$out/kernels-build.txt"
   test_bin="$bundle/bin/kernels_backend_ops_gpu_test"
   bench_bin="$bundle/bin/lowbit-bench-kernels"
 else

@@ -15,12 +15,7 @@ out="${OUT:-device-out}"
 mkdir -p "$out"
 LOWBIT_DEVICE_BUDGET_S="${LOWBIT_DEVICE_BUDGET_S:-240}"
 source scripts/device-steps.sh
-bundle="$(mktemp -d)"
-tar -C "$bundle" -xJf .devbundle/bundle.tar.xz
-cuda_home="${CUDA_HOME:-/usr/local/cuda}"
-export LD_LIBRARY_PATH="$bundle/lib:$cuda_home/lib64:$cuda_home/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-echo "bundle of commit $(cat "$bundle/COMMIT")" | tee "$out/bundle.txt"
-source scripts/device-check-bundle.sh
+source scripts/device-unpack-bundle.sh "$out/bundle.txt"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 missing="$(ldd "$bundle"/bin/* | grep 'not found' || true)"
 if [[ -n "$missing" ]]; then echo "unresolved libraries: $missing" | tee "$out/ldd.txt"; exit 1; fi
