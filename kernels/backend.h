@@ -8,10 +8,11 @@
 // returns a PreparedWeight that the GEMMs take. Repacking never happens on the hot path.
 //
 // Numerics (design.md §4; the CPU reference in kernels/reference.h is the oracle):
-//   QuantizeInt8PerToken  s[m] = absmax(x[m,:]) / 127 (1 for an all-zero row),
+//   QuantizeInt8PerToken  s[m] = absmax(x[m,:]) / 127 (1 when that is 0: an all-zero row, or an
+//                         f32 row so small that the division underflows — its codes are 0),
 //                         q = round_half_even(clamp(x / s, -128, 127)), f32 math.
 //   QuantizeFp8PerTensor  q = fp8_e4m3(clamp(x / s, -448, 448)) (RNE, saturating), s given.
-//   QuantizeFp8PerToken   s[m] = absmax / 448 (1 for an all-zero row), then as above.
+//   QuantizeFp8PerToken   s[m] = absmax / 448 (1 when that is 0, as above), then as above.
 //   Both per-token quantizers: a row holding a NaN or an infinity gets s[m] = NaN (the bits
 //   kNonFiniteRowScaleBits on every backend) and all codes 0, so each GEMM output of that row is
 //   NaN — as a float GEMM's would be NaN or infinite — never finite garbage. Per tensor: NaN
@@ -84,8 +85,8 @@ struct Fp8WeightSource {
 struct Int4WeightSource {
   const int32_t* weight_packed = nullptr;
   int64_t n = 0, k = 0;
-  int64_t group_size = 0;  // 0 (or ≥ K) = per channel
-  ScaleView scale;         // count must be N * G
+  int64_t group_size = 0;                      // 0 (or ≥ K) = per channel
+  ScaleView scale;                             // count must be N * G
   const int32_t* zero_point_packed = nullptr;  // null = symmetric
   const int32_t* g_idx = nullptr;              // null = k / group_size
 };
@@ -99,7 +100,7 @@ class PreparedWeight {
   WeightKind kind() const { return kind_; }
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }
-  int64_t group_size() const { return group_size_; }  // int4: K for per channel
+  int64_t group_size() const { return group_size_; }       // int4: K for per channel
   bool per_channel_scale() const { return per_channel_; }  // int8 / fp8: [N] vs [1]
   bool asymmetric() const { return asym_; }
   bool act_order() const { return act_order_; }
@@ -128,8 +129,8 @@ struct GemmArgs {
   const float* x_scale = nullptr;  // [M] or [1] (W8A8, FP8); unused by W4A16
   int64_t x_scale_count = 0;
   const PreparedWeight* w = nullptr;
-  const float* bias = nullptr;  // optional, f32 [N]
-  void* y = nullptr;            // [M, N] row-major
+  const float* bias = nullptr;   // optional, f32 [N]
+  void* y = nullptr;             // [M, N] row-major
   DType y_dtype = DType::kBF16;  // W8A8 / FP8: F32, F16 or BF16; W4A16: must equal x_dtype
 };
 
@@ -152,12 +153,9 @@ class Backend {
   virtual Status SetStream(void* stream) { return Status::Ok(); }
 
   // Activation quantization; x is [M, K] of x_dtype (F32, F16, BF16).
-  virtual Status QuantizeInt8PerToken(DType x_dtype, const void* x, int64_t m, int64_t k, int8_t* q,
-                                      float* scale) = 0;
-  virtual Status QuantizeFp8PerTensor(DType x_dtype, const void* x, int64_t m, int64_t k, float scale,
-                                      uint8_t* q) = 0;
-  virtual Status QuantizeFp8PerToken(DType x_dtype, const void* x, int64_t m, int64_t k, uint8_t* q,
-                                     float* scale) = 0;
+  virtual Status QuantizeInt8PerToken(DType x_dtype, const void* x, int64_t m, int64_t k, int8_t* q, float* scale) = 0;
+  virtual Status QuantizeFp8PerTensor(DType x_dtype, const void* x, int64_t m, int64_t k, float scale, uint8_t* q) = 0;
+  virtual Status QuantizeFp8PerToken(DType x_dtype, const void* x, int64_t m, int64_t k, uint8_t* q, float* scale) = 0;
 
   // Weight preparation (once, at load).
   virtual Status PrepareInt8(const Int8WeightSource& src, std::unique_ptr<PreparedWeight>* out) = 0;
@@ -182,8 +180,9 @@ struct BackendOptions {
 
 // "cpu" (fast paths: AVX-512 VNNI/BF16, else AVX2 + FMA + F16C, else portable), "cpu-avx2" (the
 // AVX2 paths forced; Unavailable on a CPU without AVX2/FMA/F16C), "cpu-generic" (same driver,
-// portable micro-kernels), "cpu-ref" (the reference as a backend), "cuda", "cuda-simple" (plain CUDA kernels only, no cuBLAS/cuBLASLt),
-// "auto" (cuda when built with CUDA and a device is present, else cpu). Unavailable when "cuda" is asked for and there is none.
+// portable micro-kernels), "cpu-ref" (the reference as a backend), "cuda", "cuda-simple" (plain CUDA kernels only, no
+// cuBLAS/cuBLASLt), "auto" (cuda when built with CUDA and a device is present, else cpu). Unavailable when "cuda" is
+// asked for and there is none.
 Status MakeBackend(std::string_view name, const BackendOptions& options, std::unique_ptr<Backend>* out);
 // Whether this build has the CUDA backend and a device is visible.
 bool CudaAvailable();

@@ -12,19 +12,30 @@ namespace lowbit::kernels::ref {
 
 float LoadFloat(DType dtype, const void* p, int64_t i) {
   switch (dtype) {
-    case DType::kF32: return static_cast<const float*>(p)[i];
-    case DType::kF16: return Fp16ToFloat(static_cast<const uint16_t*>(p)[i]);
-    case DType::kBF16: return Bf16ToFloat(static_cast<const uint16_t*>(p)[i]);
-    default: return 0.0f;
+    case DType::kF32:
+      return static_cast<const float*>(p)[i];
+    case DType::kF16:
+      return Fp16ToFloat(static_cast<const uint16_t*>(p)[i]);
+    case DType::kBF16:
+      return Bf16ToFloat(static_cast<const uint16_t*>(p)[i]);
+    default:
+      return 0.0f;
   }
 }
 
 void StoreFloat(DType dtype, void* p, int64_t i, float v) {
   switch (dtype) {
-    case DType::kF32: static_cast<float*>(p)[i] = v; break;
-    case DType::kF16: static_cast<uint16_t*>(p)[i] = FloatToFp16(v); break;
-    case DType::kBF16: static_cast<uint16_t*>(p)[i] = FloatToBf16(v); break;
-    default: break;
+    case DType::kF32:
+      static_cast<float*>(p)[i] = v;
+      break;
+    case DType::kF16:
+      static_cast<uint16_t*>(p)[i] = FloatToFp16(v);
+      break;
+    case DType::kBF16:
+      static_cast<uint16_t*>(p)[i] = FloatToBf16(v);
+      break;
+    default:
+      break;
   }
 }
 
@@ -41,8 +52,12 @@ float RowAbsMax(DType dt, const void* x, int64_t row, int64_t k) {
   return a;
 }
 
-// Exact value of an E4M3 code times 2^9 (every finite E4M3 value is a multiple of 2^-9).
-int64_t Fp8Times512(uint8_t code) { return static_cast<int64_t>(Fp8E4M3ToFloat(code) * 512.0f); }
+// E4M3 has no infinities; its NaN codes are 0x7F and 0xFF.
+bool IsFp8Nan(uint8_t code) { return (code & 0x7F) == 0x7F; }
+
+// Exact value of a finite E4M3 code times 2^9 (every finite E4M3 value is a multiple of 2^-9); 0
+// for a NaN code, which the GEMM tracks on its own.
+int64_t Fp8Times512(uint8_t code) { return IsFp8Nan(code) ? 0 : static_cast<int64_t>(Fp8E4M3ToFloat(code) * 512.0f); }
 
 }  // namespace
 
@@ -53,7 +68,7 @@ void QuantizeInt8PerToken(DType x_dtype, const void* x, int64_t m, int64_t k, in
       NonFiniteRow(k, q + r * k, scale + r);
       continue;
     }
-    float s = absmax > 0.0f ? absmax / 127.0f : 1.0f;
+    float s = PerTokenScale(absmax, 127.0f);
     scale[r] = s;
     for (int64_t c = 0; c < k; ++c) {
       float v = std::clamp(LoadFloat(x_dtype, x, r * k + c) / s, -128.0f, 127.0f);
@@ -74,7 +89,7 @@ void QuantizeFp8PerToken(DType x_dtype, const void* x, int64_t m, int64_t k, uin
       NonFiniteRow(k, q + r * k, scale + r);
       continue;
     }
-    float s = absmax > 0.0f ? absmax / kFp8E4M3Max : 1.0f;
+    float s = PerTokenScale(absmax, kFp8E4M3Max);
     scale[r] = s;
     for (int64_t c = 0; c < k; ++c)
       q[r * k + c] = FloatToFp8E4M3(std::clamp(LoadFloat(x_dtype, x, r * k + c) / s, -kFp8E4M3Max, kFp8E4M3Max));
@@ -89,7 +104,8 @@ void GemmW8A8(int64_t m, const int8_t* xq, const float* x_scale, int64_t x_scale
     const float as = x_scale[x_scale_count == 1 ? 0 : r];
     for (int64_t c = 0; c < n; ++c) {
       int32_t acc = 0;
-      for (int64_t i = 0; i < k; ++i) acc += static_cast<int32_t>(xq[r * k + i]) * static_cast<int32_t>(w.weight[c * k + i]);
+      for (int64_t i = 0; i < k; ++i)
+        acc += static_cast<int32_t>(xq[r * k + i]) * static_cast<int32_t>(w.weight[c * k + i]);
       if (acc_out) acc_out[r * n + c] = acc;
       float v = static_cast<float>(acc) * ws[ws.size() == 1 ? 0 : c];
       v = v * as;
@@ -111,13 +127,15 @@ void GemmFp8(int64_t m, const uint8_t* xq, const float* x_scale, int64_t x_scale
       const double as = x_scale[x_scale_count == 1 ? 0 : r];
       const uint8_t* xr = xq + r * k;
       int64_t acc = 0, aacc = 0;  // |terms| ≤ 229376² < 2^36: K up to 2^27 terms fit
+      bool nan = false;           // a NaN code makes the dot product NaN, as in float arithmetic
       for (int64_t i = 0; i < k; ++i) {
         const int64_t p = lut[xr[i]] * lut[wr[i]];
         acc += p;
         aacc += p < 0 ? -p : p;
+        nan |= IsFp8Nan(xr[i]) || IsFp8Nan(wr[i]);
       }
       const double s = as * ws[ws.size() == 1 ? 0 : c] / (512.0 * 512.0);
-      double v = static_cast<double>(acc) * s;
+      double v = nan ? std::numeric_limits<double>::quiet_NaN() : static_cast<double>(acc) * s;
       if (bias) v += bias[c];
       StoreFloat(y_dtype, y, r * n + c, static_cast<float>(v));
       if (abs_sum) abs_sum[r * n + c] = static_cast<float>(static_cast<double>(aacc) * std::fabs(s));

@@ -13,6 +13,14 @@
 
 namespace lowbit::kernels::ref {
 
+// The per-token scale of a finite row: absmax / qmax (127 or 448), or 1 when that is 0 — an
+// all-zero row, or an f32 row so small that the division underflows (absmax < qmax · 2^-149),
+// whose codes are then 0 as a zero row's. Shared with the CPU fast paths (quantize.cu: the same).
+inline float PerTokenScale(float absmax, float qmax) {
+  const float s = absmax / qmax;
+  return s > 0.0f ? s : 1.0f;
+}
+
 // What the per-token quantizers write for a row holding a NaN or an infinity: scale NaN
 // (kNonFiniteRowScaleBits), every code 0 (backend.h). Shared with the CPU fast paths.
 template <class Code>

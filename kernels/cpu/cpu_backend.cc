@@ -19,6 +19,10 @@
 //     a single row takes all 32 columns at once).
 // The W8A8 epilogue runs the same f32 operations in the same order as the reference, so its
 // output is bit-exact; the FP8 and W4A16 sums differ from the exact reference by f32 rounding.
+#include "kernels/cpu/cpu_backend.h"
+
+#include <immintrin.h>
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -29,11 +33,8 @@
 #include <new>
 #include <vector>
 
-#include <immintrin.h>
-
 #include "common/dtype.h"
 #include "kernels/backend.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/reference.h"
 #include "kernels/validate.h"
@@ -41,10 +42,10 @@
 namespace lowbit::kernels {
 namespace {
 
-constexpr int kNR = 32;             // columns per panel
-constexpr int kMR = 8;              // rows per register tile
-constexpr int64_t kGB = 256;        // k-groups per k-block
-constexpr int64_t kMB = 128;        // rows per task
+constexpr int kNR = 32;       // columns per panel
+constexpr int kMR = 8;        // rows per register tile
+constexpr int64_t kGB = 256;  // k-groups per k-block
+constexpr int64_t kMB = 128;  // rows per task
 constexpr int64_t kPanelsPerTask = 4;
 constexpr int64_t kMaxKInt8 = 65536;  // Σ (x+128)·w over K must fit int32
 
@@ -415,7 +416,8 @@ LB_AVX2 void RowToF32Avx2(DType dt, const void* x, int64_t k, float* out) {
       _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
     }
   } else {
-    for (; i + 8 <= k; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i))));
+    for (; i + 8 <= k; i += 8)
+      _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i))));
   }
   for (; i < k; ++i) out[i] = ref::LoadFloat(dt, x, i);
 }
@@ -435,7 +437,7 @@ LB_AVX2 float RowAbsMaxAvx2(const float* xf, int64_t k) {
   int64_t i = 0;
   for (; i + 8 <= k; i += 8) {
     const __m256 v = _mm256_loadu_ps(xf + i);
-    mx = _mm256_max_ps(_mm256_and_ps(v, sign), mx);  // an infinity stays; a NaN lane is skipped…
+    mx = _mm256_max_ps(_mm256_and_ps(v, sign), mx);              // an infinity stays; a NaN lane is skipped…
     nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));  // …and noted here
   }
   if (_mm256_movemask_ps(nan) != 0) return std::numeric_limits<float>::infinity();
@@ -453,7 +455,7 @@ LB_AVX2 float RowAbsMaxAvx2(const float* xf, int64_t k) {
 LB_AVX2 void QuantRowInt8Avx2(const float* xf, int64_t k, int8_t* q, float* scale_out) {
   const float absmax = RowAbsMaxAvx2(xf, k);
   if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q, scale_out);
-  const float s = absmax > 0.0f ? absmax / 127.0f : 1.0f;
+  const float s = ref::PerTokenScale(absmax, 127.0f);
   *scale_out = s;
   const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
   int64_t i = 0;
@@ -472,9 +474,11 @@ LB_AVX2 inline __m256i Fp8Codes(__m256 v) {
   b = _mm256_and_si256(b, _mm256_set1_epi32(0x7FFFFFFF));
   const __m256i sub = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(b), _mm256_set1_ps(512.0f)));
   const __m256i bn = _mm256_add_epi32(
-      b, _mm256_add_epi32(_mm256_set1_epi32(0x7FFFF), _mm256_and_si256(_mm256_srli_epi32(b, 20), _mm256_set1_epi32(1))));
+      b,
+      _mm256_add_epi32(_mm256_set1_epi32(0x7FFFF), _mm256_and_si256(_mm256_srli_epi32(b, 20), _mm256_set1_epi32(1))));
   const __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(bn, 23), _mm256_set1_epi32(120));
-  __m256i code = _mm256_or_si256(_mm256_slli_epi32(e, 3), _mm256_and_si256(_mm256_srli_epi32(bn, 20), _mm256_set1_epi32(7)));
+  __m256i code =
+      _mm256_or_si256(_mm256_slli_epi32(e, 3), _mm256_and_si256(_mm256_srli_epi32(bn, 20), _mm256_set1_epi32(7)));
   code = _mm256_blendv_epi8(code, sub, _mm256_cmpgt_epi32(_mm256_set1_epi32(0x3C800000), b));
   code = _mm256_blendv_epi8(code, _mm256_set1_epi32(0x7F), _mm256_cmpgt_epi32(b, _mm256_set1_epi32(0x7F800000)));
   return _mm256_or_si256(code, sign);
@@ -599,8 +603,9 @@ LB_AVX2 int64_t EpilogueRowAvx2(Kind kind, const uint32_t* c, const int32_t* col
   for (; j + 8 <= nc; j += 8) {
     __m256 v;
     if (kind == Kind::kI8) {
-      const __m256i acc = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j)),
-                                           _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(colsum + j)), 7));
+      const __m256i acc =
+          _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j)),
+                           _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(colsum + j)), 7));
       v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), wpc ? _mm256_loadu_ps(ws + j) : ws0);
       v = _mm256_mul_ps(v, vas);
     } else if (kind == Kind::kFp8) {
@@ -657,21 +662,22 @@ bool CpuHasAvx2KernelsImpl() {
 
 class CpuWeight : public PreparedWeight {
  public:
-  CpuWeight(std::string backend, WeightKind kind, int64_t n, int64_t k) : PreparedWeight(std::move(backend), kind, n, k) {}
+  CpuWeight(std::string backend, WeightKind kind, int64_t n, int64_t k)
+      : PreparedWeight(std::move(backend), kind, n, k) {}
   void SetMeta(int64_t gs, bool per_channel, bool asym, bool act_order) {
     group_size_ = gs;
     per_channel_ = per_channel;
     asym_ = asym;
     act_order_ = act_order;
   }
-  int64_t panels = 0;    // ceil(N / 32)
-  int64_t kgroups = 0;   // k-groups (I8: ceil(K/4), FP8: ceil(K/2), W4: K)
-  AVec<uint8_t> packed;  // I8/FP8: [panels][kgroups][128 B]; W4: [panels][ceil(K/2)][32 B]
-  std::vector<float> wscale;     // I8/FP8: [1] or [N]
-  std::vector<int32_t> colsum;   // I8: Σ_k W[n,k]
-  int64_t groups = 0;            // W4
-  AVec<float> w4_scale, w4_zf;   // W4: [panels][groups][32]; zf = zero + 8
-  std::vector<int32_t> perm;     // W4 act order
+  int64_t panels = 0;           // ceil(N / 32)
+  int64_t kgroups = 0;          // k-groups (I8: ceil(K/4), FP8: ceil(K/2), W4: K)
+  AVec<uint8_t> packed;         // I8/FP8: [panels][kgroups][128 B]; W4: [panels][ceil(K/2)][32 B]
+  std::vector<float> wscale;    // I8/FP8: [1] or [N]
+  std::vector<int32_t> colsum;  // I8: Σ_k W[n,k]
+  int64_t groups = 0;           // W4
+  AVec<float> w4_scale, w4_zf;  // W4: [panels][groups][32]; zf = zero + 8
+  std::vector<int32_t> perm;    // W4 act order
   // cpu-ref: the checkpoint-form tensors (scales as f32).
   std::vector<int8_t> ref_i8;
   std::vector<uint8_t> ref_u8;
@@ -695,7 +701,10 @@ class CpuWeight : public PreparedWeight {
 class CpuBackend : public Backend {
  public:
   CpuBackend(std::string name, int threads, bool reference, Isa isa)
-      : name_(std::move(name)), reference_(reference), avx_(isa == Isa::kAvx512), avx2_(isa == Isa::kAvx2),
+      : name_(std::move(name)),
+        reference_(reference),
+        avx_(isa == Isa::kAvx512),
+        avx2_(isa == Isa::kAvx2),
         pool_(threads) {
     scratch_.resize(pool_.threads());
     if (avx2_) {
@@ -715,12 +724,14 @@ class CpuBackend : public Backend {
 
   std::string name() const override { return name_; }
   std::string Requirements() const override {
-    return name_ + ": any M ≥ 1, K ≥ 1, N ≥ 1 for every op; W8A8 K ≤ 65536 (int32 accumulation of u8·s8 "
-                   "products); W4A16 any group size, and an act-order g_idx must give every group exactly "
-                   "group_size columns.";
+    return name_ +
+           ": any M ≥ 1, K ≥ 1, N ≥ 1 for every op; W8A8 K ≤ 65536 (int32 accumulation of u8·s8 "
+           "products); W4A16 any group size, and an act-order g_idx must give every group exactly "
+           "group_size columns.";
   }
 
   Status Alloc(size_t bytes, void** ptr) override {
+    if (bytes > SIZE_MAX - 63) return InvalidArgument("cpu: cannot allocate " + std::to_string(bytes) + " bytes");
     *ptr = std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64));
     return *ptr ? Status::Ok() : Internal("cpu: out of memory allocating " + std::to_string(bytes) + " bytes");
   }
@@ -782,7 +793,7 @@ LB_AVX512 void QuantRowInt8Avx(const float* xf, int64_t k, int8_t* q, float* sca
     absmax = std::isfinite(xf[i]) ? std::max(absmax, std::fabs(xf[i])) : std::numeric_limits<float>::infinity();
   }
   if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q, scale_out);
-  const float s = absmax > 0.0f ? absmax / 127.0f : 1.0f;
+  const float s = ref::PerTokenScale(absmax, 127.0f);
   *scale_out = s;
   const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
   for (i = 0; i + 16 <= k; i += 16) {
@@ -807,7 +818,7 @@ float RowAbsMax(const float* xf, int64_t k) {
 void QuantRowInt8Generic(const float* xf, int64_t k, int8_t* q, float* scale_out) {
   const float absmax = RowAbsMax(xf, k);
   if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q, scale_out);
-  const float s = absmax > 0.0f ? absmax / 127.0f : 1.0f;
+  const float s = ref::PerTokenScale(absmax, 127.0f);
   *scale_out = s;
   for (int64_t i = 0; i < k; ++i) q[i] = static_cast<int8_t>(std::nearbyint(std::clamp(xf[i] / s, -128.0f, 127.0f)));
 }
@@ -880,7 +891,7 @@ Status CpuBackend::QuantizeFp8PerToken(DType dt, const void* x, int64_t m, int64
       RowToF32Avx2(dt, xr, k, row.data());
       const float absmax = RowAbsMaxAvx2(row.data(), k);
       if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q + r * k, scale + r);
-      const float s = absmax > 0.0f ? absmax / kFp8E4M3Max : 1.0f;
+      const float s = ref::PerTokenScale(absmax, kFp8E4M3Max);
       scale[r] = s;
       QuantRowFp8Avx2(row.data(), k, s, q + r * k);
       return;
@@ -888,7 +899,7 @@ Status CpuBackend::QuantizeFp8PerToken(DType dt, const void* x, int64_t m, int64
     avx_ ? RowToF32Avx(dt, xr, k, row.data()) : RowToF32Generic(dt, xr, k, row.data());
     const float absmax = RowAbsMax(row.data(), k);
     if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q + r * k, scale + r);
-    const float s = absmax > 0.0f ? absmax / kFp8E4M3Max : 1.0f;
+    const float s = ref::PerTokenScale(absmax, kFp8E4M3Max);
     scale[r] = s;
     QuantRowFp8(row.data(), k, s, q + r * k);
   });
@@ -897,9 +908,29 @@ Status CpuBackend::QuantizeFp8PerToken(DType dt, const void* x, int64_t m, int64
 
 // ---- weight preparation ---------------------------------------------------------------------
 
+// The weight layouts are checkpoint rows transposed per panel of kNR rows: unit u of row r goes
+// to slot r % kNR of unit u of panel r / kNR (base + (r / kNR) · panel_bytes, unit_bytes per
+// unit). For each row, copy(r, r % kNR, u0, u1, panel) copies units [u0, u1); its last call has
+// u1 == units (units may be 0). Panels run in parallel, units in blocks of ≈ 16 KB of a panel,
+// so a block's stores stay in L1 while its rows are read.
+template <class Copy>
+void TransposePanels(ThreadPool& pool, int64_t n, int64_t units, int64_t unit_bytes, uint8_t* base, int64_t panel_bytes,
+                     const Copy& copy) {
+  const int64_t block = std::max<int64_t>(1, 16384 / unit_bytes);
+  pool.ParallelFor((n + kNR - 1) / kNR, [&](int, int64_t p) {
+    uint8_t* panel = base + p * panel_bytes;
+    for (int64_t u0 = 0;; u0 += block) {
+      const int64_t u1 = std::min(units, u0 + block);
+      for (int64_t j = 0; j < kNR && p * kNR + j < n; ++j) copy(p * kNR + j, j, u0, u1, panel);
+      if (u1 == units) break;
+    }
+  });
+}
+
 Status CpuBackend::PrepareInt8(const Int8WeightSource& src, std::unique_ptr<PreparedWeight>* out) {
+  LOWBIT_KRETURN_IF_ERROR(ValidatePrepareOut(name_, out));
   LOWBIT_KRETURN_IF_ERROR(ValidateInt8Source(src));
-  if (!reference_ && src.k > kMaxKInt8)
+  if (src.k > kMaxKInt8)
     return InvalidArgument(name_ + ": W8A8 K = " + std::to_string(src.k) + " exceeds " + std::to_string(kMaxKInt8) +
                            " (int32 accumulation of u8·s8 products could overflow)");
   auto w = std::make_unique<CpuWeight>(name_, WeightKind::kInt8, src.n, src.k);
@@ -915,22 +946,25 @@ Status CpuBackend::PrepareInt8(const Int8WeightSource& src, std::unique_ptr<Prep
     w->colsum.assign(n, 0);
     // Row r's k-group g (4 int8) goes to bytes [4j, 4j+4) of its panel's 128-byte group g: one
     // 4-byte copy per group; the last group's missing k stay zero.
-    for (int64_t r = 0; r < n; ++r) {
-      const int8_t* row = src.weight + r * k;
-      uint8_t* dst = w->packed.data() + (r / kNR) * w->kgroups * 128 + (r % kNR) * 4;
-      const int64_t full = k / 4;
-      for (int64_t g = 0; g < full; ++g) std::memcpy(dst + g * 128, row + 4 * g, 4);
-      std::memcpy(dst + full * 128, row + 4 * full, k - 4 * full);
-      int32_t sum = 0;
-      for (int64_t c = 0; c < k; ++c) sum += row[c];
-      w->colsum[r] = sum;
-    }
+    const int64_t full = k / 4;
+    TransposePanels(pool_, n, full, 128, w->packed.data(), w->kgroups * 128,
+                    [&](int64_t r, int64_t j, int64_t g0, int64_t g1, uint8_t* panel) {
+                      const int8_t* row = src.weight + r * k;
+                      for (int64_t g = g0; g < g1; ++g) std::memcpy(panel + g * 128 + 4 * j, row + 4 * g, 4);
+                      if (g1 == full) {
+                        std::memcpy(panel + full * 128 + 4 * j, row + 4 * full, k - 4 * full);
+                        int32_t sum = 0;
+                        for (int64_t c = 0; c < k; ++c) sum += row[c];
+                        w->colsum[r] = sum;
+                      }
+                    });
   }
   *out = std::move(w);
   return Status::Ok();
 }
 
 Status CpuBackend::PrepareFp8(const Fp8WeightSource& src, std::unique_ptr<PreparedWeight>* out) {
+  LOWBIT_KRETURN_IF_ERROR(ValidatePrepareOut(name_, out));
   LOWBIT_KRETURN_IF_ERROR(ValidateFp8Source(src));
   auto w = std::make_unique<CpuWeight>(name_, WeightKind::kFp8, src.n, src.k);
   w->SetMeta(0, src.scale.count != 1, false, false);
@@ -944,21 +978,23 @@ Status CpuBackend::PrepareFp8(const Fp8WeightSource& src, std::unique_ptr<Prepar
     w->kgroups = (k + 1) / 2;
     w->packed.assign(w->panels * w->kgroups * 128, 0);
     // Row r's k-group g (2 codes, as bf16) goes to bytes [4j, 4j+4) of its panel's group g.
-    for (int64_t r = 0; r < n; ++r) {
-      const uint8_t* row = src.weight + r * k;
-      uint8_t* dst = w->packed.data() + (r / kNR) * w->kgroups * 128 + (r % kNR) * 4;
-      for (int64_t c = 0; c + 1 < k; c += 2) {
-        const uint16_t pair[2] = {lut.bf16[row[c]], lut.bf16[row[c + 1]]};
-        std::memcpy(dst + (c / 2) * 128, pair, 4);
-      }
-      if (k % 2 != 0) std::memcpy(dst + (k / 2) * 128, &lut.bf16[row[k - 1]], 2);
-    }
+    const int64_t full = k / 2;
+    TransposePanels(pool_, n, full, 128, w->packed.data(), w->kgroups * 128,
+                    [&](int64_t r, int64_t j, int64_t g0, int64_t g1, uint8_t* panel) {
+                      const uint8_t* row = src.weight + r * k;
+                      for (int64_t g = g0; g < g1; ++g) {
+                        const uint16_t pair[2] = {lut.bf16[row[2 * g]], lut.bf16[row[2 * g + 1]]};
+                        std::memcpy(panel + g * 128 + 4 * j, pair, 4);
+                      }
+                      if (g1 == full && k % 2 != 0) std::memcpy(panel + full * 128 + 4 * j, &lut.bf16[row[k - 1]], 2);
+                    });
   }
   *out = std::move(w);
   return Status::Ok();
 }
 
 Status CpuBackend::PrepareInt4(const Int4WeightSource& src, std::unique_ptr<PreparedWeight>* out) {
+  LOWBIT_KRETURN_IF_ERROR(ValidatePrepareOut(name_, out));
   LOWBIT_KRETURN_IF_ERROR(ValidateInt4Source(src));
   auto w = std::make_unique<CpuWeight>(name_, WeightKind::kInt4, src.n, src.k);
   const int64_t n = src.n, k = src.k;
@@ -966,6 +1002,8 @@ Status CpuBackend::PrepareInt4(const Int4WeightSource& src, std::unique_ptr<Prep
   w->SetMeta(gs, true, src.zero_point_packed != nullptr, src.g_idx != nullptr);
   w->groups = groups;
   if (reference_) {
+    std::vector<int32_t> perm;  // the same g_idx rule as the fast paths (Requirements())
+    LOWBIT_KRETURN_IF_ERROR(Int4ActOrderPermutation(src, &perm));
     const int64_t words = (k + 7) / 8;
     w->ref_packed.assign(src.weight_packed, src.weight_packed + n * words);
     if (src.zero_point_packed) w->ref_zp.assign(src.zero_point_packed, src.zero_point_packed + ((n + 7) / 8) * groups);
@@ -983,13 +1021,14 @@ Status CpuBackend::PrepareInt4(const Int4WeightSource& src, std::unique_ptr<Prep
   w->packed.assign(w->panels * kh * kNR, 0x88);
   w->w4_scale.assign(w->panels * groups * kNR, 0.0f);
   w->w4_zf.assign(w->panels * groups * kNR, 8.0f);
+  // Byte b of decoded row r (columns 2b, 2b + 1) goes to byte [b][r % 32] of its panel.
+  TransposePanels(pool_, n, kh, kNR, w->packed.data(), kh * kNR,
+                  [&](int64_t r, int64_t j, int64_t b0, int64_t b1, uint8_t* panel) {
+                    const uint8_t* row = d.nibbles.data() + r * kh;
+                    for (int64_t b = b0; b < b1; ++b) panel[b * kNR + j] = row[b];
+                  });
   for (int64_t r = 0; r < n; ++r) {
     const int64_t p = r / kNR, j = r % kNR;
-    for (int64_t c = 0; c < k; ++c) {
-      uint8_t& b = w->packed[(p * kh + c / 2) * kNR + j];
-      const uint8_t code = static_cast<uint8_t>(d.codes[r * k + c] + 8);
-      b = (c % 2 == 0) ? static_cast<uint8_t>((b & 0xF0) | code) : static_cast<uint8_t>((b & 0x0F) | (code << 4));
-    }
     for (int64_t g = 0; g < groups; ++g) {
       w->w4_scale[(p * groups + g) * kNR + j] = d.scale[r * groups + g];
       w->w4_zf[(p * groups + g) * kNR + j] = static_cast<float>(d.zero[r * groups + g] + 8);
@@ -1001,8 +1040,8 @@ Status CpuBackend::PrepareInt4(const Int4WeightSource& src, std::unique_ptr<Prep
 
 // ---- GEMM driver ----------------------------------------------------------------------------
 
-void CpuBackend::PackX(Kind kind, const GemmArgs& a, const CpuWeight& w, int64_t r0, int64_t mb, int64_t g0,
-                       int64_t gb, Scratch& s) {
+void CpuBackend::PackX(Kind kind, const GemmArgs& a, const CpuWeight& w, int64_t r0, int64_t mb, int64_t g0, int64_t gb,
+                       Scratch& s) {
   const int64_t k = w.k();
   if (avx2_ && kind != Kind::kW4) {
     const int64_t xs = 2 * kGB;
@@ -1188,7 +1227,8 @@ Status CpuBackend::GemmW8A8(const GemmArgs& a) {
   LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmW8A8", a, WeightKind::kInt8, name_));
   const auto& w = static_cast<const CpuWeight&>(*a.w);
   if (reference_) {
-    Int8WeightSource src{w.ref_i8.data(), w.n(), w.k(), {w.wscale.data(), DType::kF32, static_cast<int64_t>(w.wscale.size())}};
+    Int8WeightSource src{
+        w.ref_i8.data(), w.n(), w.k(), {w.wscale.data(), DType::kF32, static_cast<int64_t>(w.wscale.size())}};
     ref::GemmW8A8(a.m, static_cast<const int8_t*>(a.x), a.x_scale, a.x_scale_count, src, a.bias, a.y_dtype, a.y);
     return Status::Ok();
   }
@@ -1200,7 +1240,8 @@ Status CpuBackend::GemmFp8(const GemmArgs& a) {
   LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmFp8", a, WeightKind::kFp8, name_));
   const auto& w = static_cast<const CpuWeight&>(*a.w);
   if (reference_) {
-    Fp8WeightSource src{w.ref_u8.data(), w.n(), w.k(), {w.wscale.data(), DType::kF32, static_cast<int64_t>(w.wscale.size())}};
+    Fp8WeightSource src{
+        w.ref_u8.data(), w.n(), w.k(), {w.wscale.data(), DType::kF32, static_cast<int64_t>(w.wscale.size())}};
     ref::GemmFp8(a.m, static_cast<const uint8_t*>(a.x), a.x_scale, a.x_scale_count, src, a.bias, a.y_dtype, a.y);
     return Status::Ok();
   }

@@ -46,6 +46,8 @@ using namespace ::lowbit::kernels::cuda;
 
 constexpr size_t kLtWorkspace = 32u << 20;
 constexpr int64_t kGemvMaxM = 16;
+// The largest M (Requirements()): the simple kernels' grids put 64 rows per block.y, ≤ 65535.
+constexpr int64_t kMaxM = int64_t{65535} * 64;
 // W4A16 workspace rows reserved at PrepareInt4 (a GEMM processes M in chunks of the rows that fit).
 constexpr int64_t kW4MinChunkRows = 256;
 // Tickets of the split-K GEMVs, one per row tile (a 128K-row layer in 64-row tiles: 2004; a
@@ -292,6 +294,7 @@ class CudaBackend : public Backend {
 
   Status PrepareInt8(const Int8WeightSource& src, std::unique_ptr<PreparedWeight>* out) override {
     LOWBIT_KRETURN_IF_ERROR(UseDevice());
+    LOWBIT_KRETURN_IF_ERROR(ValidatePrepareOut(name_, out));
     LOWBIT_KRETURN_IF_ERROR(ValidateInt8Source(src));
     if (src.k % 4 != 0)
       return InvalidArgument(name_ + ": W8A8 needs K % 4 == 0 (dp4a dword loads); got K = " + S(src.k));
@@ -310,6 +313,7 @@ class CudaBackend : public Backend {
 
   Status PrepareFp8(const Fp8WeightSource& src, std::unique_ptr<PreparedWeight>* out) override {
     LOWBIT_KRETURN_IF_ERROR(UseDevice());
+    LOWBIT_KRETURN_IF_ERROR(ValidatePrepareOut(name_, out));
     LOWBIT_KRETURN_IF_ERROR(ValidateFp8Source(src));
     auto w = std::make_unique<CudaWeight>(name_, WeightKind::kFp8, src.n, src.k);
     w->SetMeta(0, src.scale.count != 1, false, false);
@@ -330,6 +334,7 @@ class CudaBackend : public Backend {
 
   Status PrepareInt4(const Int4WeightSource& src, std::unique_ptr<PreparedWeight>* out) override {
     LOWBIT_KRETURN_IF_ERROR(UseDevice());
+    LOWBIT_KRETURN_IF_ERROR(ValidatePrepareOut(name_, out));
     LOWBIT_KRETURN_IF_ERROR(ValidateInt4Source(src));
     if (src.k % 8 != 0) return InvalidArgument(name_ + ": W4A16 needs K % 8 == 0; got K = " + S(src.k));
     const int64_t gs = Int4GroupSize(src.k, src.group_size);
@@ -339,13 +344,11 @@ class CudaBackend : public Backend {
     auto w = std::make_unique<CudaWeight>(name_, WeightKind::kInt4, src.n, src.k);
     w->SetMeta(gs, true, d.asym, !d.perm.empty());
     const int64_t n = src.n, k = src.k, words = k / 8;
-    std::vector<int32_t> packed(n * words, 0);
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t c = 0; c < k; ++c) {
-        const uint32_t code = static_cast<uint32_t>(d.codes[r * k + c]) & 15u;  // q as a signed nibble
-        packed[r * words + c / 8] =
-            static_cast<int32_t>(static_cast<uint32_t>(packed[r * words + c / 8]) | (code << (4 * (c % 8))));
-      }
+    // The kernels read q as a signed nibble: the decoded rows (K % 8 == 0: whole words) with each
+    // nibble's q + 8 turned into q & 15, i.e. its top bit flipped.
+    std::vector<int32_t> packed(n * words);
+    std::memcpy(packed.data(), d.nibbles.data(), d.nibbles.size());
+    for (int32_t& v : packed) v = static_cast<int32_t>(static_cast<uint32_t>(v) ^ 0x88888888u);
     void* p;
     LOWBIT_KRETURN_IF_ERROR(w->Upload(packed.data(), packed.size() * 4, stream_, &p));
     w->w4.packed = static_cast<const int32_t*>(p);
@@ -397,7 +400,7 @@ class CudaBackend : public Backend {
 
   Status GemmW8A8(const GemmArgs& a) override {
     LOWBIT_KRETURN_IF_ERROR(UseDevice());
-    LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmW8A8", a, WeightKind::kInt8, name_));
+    LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmW8A8", a, WeightKind::kInt8, name_, kMaxM));
     const auto& w = static_cast<const CudaWeight&>(*a.w);
     const int64_t m = a.m, n = w.n(), k = w.k();
     const auto* x = static_cast<const int8_t*>(a.x);
@@ -452,7 +455,7 @@ class CudaBackend : public Backend {
 
   Status GemmFp8(const GemmArgs& a) override {
     LOWBIT_KRETURN_IF_ERROR(UseDevice());
-    LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmFp8", a, WeightKind::kFp8, name_));
+    LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmFp8", a, WeightKind::kFp8, name_, kMaxM));
     const auto& w = static_cast<const CudaWeight&>(*a.w);
     const int64_t m = a.m, n = w.n(), k = w.k();
     // M ≤ 16: stream the weight through the e4m3 tensor cores (mma.sync).
@@ -498,7 +501,7 @@ class CudaBackend : public Backend {
 
   Status GemmW4A16(const GemmArgs& a) override {
     LOWBIT_KRETURN_IF_ERROR(UseDevice());
-    LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmW4A16", a, WeightKind::kInt4, name_));
+    LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmW4A16", a, WeightKind::kInt4, name_, kMaxM));
     const auto& w = static_cast<const CudaWeight&>(*a.w);
     const int64_t m = a.m, n = w.n(), k = w.k();
     const int xt = ToElem(a.x_dtype);

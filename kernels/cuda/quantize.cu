@@ -20,7 +20,8 @@ __device__ __forceinline__ float AbsForMax(float v) {
 __device__ __forceinline__ bool FiniteMax(float absmax) { return absmax <= 3.402823466e38f; }
 __device__ __forceinline__ float RowScale(float absmax, float qmax) {
   if (!FiniteMax(absmax)) return __uint_as_float(kNonFiniteRowScaleBits);
-  return absmax > 0.0f ? __fdiv_rn(absmax, qmax) : 1.0f;
+  const float s = __fdiv_rn(absmax, qmax);  // 0 for a zero row, or one so small it underflows
+  return s > 0.0f ? s : 1.0f;
 }
 
 __device__ float BlockMax(float v) {

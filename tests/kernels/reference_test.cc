@@ -1,13 +1,18 @@
 // The kernels' CPU reference agrees with common/numerics (the calibrator's oracle): per-token
 // int8 quantization, FP8 quantization, and the compressed-tensors int4 packing.
+#include "kernels/reference.h"
+
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
 #include <vector>
 
 #include "common/dtype.h"
 #include "common/numerics.h"
 #include "gtest/gtest.h"
-#include "kernels/reference.h"
+#include "kernels/backend.h"
 #include "kernels/validate.h"
 
 namespace lowbit::kernels {
@@ -75,7 +80,9 @@ TEST(KernelsReference, Int4DecodingMatchesCommonPacking) {
   src.zero_point_packed = zp.data();
   DecodedInt4 d;
   ASSERT_TRUE(DecodeInt4(src, &d).ok());
-  EXPECT_EQ(d.codes, codes);
+  ASSERT_EQ(d.row_bytes, k / 2);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < k; ++c) ASSERT_EQ(d.Code(r, c), codes[r * k + c]) << r << "," << c;
   EXPECT_EQ(d.zero, zeros);
   EXPECT_EQ(d.groups, groups);
   // The reference GEMM with x = e_j picks out the dequantized weight column j.
@@ -86,6 +93,147 @@ TEST(KernelsReference, Int4DecodingMatchesCommonPacking) {
   ref::GemmW4A16(1, DType::kBF16, xb.data(), src, nullptr, y.data());
   for (int64_t r = 0; r < n; ++r)
     EXPECT_EQ(Bf16ToFloat(y[r]), (codes[r * k + 200] - zeros[r * groups + 1]) * 0.5f) << r;
+}
+
+// The decoded rows: an odd K's last high nibble is q = 0, and an activation-order g_idx gives
+// kernel column j the checkpoint column perm[j], sorted by group (stable).
+TEST(KernelsReference, Int4DecodingOddKAndActivationOrder) {
+  const int64_t n = 3, k = 13;
+  std::vector<int8_t> codes(n * k);
+  for (int64_t i = 0; i < n * k; ++i) codes[i] = static_cast<int8_t>((i * 5 + 3) % 16 - 8);
+  std::vector<int32_t> packed = PackRows(codes, n, k, 4);
+  std::vector<float> scale(n, 1.0f);
+  Int4WeightSource src;
+  src.weight_packed = packed.data();
+  src.n = n;
+  src.k = k;
+  src.scale = {scale.data(), DType::kF32, n};
+  DecodedInt4 d;
+  ASSERT_TRUE(DecodeInt4(src, &d).ok());
+  ASSERT_EQ(d.row_bytes, 7);
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t c = 0; c < k; ++c) EXPECT_EQ(d.Code(r, c), codes[r * k + c]) << r << "," << c;
+    EXPECT_EQ(d.nibbles[r * 7 + 6] >> 4, 8) << r;
+  }
+
+  const int64_t k2 = 8, gs = 4;
+  std::vector<int8_t> codes2(n * k2);
+  for (int64_t i = 0; i < n * k2; ++i) codes2[i] = static_cast<int8_t>((i * 3 + 1) % 16 - 8);
+  std::vector<int32_t> packed2 = PackRows(codes2, n, k2, 4);
+  const std::vector<int32_t> g_idx = {1, 0, 1, 0, 0, 1, 1, 0};  // group 0: columns 1 3 4 7
+  const std::vector<int32_t> want_perm = {1, 3, 4, 7, 0, 2, 5, 6};
+  std::vector<float> scale2(n * 2, 1.0f);
+  src.weight_packed = packed2.data();
+  src.k = k2;
+  src.group_size = gs;
+  src.scale = {scale2.data(), DType::kF32, n * 2};
+  src.g_idx = g_idx.data();
+  ASSERT_TRUE(DecodeInt4(src, &d).ok());
+  EXPECT_EQ(d.perm, want_perm);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < k2; ++j) EXPECT_EQ(d.Code(r, j), codes2[r * k2 + want_perm[j]]) << r << "," << j;
+}
+
+// The oracle's FP8 GEMM: a NaN code (0x7F / 0xFF; E4M3 has no infinities) makes every dot
+// product it enters NaN, as float arithmetic does; the rest is the exact sum.
+TEST(KernelsReference, Fp8GemmNanCodesGiveNan) {
+  const int64_t m = 3, n = 4, k = 5;
+  std::vector<uint8_t> x(m * k), w(n * k);
+  for (int64_t i = 0; i < m * k; ++i) x[i] = FloatToFp8E4M3(0.25f * static_cast<float>(i % 7 - 3));
+  for (int64_t i = 0; i < n * k; ++i) w[i] = FloatToFp8E4M3(0.5f * static_cast<float>(i % 5 - 2));
+  x[0 * k + 1] = 0x7F;  // row 0
+  x[1 * k + 4] = 0xFF;  // row 1
+  w[2 * k + 3] = 0x7F;  // column 2
+  const float xs = 1.0f, ws = 2.0f;
+  std::vector<float> y(m * n);
+  ref::GemmFp8(m, x.data(), &xs, 1, {w.data(), n, k, {&ws, DType::kF32, 1}}, nullptr, DType::kF32, y.data(), nullptr);
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t c = 0; c < n; ++c) {
+      if (r < 2 || c == 2) {
+        EXPECT_TRUE(std::isnan(y[r * n + c])) << r << "," << c << " = " << y[r * n + c];
+        continue;
+      }
+      double want = 0;
+      for (int64_t i = 0; i < k; ++i) want += double{Fp8E4M3ToFloat(x[r * k + i])} * Fp8E4M3ToFloat(w[c * k + i]);
+      EXPECT_EQ(y[r * n + c], static_cast<float>(want * ws * xs)) << r << "," << c;
+    }
+}
+
+// Every CPU backend: an f32 row whose absmax / 127 (or / 448) underflows to 0 quantizes as a
+// zero row (scale 1, codes 0) — not scale 0 with codes from 0 / 0.
+TEST(CpuBackendEdges, RowsTooSmallForAScaleQuantizeAsZero) {
+  const int64_t m = 2, k = 9;
+  std::vector<float> x(m * k, 0.0f);
+  x[3] = std::numeric_limits<float>::denorm_min();
+  x[k + 5] = -8 * std::numeric_limits<float>::denorm_min();
+  for (const char* name : {"cpu", "cpu-generic", "cpu-ref"}) {
+    std::unique_ptr<Backend> b;
+    ASSERT_TRUE(MakeBackend(name, {}, &b).ok()) << name;
+    std::vector<int8_t> q8(m * k, 1);
+    std::vector<uint8_t> q(m * k, 1);
+    std::vector<float> s8(m, 0.0f), s(m, 0.0f);
+    ASSERT_TRUE(b->QuantizeInt8PerToken(DType::kF32, x.data(), m, k, q8.data(), s8.data()).ok()) << name;
+    ASSERT_TRUE(b->QuantizeFp8PerToken(DType::kF32, x.data(), m, k, q.data(), s.data()).ok()) << name;
+    EXPECT_EQ(s8, std::vector<float>(m, 1.0f)) << name;
+    EXPECT_EQ(s, std::vector<float>(m, 1.0f)) << name;
+    EXPECT_EQ(q8, std::vector<int8_t>(m * k, 0)) << name;
+    for (uint8_t code : q) EXPECT_TRUE(code == 0x00 || code == 0x80) << name << ": " << int{code};  // ±0
+  }
+}
+
+// What the fast paths refuse, the reference backend refuses too (Requirements() is shared), and
+// API misuse is a Status, not a crash or a wrong answer.
+TEST(CpuBackendEdges, RefusalsAreSharedAndMisuseIsAStatus) {
+  for (const char* name : {"cpu", "cpu-ref"}) {
+    std::unique_ptr<Backend> b;
+    ASSERT_TRUE(MakeBackend(name, {}, &b).ok()) << name;
+    std::unique_ptr<PreparedWeight> pw;
+    const float one = 1.0f;
+    // W8A8 K > 65536: int32 accumulation could overflow.
+    std::vector<int8_t> wide(65537, -128);
+    Status st = b->PrepareInt8({wide.data(), 1, 65537, {&one, DType::kF32, 1}}, &pw);
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << name;
+    EXPECT_NE(st.message().find("65536"), std::string::npos) << st.ToString();
+    // An act-order g_idx whose groups are not group_size columns each.
+    const int64_t n = 1, k = 8;
+    std::vector<int32_t> packed(1, 0x76543210), g_idx = {0, 0, 0, 1, 1, 1, 1, 1};
+    std::vector<float> scale(2, 1.0f);
+    Int4WeightSource src;
+    src.weight_packed = packed.data();
+    src.n = n;
+    src.k = k;
+    src.group_size = 4;
+    src.scale = {scale.data(), DType::kF32, 2};
+    src.g_idx = g_idx.data();
+    st = b->PrepareInt4(src, &pw);
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << name;
+    EXPECT_NE(st.message().find("exactly group_size = 4"), std::string::npos) << st.ToString();
+    // A null output pointer.
+    std::vector<int8_t> w8(4 * 4, 1);
+    st = b->PrepareInt8({w8.data(), 4, 4, {&one, DType::kF32, 1}}, nullptr);
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << name;
+    // An allocation size that would wrap.
+    void* p = nullptr;
+    EXPECT_FALSE(b->Alloc(SIZE_MAX - 10, &p).ok()) << name;
+    // An output that overlaps the activations (x: 4 × 4 int8 = 16 bytes, y: 4 × 4 f32).
+    ASSERT_TRUE(b->PrepareInt8({w8.data(), 4, 4, {&one, DType::kF32, 1}}, &pw).ok()) << name;
+    std::vector<float> buf(16, 0.0f), xs(4, 1.0f);
+    GemmArgs a;
+    a.m = 4;
+    a.x = buf.data();
+    a.x_dtype = DType::kI8;
+    a.x_scale = xs.data();
+    a.x_scale_count = 4;
+    a.w = pw.get();
+    a.y = buf.data() + 2;
+    a.y_dtype = DType::kF32;
+    st = b->GemmW8A8(a);
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << name;
+    EXPECT_NE(st.message().find("overlaps"), std::string::npos) << st.ToString();
+    std::vector<float> y(16);
+    a.y = y.data();
+    EXPECT_TRUE(b->GemmW8A8(a).ok()) << name;
+  }
 }
 
 }  // namespace
