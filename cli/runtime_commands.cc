@@ -105,7 +105,8 @@ int RunGemm(const Args& args) {
   auto stub = RuntimeStub(config);
   const std::string model = absl::GetFlag(FLAGS_name), layer = absl::GetFlag(FLAGS_layer);
   if (model.empty() || layer.empty()) {
-    std::fprintf(stderr, "usage: lowbit gemm --name MODEL --layer MODULE [--x x.npy | --m M] [--dtype bf16] [--y y.npy]\n");
+    std::fprintf(stderr,
+                 "usage: lowbit gemm --name MODEL --layer MODULE [--x x.npy | --m M] [--dtype bf16] [--y y.npy]\n");
     return 2;
   }
   auto dtype = ParseFloatDType(absl::GetFlag(FLAGS_dtype));
@@ -119,6 +120,15 @@ int RunGemm(const Args& args) {
     if (shape.size() == 1) shape.insert(shape.begin(), 1);
     x = Tensor::FromFloats(f, shape, *dtype);
   } else {
+    // The runtime's own bound on M is its --max_rows (16384 by default); this one keeps the
+    // random activations' count positive and their memory bounded.
+    const int64_t m = absl::GetFlag(FLAGS_m);
+    constexpr int64_t kMaxRandomRows = 1 << 20;
+    if (m < 1 || m > kMaxRandomRows) {
+      std::fprintf(stderr, "lowbit gemm: --m %lld is not in 1..%lld\n", static_cast<long long>(m),
+                   static_cast<long long>(kMaxRandomRows));
+      return 2;
+    }
     // K from the model's layer list.
     grpc::ClientContext ctx;
     Prepare(&ctx, config);
@@ -129,14 +139,20 @@ int RunGemm(const Args& args) {
       for (const auto& l : m.layers())
         if (m.name() == model && l.name() == layer) k = l.k();
     if (k < 0) {
-      std::fprintf(stderr, "lowbit gemm: model '%s' has no layer '%s' (see lowbit models)\n", model.c_str(), layer.c_str());
+      std::fprintf(stderr, "lowbit gemm: model '%s' has no layer '%s' (see lowbit models)\n", model.c_str(),
+                   layer.c_str());
       return 1;
+    }
+    if (m * k > (int64_t{1} << 31)) {
+      std::fprintf(stderr, "lowbit gemm: --m %lld × K = %lld is over 2^31 activations\n", static_cast<long long>(m),
+                   static_cast<long long>(k));
+      return 2;
     }
     std::mt19937 rng(0);
     std::normal_distribution<float> nd;
-    std::vector<float> v(absl::GetFlag(FLAGS_m) * k);
+    std::vector<float> v(m * k);
     for (auto& e : v) e = nd(rng);
-    x = Tensor::FromFloats(v, {absl::GetFlag(FLAGS_m), k}, *dtype);
+    x = Tensor::FromFloats(v, {m, k}, *dtype);
   }
   auto r = CallGemm(*stub, config, model, layer, x, *dtype);
   if (!r.ok()) return Fail("gemm", r.status());

@@ -4,19 +4,68 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "openssl/bio.h"
+#include "openssl/evp.h"
+#include "openssl/pem.h"
+#include "openssl/x509.h"
 #include "prometheus/exposer.h"
 #include "spdlog/spdlog.h"
 
 namespace lowbit::rpc {
 namespace {
+
+// The PEM certificate and private key as OpenSSL reads them, and whether they belong together:
+// gRPC only reports "Unable to create secure server" (and the listener then fails), naming neither.
+absl::Status CheckTlsPair(const std::string& cert_pem, const std::string& cert_file, const std::string& key_pem,
+                          const std::string& key_file) {
+  BIO* cb = BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size()));
+  X509* cert = cb ? PEM_read_bio_X509(cb, nullptr, nullptr, nullptr) : nullptr;
+  BIO_free(cb);
+  if (cert == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TLS certificate '", cert_file, "' holds no PEM certificate (-----BEGIN CERTIFICATE-----)"));
+  }
+  BIO* kb = BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
+  EVP_PKEY* key = kb ? PEM_read_bio_PrivateKey(kb, nullptr, nullptr, nullptr) : nullptr;
+  BIO_free(kb);
+  absl::Status st;
+  if (key == nullptr) {
+    st = absl::InvalidArgumentError(
+        absl::StrCat("TLS key '", key_file, "' holds no unencrypted PEM private key (-----BEGIN PRIVATE KEY-----)"));
+  } else if (X509_check_private_key(cert, key) != 1) {
+    st = absl::InvalidArgumentError(
+        absl::StrCat("TLS key '", key_file, "' is not the private key of the certificate in '", cert_file, "'"));
+  }
+  EVP_PKEY_free(key);
+  X509_free(cert);
+  return st;
+}
+
+// A TCP listening address's port must be 0..65535 (gRPC would take it modulo 65536).
+absl::Status CheckListenPort(const std::string& address) {
+  if (absl::StartsWith(address, "unix:") || absl::StartsWith(address, "unix-abstract:")) return absl::OkStatus();
+  const size_t colon = address.rfind(':');
+  const std::string port = colon == std::string::npos ? "" : address.substr(colon + 1);
+  int64_t value = -1;
+  if (port.empty() || !std::all_of(port.begin(), port.end(), absl::ascii_isdigit) || !absl::SimpleAtoi(port, &value) ||
+      value > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("address '", address, "': expected HOST:PORT with a port in 0..65535 (0 = any free port)"));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const ServerConfig& c) {
   if (c.tls_cert_file.empty() && c.tls_key_file.empty()) {
@@ -32,6 +81,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
   if (!cert.ok()) return cert.status();
   auto key = ReadFileToString(c.tls_key_file);
   if (!key.ok()) return key.status();
+  if (absl::Status st = CheckTlsPair(*cert, c.tls_cert_file, *key, c.tls_key_file); !st.ok()) return st;
   grpc::SslServerCredentialsOptions opts(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
   if (!c.tls_client_ca_file.empty()) {
     auto ca = ReadFileToString(c.tls_client_ca_file);
@@ -75,8 +125,7 @@ void RpcMetrics::Record(std::string_view method, const grpc::Status& status, dou
   static const auto* const kBuckets = new prometheus::Histogram::BucketBoundaries{
       25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60};
   const std::string m(method);
-  requests_->Add({{"service", service_}, {"method", m}, {"code", std::to_string(status.error_code())}})
-      .Increment();
+  requests_->Add({{"service", service_}, {"method", m}, {"code", std::to_string(status.error_code())}}).Increment();
   latency_->Add({{"service", service_}, {"method", m}}, *kBuckets).Observe(seconds);
 }
 
@@ -127,6 +176,10 @@ absl::StatusOr<std::unique_ptr<RpcServer>> RpcServer::Start(const ServerConfig& 
     return absl::InvalidArgumentError(
         absl::StrCat("max message bytes ", config.max_message_bytes, " is not in 1..2147483647"));
   }
+  if (absl::Status st = CheckListenPort(config.address); !st.ok()) return st;
+  if (!config.metrics_address.empty()) {
+    if (absl::Status st = CheckListenPort(config.metrics_address); !st.ok()) return st;
+  }
   auto creds = MakeServerCredentials(config);
   if (!creds.ok()) return creds.status();
 
@@ -143,18 +196,19 @@ absl::StatusOr<std::unique_ptr<RpcServer>> RpcServer::Start(const ServerConfig& 
   for (grpc::Service* service : services) builder.RegisterService(service);
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on '", config.address,
-                                               "' (address malformed or already in use)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on '", config.address, "' (address malformed or already in use)"));
   }
   if (!config.metrics_address.empty()) {
     try {
       s->exposer_ = std::make_unique<prometheus::Exposer>(config.metrics_address);
     } catch (const std::exception& e) {
       s->server_->Shutdown();
-      return absl::UnavailableError(
-          absl::StrCat("cannot serve metrics on '", config.metrics_address, "': ", e.what()));
+      return absl::UnavailableError(absl::StrCat("cannot serve metrics on '", config.metrics_address, "': ", e.what()));
     }
     if (registry) s->exposer_->RegisterCollectable(registry);
+    const std::string& ma = config.metrics_address;
+    spdlog::info("serving Prometheus metrics on http://{}:{}/metrics", ma.substr(0, ma.rfind(':')), s->metrics_port());
   }
   s->server_->GetHealthCheckService()->SetServingStatus(true);
   return s;
@@ -164,6 +218,10 @@ int RpcServer::metrics_port() const {
   if (!exposer_) return 0;
   auto ports = exposer_->GetListeningPorts();
   return ports.empty() ? 0 : ports.front();
+}
+
+void RpcServer::AddHealthService(const std::string& full_name) {
+  if (server_) server_->GetHealthCheckService()->SetServingStatus(full_name, !shut_down_);
 }
 
 void RpcServer::Shutdown() {

@@ -23,17 +23,19 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 
-namespace prometheus { class Exposer; }
+namespace prometheus {
+class Exposer;
+}
 
 namespace lowbit::rpc {
 
 struct ServerConfig {
-  std::string address = "127.0.0.1:0";  // host:port; port 0 = pick a free one (see port())
+  std::string address = "127.0.0.1:0";            // host:port; port 0 = pick a free one (see port())
   int64_t max_message_bytes = int64_t{64} << 20;  // receive and send, per message
   // TLS when cert and key are set; mTLS (client certificates required) when client_ca is too.
   std::string tls_cert_file, tls_key_file, tls_client_ca_file;
-  std::string auth_token;        // bearer token; empty = no auth
-  std::string metrics_address;   // "host:port" for Prometheus /metrics; empty = off
+  std::string auth_token;       // bearer token; empty = no auth
+  std::string metrics_address;  // "host:port" for Prometheus /metrics; empty = off
   std::chrono::milliseconds shutdown_grace{5000};
 };
 
@@ -83,14 +85,18 @@ grpc::Status CheckBearerToken(const grpc::ServerContext* ctx, const std::string&
 class RpcServer {
  public:
   // Builds and starts a server with the given services (not owned; they must outlive it),
-  // health (every service SERVING) and reflection. Errors: bad address / port in use, unreadable
-  // TLS files, a metrics address that cannot be bound.
+  // health (the server, service "", SERVING) and reflection. Errors: an address that is not
+  // HOST:PORT with a port in 0..65535 (INVALID_ARGUMENT), a port in use, unreadable TLS files or a
+  // key that is not the certificate's, a metrics address that cannot be bound.
   static absl::StatusOr<std::unique_ptr<RpcServer>> Start(const ServerConfig& config,
                                                           const std::vector<grpc::Service*>& services,
                                                           std::shared_ptr<prometheus::Registry> registry);
   ~RpcServer();
   int port() const { return port_; }
   int metrics_port() const;
+  // Also answers health checks for this service name (e.g. "lowbit.v1.RuntimeService"), with the
+  // server's status (NOT_SERVING once Shutdown began).
+  void AddHealthService(const std::string& full_name);
   grpc::Server* server() { return server_.get(); }
   // Health NOT_SERVING, then Shutdown with the grace deadline (in-flight calls finish or are
   // cancelled at the deadline). Idempotent.

@@ -32,7 +32,8 @@
 
 ABSL_FLAG(std::string, address, "127.0.0.1:50052", "host:port to listen on (port 0 = any free port)");
 ABSL_FLAG(std::string, model_root, "", "directory LoadModel paths are confined to (empty = stream loads only)");
-ABSL_FLAG(std::string, backend, "auto", "auto (cuda when a GPU is present, else cpu), cpu, cpu-generic, cpu-ref, cuda, cuda-simple");
+ABSL_FLAG(std::string, backend, "auto",
+          "auto (cuda when a GPU is present, else cpu), cpu, cpu-generic, cpu-ref, cuda, cuda-simple");
 ABSL_FLAG(int64_t, memory_budget_bytes, 0, "weight memory budget for loaded models (0 = unlimited)");
 ABSL_FLAG(bool, batching, true, "coalesce concurrent Gemm requests for the same layer into one GEMM");
 ABSL_FLAG(int64_t, max_queue_delay_us, 0,
@@ -49,7 +50,8 @@ ABSL_FLAG(int64_t, max_message_bytes, int64_t{64} << 20, "gRPC max message size,
 ABSL_FLAG(int64_t, shutdown_grace_ms, 5000,
           "serve: on SIGTERM, how long in-flight calls (and connected clients) get before they are cancelled");
 ABSL_FLAG(int32_t, threads, 0, "CPU backend worker threads (0 = all cores)");
-ABSL_FLAG(std::vector<std::string>, load, {}, "models to load at start, name=path (path under --model_root); repeatable or comma-separated");
+ABSL_FLAG(std::vector<std::string>, load, {},
+          "models to load at start, name=path (path under --model_root); repeatable or comma-separated");
 ABSL_FLAG(std::string, log_level, "info", "spdlog level: trace, debug, info, warn, error");
 
 namespace {
@@ -65,8 +67,8 @@ int Serve() {
   spdlog::set_level(spdlog::level::from_str(absl::GetFlag(FLAGS_log_level)));
   lowbit::rpc::SetUpProcess();
   lowbit::rpc::ServerConfig config;
-  const lowbit::rpc::ServerFlags server_flags{FLAGS_address,    FLAGS_tls_cert,        FLAGS_tls_key,
-                                              FLAGS_tls_client_ca, FLAGS_auth_token, FLAGS_metrics_address,
+  const lowbit::rpc::ServerFlags server_flags{FLAGS_address,           FLAGS_tls_cert,         FLAGS_tls_key,
+                                              FLAGS_tls_client_ca,     FLAGS_auth_token,       FLAGS_metrics_address,
                                               FLAGS_max_message_bytes, FLAGS_shutdown_grace_ms};
   absl::Status s = lowbit::rpc::ServerConfigFromFlags(server_flags, "RUNTIME", &config);
 
@@ -83,6 +85,13 @@ int Serve() {
   setting(FLAGS_max_rows, "MAX_ROWS", &options.max_rows);
   setting(FLAGS_threads, "THREADS", &options.threads);
   if (!s.ok()) return Fail(s);
+  // Tests only (no flag): a pause before each Linear is prepared, so a load can be cut half way.
+  if (const char* pause = std::getenv("LOWBIT_RUNTIME_TEST_LAYER_PAUSE_MS"); pause != nullptr && *pause != '\0') {
+    if (!absl::SimpleAtoi(pause, &options.registry.test_layer_pause_ms) || options.registry.test_layer_pause_ms < 0) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("LOWBIT_RUNTIME_TEST_LAYER_PAUSE_MS='", pause, "' is not a number of milliseconds")));
+    }
+  }
 
   auto registry = std::make_shared<prometheus::Registry>();
   auto engine = lowbit::runtime::Engine::Create(options, registry);
@@ -93,7 +102,8 @@ int Serve() {
       return Fail(absl::InvalidArgumentError(absl::StrCat("--load '", item, "': expected name=path")));
     }
     auto model = (*engine)->LoadFromPath(parts[0], parts[1]);
-    if (!model.ok()) return Fail(absl::Status(model.status().code(), absl::StrCat("--load ", item, ": ", model.status().message())));
+    if (!model.ok())
+      return Fail(absl::Status(model.status().code(), absl::StrCat("--load ", item, ": ", model.status().message())));
   }
   lowbit::runtime::RuntimeServiceOptions sopts;
   sopts.max_message_bytes = config.max_message_bytes;
@@ -101,6 +111,7 @@ int Serve() {
                                               lowbit::rpc::MakeServiceContext(config, "runtime", registry), sopts);
   auto server = lowbit::rpc::RpcServer::Start(config, {&service}, registry);
   if (!server.ok()) return Fail(server.status());
+  (*server)->AddHealthService(lowbit::v1::RuntimeService::service_full_name());
   std::string host = config.address.substr(0, config.address.rfind(':'));
   std::printf("lowbit-runtime listening on %s:%d\n", host.c_str(), (*server)->port());
   std::fflush(stdout);

@@ -1,6 +1,8 @@
 // rpc/: checksums, the wire codec and the server plumbing, against independent expectations:
 // published CRC-32C check values, hand-built protos, and a real server on a loopback port
 // probed through generated stubs (grpc.health.v1 and lowbit.v1).
+#include <dlfcn.h>
+#include <pthread.h>
 #include <sys/resource.h>
 
 #include <cstdlib>
@@ -10,17 +12,18 @@
 #include <string>
 #include <thread>
 
-#include "grpcpp/grpcpp.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "lowbit/v1/calibrator.pb.h"
 #include "lowbit/v1/runtime.grpc.pb.h"
 #include "rpc/client.h"
 #include "rpc/crc32c.h"
+#include "rpc/raw_stream.h"
 #include "rpc/server.h"
 #include "rpc/status.h"
-#include "rpc/raw_stream.h"
 #include "rpc/tensor_codec.h"
+#include "rpc/thread_stack_floor.h"
 #include "rpc/wire.h"
 
 namespace lowbit::rpc {
@@ -107,7 +110,8 @@ TEST(Chunking, RoundTripsSeveralTensors) {
   auto ca = Chunks("a", a, 7);
   EXPECT_EQ(ca.size(), 58u);  // 400 bytes in chunks of 7
   ChunkAssembler asm_;
-  for (auto* cs : {&ca}) for (auto& c : *cs) ASSERT_TRUE(asm_.Add(c).ok());
+  for (auto* cs : {&ca})
+    for (auto& c : *cs) ASSERT_TRUE(asm_.Add(c).ok());
   for (auto& c : Chunks("b", b, 1 << 20)) ASSERT_TRUE(asm_.Add(c).ok());
   auto ce = Chunks("empty", empty, 16);
   ASSERT_EQ(ce.size(), 1u);
@@ -176,7 +180,8 @@ TEST(Chunking, RefusesBrokenStreams) {
     (*cs[2].mutable_data())[5] ^= 1;
     ChunkAssembler s;
     absl::Status st;
-    for (auto& c : cs) if (st.ok()) st = s.Add(c);
+    for (auto& c : cs)
+      if (st.ok()) st = s.Add(c);
     EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
   }
   {  // a skipped chunk
@@ -201,7 +206,8 @@ TEST(Chunking, RefusesBrokenStreams) {
     cs[3].mutable_data()->append("xx");
     ChunkAssembler s;
     absl::Status st;
-    for (auto& c : cs) if (st.ok()) st = s.Add(c);
+    for (auto& c : cs)
+      if (st.ok()) st = s.Add(c);
     EXPECT_NE(st.message().find("holds 256"), std::string::npos) << st;
   }
   {  // the same name twice
@@ -228,7 +234,8 @@ std::string Flatten(const grpc::ByteBuffer& b) {
 // `bytes` cut into slices of `piece` bytes, as gRPC may deliver them.
 grpc::ByteBuffer Sliced(const std::string& bytes, size_t piece) {
   std::vector<grpc::Slice> slices;
-  for (size_t i = 0; i < bytes.size(); i += piece) slices.emplace_back(bytes.data() + i, std::min(piece, bytes.size() - i));
+  for (size_t i = 0; i < bytes.size(); i += piece)
+    slices.emplace_back(bytes.data() + i, std::min(piece, bytes.size() - i));
   return grpc::ByteBuffer(slices.data(), slices.size());
 }
 
@@ -370,8 +377,8 @@ TEST(Wire, RefusesMalformedBytes) {
   const std::string chunk_with_varint_data = std::string("\x12\x02\x28\x01", 4);  // chunk { 5: varint 1 }
   for (const Case& c : std::vector<Case>{
            {chunk_with_varint_data, "expected length-delimited"},
-           {std::string("\x10\x01", 2), "expected length-delimited"},               // chunk as a varint
-           {std::string("\x0b\x0c", 2), "groups are not supported"},               // field 1, start group
+           {std::string("\x10\x01", 2), "expected length-delimited"},  // chunk as a varint
+           {std::string("\x0b\x0c", 2), "groups are not supported"},   // field 1, start group
            {std::string("\x0e\x00", 2), "wire type 6 (not a wire type)"},
            {std::string("\x08") + std::string(10, '\xff') + "\x01", "truncated varint"},  // 11-byte varint
            {std::string("\x00\x01", 2), "field number 0"},
@@ -439,12 +446,14 @@ grpc::Status Info(const ClientConfig& cc, std::string* version = nullptr) {
   return st;
 }
 
-grpc::health::v1::HealthCheckResponse::ServingStatus Health(const ClientConfig& cc, grpc::Status* st) {
+grpc::health::v1::HealthCheckResponse::ServingStatus Health(const ClientConfig& cc, grpc::Status* st,
+                                                            const std::string& service = "") {
   auto ch = MakeChannel(cc);
   auto stub = grpc::health::v1::Health::NewStub(*ch);
   grpc::ClientContext ctx;
   PrepareContext(&ctx, ClientConfig{}, std::chrono::seconds(5));  // no token: health stays open
   grpc::health::v1::HealthCheckRequest req;
+  req.set_service(service);
   grpc::health::v1::HealthCheckResponse resp;
   *st = stub->Check(&ctx, req, &resp);
   return resp.status();
@@ -464,6 +473,12 @@ TEST(Server, HealthAuthMetricsAndShutdown) {
   grpc::Status hs;
   EXPECT_EQ(Health(cc, &hs), grpc::health::v1::HealthCheckResponse::SERVING);
   EXPECT_TRUE(hs.ok()) << hs.error_message();
+  // A service name answers once added (grpc_health_probe -service=...), an unknown one is NOT_FOUND.
+  Health(cc, &hs, "lowbit.v1.RuntimeService");
+  EXPECT_EQ(hs.error_code(), grpc::StatusCode::NOT_FOUND);
+  ts.server->AddHealthService("lowbit.v1.RuntimeService");
+  EXPECT_EQ(Health(cc, &hs, "lowbit.v1.RuntimeService"), grpc::health::v1::HealthCheckResponse::SERVING);
+  EXPECT_TRUE(hs.ok()) << hs.error_message();
 
   auto missing = Info(cc);
   EXPECT_EQ(missing.error_code(), grpc::StatusCode::UNAUTHENTICATED);
@@ -478,15 +493,16 @@ TEST(Server, HealthAuthMetricsAndShutdown) {
   // /metrics counts the three calls by code (16 = UNAUTHENTICATED, 0 = OK).
   ASSERT_GT(ts.server->metrics_port(), 0);
   const std::string out = ::testing::TempDir() + "/metrics.txt";
-  const std::string cmd = "curl -s http://127.0.0.1:" + std::to_string(ts.server->metrics_port()) +
-                          "/metrics > " + out;
+  const std::string cmd = "curl -s http://127.0.0.1:" + std::to_string(ts.server->metrics_port()) + "/metrics > " + out;
   if (std::system(cmd.c_str()) == 0) {
     std::ifstream in(out);
     std::string text((std::istreambuf_iterator<char>(in)), {});
     EXPECT_NE(text.find("lowbit_rpc_requests_total{code=\"16\",method=\"GetServerInfo\",service=\"runtime\"} 2"),
-              std::string::npos) << text;
+              std::string::npos)
+        << text;
     EXPECT_NE(text.find("lowbit_rpc_requests_total{code=\"0\",method=\"GetServerInfo\",service=\"runtime\"} 1"),
-              std::string::npos) << text;
+              std::string::npos)
+        << text;
   } else {
     ADD_FAILURE() << "curl could not fetch /metrics";
   }
@@ -509,6 +525,44 @@ TEST(Server, RefusesPortInUseAndBadTls) {
   TestServer third(tls);
   EXPECT_EQ(third.status.code(), absl::StatusCode::kNotFound);
   EXPECT_NE(third.status.message().find("/nonexistent/cert.pem"), std::string::npos);
+  // gRPC would listen on 99999 mod 65536.
+  for (const char* address : {"127.0.0.1:99999", "127.0.0.1:http", "127.0.0.1"}) {
+    ServerConfig bad;
+    bad.address = address;
+    TestServer refused(bad);
+    EXPECT_EQ(refused.status.code(), absl::StatusCode::kInvalidArgument) << address;
+    EXPECT_NE(refused.status.message().find("0..65535"), std::string::npos) << refused.status;
+  }
+  ServerConfig bad_metrics;
+  bad_metrics.metrics_address = "127.0.0.1:70000";
+  TestServer refused(bad_metrics);
+  EXPECT_EQ(refused.status.code(), absl::StatusCode::kInvalidArgument) << refused.status;
+}
+
+// Threads that a shared library creates with a fixed small stack — civetweb's, behind /metrics,
+// 100 KiB — must still fit the static TLS of the CUDA libraries the runtime links (≈ 110 KiB):
+// the executable's pthread_attr_setstacksize (rpc/thread_stack_floor.cc) is the one the global
+// lookup finds, not glibc's, and it raises the request to the floor.
+TEST(Server, ThreadStacksHaveAFloorForSharedLibraries) {
+  using SetStackSize = int (*)(pthread_attr_t*, size_t);
+  auto global = reinterpret_cast<SetStackSize>(dlsym(RTLD_DEFAULT, "pthread_attr_setstacksize"));
+  void* libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+  ASSERT_NE(libc, nullptr);
+  auto glibc = reinterpret_cast<SetStackSize>(dlsym(libc, "pthread_attr_setstacksize"));
+  dlclose(libc);
+  ASSERT_NE(global, nullptr);
+  ASSERT_NE(glibc, nullptr);
+  EXPECT_NE(global, glibc) << "the executable does not export its pthread_attr_setstacksize";
+  pthread_attr_t attr;
+  ASSERT_EQ(pthread_attr_init(&attr), 0);
+  ASSERT_EQ(global(&attr, 100 * 1024), 0);
+  size_t got = 0;
+  ASSERT_EQ(pthread_attr_getstacksize(&attr, &got), 0);
+  EXPECT_EQ(got, kMinThreadStackBytes);
+  ASSERT_EQ(global(&attr, 8 * kMinThreadStackBytes), 0);  // larger requests stand
+  ASSERT_EQ(pthread_attr_getstacksize(&attr, &got), 0);
+  EXPECT_EQ(got, 8 * kMinThreadStackBytes);
+  pthread_attr_destroy(&attr);
 }
 
 // mTLS with certificates made by the openssl command line: a CA, a server certificate for
@@ -520,11 +574,13 @@ TEST(Server, MutualTls) {
   fs::create_directories(dir);
   const std::string d = dir.string();
   const std::string script =
-      "cd " + d + " && "
+      "cd " + d +
+      " && "
       "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=lowbit-test-ca -keyout ca.key -out ca.pem && "
       "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr && "
       "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1' > san.ext && "
-      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem && "
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out "
+      "server.pem && "
       "openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr && "
       "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out client.pem";
   ASSERT_EQ(std::system(("(" + script + ") > " + d + "/openssl.log 2>&1").c_str()), 0)
@@ -541,6 +597,20 @@ TEST(Server, MutualTls) {
   EXPECT_EQ(Info(cc).error_code(), grpc::StatusCode::UNAVAILABLE);  // no client certificate
   cc.tls_cert_file = d + "/client.pem";
   cc.tls_key_file = d + "/client.key";
+  // A key that is not the certificate's, and a file that is not PEM, are named.
+  ServerConfig wrong_key = config;
+  wrong_key.tls_key_file = d + "/client.key";
+  TestServer refused_key(wrong_key);
+  EXPECT_EQ(refused_key.status.code(), absl::StatusCode::kInvalidArgument) << refused_key.status;
+  EXPECT_NE(refused_key.status.message().find("client.key' is not the private key of the certificate"),
+            std::string::npos)
+      << refused_key.status;
+  ServerConfig not_pem = config;
+  not_pem.tls_cert_file = d + "/san.ext";
+  TestServer refused_cert(not_pem);
+  EXPECT_EQ(refused_cert.status.code(), absl::StatusCode::kInvalidArgument) << refused_cert.status;
+  EXPECT_NE(refused_cert.status.message().find("san.ext' holds no PEM certificate"), std::string::npos)
+      << refused_cert.status;
   std::string version;
   auto st = Info(cc, &version);
   EXPECT_TRUE(st.ok()) << st.error_message();
