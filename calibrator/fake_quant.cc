@@ -26,9 +26,15 @@ float AbsMax(const float* x, int64_t n) {
   return m;
 }
 
+// vLLM's static and dynamic per-tensor FP8 kernels multiply by 1 / scale; its per-token kernel
+// divides by the scale ("to match FBGemm"; kernel-anchors.md §6.2) — codes can differ by one step.
 void Fp8MultiplyInverse(float* x, int64_t n, float scale) {
   const float inv = 1.0f / scale;
   for (int64_t i = 0; i < n; ++i) x[i] = Fp8Scaled(x[i] * inv) * scale;
+}
+
+void Fp8Divide(float* x, int64_t n, float scale) {
+  for (int64_t i = 0; i < n; ++i) x[i] = Fp8Scaled(x[i] / scale) * scale;
 }
 
 absl::Status CheckScale(std::string_view what, float s) {
@@ -58,7 +64,7 @@ void FakeQuantPerTokenFp8(float* x, int64_t rows, int64_t cols) {
   for (int64_t r = 0; r < rows; ++r) {
     float* row = x + r * cols;
     const float scale = std::max(AbsMax(row, cols) / kFp8E4M3Max, kFp8MinScalingFactor);
-    Fp8MultiplyInverse(row, cols, scale);
+    Fp8Divide(row, cols, scale);
   }
 }
 

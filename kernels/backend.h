@@ -8,11 +8,13 @@
 // returns a PreparedWeight that the GEMMs take. Repacking never happens on the hot path.
 //
 // Numerics (design.md §4; the CPU reference in kernels/reference.h is the oracle):
-//   QuantizeInt8PerToken  s[m] = absmax(x[m,:]) / 127 (1 when that is 0: an all-zero row, or an
-//                         f32 row so small that the division underflows — its codes are 0),
-//                         q = round_half_even(clamp(x / s, -128, 127)), f32 math.
-//   QuantizeFp8PerTensor  q = fp8_e4m3(clamp(x / s, -448, 448)) (RNE, saturating), s given.
-//   QuantizeFp8PerToken   s[m] = absmax / 448 (1 when that is 0, as above), then as above.
+//   The quantizers use the arithmetic of vLLM's kernels, so their codes match vLLM's bit for bit:
+//   QuantizeInt8PerToken  s[m] = absmax(x[m,:]) / 127, q = round_half_even(clamp(x · (127 / absmax),
+//                         -128, 127)), f32 math; a row whose s is 0 or whose 127 / absmax
+//                         overflows (all zero, or an f32 row with absmax < ≈ 3.7e-37) gets s = 1
+//                         and codes 0.
+//   QuantizeFp8PerTensor  q = fp8_e4m3(clamp(x · (1 / s), -448, 448)) (RNE, saturating), s given.
+//   QuantizeFp8PerToken   s[m] = max(absmax / 448, kFp8MinPerTokenScale), q = fp8_e4m3(clamp(x / s)).
 //   Both per-token quantizers: a row holding a NaN or an infinity gets s[m] = NaN (the bits
 //   kNonFiniteRowScaleBits on every backend) and all codes 0, so each GEMM output of that row is
 //   NaN — as a float GEMM's would be NaN or infinite — never finite garbage. Per tensor: NaN
@@ -52,6 +54,8 @@ using ::lowbit::DType;
 
 // The scale of a per-token-quantized row holding a NaN or an infinity: a quiet NaN (see above).
 constexpr uint32_t kNonFiniteRowScaleBits = 0x7FC00000u;
+// The smallest per-token FP8 scale (vLLM's min_scaling_factor, 1 / (448 · 512)).
+constexpr float kFp8MinPerTokenScale = 1.0f / (448.0f * 512.0f);
 
 // ---- Weights in checkpoint form (host memory) -----------------------------------------------
 

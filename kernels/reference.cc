@@ -68,18 +68,19 @@ void QuantizeInt8PerToken(DType x_dtype, const void* x, int64_t m, int64_t k, in
       NonFiniteRow(k, q + r * k, scale + r);
       continue;
     }
-    float s = PerTokenScale(absmax, 127.0f);
-    scale[r] = s;
+    const Int8Row row = Int8PerTokenRow(absmax);
+    scale[r] = row.scale;
     for (int64_t c = 0; c < k; ++c) {
-      float v = std::clamp(LoadFloat(x_dtype, x, r * k + c) / s, -128.0f, 127.0f);
+      float v = std::clamp(LoadFloat(x_dtype, x, r * k + c) * row.mult, -128.0f, 127.0f);
       q[r * k + c] = static_cast<int8_t>(std::nearbyint(v));
     }
   }
 }
 
 void QuantizeFp8PerTensor(DType x_dtype, const void* x, int64_t m, int64_t k, float scale, uint8_t* q) {
+  const float inv = 1.0f / scale;
   for (int64_t i = 0; i < m * k; ++i)
-    q[i] = FloatToFp8E4M3(std::clamp(LoadFloat(x_dtype, x, i) / scale, -kFp8E4M3Max, kFp8E4M3Max));
+    q[i] = FloatToFp8E4M3(std::clamp(LoadFloat(x_dtype, x, i) * inv, -kFp8E4M3Max, kFp8E4M3Max));
 }
 
 void QuantizeFp8PerToken(DType x_dtype, const void* x, int64_t m, int64_t k, uint8_t* q, float* scale) {
@@ -89,7 +90,7 @@ void QuantizeFp8PerToken(DType x_dtype, const void* x, int64_t m, int64_t k, uin
       NonFiniteRow(k, q + r * k, scale + r);
       continue;
     }
-    float s = PerTokenScale(absmax, kFp8E4M3Max);
+    float s = Fp8PerTokenScale(absmax);
     scale[r] = s;
     for (int64_t c = 0; c < k; ++c)
       q[r * k + c] = FloatToFp8E4M3(std::clamp(LoadFloat(x_dtype, x, r * k + c) / s, -kFp8E4M3Max, kFp8E4M3Max));

@@ -8,18 +8,30 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <limits>
 
 #include "kernels/backend.h"
 
 namespace lowbit::kernels::ref {
 
-// The per-token scale of a finite row: absmax / qmax (127 or 448), or 1 when that is 0 — an
-// all-zero row, or an f32 row so small that the division underflows (absmax < qmax · 2^-149),
-// whose codes are then 0 as a zero row's. Shared with the CPU fast paths (quantize.cu: the same).
-inline float PerTokenScale(float absmax, float qmax) {
-  const float s = absmax / qmax;
-  return s > 0.0f ? s : 1.0f;
+// Activation quantization with the arithmetic of vLLM's kernels (shared/reference/
+// kernel-anchors.md §6), so that codes match bit for bit:
+//   int8 per token: s = absmax / 127, q = rne_sat(x · (127 / absmax)). A row whose s is 0 or
+//     whose 127 / absmax overflows (all zero, or an f32 row with absmax < ≈ 3.7e-37) gets s = 1
+//     and codes 0 (vLLM: s = 0 and codes from x · inf; the GEMM output is 0 either way).
+//   FP8 per token: s = max(absmax / 448, 1 / (448 · 512)), q = e4m3(clamp(x / s)).
+//   FP8 static per tensor: q = e4m3(clamp(x · (1 / s))).
+// Shared with the CPU fast paths; quantize.cu does the same on the device.
+struct Int8Row {
+  float scale;  // what the GEMM multiplies back
+  float mult;   // what x is multiplied by
+};
+inline Int8Row Int8PerTokenRow(float absmax) {
+  const float s = absmax / 127.0f, mult = 127.0f / absmax;
+  if (!(s > 0.0f) || !(mult <= std::numeric_limits<float>::max())) return {1.0f, 0.0f};
+  return {s, mult};
 }
+inline float Fp8PerTokenScale(float absmax) { return std::max(absmax / 448.0f, kFp8MinPerTokenScale); }
 
 // What the per-token quantizers write for a row holding a NaN or an infinity: scale NaN
 // (kNonFiniteRowScaleBits), every code 0 (backend.h). Shared with the CPU fast paths.

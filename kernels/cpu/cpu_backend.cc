@@ -455,16 +455,16 @@ LB_AVX2 float RowAbsMaxAvx2(const float* xf, int64_t k) {
 LB_AVX2 void QuantRowInt8Avx2(const float* xf, int64_t k, int8_t* q, float* scale_out) {
   const float absmax = RowAbsMaxAvx2(xf, k);
   if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q, scale_out);
-  const float s = ref::PerTokenScale(absmax, 127.0f);
-  *scale_out = s;
-  const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
+  const ref::Int8Row row = ref::Int8PerTokenRow(absmax);
+  *scale_out = row.scale;
+  const __m256 vm = _mm256_set1_ps(row.mult), lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
   int64_t i = 0;
   for (; i + 8 <= k; i += 8) {
-    __m256 v = _mm256_div_ps(_mm256_loadu_ps(xf + i), vs);
+    __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xf + i), vm);
     v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
     Store8Bytes(_mm256_cvtps_epi32(v), true, q + i);  // round to nearest even (MXCSR default)
   }
-  for (; i < k; ++i) q[i] = static_cast<int8_t>(std::nearbyint(std::clamp(xf[i] / s, -128.0f, 127.0f)));
+  for (; i < k; ++i) q[i] = static_cast<int8_t>(std::nearbyint(std::clamp(xf[i] * row.mult, -128.0f, 127.0f)));
 }
 
 // FastFp8 on 8 lanes (v already clamped to [-448, 448] or NaN); codes as int32.
@@ -484,15 +484,18 @@ LB_AVX2 inline __m256i Fp8Codes(__m256 v) {
   return _mm256_or_si256(code, sign);
 }
 
-LB_AVX2 void QuantRowFp8Avx2(const float* xf, int64_t k, float s, uint8_t* q) {
-  const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(-kFp8E4M3Max), hi = _mm256_set1_ps(kFp8E4M3Max);
+// kMul: x · f (static per tensor, f = 1 / scale), else x / f (per token, f = the scale).
+template <bool kMul>
+LB_AVX2 void QuantRowFp8Avx2(const float* xf, int64_t k, float f, uint8_t* q) {
+  const __m256 vf = _mm256_set1_ps(f), lo = _mm256_set1_ps(-kFp8E4M3Max), hi = _mm256_set1_ps(kFp8E4M3Max);
   int64_t i = 0;
   for (; i + 8 <= k; i += 8) {
-    __m256 v = _mm256_div_ps(_mm256_loadu_ps(xf + i), vs);
+    const __m256 x = _mm256_loadu_ps(xf + i);
+    __m256 v = kMul ? _mm256_mul_ps(x, vf) : _mm256_div_ps(x, vf);
     v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));  // NaN stays NaN (max/min return the 2nd operand)
     Store8Bytes(Fp8Codes(v), false, q + i);
   }
-  for (; i < k; ++i) q[i] = FastFp8(std::clamp(xf[i] / s, -kFp8E4M3Max, kFp8E4M3Max));
+  for (; i < k; ++i) q[i] = FastFp8(std::clamp(kMul ? xf[i] * f : xf[i] / f, -kFp8E4M3Max, kFp8E4M3Max));
 }
 
 // E4M3 codes → f32 (exact), 8 lanes.
@@ -793,16 +796,16 @@ LB_AVX512 void QuantRowInt8Avx(const float* xf, int64_t k, int8_t* q, float* sca
     absmax = std::isfinite(xf[i]) ? std::max(absmax, std::fabs(xf[i])) : std::numeric_limits<float>::infinity();
   }
   if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q, scale_out);
-  const float s = ref::PerTokenScale(absmax, 127.0f);
-  *scale_out = s;
-  const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
+  const ref::Int8Row row = ref::Int8PerTokenRow(absmax);
+  *scale_out = row.scale;
+  const __m512 vm = _mm512_set1_ps(row.mult), lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
   for (i = 0; i + 16 <= k; i += 16) {
-    __m512 v = _mm512_div_ps(_mm512_loadu_ps(xf + i), vs);
+    __m512 v = _mm512_mul_ps(_mm512_loadu_ps(xf + i), vm);
     v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
     __m512i iv = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtsepi32_epi8(iv));
   }
-  for (; i < k; ++i) q[i] = static_cast<int8_t>(std::nearbyint(std::clamp(xf[i] / s, -128.0f, 127.0f)));
+  for (; i < k; ++i) q[i] = static_cast<int8_t>(std::nearbyint(std::clamp(xf[i] * row.mult, -128.0f, 127.0f)));
 }
 
 // +inf when the row holds a NaN or an infinity (the reference's RowAbsMax).
@@ -818,13 +821,16 @@ float RowAbsMax(const float* xf, int64_t k) {
 void QuantRowInt8Generic(const float* xf, int64_t k, int8_t* q, float* scale_out) {
   const float absmax = RowAbsMax(xf, k);
   if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q, scale_out);
-  const float s = ref::PerTokenScale(absmax, 127.0f);
-  *scale_out = s;
-  for (int64_t i = 0; i < k; ++i) q[i] = static_cast<int8_t>(std::nearbyint(std::clamp(xf[i] / s, -128.0f, 127.0f)));
+  const ref::Int8Row row = ref::Int8PerTokenRow(absmax);
+  *scale_out = row.scale;
+  for (int64_t i = 0; i < k; ++i)
+    q[i] = static_cast<int8_t>(std::nearbyint(std::clamp(xf[i] * row.mult, -128.0f, 127.0f)));
 }
 
-void QuantRowFp8(const float* xf, int64_t k, float s, uint8_t* q) {
-  for (int64_t i = 0; i < k; ++i) q[i] = FastFp8(std::clamp(xf[i] / s, -kFp8E4M3Max, kFp8E4M3Max));
+// As QuantRowFp8Avx2: kMul multiplies by f = 1 / scale, else divides by f = the scale.
+template <bool kMul>
+void QuantRowFp8(const float* xf, int64_t k, float f, uint8_t* q) {
+  for (int64_t i = 0; i < k; ++i) q[i] = FastFp8(std::clamp(kMul ? xf[i] * f : xf[i] / f, -kFp8E4M3Max, kFp8E4M3Max));
 }
 
 Status CpuBackend::QuantizeInt8PerToken(DType dt, const void* x, int64_t m, int64_t k, int8_t* q, float* scale) {
@@ -861,17 +867,18 @@ Status CpuBackend::QuantizeFp8PerTensor(DType dt, const void* x, int64_t m, int6
     return Status::Ok();
   }
   const size_t es = DTypeSize(dt);
+  const float inv = 1.0f / scale;
   pool_.ParallelFor(m, [&](int worker, int64_t r) {
     auto& row = scratch_[worker].row;
     row.resize(k);
     const void* xr = static_cast<const uint8_t*>(x) + r * k * es;
     if (avx2_) {
       RowToF32Avx2(dt, xr, k, row.data());
-      QuantRowFp8Avx2(row.data(), k, scale, q + r * k);
+      QuantRowFp8Avx2<true>(row.data(), k, inv, q + r * k);
       return;
     }
     avx_ ? RowToF32Avx(dt, xr, k, row.data()) : RowToF32Generic(dt, xr, k, row.data());
-    QuantRowFp8(row.data(), k, scale, q + r * k);
+    QuantRowFp8<true>(row.data(), k, inv, q + r * k);
   });
   return Status::Ok();
 }
@@ -891,17 +898,17 @@ Status CpuBackend::QuantizeFp8PerToken(DType dt, const void* x, int64_t m, int64
       RowToF32Avx2(dt, xr, k, row.data());
       const float absmax = RowAbsMaxAvx2(row.data(), k);
       if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q + r * k, scale + r);
-      const float s = ref::PerTokenScale(absmax, kFp8E4M3Max);
+      const float s = ref::Fp8PerTokenScale(absmax);
       scale[r] = s;
-      QuantRowFp8Avx2(row.data(), k, s, q + r * k);
+      QuantRowFp8Avx2<false>(row.data(), k, s, q + r * k);
       return;
     }
     avx_ ? RowToF32Avx(dt, xr, k, row.data()) : RowToF32Generic(dt, xr, k, row.data());
     const float absmax = RowAbsMax(row.data(), k);
     if (!std::isfinite(absmax)) return ref::NonFiniteRow(k, q + r * k, scale + r);
-    const float s = ref::PerTokenScale(absmax, kFp8E4M3Max);
+    const float s = ref::Fp8PerTokenScale(absmax);
     scale[r] = s;
-    QuantRowFp8(row.data(), k, s, q + r * k);
+    QuantRowFp8<false>(row.data(), k, s, q + r * k);
   });
   return Status::Ok();
 }

@@ -18,10 +18,21 @@ __device__ __forceinline__ float AbsForMax(float v) {
   return a <= 3.402823466e38f ? a : __int_as_float(0x7f800000);
 }
 __device__ __forceinline__ bool FiniteMax(float absmax) { return absmax <= 3.402823466e38f; }
-__device__ __forceinline__ float RowScale(float absmax, float qmax) {
+// The arithmetic of vLLM's kernels, as kernels/reference.h states it: int8 per token multiplies
+// by 127 / absmax (a row whose scale is 0 or whose multiplier overflows: scale 1, multiplier 0);
+// FP8 per token divides by max(absmax / 448, 1 / (448 · 512)); FP8 static multiplies by 1 / scale.
+struct Int8Row {
+  float scale, mult;
+};
+__device__ __forceinline__ Int8Row Int8RowOf(float absmax) {
+  if (!FiniteMax(absmax)) return {__uint_as_float(kNonFiniteRowScaleBits), 0.0f};
+  const float s = __fdiv_rn(absmax, 127.0f), mult = __fdiv_rn(127.0f, absmax);
+  if (!(s > 0.0f) || !(mult <= 3.402823466e38f)) return {1.0f, 0.0f};
+  return {s, mult};
+}
+__device__ __forceinline__ float Fp8RowScale(float absmax) {
   if (!FiniteMax(absmax)) return __uint_as_float(kNonFiniteRowScaleBits);
-  const float s = __fdiv_rn(absmax, qmax);  // 0 for a zero row, or one so small it underflows
-  return s > 0.0f ? s : 1.0f;
+  return fmaxf(__fdiv_rn(absmax, 448.0f), kFp8MinPerTokenScale);
 }
 
 __device__ float BlockMax(float v) {
@@ -45,11 +56,11 @@ __global__ void QuantInt8PerTokenKernel(int xt, const void* x, int64_t k, int8_t
   float mx = 0.0f;
   for (int64_t c = threadIdx.x; c < k; c += kThreads) mx = fmaxf(mx, AbsForMax(LoadElem(xt, x, row * k + c)));
   const float absmax = BlockMax(mx);
-  const float s = RowScale(absmax, 127.0f);
+  const Int8Row r = Int8RowOf(absmax);
   const bool finite = FiniteMax(absmax);
-  if (threadIdx.x == 0) scale[row] = s;
+  if (threadIdx.x == 0) scale[row] = r.scale;
   for (int64_t c = threadIdx.x; c < k; c += kThreads) {
-    float v = __fdiv_rn(LoadElem(xt, x, row * k + c), s);
+    float v = __fmul_rn(LoadElem(xt, x, row * k + c), r.mult);
     v = fminf(fmaxf(v, -128.0f), 127.0f);
     q[row * k + c] = finite ? static_cast<int8_t>(__float2int_rn(v)) : int8_t{0};
   }
@@ -57,20 +68,22 @@ __global__ void QuantInt8PerTokenKernel(int xt, const void* x, int64_t k, int8_t
 
 __global__ void QuantFp8Kernel(int xt, const void* x, int64_t k, float static_scale, uint8_t* q, float* scale_out) {
   const int64_t row = blockIdx.x;
-  float s = static_scale;
+  const bool per_token = scale_out != nullptr;
+  float f = __fdiv_rn(1.0f, static_scale);  // static: x · (1 / scale)
   bool finite = true;
-  if (scale_out != nullptr) {  // dynamic per token
+  if (per_token) {  // x / scale
     float mx = 0.0f;
     for (int64_t c = threadIdx.x; c < k; c += kThreads) mx = fmaxf(mx, AbsForMax(LoadElem(xt, x, row * k + c)));
     const float absmax = BlockMax(mx);
-    s = RowScale(absmax, 448.0f);
+    f = Fp8RowScale(absmax);
     finite = FiniteMax(absmax);
-    if (threadIdx.x == 0) scale_out[row] = s;
+    if (threadIdx.x == 0) scale_out[row] = f;
   }
   for (int64_t c = threadIdx.x; c < k; c += kThreads) {
     // FloatToFp8 saturates to ±448 itself (the reference's clamp) and keeps NaN a NaN (a clamp
     // with fminf / fmaxf would turn it into a finite code).
-    q[row * k + c] = finite ? FloatToFp8(__fdiv_rn(LoadElem(xt, x, row * k + c), s)) : uint8_t{0};
+    const float v = LoadElem(xt, x, row * k + c);
+    q[row * k + c] = finite ? FloatToFp8(per_token ? __fdiv_rn(v, f) : __fmul_rn(v, f)) : uint8_t{0};
   }
 }
 
@@ -110,11 +123,19 @@ __global__ void __launch_bounds__(kThreads) QuantRowVecKernel(const T* __restric
       for (int j = 0; j < 8; ++j) mx = fmaxf(mx, AbsForMax(ToF32(e[j])));
     }
   }
-  float s = static_scale;
+  // f: the multiplier (int8: 127 / absmax; static FP8: 1 / scale) or the divisor (FP8 per token).
+  float f = __fdiv_rn(1.0f, static_scale);
   bool finite = true;
   if (kKind != 2) {
     const float absmax = BlockMax(mx);
-    s = RowScale(absmax, kKind == 0 ? 127.0f : 448.0f);
+    float s;
+    if (kKind == 0) {
+      const Int8Row r = Int8RowOf(absmax);
+      s = r.scale;
+      f = r.mult;
+    } else {
+      s = f = Fp8RowScale(absmax);
+    }
     finite = FiniteMax(absmax);
     if (threadIdx.x == 0) scale_out[row] = s;
   }
@@ -127,13 +148,14 @@ __global__ void __launch_bounds__(kThreads) QuantRowVecKernel(const T* __restric
     uint32_t packed[2] = {0, 0};
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      float f = __fdiv_rn(ToF32(e[j]), s);
+      const float xv = ToF32(e[j]);
+      float v = kKind == 1 ? __fdiv_rn(xv, f) : __fmul_rn(xv, f);
       uint32_t code;
       if (kKind == 0) {
-        f = fminf(fmaxf(f, -128.0f), 127.0f);
-        code = static_cast<uint8_t>(static_cast<int8_t>(__float2int_rn(f)));
+        v = fminf(fmaxf(v, -128.0f), 127.0f);
+        code = static_cast<uint8_t>(static_cast<int8_t>(__float2int_rn(v)));
       } else {
-        code = FloatToFp8(f);  // saturating, NaN kept (QuantFp8Kernel)
+        code = FloatToFp8(v);  // saturating, NaN kept (QuantFp8Kernel)
       }
       packed[j / 4] |= code << (8 * (j % 4));
     }

@@ -28,7 +28,11 @@ std::vector<float> Data(int64_t n, uint32_t seed) {
   return v;
 }
 
-TEST(KernelsReference, Int8PerTokenMatchesCommon) {
+// The quantizers do vLLM's arithmetic (kernel-anchors.md §6): int8 per token multiplies by
+// 127 / absmax — not x / (absmax / 127), which rounds differently about once in a million — and
+// writes absmax / 127; zero rows get scale 1 and codes 0. Expected values: the formula spelled
+// out here, common/numerics (which divides) away from the rounding ties, and a hand-checked tie.
+TEST(KernelsReference, Int8PerTokenIsVllmArithmetic) {
   const int64_t m = 5, k = 333;
   std::vector<float> x = Data(m * k, 1);
   for (int64_t c = 0; c < k; ++c) x[2 * k + c] = 0.0f;  // all-zero row
@@ -36,31 +40,54 @@ TEST(KernelsReference, Int8PerTokenMatchesCommon) {
   x[1] = 0.5f;
   x[2] = 1.5f;
   x[3] = -2.5f;
-  TokenQuantized want = QuantizePerTokenInt8(x, m, k);
   std::vector<int8_t> q(m * k);
   std::vector<float> s(m);
   ref::QuantizeInt8PerToken(DType::kF32, x.data(), m, k, q.data(), s.data());
-  EXPECT_EQ(q, want.codes);
-  EXPECT_EQ(s, want.scale);
-  EXPECT_EQ(q[1], 0);
-  EXPECT_EQ(q[2], 2);
-  EXPECT_EQ(q[3], -2);
-}
-
-TEST(KernelsReference, Fp8MatchesCommon) {
-  const int64_t m = 3, k = 257;
-  std::vector<float> x = Data(m * k, 2);
-  std::vector<uint8_t> q(m * k);
-  std::vector<float> s(m);
-  ref::QuantizeFp8PerToken(DType::kF32, x.data(), m, k, q.data(), s.data());
+  TokenQuantized divided = QuantizePerTokenInt8(x, m, k);
+  int differ = 0;
   for (int64_t r = 0; r < m; ++r) {
     float absmax = 0;
     for (int64_t c = 0; c < k; ++c) absmax = std::max(absmax, std::fabs(x[r * k + c]));
-    EXPECT_EQ(s[r], absmax / 448.0f);
+    const float mult = absmax > 0 ? 127.0f / absmax : 0.0f;
+    EXPECT_EQ(s[r], absmax > 0 ? absmax / 127.0f : 1.0f) << r;
+    for (int64_t c = 0; c < k; ++c) {
+      const float v = std::nearbyint(std::clamp(x[r * k + c] * mult, -128.0f, 127.0f));
+      EXPECT_EQ(q[r * k + c], static_cast<int8_t>(v)) << r << "," << c;
+      differ += q[r * k + c] != divided.codes[r * k + c];
+    }
+  }
+  EXPECT_LE(differ, 1);
+  EXPECT_EQ(q[1], 0);
+  EXPECT_EQ(q[2], 2);
+  EXPECT_EQ(q[3], -2);
+  // x · (127 / absmax) = -57.5 exactly (→ -58, half to even); x / (absmax / 127) = -57.499996.
+  const float row[2] = {-0x1.a68d74p+0f, 0x1.d2a52p+1f};
+  ref::QuantizeInt8PerToken(DType::kF32, row, 1, 2, q.data(), s.data());
+  EXPECT_EQ(q[0], -58);
+  EXPECT_EQ(q[1], 127);
+}
+
+// FP8 per token divides by max(absmax / 448, 1 / (448 · 512)) (vLLM's floor); per tensor it
+// multiplies by 1 / scale.
+TEST(KernelsReference, Fp8IsVllmArithmetic) {
+  const int64_t m = 4, k = 257;
+  std::vector<float> x = Data(m * k, 2);
+  for (int64_t c = 0; c < k; ++c) x[3 * k + c] *= 1e-4f;  // a row under the floor: absmax < 448 / 229376
+  std::vector<uint8_t> q(m * k);
+  std::vector<float> s(m);
+  ref::QuantizeFp8PerToken(DType::kF32, x.data(), m, k, q.data(), s.data());
+  const float floor = 1.0f / 229376.0f;
+  for (int64_t r = 0; r < m; ++r) {
+    float absmax = 0;
+    for (int64_t c = 0; c < k; ++c) absmax = std::max(absmax, std::fabs(x[r * k + c]));
+    EXPECT_EQ(s[r], std::max(absmax / 448.0f, floor)) << r;
     for (int64_t c = 0; c < k; ++c) EXPECT_EQ(q[r * k + c], QuantizeFp8(x[r * k + c], s[r]));
   }
+  EXPECT_EQ(s[3], floor);
   ref::QuantizeFp8PerTensor(DType::kF32, x.data(), m, k, 0.01f, q.data());
-  for (int64_t i = 0; i < m * k; ++i) EXPECT_EQ(q[i], QuantizeFp8(x[i], 0.01f));
+  const float inv = 1.0f / 0.01f;
+  for (int64_t i = 0; i < m * k; ++i)
+    EXPECT_EQ(q[i], FloatToFp8E4M3(std::clamp(x[i] * inv, -kFp8E4M3Max, kFp8E4M3Max))) << i;
 }
 
 TEST(KernelsReference, Int4DecodingMatchesCommonPacking) {
@@ -159,8 +186,8 @@ TEST(KernelsReference, Fp8GemmNanCodesGiveNan) {
     }
 }
 
-// Every CPU backend: an f32 row whose absmax / 127 (or / 448) underflows to 0 quantizes as a
-// zero row (scale 1, codes 0) — not scale 0 with codes from 0 / 0.
+// Every CPU backend: an f32 row whose absmax / 127 underflows to 0 quantizes as a zero row
+// (scale 1, codes 0) — not scale 0 with codes from 0 / 0; FP8 takes vLLM's floor scale.
 TEST(CpuBackendEdges, RowsTooSmallForAScaleQuantizeAsZero) {
   const int64_t m = 2, k = 9;
   std::vector<float> x(m * k, 0.0f);
@@ -175,9 +202,38 @@ TEST(CpuBackendEdges, RowsTooSmallForAScaleQuantizeAsZero) {
     ASSERT_TRUE(b->QuantizeInt8PerToken(DType::kF32, x.data(), m, k, q8.data(), s8.data()).ok()) << name;
     ASSERT_TRUE(b->QuantizeFp8PerToken(DType::kF32, x.data(), m, k, q.data(), s.data()).ok()) << name;
     EXPECT_EQ(s8, std::vector<float>(m, 1.0f)) << name;
-    EXPECT_EQ(s, std::vector<float>(m, 1.0f)) << name;
+    EXPECT_EQ(s, std::vector<float>(m, kFp8MinPerTokenScale)) << name;  // vLLM's floor
     EXPECT_EQ(q8, std::vector<int8_t>(m * k, 0)) << name;
     for (uint8_t code : q) EXPECT_TRUE(code == 0x00 || code == 0x80) << name << ": " << int{code};  // ±0
+  }
+}
+
+// The fast paths do the reference's (vLLM's) arithmetic: the int8 tie above, and FP8 per tensor
+// by 1 / scale, on 8-lane bodies and scalar tails.
+TEST(CpuBackendEdges, QuantizersUseVllmArithmetic) {
+  const int64_t m = 3, k = 37;
+  std::vector<float> x = Data(m * k, 7);
+  x[5] = -0x1.a68d74p+0f;
+  x[9] = 0x1.d2a52p+1f;  // row 0's absmax
+  for (int64_t i = 0; i < k; ++i)
+    if (i != 5 && i != 9) x[i] = std::min(std::max(x[i], -3.0f), 3.0f);
+  std::vector<int8_t> want8(m * k);
+  std::vector<uint8_t> want(m * k);
+  std::vector<float> ws(m);
+  ref::QuantizeInt8PerToken(DType::kF32, x.data(), m, k, want8.data(), ws.data());
+  ASSERT_EQ(want8[5], -58);
+  ref::QuantizeFp8PerTensor(DType::kF32, x.data(), m, k, 0.37f, want.data());
+  for (const char* name : {"cpu", "cpu-generic"}) {
+    std::unique_ptr<Backend> b;
+    ASSERT_TRUE(MakeBackend(name, {}, &b).ok()) << name;
+    std::vector<int8_t> q8(m * k);
+    std::vector<uint8_t> q(m * k);
+    std::vector<float> s(m);
+    ASSERT_TRUE(b->QuantizeInt8PerToken(DType::kF32, x.data(), m, k, q8.data(), s.data()).ok());
+    EXPECT_EQ(q8, want8) << name;
+    EXPECT_EQ(s, ws) << name;
+    ASSERT_TRUE(b->QuantizeFp8PerTensor(DType::kF32, x.data(), m, k, 0.37f, q.data()).ok());
+    EXPECT_EQ(q, want) << name;
   }
 }
 

@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "common/dtype.h"
 #include "gtest/gtest.h"
 
 namespace lowbit {
@@ -145,6 +146,28 @@ TEST(Fp8, MinimumScalingFactor) {
   std::vector<float> y = {1e-9f};
   FakeQuantPerTensorFp8(y.data(), 1, 1);
   EXPECT_EQ(y[0], 0.0f);
+}
+
+// vLLM's per-token FP8 kernel divides by the scale; its per-tensor ones multiply by 1 / scale.
+// Find rows [x, absmax] where the two round to different E4M3 codes (x / s within an f32 ulp of
+// a midpoint between codes) and check each fake quantizer follows its kernel.
+TEST(Fp8, PerTokenDividesPerTensorMultipliesByTheInverse) {
+  int found = 0;
+  for (int i = 1; i < 200000 && found < 3; ++i) {
+    const float absmax = 448.0f * (1.0f + static_cast<float>(i) * 1e-5f);
+    const float s = std::max(absmax / kFp8E4M3Max, kFp8MinScalingFactor);
+    const float x = 1.0625f * s;  // ≈ the midpoint of the codes for 1.0 and 1.125
+    const uint8_t divided = FloatToFp8E4M3(x / s), multiplied = FloatToFp8E4M3(x * (1.0f / s));
+    if (divided == multiplied) continue;
+    ++found;
+    std::vector<float> row = {x, absmax};
+    FakeQuantPerTokenFp8(row.data(), 1, 2);
+    EXPECT_EQ(row[0], Fp8E4M3ToFloat(divided) * s) << i;
+    std::vector<float> tensor = {x, absmax};
+    FakeQuantPerTensorFp8(tensor.data(), 1, 2);
+    EXPECT_EQ(tensor[0], Fp8E4M3ToFloat(multiplied) * s) << i;
+  }
+  EXPECT_GE(found, 1);
 }
 
 TEST(KvCacheFp8, SeparateScalesAndSaturation) {
