@@ -117,6 +117,7 @@ class ReceivePool {
 absl::StatusOr<Manifest> Manifest::FromProto(const google::protobuf::RepeatedPtrField<v1::TensorInfo>& infos,
                                              const TensorLimits& limits) {
   Manifest m;
+  int64_t total = 0;
   for (const v1::TensorInfo& t : infos) {
     absl::StatusOr<DType> dtype = DTypeFromProto(t.dtype());
     if (!dtype.ok()) {
@@ -126,6 +127,12 @@ absl::StatusOr<Manifest> Manifest::FromProto(const google::protobuf::RepeatedPtr
     absl::StatusOr<int64_t> bytes =
         CheckedBytes(*dtype, shape, absl::StrCat("manifest tensor '", t.name(), "'"), limits);
     if (!bytes.ok()) return bytes.status();
+    total += *bytes;  // each ≤ max_bytes (2^34): no overflow before 2^29 tensors
+    if (total > limits.budget_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat("the header's manifest lists at least ", total,
+                                                       " bytes of tensors (up to tensor '", t.name(), "'), over the ",
+                                                       limits.budget_bytes, " bytes the receiver can hold"));
+    }
     if (!m.index_.emplace(t.name(), m.entries_.size()).second) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name(), "' is twice in the header's manifest"));
     }
@@ -257,6 +264,12 @@ absl::Status ChunkReceiver::Add(const v1::TensorChunk& chunk, const DataPieces& 
       return absl::ResourceExhaustedError(absl::StrCat("tensor '", name, "' takes the stream to ",
                                                        total_bytes_ + *bytes, " bytes, over the ",
                                                        limits_.max_bytes, "-byte limit"));
+    }
+    if (total_bytes_ + *bytes > limits_.budget_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("tensor '", name, "' (shape ", ShapeString(shape), " of ", std::string(DTypeName(*dtype)), ", ",
+                       *bytes, " bytes) takes the stream to ", total_bytes_ + *bytes, " bytes, over the ",
+                       limits_.budget_bytes, " bytes the receiver can hold"));
     }
     if (absl::Status s = sink_.Begin(name, *dtype, shape, *bytes); !s.ok()) return s;
     size_ = *bytes;

@@ -5,6 +5,7 @@
 #ifndef LOWBIT_RPC_TENSOR_CODEC_H_
 #define LOWBIT_RPC_TENSOR_CODEC_H_
 
+#include <climits>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -24,9 +25,18 @@ namespace lowbit::rpc {
 absl::StatusOr<DType> DTypeFromProto(v1::DType dtype);
 v1::DType DTypeToProto(DType dtype);
 
+// Two kinds of limit, reported with two codes:
+//  - max_rank / max_bytes: what is accepted at all. A negative dimension, a size that overflows
+//    int64, a rank or a tensor over these is an invalid request: INVALID_ARGUMENT. A chunk
+//    stream whose tensors add up past max_bytes is RESOURCE_EXHAUSTED.
+//  - budget_bytes: what the receiver can hold now (the runtime: its memory budget's bytes left).
+//    A valid tensor that takes a chunk stream's total (or a manifest's) past it is
+//    RESOURCE_EXHAUSTED, with the bytes needed and the budget, whether it is the first tensor or
+//    a later one: the same request may fit later, once memory was freed.
 struct TensorLimits {
   int max_rank = 8;
   int64_t max_bytes = int64_t{1} << 34;  // 16 GiB
+  int64_t budget_bytes = INT64_MAX;      // none
 };
 
 // Validates and copies. `what` names the field in error messages ("x", "weight").
@@ -43,7 +53,7 @@ bool ForEachChunk(const std::string& name, const Tensor& tensor, int64_t chunk_b
 
 // A stream header's manifest (FetchResult's and LoadModelStream's `TensorInfo`s): every tensor
 // the stream will carry, decoded and checked like a tensor (dtype known, dims ≥ 0, bytes within
-// the limits), no name twice.
+// the limits), no name twice, and all of them within limits.budget_bytes (RESOURCE_EXHAUSTED).
 class Manifest {
  public:
   struct Entry {
@@ -53,7 +63,7 @@ class Manifest {
     int64_t bytes = 0;
     std::string file;  // FetchResult: the safetensors file that holds it
   };
-  // InvalidArgument naming the tensor.
+  // InvalidArgument naming the tensor; ResourceExhausted over limits.budget_bytes.
   static absl::StatusOr<Manifest> FromProto(const google::protobuf::RepeatedPtrField<v1::TensorInfo>& infos,
                                             const TensorLimits& limits = {});
   const std::vector<Entry>& entries() const { return entries_; }  // in chunk order
@@ -82,7 +92,8 @@ class TensorSink {
 // Checks a chunk stream (ForEachChunk's output, any number of tensors one after another) and
 // hands each tensor's bytes to a sink. Errors name the tensor: out-of-order offset, a chunk for
 // another tensor before the last one ended, bytes past the shape, a CRC mismatch, a duplicate
-// name, a stream over limits.max_bytes.
+// name (INVALID_ARGUMENT), a stream over limits.max_bytes or limits.budget_bytes
+// (RESOURCE_EXHAUSTED, TensorLimits).
 class ChunkReceiver {
  public:
   ChunkReceiver(TensorSink& sink, TensorLimits limits) : sink_(sink), limits_(limits) {}

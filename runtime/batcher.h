@@ -26,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/tensor.h"
+#include "runtime/call_control.h"
 #include "runtime/metrics.h"
 #include "runtime/model_registry.h"
 
@@ -39,18 +40,6 @@ struct BatcherOptions {
   // gRPC's sync ServerContext::IsCancelled polls the call's completion queue (an epoll_wait;
   // measured ≈ 30 µs on a 2-vCPU VM), so a request is first asked after waiting this long.
   int64_t cancel_poll_us = 20'000;
-};
-
-// How a caller's call can end early: a deadline (time_point::max() = none; checked every time,
-// cheaply) and cancellation (e.g. grpc::ServerContext::IsCancelled; may be slow, see
-// BatcherOptions::cancel_poll_us).
-struct CallControl {
-  std::function<bool()> cancelled;
-  std::chrono::system_clock::time_point deadline = std::chrono::system_clock::time_point::max();
-  // DEADLINE_EXCEEDED once the deadline passed, else OK.
-  absl::Status CheckDeadline() const;
-  // CheckDeadline, then CANCELLED if the call was cancelled.
-  absl::Status Check() const;
 };
 
 struct GemmResult {

@@ -123,6 +123,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   e->registry_ = *std::move(reg);
   if (metrics) e->metrics_ = std::make_unique<RuntimeMetrics>(*metrics);
   Engine* self = e.get();
+  // An unloaded model that a running GEMM held gives its bytes back when that GEMM ends: the
+  // memory gauge follows then. (The registry drops the callback before its models go.)
+  e->registry_->SetReleaseCallback([self] { self->UpdateModelMetrics(); });
   e->batcher_ = std::make_unique<Batcher>(
       options.batching,
       [self](const PreparedLinear& layer, DType xd, DType yd, const std::vector<const Tensor*>& xs,
@@ -139,22 +142,25 @@ void Engine::UpdateModelMetrics() {
 }
 
 absl::StatusOr<std::shared_ptr<const LoadedModel>> Engine::LoadFromPath(const std::string& name,
-                                                                        const std::string& path) {
-  auto r = registry_->LoadFromPath(name, path);
+                                                                        const std::string& path,
+                                                                        const CallControl& control) {
+  auto r = registry_->LoadFromPath(name, path, control);
   UpdateModelMetrics();
   return r;
 }
 
 absl::StatusOr<std::shared_ptr<const LoadedModel>> Engine::LoadFromTensors(const std::string& name,
                                                                            const std::string& config_json,
-                                                                           std::map<std::string, Tensor> tensors) {
-  auto r = registry_->LoadFromTensors(name, config_json, std::move(tensors));
+                                                                           std::map<std::string, Tensor> tensors,
+                                                                           const CallControl& control) {
+  auto r = registry_->LoadFromTensors(name, config_json, std::move(tensors), control);
   UpdateModelMetrics();
   return r;
 }
 
-absl::StatusOr<std::shared_ptr<const LoadedModel>> Engine::FinishStreamedLoad(ModelRegistry::StreamedLoad& load) {
-  auto r = load.Finish();
+absl::StatusOr<std::shared_ptr<const LoadedModel>> Engine::FinishStreamedLoad(ModelRegistry::StreamedLoad& load,
+                                                                              const CallControl& control) {
+  auto r = load.Finish(control);
   UpdateModelMetrics();
   return r;
 }
@@ -222,7 +228,9 @@ absl::StatusOr<GemmResult> Engine::Gemm(const GemmRequest& req, const CallContro
                                                    ", not ", DN(out)));
   }
   BatchItem item;
-  item.layer = it->second;
+  // Points at the layer but owns the whole model: while the request is anywhere in the batcher,
+  // the model (and with it its count in the memory budget) stays, even if it is unloaded.
+  item.layer = std::shared_ptr<const PreparedLinear>(*model, it->second.get());
   if (layer.kind == LinearKind::kW8A8Static) {
     // Quantized here, in the request's thread, so a refusal is this request's alone; the batch
     // then carries int8 rows (RunBatch).

@@ -55,12 +55,17 @@ class Engine {
   // dtype. CANCELLED / DEADLINE_EXCEEDED: the call ended while the request waited.
   absl::StatusOr<GemmResult> Gemm(const GemmRequest& request, const CallControl& control = {});
 
-  absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromPath(const std::string& name, const std::string& path);
+  // The loads stop (nothing published, the budget given back) with DEADLINE_EXCEEDED / CANCELLED
+  // once `control` says the call ended: ModelRegistry::LoadFromPath.
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromPath(const std::string& name, const std::string& path,
+                                                                  const CallControl& control = {});
   absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromTensors(const std::string& name,
                                                                      const std::string& config_json,
-                                                                     std::map<std::string, Tensor> tensors);
+                                                                     std::map<std::string, Tensor> tensors,
+                                                                     const CallControl& control = {});
   // Finishes a streamed load begun on registry() (and updates the model metrics).
-  absl::StatusOr<std::shared_ptr<const LoadedModel>> FinishStreamedLoad(ModelRegistry::StreamedLoad& load);
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> FinishStreamedLoad(ModelRegistry::StreamedLoad& load,
+                                                                        const CallControl& control = {});
   absl::Status Unload(const std::string& name);
   ModelRegistry& registry() { return *registry_; }
   EngineInfo Info() const;

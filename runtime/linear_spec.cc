@@ -38,19 +38,26 @@ absl::StatusOr<std::optional<Tensor>> Optional(const TensorSource& src, const st
   return std::optional<Tensor>(*std::move(t));
 }
 
+// INVALID_ARGUMENT for a tensor a quantized Linear needs and the checkpoint lacks: "<tensor> is
+// missing; quantization_config group '<group>' targets <module> (<why>)".
+absl::Status Missing(const std::string& tensor, const std::string& group, const std::string& module,
+                     const std::string& why) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(tensor, " is missing; quantization_config group '", group, "' targets ", module, " (", why, ")"));
+}
+
 absl::StatusOr<Tensor> Required(const TensorSource& src, const std::set<std::string>& names, const std::string& name,
-                                const std::string& module, const std::string& why) {
-  if (!names.count(name)) return Bad(module, absl::StrCat("tensor ", name, " is missing (", why, ")"));
+                                const LinearSpec& spec, const std::string& why) {
+  if (!names.count(name)) return Missing(name, spec.group, spec.module, why);
   return src.get(name);
 }
 
 absl::Status ReadInputScale(const TensorSource& src, const std::set<std::string>& names, LinearSpec& spec) {
-  absl::StatusOr<Tensor> t = Required(src, names, spec.module + ".input_scale", spec.module,
-                                      "a static per-tensor activation scheme needs it");
+  absl::StatusOr<Tensor> t =
+      Required(src, names, spec.module + ".input_scale", spec, "a static per-tensor activation scheme needs it");
   if (!t.ok()) return t.status();
   if (!IsFloatScale(t->dtype()) || t->numel() != 1) {
-    return Bad(spec.module, absl::StrCat("input_scale must be one float value, got ", DN(t->dtype()), " ",
-                                         Dims(*t)));
+    return Bad(spec.module, absl::StrCat("input_scale must be one float value, got ", DN(t->dtype()), " ", Dims(*t)));
   }
   float s = t->ToFloats()[0];
   if (!std::isfinite(s) || s <= 0.0f) return Bad(spec.module, absl::StrCat("input_scale is ", s, "; it must be > 0"));
@@ -70,9 +77,9 @@ absl::Status CheckScale(const LinearSpec& spec, int64_t expected_cells, bool all
 
 // The weight [N, K] of `dtype` and its weight_scale ([N] per channel, [1] per tensor) of an
 // int8 or FP8 Linear.
-absl::Status ReadDenseWeight(const TensorSource& src, const std::set<std::string>& names, DType dtype,
-                             const char* what, Strategy ws, LinearSpec& spec) {
-  absl::StatusOr<Tensor> t = Required(src, names, spec.module + ".weight", spec.module, what);
+absl::Status ReadDenseWeight(const TensorSource& src, const std::set<std::string>& names, DType dtype, const char* what,
+                             Strategy ws, LinearSpec& spec) {
+  absl::StatusOr<Tensor> t = Required(src, names, spec.module + ".weight", spec, what);
   if (!t.ok()) return t.status();
   spec.weight = *std::move(t);
   if (spec.weight.dtype() != dtype || spec.weight.shape().size() != 2) {
@@ -81,7 +88,8 @@ absl::Status ReadDenseWeight(const TensorSource& src, const std::set<std::string
   }
   spec.n = spec.weight.dim(0);
   spec.k = spec.weight.dim(1);
-  absl::StatusOr<Tensor> scale = Required(src, names, spec.module + ".weight_scale", spec.module, "scales");
+  absl::StatusOr<Tensor> scale = Required(src, names, spec.module + ".weight_scale", spec,
+                                          ws == Strategy::kChannel ? "per-channel weight scales" : "the weight scale");
   if (!scale.ok()) return scale.status();
   spec.weight_scale = *std::move(scale);
   return CheckScale(spec, ws == Strategy::kChannel ? spec.n : 1, true);
@@ -132,8 +140,12 @@ absl::Status ReadInt8(const TensorSource& src, const std::set<std::string>& name
                       LinearSpec& spec) {
   const QuantArgs& w = *scheme.weights;
   if (!names.count(spec.module + ".weight")) {
-    return Unsupported(spec.module, "int8 weights stored packed (W8A16 pack-quantized) are not executed by this "
-                                    "runtime; it runs W8A8 (int-quantized) checkpoints");
+    if (names.count(spec.module + ".weight_packed")) {
+      return Unsupported(spec.module,
+                         "int8 weights stored packed (W8A16 pack-quantized) are not executed by this "
+                         "runtime; it runs W8A8 (int-quantized) checkpoints");
+    }
+    return Missing(spec.module + ".weight", spec.group, spec.module, "int8 weights");
   }
   if (!w.symmetric) return Unsupported(spec.module, "asymmetric int8 weights are not executed by this runtime");
   Strategy ws = w.strategy_or_tensor();
@@ -175,7 +187,7 @@ absl::Status ReadInt4(const TensorSource& src, const std::set<std::string>& name
     return Unsupported(spec.module, absl::StrCat("int4 weight strategy '", std::string(StrategyName(ws)),
                                                  "' (this runtime runs group or channel)"));
   }
-  absl::StatusOr<Tensor> t = Required(src, names, spec.module + ".weight_packed", spec.module, "pack-quantized int4");
+  absl::StatusOr<Tensor> t = Required(src, names, spec.module + ".weight_packed", spec, "pack-quantized int4 weights");
   if (!t.ok()) return t.status();
   spec.weight = *std::move(t);
   if (spec.weight.dtype() != DType::kI32 || spec.weight.shape().size() != 2) {
@@ -207,14 +219,14 @@ absl::Status ReadInt4(const TensorSource& src, const std::set<std::string>& name
     spec.group_size = gs;
   }
   const int64_t groups = (spec.k + spec.group_size - 1) / spec.group_size;
-  absl::StatusOr<Tensor> scale = Required(src, names, spec.module + ".weight_scale", spec.module, "scales");
+  absl::StatusOr<Tensor> scale = Required(src, names, spec.module + ".weight_scale", spec, "int4 weight scales");
   if (!scale.ok()) return scale.status();
   spec.weight_scale = *std::move(scale);
   if (absl::Status s = CheckScale(spec, spec.n * groups, false); !s.ok()) return s;
   spec.asymmetric = !w.symmetric;
   if (spec.asymmetric) {
-    absl::StatusOr<Tensor> zp = Required(src, names, spec.module + ".weight_zero_point", spec.module,
-                                         "asymmetric int4 weights");
+    absl::StatusOr<Tensor> zp =
+        Required(src, names, spec.module + ".weight_zero_point", spec, "asymmetric int4 weights");
     if (!zp.ok()) return zp.status();
     if (zp->dtype() != DType::kI32 || zp->numel() != ((spec.n + 7) / 8) * groups) {
       return Bad(spec.module, absl::StrCat("weight_zero_point must be I32 [", (spec.n + 7) / 8, ", ", groups, "], got ",
@@ -247,6 +259,78 @@ absl::Status ReadInt4(const TensorSource& src, const std::set<std::string>& name
 
 bool IsLinearName(const std::string& module) {
   return absl::EndsWith(module, "_proj") || module == "lm_head" || absl::EndsWith(module, ".lm_head");
+}
+
+// The decoder layers of a Hugging Face causal LM: "model.layers.<i>.".
+constexpr char kLayersPrefix[] = "model.layers.";
+
+// The Linears every decoder layer of these model types has (transformers' modeling_llama,
+// modeling_mistral, modeling_qwen2).
+constexpr std::string_view kDenseDecoderTypes[] = {"llama", "mistral", "qwen2"};
+constexpr const char* kDenseDecoderLinears[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                                "mlp.down_proj"};
+
+// A checkpoint that lacks a decoder layer config.json counts (num_hidden_layers), or, for the
+// Llama-family model types, one of a decoder layer's Linears, is incomplete (a truncated copy or
+// stream): INVALID_ARGUMENT naming what is missing. Checked on names only.
+absl::Status CheckDecoderLayers(const nlohmann::json& config, const std::set<std::string>& names) {
+  std::map<int64_t, std::set<std::string>> layers;  // index -> module names under it
+  for (const std::string& n : names) {
+    if (!absl::StartsWith(n, kLayersPrefix)) continue;
+    const std::string_view rest = std::string_view(n).substr(sizeof(kLayersPrefix) - 1);
+    const size_t dot = rest.find('.');
+    if (dot == 0 || dot == std::string_view::npos) continue;
+    int64_t index = 0;
+    bool digits = dot <= 9;
+    for (size_t i = 0; i < dot && digits; ++i) {
+      digits = rest[i] >= '0' && rest[i] <= '9';
+      index = index * 10 + (rest[i] - '0');
+    }
+    if (!digits) continue;
+    layers[index].insert(std::string(n));
+  }
+  if (layers.empty()) return absl::OkStatus();  // not laid out as model.layers.<i>: nothing to check
+  auto count = config.find("num_hidden_layers");
+  if (count != config.end() && count->is_number_integer() && count->get<int64_t>() > 0) {
+    const int64_t want = count->get<int64_t>();
+    std::vector<int64_t> absent;
+    for (int64_t i = 0; i < want; ++i) {
+      if (!layers.count(i)) absent.push_back(i);
+    }
+    if (!absent.empty()) {
+      std::string list;
+      for (size_t i = 0; i < absent.size() && i < 8; ++i) absl::StrAppend(&list, i ? ", " : "", absent[i]);
+      if (absent.size() > 8) absl::StrAppend(&list, ", ... (", absent.size(), " in all)");
+      return absl::InvalidArgumentError(
+          absl::StrCat("the checkpoint is incomplete: config.json has num_hidden_layers = ", want, " but there are no ",
+                       kLayersPrefix, absent.front(), ".* tensors (decoder layer", absent.size() > 1 ? "s " : " ", list,
+                       " missing)"));
+    }
+  }
+  auto type = config.find("model_type");
+  if (type == config.end() || !type->is_string()) return absl::OkStatus();
+  const std::string model_type = type->get<std::string>();
+  if (std::find(std::begin(kDenseDecoderTypes), std::end(kDenseDecoderTypes), model_type) ==
+      std::end(kDenseDecoderTypes)) {
+    return absl::OkStatus();
+  }
+  for (const auto& [index, tensors] : layers) {
+    for (const char* linear : kDenseDecoderLinears) {
+      // Any of the tensors a weight is stored as: one that lost only some of them (a .weight
+      // without its scale, a scale without its weight) is named by the Linear's own checks.
+      const std::string module = absl::StrCat(kLayersPrefix, index, ".", linear);
+      if (tensors.count(module + ".weight") || tensors.count(module + ".weight_packed") ||
+          tensors.count(module + ".weight_scale")) {
+        continue;
+      }
+      return absl::InvalidArgumentError(
+          absl::StrCat("the checkpoint is incomplete: the Linear ", module, " is missing (no ", module,
+                       ".weight); every decoder layer of a ", model_type,
+                       " model has self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -282,10 +366,28 @@ absl::StatusOr<LinearPlan> PlanQuantizedLinears(const nlohmann::json& config, co
       if (absl::EndsWith(n, suffix)) modules.insert(n.substr(0, n.size() - suffix.size()));
     }
   }
+  if (absl::Status s = CheckDecoderLayers(config, plan.names); !s.ok()) return s;
   for (const std::string& n : plan.names) {
     if (!absl::EndsWith(n, ".weight")) continue;
     std::string module = n.substr(0, n.size() - 7);
     if (modules.count(module) || !IsLinearName(module)) continue;
+    // A Linear with a plain .weight and no quantized tensors is left in float only when the
+    // config quantizes it not (ignored, or matched by no target); one a config group targets lost
+    // its scale (a truncated copy or stream).
+    if (std::optional<std::string> group = resolver->Resolve(module, kLinearClasses)) {
+      const QuantScheme& scheme = parsed->config_groups.at(*group);
+      if (scheme.weights) {
+        const bool int4 = scheme.weights->type == QuantType::kInt && scheme.weights->num_bits == 4;
+        if (int4) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              module, ".weight_packed and ", module, ".weight_scale are missing; quantization_config group '", *group,
+              "' targets ", module, " (int4, pack-quantized), but the checkpoint has only its float ", n));
+        }
+        return Missing(module + ".weight_scale", *group, module,
+                       absl::StrCat(scheme.weights->num_bits, "-bit ", std::string(QuantTypeName(scheme.weights->type)),
+                                    " weights need their scales; without them ", n, " cannot be read"));
+      }
+    }
     plan.float_linears.push_back(module);
   }
   for (const std::string& module : modules) {

@@ -77,7 +77,13 @@ struct LinearPlan {
   std::vector<PlannedLinear> linears;      // in name order
   std::vector<std::string> float_linears;  // 2-D *.weight of *_proj / lm_head left in float
 };
-// The checks of FindQuantizedLinears that need names only (config, groups, ignore lists).
+// The checks of FindQuantizedLinears that need names only (config, groups, ignore lists), among
+// them the completeness of the checkpoint: a Linear with a plain `.weight` that a config group
+// targets (not ignored) but without its quantized tensors, a decoder layer config.json's
+// num_hidden_layers counts but no `model.layers.<i>.*` tensor has, and (llama / mistral / qwen2)
+// a decoder layer without one of its seven projections are INVALID_ARGUMENT naming the missing
+// tensor, layer or Linear. Linears the config leaves in float (ignored, or matched by no target,
+// e.g. lm_head) are float_linears.
 absl::StatusOr<LinearPlan> PlanQuantizedLinears(const nlohmann::json& config, const std::vector<std::string>& names);
 // Reads and checks one planned Linear's tensors from `source` (`names`: every tensor of the
 // checkpoint, so optional tensors are looked up only when they exist).

@@ -2,18 +2,20 @@
 
 #include <sys/stat.h>
 
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <filesystem>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/hf_config.h"
+#include "common/path_guard.h"
 #include "common/safetensors.h"
 #include "kernels/absl_status.h"
-#include "common/path_guard.h"
 #include "spdlog/spdlog.h"
 
 namespace lowbit::runtime {
@@ -60,6 +62,24 @@ absl::StatusOr<nlohmann::json> ParseConfigJson(const std::string& config_json) {
   return config;
 }
 
+// OK while the call goes on; DEADLINE_EXCEEDED / CANCELLED naming the model and how far its load
+// got (`progress`: "after 3 of 7 quantized layers") once it ended.
+absl::Status LoadStopped(const CallControl& control, const std::string& name, const std::string& progress) {
+  absl::Status s = control.Check();
+  if (s.ok()) return s;
+  const bool deadline = s.code() == absl::StatusCode::kDeadlineExceeded;
+  return absl::Status(s.code(), absl::StrCat(deadline ? "the call's deadline passed" : "the client cancelled the call",
+                                             " while loading '", name, "' (", progress,
+                                             "); nothing was loaded and its memory was given back"));
+}
+
+// A load is published only when its call's deadline is at least this far away: the reply must
+// still reach the client in time (the server's deadline runs later than the client's by the
+// request's transit), else the client would get DEADLINE_EXCEEDED for a model that is loaded.
+constexpr auto kPublishMargin = std::chrono::milliseconds(20);
+
+std::string Count(int64_t n, const char* one, const char* many) { return absl::StrCat(n, " ", n == 1 ? one : many); }
+
 }  // namespace
 
 PreparedLinear::~PreparedLinear() {
@@ -67,6 +87,30 @@ PreparedLinear::~PreparedLinear() {
     std::lock_guard<std::mutex> lock(handle->mu);
     handle->backend->Free(bias);
   }
+}
+
+LoadedModel::~LoadedModel() {
+  layers.clear();  // frees the weights nothing else holds before the budget gets their bytes back
+  if (!ledger) return;
+  std::function<void()> released;
+  {
+    std::lock_guard<std::mutex> lock(ledger->mu);
+    ledger->bytes -= bytes;
+    --ledger->models;
+    released = ledger->on_release;
+  }
+  if (released) released();
+}
+
+ModelRegistry::~ModelRegistry() {
+  // The models still loaded are destroyed with models_ after this; nobody is told any more.
+  std::lock_guard<std::mutex> lock(ledger_->mu);
+  ledger_->on_release = nullptr;
+}
+
+void ModelRegistry::SetReleaseCallback(std::function<void()> callback) {
+  std::lock_guard<std::mutex> lock(ledger_->mu);
+  ledger_->on_release = std::move(callback);
 }
 
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(std::shared_ptr<BackendHandle> handle,
@@ -99,8 +143,13 @@ absl::Status ModelRegistry::CheckName(const std::string& name) const {
     }
   }
   std::lock_guard<std::mutex> lock(mu_);
-  if (models_.count(name) || loading_.count(name)) {
+  if (models_.count(name)) {
     return absl::AlreadyExistsError(absl::StrCat("a model named '", name, "' is already loaded (unload it first)"));
+  }
+  if (loading_.count(name)) {
+    return absl::AlreadyExistsError(absl::StrCat("a model named '", name,
+                                                 "' is being loaded by another call (or a load whose call ended is "
+                                                 "stopping); retry once it has finished"));
   }
   return absl::OkStatus();
 }
@@ -116,7 +165,8 @@ absl::StatusOr<std::string> ModelRegistry::ResolvePath(const std::string& path) 
 }
 
 absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::LoadFromPath(const std::string& name,
-                                                                               const std::string& path) {
+                                                                               const std::string& path,
+                                                                               const CallControl& control) {
   if (absl::Status s = CheckName(name); !s.ok()) return s;
   absl::StatusOr<std::string> dir = ResolvePath(path);
   if (!dir.ok()) return dir.status();
@@ -132,24 +182,52 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::LoadFromPath(c
   TensorSource source;
   source.names = model->names();
   source.get = [model](const std::string& n) { return model->Get(n); };
-  return Load(name, path, config, source);
+  return Load(name, path, config, source, control);
 }
 
 absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::LoadFromTensors(const std::string& name,
                                                                                   const std::string& config_json,
-                                                                                  std::map<std::string, Tensor> tensors) {
+                                                                                  std::map<std::string, Tensor> tensors,
+                                                                                  const CallControl& control) {
   if (absl::Status s = CheckName(name); !s.ok()) return s;
   absl::StatusOr<nlohmann::json> config = ParseConfigJson(config_json);
   if (!config.ok()) return config.status();
   auto owned = std::make_shared<std::map<std::string, Tensor>>(std::move(tensors));
   TensorSource source = MapSource(*owned, owned);
   source.release = [owned] { owned->clear(); };
-  return Load(name, "stream", *config, source);
+  return Load(name, "stream", *config, source, control);
 }
 
 int64_t ModelRegistry::BytesLeftLocked() const {
   if (options_.memory_budget_bytes == 0) return INT64_MAX;
-  return std::max<int64_t>(0, options_.memory_budget_bytes - used_ - reserved_);
+  int64_t held = 0;
+  {
+    std::lock_guard<std::mutex> lock(ledger_->mu);
+    held = ledger_->bytes;
+  }
+  return std::max<int64_t>(0, options_.memory_budget_bytes - held - reserved_);
+}
+
+std::string ModelRegistry::BudgetUseLocked(int64_t own_reserved) const {
+  int64_t published = 0;
+  for (const auto& [n, m] : models_) published += m->bytes;
+  int64_t held = 0, held_models = 0;
+  {
+    std::lock_guard<std::mutex> lock(ledger_->mu);
+    held = ledger_->bytes;
+    held_models = ledger_->models;
+  }
+  const int64_t loads = static_cast<int64_t>(loading_.size()) - (own_reserved >= 0 ? 1 : 0);
+  const int64_t reserved = reserved_ - std::max<int64_t>(own_reserved, 0);
+  std::string out = absl::StrCat("(", published, " used by ", Count(models_.size(), "loaded model", "loaded models"),
+                                 ", ", reserved, " reserved by ", Count(loads, "load", "loads"), " in progress");
+  if (held > published) {
+    absl::StrAppend(&out, ", ", held - published, " still held by ",
+                    Count(held_models - static_cast<int64_t>(models_.size()), "unloaded model", "unloaded models"),
+                    " that running GEMMs use");
+  }
+  out += ")";
+  return out;
 }
 
 int64_t ModelRegistry::bytes_left() const {
@@ -158,8 +236,8 @@ int64_t ModelRegistry::bytes_left() const {
 }
 
 int64_t ModelRegistry::used_bytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return used_;
+  std::lock_guard<std::mutex> lock(ledger_->mu);
+  return ledger_->bytes;
 }
 
 size_t ModelRegistry::model_count() const {
@@ -236,7 +314,7 @@ absl::Status ModelRegistry::GrowReservation(const std::string& name, int64_t res
     return absl::ResourceExhaustedError(absl::StrCat(
         "loading '", name, "' needs at least ", need, " bytes in the ", handle_->backend->name(),
         " backend's weight layout but only ", reserved + left, " of the ", options_.memory_budget_bytes,
-        "-byte memory budget are left; unload a model or raise --memory_budget_bytes"));
+        "-byte memory budget are left ", BudgetUseLocked(reserved), "; unload a model or raise --memory_budget_bytes"));
   }
   reserved_ += need - reserved;
   return absl::OkStatus();
@@ -244,15 +322,20 @@ absl::Status ModelRegistry::GrowReservation(const std::string& name, int64_t res
 
 absl::Status ModelRegistry::ReserveLoad(const std::string& name, int64_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (models_.count(name) || loading_.count(name)) {
+  if (models_.count(name)) {
     return absl::AlreadyExistsError(absl::StrCat("a model named '", name, "' is already loaded (unload it first)"));
+  }
+  if (loading_.count(name)) {
+    return absl::AlreadyExistsError(absl::StrCat("a model named '", name,
+                                                 "' is being loaded by another call (or a load whose call ended is "
+                                                 "stopping); retry once it has finished"));
   }
   const int64_t left = BytesLeftLocked();
   if (bytes > left) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "loading '", name, "' needs ", bytes, " bytes of weights but only ", left, " of the ",
-        options_.memory_budget_bytes, "-byte memory budget are left (", used_, " used by ", models_.size(),
-        " loaded models); unload a model or raise --memory_budget_bytes"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("loading '", name, "' needs ", bytes, " bytes of weights but only ", left, " of the ",
+                     options_.memory_budget_bytes, "-byte memory budget are left ", BudgetUseLocked(),
+                     "; unload a model or raise --memory_budget_bytes"));
   }
   loading_.insert(name);
   reserved_ += bytes;
@@ -261,6 +344,9 @@ absl::Status ModelRegistry::ReserveLoad(const std::string& name, int64_t bytes) 
 
 absl::Status ModelRegistry::AddPrepared(const std::string& name, const LinearSpec& spec, DType model_dtype,
                                         LoadedModel& model, int64_t* reserved) {
+  if (options_.test_layer_pause_ms > 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(options_.test_layer_pause_ms));
+  }
   absl::StatusOr<std::shared_ptr<PreparedLinear>> p = Prepare(spec, model_dtype);
   if (!p.ok()) return p.status();
   model.bytes += (*p)->bytes;
@@ -281,12 +367,36 @@ void ModelRegistry::ReleaseLoad(const std::string& name, int64_t reserved) {
   reserved_ -= reserved;
 }
 
-std::shared_ptr<const LoadedModel> ModelRegistry::CommitLoad(std::shared_ptr<LoadedModel> model, int64_t reserved) {
+absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::CommitLoad(std::shared_ptr<LoadedModel> model,
+                                                                             int64_t reserved,
+                                                                             const CallControl& control) {
+  // Asked outside the lock (the question can take tens of µs). A deadline closer than
+  // kPublishMargin counts as passed: the reply could not reach the client in time.
+  absl::Status s =
+      LoadStopped(control, model->name, absl::StrCat("all ", model->layers.size(), " quantized layers prepared"));
+  if (s.ok() && control.deadline != std::chrono::system_clock::time_point::max() &&
+      std::chrono::system_clock::now() + kPublishMargin >= control.deadline) {
+    s = absl::DeadlineExceededError(
+        absl::StrCat("the call's deadline is less than ", kPublishMargin.count(), " ms away after loading '",
+                     model->name, "' (all ", model->layers.size(),
+                     " quantized layers prepared): too close to reply in time, so nothing was "
+                     "loaded and its memory was given back; retry with a longer deadline"));
+  }
+  if (!s.ok()) {
+    const std::string name = model->name;
+    model.reset();  // its weights go before its reservation does
+    ReleaseLoad(name, reserved);
+    spdlog::info("load of model '{}' stopped: {}", name, std::string(s.message()));
+    return s;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> ledger_lock(ledger_->mu);
     loading_.erase(model->name);
     reserved_ -= reserved;
-    used_ += model->bytes;
+    ledger_->bytes += model->bytes;
+    ++ledger_->models;
+    model->ledger = ledger_;
     models_[model->name] = model;
   }
   spdlog::info("loaded model '{}' from {}: {} quantized layers, {} bytes", model->name, model->source,
@@ -297,7 +407,8 @@ std::shared_ptr<const LoadedModel> ModelRegistry::CommitLoad(std::shared_ptr<Loa
 absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::Load(const std::string& name,
                                                                        const std::string& source,
                                                                        const nlohmann::json& config,
-                                                                       const TensorSource& tensors) {
+                                                                       const TensorSource& tensors,
+                                                                       const CallControl& control) {
   absl::StatusOr<CheckpointLinears> found = FindQuantizedLinears(config, tensors);
   if (!found.ok()) return found.status();
   absl::StatusOr<DType> model_dtype = ModelDType(config);
@@ -312,14 +423,23 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::Load(const std
   model->name = name;
   model->source = source;
   model->float_layers.insert(found->float_linears.begin(), found->float_linears.end());
-  for (LinearSpec& spec : found->linears) {
-    if (absl::Status s = AddPrepared(name, spec, *model_dtype, *model, &need); !s.ok()) {
+  const size_t total = found->linears.size();
+  for (size_t i = 0; i < total; ++i) {
+    LinearSpec& spec = found->linears[i];
+    // The call is asked before each layer (≈ 30 µs under gRPC's sync API, against milliseconds
+    // of preparing): a load whose client went away or whose deadline passed stops here.
+    absl::Status s = LoadStopped(control, name, absl::StrCat("after ", i, " of ", total, " quantized layers"));
+    if (s.ok()) s = AddPrepared(name, spec, *model_dtype, *model, &need);
+    if (!s.ok()) {
+      model.reset();  // its weights go before its reservation does
       ReleaseLoad(name, need);
+      if (absl::IsDeadlineExceeded(s) || absl::IsCancelled(s))
+        spdlog::info("load of model '{}' stopped: {}", name, std::string(s.message()));
       return s;
     }
     spec = LinearSpec{};  // its host tensors are no longer needed
   }
-  return CommitLoad(std::move(model), need);
+  return CommitLoad(std::move(model), need, control);
 }
 
 absl::StatusOr<std::unique_ptr<ModelRegistry::StreamedLoad>> ModelRegistry::BeginStreamedLoad(
@@ -379,7 +499,7 @@ absl::Status ModelRegistry::StreamedLoad::Add(const std::string& name, Tensor te
   return s;
 }
 
-absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::StreamedLoad::Finish() {
+absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::StreamedLoad::Finish(const CallControl& control) {
   for (size_t i = 0; i < missing_.size(); ++i) {
     if (missing_[i] > 0) {
       return absl::InvalidArgumentError(absl::StrCat("the stream ended before every tensor of layer ",
@@ -387,8 +507,8 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::StreamedLoad::
                                                      " missing)"));
     }
   }
-  active_ = false;
-  return registry_->CommitLoad(std::move(model_), reserved_);
+  active_ = false;  // CommitLoad publishes or gives everything back
+  return registry_->CommitLoad(std::move(model_), reserved_, control);
 }
 
 absl::Status ModelRegistry::Unload(const std::string& name) {
@@ -398,10 +518,18 @@ absl::Status ModelRegistry::Unload(const std::string& name) {
     auto it = models_.find(name);
     if (it == models_.end()) return absl::NotFoundError(absl::StrCat("no model named '", name, "' is loaded"));
     model = it->second;
-    used_ -= model->bytes;
     models_.erase(it);
   }
-  spdlog::info("unloaded model '{}'", name);
+  // The bytes go back to the budget when the last reference does (~LoadedModel): now, unless a
+  // running GEMM still holds the model.
+  const bool held = model.use_count() > 1;
+  const int64_t bytes = model->bytes;
+  model.reset();
+  if (held) {
+    spdlog::info("unloaded model '{}'; its {} bytes stay counted until the GEMMs running on it end", name, bytes);
+  } else {
+    spdlog::info("unloaded model '{}'", name);
+  }
   return absl::OkStatus();
 }
 

@@ -4,11 +4,13 @@
 // model and layer name. Enforces the model-root confinement (no absolute paths, no "..", no
 // symlink leading outside), unique model names, and a memory budget.
 // Thread-safe; loaded models are immutable and shared, so an unload never pulls a weight from
-// under a GEMM that is running.
+// under a GEMM that is running, and the budget counts a model until its last reference goes
+// (an unloaded model a running GEMM still holds keeps its bytes counted until that GEMM ends).
 #ifndef LOWBIT_RUNTIME_MODEL_REGISTRY_H_
 #define LOWBIT_RUNTIME_MODEL_REGISTRY_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -20,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "common/tensor.h"
 #include "kernels/backend.h"
+#include "runtime/call_control.h"
 #include "runtime/linear_spec.h"
 
 namespace lowbit::runtime {
@@ -45,16 +48,36 @@ struct PreparedLinear {
   ~PreparedLinear();
 };
 
+// The memory budget's count of the published models that are still alive: those loaded, and
+// those unloaded that something (a running GEMM) still references. Shared by the registry and
+// every model it published, so that the last reference to a model gives its bytes back.
+struct BudgetLedger {
+  std::mutex mu;
+  int64_t bytes = 0;  // weight bytes of every live published model
+  int64_t models = 0;
+  std::function<void()> on_release;  // called (outside mu) after a model's bytes were given back
+};
+
 struct LoadedModel {
   std::string name, source;
   std::map<std::string, std::shared_ptr<const PreparedLinear>> layers;
   std::set<std::string> float_layers;  // Linears the checkpoint leaves in float
   int64_t bytes = 0;
+  // Set when the registry publishes the model: the destructor frees the layers (those nothing
+  // else holds), then takes `bytes` off the ledger.
+  std::shared_ptr<BudgetLedger> ledger;
+  LoadedModel() = default;
+  LoadedModel(const LoadedModel&) = delete;
+  LoadedModel& operator=(const LoadedModel&) = delete;
+  ~LoadedModel();
 };
 
 struct RegistryOptions {
   std::string model_root;           // LoadFromPath paths resolve under it; empty = path loads refused
   int64_t memory_budget_bytes = 0;  // 0 = unlimited
+  // Tests only: sleep this long before preparing each Linear (LOWBIT_RUNTIME_TEST_LAYER_PAUSE_MS
+  // in lowbit-runtime), so that a load lasts long enough to be cancelled half way.
+  int64_t test_layer_pause_ms = 0;
 };
 
 class ModelRegistry {
@@ -66,12 +89,17 @@ class ModelRegistry {
   // `path` is relative to the model root. INVALID_ARGUMENT: empty / absolute / ".." / bad name;
   // PERMISSION_DENIED: resolves outside the root (symlink); NOT_FOUND: no such directory;
   // ALREADY_EXISTS: name in use; RESOURCE_EXHAUSTED: over the budget; UNIMPLEMENTED: a scheme
-  // the runtime does not execute (naming the layer).
-  absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromPath(const std::string& name, const std::string& path);
+  // the runtime does not execute (naming the layer). `control` is asked between layers and once
+  // more just before the model is published: when the call's deadline passed or it was
+  // cancelled, what was prepared is freed, the name and the reservation are given back, nothing
+  // is published, and the result is DEADLINE_EXCEEDED / CANCELLED.
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromPath(const std::string& name, const std::string& path,
+                                                                  const CallControl& control = {});
   // A checkpoint given as config.json text plus its tensors (from LoadModelStream).
   absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromTensors(const std::string& name,
                                                                      const std::string& config_json,
-                                                                     std::map<std::string, Tensor> tensors);
+                                                                     std::map<std::string, Tensor> tensors,
+                                                                     const CallControl& control = {});
   // A streamed load whose manifest names every tensor up front: each quantized Linear is
   // prepared as soon as its last tensor arrives, and its host tensors are dropped then (tensors
   // no Linear needs are dropped at once), so the load holds about one layer in host memory.
@@ -82,8 +110,9 @@ class ModelRegistry {
     ~StreamedLoad();
     // `name` must be in the manifest; each tensor once.
     absl::Status Add(const std::string& name, Tensor tensor);
-    // After the last tensor: INVALID_ARGUMENT when a quantized Linear's tensors did not all arrive.
-    absl::StatusOr<std::shared_ptr<const LoadedModel>> Finish();
+    // After the last tensor: INVALID_ARGUMENT when a quantized Linear's tensors did not all arrive;
+    // DEADLINE_EXCEEDED / CANCELLED (nothing published) when `control` says the call ended.
+    absl::StatusOr<std::shared_ptr<const LoadedModel>> Finish(const CallControl& control = {});
 
    private:
     friend class ModelRegistry;
@@ -103,6 +132,10 @@ class ModelRegistry {
                                                                   const std::string& config_json,
                                                                   const std::vector<std::string>& manifest);
 
+  ~ModelRegistry();
+
+  // Unpublishes the model. Its bytes stay counted (used_bytes) until the last reference to it
+  // (a GEMM running on it) goes.
   absl::Status Unload(const std::string& name);
   absl::StatusOr<std::shared_ptr<const LoadedModel>> Get(const std::string& name) const;
   std::vector<std::shared_ptr<const LoadedModel>> List() const;
@@ -113,7 +146,12 @@ class ModelRegistry {
   absl::StatusOr<std::string> ResolvePath(const std::string& path) const;
 
   int64_t budget_bytes() const { return options_.memory_budget_bytes; }
+  // Bytes of every published model still alive: the loaded ones, and unloaded ones that a
+  // running GEMM still holds.
   int64_t used_bytes() const;
+  // Called after an unloaded model's last reference went and its bytes were given back (the
+  // engine refreshes its memory gauge). Set it before loading anything.
+  void SetReleaseCallback(std::function<void()> callback);
   // Bytes a new load may still use (budget minus used and reserved); INT64_MAX when unlimited.
   int64_t bytes_left() const;
   size_t model_count() const;
@@ -124,7 +162,8 @@ class ModelRegistry {
   ModelRegistry(std::shared_ptr<BackendHandle> handle, RegistryOptions options, std::string root)
       : handle_(std::move(handle)), options_(std::move(options)), root_(std::move(root)) {}
   absl::StatusOr<std::shared_ptr<const LoadedModel>> Load(const std::string& name, const std::string& source,
-                                                          const nlohmann::json& config, const TensorSource& tensors);
+                                                          const nlohmann::json& config, const TensorSource& tensors,
+                                                          const CallControl& control);
   absl::StatusOr<std::shared_ptr<PreparedLinear>> Prepare(const LinearSpec& spec, DType model_dtype);
   // The steps every load takes: reserve the name and `bytes` of the budget; prepare one Linear
   // into `model`, growing the reservation to what the backend holds; give the reservation back
@@ -133,8 +172,15 @@ class ModelRegistry {
   absl::Status AddPrepared(const std::string& name, const LinearSpec& spec, DType model_dtype, LoadedModel& model,
                            int64_t* reserved);
   void ReleaseLoad(const std::string& name, int64_t reserved);
-  std::shared_ptr<const LoadedModel> CommitLoad(std::shared_ptr<LoadedModel> model, int64_t reserved);
+  // Publishes the model unless `control` says the call ended (then the same as ReleaseLoad, and
+  // the model is freed before its reservation is given back).
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> CommitLoad(std::shared_ptr<LoadedModel> model, int64_t reserved,
+                                                                const CallControl& control);
   int64_t BytesLeftLocked() const;
+  // "(X used by N loaded models, Y reserved by M loads in progress[, Z held by K unloaded models
+  // that running GEMMs still use])", for the budget's refusals; `own_reserved` (a load's own
+  // reservation, when it is already counted) is left out.
+  std::string BudgetUseLocked(int64_t own_reserved = -1) const;
   // Raises a load's reservation from `reserved` to `need` bytes, or RESOURCE_EXHAUSTED when the
   // budget has not that much left.
   absl::Status GrowReservation(const std::string& name, int64_t reserved, int64_t need);
@@ -145,7 +191,9 @@ class ModelRegistry {
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<const LoadedModel>> models_;
   std::set<std::string> loading_;  // names reserved by loads in progress
-  int64_t used_ = 0, reserved_ = 0;
+  int64_t reserved_ = 0;
+  // Lock order: mu_, then ledger_->mu. A model is never destroyed under mu_.
+  std::shared_ptr<BudgetLedger> ledger_ = std::make_shared<BudgetLedger>();
 };
 
 }  // namespace lowbit::runtime

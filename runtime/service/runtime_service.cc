@@ -17,6 +17,8 @@ namespace {
 
 std::string DN(DType d) { return std::string(DTypeName(d)); }
 
+constexpr char kGemmStreamPath[] = "/lowbit.v1.RuntimeService/GemmStream";
+
 CallControl ControlOf(grpc::ServerContext* ctx) {
   CallControl c;
   c.cancelled = [ctx] { return ctx->IsCancelled(); };
@@ -30,6 +32,7 @@ RuntimeServiceImpl::RuntimeServiceImpl(Engine* engine, rpc::ServiceContext servi
     : engine_(engine), service_(std::move(service)), options_(options) {
   MarkMethodStreamed(rpc::MethodIndex(rpc::kLoadModelStreamPath),
                      rpc::RawHandler(this, &RuntimeServiceImpl::LoadModelStreamRaw));
+  MarkMethodStreamed(rpc::MethodIndex(kGemmStreamPath), rpc::RawHandler(this, &RuntimeServiceImpl::GemmStreamRaw));
 }
 
 void ModelInfoToProto(const LoadedModel& model, const std::string& backend, v1::ModelInfo* out) {
@@ -54,8 +57,18 @@ grpc::Status RuntimeServiceImpl::LoadModel(grpc::ServerContext* ctx, const v1::L
                                            v1::LoadModelResponse* resp) {
   rpc::CallGuard guard(ctx, service_, "LoadModel");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  auto model = engine_->LoadFromPath(req->name(), req->path());
+  // Asked between layers: a client whose deadline passed or that cancelled leaves nothing loaded.
+  auto model = engine_->LoadFromPath(req->name(), req->path(), ControlOf(ctx));
   if (!model.ok()) return guard.Finish(rpc::ToGrpcStatus(model.status()));
+  // Asked once more after publishing: a call that ended in between would not see its model, so
+  // it goes again (unless something replaced it under the same name meanwhile).
+  if (ctx->IsCancelled()) {
+    auto now = engine_->registry().Get(req->name());
+    if (now.ok() && now->get() == model->get()) engine_->Unload(req->name()).IgnoreError();
+    return guard.Finish(grpc::Status(
+        grpc::StatusCode::CANCELLED,
+        absl::StrCat("the call ended while model '", req->name(), "' was being published; it was unloaded again")));
+  }
   ModelInfoToProto(**model, engine_->Info().backend, resp->mutable_model());
   return guard.Finish(grpc::Status::OK);
 }
@@ -90,10 +103,22 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
   const std::string name = msg.header().name();
   const std::string config = msg.header().config_json();
   if (absl::Status s = engine_->registry().CheckName(name); !s.ok()) return s;
+  // The streamed bytes are bounded by what the memory budget has left (RESOURCE_EXHAUSTED naming
+  // the budget); a size that is invalid whatever the budget (negative, overflowing, over
+  // TensorLimits::max_bytes) stays INVALID_ARGUMENT.
+  rpc::TensorLimits limits;
+  const int64_t left = engine_->registry().bytes_left();
+  limits.budget_bytes = left;
+  auto over_budget = [&](const absl::Status& s) {
+    if (s.code() != absl::StatusCode::kResourceExhausted || left >= limits.max_bytes) return s;
+    return absl::ResourceExhaustedError(absl::StrCat(s.message(), ": the memory budget (--memory_budget_bytes ",
+                                                     engine_->registry().budget_bytes(), ") has ", left,
+                                                     " bytes left for new models; unload a model or raise it"));
+  };
   // With a manifest, each quantized Linear is prepared as soon as its tensors arrived
   // (ModelRegistry::StreamedLoad); without one, the whole checkpoint is assembled first.
-  absl::StatusOr<rpc::Manifest> manifest = rpc::Manifest::FromProto(msg.header().manifest());
-  if (!manifest.ok()) return manifest.status();
+  absl::StatusOr<rpc::Manifest> manifest = rpc::Manifest::FromProto(msg.header().manifest(), limits);
+  if (!manifest.ok()) return over_budget(manifest.status());
   std::unique_ptr<ModelRegistry::StreamedLoad> streamed;
   rpc::ChunkAssembler::Hooks hooks;
   if (!manifest->entries().empty()) {
@@ -105,21 +130,12 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
     };
     hooks.take = [&](const std::string& n, Tensor t) { return streamed->Add(n, std::move(t)); };
   }
-  rpc::TensorLimits limits;
-  const int64_t left = engine_->registry().bytes_left();
-  if (left < limits.max_bytes) limits.max_bytes = left;
   rpc::ChunkAssembler assembler(limits, std::move(hooks));
   while (next(&st)) {
     if (!st.ok()) return st;
     if (msg.has_header()) return absl::InvalidArgumentError("a second header arrived in the stream");
     if (!msg.has_chunk()) return absl::InvalidArgumentError("a stream message with neither header nor chunk");
-    if (absl::Status s = assembler.Add(msg.chunk(), split.data); !s.ok()) {
-      if (s.code() == absl::StatusCode::kResourceExhausted && left == limits.max_bytes) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            s.message(), ": the memory budget has ", left, " bytes left for new models (--memory_budget_bytes)"));
-      }
-      return s;
-    }
+    if (absl::Status s = assembler.Add(msg.chunk(), split.data); !s.ok()) return over_budget(s);
   }
   // A Read fails when the client cancels: asked once here (under the sync API the question
   // plucks the call's completion queue, ≈ 30 µs), not for every chunk.
@@ -134,9 +150,11 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
                                                      manifest->entries().size(),
                                                      " tensors in the header's manifest arrived"));
     }
-    model = engine_->FinishStreamedLoad(*streamed);
+    model = engine_->FinishStreamedLoad(*streamed, ControlOf(ctx));
   } else {
-    model = engine_->LoadFromTensors(name, config, std::move(assembler.tensors()));
+    // The same checks as a path load: a stream that ended cleanly but early (a Linear without
+    // its scale, a decoder layer or Linear missing) is refused, not loaded in part.
+    model = engine_->LoadFromTensors(name, config, std::move(assembler.tensors()), ControlOf(ctx));
   }
   if (!model.ok()) return model.status();
   v1::LoadModelStreamResponse resp;
@@ -213,8 +231,7 @@ grpc::Status RuntimeServiceImpl::Gemm(grpc::ServerContext* ctx, const v1::GemmRe
   return guard.Finish(rpc::ToGrpcStatus(DoGemm(ControlOf(ctx), *req, resp)));
 }
 
-grpc::Status RuntimeServiceImpl::GemmStream(
-    grpc::ServerContext* ctx, grpc::ServerReaderWriter<v1::GemmStreamResponse, v1::GemmStreamRequest>* stream) {
+grpc::Status RuntimeServiceImpl::GemmStreamRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream) {
   rpc::CallGuard guard(ctx, service_, "GemmStream");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
   // Requests run concurrently on up to max_stream_inflight workers (so they batch with each
@@ -251,16 +268,34 @@ grpc::Status RuntimeServiceImpl::GemmStream(
         out.set_error_code(static_cast<int32_t>(s.code()));
         out.set_error_message(std::string(s.message()));
       }
+      // Serialized the way the typed stream's Write would (grpc's protobuf serializer).
+      grpc::ByteBuffer bytes;
+      bool own = false;
+      const bool encoded = grpc::SerializationTraits<v1::GemmStreamResponse>::Serialize(out, &bytes, &own).ok();
       lock.lock();
-      if (!write_failed && !stream->Write(out)) {
+      if (!write_failed && (!encoded || !stream->Write(bytes))) {
         write_failed = true;
         gone = true;
       }
     }
   };
   const size_t max_workers = static_cast<size_t>(std::max(1, options_.max_stream_inflight));
-  v1::GemmStreamRequest req;
-  while (stream->Read(&req)) {
+  grpc::ByteBuffer raw;
+  int64_t parsed = 0;
+  absl::Status malformed;
+  while (stream->Read(&raw)) {
+    // Parsed here, not by the typed stream: its Read() returns false for a message that does not
+    // parse, which reads the same as the client's half-close.
+    const size_t size = raw.Length();
+    v1::GemmStreamRequest req;
+    if (!grpc::SerializationTraits<v1::GemmStreamRequest>::Deserialize(&raw, &req).ok()) {
+      malformed = absl::InvalidArgumentError(
+          absl::StrCat("GemmStream request message ", parsed + 1, " (", size,
+                       " bytes) did not parse as a lowbit.v1.GemmStreamRequest; the stream stops there: the ", parsed,
+                       " requests before it were answered, nothing after it was read"));
+      break;
+    }
+    ++parsed;
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return queue.size() < max_workers || write_failed; });
     if (write_failed) break;
@@ -268,15 +303,17 @@ grpc::Status RuntimeServiceImpl::GemmStream(
     if (idle == 0 && workers.size() < max_workers) workers.emplace_back(work);
     cv.notify_all();
   }
-  const bool cancelled = ctx->IsCancelled();  // Read failed: the client half-closed, or went
+  // Read failed: the client half-closed, or went. (After a malformed message nothing was asked.)
+  const bool cancelled = malformed.ok() && ctx->IsCancelled();
   if (cancelled) gone = true;
   {
     std::lock_guard<std::mutex> lock(mu);
     reading_done = true;
     cv.notify_all();
   }
-  for (std::thread& t : workers) t.join();
+  for (std::thread& t : workers) t.join();  // the requests before a malformed one are answered
   if (cancelled) return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the stream"));
+  if (!malformed.ok()) return guard.Finish(rpc::ToGrpcStatus(malformed));
   return guard.Finish(grpc::Status::OK);
 }
 

@@ -1,7 +1,8 @@
 // lowbit.v1.RuntimeService over the runtime engine (sync gRPC API): LoadModel (path under the
 // model root), LoadModelStream (header with config.json, then tensor chunks), UnloadModel,
 // ListModels, GetServerInfo, Gemm and GemmStream (bidirectional; a failed request is reported
-// in its response and the stream goes on). Every handler starts with rpc::CallGuard (bearer
+// in its response and the stream goes on; a message that does not parse ends it with
+// INVALID_ARGUMENT). Every handler starts with rpc::CallGuard (bearer
 // token + request metrics); errors are absl::Status inside and rpc::ToGrpcStatus at the edge.
 #ifndef LOWBIT_RUNTIME_SERVICE_RUNTIME_SERVICE_H_
 #define LOWBIT_RUNTIME_SERVICE_RUNTIME_SERVICE_H_
@@ -35,8 +36,11 @@ class RuntimeServiceImpl final : public v1::RuntimeService::Service {
   grpc::Status GetServerInfo(grpc::ServerContext* ctx, const v1::GetServerInfoRequest* req,
                              v1::GetServerInfoResponse* resp) override;
   grpc::Status Gemm(grpc::ServerContext* ctx, const v1::GemmRequest* req, v1::GemmResponse* resp) override;
-  grpc::Status GemmStream(grpc::ServerContext* ctx,
-                          grpc::ServerReaderWriter<v1::GemmStreamResponse, v1::GemmStreamRequest>* stream) override;
+  // GemmStream, as a raw stream: the handler parses each request itself, so that a message that
+  // does not parse ends the stream with INVALID_ARGUMENT (the sync API's typed Read() reports a
+  // parse failure as the end of the stream, and the requests after it would vanish silently).
+  // Same messages on the wire.
+  grpc::Status GemmStreamRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream);
 
  private:
   absl::Status DoGemm(const CallControl& control, const v1::GemmRequest& req, v1::GemmResponse* resp);

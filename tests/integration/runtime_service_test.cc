@@ -6,17 +6,21 @@
 // tensors (common/numerics + common/dtype), with the activation quantization the scheme does.
 // The servers run on the CPU backend, or on the one LOWBIT_TEST_BACKEND names (ctest's
 // gpu-labelled copy, cuda.runtime_service_test.*, sets cuda; without a GPU it reports skipped).
+#include "runtime/service/runtime_service.h"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <limits>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -26,16 +30,15 @@
 #include "common/numerics.h"
 #include "common/safetensors.h"
 #include "grpcpp/create_channel.h"
-#include "kernels/backend.h"
 #include "gtest/gtest.h"
+#include "kernels/backend.h"
 #include "lowbit/v1/runtime.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "rpc/client.h"
-#include "rpc/server.h"
 #include "rpc/raw_stream.h"
+#include "rpc/server.h"
 #include "rpc/tensor_codec.h"
 #include "runtime/engine.h"
-#include "runtime/service/runtime_service.h"
 #include "tools/gen_model/synthetic_llama.h"
 #include "tools/quantize_main.h"
 
@@ -1137,6 +1140,438 @@ TEST_F(RuntimeTest, RestartThenReload) {
   ASSERT_TRUE(client_->Load("m", "w8a8").ok());
   ASSERT_TRUE(client_->Gemm(MakeGemm("m", kQ, x), &resp).ok());
   EXPECT_EQ(resp.y().data(), before.y().data());
+}
+
+// ---- the fixes of the runtime-service audit -------------------------------------------------
+
+v1::GetServerInfoResponse ServerInfo(Client& client) {
+  v1::GetServerInfoResponse info;
+  grpc::ClientContext ctx;
+  client.Prepare(&ctx);
+  EXPECT_TRUE(client.stub->GetServerInfo(&ctx, {}, &info).ok());
+  return info;
+}
+
+std::vector<std::string> ModelNames(Client& client) {
+  grpc::ClientContext ctx;
+  client.Prepare(&ctx);
+  v1::ListModelsResponse list;
+  EXPECT_TRUE(client.stub->ListModels(&ctx, {}, &list).ok());
+  std::vector<std::string> names;
+  for (const auto& m : list.models()) names.push_back(m.name());
+  return names;
+}
+
+double Gauge(TestServer& server, const std::string& name) {
+  for (const auto& fam : server.registry->Collect()) {
+    if (fam.name == name && !fam.metric.empty()) return fam.metric.at(0).gauge.value;
+  }
+  return -1.0;
+}
+
+// A LoadModel whose deadline passes, or whose client cancels, half way through preparing the
+// layers: the client's error is the server's too — nothing is published, the budget gets its
+// bytes back, the name is free (a retry loads), and the server goes on serving.
+TEST_F(RuntimeTest, LoadModelHonoursDeadlineAndCancel) {
+  EngineOptions o = DefaultOptions();
+  o.registry.test_layer_pause_ms = 60;  // 7 quantized layers: ≈ 0.42 s per load
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  ASSERT_TRUE(client.Load("other", "w8a8").ok());
+  const int64_t before = ServerInfo(client).memory_used_bytes();
+  ASSERT_GT(before, 0);
+  for (bool cancel : {false, true}) {
+    SCOPED_TRACE(cancel ? "cancelled" : "deadline");
+    grpc::ClientContext ctx;
+    client.Prepare(&ctx, cancel ? 30000 : 150);
+    v1::LoadModelRequest req;
+    req.set_name("slow");
+    req.set_path("w8a8");
+    v1::LoadModelResponse resp;
+    std::thread canceller;
+    if (cancel) {
+      canceller = std::thread([&ctx] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(150));
+        ctx.TryCancel();
+      });
+    }
+    grpc::Status st = client.stub->LoadModel(&ctx, req, &resp);
+    if (canceller.joinable()) canceller.join();
+    EXPECT_EQ(st.error_code(), cancel ? grpc::StatusCode::CANCELLED : grpc::StatusCode::DEADLINE_EXCEEDED)
+        << st.error_message();
+    // Longer than the whole load would take: a load that ran on would be published by now.
+    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    const std::vector<std::string> names = ModelNames(client);
+    EXPECT_EQ(std::count(names.begin(), names.end(), "slow"), 0) << "the abandoned load was published";
+    EXPECT_EQ(ServerInfo(client).memory_used_bytes(), before);
+    EXPECT_EQ(server->engine->registry().bytes_left(), INT64_MAX);
+    v1::LoadModelResponse loaded;
+    grpc::Status retry = client.Load("slow", "w8a8", &loaded);
+    ASSERT_TRUE(retry.ok()) << retry.error_message();
+    EXPECT_EQ(ServerInfo(client).memory_used_bytes(), before + loaded.model().weight_bytes());
+    ASSERT_TRUE(client.Unload("slow").ok());
+  }
+  v1::GemmResponse resp;
+  ASSERT_TRUE(client.Gemm(MakeGemm("other", kQ, RandomX(2, 256, DType::kF32, 1)), &resp).ok());
+}
+
+// The same at the engine, where the moment is exact: the error says how far the load got, and
+// a call that ends after the last layer, just before publishing, publishes nothing either.
+TEST_F(RuntimeTest, LoadStoppedByCallControlPublishesNothing) {
+  Engine& engine = *server_->engine;
+  runtime::CallControl past;
+  past.deadline = std::chrono::system_clock::now() - std::chrono::seconds(1);
+  auto r = engine.LoadFromPath("m", "w8a8", past);
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "deadline passed while loading 'm' (after 0 of 7")) << r.status();
+  for (int stop_at : {3, 8}) {  // before layer 3, and after all 7 (the check before publishing)
+    SCOPED_TRACE(stop_at);
+    int asked = 0;
+    runtime::CallControl control;
+    control.cancelled = [&] { return ++asked >= stop_at; };
+    r = engine.LoadFromPath("m", "w8a8", control);
+    ASSERT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+    EXPECT_TRUE(absl::StrContains(r.status().message(),
+                                  stop_at == 3 ? "after 2 of 7 quantized layers" : "all 7 quantized layers prepared"))
+        << r.status();
+    EXPECT_TRUE(absl::StrContains(r.status().message(), "nothing was loaded")) << r.status();
+    EXPECT_EQ(engine.registry().model_count(), 0u);
+    EXPECT_EQ(engine.registry().used_bytes(), 0);
+  }
+  ASSERT_TRUE(engine.LoadFromPath("m", "w8a8").ok());
+}
+
+// A GemmStream message that does not parse ends the stream with INVALID_ARGUMENT saying so; the
+// request before it is answered, the one after it is not silently dropped with an OK, and the
+// server goes on serving streams.
+TEST_F(RuntimeTest, GemmStreamMalformedMessageIsInvalidArgument) {
+  ASSERT_TRUE(client_->Load("m", "w8a8").ok());
+  auto channel = rpc::MakeChannel(client_->config);
+  ASSERT_TRUE(channel.ok());
+  auto encode = [](const v1::GemmStreamRequest& req) {
+    grpc::ByteBuffer bb;
+    bool own = false;
+    EXPECT_TRUE(grpc::SerializationTraits<v1::GemmStreamRequest>::Serialize(req, &bb, &own).ok());
+    return bb;
+  };
+  v1::GemmStreamRequest first, after;
+  first.set_request_id(1);
+  *first.mutable_request() = MakeGemm("m", kQ, RandomX(2, 256, DType::kF32, 1));
+  after.set_request_id(9);
+  *after.mutable_request() = MakeGemm("m", kQ, RandomX(2, 256, DType::kF32, 2));
+  const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff};  // field 0x1fffffff.. a truncated varint tag
+  grpc::Slice slice(garbage, sizeof(garbage));
+  grpc::ClientContext ctx;
+  client_->Prepare(&ctx);
+  const grpc::internal::RpcMethod method("/lowbit.v1.RuntimeService/GemmStream",
+                                         grpc::internal::RpcMethod::BIDI_STREAMING);
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
+      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(channel->get(), method,
+                                                                                            &ctx));
+  ASSERT_TRUE(stream->Write(encode(first)));
+  stream->Write(grpc::ByteBuffer(&slice, 1));
+  stream->Write(encode(after));  // may fail: the server stops reading at the garbage
+  stream->WritesDone();
+  std::vector<int64_t> answered;
+  grpc::ByteBuffer raw;
+  while (stream->Read(&raw)) {
+    v1::GemmStreamResponse r;
+    ASSERT_TRUE(grpc::SerializationTraits<v1::GemmStreamResponse>::Deserialize(&raw, &r).ok());
+    EXPECT_EQ(r.error_code(), 0) << r.error_message();
+    answered.push_back(r.request_id());
+  }
+  grpc::Status st = stream->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "GemmStream request message 2 (4 bytes) did not parse"))
+      << st.error_message();
+  EXPECT_EQ(answered, std::vector<int64_t>{1});
+  // A well-formed stream on the same server still runs every request.
+  grpc::ClientContext ok_ctx;
+  client_->Prepare(&ok_ctx);
+  auto ok_stream = client_->stub->GemmStream(&ok_ctx);
+  ASSERT_TRUE(ok_stream->Write(first));
+  ASSERT_TRUE(ok_stream->Write(after));
+  ok_stream->WritesDone();
+  std::set<int64_t> ids;
+  v1::GemmStreamResponse r;
+  while (ok_stream->Read(&r)) {
+    EXPECT_EQ(r.error_code(), 0) << r.error_message();
+    ids.insert(r.request_id());
+  }
+  EXPECT_TRUE(ok_stream->Finish().ok());
+  EXPECT_EQ(ids, (std::set<int64_t>{1, 9}));
+}
+
+// Copies the fixture checkpoint `src` to `dst` under the root without the tensors `drop` picks,
+// with config.json edited by `edit`.
+void WriteVariant(const std::string& src, const std::string& dst, const std::function<bool(const std::string&)>& drop,
+                  const std::function<void(nlohmann::json&)>& edit = nullptr) {
+  const fs::path from = fs::path(g_fixture->root) / src, to = fs::path(g_fixture->root) / dst;
+  fs::remove_all(to);
+  fs::create_directories(to);
+  auto ck = SafetensorsModel::Open(from.string());
+  ASSERT_TRUE(ck.ok());
+  std::vector<NamedTensor> tensors;
+  for (const std::string& n : (*ck)->names()) {
+    if (!drop(n)) tensors.push_back({n, *(*ck)->Get(n)});
+  }
+  ASSERT_TRUE(WriteSafetensorsModel(to.string(), std::move(tensors), uint64_t{1} << 40).ok());
+  nlohmann::json config = nlohmann::json::parse(*ReadFileToString((from / "config.json").string()));
+  if (edit) edit(config);
+  ASSERT_TRUE(AtomicWriteFile((to / "config.json").string(), config.dump()).ok());
+}
+
+// Streams the first `count` tensors of `dir` in name order, each whole, then ends the stream
+// cleanly (no manifest): a truncated upload that looks complete to the chunk layer.
+grpc::Status StreamFirstTensors(Client& client, const std::string& name, const std::string& dir, size_t count) {
+  grpc::ClientContext ctx;
+  client.Prepare(&ctx);
+  v1::LoadModelStreamResponse resp;
+  auto writer = client.stub->LoadModelStream(&ctx, &resp);
+  v1::LoadModelStreamRequest header;
+  header.mutable_header()->set_name(name);
+  header.mutable_header()->set_config_json(*ReadFileToString(dir + "/config.json"));
+  writer->Write(header);
+  auto model = SafetensorsModel::Open(dir);
+  std::vector<std::string> names = (*model)->names();
+  for (size_t i = 0; i < count && i < names.size(); ++i) {
+    Tensor t = *(*model)->Get(names[i]);
+    rpc::ForEachChunk(names[i], t, 1 << 20, [&](const v1::TensorChunk& chunk, std::span<const uint8_t> data) {
+      v1::LoadModelStreamRequest m;
+      *m.mutable_chunk() = chunk;
+      m.mutable_chunk()->set_data(data.data(), data.size());
+      return writer->Write(m);
+    });
+  }
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+// A checkpoint that lost tensors a quantized Linear needs, a Linear, or a decoder layer is
+// refused with INVALID_ARGUMENT naming what is missing (by path and streamed without a
+// manifest); Linears the config leaves in float (ignored, or matched by no target) still load.
+TEST_F(RuntimeTest, IncompleteCheckpointsAreRefused) {
+  const std::string down = kDown;
+  WriteVariant("w8a8", "miss_scale", [&](const std::string& n) { return n == down + ".weight_scale"; });
+  WriteVariant("w8a8", "miss_weight", [&](const std::string& n) { return n == down + ".weight"; });
+  WriteVariant("w8a8", "miss_linear", [&](const std::string& n) { return absl::StartsWith(n, down + "."); });
+  WriteVariant("w4a16", "miss_w4_scale", [&](const std::string& n) { return n == down + ".weight_scale"; });
+  WriteVariant(
+      "w8a8", "miss_layer", [](const std::string&) { return false; },
+      [](nlohmann::json& c) { c["num_hidden_layers"] = 3; });  // the tensors hold layer 0 only
+  // Legitimately float: lm_head not ignored, but the only group targets *_proj modules.
+  WriteVariant(
+      "w8a8", "float_by_targets", [](const std::string&) { return false; },
+      [](nlohmann::json& c) {
+        auto& qc = c["quantization_config"];
+        qc["ignore"] = nlohmann::json::array();
+        for (auto& group : qc["config_groups"].items())
+          group.value()["targets"] = nlohmann::json::array({"re:.*_proj$"});
+      });
+  struct Case {
+    const char* path;
+    std::vector<std::string> message;
+  };
+  const std::vector<Case> cases = {
+      {"miss_scale", {down + ".weight_scale is missing; quantization_config group '", "' targets " + down}},
+      {"miss_weight", {down + ".weight is missing; quantization_config group '", "' targets " + down}},
+      {"miss_linear", {"the Linear " + down + " is missing"}},
+      {"miss_w4_scale", {down + ".weight_scale is missing; quantization_config group '"}},
+      {"miss_layer", {"num_hidden_layers = 3", "no model.layers.1.* tensors", "decoder layers 1, 2 missing"}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.path);
+    grpc::Status st = client_->Load(c.path, c.path);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    for (const std::string& part : c.message) {
+      EXPECT_TRUE(absl::StrContains(st.error_message(), part)) << st.error_message() << "\n  wanted: " << part;
+    }
+    st = StreamLoad(*client_, std::string(c.path) + "-s", g_fixture->root + "/" + c.path);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "streamed: " << st.error_message();
+    EXPECT_TRUE(absl::StrContains(st.error_message(), c.message[0])) << "streamed: " << st.error_message();
+  }
+  EXPECT_TRUE(ModelNames(*client_).empty());
+  EXPECT_EQ(ServerInfo(*client_).memory_used_bytes(), 0);
+  // The complete checkpoints, and the one whose lm_head no group targets, load; lm_head is float.
+  for (const char* path : {"w8a8", "float_by_targets"}) {
+    SCOPED_TRACE(path);
+    v1::LoadModelResponse resp;
+    grpc::Status st = client_->Load(path, path, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(resp.model().layers_size(), 7);
+    v1::GemmResponse g;
+    st = client_->Gemm(MakeGemm(path, "lm_head", RandomX(1, 256, DType::kF32, 1)), &g);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_TRUE(absl::StrContains(st.error_message(), "left in float")) << st.error_message();
+  }
+  // A stream without a manifest that ends cleanly after any number of tensors short of every
+  // quantized Linear's is refused, never loaded in part (only model.norm.weight, the last in name
+  // order, is not needed by the runtime).
+  const std::string dir = g_fixture->root + "/w8a8";
+  auto ck = SafetensorsModel::Open(dir);
+  ASSERT_TRUE(ck.ok());
+  const size_t total = (*ck)->names().size();
+  ASSERT_EQ((*ck)->names().back(), "model.norm.weight");
+  for (size_t count = 3; count + 1 < total; ++count) {
+    SCOPED_TRACE(count);
+    grpc::Status st = StreamFirstTensors(*client_, "cut", dir, count);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_TRUE(absl::StrContains(st.error_message(), "missing")) << st.error_message();
+  }
+  const std::vector<std::string> names = ModelNames(*client_);
+  EXPECT_EQ(std::count(names.begin(), names.end(), "cut"), 0);
+  v1::GemmResponse g;
+  ASSERT_TRUE(client_->Gemm(MakeGemm("w8a8", kQ, RandomX(2, 256, DType::kF32, 1)), &g).ok());
+}
+
+// LoadModelStream: a tensor that is valid but larger than what the memory budget has left is
+// RESOURCE_EXHAUSTED naming the budget (as is a manifest that lists more); sizes that are invalid
+// whatever the budget stay INVALID_ARGUMENT.
+TEST_F(RuntimeTest, StreamedTensorOverTheBudgetIsResourceExhausted) {
+  EngineOptions o = DefaultOptions();
+  o.registry.memory_budget_bytes = 40'000'000;
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  ASSERT_TRUE(client.Load("m", "w8a8").ok());
+  const int64_t left = server->engine->registry().bytes_left();
+  ASSERT_LT(left, 40'000'000);
+  auto send = [&](std::vector<int64_t> shape, bool manifest) {
+    grpc::ClientContext ctx;
+    client.Prepare(&ctx);
+    v1::LoadModelStreamResponse resp;
+    auto writer = client.stub->LoadModelStream(&ctx, &resp);
+    v1::LoadModelStreamRequest header;
+    header.mutable_header()->set_name("big");
+    header.mutable_header()->set_config_json(*ReadFileToString(g_fixture->root + "/w8a8/config.json"));
+    if (manifest) {
+      v1::TensorInfo* t = header.mutable_header()->add_manifest();
+      t->set_name("a");
+      t->set_dtype(v1::DTYPE_F32);
+      t->mutable_shape()->Assign(shape.begin(), shape.end());
+    }
+    writer->Write(header);
+    v1::LoadModelStreamRequest m;
+    m.mutable_chunk()->set_name("a");
+    m.mutable_chunk()->set_dtype(v1::DTYPE_F32);
+    m.mutable_chunk()->mutable_shape()->Assign(shape.begin(), shape.end());
+    m.mutable_chunk()->set_data(std::string(16, '\0'));
+    writer->Write(m);
+    writer->WritesDone();
+    return writer->Finish();
+  };
+  for (bool manifest : {false, true}) {
+    SCOPED_TRACE(manifest ? "with manifest" : "without manifest");
+    grpc::Status st = send({100'000'000}, manifest);  // 400 MB of F32
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+    EXPECT_TRUE(absl::StrContains(st.error_message(), "'a'")) << st.error_message();
+    EXPECT_TRUE(absl::StrContains(st.error_message(), "the memory budget (--memory_budget_bytes 40000000) has " +
+                                                          std::to_string(left) + " bytes left"))
+        << st.error_message();
+    st = send({int64_t{1} << 40}, manifest);  // 4 TiB: over the 16 GiB any tensor may have
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_TRUE(absl::StrContains(st.error_message(), "17179869184-byte limit")) << st.error_message();
+    st = send({int64_t{1} << 62, 4}, manifest);  // overflows int64
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    st = send({-3}, manifest);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  }
+  EXPECT_EQ(ModelNames(client), std::vector<std::string>{"m"});
+  v1::GemmResponse g;
+  ASSERT_TRUE(client.Gemm(MakeGemm("m", kQ, RandomX(2, 256, DType::kF32, 1)), &g).ok());
+}
+
+// A load refused because another load in progress holds the budget says so.
+TEST_F(RuntimeTest, BudgetRefusalCountsLoadsInProgress) {
+  v1::LoadModelResponse probe;
+  ASSERT_TRUE(client_->Load("probe", "w8a8", &probe).ok());
+  const int64_t one = probe.model().weight_bytes();
+  EngineOptions o = DefaultOptions();
+  o.registry.memory_budget_bytes = one + one / 2;
+  o.registry.test_layer_pause_ms = 100;
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  grpc::Status first;
+  std::thread loader([&] { first = client.Load("a", "w8a8"); });
+  const auto t0 = std::chrono::steady_clock::now();
+  while (server->engine->registry().bytes_left() == o.registry.memory_budget_bytes &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  const int64_t reserved = o.registry.memory_budget_bytes - server->engine->registry().bytes_left();
+  ASSERT_GT(reserved, 0);
+  grpc::Status st = client.Load("b", "w8a8");
+  loader.join();
+  ASSERT_TRUE(first.ok()) << first.error_message();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  // (The reservation may grow while the load runs: the backend's layout can outgrow the estimate.)
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "(0 used by 0 loaded models, ")) << st.error_message();
+  EXPECT_TRUE(absl::StrContains(st.error_message(), " reserved by 1 load in progress)")) << st.error_message();
+  // Once it is loaded, the same refusal counts it as used.
+  st = client.Load("b", "w8a8");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_TRUE(absl::StrContains(
+      st.error_message(), "(" + std::to_string(one) + " used by 1 loaded model, 0 reserved by 0 loads in progress)"))
+      << st.error_message();
+}
+
+// UnloadModel while something still holds the model (a GEMM): the budget keeps counting its bytes
+// until the last reference goes, and then gives them back (and the memory gauge follows).
+TEST_F(RuntimeTest, UnloadKeepsTheBudgetUntilTheLastReferenceGoes) {
+  v1::LoadModelResponse probe;
+  ASSERT_TRUE(client_->Load("probe", "w8a8", &probe).ok());
+  const int64_t one = probe.model().weight_bytes();
+  EngineOptions o = DefaultOptions();
+  o.registry.memory_budget_bytes = one + one / 2;
+  o.batching.max_queue_delay_us = 1'500'000;  // a GEMM waits 1.5 s in the batcher: a long GEMM
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  ASSERT_TRUE(client.Load("m", "w8a8").ok());
+  ASSERT_EQ(ServerInfo(client).memory_used_bytes(), one);
+
+  // A reference held in the registry's own terms.
+  {
+    auto held = server->engine->registry().Get("m");
+    ASSERT_TRUE(held.ok());
+    ASSERT_TRUE(client.Unload("m").ok());
+    EXPECT_TRUE(ModelNames(client).empty());
+    EXPECT_EQ(ServerInfo(client).memory_used_bytes(), one);
+    EXPECT_EQ(Gauge(*server, "lowbit_runtime_memory_used_bytes"), static_cast<double>(one));
+    grpc::Status st = client.Load("n", "w8a8");
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+    EXPECT_TRUE(absl::StrContains(st.error_message(),
+                                  std::to_string(one) + " still held by 1 unloaded model that running GEMMs use"))
+        << st.error_message();
+  }
+  EXPECT_EQ(ServerInfo(client).memory_used_bytes(), 0);
+  EXPECT_EQ(Gauge(*server, "lowbit_runtime_memory_used_bytes"), 0.0);
+
+  // A GEMM that runs across the unload.
+  ASSERT_TRUE(client.Load("m", "w8a8").ok());
+  grpc::Status gemm;
+  v1::GemmResponse resp;
+  std::thread runner([&] { gemm = client.Gemm(MakeGemm("m", kQ, RandomX(2, 256, DType::kF32, 1)), &resp, 10000); });
+  const auto t0 = std::chrono::steady_clock::now();
+  while (Gauge(*server, "lowbit_runtime_queue_depth") < 1 &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(Gauge(*server, "lowbit_runtime_queue_depth"), 1.0);
+  ASSERT_TRUE(client.Unload("m").ok());
+  EXPECT_EQ(ServerInfo(client).memory_used_bytes(), one) << "the budget was given back under a running GEMM";
+  runner.join();
+  ASSERT_TRUE(gemm.ok()) << gemm.error_message();
+  EXPECT_EQ(ResultFloats(resp).size(), 2u * 256u);
+  // The GEMM's call has ended: its reference went with it (the handler may still be unwinding).
+  for (int i = 0; i < 200 && ServerInfo(client).memory_used_bytes() != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(ServerInfo(client).memory_used_bytes(), 0);
+  EXPECT_EQ(Gauge(*server, "lowbit_runtime_memory_used_bytes"), 0.0);
+  ASSERT_TRUE(client.Load("n", "w8a8").ok());
 }
 
 }  // namespace
