@@ -8,6 +8,8 @@
 #include <fstream>
 #include <functional>
 #include <optional>
+#include <set>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -40,8 +42,7 @@ std::string JobLine(const v1::Job& job) {
   std::string progress;
   if (job.progress().num_layers() > 0) {
     progress = absl::StrFormat("layer %d/%d %s", std::min(job.progress().layer() + 1, job.progress().num_layers()),
-                               job.progress().num_layers(),
-                               job.progress().phase());
+                               job.progress().num_layers(), job.progress().phase());
   }
   return absl::StrFormat("%-26s %-10s %-28s %-20s %s%s", job.id(), JobStateName(job.state()), progress, s.model(),
                          recipe, job.error_message().empty() ? "" : "  error: " + job.error_message());
@@ -169,10 +170,11 @@ absl::StatusOr<v1::Job> WaitForJob(CalibratorStubT& stub, const rpc::ClientConfi
       const std::string eta = p.eta_s() >= 0 ? absl::StrFormat("ETA %.1fs", p.eta_s()) : "ETA ?";
       const int width = 24;
       const int filled = static_cast<int>(width * std::min<int64_t>(p.layers_done(), p.num_layers()) / p.num_layers());
-      const std::string line = absl::StrFormat(
-          "[%s%s] layer %d/%d %-10s %-36s loss %.4g  %.1fs  %s", std::string(filled, '#'),
-          std::string(width - filled, '.'), std::min(p.layer() + 1, p.num_layers()), p.num_layers(), p.phase(),
-          p.module().size() > 36 ? p.module().substr(p.module().size() - 36) : p.module(), p.loss(), p.elapsed_s(), eta);
+      const std::string line =
+          absl::StrFormat("[%s%s] layer %d/%d %-10s %-36s loss %.4g  %.1fs  %s", std::string(filled, '#'),
+                          std::string(width - filled, '.'), std::min(p.layer() + 1, p.num_layers()), p.num_layers(),
+                          p.phase(), p.module().size() > 36 ? p.module().substr(p.module().size() - 36) : p.module(),
+                          p.loss(), p.elapsed_s(), eta);
       if (tty) {
         std::fprintf(stderr, "\r%-120s", line.c_str());
       } else if (p.layer() != printed_layer || p.phase() != printed_phase) {
@@ -196,8 +198,9 @@ namespace {
 // one, or the first error of a callback (the call is then cancelled).
 using HeaderFn = std::function<absl::Status(const v1::ResultHeader&)>;
 using ChunkFn = std::function<absl::Status(const v1::TensorChunk&, const rpc::DataPieces&)>;
+using FileChunkFn = std::function<absl::Status(const v1::ResultFileChunk&)>;
 absl::Status ReadResultStream(grpc::ChannelInterface& channel, const rpc::ClientConfig& config, const std::string& id,
-                              const HeaderFn& on_header, const ChunkFn& on_chunk) {
+                              const HeaderFn& on_header, const ChunkFn& on_chunk, const FileChunkFn& on_file) {
   grpc::ClientContext ctx;
   Prepare(&ctx, config);
   v1::FetchResultRequest req;
@@ -220,6 +223,8 @@ absl::Status ReadResultStream(grpc::ChannelInterface& channel, const rpc::Client
       bad = absl::DataLossError("the result stream does not start with its header");
     } else if (resp.has_chunk()) {
       bad = on_chunk(resp.chunk(), split.data);
+    } else if (resp.has_file()) {
+      bad = on_file(resp.file());
     }
   }
   if (!bad.ok()) {
@@ -232,6 +237,82 @@ absl::Status ReadResultStream(grpc::ChannelInterface& channel, const rpc::Client
   if (!have_header) return absl::DataLossError("the result stream had no header");
   return absl::OkStatus();
 }
+
+// The result's other files (tokenizer.json, generation_config.json, ...): the header lists
+// them, their pieces follow in order. Each file is checked (plain name that is not one of the
+// checkpoint's own files, pieces in order, size, CRC-32C) and handed to `done` whole; a file is
+// held in memory until then (they are small next to the tensors).
+class ResultFileReceiver {
+ public:
+  using DoneFn = std::function<absl::Status(const std::string& name, std::string bytes)>;
+  static constexpr int64_t kMaxFileBytes = int64_t{1} << 30;
+
+  absl::Status Begin(const v1::ResultHeader& h) {
+    std::set<std::string> tensor_files;
+    for (const v1::TensorInfo& t : h.manifest()) tensor_files.insert(t.file());
+    for (const v1::ResultFileInfo& f : h.files()) {
+      const std::string& n = f.name();
+      auto bad = [&](std::string_view why) {
+        return absl::DataLossError(absl::StrCat("the result header lists file '", n, "', which ", std::string(why)));
+      };
+      if (n.empty() || n == "." || n == ".." || n.find('/') != std::string::npos || n.find('\0') != std::string::npos) {
+        return bad("is not a plain file name");
+      }
+      if (n == "config.json" || n == "report.json" || n == "recipe.yaml" || n == "model.safetensors.index.json" ||
+          n.ends_with(".safetensors") || tensor_files.count(n)) {
+        return bad("is one of the checkpoint's own files");
+      }
+      if (!names_.insert(n).second) return bad("it lists twice");
+      if (f.size() < 0 || f.size() > kMaxFileBytes) {
+        return bad(absl::StrCat("has a size of ", f.size(), " bytes (at most ", kMaxFileBytes, ")"));
+      }
+      files_.push_back(f);
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Add(const v1::ResultFileChunk& c, const DoneFn& done) {
+    if (next_ >= files_.size()) {
+      return absl::DataLossError(absl::StrCat("the result stream has a piece of file '", c.name(),
+                                              "', which its header does not list (or lists once)"));
+    }
+    const v1::ResultFileInfo& f = files_[next_];
+    if (c.name() != f.name()) {
+      return absl::DataLossError(
+          absl::StrCat("the result stream sent a piece of file '", c.name(), "' where file '", f.name(), "' was next"));
+    }
+    if (c.offset() != static_cast<int64_t>(bytes_.size()) ||
+        static_cast<int64_t>(c.data().size()) > f.size() - static_cast<int64_t>(bytes_.size())) {
+      return absl::DataLossError(absl::StrCat("file '", f.name(), "': a piece at offset ", c.offset(), " of ",
+                                              c.data().size(), " bytes, after ", bytes_.size(), " of its ", f.size(),
+                                              " bytes"));
+    }
+    if (bytes_.empty()) bytes_.reserve(static_cast<size_t>(f.size()));
+    bytes_.append(c.data());
+    if (!c.last()) return absl::OkStatus();
+    if (static_cast<int64_t>(bytes_.size()) != f.size()) {
+      return absl::DataLossError(
+          absl::StrCat("file '", f.name(), "' ended after ", bytes_.size(), " of its ", f.size(), " bytes"));
+    }
+    const uint32_t crc = rpc::Crc32c(bytes_.data(), bytes_.size());
+    if (crc != c.crc32c()) {
+      return absl::DataLossError(absl::StrFormat("file '%s': CRC-32C mismatch (received bytes %08x, message says %08x)",
+                                                 f.name(), crc, c.crc32c()));
+    }
+    ++next_;
+    return done(f.name(), std::exchange(bytes_, std::string()));
+  }
+  absl::Status Finish() const {
+    if (next_ == files_.size()) return absl::OkStatus();
+    return absl::DataLossError(absl::StrCat("the result stream ended before file '", files_[next_].name(), "' (", next_,
+                                            " of the ", files_.size(), " files its header lists arrived)"));
+  }
+
+ private:
+  std::vector<v1::ResultFileInfo> files_;
+  std::set<std::string> names_;
+  size_t next_ = 0;
+  std::string bytes_;
+};
 
 absl::Status CheckTensorCount(size_t received, const v1::ResultHeader& header) {
   if (static_cast<int64_t>(received) == header.tensors()) return absl::OkStatus();
@@ -301,14 +382,22 @@ absl::StatusOr<FetchedResult> FetchResult(grpc::ChannelInterface& channel, const
                                           const std::string& id) {
   FetchedResult result;
   rpc::ChunkAssembler assembler;
+  ResultFileReceiver files;
   absl::Status s = ReadResultStream(
       channel, config, id,
       [&](const v1::ResultHeader& h) {
         result.header = h;
-        return absl::OkStatus();
+        return files.Begin(h);
       },
-      [&](const v1::TensorChunk& chunk, const rpc::DataPieces& data) { return assembler.Add(chunk, data); });
+      [&](const v1::TensorChunk& chunk, const rpc::DataPieces& data) { return assembler.Add(chunk, data); },
+      [&](const v1::ResultFileChunk& chunk) {
+        return files.Add(chunk, [&](const std::string& name, std::string bytes) {
+          result.files[name] = std::move(bytes);
+          return absl::OkStatus();
+        });
+      });
   if (!s.ok()) return s;
+  if (s = files.Finish(); !s.ok()) return s;
   if (s = assembler.Finish(); !s.ok()) return s;
   if (s = CheckTensorCount(assembler.tensors().size(), result.header); !s.ok()) return s;
   result.tensor_bytes = assembler.total_bytes();
@@ -325,8 +414,10 @@ absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const 
   std::optional<rpc::Manifest> manifest;
   rpc::TensorLimits limits;
   limits.max_bytes = int64_t{1} << 50;  // the manifest fixes every size; the disk is the limit
+  ResultFileReceiver files;
   auto on_header = [&](const v1::ResultHeader& h) -> absl::Status {
     header = h;
+    if (absl::Status s = files.Begin(h); !s.ok()) return s;
     absl::StatusOr<rpc::Manifest> m = rpc::Manifest::FromProto(h.manifest(), limits);
     if (!m.ok()) return absl::DataLossError(absl::StrCat("the result's manifest: ", m.status().message()));
     manifest = *std::move(m);
@@ -337,10 +428,20 @@ absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const 
     receiver = std::make_unique<rpc::ChunkReceiver>(*sink, limits);
     return absl::OkStatus();
   };
+  // A file is written under a temp name as soon as it is whole, and put in place by Commit with
+  // the rest.
+  auto on_file = [&](const v1::ResultFileChunk& chunk) {
+    return files.Add(chunk, [&](const std::string& name, std::string bytes) -> absl::Status {
+      absl::Status s = writer->AddFile(name, bytes);
+      if (s.code() == absl::StatusCode::kInvalidArgument) return absl::DataLossError(s.message());
+      return s;
+    });
+  };
   absl::Status s = ReadResultStream(
       channel, config, id, on_header,
-      [&](const v1::TensorChunk& chunk, const rpc::DataPieces& data) { return receiver->Add(chunk, data); });
+      [&](const v1::TensorChunk& chunk, const rpc::DataPieces& data) { return receiver->Add(chunk, data); }, on_file);
   if (!s.ok()) return s;
+  if (s = files.Finish(); !s.ok()) return s;
   if (s = receiver->Finish(); !s.ok()) return s;
   if (s = CheckTensorCount(receiver->tensors(), header); !s.ok()) return s;
   for (const auto& [file, text] : {std::pair<std::string, std::string>{"config.json", header.config_json()},

@@ -27,18 +27,22 @@ absl::StatusOr<v1::UploadModelResponse> UploadModelDir(grpc::ChannelInterface& c
 // Follows WatchJob until the job ends; draws a progress line on stderr when `bar`.
 absl::StatusOr<v1::Job> WaitForJob(CalibratorStubT& stub, const rpc::ClientConfig& config, const std::string& id,
                                    bool bar);
-// FetchResult into memory: the header and every tensor, reassembled and CRC-checked.
+// FetchResult into memory: the header, the checkpoint's other files (tokenizer.json,
+// generation_config.json, ... by name) and every tensor, reassembled and CRC-checked.
 struct FetchedResult {
   v1::ResultHeader header;
+  std::map<std::string, std::string> files;
   std::map<std::string, Tensor> tensors;
   int64_t tensor_bytes = 0;
 };
 absl::StatusOr<FetchedResult> FetchResult(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
                                           const std::string& id);
-// FetchResult into `out_dir`: config.json, report.json, recipe.yaml and the checkpoint's
+// FetchResult into `out_dir`: config.json, report.json, recipe.yaml, the checkpoint's other
+// files (tokenizer.json, generation_config.json, ... as the header lists them) and its
 // safetensors files, laid out from the header's manifest and written in place as the chunks
-// arrive (memory stays O(chunk)); they equal the server's files byte for byte. Nothing appears
-// in `out_dir` unless the whole result arrived intact. Returns the tensor bytes received.
+// arrive (memory stays O(chunk) for the tensors; each other file is held whole until written);
+// they equal the server's files byte for byte. Nothing appears in `out_dir` unless the whole
+// result arrived intact: every file is committed together. Returns the tensor bytes received.
 // Chunk sizes (here and in the uploads): config.chunk_bytes.
 absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
                                          const std::string& id, const std::string& out_dir);

@@ -1,6 +1,9 @@
 #include "calibrator/service/calibrator_service.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <filesystem>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -11,7 +14,9 @@
 #include "common/file_util.h"
 #include "common/module_match.h"
 #include "common/safetensors.h"
+#include "nlohmann/json.hpp"
 #include "rpc/client.h"
+#include "rpc/crc32c.h"
 #include "rpc/raw_stream.h"
 #include "rpc/status.h"
 #include "rpc/tensor_codec.h"
@@ -25,6 +30,21 @@ using Clock = std::chrono::steady_clock;
 grpc::Status Edge(const absl::Status& s) { return rpc::ToGrpcStatus(s); }
 
 constexpr std::string_view kLinearClasses[] = {"Linear", "Module"};
+
+// QuantizeLayer's block_size bound: GPTQ processes min(block_size, K) columns at a time, so
+// larger values act as K; the bound only keeps nonsense out.
+constexpr int32_t kMaxBlockSize = 65536;
+
+// InvalidArgument naming the first NaN or infinity of the row-major [*, cols] `values`.
+absl::Status CheckFinite(const std::vector<float>& values, int64_t cols, const char* what) {
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (std::isfinite(values[i])) continue;
+    const int64_t row = static_cast<int64_t>(i) / cols, col = static_cast<int64_t>(i) % cols;
+    return absl::InvalidArgumentError(absl::StrCat(what, "[", row, ", ", col, "] (element ", i, ") is ", values[i],
+                                                   "; QuantizeLayer needs finite values"));
+  }
+  return absl::OkStatus();
+}
 
 // The config group scheme that quantizes Linear `name` under the request's scheme or recipe,
 // with GPTQ's settings.
@@ -59,8 +79,8 @@ absl::StatusOr<LayerPlan> PlanFor(const v1::QuantizeLayerRequest& req, bool gptq
   if (!resolver.ok()) return resolver.status();
   std::optional<std::string> group = resolver->Resolve(req.name(), kLinearClasses);
   if (!group) {
-    return absl::InvalidArgumentError(absl::StrCat("the recipe's targets (minus its ignore list) match no module named '",
-                                                   req.name(), "': nothing to quantize"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the recipe's targets (minus its ignore list) match no module named '", req.name(), "': nothing to quantize"));
   }
   plan.scheme = q.config_groups.at(*group);
   return plan;
@@ -71,6 +91,10 @@ absl::StatusOr<LayerPlan> PlanFor(const v1::QuantizeLayerRequest& req, bool gptq
 absl::StatusOr<v1::QuantizeLayerResponse> QuantizeLayerImpl(const v1::QuantizeLayerRequest& req) {
   auto t0 = Clock::now();
   const std::string name = req.name().empty() ? std::string("layer") : req.name();
+  if (!req.has_weight()) {
+    return absl::InvalidArgumentError(
+        "weight is missing: QuantizeLayer needs the Linear's weight [N, K] (F32, F16 or BF16)");
+  }
   absl::StatusOr<Tensor> weight = rpc::TensorFromProto(req.weight(), "weight");
   if (!weight.ok()) return weight.status();
   if (weight->shape().size() != 2) {
@@ -82,6 +106,18 @@ absl::StatusOr<v1::QuantizeLayerResponse> QuantizeLayerImpl(const v1::QuantizeLa
   }
   const int64_t n = weight->dim(0), k = weight->dim(1);
   if (n == 0 || k == 0) return absl::InvalidArgumentError("weight has an empty dimension");
+  // The options first (cheap), then the values.
+  if (!std::isfinite(req.dampening_frac()) || req.dampening_frac() < 0 || req.dampening_frac() > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("dampening_frac must be a finite number in [0, 1] (0 = the recipe's, ", "0.01 for a scheme), got ",
+                     req.dampening_frac()));
+  }
+  if (req.block_size() < 0 || req.block_size() > kMaxBlockSize) {
+    return absl::InvalidArgumentError(absl::StrCat("block_size must be in [0, ", kMaxBlockSize,
+                                                   "] (0 = the recipe's, 128 for a scheme), got ", req.block_size()));
+  }
+  std::vector<float> w = weight->ToFloats();
+  if (absl::Status s = CheckFinite(w, k, "weight"); !s.ok()) return s;
   const bool gptq = req.has_hessian();
   absl::StatusOr<LayerPlan> plan = PlanFor(req, gptq);
   if (!plan.ok()) return plan.status();
@@ -95,8 +131,6 @@ absl::StatusOr<v1::QuantizeLayerResponse> QuantizeLayerImpl(const v1::QuantizeLa
     args.actorder = *a;
     args.actorder_spelling = req.actorder();
   }
-  if (req.dampening_frac() < 0) return absl::InvalidArgumentError("dampening_frac is negative");
-  if (req.block_size() < 0) return absl::InvalidArgumentError("block_size is negative");
   const DType scale_dtype = ScaleDTypeFor(weight->dtype());
 
   v1::QuantizeLayerResponse resp;
@@ -107,12 +141,12 @@ absl::StatusOr<v1::QuantizeLayerResponse> QuantizeLayerImpl(const v1::QuantizeLa
     if (h->dtype() != DType::kF32 || h->shape() != Shape{k, k}) {
       return absl::InvalidArgumentError(absl::StrCat("hessian must be F32 [", k, ", ", k, "] (K of the weight)"));
     }
+    std::vector<float> hessian = h->ToFloats();
+    if (absl::Status s = CheckFinite(hessian, k, "hessian"); !s.ok()) return s;
     GptqOptions opts;
-    opts.block_size = req.block_size() > 0 ? req.block_size() : 128;
-    opts.dampening_frac = req.dampening_frac() > 0 ? req.dampening_frac() : 0.01;
-    std::vector<float> w = weight->ToFloats();
-    absl::StatusOr<GptqResult> g =
-        QuantizeLinearGptq(name, w, n, k, h->ToFloats(), args, scale_dtype, opts, CpuCompute());
+    opts.block_size = req.block_size() > 0 ? req.block_size() : plan->block_size;
+    opts.dampening_frac = req.dampening_frac() > 0 ? req.dampening_frac() : plan->dampening_frac;
+    absl::StatusOr<GptqResult> g = QuantizeLinearGptq(name, w, n, k, hessian, args, scale_dtype, opts, CpuCompute());
     if (!g.ok()) return g.status();
     resp.set_algorithm("GPTQ");
     resp.set_loss(g->loss);
@@ -203,7 +237,8 @@ grpc::Status CalibratorServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1:
   uint64_t seen = 0;
   for (bool first = true;; first = false) {
     if (ctx->IsCancelled()) {
-      return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled WatchJob (or its deadline passed)"));
+      return guard.Finish(
+          grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled WatchJob (or its deadline passed)"));
     }
     if (stopping_) return guard.Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the calibrator is shutting down"));
     absl::StatusOr<JobRunner::Snapshot> snap =
@@ -250,9 +285,8 @@ grpc::Status CalibratorServiceImpl::UploadDataset(grpc::ServerContext* ctx,
     *s = up.Add(msg);
     return true;
   };
-  absl::StatusOr<v1::UploadDatasetResponse> done =
-      ReceiveUpload<UploadStore::DatasetUpload, v1::UploadDatasetResponse>(ctx, add_next, uploads_->BeginDataset(),
-                                                                          dataset_bytes_);
+  absl::StatusOr<v1::UploadDatasetResponse> done = ReceiveUpload<UploadStore::DatasetUpload, v1::UploadDatasetResponse>(
+      ctx, add_next, uploads_->BeginDataset(), dataset_bytes_);
   if (!done.ok()) return guard.Finish(Edge(done.status()));
   *resp = *std::move(done);
   return guard.Finish(grpc::Status::OK);
@@ -270,9 +304,8 @@ grpc::Status CalibratorServiceImpl::UploadModelRaw(grpc::ServerContext* ctx, rpc
     if (s->ok()) *s = up.Add(msg, split.data);
     return true;
   };
-  absl::StatusOr<v1::UploadModelResponse> done =
-      ReceiveUpload<UploadStore::ModelUpload, v1::UploadModelResponse>(ctx, add_next, uploads_->BeginModel(),
-                                                                      model_bytes_);
+  absl::StatusOr<v1::UploadModelResponse> done = ReceiveUpload<UploadStore::ModelUpload, v1::UploadModelResponse>(
+      ctx, add_next, uploads_->BeginModel(), model_bytes_);
   if (!done.ok()) return guard.Finish(Edge(done.status()));
   if (!stream->Write(rpc::Encode(*done))) {
     return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
@@ -296,9 +329,62 @@ grpc::Status CalibratorServiceImpl::FetchResultRaw(grpc::ServerContext* ctx, rpc
 
 namespace {
 
-// The header (config.json, report.json, recipe.yaml, tensor count and bytes) of a result.
+// A file of the checkpoint sent apart from the tensors and the header's three texts.
+struct SideFile {
+  std::string name;
+  std::string bytes;
+};
+
+// The checkpoint's other files: every regular file directly in `dir` but the tensor files, the
+// index and the header's config.json / report.json / recipe.yaml — what WriteCheckpoint copied
+// through from the source model (tokenizer files, generation_config.json, chat templates...).
+absl::StatusOr<std::vector<SideFile>> ReadSideFiles(const std::string& dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    std::error_code ec2;
+    if (!entry.is_regular_file(ec2) || entry.is_symlink(ec2)) continue;
+    if (absl::EndsWith(name, ".safetensors") || name == "model.safetensors.index.json" || name == "config.json" ||
+        name == "report.json" || name == "recipe.yaml") {
+      continue;
+    }
+    names.push_back(name);
+  }
+  if (ec) return absl::DataLossError(absl::StrCat("the checkpoint's files cannot be listed: ", ec.message()));
+  std::sort(names.begin(), names.end());
+  std::vector<SideFile> files;
+  for (const std::string& name : names) {
+    absl::StatusOr<std::string> bytes = ReadFileToString(absl::StrCat(dir, "/", name));
+    if (!bytes.ok()) return absl::DataLossError(absl::StrCat("file '", name, "' of the checkpoint cannot be read"));
+    files.push_back({name, *std::move(bytes)});
+  }
+  return files;
+}
+
+// DataLoss unless `dir`'s report.json is `job`'s report: the output is that job's checkpoint,
+// not one that replaced it (a server before the output-name checks let a later job with the
+// same output_name overwrite it).
+absl::Status CheckOwnCheckpoint(const v1::Job& job, const std::string& dir) {
+  if (job.report_json().empty()) return absl::OkStatus();
+  const nlohmann::json want = nlohmann::json::parse(job.report_json(), nullptr, /*allow_exceptions=*/false);
+  if (want.is_discarded()) return absl::OkStatus();
+  absl::StatusOr<std::string> text = ReadFileToString(dir + "/report.json");
+  const nlohmann::json have =
+      text.ok() ? nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false) : nlohmann::json();
+  if (text.ok() && !have.is_discarded() && have == want) return absl::OkStatus();
+  return absl::DataLossError(absl::StrCat("output '", job.output_path(), "' no longer holds the checkpoint of job ",
+                                          job.id(),
+                                          ": its report.json is not this job's (the directory was "
+                                          "replaced, by hand or by another job with the same output_name on an "
+                                          "older server)"));
+}
+
+// The header (config.json, report.json, recipe.yaml, tensor count and bytes, the other files)
+// of a result.
 absl::StatusOr<v1::FetchResultResponse> ResultHeader(const v1::Job& job, const std::string& dir,
-                                                     const SafetensorsModel& model) {
+                                                     const SafetensorsModel& model,
+                                                     const std::vector<SideFile>& side_files) {
   v1::FetchResultResponse header;
   v1::ResultHeader* h = header.mutable_header();
   h->set_job_id(job.id());
@@ -316,7 +402,34 @@ absl::StatusOr<v1::FetchResultResponse> ResultHeader(const v1::Job& job, const s
   rpc::AddModelManifest(model, rpc::TensorOrder::kByFile, h->mutable_manifest());
   h->set_tensors(static_cast<int32_t>(names.size()));
   h->set_tensor_bytes(total);
+  for (const SideFile& f : side_files) {
+    v1::ResultFileInfo* info = h->add_files();
+    info->set_name(f.name);
+    info->set_size(static_cast<int64_t>(f.bytes.size()));
+  }
   return header;
+}
+
+// Sends `f` as ResultFileChunk messages of at most `chunk` bytes. False when the client went away.
+bool WriteSideFile(const SideFile& f, int64_t chunk, rpc::RawServerStream* stream) {
+  size_t off = 0;
+  uint32_t crc = 0;
+  do {
+    const size_t n = std::min<size_t>(static_cast<size_t>(chunk), f.bytes.size() - off);
+    v1::FetchResultResponse msg;
+    v1::ResultFileChunk* c = msg.mutable_file();
+    c->set_name(f.name);
+    c->set_offset(static_cast<int64_t>(off));
+    c->set_data(f.bytes.data() + off, n);
+    crc = rpc::Crc32c(f.bytes.data() + off, n, crc);
+    off += n;
+    if (off == f.bytes.size()) {
+      c->set_last(true);
+      c->set_crc32c(crc);
+    }
+    if (!stream->Write(rpc::Encode(msg))) return false;
+  } while (off < f.bytes.size());
+  return true;
 }
 
 }  // namespace
@@ -336,10 +449,16 @@ absl::Status CalibratorServiceImpl::SendResult(const v1::FetchResultRequest& req
     return absl::DataLossError(
         absl::StrCat("the checkpoint of job ", job->id(), " cannot be read: ", model.status().message()));
   }
-  absl::StatusOr<v1::FetchResultResponse> header = ResultHeader(*job, dir, **model);
+  if (absl::Status s = CheckOwnCheckpoint(*job, dir); !s.ok()) return s;
+  absl::StatusOr<std::vector<SideFile>> side_files = ReadSideFiles(dir);
+  if (!side_files.ok()) return side_files.status();
+  absl::StatusOr<v1::FetchResultResponse> header = ResultHeader(*job, dir, **model, *side_files);
   if (!header.ok()) return header.status();
   const absl::Status gone = absl::CancelledError("FetchResult cancelled by the client");
   if (!stream->Write(rpc::Encode(*header))) return gone;
+  for (const SideFile& f : *side_files) {
+    if (!WriteSideFile(f, chunk, stream)) return gone;
+  }
   // kByFile: the client writes each file front to back (O_DIRECT). Write fails once cancelled.
   absl::StatusOr<bool> sent = rpc::WriteModelChunks(**model, rpc::TensorOrder::kByFile, chunk,
                                                     [&](const grpc::ByteBuffer& m) { return stream->Write(m); });

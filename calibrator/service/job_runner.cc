@@ -1,6 +1,7 @@
 #include "calibrator/service/job_runner.h"
 
 #include <algorithm>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "calibrator/compute.h"
@@ -12,12 +13,18 @@ namespace {
 
 std::string StateLabel(v1::JobState s) {
   switch (s) {
-    case v1::JOB_STATE_QUEUED: return "queued";
-    case v1::JOB_STATE_RUNNING: return "running";
-    case v1::JOB_STATE_SUCCEEDED: return "succeeded";
-    case v1::JOB_STATE_FAILED: return "failed";
-    case v1::JOB_STATE_CANCELLED: return "cancelled";
-    default: return "unspecified";
+    case v1::JOB_STATE_QUEUED:
+      return "queued";
+    case v1::JOB_STATE_RUNNING:
+      return "running";
+    case v1::JOB_STATE_SUCCEEDED:
+      return "succeeded";
+    case v1::JOB_STATE_FAILED:
+      return "failed";
+    case v1::JOB_STATE_CANCELLED:
+      return "cancelled";
+    default:
+      return "unspecified";
   }
 }
 
@@ -27,10 +34,8 @@ JobRunner::JobRunner(JobStore* store, ServicePaths paths, JobRunnerOptions optio
     : store_(store), paths_(std::move(paths)), options_(std::move(options)) {
   options_.max_concurrent_jobs = std::max(1, options_.max_concurrent_jobs);
   if (registry != nullptr) {
-    jobs_gauge_ = &prometheus::BuildGauge()
-                       .Name("lowbit_calibrator_jobs")
-                       .Help("Calibration jobs by state")
-                       .Register(*registry);
+    jobs_gauge_ =
+        &prometheus::BuildGauge().Name("lowbit_calibrator_jobs").Help("Calibration jobs by state").Register(*registry);
     layers_done_ = &prometheus::BuildCounter()
                         .Name("lowbit_calibrator_layers_done_total")
                         .Help("Decoder layers calibrated")
@@ -50,6 +55,15 @@ int64_t JobRunner::NowMs() {
       .count();
 }
 
+const JobRunner::Entry* JobRunner::OutputHolderLocked(const std::string& output, const std::string& except) const {
+  for (const auto& [id, e] : jobs_) {
+    if (id == except || OutputName(e.job) != output) continue;
+    const v1::JobState s = e.job.state();
+    if (s == v1::JOB_STATE_QUEUED || s == v1::JOB_STATE_RUNNING || s == v1::JOB_STATE_SUCCEEDED) return &e;
+  }
+  return nullptr;
+}
+
 void JobRunner::BumpLocked(Entry& e) {
   ++e.version;
   changed_.notify_all();
@@ -59,8 +73,8 @@ void JobRunner::RecountLocked() {
   if (jobs_gauge_ == nullptr) return;
   std::map<v1::JobState, int> counts;
   for (const auto& [id, e] : jobs_) ++counts[e.job.state()];
-  for (v1::JobState s : {v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED,
-                         v1::JOB_STATE_FAILED, v1::JOB_STATE_CANCELLED}) {
+  for (v1::JobState s : {v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING, v1::JOB_STATE_SUCCEEDED, v1::JOB_STATE_FAILED,
+                         v1::JOB_STATE_CANCELLED}) {
     jobs_gauge_->Add({{"state", StateLabel(s)}}).Set(counts[s]);
   }
 }
@@ -81,10 +95,36 @@ absl::Status JobRunner::Start() {
         to_persist.push_back(e.job.id());
         spdlog::info("job {}: interrupted while running, queued again (resume {})", e.job.id(), e.job.resumes());
       }
-      if (e.job.state() == v1::JOB_STATE_QUEUED) queue_.push_back(e.job.id());
-      if (Terminal(e.job.state())) store_->RemoveWorkDir(e.job.id());  // a crash right after it ended
       jobs_.emplace(e.job.id(), std::move(e));
     }
+    // An unfinished job whose output another job holds (one that succeeded, or a newer
+    // unfinished one) is not resumed: it would replace that job's checkpoint. CreateJob never
+    // lets two jobs hold one output, so such a job's end was not recorded (its job file could
+    // not be written) or the state comes from a server that did not check; it fails instead.
+    for (auto& [id, e] : jobs_) {
+      if (Terminal(e.job.state())) continue;
+      const Entry* holder = OutputHolderLocked(OutputName(e.job), id);
+      if (holder == nullptr) continue;
+      const bool newer = holder->job.created_unix_ms() > e.job.created_unix_ms() ||
+                         (holder->job.created_unix_ms() == e.job.created_unix_ms() && holder->job.id() > id);
+      if (holder->job.state() != v1::JOB_STATE_SUCCEEDED && !newer) continue;  // the newer one fails
+      e.job.set_state(v1::JOB_STATE_FAILED);
+      e.job.set_error_code(static_cast<int>(absl::StatusCode::kAlreadyExists));
+      e.job.set_error_message(absl::StrCat("not resumed after the restart: its output '", OutputName(e.job),
+                                           "' is held by job ", holder->job.id(), " (", StateLabel(holder->job.state()),
+                                           ")"));
+      e.job.set_finished_unix_ms(NowMs());
+      if (std::find(to_persist.begin(), to_persist.end(), id) == to_persist.end()) to_persist.push_back(id);
+      spdlog::warn("job {}: {}", id, e.job.error_message());
+    }
+    for (auto& [id, e] : jobs_) {
+      if (e.job.state() == v1::JOB_STATE_QUEUED) queue_.push_back(id);
+      if (Terminal(e.job.state())) store_->RemoveWorkDir(id);  // a crash right after it ended
+    }
+    // Creation order (ids are time-ordered, as the store loads them).
+    std::stable_sort(queue_.begin(), queue_.end(), [&](const std::string& a, const std::string& b) {
+      return jobs_.at(a).job.created_unix_ms() < jobs_.at(b).job.created_unix_ms();
+    });
     RecountLocked();
   }
   for (const std::string& w : store_->load_warnings()) spdlog::warn("{}", w);
@@ -119,11 +159,24 @@ absl::StatusOr<v1::Job> JobRunner::Create(const v1::JobSpec& spec) {
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_) return absl::UnavailableError("the calibrator is shutting down");
   const std::string out = OutputName(job);
-  for (const auto& [id, e] : jobs_) {
-    if (!Terminal(e.job.state()) && OutputName(e.job) == out) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("job ", id, " (", StateLabel(e.job.state()), ") already writes output '", out, "'"));
+  if (const Entry* holder = OutputHolderLocked(out, job.id()); holder != nullptr) {
+    const v1::Job& h = holder->job;
+    if (h.state() == v1::JOB_STATE_SUCCEEDED) {
+      return absl::AlreadyExistsError(absl::StrCat("output '", out, "' holds the checkpoint of job ", h.id(),
+                                                   " (succeeded); outputs are never replaced, so choose another "
+                                                   "output_name"));
     }
+    return absl::AlreadyExistsError(absl::StrCat("output '", out, "' is being written by job ", h.id(), " (",
+                                                 StateLabel(h.state()),
+                                                 "); choose another output_name, or cancel that job first"));
+  }
+  // A directory no job holds (a job file lost or moved aside as corrupt, or put there by hand):
+  // not replaced either.
+  std::error_code ec;
+  if (std::filesystem::exists(absl::StrCat(paths_.output_root, "/", out), ec)) {
+    return absl::AlreadyExistsError(absl::StrCat("output '", out,
+                                                 "' already exists in the output root (no job of this server holds "
+                                                 "it); choose another output_name, or remove it from the server"));
   }
   if (absl::Status s = store_->Save(job); !s.ok()) return s;
   Entry e;
@@ -234,10 +287,19 @@ void JobRunner::Worker() {
 void JobRunner::RunOne(const std::string& id) {
   v1::Job job;
   std::shared_ptr<std::atomic<bool>> cancel;
+  absl::Status conflict;
   {
     std::lock_guard<std::mutex> lock(mu_);
     Entry& e = jobs_.at(id);
     if (e.job.state() != v1::JOB_STATE_QUEUED || stopping_) return;
+    // Start() and Create() keep one holder per output; this guards the invariant where the
+    // checkpoint would be written.
+    if (const Entry* holder = OutputHolderLocked(OutputName(e.job), id);
+        holder != nullptr && holder->job.state() != v1::JOB_STATE_QUEUED) {
+      conflict = absl::AlreadyExistsError(absl::StrCat("output '", OutputName(e.job), "' is held by job ",
+                                                       holder->job.id(), " (", StateLabel(holder->job.state()),
+                                                       "); this job does not replace it"));
+    }
     e.job.set_state(v1::JOB_STATE_RUNNING);
     if (e.job.started_unix_ms() == 0) e.job.set_started_unix_ms(NowMs());
     cancel = e.cancel;
@@ -246,6 +308,10 @@ void JobRunner::RunOne(const std::string& id) {
     BumpLocked(e);
   }
   Persist(id);
+  if (!conflict.ok()) {
+    Finish(id, conflict, nullptr);
+    return;
+  }
   spdlog::info("job {}: running{}", id, job.resumes() > 0 ? absl::StrCat(" (resume ", job.resumes(), ")") : "");
 
   const std::string out_dir = absl::StrCat(paths_.output_root, "/", OutputName(job));
@@ -256,8 +322,8 @@ void JobRunner::RunOne(const std::string& id) {
   }
   PipelineOptions options = options_.pipeline;
   if (options_.per_layer_resume) options.resume_dir = store_->WorkDir(id);
-  absl::StatusOr<CalibrationResult> result =
-      RunCalibration(*cj, options, CpuCompute(), [&](const ProgressEvent& e) { OnProgress(id, e); }, cancel.get());
+  absl::StatusOr<CalibrationResult> result = RunCalibration(
+      *cj, options, CpuCompute(), [&](const ProgressEvent& e) { OnProgress(id, e); }, cancel.get());
   Finish(id, result.status(), result.ok() ? &*result : nullptr);
 }
 
@@ -289,8 +355,7 @@ void JobRunner::OnProgress(const std::string& id, const ProgressEvent& ev) {
       p->set_layer(ev.layer);
       p->set_module(ev.module);
       if (ev.phase == "quantized") p->set_loss(ev.loss);
-      persist = persist ||
-                (new_step && std::chrono::steady_clock::now() - e.last_persist > std::chrono::seconds(1));
+      persist = persist || (new_step && std::chrono::steady_clock::now() - e.last_persist > std::chrono::seconds(1));
     }
     BumpLocked(e);
   }

@@ -59,8 +59,13 @@ class JobRunner {
   // Stops the workers; running jobs are interrupted and stay RUNNING on disk. Idempotent.
   void Shutdown();
 
-  // Validates the spec (ValidateJobSpec; AlreadyExists when an unfinished job writes the same
-  // output name), persists the job and queues it.
+  // Validates the spec (ValidateJobSpec), persists the job and queues it. AlreadyExists (naming
+  // the job) when the output name is held: by a QUEUED or RUNNING job that will write it, or by a
+  // SUCCEEDED job whose checkpoint it is (outputs are never replaced, so FetchResult of a job
+  // always returns that job's checkpoint), or when the directory exists in the output root
+  // without a job. The output of a FAILED or CANCELLED job was never published: its name may be
+  // used again. The check covers the jobs reloaded from the state directory, so it holds across
+  // restarts; and Start() does not resume an unfinished job whose output another job holds.
   absl::StatusOr<v1::Job> Create(const v1::JobSpec& spec);
   absl::StatusOr<v1::Job> Get(const std::string& id) const;
   // In creation order; JOB_STATE_UNSPECIFIED = all.
@@ -74,8 +79,7 @@ class JobRunner {
     uint64_t version = 0;  // grows with every change of the job
   };
   // The job once its version exceeds `after_version`, or as it is when `timeout` passes.
-  absl::StatusOr<Snapshot> Wait(const std::string& id, uint64_t after_version,
-                                std::chrono::milliseconds timeout) const;
+  absl::StatusOr<Snapshot> Wait(const std::string& id, uint64_t after_version, std::chrono::milliseconds timeout) const;
 
   static bool Terminal(v1::JobState state);
 
@@ -88,6 +92,9 @@ class JobRunner {
     std::chrono::steady_clock::time_point last_persist{};
   };
 
+  // The job other than `except` that holds output name `output`: QUEUED or RUNNING (it will
+  // write it) or SUCCEEDED (it wrote it); null when none does.
+  const Entry* OutputHolderLocked(const std::string& output, const std::string& except) const;
   void Worker();
   void RunOne(const std::string& id);
   void OnProgress(const std::string& id, const ProgressEvent& e);

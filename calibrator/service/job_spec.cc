@@ -62,7 +62,8 @@ absl::StatusOr<std::string> ResolveModel(const v1::JobSpec& spec, const ServiceP
   if (!dir.ok()) return dir.status();
   std::error_code ec;
   if (!std::filesystem::is_regular_file(*dir + "/config.json", ec)) {
-    return absl::InvalidArgumentError(absl::StrCat("model '", spec.model(), "' is not a model directory (no config.json)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model '", spec.model(), "' is not a model directory (no config.json)"));
   }
   return dir;
 }
@@ -77,6 +78,12 @@ absl::Status ValidateJobSpec(const v1::JobSpec& spec, const ServicePaths& paths)
     case v1::JobSpec::kInlineTokens:
       if (spec.inline_tokens().sequences_size() == 0) {
         return absl::InvalidArgumentError("spec.inline_tokens has no sequences");
+      }
+      for (int i = 0; i < spec.inline_tokens().sequences_size(); ++i) {
+        if (spec.inline_tokens().sequences(i).ids_size() == 0) {
+          return absl::InvalidArgumentError(absl::StrCat("spec.inline_tokens.sequences[", i,
+                                                         "] is empty; every sequence needs at least one token id"));
+        }
       }
       break;
     default:

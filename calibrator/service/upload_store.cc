@@ -11,10 +11,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "calibrator/dataset.h"
 #include "calibrator/llama.h"
-#include "common/path_guard.h"
 #include "common/file_util.h"
+#include "common/path_guard.h"
 #include "rpc/crc32c.h"
 #include "spdlog/spdlog.h"
 
@@ -43,10 +44,30 @@ absl::Status CloseSynced(std::FILE*& f, const std::string& what) {
 // named as the client sent it, not by the server's path (which goes to the server's log).
 absl::Status FileError(const absl::Status& s, const char* verb, const std::string& file) {
   spdlog::error("upload: {}", s.ToString());
-  return absl::Status(s.code(), absl::StrCat("cannot ", verb, " '", file, "' of the upload",
-                                             s.code() == absl::StatusCode::kResourceExhausted
-                                                 ? ": the server's disk is full"
-                                                 : ""));
+  return absl::Status(
+      s.code(), absl::StrCat("cannot ", verb, " '", file, "' of the upload",
+                             s.code() == absl::StatusCode::kResourceExhausted ? ": the server's disk is full" : ""));
+}
+
+// `message` with the server's temp directory `tmp_dir` replaced: "<tmp_dir>/<file>" becomes
+// "<file>" (the name the client sent), and the directory itself `as` (or "the upload"), so a
+// client never sees the server's state-dir layout.
+std::string ClientMessage(absl::string_view message, const std::string& tmp_dir, const std::string& as) {
+  std::string out(message);
+  if (tmp_dir.empty()) return out;
+  std::error_code ec;
+  std::vector<std::string> forms = {tmp_dir};
+  const std::string canonical = fs::weakly_canonical(tmp_dir, ec).string();
+  if (!ec && !canonical.empty() && canonical != tmp_dir) forms.push_back(canonical);
+  const std::string absolute = fs::absolute(tmp_dir, ec).string();
+  if (!ec && !absolute.empty() && absolute != tmp_dir) forms.push_back(absolute);
+  // Longest first: an absolute form contains the relative one.
+  std::sort(forms.begin(), forms.end(), [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+  for (const std::string& f : forms) {
+    out = absl::StrReplaceAll(out, {{f + "/", ""}});
+    out = absl::StrReplaceAll(out, {{f, as.empty() ? std::string("the upload") : as}});
+  }
+  return out;
 }
 
 void RemoveTree(const std::string& dir) {
@@ -81,8 +102,7 @@ absl::Status SizeCheck(int64_t total, int64_t limit) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<UploadStore>> UploadStore::Open(const std::string& state_dir,
-                                                               int64_t max_upload_bytes) {
+absl::StatusOr<std::unique_ptr<UploadStore>> UploadStore::Open(const std::string& state_dir, int64_t max_upload_bytes) {
   auto store = std::unique_ptr<UploadStore>(new UploadStore());
   store->state_dir_ = state_dir;
   store->max_upload_bytes_ = max_upload_bytes;
@@ -120,7 +140,11 @@ absl::StatusOr<std::string> UploadStore::NewTempDir(const std::string& kind) con
   std::string dir = absl::StrFormat("%s/tmp/%s-%d-%d", state_dir_, kind, getpid(), counter.fetch_add(1));
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  if (ec) {
+    spdlog::error("upload: cannot create {}: {}", dir, ec.message());
+    return absl::InternalError(
+        absl::StrCat("cannot create the ", kind, " upload's temp directory on the server: ", ec.message()));
+  }
   return dir;
 }
 
@@ -196,15 +220,24 @@ absl::StatusOr<v1::UploadDatasetResponse> UploadStore::DatasetUpload::Finish() {
     crc = rpc::Crc32c(idx->data(), idx->size(), crc_data_);
   }
   if (crc != expected_crc_) {
-    return absl::DataLossError(absl::StrFormat("dataset '%s': CRC-32C mismatch (received bytes %08x, message says %08x)",
-                                               name_, crc, expected_crc_));
+    return absl::DataLossError(absl::StrFormat(
+        "dataset '%s': CRC-32C mismatch (received bytes %08x, message says %08x)", name_, crc, expected_crc_));
   }
   if (absl::Status s = CloseSynced(data_, "the dataset"); !s.ok()) return s;
   if (absl::Status s = CloseSynced(idx_, "the dataset index"); !s.ok()) return s;
-  absl::StatusOr<std::vector<TokenSequence>> seqs = LoadTokenDataset(absl::StrCat(tmp_dir_, "/data.", format_));
+  // Parsed under the client's name for it (messages say "<name>:<line>: ..."), not the temp path.
+  absl::StatusOr<std::vector<TokenSequence>> seqs = ParseUploadedDataset();
   if (!seqs.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("dataset '", name_, "' does not parse: ", seqs.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dataset '", name_, "' does not parse: ", ClientMessage(seqs.status().message(), tmp_dir_, name_)));
   }
+  for (size_t i = 0; i < seqs->size(); ++i) {
+    if ((*seqs)[i].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("dataset '", name_, "': sequence ", i,
+                                                     " (0-based) has no token ids; every sequence needs at least one"));
+    }
+  }
+  if (seqs->empty()) return absl::InvalidArgumentError(absl::StrCat("dataset '", name_, "' holds no sequences"));
   v1::UploadDatasetResponse resp;
   resp.set_name(name_);
   resp.set_bytes(bytes_);
@@ -216,6 +249,20 @@ absl::StatusOr<v1::UploadDatasetResponse> UploadStore::DatasetUpload::Finish() {
   if (absl::Status s = Publish(tmp_dir_, store_->state_dir_ + "/datasets", name_, "dataset"); !s.ok()) return s;
   tmp_dir_.clear();
   return resp;
+}
+
+absl::StatusOr<std::vector<TokenSequence>> UploadStore::DatasetUpload::ParseUploadedDataset() const {
+  const std::string data_path = absl::StrCat(tmp_dir_, "/data.", format_);
+  if (format_ == "jsonl") {
+    absl::StatusOr<std::string> text = ReadFileToString(data_path);
+    if (!text.ok()) return text.status();
+    return ParseJsonlTokens(*text, name_);
+  }
+  absl::StatusOr<std::shared_ptr<MappedFile>> bin = MappedFile::Open(data_path);
+  if (!bin.ok()) return bin.status();
+  absl::StatusOr<std::shared_ptr<MappedFile>> idx = MappedFile::Open(absl::StrCat(tmp_dir_, "/data.idx"));
+  if (!idx.ok()) return idx.status();
+  return ParseBinTokens((*bin)->bytes(), (*idx)->bytes(), name_);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -237,16 +284,30 @@ UploadStore::ModelUpload::~ModelUpload() {
 
 absl::Status UploadStore::ModelUpload::Add(const v1::UploadModelRequest& msg, const rpc::DataPieces& data) {
   if (messages_++ == 0) {
+    if (msg.name().empty()) {
+      return absl::InvalidArgumentError(
+          "model name is missing: the first message of an UploadModel stream carries the model's name "
+          "(alone, or with the first piece of the first file)");
+    }
     if (absl::Status s = ValidatePlainName(msg.name(), "model name"); !s.ok()) return s;
     name_ = msg.name();
     if (store_->ModelDir(name_).ok()) {
       return absl::AlreadyExistsError(absl::StrCat("model 'uploads/", name_, "' already exists"));
+    }
+    // A message with the name alone (no file fields): the files follow.
+    if (msg.file_name().empty() && data.size == 0 && msg.offset() == 0 && !msg.file_last() && msg.crc32c() == 0) {
+      return absl::OkStatus();
     }
   } else if (!msg.name().empty() && msg.name() != name_) {
     return absl::InvalidArgumentError("the model name belongs in the first message only (or must repeat it)");
   }
   if (file_name_.empty()) {
     // The first piece of a file.
+    if (msg.file_name().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "file_name is missing: the first piece of each file carries its file_name (e.g. \"config.json\")",
+          done_.empty() ? "" : absl::StrCat("; the last complete file was '", done_.back(), "'")));
+    }
     if (absl::Status s = ValidatePlainName(msg.file_name(), "file_name"); !s.ok()) return s;
     if (std::find(done_.begin(), done_.end(), msg.file_name()) != done_.end()) {
       return absl::InvalidArgumentError(absl::StrCat("file '", msg.file_name(), "' was already sent"));
@@ -258,12 +319,12 @@ absl::Status UploadStore::ModelUpload::Add(const v1::UploadModelRequest& msg, co
     file_name_ = msg.file_name();
     file_crc_ = 0;
   } else if (!msg.file_name().empty() && msg.file_name() != file_name_) {
-    return absl::InvalidArgumentError(absl::StrCat("file '", msg.file_name(), "' started before '", file_name_,
-                                                   "' ended (file_last)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("file '", msg.file_name(), "' started before '", file_name_, "' ended (file_last)"));
   }
   if (msg.offset() != file_->size()) {
-    return absl::InvalidArgumentError(absl::StrCat("file '", file_name_, "': offset ", msg.offset(),
-                                                   " but ", file_->size(), " bytes were received"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("file '", file_name_, "': offset ", msg.offset(), " but ", file_->size(), " bytes were received"));
   }
   bytes_ += static_cast<int64_t>(data.size);
   if (absl::Status s = SizeCheck(bytes_, store_->max_upload_bytes()); !s.ok()) return s;
@@ -294,15 +355,17 @@ absl::Status UploadStore::ModelUpload::CloseFile() {
 absl::StatusOr<v1::UploadModelResponse> UploadStore::ModelUpload::Finish() {
   if (messages_ == 0) return absl::InvalidArgumentError("empty upload stream: no messages");
   if (!file_name_.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("model '", name_, "' upload is truncated: file '", file_name_,
-                                                   "' ended without file_last"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model '", name_, "' upload is truncated: file '", file_name_, "' ended without file_last"));
   }
   if (std::find(done_.begin(), done_.end(), "config.json") == done_.end()) {
     return absl::InvalidArgumentError(absl::StrCat("model '", name_, "' has no config.json"));
   }
   absl::StatusOr<std::unique_ptr<LlamaModel>> model = LlamaModel::Open(tmp_dir_);
   if (!model.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("model '", name_, "' does not load: ", model.status().message()));
+    // The loader names files by their paths in the temp dir: the client sees its file names.
+    return absl::InvalidArgumentError(
+        absl::StrCat("model '", name_, "' does not load: ", ClientMessage(model.status().message(), tmp_dir_, "")));
   }
   model->reset();
   if (absl::Status s = SyncDirectory(tmp_dir_); !s.ok()) return s;

@@ -8,8 +8,13 @@
 // immutable: a name that exists is AlreadyExists (jobs that use it stay reproducible).
 //
 // Errors: InvalidArgument (bad name / format / file name, messages out of order, a stream that
-// ends without its final message, contents that do not parse), DataLoss (CRC-32C mismatch),
-// ResourceExhausted (over max_upload_bytes), AlreadyExists.
+// ends without its final message, contents that do not parse, a dataset sequence without
+// tokens), DataLoss (CRC-32C mismatch), ResourceExhausted (over max_upload_bytes),
+// AlreadyExists. Messages name files as the client sent them (the dataset's name, the model's
+// file names), never by the server's temp paths.
+//
+// UploadModel's first message carries the model name, alone or with the first piece of the
+// first file; the first piece of every file carries its file_name.
 #ifndef LOWBIT_CALIBRATOR_SERVICE_UPLOAD_STORE_H_
 #define LOWBIT_CALIBRATOR_SERVICE_UPLOAD_STORE_H_
 
@@ -20,6 +25,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "calibrator/dataset.h"
 #include "common/streaming_file_writer.h"
 #include "lowbit/v1/calibrator.pb.h"
 #include "rpc/wire.h"
@@ -46,6 +52,8 @@ class UploadStore {
 
    private:
     friend class UploadStore;
+    // The received tokens, parsed with the dataset's name as the source in messages.
+    absl::StatusOr<std::vector<TokenSequence>> ParseUploadedDataset() const;
     const UploadStore* store_ = nullptr;
     std::string tmp_dir_, name_, format_;
     std::FILE* data_ = nullptr;
@@ -71,7 +79,7 @@ class UploadStore {
     absl::Status CloseFile();
     const UploadStore* store_ = nullptr;
     std::string tmp_dir_, name_;
-    std::string file_name_;                     // the file being received ("" between files)
+    std::string file_name_;                      // the file being received ("" between files)
     std::unique_ptr<StreamingFileWriter> file_;  // its writer (O_DIRECT, a background thread)
     uint32_t file_crc_ = 0;
     int64_t bytes_ = 0;

@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <random>
@@ -20,6 +21,7 @@
 #include "common/numerics.h"
 #include "common/quant_args.h"
 #include "common/safetensors.h"
+#include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
 #include "rpc/crc32c.h"
 #include "rpc/tensor_codec.h"
@@ -43,7 +45,7 @@ struct Hold {
   bool enabled = false;
   std::string held;  // the job now waiting
   bool gate = false;
-  int at_gate = 0;   // jobs now waiting at the gate
+  int at_gate = 0;  // jobs now waiting at the gate
 };
 Hold* g_hold = new Hold();
 
@@ -102,6 +104,33 @@ class CalibratorServiceTest : public ::testing::Test {
     fs::remove_all(root_, ec);
   }
 
+  // Stops the fixture's server and starts another on the same state directory (the jobs come
+  // back from their files).
+  static void Restart() {
+    Release();
+    delete stub_;
+    server_->Shutdown();
+    delete server_;
+    absl::StatusOr<std::unique_ptr<calibrator::CalibratorServer>> s = StartServer(root_ + "/state", 1);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = std::move(*s).release();
+    stub_ = MakeStub(server_->port()).release();
+  }
+  static grpc::Status Fetch(const std::string& id, v1::ResultHeader* header, int64_t chunk_bytes = 0,
+                            std::vector<v1::FetchResultResponse>* files = nullptr) {
+    v1::FetchResultRequest freq;
+    freq.set_id(id);
+    freq.set_chunk_bytes(chunk_bytes);
+    auto fctx = Ctx(kToken);
+    auto fetch = stub_->FetchResult(fctx.get(), freq);
+    v1::FetchResultResponse item;
+    while (fetch->Read(&item)) {
+      if (item.has_header()) *header = item.header();
+      if (item.has_file() && files != nullptr) files->push_back(item);
+    }
+    return fetch->Finish();
+  }
+
   static void HoldJobs() {
     std::lock_guard<std::mutex> lock(g_hold->mu);
     g_hold->enabled = true;
@@ -152,11 +181,11 @@ class CalibratorServiceTest : public ::testing::Test {
   static inline v1::CalibratorService::Stub* stub_ = nullptr;
 };
 
-#define EXPECT_CODE(status, code, needle)                                                   \
-  do {                                                                                       \
-    grpc::Status s_ = (status);                                                              \
-    EXPECT_EQ(s_.error_code(), grpc::StatusCode::code) << s_.error_message();                \
-    EXPECT_NE(s_.error_message().find(needle), std::string::npos)                            \
+#define EXPECT_CODE(status, code, needle)                                                  \
+  do {                                                                                     \
+    grpc::Status s_ = (status);                                                            \
+    EXPECT_EQ(s_.error_code(), grpc::StatusCode::code) << s_.error_message();              \
+    EXPECT_NE(s_.error_message().find(needle), std::string::npos)                          \
         << "message '" << s_.error_message() << "' does not mention '" << (needle) << "'"; \
   } while (0)
 
@@ -232,7 +261,13 @@ TEST_F(CalibratorServiceTest, CheckpointEqualsCliAndFetchResultReassemblesIt) {
   EXPECT_EQ(header.report_json(), ReadAll(out + "/report.json"));
   rpc::ChunkAssembler assembler;
   int chunks = 0;
+  std::map<std::string, std::string> files;  // the checkpoint's other files, before the tensors
   while (fetch->Read(&item)) {
+    if (item.has_file()) {
+      EXPECT_EQ(chunks, 0) << "a file piece after a tensor chunk";
+      files[item.file().name()] += item.file().data();
+      continue;
+    }
     ASSERT_TRUE(item.has_chunk());
     EXPECT_LE(item.chunk().data().size(), 1000u);
     ASSERT_TRUE(assembler.Add(item.chunk()).ok());
@@ -240,6 +275,9 @@ TEST_F(CalibratorServiceTest, CheckpointEqualsCliAndFetchResultReassemblesIt) {
   }
   ASSERT_TRUE(fetch->Finish().ok());
   ASSERT_TRUE(assembler.Finish().ok());
+  ASSERT_EQ(header.files_size(), 1);
+  EXPECT_EQ(header.files(0).name(), "generation_config.json");
+  EXPECT_EQ(files["generation_config.json"], ReadAll(out + "/generation_config.json"));
   absl::StatusOr<std::unique_ptr<SafetensorsModel>> model = SafetensorsModel::Open(out);
   ASSERT_TRUE(model.ok());
   EXPECT_EQ(assembler.tensors().size(), (*model)->names().size());
@@ -266,9 +304,13 @@ TEST_F(CalibratorServiceTest, CheckpointEqualsCliAndFetchResultReassemblesIt) {
   cmd = std::string(LOWBIT_BINARY_DIR) + "/cli/lowbit fetch " + job.id() + " --out " + fetched + " --chunk_bytes 1000" +
         " --calibrator 127.0.0.1:" + std::to_string(server_->port()) + " --token " + kToken + " > /dev/null";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  std::set<std::string> names;
+  std::set<std::string> names, server_names;
   for (const auto& e : fs::directory_iterator(fetched)) names.insert(e.path().filename().string());
-  EXPECT_EQ(names, (std::set<std::string>{"config.json", "model.safetensors", "recipe.yaml", "report.json"}));
+  for (const auto& e : fs::directory_iterator(out)) server_names.insert(e.path().filename().string());
+  // Every file of the server's checkpoint, generation_config.json (copied from the model) too.
+  EXPECT_EQ(names, server_names);
+  EXPECT_EQ(names, (std::set<std::string>{"config.json", "generation_config.json", "model.safetensors", "recipe.yaml",
+                                          "report.json"}));
   for (const std::string& f : names) EXPECT_EQ(ReadAll(fetched + "/" + f), ReadAll(out + "/" + f)) << f;
 }
 
@@ -334,8 +376,8 @@ TEST_F(CalibratorServiceTest, CreateJobRejectsBadSpecs) {
   };
   std::vector<Case> cases = {
       {"path traversal", [](v1::JobSpec& s) { s.set_model("../outside"); }, grpc::StatusCode::INVALID_ARGUMENT, ".."},
-      {"nested traversal", [](v1::JobSpec& s) { s.set_model("tiny/../../outside"); }, grpc::StatusCode::INVALID_ARGUMENT,
-       ".."},
+      {"nested traversal", [](v1::JobSpec& s) { s.set_model("tiny/../../outside"); },
+       grpc::StatusCode::INVALID_ARGUMENT, ".."},
       {"absolute path", [&](v1::JobSpec& s) { s.set_model(root_ + "/outside"); }, grpc::StatusCode::INVALID_ARGUMENT,
        "absolute"},
       {"symlink escape", [](v1::JobSpec& s) { s.set_model("escape"); }, grpc::StatusCode::PERMISSION_DENIED,
@@ -346,8 +388,8 @@ TEST_F(CalibratorServiceTest, CreateJobRejectsBadSpecs) {
        "nothing"},
       {"unknown scheme", [](v1::JobSpec& s) { s.set_scheme("W3A5"); }, grpc::StatusCode::INVALID_ARGUMENT, "W3A5"},
       {"unknown algorithm", [](v1::JobSpec& s) { s.set_algorithm("awq"); }, grpc::StatusCode::INVALID_ARGUMENT, "awq"},
-      {"bad recipe", [](v1::JobSpec& s) { s.set_recipe_yaml("quant_stage: [1, 2"); }, grpc::StatusCode::INVALID_ARGUMENT,
-       "recipe"},
+      {"bad recipe", [](v1::JobSpec& s) { s.set_recipe_yaml("quant_stage: [1, 2"); },
+       grpc::StatusCode::INVALID_ARGUMENT, "recipe"},
       {"no recipe", [](v1::JobSpec& s) { s.clear_scheme(); }, grpc::StatusCode::INVALID_ARGUMENT, "scheme"},
       {"no data", [](v1::JobSpec& s) { s.clear_inline_tokens(); }, grpc::StatusCode::INVALID_ARGUMENT, "data"},
       {"unknown dataset", [](v1::JobSpec& s) { s.set_dataset("nodata"); }, grpc::StatusCode::NOT_FOUND, "nodata"},
@@ -355,6 +397,14 @@ TEST_F(CalibratorServiceTest, CreateJobRejectsBadSpecs) {
        "output_name"},
       {"heldout fraction", [](v1::JobSpec& s) { s.set_heldout_fraction(1.5); }, grpc::StatusCode::INVALID_ARGUMENT,
        "heldout_fraction"},
+      {"empty inline sequence", [](v1::JobSpec& s) { s.mutable_inline_tokens()->add_sequences(); },
+       grpc::StatusCode::INVALID_ARGUMENT, "spec.inline_tokens.sequences[24] is empty"},
+      {"only an empty inline sequence",
+       [](v1::JobSpec& s) {
+         s.clear_inline_tokens();
+         s.mutable_inline_tokens()->add_sequences();
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "spec.inline_tokens.sequences[0] is empty"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -490,12 +540,32 @@ TEST_F(CalibratorServiceTest, BadUploadsAreRefusedAndLeaveNothing) {
   EXPECT_CODE(UploadDataset(*stub_, "truncated", "jsonl", good, "", /*send_last=*/false), INVALID_ARGUMENT,
               "truncated");
   EXPECT_CODE(UploadDataset(*stub_, "badcrc", "jsonl", good, "", true, /*crc_xor=*/1), DATA_LOSS, "CRC-32C");
-  EXPECT_CODE(UploadDataset(*stub_, "huge", "jsonl", std::string(kMaxUpload + 4096, ' '), "", true),
-              RESOURCE_EXHAUSTED, "limit");
+  EXPECT_CODE(UploadDataset(*stub_, "huge", "jsonl", std::string(kMaxUpload + 4096, ' '), "", true), RESOURCE_EXHAUSTED,
+              "limit");
   EXPECT_CODE(UploadDataset(*stub_, "../escape", "jsonl", good, "", true), INVALID_ARGUMENT, "plain name");
   EXPECT_CODE(UploadDataset(*stub_, "fmt", "csv", good, "", true), INVALID_ARGUMENT, "format");
-  EXPECT_CODE(UploadDataset(*stub_, "notjson", "jsonl", "hello\n", "", true), INVALID_ARGUMENT, "does not parse");
-  for (const char* name : {"truncated", "badcrc", "huge", "fmt", "notjson"}) {
+  // The message names the dataset, never the server's temp path.
+  {
+    grpc::Status s = UploadDataset(*stub_, "notjson", "jsonl", "hello\n", "", true);
+    EXPECT_CODE(s, INVALID_ARGUMENT, "dataset 'notjson' does not parse: notjson:1: not valid JSON");
+    EXPECT_EQ(s.error_message().find("tmp"), std::string::npos) << s.error_message();
+    EXPECT_EQ(s.error_message().find(root_), std::string::npos) << s.error_message();
+  }
+  {
+    std::string bin(12, '\0'), idx(16, '\0');
+    idx[8] = 5;  // offsets 0, 5: past the 3 tokens
+    grpc::Status s = UploadDataset(*stub_, "badidx", "bin", bin, idx, true);
+    EXPECT_CODE(s, INVALID_ARGUMENT, "dataset 'badidx' does not parse: badidx: index offset 1 (5)");
+    EXPECT_EQ(s.error_message().find("tmp"), std::string::npos) << s.error_message();
+  }
+  EXPECT_CODE(UploadDataset(*stub_, "emptyseq", "jsonl", "{\"input_ids\": []}\n", "", true), INVALID_ARGUMENT,
+              "dataset 'emptyseq': sequence 0 (0-based) has no token ids");
+  EXPECT_CODE(UploadDataset(*stub_, "emptyseq2", "jsonl", good + "{\"input_ids\": []}\n", "", true), INVALID_ARGUMENT,
+              "sequence 2 (0-based) has no token ids");
+  EXPECT_CODE(UploadDataset(*stub_, "blank", "jsonl", "\n\n", "", true), INVALID_ARGUMENT,
+              "dataset 'blank' holds no sequences");
+  for (const char* name :
+       {"truncated", "badcrc", "huge", "fmt", "notjson", "badidx", "emptyseq", "emptyseq2", "blank"}) {
     v1::JobSpec spec = TinySpec();
     spec.set_dataset(name);
     EXPECT_CODE(Create(spec, nullptr), NOT_FOUND, name);
@@ -506,11 +576,18 @@ TEST_F(CalibratorServiceTest, BadUploadsAreRefusedAndLeaveNothing) {
 }
 
 grpc::Status UploadModelDir(v1::CalibratorService::Stub& stub, const std::string& name, const std::string& dir,
-                            bool truncate, bool corrupt, v1::UploadModelResponse* out = nullptr) {
+                            bool truncate, bool corrupt, v1::UploadModelResponse* out = nullptr,
+                            bool name_alone = false) {
   auto ctx = Ctx(kToken);
   v1::UploadModelResponse resp;
   auto writer = stub.UploadModel(ctx.get(), &resp);
   bool first = true;
+  if (name_alone) {  // a first message with only the name
+    v1::UploadModelRequest m;
+    m.set_name(name);
+    writer->Write(m);
+    first = false;
+  }
   for (const auto& entry : fs::directory_iterator(dir)) {
     const std::string file = entry.path().filename().string();
     const std::string bytes = ReadAll(entry.path().string());
@@ -563,6 +640,52 @@ TEST_F(CalibratorServiceTest, UploadModelThenCalibrateIt) {
   v1::JobSpec c = TinySpec();
   c.set_model("uploads/trunc");
   EXPECT_CODE(Create(c, nullptr), NOT_FOUND, "trunc");
+}
+
+// UploadModel's first message may carry the name alone; a stream without a name, or a file piece
+// without its file_name, is refused saying what the message must carry. A model that does not
+// load is named by the client's file names, not the server's temp paths.
+TEST_F(CalibratorServiceTest, UploadModelFirstMessageAndErrorsNameTheClientsFiles) {
+  v1::UploadModelResponse resp;
+  grpc::Status s = UploadModelDir(*stub_, "name-alone", models_ + "/tiny", false, false, &resp, /*name_alone=*/true);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.model(), "uploads/name-alone");
+  EXPECT_EQ(resp.files(), static_cast<int>(std::distance(fs::directory_iterator(models_ + "/tiny"), {})));
+
+  auto send = [&](const std::vector<v1::UploadModelRequest>& msgs) {
+    auto ctx = Ctx(kToken);
+    v1::UploadModelResponse r;
+    auto writer = stub_->UploadModel(ctx.get(), &r);
+    for (const auto& m : msgs) writer->Write(m);
+    writer->WritesDone();
+    return writer->Finish();
+  };
+  const std::string config = ReadAll(models_ + "/tiny/config.json");
+  v1::UploadModelRequest piece;
+  piece.set_file_name("config.json");
+  piece.set_data(config);
+  piece.set_file_last(true);
+  piece.set_crc32c(rpc::Crc32c(config.data(), config.size()));
+  EXPECT_CODE(send({piece}), INVALID_ARGUMENT, "model name is missing: the first message");
+  v1::UploadModelRequest name_only;
+  name_only.set_name("nofile");
+  v1::UploadModelRequest no_file_name = piece;
+  no_file_name.clear_file_name();
+  EXPECT_CODE(send({name_only, no_file_name}), INVALID_ARGUMENT, "file_name is missing: the first piece of each file");
+  v1::UploadModelRequest first = piece;
+  first.set_name("nofile2");
+  EXPECT_CODE(send({first, no_file_name}), INVALID_ARGUMENT, "the last complete file was 'config.json'");
+
+  // A config.json that is not JSON: the message says "config.json", not the temp directory.
+  const std::string bad_dir = root_ + "/badconfig";
+  fs::create_directories(bad_dir);
+  ASSERT_TRUE(AtomicWriteFile(bad_dir + "/config.json", "{not json").ok());
+  s = UploadModelDir(*stub_, "badconfig", bad_dir, false, false);
+  EXPECT_CODE(s, INVALID_ARGUMENT, "model 'badconfig' does not load: config.json");
+  EXPECT_EQ(s.error_message().find("tmp"), std::string::npos) << s.error_message();
+  EXPECT_EQ(s.error_message().find(root_), std::string::npos) << s.error_message();
+  EXPECT_TRUE(fs::is_empty(root_ + "/state/tmp"));
+  ExpectServing();
 }
 
 TEST_F(CalibratorServiceTest, CancelRunningAndQueuedJobsAndWatchDeadline) {
@@ -746,6 +869,223 @@ TEST_F(CalibratorServiceTest, ConcurrentJobsWriteTheSameBytesAsJobsRunOneAtATime
 }
 
 // ---------------------------------------------------------------------------------------------
+// Output names: a checkpoint belongs to the job that wrote it.
+
+// The pack-quantized format (W4A16) or int-quantized (W8A16) of a fetched config.json.
+std::string FormatOf(const v1::ResultHeader& h) {
+  return nlohmann::json::parse(h.config_json())["quantization_config"]["format"].get<std::string>();
+}
+
+TEST_F(CalibratorServiceTest, OutputOfASucceededJobIsNeverReplacedAcrossRestarts) {
+  v1::JobSpec a = TinySpec("W4A16");
+  a.set_algorithm("rtn");
+  a.set_output_name("shared");
+  v1::Job ja = RunToEnd(a);
+  ASSERT_EQ(ja.state(), v1::JOB_STATE_SUCCEEDED) << ja.error_message();
+  const std::string out = root_ + "/state/outputs/shared";
+  const std::string weights = ReadAll(out + "/model.safetensors");
+
+  // Another job on the same output: refused, naming the job that holds it.
+  v1::JobSpec b = TinySpec("W8A16");
+  b.set_algorithm("rtn");
+  b.set_output_name("shared");
+  EXPECT_CODE(Create(b, nullptr), ALREADY_EXISTS, "output 'shared' holds the checkpoint of job " + ja.id());
+
+  // An unfinished job holds its output too.
+  HoldJobs();
+  v1::JobSpec h = TinySpec("W8A16");
+  h.set_algorithm("rtn");
+  h.set_output_name("held");
+  v1::Job jh;
+  ASSERT_TRUE(Create(h, &jh).ok());
+  WaitHeld(jh.id());
+  EXPECT_CODE(Create(h, nullptr), ALREADY_EXISTS, "output 'held' is being written by job " + jh.id() + " (running)");
+  v1::CancelJobRequest creq;
+  creq.set_id(jh.id());
+  v1::CancelJobResponse cresp;
+  ASSERT_TRUE(stub_->CancelJob(Ctx(kToken).get(), creq, &cresp).ok());
+  Release();
+  ASSERT_EQ(WaitForJob(*stub_, kToken, jh.id()).state(), v1::JOB_STATE_CANCELLED);
+
+  // A failed job's output was never published: its name can be used again, as can a cancelled one's.
+  v1::JobSpec f = TinySpec("W8A16");
+  f.clear_inline_tokens();
+  SetInline(&f, {{1, 2, 3}, {4, 300, 6}});  // 300 ≥ vocab: fails when it runs
+  f.set_heldout_fraction(0);
+  f.set_output_name("reused");
+  v1::Job jf = RunToEnd(f);
+  ASSERT_EQ(jf.state(), v1::JOB_STATE_FAILED);
+  EXPECT_FALSE(fs::exists(root_ + "/state/outputs/reused"));
+  v1::JobSpec g = TinySpec("W8A16");
+  g.set_algorithm("rtn");
+  g.set_output_name("reused");
+  v1::Job jg = RunToEnd(g);
+  EXPECT_EQ(jg.state(), v1::JOB_STATE_SUCCEEDED) << jg.error_message();
+  v1::Job jh2 = RunToEnd(h);
+  EXPECT_EQ(jh2.state(), v1::JOB_STATE_SUCCEEDED) << jh2.error_message();
+
+  // A directory in the output root that no job holds is not replaced either.
+  fs::create_directories(root_ + "/state/outputs/stray");
+  v1::JobSpec st = TinySpec("W8A16");
+  st.set_output_name("stray");
+  EXPECT_CODE(Create(st, nullptr), ALREADY_EXISTS, "output 'stray' already exists in the output root");
+
+  // After a restart the check uses the jobs reloaded from their files.
+  Restart();
+  b.set_output_name("shared");
+  EXPECT_CODE(Create(b, nullptr), ALREADY_EXISTS, "output 'shared' holds the checkpoint of job " + ja.id());
+  g.set_output_name("reused");
+  EXPECT_CODE(Create(g, nullptr), ALREADY_EXISTS, "output 'reused' holds the checkpoint of job " + jg.id());
+  EXPECT_EQ(ReadAll(out + "/model.safetensors"), weights);
+  v1::ResultHeader header;
+  grpc::Status s = Fetch(ja.id(), &header);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(FormatOf(header), "pack-quantized");  // A's W4A16, not a W8A16 that replaced it
+  EXPECT_EQ(header.report_json(), ja.report_json() + "\n");
+  ExpectServing();
+}
+
+// A job found unfinished at start whose output another job holds is not resumed (it would
+// replace that checkpoint): it fails with ALREADY_EXISTS. And a state directory from a server
+// that let a later job overwrite an earlier one's output: FetchResult of the earlier job says its
+// checkpoint is gone rather than returning the other job's.
+TEST_F(CalibratorServiceTest, StaleJobsDoNotClobberAnOutputAfterARestart) {
+  v1::JobSpec a = TinySpec("W4A16");
+  a.set_algorithm("rtn");
+  a.set_output_name("out1");
+  v1::Job ja = RunToEnd(a);
+  ASSERT_EQ(ja.state(), v1::JOB_STATE_SUCCEEDED) << ja.error_message();
+  const std::string weights = ReadAll(root_ + "/state/outputs/out1/model.safetensors");
+
+  // Written while the server is down: a job that was running when the server stopped, created
+  // before A (its end never recorded), and a second SUCCEEDED job on out1 whose report differs.
+  Release();
+  delete stub_;
+  stub_ = nullptr;
+  server_->Shutdown();
+  auto write_job = [&](v1::Job job) {
+    std::string text;
+    ASSERT_TRUE(google::protobuf::util::MessageToJsonString(job, &text).ok());
+    ASSERT_TRUE(AtomicWriteFile(root_ + "/state/jobs/" + job.id() + ".json", text).ok());
+  };
+  v1::Job stale = ja;
+  stale.set_id("job-0000000001-stale");
+  stale.set_state(v1::JOB_STATE_RUNNING);
+  stale.set_created_unix_ms(ja.created_unix_ms() - 1000);
+  stale.clear_report_json();
+  stale.clear_output_path();
+  stale.mutable_spec()->set_scheme("W8A16");
+  write_job(stale);
+  v1::Job older = ja;
+  older.set_id("job-0000000002-older");
+  older.set_created_unix_ms(ja.created_unix_ms() - 500);
+  older.set_report_json("{\"another\": \"report\"}");
+  write_job(older);
+  delete server_;
+  absl::StatusOr<std::unique_ptr<calibrator::CalibratorServer>> started = StartServer(root_ + "/state", 1);
+  ASSERT_TRUE(started.ok()) << started.status();
+  server_ = std::move(*started).release();
+  stub_ = MakeStub(server_->port()).release();
+
+  v1::Job ended = WaitForJob(*stub_, kToken, stale.id());
+  EXPECT_EQ(ended.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(ended.error_code(), static_cast<int>(grpc::StatusCode::ALREADY_EXISTS));
+  EXPECT_NE(ended.error_message().find("not resumed after the restart: its output 'out1' is held by job "),
+            std::string::npos)
+      << ended.error_message();
+  EXPECT_EQ(ReadAll(root_ + "/state/outputs/out1/model.safetensors"), weights);
+
+  v1::ResultHeader header;
+  EXPECT_CODE(Fetch(older.id(), &header), DATA_LOSS,
+              "output 'out1' no longer holds the checkpoint of job " + older.id());
+  grpc::Status s = Fetch(ja.id(), &header);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  ExpectServing();
+}
+
+// ---------------------------------------------------------------------------------------------
+// FetchResult carries the checkpoint's other files.
+
+TEST_F(CalibratorServiceTest, FetchResultCarriesTokenizerAndGenerationFiles) {
+  // A model with the files a Hugging Face model has beside its weights; tokenizer.json bigger
+  // than gRPC's default 4 MiB message and than the chunks, tokenizer.model binary, one empty.
+  const std::string model = models_ + "/tok";
+  fs::copy(models_ + "/tiny", model);
+  std::string tokenizer = "{\"version\": \"1.0\", \"model\": {\"vocab\": {";
+  for (int i = 0; tokenizer.size() < (5u << 20); ++i)
+    tokenizer += "\"tok" + std::to_string(i) + "\": " + std::to_string(i) + ", ";
+  tokenizer += "\"end\": 0}}}\n";
+  std::string sp(70000, '\0');
+  std::mt19937 rng(9);
+  for (char& c : sp) c = static_cast<char>(rng());
+  const std::map<std::string, std::string> extra = {
+      {"tokenizer.json", tokenizer},
+      {"tokenizer_config.json", "{\"chat_template\": \"{{ messages }}\", \"model_max_length\": 2048}\n"},
+      {"special_tokens_map.json", "{\"bos_token\": \"<s>\"}\n"},
+      {"generation_config.json", "{\"do_sample\": true, \"temperature\": 0.6}\n"},
+      {"tokenizer.model", sp},
+      {"chat_template.jinja", "{% for m in messages %}{{ m.content }}{% endfor %}"},
+      {"added_tokens.json", ""},
+  };
+  for (const auto& [name, bytes] : extra) ASSERT_TRUE(AtomicWriteFile(model + "/" + name, bytes).ok()) << name;
+
+  v1::JobSpec spec = TinySpec("W8A16");
+  spec.set_model("tok");
+  spec.set_algorithm("rtn");
+  spec.set_output_name("tok-w8");
+  v1::Job job = RunToEnd(spec);
+  ASSERT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED) << job.error_message();
+  const std::string out = root_ + "/state/outputs/tok-w8";
+  for (const auto& [name, bytes] : extra) EXPECT_EQ(ReadAll(out + "/" + name), bytes) << name;
+
+  // The stream: the header lists the files (name order, sizes), their pieces follow in order,
+  // none over chunk_bytes, each file's last piece with its CRC-32C.
+  v1::ResultHeader header;
+  std::vector<v1::FetchResultResponse> pieces;
+  grpc::Status s = Fetch(job.id(), &header, 1 << 20, &pieces);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(header.files_size(), static_cast<int>(extra.size()));
+  std::map<std::string, std::string> got;
+  int i = 0;
+  for (const auto& [name, bytes] : extra) {
+    EXPECT_EQ(header.files(i).name(), name);
+    EXPECT_EQ(header.files(i).size(), static_cast<int64_t>(bytes.size())) << name;
+    ++i;
+  }
+  for (const v1::FetchResultResponse& p : pieces) {
+    const v1::ResultFileChunk& c = p.file();
+    EXPECT_LE(c.data().size(), 1u << 20);
+    std::string& buf = got[c.name()];
+    EXPECT_EQ(c.offset(), static_cast<int64_t>(buf.size())) << c.name();
+    buf += c.data();
+    if (c.last()) EXPECT_EQ(c.crc32c(), rpc::Crc32c(buf.data(), buf.size())) << c.name();
+  }
+  EXPECT_TRUE(got == extra) << "the pieces do not reassemble to the model's files";
+  EXPECT_GT(pieces.size(), extra.size());  // tokenizer.json came in several pieces
+
+  // `lowbit fetch`: the directory has every file of the server's checkpoint, byte for byte.
+  const std::string fetched = root_ + "/fetched-tok";
+  std::string cmd = std::string(LOWBIT_BINARY_DIR) + "/cli/lowbit fetch " + job.id() + " --out " + fetched +
+                    " --chunk_bytes 300000 --calibrator 127.0.0.1:" + std::to_string(server_->port()) + " --token " +
+                    kToken + " > /dev/null";
+  auto expect_same_dir = [&] {
+    std::map<std::string, std::string> a = ResultFiles(fetched), b = ResultFiles(out);
+    std::set<std::string> na, nb;
+    for (const auto& [name, bytes] : a) na.insert(name);
+    for (const auto& [name, bytes] : b) nb.insert(name);
+    EXPECT_EQ(na, nb);
+    for (const auto& [name, bytes] : b) EXPECT_TRUE(a[name] == bytes) << name << " differs";
+    EXPECT_EQ(std::distance(fs::directory_iterator(fetched), {}), static_cast<long>(b.size())) << "temp files left";
+  };
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  expect_same_dir();
+  for (const auto& [name, bytes] : extra) EXPECT_TRUE(fs::exists(fetched + "/" + name)) << name;
+  // A second fetch into the same directory replaces the files.
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  expect_same_dir();
+}
+
+// ---------------------------------------------------------------------------------------------
 // QuantizeLayer
 
 std::vector<float> RandomWeight(int64_t n, int64_t k, uint32_t seed) {
@@ -828,8 +1168,7 @@ TEST_F(CalibratorServiceTest, QuantizeLayerGptqWithIdentityHessianEqualsRtn) {
   ASSERT_EQ(a.size(), b.size());
   for (const auto& [name, t] : a) {
     ASSERT_TRUE(b.count(name)) << name;
-    EXPECT_TRUE(std::equal(t.bytes().begin(), t.bytes().end(), b[name].bytes().begin(), b[name].bytes().end()))
-        << name;
+    EXPECT_TRUE(std::equal(t.bytes().begin(), t.bytes().end(), b[name].bytes().begin(), b[name].bytes().end())) << name;
   }
 }
 
@@ -871,6 +1210,68 @@ TEST_F(CalibratorServiceTest, QuantizeLayerRejectsBadInput) {
     EXPECT_CODE(stub_->QuantizeLayer(Ctx(kToken).get(), req, &resp), INVALID_ARGUMENT, "group_size");
   }
   ExpectServing();
+}
+
+TEST_F(CalibratorServiceTest, QuantizeLayerRejectsBadOptionsAndNonFiniteValues) {
+  const int64_t n = 8, k = 128;
+  const std::vector<float> w = RandomWeight(n, k, 2);
+  std::vector<float> eye(k * k, 0.0f);
+  for (int64_t i = 0; i < k; ++i) eye[i * k + i] = 1.0f;
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  auto with_weight = [&](std::vector<float> v, DType dtype = DType::kF32) {
+    return [v, dtype](v1::QuantizeLayerRequest& r) {
+      rpc::TensorToProto(Tensor::FromFloats(v, {n, k}, dtype), r.mutable_weight());
+    };
+  };
+  std::vector<float> w_nan = w, w_inf = w, w_ninf_bf16 = w;
+  w_nan[3 * k + 5] = nan;
+  w_inf[7] = inf;
+  w_ninf_bf16[k] = -inf;
+  std::vector<float> h_nan = eye;
+  h_nan[2 * k + 1] = nan;
+  struct Case {
+    std::string name;
+    std::function<void(v1::QuantizeLayerRequest&)> edit;
+    std::string needle;
+  };
+  const std::vector<Case> cases = {
+      {"missing weight", [](v1::QuantizeLayerRequest& r) { r.clear_weight(); }, "weight is missing"},
+      {"NaN dampening", [&](v1::QuantizeLayerRequest& r) { r.set_dampening_frac(nan); },
+       "dampening_frac must be a finite number in [0, 1]"},
+      {"infinite dampening", [&](v1::QuantizeLayerRequest& r) { r.set_dampening_frac(inf); },
+       "dampening_frac must be a finite number in [0, 1]"},
+      {"negative dampening", [](v1::QuantizeLayerRequest& r) { r.set_dampening_frac(-0.5); }, "got -0.5"},
+      {"dampening over 1", [](v1::QuantizeLayerRequest& r) { r.set_dampening_frac(2); }, "got 2"},
+      {"huge block size", [](v1::QuantizeLayerRequest& r) { r.set_block_size(std::numeric_limits<int32_t>::max()); },
+       "block_size must be in [0, 65536]"},
+      {"negative block size", [](v1::QuantizeLayerRequest& r) { r.set_block_size(-1); }, "got -1"},
+      {"NaN in weight", with_weight(w_nan), "weight[3, 5] (element 389) is nan"},
+      {"inf in weight", with_weight(w_inf), "weight[0, 7] (element 7) is inf"},
+      {"-inf in a bf16 weight", with_weight(w_ninf_bf16, DType::kBF16), "weight[1, 0] (element 128) is -inf"},
+      {"NaN in hessian",
+       [&](v1::QuantizeLayerRequest& r) {
+         rpc::TensorToProto(Tensor::FromFloats(h_nan, {k, k}, DType::kF32), r.mutable_hessian());
+       },
+       "hessian[2, 1] (element 257) is nan"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    v1::QuantizeLayerRequest req = LayerRequest(w, n, k, "W4A16");
+    rpc::TensorToProto(Tensor::FromFloats(eye, {k, k}, DType::kF32), req.mutable_hessian());  // GPTQ
+    c.edit(req);
+    v1::QuantizeLayerResponse resp;
+    EXPECT_CODE(stub_->QuantizeLayer(Ctx(kToken).get(), req, &resp), INVALID_ARGUMENT, c.needle);
+    ExpectServing();
+  }
+  // The bounds themselves are accepted: block_size 65536 acts as K, dampening 1.
+  v1::QuantizeLayerRequest req = LayerRequest(w, n, k, "W4A16");
+  rpc::TensorToProto(Tensor::FromFloats(eye, {k, k}, DType::kF32), req.mutable_hessian());
+  req.set_block_size(65536);
+  req.set_dampening_frac(1);
+  v1::QuantizeLayerResponse resp;
+  grpc::Status s = stub_->QuantizeLayer(Ctx(kToken).get(), req, &resp);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.algorithm(), "GPTQ");
 }
 
 }  // namespace

@@ -6,7 +6,7 @@ No code is shared with the C++ side. It runs calibrate -> fetch -> load -> gemm 
   * the upload's CRC-32C is what the server accepts (and a wrong one is refused);
   * WatchJob streams layer progress and ends in SUCCEEDED;
   * FetchResult's chunks reassemble (CRC-32C checked here) to exactly the safetensors tensors
-    of the checkpoint on disk;
+    of the checkpoint on disk, and its file pieces to the checkpoint's other files;
   * Gemm on a W8A8 layer equals NumPy's dynamic per-token int8 x per-channel int8 GEMM
     (vLLM's arithmetic) computed from the checkpoint's tensors;
   * Gemm on a W4A16 layer equals NumPy's x . dequant(int4)^T within bf16 output rounding;
@@ -179,10 +179,21 @@ def main():
         on_disk = read_safetensors_dir(ckpt_dir)
 
         # FetchResult reassembled here, CRC-32C checked here, equal to the files.
-        header, got, cur = None, {}, None
+        # The checkpoint's other files (generation_config.json, ...) come as `file` pieces
+        # between the header and the tensors.
+        header, got, cur, files = None, {}, None, {}
         for msg in cstub.FetchResult(cpb.FetchResultRequest(id=job.id, chunk_bytes=4096), metadata=md, timeout=60):
             if msg.HasField("header"):
                 header = msg.header
+                continue
+            if msg.HasField("file"):
+                f = msg.file
+                assert not got and cur is None, "a file piece after a tensor chunk"
+                buf = files.setdefault(f.name, bytearray())
+                assert f.offset == len(buf), (f.name, f.offset)
+                buf += f.data
+                if f.last:
+                    assert crc32c(bytes(buf)) == f.crc32c, f.name
                 continue
             c = msg.chunk
             if cur is None or cur["name"] != c.name:
@@ -198,6 +209,13 @@ def main():
         assert json.loads(header.config_json)["quantization_config"]["format"] == "int-quantized"
         for name, (dtype, shape, raw) in on_disk.items():
             assert got[name]["shape"] == shape and bytes(got[name]["buf"]) == raw, name
+        others = sorted(n for n in os.listdir(ckpt_dir) if not n.endswith(".safetensors") and
+                        n not in ("config.json", "report.json", "recipe.yaml", "model.safetensors.index.json"))
+        assert "generation_config.json" in others, others
+        assert [f.name for f in header.files] == others == sorted(files), (list(header.files), others, sorted(files))
+        for f in header.files:
+            with open(os.path.join(ckpt_dir, f.name), "rb") as fh:
+                assert bytes(files[f.name]) == fh.read() and f.size == len(files[f.name]), f.name
 
         # Runtime: load and run a W8A8 layer, check against NumPy.
         loaded = rstub.LoadModel(rpb.LoadModelRequest(name="w8a8", path=job.output_path or "w8a8"),
