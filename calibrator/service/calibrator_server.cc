@@ -33,6 +33,7 @@ absl::StatusOr<std::unique_ptr<CalibratorServer>> CalibratorServer::Start(Calibr
       rpc::RpcServer::Start(options.server, {s->service_.get()}, s->context_.registry);
   if (!server.ok()) return server.status();
   s->server_ = *std::move(server);
+  s->server_->AddHealthService(lowbit::v1::CalibratorService::service_full_name());
   return s;
 }
 

@@ -1,4 +1,5 @@
-"""The real lowbit-runtime binary serves Prometheus /metrics (and the calibrator too).
+"""What operators probe, on the real binaries: Prometheus /metrics, health by service name, and
+the CLI's usage errors.
 
 The runtime links the CUDA libraries, whose static TLS (≈ 110 KiB) no longer fit the 100 KiB
 stacks civetweb (behind /metrics) gives its threads; before rpc/thread_stack_floor.cc the runtime
@@ -77,6 +78,15 @@ def main():
         for family in ("lowbit_runtime_queue_depth", "lowbit_runtime_memory_budget_bytes",
                        "lowbit_runtime_batch_requests", "lowbit_rpc_latency_seconds"):
             assert "# TYPE %s " % family in text, (family, text)
+
+        # Health answers for the server ("") and for each service by name (grpc_health_probe -service).
+        for argv in (["health", "--runtime=" + rt_addr], ["health", "--runtime=" + rt_addr, "lowbit.v1.RuntimeService"],
+                     ["health", "--service=calibrator", "--calibrator=" + cal_addr, "lowbit.v1.CalibratorService"]):
+            r = subprocess.run([cli] + argv, env=env, capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0 and r.stdout.strip() == "SERVING", (argv, r.returncode, r.stdout, r.stderr)
+        r = subprocess.run([cli, "health", "--runtime=" + rt_addr, "lowbit.v1.NoSuchService"], env=env,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and "NOT_FOUND" in (r.stdout + r.stderr).upper().replace(" ", "_"), r
 
         # A bad --m is a usage error (exit 2) naming the flag, not an abort.
         for m in ("-3", "0", "99999999999"):
