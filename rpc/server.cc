@@ -154,6 +154,13 @@ grpc::Status CheckBearerToken(const grpc::ServerContext* ctx, const std::string&
   return grpc::Status::OK;
 }
 
+absl::Status CallEnded(const grpc::ServerContext* ctx, absl::string_view what) {
+  if (ctx->deadline() <= std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError(absl::StrCat(what, ": the call's deadline passed"));
+  }
+  return absl::CancelledError(absl::StrCat(what, ": the client cancelled or went away"));
+}
+
 CallGuard::CallGuard(const grpc::ServerContext* ctx, const ServiceContext& service, std::string_view method)
     : service_(service), method_(method), start_(std::chrono::steady_clock::now()) {
   auth_ = CheckBearerToken(ctx, service.auth_token);

@@ -79,6 +79,10 @@ class CallGuard {
   grpc::Status auth_;
 };
 
+// Why a call whose client is gone ended, for the logs and the request metrics: DEADLINE_EXCEEDED
+// once the call's deadline has passed, else CANCELLED; `what` says what was cut short.
+absl::Status CallEnded(const grpc::ServerContext* ctx, absl::string_view what);
+
 // Checks "authorization: Bearer <token>" in constant time. OK when `token` is empty.
 grpc::Status CheckBearerToken(const grpc::ServerContext* ctx, const std::string& token);
 

@@ -237,8 +237,7 @@ grpc::Status CalibratorServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1:
   uint64_t seen = 0;
   for (bool first = true;; first = false) {
     if (ctx->IsCancelled()) {
-      return guard.Finish(
-          grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled WatchJob (or its deadline passed)"));
+      return guard.Finish(Edge(rpc::CallEnded(ctx, "WatchJob")));
     }
     if (stopping_) return guard.Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the calibrator is shutting down"));
     absl::StatusOr<JobRunner::Snapshot> snap =
@@ -248,9 +247,7 @@ grpc::Status CalibratorServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1:
     seen = snap->version;
     v1::WatchJobResponse msg;
     *msg.mutable_job() = snap->job;
-    if (!writer->Write(msg)) {
-      return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
-    }
+    if (!writer->Write(msg)) return guard.Finish(Edge(rpc::CallEnded(ctx, "WatchJob")));
     if (JobRunner::Terminal(snap->job.state())) return guard.Finish(grpc::Status::OK);
   }
 }
@@ -270,7 +267,7 @@ absl::StatusOr<Response> ReceiveUpload(grpc::ServerContext* ctx, AddNext add_nex
     before = (*up)->bytes();
     if (!s.ok()) return s;
   }
-  if (ctx->IsCancelled()) return absl::CancelledError("upload cancelled");
+  if (ctx->IsCancelled()) return rpc::CallEnded(ctx, "the upload");
   return (*up)->Finish();
 }
 
@@ -307,9 +304,7 @@ grpc::Status CalibratorServiceImpl::UploadModelRaw(grpc::ServerContext* ctx, rpc
   absl::StatusOr<v1::UploadModelResponse> done = ReceiveUpload<UploadStore::ModelUpload, v1::UploadModelResponse>(
       ctx, add_next, uploads_->BeginModel(), model_bytes_);
   if (!done.ok()) return guard.Finish(Edge(done.status()));
-  if (!stream->Write(rpc::Encode(*done))) {
-    return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
-  }
+  if (!stream->Write(rpc::Encode(*done))) return guard.Finish(Edge(rpc::CallEnded(ctx, "UploadModel")));
   return guard.Finish(grpc::Status::OK);
 }
 
@@ -324,7 +319,7 @@ grpc::Status CalibratorServiceImpl::FetchResultRaw(grpc::ServerContext* ctx, rpc
   if (absl::Status s = rpc::Decode(raw, &req); !s.ok()) {
     return guard.Finish(Edge(absl::InvalidArgumentError(absl::StrCat("FetchResult request: ", s.message()))));
   }
-  return guard.Finish(Edge(SendResult(req, stream)));
+  return guard.Finish(Edge(SendResult(ctx, req, stream)));
 }
 
 namespace {
@@ -434,7 +429,8 @@ bool WriteSideFile(const SideFile& f, int64_t chunk, rpc::RawServerStream* strea
 
 }  // namespace
 
-absl::Status CalibratorServiceImpl::SendResult(const v1::FetchResultRequest& req, rpc::RawServerStream* stream) {
+absl::Status CalibratorServiceImpl::SendResult(const grpc::ServerContext* ctx, const v1::FetchResultRequest& req,
+                                               rpc::RawServerStream* stream) {
   absl::StatusOr<v1::Job> job = runner_->Get(req.id());
   if (!job.ok()) return job.status();
   if (job->state() != v1::JOB_STATE_SUCCEEDED) {
@@ -454,16 +450,15 @@ absl::Status CalibratorServiceImpl::SendResult(const v1::FetchResultRequest& req
   if (!side_files.ok()) return side_files.status();
   absl::StatusOr<v1::FetchResultResponse> header = ResultHeader(*job, dir, **model, *side_files);
   if (!header.ok()) return header.status();
-  const absl::Status gone = absl::CancelledError("FetchResult cancelled by the client");
-  if (!stream->Write(rpc::Encode(*header))) return gone;
+  if (!stream->Write(rpc::Encode(*header))) return rpc::CallEnded(ctx, "FetchResult");
   for (const SideFile& f : *side_files) {
-    if (!WriteSideFile(f, chunk, stream)) return gone;
+    if (!WriteSideFile(f, chunk, stream)) return rpc::CallEnded(ctx, "FetchResult");
   }
   // kByFile: the client writes each file front to back (O_DIRECT). Write fails once cancelled.
   absl::StatusOr<bool> sent = rpc::WriteModelChunks(**model, rpc::TensorOrder::kByFile, chunk,
                                                     [&](const grpc::ByteBuffer& m) { return stream->Write(m); });
   if (!sent.ok()) return sent.status();
-  return *sent ? absl::OkStatus() : gone;
+  return *sent ? absl::OkStatus() : rpc::CallEnded(ctx, "FetchResult");
 }
 
 grpc::Status CalibratorServiceImpl::QuantizeLayer(grpc::ServerContext* ctx, const v1::QuantizeLayerRequest* req,

@@ -25,10 +25,12 @@ class CalibratorServiceImpl final : public v1::CalibratorService::Service {
   // Ends open WatchJob streams (UNAVAILABLE) so a graceful shutdown does not wait for them.
   void BeginShutdown() { stopping_ = true; }
 
-  grpc::Status CreateJob(grpc::ServerContext* ctx, const v1::CreateJobRequest* req, v1::CreateJobResponse* resp) override;
+  grpc::Status CreateJob(grpc::ServerContext* ctx, const v1::CreateJobRequest* req,
+                         v1::CreateJobResponse* resp) override;
   grpc::Status GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::GetJobResponse* resp) override;
   grpc::Status ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* req, v1::ListJobsResponse* resp) override;
-  grpc::Status CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req, v1::CancelJobResponse* resp) override;
+  grpc::Status CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req,
+                         v1::CancelJobResponse* resp) override;
   grpc::Status WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
                         grpc::ServerWriter<v1::WatchJobResponse>* writer) override;
   grpc::Status UploadDataset(grpc::ServerContext* ctx, grpc::ServerReader<v1::UploadDatasetRequest>* reader,
@@ -44,7 +46,8 @@ class CalibratorServiceImpl final : public v1::CalibratorService::Service {
   const rpc::ServiceContext& context_;
   JobRunner* runner_;
   const UploadStore* uploads_;
-  absl::Status SendResult(const v1::FetchResultRequest& req, rpc::RawServerStream* stream);
+  absl::Status SendResult(const grpc::ServerContext* ctx, const v1::FetchResultRequest& req,
+                          rpc::RawServerStream* stream);
 
   ServicePaths paths_;
   std::atomic<bool> stopping_{false};

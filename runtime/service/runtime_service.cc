@@ -79,7 +79,7 @@ grpc::Status RuntimeServiceImpl::LoadModelStreamRaw(grpc::ServerContext* ctx, rp
   absl::StatusOr<v1::LoadModelStreamResponse> resp = ReceiveModel(ctx, stream);
   if (!resp.ok()) return guard.Finish(rpc::ToGrpcStatus(resp.status()));
   if (!stream->Write(rpc::Encode(*resp))) {
-    return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+    return guard.Finish(rpc::ToGrpcStatus(rpc::CallEnded(ctx, "LoadModelStream")));
   }
   return guard.Finish(grpc::Status::OK);
 }
@@ -139,7 +139,7 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
   }
   // A Read fails when the client cancels: asked once here (under the sync API the question
   // plucks the call's completion queue, ≈ 30 µs), not for every chunk.
-  if (ctx->IsCancelled()) return absl::CancelledError("the client cancelled the upload");
+  if (ctx->IsCancelled()) return rpc::CallEnded(ctx, "LoadModelStream");
   if (absl::Status s = assembler.Finish(); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("the stream ended early: ", s.message()));
   }
@@ -197,7 +197,8 @@ grpc::Status RuntimeServiceImpl::GetServerInfo(grpc::ServerContext* ctx, const v
   return guard.Finish(grpc::Status::OK);
 }
 
-absl::Status RuntimeServiceImpl::DoGemm(const CallControl& control, const v1::GemmRequest& req, v1::GemmResponse* resp) {
+absl::Status RuntimeServiceImpl::DoGemm(const CallControl& control, const v1::GemmRequest& req,
+                                        v1::GemmResponse* resp) {
   GemmRequest r;
   r.model = req.model();
   r.layer = req.layer();
@@ -215,9 +216,8 @@ absl::Status RuntimeServiceImpl::DoGemm(const CallControl& control, const v1::Ge
   const int64_t bytes = static_cast<int64_t>(y->y.nbytes());
   if (bytes + 4096 > options_.max_message_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "the result ", ShapeString(y->y.shape()), " ", DN(y->y.dtype()), " is ", bytes,
-        " bytes, over the server's ", options_.max_message_bytes,
-        "-byte message limit; send fewer rows or ask for a 16-bit out_dtype"));
+        "the result ", ShapeString(y->y.shape()), " ", DN(y->y.dtype()), " is ", bytes, " bytes, over the server's ",
+        options_.max_message_bytes, "-byte message limit; send fewer rows or ask for a 16-bit out_dtype"));
   }
   rpc::TensorToProto(y->y, resp->mutable_y());
   resp->set_kernel_us(y->kernel_us);

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -417,7 +418,20 @@ class InfoService final : public v1::RuntimeService::Service {
     resp->set_version("test");
     return guard.Finish(grpc::Status::OK);
   }
+  // Waits for the client to go (deadline or cancel), then reports why with CallEnded.
+  grpc::Status ListModels(grpc::ServerContext* ctx, const v1::ListModelsRequest*, v1::ListModelsResponse*) override {
+    while (!ctx->IsCancelled()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::lock_guard<std::mutex> lock(mu);
+    ended = CallEnded(ctx, "ListModels");
+    return grpc::Status(grpc::StatusCode::CANCELLED, "gone");
+  }
+  absl::Status Ended() {  // OK until a ListModels call ended
+    std::lock_guard<std::mutex> lock(mu);
+    return ended;
+  }
   ServiceContext ctx_;
+  std::mutex mu;
+  absl::Status ended;
 };
 
 struct TestServer {
@@ -510,6 +524,44 @@ TEST(Server, HealthAuthMetricsAndShutdown) {
   ts.server->Shutdown();
   ts.server->Wait();
   EXPECT_EQ(Info(cc).error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+// A call whose deadline passed is DEADLINE_EXCEEDED for the server's logs and metrics, one the
+// client cancelled is CANCELLED.
+TEST(Server, CallEndedTellsDeadlineFromCancel) {
+  TestServer ts(ServerConfig{});
+  ASSERT_TRUE(ts.status.ok()) << ts.status;
+  ClientConfig cc;
+  cc.address = "127.0.0.1:" + std::to_string(ts.server->port());
+  auto ch = MakeChannel(cc);
+  ASSERT_TRUE(ch.ok());
+  auto stub = v1::RuntimeService::NewStub(*ch);
+  v1::ListModelsRequest req;
+  v1::ListModelsResponse resp;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
+    EXPECT_EQ(stub->ListModels(&ctx, req, &resp).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  for (int i = 0; i < 200 && ts.service->Ended().ok(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  absl::Status ended = ts.service->Ended();
+  EXPECT_EQ(ended.code(), absl::StatusCode::kDeadlineExceeded) << ended;
+  EXPECT_NE(ended.message().find("ListModels: the call's deadline passed"), std::string::npos) << ended;
+  {
+    std::lock_guard<std::mutex> lock(ts.service->mu);
+    ts.service->ended = absl::OkStatus();
+  }
+  {
+    grpc::ClientContext ctx;
+    std::thread cancel([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      ctx.TryCancel();
+    });
+    EXPECT_EQ(stub->ListModels(&ctx, req, &resp).error_code(), grpc::StatusCode::CANCELLED);
+    cancel.join();
+  }
+  for (int i = 0; i < 200 && ts.service->Ended().ok(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(ts.service->Ended().code(), absl::StatusCode::kCancelled) << ts.service->Ended();
 }
 
 TEST(Server, RefusesPortInUseAndBadTls) {
