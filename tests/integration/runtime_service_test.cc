@@ -713,6 +713,14 @@ TEST_F(RuntimeTest, CancelledGemmStreamLeavesTheQueue) {
   ASSERT_TRUE(client.Gemm(MakeGemm("m", kQ, RandomX(4096, 256, DType::kF32, 1)), &resp, 10000).ok());
 }
 
+// The first message of a LoadModelStream: the model's name and the directory's config.json.
+v1::LoadModelStreamRequest StreamHeader(const std::string& name, const std::string& dir) {
+  v1::LoadModelStreamRequest header;
+  header.mutable_header()->set_name(name);
+  header.mutable_header()->set_config_json(*ReadFileToString(dir + "/config.json"));
+  return header;
+}
+
 // Streams a checkpoint directory's tensors (ForEachChunk) with its config.json; with
 // `manifest`, the header lists every tensor (the runtime then prepares layer by layer), edited
 // by `edit_manifest` when given.
@@ -725,9 +733,7 @@ grpc::Status StreamLoad(Client& client, const std::string& name, const std::stri
   client.Prepare(&ctx);
   v1::LoadModelStreamResponse resp;
   auto writer = client.stub->LoadModelStream(&ctx, &resp);
-  v1::LoadModelStreamRequest header;
-  header.mutable_header()->set_name(name);
-  header.mutable_header()->set_config_json(*ReadFileToString(dir + "/config.json"));
+  v1::LoadModelStreamRequest header = StreamHeader(name, dir);
   auto model = SafetensorsModel::Open(dir);
   if (manifest) {
     rpc::AddModelManifest(**model, rpc::TensorOrder::kByName, header.mutable_header()->mutable_manifest());
@@ -764,9 +770,7 @@ TEST_F(RuntimeTest, CancelledLoadModelStreamLeavesNothing) {
     client_->Prepare(&ctx);
     v1::LoadModelStreamResponse resp;
     auto writer = client_->stub->LoadModelStream(&ctx, &resp);
-    v1::LoadModelStreamRequest header;
-    header.mutable_header()->set_name("half");
-    header.mutable_header()->set_config_json(*ReadFileToString(dir + "/config.json"));
+    v1::LoadModelStreamRequest header = StreamHeader("half", dir);
     auto model = SafetensorsModel::Open(dir);
     ASSERT_TRUE(model.ok());
     if (manifest) {
@@ -1329,9 +1333,7 @@ grpc::Status StreamFirstTensors(Client& client, const std::string& name, const s
   client.Prepare(&ctx);
   v1::LoadModelStreamResponse resp;
   auto writer = client.stub->LoadModelStream(&ctx, &resp);
-  v1::LoadModelStreamRequest header;
-  header.mutable_header()->set_name(name);
-  header.mutable_header()->set_config_json(*ReadFileToString(dir + "/config.json"));
+  v1::LoadModelStreamRequest header = StreamHeader(name, dir);
   writer->Write(header);
   auto model = SafetensorsModel::Open(dir);
   std::vector<std::string> names = (*model)->names();
