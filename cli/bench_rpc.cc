@@ -22,6 +22,7 @@
 
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -31,6 +32,7 @@
 #include "cli/loopback_probe.h"
 #include "cli/runtime_client.h"
 #include "cli/service_process.h"
+#include "cli/tool_dir.h"
 #include "common/file_util.h"
 #include "tools/gen_model/synthetic_llama.h"
 
@@ -42,7 +44,8 @@ ABSL_FLAG(int64_t, bench_hidden, 4096, "bench-rpc: hidden size of the one-layer 
 ABSL_FLAG(int64_t, bench_intermediate, 14336, "bench-rpc: intermediate size of the model (N of gate_proj)");
 ABSL_FLAG(std::string, bench_backend, "cpu", "bench-rpc: --backend of the runtimes (cpu, cuda, auto)");
 ABSL_FLAG(std::string, bench_threads, "", "bench-rpc: --threads for the runtimes (default: theirs)");
-ABSL_FLAG(int64_t, bench_queue_delay_us, -1, "bench-rpc: --max_queue_delay_us of the batching runtime (-1: its default)");
+ABSL_FLAG(int64_t, bench_queue_delay_us, -1,
+          "bench-rpc: --max_queue_delay_us of the batching runtime (-1: its default)");
 
 namespace lowbit::cli {
 namespace fs = std::filesystem;
@@ -55,6 +58,18 @@ double Percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
   const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5));
   return v[i];
+}
+
+// `base` (message and chunk sizes from the flags) for a service this bench started: `address`,
+// no token, plaintext.
+rpc::ClientConfig PlainLoopback(rpc::ClientConfig base, const std::string& address) {
+  base.address = address;
+  base.auth_token.clear();
+  base.tls_ca_file.clear();
+  base.tls_cert_file.clear();
+  base.tls_key_file.clear();
+  base.tls_server_name.clear();
+  return base;
 }
 
 int64_t DirBytes(const fs::path& dir) {
@@ -105,18 +120,100 @@ Throughput MeasureThroughput(const rpc::ClientConfig& config, const std::string&
   return t;
 }
 
-int Bench() {
+// The bench's settings, every one checked before anything is started or written.
+struct BenchSettings {
+  std::vector<int> clients;
+  double seconds = 0;
+  int latency_calls = 0;
+  int64_t hidden = 0, intermediate = 0;
+  std::string backend;
+  std::vector<std::string> threads_arg;
+};
+
+// --bench_clients: a comma-separated list of client counts, each in 1..kMaxClients.
+constexpr int kMaxClients = 1024;
+absl::StatusOr<std::vector<int>> ParseClients(const std::string& list) {
+  std::vector<int> clients;
+  for (absl::string_view c : absl::StrSplit(list, ',')) {
+    int n = 0;
+    if (!absl::SimpleAtoi(c, &n) || n < 1 || n > kMaxClients) {
+      return absl::InvalidArgumentError(absl::StrCat("--bench_clients '", list, "': '", std::string(c),
+                                                     "' is not a client count in 1..", kMaxClients));
+    }
+    clients.push_back(n);
+  }
+  return clients;
+}
+
+absl::StatusOr<BenchSettings> ParseSettings() {
+  BenchSettings b;
+  absl::StatusOr<std::vector<int>> clients = ParseClients(absl::GetFlag(FLAGS_bench_clients));
+  if (!clients.ok()) return clients.status();
+  b.clients = *clients;
+  b.seconds = absl::GetFlag(FLAGS_bench_seconds);
+  if (!(b.seconds > 0 && b.seconds <= 3600)) {
+    return absl::InvalidArgumentError(absl::StrCat("--bench_seconds ", b.seconds, " is not in (0, 3600]"));
+  }
+  b.latency_calls = absl::GetFlag(FLAGS_bench_latency_calls);
+  if (b.latency_calls < 1 || b.latency_calls > 1000000) {
+    return absl::InvalidArgumentError(absl::StrCat("--bench_latency_calls ", b.latency_calls, " is not in 1..1000000"));
+  }
+  b.hidden = absl::GetFlag(FLAGS_bench_hidden);
+  b.intermediate = absl::GetFlag(FLAGS_bench_intermediate);
+  for (const auto& [flag, v] :
+       {std::pair<const char*, int64_t>{"bench_hidden", b.hidden}, {"bench_intermediate", b.intermediate}}) {
+    if (v < 1 || v > 65536) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " ", v, " is not in 1..65536"));
+    }
+  }
+  b.backend = absl::GetFlag(FLAGS_bench_backend);
+  if (b.backend != "cpu" && b.backend != "cuda" && b.backend != "auto") {
+    return absl::InvalidArgumentError(absl::StrCat("--bench_backend '", b.backend, "' is not cpu, cuda or auto"));
+  }
+  if (const std::string t = absl::GetFlag(FLAGS_bench_threads); !t.empty()) {
+    int n = 0;
+    if (!absl::SimpleAtoi(t, &n) || n < 1 || n > 4096) {
+      return absl::InvalidArgumentError(absl::StrCat("--bench_threads '", t, "' is not a thread count in 1..4096"));
+    }
+    b.threads_arg.push_back(absl::StrCat("--threads=", n));
+  }
+  if (const int64_t d = absl::GetFlag(FLAGS_bench_queue_delay_us); d < -1 || d > 10000000) {
+    return absl::InvalidArgumentError(absl::StrCat("--bench_queue_delay_us ", d, " is not -1 or in 0..10000000"));
+  }
+  return b;
+}
+
+// The services' settings bench-rpc makes itself, in their environment: no token, no TLS,
+// whatever this environment says.
+EnvOverrides PlainServiceEnv(const std::string& prefix) {
+  EnvOverrides env;
+  for (const char* v : {"AUTH_TOKEN", "TLS_CERT", "TLS_KEY", "TLS_CLIENT_CA"}) env["LOWBIT_" + prefix + "_" + v] = "";
+  return env;
+}
+
+int Bench(const Args& args) {
+  if (!args.empty()) return UsageError("bench-rpc", "takes no positional arguments (got '" + args[0] + "')");
+  absl::StatusOr<BenchSettings> settings = ParseSettings();
+  if (!settings.ok()) return UsageError("bench-rpc", std::string(settings.status().message()));
+  const rpc::ClientConfig runtime_base = RuntimeConfig(/*check_address=*/false);
+  const rpc::ClientConfig calibrator_base = CalibratorConfig(/*check_address=*/false);
   const fs::path out = fs::absolute(absl::GetFlag(FLAGS_out).empty() ? "bench-rpc-out" : absl::GetFlag(FLAGS_out));
+  if (absl::Status s = ClaimToolDir(out, "bench-rpc",
+                                    {"state", "models", "checkpoints", "fetched", "rtn.log", "runtime-batching.log",
+                                     "runtime-nobatching.log", "calibrator.log", "bench-rpc.md"});
+      !s.ok()) {
+    return s.code() == absl::StatusCode::kFailedPrecondition ? UsageError("bench-rpc", std::string(s.message()))
+                                                             : Fail("bench-rpc", s);
+  }
   std::error_code ec;
-  for (const char* d : {"state", "models", "checkpoints"}) fs::remove_all(out / d, ec);
   fs::create_directories(out / "models", ec);
   fs::create_directories(out / "checkpoints", ec);
-  const int64_t hidden = absl::GetFlag(FLAGS_bench_hidden);
+  const int64_t hidden = settings->hidden;
 
   // A one-layer model with K = N = hidden for o_proj, quantized W8A8 by round-to-nearest.
   SyntheticLlamaOptions o;
   o.hidden = hidden;
-  o.intermediate = absl::GetFlag(FLAGS_bench_intermediate);
+  o.intermediate = settings->intermediate;
   o.layers = 1;
   o.heads = std::max<int64_t>(1, hidden / 128);
   o.kv_heads = std::max<int64_t>(1, o.heads / 4);
@@ -125,28 +222,31 @@ int Bench() {
   const fs::path model_dir = out / "models" / "bench";
   if (auto s = WriteSyntheticLlama(model_dir.string(), o); !s.ok()) return Fail("generate model", s);
   const fs::path ckpt = out / "checkpoints" / "bench-w8a8";
-  const std::string rtn_cmd = absl::StrCat(FindSiblingBinary("lowbit-rtn", "tools"), " --model ", model_dir.string(),
-                                           " --out ", ckpt.string(), " --scheme W8A8 > ", (out / "rtn.log").string(),
-                                           " 2>&1");
-  if (std::system(rtn_cmd.c_str()) != 0) {
-    std::fprintf(stderr, "lowbit bench-rpc: lowbit-rtn failed, see %s\n", (out / "rtn.log").c_str());
+  // No shell: the paths may hold any character.
+  absl::StatusOr<int> rtn = RunLogged(FindSiblingBinary("lowbit-rtn", "tools"),
+                                      {"--model", model_dir.string(), "--out", ckpt.string(), "--scheme", "W8A8"},
+                                      (out / "rtn.log").string());
+  if (!rtn.ok()) return Fail("run lowbit-rtn", rtn.status());
+  if (*rtn != 0) {
+    std::fprintf(stderr, "lowbit bench-rpc: lowbit-rtn failed (exit status %d), see %s\n", *rtn,
+                 (out / "rtn.log").c_str());
     return 1;
   }
 
-  std::vector<std::string> threads_arg;
-  if (!absl::GetFlag(FLAGS_bench_threads).empty()) threads_arg.push_back("--threads=" + absl::GetFlag(FLAGS_bench_threads));
   auto start_runtime = [&](bool batching, const std::string& log) {
     std::vector<std::string> args = {"serve", "--address=127.0.0.1:0", "--model_root=" + (out / "checkpoints").string(),
-                                     "--backend=" + absl::GetFlag(FLAGS_bench_backend), std::string("--batching=") + (batching ? "true" : "false")};
-    args.insert(args.end(), threads_arg.begin(), threads_arg.end());
+                                     "--backend=" + settings->backend,
+                                     std::string("--batching=") + (batching ? "true" : "false")};
+    args.insert(args.end(), settings->threads_arg.begin(), settings->threads_arg.end());
     if (batching && absl::GetFlag(FLAGS_bench_queue_delay_us) >= 0) {
       args.push_back(absl::StrCat("--max_queue_delay_us=", absl::GetFlag(FLAGS_bench_queue_delay_us)));
     }
-    return ServiceProcess::Start(FindSiblingBinary("lowbit-runtime", "runtime"), args, (out / log).string());
+    return ServiceProcess::Start(FindSiblingBinary("lowbit-runtime", "runtime"), args, (out / log).string(),
+                                 PlainServiceEnv("RUNTIME"));
   };
   std::string md = absl::StrFormat(
       "# lowbit bench-rpc\n\nLoopback, backend %s, W8A8 layers o_proj (K = N = %d) and gate_proj (K = %d, N = %d).\n\n",
-      absl::GetFlag(FLAGS_bench_backend), hidden, hidden, o.intermediate);
+      settings->backend, hidden, hidden, o.intermediate);
   const std::string layer = "model.layers.0.self_attn.o_proj";
   // Throughput: a layer whose weights stay in cache between calls, and one streamed from memory.
   const std::vector<std::string> tp_layers = {layer, "model.layers.0.mlp.gate_proj"};
@@ -159,7 +259,7 @@ int Bench() {
   const Tensor x1 = Tensor::FromFloats(xv, {1, hidden}, DType::kBF16);
 
   // --- the machine's floor: a loopback TCP round trip between two threads, no RPC stack
-  auto tcp = MeasureLoopbackTcpRoundTrip(absl::GetFlag(FLAGS_bench_latency_calls) * 10);
+  auto tcp = MeasureLoopbackTcpRoundTrip(settings->latency_calls * 10);
   if (!tcp.ok()) return Fail("loopback TCP round trip", tcp.status());
   const double tcp50 = Percentile(*tcp, 0.5);
   absl::StrAppendFormat(&md,
@@ -173,9 +273,7 @@ int Bench() {
   for (bool batching : {false, true}) {
     auto rt = start_runtime(batching, batching ? "runtime-batching.log" : "runtime-nobatching.log");
     if (!rt.ok()) return Fail("start lowbit-runtime", rt.status());
-    rpc::ClientConfig cfg = RuntimeConfig();
-    cfg.address = (*rt)->address();
-    cfg.auth_token.clear();
+    rpc::ClientConfig cfg = PlainLoopback(runtime_base, (*rt)->address());
     auto channel = ChannelFor(cfg);
     auto stub = v1::RuntimeService::NewStub(channel);
     auto info = LoadFromPath(*stub, cfg, "bench", "bench-w8a8");
@@ -184,7 +282,7 @@ int Bench() {
     // Each Gemm call is paired with the floor, a unary call that does no work (GetServerInfo) on
     // the same channel, made right after it: the two percentiles see the same machine state.
     std::vector<double> lat, kern, floor_us;
-    for (int i = 0; i < absl::GetFlag(FLAGS_bench_latency_calls); ++i) {
+    for (int i = 0; i < settings->latency_calls; ++i) {
       const auto t0 = Clock::now();
       auto r = CallGemm(*stub, cfg, "bench", layer, x1, DType::kBF16);
       const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
@@ -206,16 +304,15 @@ int Bench() {
                           "RPC overhead (p50 − kernel p50) %.0f us; an empty unary call (GetServerInfo) p50 %.0f us, "
                           "so the runtime adds %.0f us to gRPC's own cost (%d calls each, interleaved)\n\n",
                           batching ? "on" : "off", p50, p99, k50, p50 - k50, f50, p50 - k50 - f50,
-                          absl::GetFlag(FLAGS_bench_latency_calls));
+                          settings->latency_calls);
     std::fprintf(stderr,
                  "batching %s, M=1 latency: p50 %.0f us, p99 %.0f us, kernel p50 %.0f us, empty call %.0f us, "
                  "added by the runtime %.0f us\n",
                  batching ? "on" : "off", p50, p99, k50, f50, p50 - k50 - f50);
     for (const std::string& tl : tp_layers) {
       const std::string short_name = tl.substr(tl.rfind('.') + 1);
-      for (absl::string_view c : absl::StrSplit(absl::GetFlag(FLAGS_bench_clients), ',', absl::SkipEmpty())) {
-        const int clients = std::stoi(std::string(c));
-        Throughput t = MeasureThroughput(cfg, "bench", tl, x1, clients, absl::GetFlag(FLAGS_bench_seconds));
+      for (const int clients : settings->clients) {
+        Throughput t = MeasureThroughput(cfg, "bench", tl, x1, clients, settings->seconds);
         absl::StrAppendFormat(&tp_rows, "| %s | %s | %d | %.0f | %.1f | %d |\n", short_name, batching ? "on" : "off",
                               clients, t.rps, t.mean_batch, t.errors);
         std::fprintf(stderr, "%s, batching %s, %d clients: %.0f req/s (mean batch %.1f)\n", short_name.c_str(),
@@ -235,27 +332,27 @@ int Bench() {
       const double s = std::chrono::duration<double>(Clock::now() - t0).count();
       if (!streamed.ok()) return Fail("LoadModelStream", streamed.status());
       const double mb = DirBytes(ckpt) / 1e6;
-      absl::StrAppendFormat(&md, "LoadModelStream (runtime): %.1f MB in %.2f s = %.0f MB/s (includes weight preparation)\n\n",
-                            mb, s, mb / s);
+      absl::StrAppendFormat(
+          &md, "LoadModelStream (runtime): %.1f MB in %.2f s = %.0f MB/s (includes weight preparation)\n\n", mb, s,
+          mb / s);
     }
     stub.reset();  // close the connection: a graceful shutdown waits for connected clients
     channel.reset();
     (*rt)->Stop();
   }
-  md += "| layer | batching | clients | Gemm/s (M=1) | mean requests per GEMM | errors |\n"
-        "|---|---|---:|---:|---:|---:|\n" +
-        tp_rows + "\n" + ratios;
+  md +=
+      "| layer | batching | clients | Gemm/s (M=1) | mean requests per GEMM | errors |\n"
+      "|---|---|---:|---:|---:|---:|\n" +
+      tp_rows + "\n" + ratios;
 
   // --- calibrator streaming: upload the float model, RTN job, fetch the result
-  auto cal = ServiceProcess::Start(FindSiblingBinary("lowbit-calibrator", "calibrator"),
-                                   {"serve", "--address=127.0.0.1:0", "--state_dir=" + (out / "state").string(),
-                                    "--model_root=" + (out / "models").string(),
-                                    "--output_root=" + (out / "checkpoints").string()},
-                                   (out / "calibrator.log").string());
+  auto cal = ServiceProcess::Start(
+      FindSiblingBinary("lowbit-calibrator", "calibrator"),
+      {"serve", "--address=127.0.0.1:0", "--state_dir=" + (out / "state").string(),
+       "--model_root=" + (out / "models").string(), "--output_root=" + (out / "checkpoints").string()},
+      (out / "calibrator.log").string(), PlainServiceEnv("CALIBRATOR"));
   if (!cal.ok()) return Fail("start lowbit-calibrator", cal.status());
-  rpc::ClientConfig ccfg = CalibratorConfig();
-  ccfg.address = (*cal)->address();
-  ccfg.auth_token.clear();
+  rpc::ClientConfig ccfg = PlainLoopback(calibrator_base, (*cal)->address());
   auto cchannel = ChannelFor(ccfg);
   auto cstub = v1::CalibratorService::NewStub(cchannel);
   const double model_mb = DirBytes(model_dir) / 1e6;
@@ -263,8 +360,9 @@ int Bench() {
   auto up = UploadModelDir(*cchannel, ccfg, model_dir.string(), "bench-upload");
   double s = std::chrono::duration<double>(Clock::now() - t0).count();
   if (!up.ok()) return Fail("UploadModel", up.status());
-  absl::StrAppendFormat(&md, "UploadModel (calibrator): %.1f MB in %.2f s = %.0f MB/s (CRC-32C checked, written, fsynced)\n\n",
-                        model_mb, s, model_mb / s);
+  absl::StrAppendFormat(
+      &md, "UploadModel (calibrator): %.1f MB in %.2f s = %.0f MB/s (CRC-32C checked, written, fsynced)\n\n", model_mb,
+      s, model_mb / s);
   v1::CreateJobRequest req;
   req.mutable_spec()->set_model("bench");
   req.mutable_spec()->set_scheme("W8A8");
@@ -292,14 +390,17 @@ int Bench() {
     auto mem = FetchResult(*cchannel, chunked, job->id());
     s = std::chrono::duration<double>(Clock::now() - t0).count();
     if (!mem.ok()) return Fail("FetchResult", mem.status());
-    absl::StrAppendFormat(&md, "FetchResult into memory, %d MiB chunks: %.1f MB in %.2f s = %.0f MB/s (reassembled, CRC-32C checked)\n\n",
-                          chunk >> 20, mem->tensor_bytes / 1e6, s, mem->tensor_bytes / 1e6 / s);
+    absl::StrAppendFormat(
+        &md, "FetchResult into memory, %d MiB chunks: %.1f MB in %.2f s = %.0f MB/s (reassembled, CRC-32C checked)\n\n",
+        chunk >> 20, mem->tensor_bytes / 1e6, s, mem->tensor_bytes / 1e6 / s);
   }
   t0 = Clock::now();
   auto fetched = FetchResultToDir(*cchannel, ccfg, job->id(), (out / "fetched").string());
   s = std::chrono::duration<double>(Clock::now() - t0).count();
   if (!fetched.ok()) return Fail("FetchResult", fetched.status());
-  absl::StrAppendFormat(&md, "FetchResult to files (lowbit fetch): %.1f MB of tensors in %.2f s = %.0f MB/s (reassembled, CRC-32C checked, written)\n",
+  absl::StrAppendFormat(&md,
+                        "FetchResult to files (lowbit fetch): %.1f MB of tensors in %.2f s = %.0f MB/s (reassembled, "
+                        "CRC-32C checked, written)\n",
                         *fetched / 1e6, s, *fetched / 1e6 / s);
   cstub.reset();
   cchannel.reset();
@@ -312,6 +413,6 @@ int Bench() {
 
 }  // namespace
 
-int RunBenchRpc(const Args& args) { return Bench(); }
+int RunBenchRpc(const Args& args) { return Bench(args); }
 
 }  // namespace lowbit::cli

@@ -1,8 +1,10 @@
 #include "cli/calibrator_client.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -11,8 +13,11 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "cli/connection.h"
 #include "common/file_util.h"
 #include "common/safetensors.h"
@@ -61,7 +66,7 @@ absl::StatusOr<v1::UploadDatasetResponse> UploadDatasetFile(CalibratorStubT& stu
     idx = std::move(*i);
   }
   grpc::ClientContext ctx;
-  Prepare(&ctx, config);
+  Prepare(&ctx, config, Deadline::kStream);
   v1::UploadDatasetResponse resp;
   auto writer = stub.UploadDataset(&ctx, &resp);
   uint32_t crc = rpc::Crc32c(data->data(), data->size());
@@ -134,7 +139,7 @@ absl::StatusOr<v1::UploadModelResponse> UploadModelDir(grpc::ChannelInterface& c
   if (ec) return absl::NotFoundError(absl::StrCat("cannot list model directory '", dir, "': ", ec.message()));
   std::sort(files.begin(), files.end());
   grpc::ClientContext ctx;
-  Prepare(&ctx, config);
+  Prepare(&ctx, config, Deadline::kStream);
   v1::UploadModelResponse resp;
   auto writer = rpc::RawClientWriter(&channel, rpc::kUploadModelPath, &ctx, &resp);
   for (size_t i = 0; i < files.size(); ++i) {
@@ -155,7 +160,7 @@ absl::StatusOr<v1::Job> WaitForJob(CalibratorStubT& stub, const rpc::ClientConfi
                                    bool bar) {
   const bool tty = bar && isatty(2);
   grpc::ClientContext ctx;
-  Prepare(&ctx, config, /*with_deadline=*/false);
+  Prepare(&ctx, config, Deadline::kNone);
   v1::WatchJobRequest req;
   req.set_id(id);
   auto reader = stub.WatchJob(&ctx, req);
@@ -202,7 +207,7 @@ using FileChunkFn = std::function<absl::Status(const v1::ResultFileChunk&)>;
 absl::Status ReadResultStream(grpc::ChannelInterface& channel, const rpc::ClientConfig& config, const std::string& id,
                               const HeaderFn& on_header, const ChunkFn& on_chunk, const FileChunkFn& on_file) {
   grpc::ClientContext ctx;
-  Prepare(&ctx, config);
+  Prepare(&ctx, config, Deadline::kStream);
   v1::FetchResultRequest req;
   req.set_id(id);
   req.set_chunk_bytes(config.chunk_bytes);
@@ -346,6 +351,83 @@ class FileSink : public rpc::TensorSink {
   std::string name_;
 };
 
+// Every name a result writes into its directory: its safetensors files (and their index when
+// SafetensorsModelWriter writes one), the other files the header lists, config.json,
+// report.json and recipe.yaml.
+std::set<std::string> ResultFileNames(const v1::ResultHeader& h) {
+  std::set<std::string> names, tensor_files;
+  for (const v1::TensorInfo& t : h.manifest()) tensor_files.insert(t.file());
+  names.insert(tensor_files.begin(), tensor_files.end());
+  if (tensor_files.size() > 1 || (tensor_files.size() == 1 && *tensor_files.begin() != "model.safetensors")) {
+    names.insert("model.safetensors.index.json");
+  }
+  for (const v1::ResultFileInfo& f : h.files()) names.insert(f.name());
+  if (!h.config_json().empty()) names.insert("config.json");
+  if (!h.report_json().empty()) names.insert("report.json");
+  if (!h.recipe_yaml().empty()) names.insert("recipe.yaml");
+  return names;
+}
+
+// The pid of a temp file SafetensorsModelWriter names "<name>.tmp.<pid>", for a <name> in
+// `names`; 0 when `file` is not one.
+pid_t TempFilePid(const std::string& file, const std::set<std::string>& names) {
+  const size_t at = file.rfind(".tmp.");
+  if (at == std::string::npos || !names.count(file.substr(0, at))) return 0;
+  const std::string digits = file.substr(at + 5);
+  int pid = 0;
+  if (digits.empty() || !std::all_of(digits.begin(), digits.end(), absl::ascii_isdigit) ||
+      !absl::SimpleAtoi(digits, &pid) || pid <= 0) {
+    return 0;
+  }
+  return pid;
+}
+
+}  // namespace
+
+absl::Status CheckFetchDir(const std::string& out_dir, const std::set<std::string>& names) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(out_dir, ec);
+  if (ec || !fs::exists(st)) return absl::OkStatus();
+  if (!fs::is_directory(st))
+    return absl::FailedPreconditionError(absl::StrCat("--out '", out_dir, "' is not a directory"));
+  std::vector<fs::path> stale;
+  std::set<std::string> kept;
+  for (const auto& e : fs::directory_iterator(out_dir, ec)) {
+    const std::string f = e.path().filename().string();
+    std::error_code fec;
+    const bool file = e.is_regular_file(fec) || e.is_symlink(fec);
+    if (file && names.count(f)) {  // replaced by this fetch
+      kept.insert(f);
+      continue;
+    }
+    if (const pid_t pid = file ? TempFilePid(f, names) : 0; pid > 0) {
+      if (kill(pid, 0) == 0 || errno == EPERM) {
+        return absl::FailedPreconditionError(absl::StrCat("--out '", out_dir, "' holds '", f, "', a file process ", pid,
+                                                          " is writing (another fetch into the same directory?)"));
+      }
+      stale.push_back(e.path());  // left by an interrupted fetch
+      continue;
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--out '", out_dir, "' already holds '", f, "', which is not a file of this result (it writes ",
+        absl::StrJoin(names, ", "),
+        "): a fetch would mix two checkpoints or overwrite your files; fetch into a new or empty directory"));
+  }
+  if (ec) return absl::FailedPreconditionError(absl::StrCat("cannot list --out '", out_dir, "': ", ec.message()));
+  // Files of the result's names, but not an earlier fetch (every result has a report.json): a
+  // model directory (config.json, model.safetensors, ...) is not replaced either.
+  if (!kept.empty() && !kept.count("report.json")) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--out '", out_dir, "' holds ", absl::StrJoin(kept, ", "),
+        " but no report.json: it is not an earlier fetch of a result (a model directory?), and a fetch would "
+        "overwrite those files; fetch into a new or empty directory"));
+  }
+  for (const fs::path& p : stale) fs::remove(p, ec);
+  return absl::OkStatus();
+}
+
+namespace {
+
 // The files of a result, laid out in `out_dir` from its header's `manifest` (decoded from `h`).
 absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> ResultWriter(const v1::ResultHeader& h,
                                                                      const rpc::Manifest& manifest,
@@ -405,8 +487,10 @@ absl::StatusOr<FetchedResult> FetchResult(grpc::ChannelInterface& channel, const
   return result;
 }
 
-absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
-                                         const std::string& id, const std::string& out_dir) {
+namespace {
+
+absl::StatusOr<int64_t> FetchResultToDirImpl(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
+                                             const std::string& id, const std::string& out_dir, bool* out_dir_refused) {
   v1::ResultHeader header;
   std::unique_ptr<SafetensorsModelWriter> writer;
   std::unique_ptr<FileSink> sink;
@@ -421,6 +505,10 @@ absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const 
     absl::StatusOr<rpc::Manifest> m = rpc::Manifest::FromProto(h.manifest(), limits);
     if (!m.ok()) return absl::DataLossError(absl::StrCat("the result's manifest: ", m.status().message()));
     manifest = *std::move(m);
+    if (absl::Status s = CheckFetchDir(out_dir, ResultFileNames(h)); !s.ok()) {
+      if (out_dir_refused) *out_dir_refused = true;
+      return s;
+    }
     absl::StatusOr<std::unique_ptr<SafetensorsModelWriter>> w = ResultWriter(h, *manifest, out_dir);
     if (!w.ok()) return w.status();
     writer = *std::move(w);
@@ -452,6 +540,18 @@ absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const 
   }
   if (auto written = writer->Commit(); !written.ok()) return written.status();
   return receiver->total_bytes();
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
+                                         const std::string& id, const std::string& out_dir, bool* out_dir_refused) {
+  if (out_dir_refused) *out_dir_refused = false;
+  std::error_code ec;
+  const bool existed = fs::exists(out_dir, ec);
+  absl::StatusOr<int64_t> r = FetchResultToDirImpl(channel, config, id, out_dir, out_dir_refused);
+  if (!r.ok() && !existed) fs::remove(out_dir, ec);  // created by this fetch, and empty: a failed one leaves nothing
+  return r;
 }
 
 }  // namespace lowbit::cli

@@ -4,6 +4,7 @@
 #define LOWBIT_CLI_CALIBRATOR_CLIENT_H_
 
 #include <map>
+#include <set>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -44,8 +45,18 @@ absl::StatusOr<FetchedResult> FetchResult(grpc::ChannelInterface& channel, const
 // they equal the server's files byte for byte. Nothing appears in `out_dir` unless the whole
 // result arrived intact: every file is committed together. Returns the tensor bytes received.
 // Chunk sizes (here and in the uploads): config.chunk_bytes.
+// `out_dir` may exist only if it holds nothing but files of this result (fetching a result again
+// into its directory replaces them): anything else (CheckFetchDir) is FailedPrecondition, with
+// *out_dir_refused set, before a file is written. A failed fetch removes `out_dir` if it made it.
 absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
-                                         const std::string& id, const std::string& out_dir);
+                                         const std::string& id, const std::string& out_dir,
+                                         bool* out_dir_refused = nullptr);
+// OK when `out_dir` does not exist, or is a directory that holds only files named in `names`
+// (the files a result writes), among them report.json (an earlier fetch, not a model directory
+// of the same file names), and temp files "<name>.tmp.<pid>" that an interrupted fetch left
+// (their process is gone), which it removes; else FailedPrecondition naming the first other
+// entry (or a temp file whose process still runs).
+absl::Status CheckFetchDir(const std::string& out_dir, const std::set<std::string>& names);
 std::string JobStateName(v1::JobState state);
 // One line: id, state, progress, model, recipe.
 std::string JobLine(const v1::Job& job);

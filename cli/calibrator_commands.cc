@@ -1,7 +1,7 @@
 // lowbit calibrate | jobs | fetch | upload-dataset | upload-model: the calibrator's client side.
-#include <cstdio>
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 
 #include "absl/flags/flag.h"
@@ -28,7 +28,9 @@ ABSL_FLAG(double, heldout_fraction, -1, "calibrate: fraction held out for the re
 ABSL_FLAG(uint64_t, seed, 0, "calibrate: shuffle seed (0 = 42)");
 ABSL_FLAG(std::string, output_name, "", "calibrate: checkpoint name under the output root (default: job id)");
 ABSL_FLAG(bool, detach, false, "calibrate: print the job id and return without waiting");
-ABSL_FLAG(std::string, out, "", "fetch: output directory");
+ABSL_FLAG(std::string, out, "",
+          "fetch / demo / bench-rpc: output directory (fetch: new, empty, or holding only this result's files; "
+          "demo, bench-rpc: new, empty, or made by an earlier run of the same command)");
 ABSL_FLAG(bool, verify_only, false, "fetch: receive and check the result (chunks, CRC-32C) without writing it");
 ABSL_FLAG(std::string, state, "", "jobs list: only jobs in this state (queued, running, succeeded, failed, cancelled)");
 
@@ -48,16 +50,46 @@ void PrintReportSummary(const v1::Job& job) {
               num("kl_p99"), 100 * num("top1_agreement"), num("perplexity_quantized"), num("perplexity_original"));
 }
 
-std::string NameFromPath(const std::string& path) {
-  std::string n = fs::path(path).stem().string();
-  for (auto& c : n) if (!isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') c = '_';
-  return n.empty() ? "data" : n.substr(0, 100);
+// A default upload name from `base` (a directory's or a file's name): characters outside
+// [A-Za-z0-9._-] become '_', leading dots go (no hidden names); InvalidArgument when nothing is left.
+absl::StatusOr<std::string> PlainName(const std::string& base, const std::string& path, size_t max_size = 100) {
+  std::string n = base;
+  for (auto& c : n)
+    if (!isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') c = '_';
+  n.erase(0, n.find_first_not_of('.'));
+  if (n.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot derive an upload name from '", path, "'; give NAME"));
+  }
+  return n.substr(0, max_size);
 }
 
-// Content-addressed upload names for `calibrate`: "<stem>-<CRC-32C of the bytes>", so running
+// A model directory's default name: the last component of its normalized absolute path, so
+// "models/tiny/", "models/tiny/." and "." (in models/tiny) are all "tiny".
+absl::StatusOr<std::string> NameFromDir(const std::string& path, size_t max_size = 100) {
+  std::error_code ec;
+  fs::path p = fs::absolute(path, ec).lexically_normal();
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot resolve '", path, "': ", ec.message()));
+  if (!p.has_filename()) p = p.parent_path();  // a trailing '/'
+  return PlainName(p.filename().string(), path, max_size);
+}
+
+// A data file's default name: its name without the extension ("work/tokens.jsonl" -> "tokens").
+absl::StatusOr<std::string> NameFromFile(const std::string& path, size_t max_size = 100) {
+  return PlainName(fs::path(path).filename().stem().string(), path, max_size);
+}
+
+// An explicit NAME: not empty, ".", ".." (the server checks the rest).
+absl::Status CheckName(const std::string& name) {
+  if (name.empty() || name == "." || name == "..") {
+    return absl::InvalidArgumentError(absl::StrCat("NAME '", name, "' is not a usable upload name"));
+  }
+  return absl::OkStatus();
+}
+
+// Content-addressed upload names for `calibrate`: "<name>-<CRC-32C of the bytes>", so running
 // it again with the same data reuses the earlier upload (uploads are immutable: the server
 // refuses a second upload under a name with ALREADY_EXISTS).
-absl::StatusOr<std::string> ContentName(const std::string& stem, const std::vector<fs::path>& files) {
+absl::StatusOr<std::string> ContentName(const std::string& name, const std::vector<fs::path>& files) {
   uint32_t crc = 0;
   for (const auto& f : files) {
     auto mapped = MappedFile::Open(f.string());
@@ -66,7 +98,7 @@ absl::StatusOr<std::string> ContentName(const std::string& stem, const std::vect
     crc = rpc::Crc32c(fname.data(), fname.size(), crc);
     crc = rpc::Crc32c((*mapped)->bytes().data(), (*mapped)->bytes().size(), crc);
   }
-  return absl::StrFormat("%s-%08x", NameFromPath(stem + ".x").substr(0, 90), crc);
+  return absl::StrFormat("%s-%08x", name, crc);
 }
 
 bool AlreadyExists(const absl::Status& s) { return s.code() == absl::StatusCode::kAlreadyExists; }
@@ -74,13 +106,16 @@ bool AlreadyExists(const absl::Status& s) { return s.code() == absl::StatusCode:
 }  // namespace
 
 int RunUploadDataset(const Args& args) {
-  if (args.empty()) {
+  if (args.empty() || args.size() > 2) {
     std::fprintf(stderr, "usage: lowbit upload-dataset FILE(.jsonl|.bin) [NAME]\n");
     return 2;
   }
+  absl::StatusOr<std::string> name = args.size() > 1 ? absl::StatusOr<std::string>(args[1]) : NameFromFile(args[0]);
+  if (absl::Status c = name.ok() ? CheckName(*name) : absl::OkStatus(); !c.ok()) name = c;
+  if (!name.ok()) return UsageError("upload-dataset", std::string(name.status().message()));
   auto config = CalibratorConfig();
   auto stub = CalibratorStub(config);
-  auto r = UploadDatasetFile(*stub, config, args[0], args.size() > 1 ? args[1] : NameFromPath(args[0]));
+  auto r = UploadDatasetFile(*stub, config, args[0], *name);
   if (!r.ok()) return Fail("upload-dataset", r.status());
   std::printf("dataset %s: %lld sequences, %lld tokens, %lld bytes\n", r->name().c_str(),
               static_cast<long long>(r->sequences()), static_cast<long long>(r->tokens()),
@@ -89,71 +124,97 @@ int RunUploadDataset(const Args& args) {
 }
 
 int RunUploadModel(const Args& args) {
-  if (args.empty()) {
+  if (args.empty() || args.size() > 2) {
     std::fprintf(stderr, "usage: lowbit upload-model DIR [NAME]\n");
     return 2;
   }
+  absl::StatusOr<std::string> name = args.size() > 1 ? absl::StatusOr<std::string>(args[1]) : NameFromDir(args[0]);
+  if (absl::Status c = name.ok() ? CheckName(*name) : absl::OkStatus(); !c.ok()) name = c;
+  if (!name.ok()) return UsageError("upload-model", std::string(name.status().message()));
   auto config = CalibratorConfig();
-  auto r = UploadModelDir(*ChannelFor(config), config, args[0], args.size() > 1 ? args[1] : NameFromPath(args[0]));
+  auto r = UploadModelDir(*ChannelFor(config), config, args[0], *name);
   if (!r.ok()) return Fail("upload-model", r.status());
   std::printf("model %s: %d files, %lld bytes\n", r->model().c_str(), r->files(), static_cast<long long>(r->bytes()));
   return 0;
 }
 
 int RunCalibrate(const Args& args) {
-  auto config = CalibratorConfig();
-  auto channel = ChannelFor(config);
-  auto stub = v1::CalibratorService::NewStub(channel);
+  // Every argument is checked, and every local file read, before anything is uploaded.
+  const std::string cmd = "calibrate";
+  if (!args.empty()) {
+    return UsageError(cmd, absl::StrCat("takes no positional arguments (got '", args[0],
+                                        "'); give --model / --upload_model, --scheme / --recipe, --data / --dataset"));
+  }
+  const std::string model = absl::GetFlag(FLAGS_model), upload_model = absl::GetFlag(FLAGS_upload_model);
+  const std::string scheme = absl::GetFlag(FLAGS_scheme), recipe = absl::GetFlag(FLAGS_recipe);
+  const std::string data = absl::GetFlag(FLAGS_data), dataset = absl::GetFlag(FLAGS_dataset);
+  if (model.empty() == upload_model.empty()) {
+    return UsageError(cmd, model.empty() ? "give --model (under the server's model root) or --upload_model DIR"
+                                         : "give --model or --upload_model, not both");
+  }
+  if (scheme.empty() == recipe.empty()) {
+    return UsageError(cmd, scheme.empty() ? "give --scheme or --recipe" : "give --scheme or --recipe, not both");
+  }
+  if (!recipe.empty() && absl::GetFlag(FLAGS_algorithm) != "gptq") {
+    return UsageError(cmd, "--algorithm goes with --scheme; a recipe names its own algorithms");
+  }
+  if (data.empty() == dataset.empty()) {
+    return UsageError(cmd, data.empty() ? "give --data FILE or --dataset NAME" : "give --data or --dataset, not both");
+  }
   v1::JobSpec spec;
-  spec.set_model(absl::GetFlag(FLAGS_model));
-  if (!absl::GetFlag(FLAGS_upload_model).empty()) {
-    const fs::path dir = fs::path(absl::GetFlag(FLAGS_upload_model)).lexically_normal();
-    std::vector<fs::path> files;
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(dir, ec))
-      if (e.is_regular_file()) files.push_back(e.path());
-    std::sort(files.begin(), files.end());
-    auto name = ContentName((dir.has_filename() ? dir : dir.parent_path()).filename().string(), files);
-    if (!name.ok()) return Fail("upload-model", name.status());
-    auto r = UploadModelDir(*channel, config, dir.string(), *name);
-    if (!r.ok() && !AlreadyExists(r.status())) return Fail("upload-model", r.status());
-    spec.set_model("uploads/" + *name);
-  }
-  if (spec.model().empty()) {
-    std::fprintf(stderr, "lowbit calibrate: give --model (under the server's model root) or --upload_model DIR\n");
-    return 2;
-  }
-  if (!absl::GetFlag(FLAGS_recipe).empty()) {
-    auto yaml = ReadFileToString(absl::GetFlag(FLAGS_recipe));
-    if (!yaml.ok()) return Fail("calibrate", yaml.status());
+  spec.set_model(model);
+  if (!recipe.empty()) {
+    auto yaml = ReadFileToString(recipe);
+    if (!yaml.ok()) return UsageError(cmd, absl::StrCat("--recipe: ", yaml.status().message()));
     spec.set_recipe_yaml(*yaml);
-  } else if (!absl::GetFlag(FLAGS_scheme).empty()) {
-    spec.set_scheme(absl::GetFlag(FLAGS_scheme));
+  } else {
+    spec.set_scheme(scheme);
     spec.set_algorithm(absl::GetFlag(FLAGS_algorithm));
-  } else {
-    std::fprintf(stderr, "lowbit calibrate: give --scheme or --recipe\n");
-    return 2;
   }
-  if (!absl::GetFlag(FLAGS_data).empty()) {
-    const fs::path data = absl::GetFlag(FLAGS_data);
+  std::string model_upload_name;
+  if (!upload_model.empty()) {
+    std::error_code ec;
+    if (!fs::is_directory(upload_model, ec)) {
+      return UsageError(cmd, absl::StrCat("--upload_model '", upload_model, "' is not a directory"));
+    }
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(upload_model, ec))
+      if (e.is_regular_file()) files.push_back(e.path());
+    if (ec) return UsageError(cmd, absl::StrCat("cannot list --upload_model '", upload_model, "': ", ec.message()));
+    std::sort(files.begin(), files.end());
+    absl::StatusOr<std::string> base = NameFromDir(upload_model, 90);
+    if (base.ok()) base = ContentName(*base, files);
+    if (!base.ok()) return UsageError(cmd, absl::StrCat("--upload_model: ", base.status().message()));
+    model_upload_name = *base;
+    spec.set_model("uploads/" + model_upload_name);
+  }
+  if (!data.empty()) {
     std::vector<fs::path> files = {data};
-    if (data.extension() == ".bin") files.push_back(fs::path(data).replace_extension(".idx"));
-    auto name = ContentName(data.stem().string(), files);
-    if (!name.ok()) return Fail("upload-dataset", name.status());
-    auto r = UploadDatasetFile(*stub, config, data.string(), *name);
-    if (!r.ok() && !AlreadyExists(r.status())) return Fail("upload-dataset", r.status());
+    if (fs::path(data).extension() == ".bin") files.push_back(fs::path(data).replace_extension(".idx"));
+    absl::StatusOr<std::string> name = NameFromFile(data, 90);
+    if (name.ok()) name = ContentName(*name, files);
+    if (!name.ok()) return UsageError(cmd, absl::StrCat("--data: ", name.status().message()));
     spec.set_dataset(*name);
-  } else if (!absl::GetFlag(FLAGS_dataset).empty()) {
-    spec.set_dataset(absl::GetFlag(FLAGS_dataset));
   } else {
-    std::fprintf(stderr, "lowbit calibrate: give --data FILE or --dataset NAME\n");
-    return 2;
+    spec.set_dataset(dataset);
   }
   spec.set_num_calibration_samples(absl::GetFlag(FLAGS_num_calibration_samples));
   spec.set_max_seq_length(absl::GetFlag(FLAGS_max_seq_length));
   spec.set_heldout_fraction(absl::GetFlag(FLAGS_heldout_fraction));
   spec.set_seed(absl::GetFlag(FLAGS_seed));
   spec.set_output_name(absl::GetFlag(FLAGS_output_name));
+
+  auto config = CalibratorConfig();
+  auto channel = ChannelFor(config);
+  auto stub = v1::CalibratorService::NewStub(channel);
+  if (!upload_model.empty()) {
+    auto r = UploadModelDir(*channel, config, upload_model, model_upload_name);
+    if (!r.ok() && !AlreadyExists(r.status())) return Fail("upload-model", r.status());
+  }
+  if (!data.empty()) {
+    auto r = UploadDatasetFile(*stub, config, data, spec.dataset());
+    if (!r.ok() && !AlreadyExists(r.status())) return Fail("upload-dataset", r.status());
+  }
 
   grpc::ClientContext ctx;
   Prepare(&ctx, config);
@@ -238,7 +299,8 @@ int RunJobs(const Args& args) {
 
 int RunFetch(const Args& args) {
   const bool verify = absl::GetFlag(FLAGS_verify_only);
-  if (args.empty() || (absl::GetFlag(FLAGS_out).empty() && !verify)) {
+  const std::string out = absl::GetFlag(FLAGS_out);
+  if (args.size() != 1 || out.empty() == !verify) {
     std::fprintf(stderr, "usage: lowbit fetch JOB_ID (--out DIR | --verify_only)\n");
     return 2;
   }
@@ -246,17 +308,18 @@ int RunFetch(const Args& args) {
   auto channel = ChannelFor(config);
   const auto t0 = std::chrono::steady_clock::now();
   absl::StatusOr<int64_t> bytes;
+  bool refused = false;
   if (verify) {
     auto r = FetchResult(*channel, config, args[0]);
     bytes = r.ok() ? absl::StatusOr<int64_t>(r->tensor_bytes) : r.status();
   } else {
-    bytes = FetchResultToDir(*channel, config, args[0], absl::GetFlag(FLAGS_out));
+    bytes = FetchResultToDir(*channel, config, args[0], out, &refused);
   }
+  if (refused) return UsageError("fetch", std::string(bytes.status().message()));
   if (!bytes.ok()) return Fail("fetch", bytes.status());
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("fetched %lld tensor bytes (%s) in %.2f s, %.0f MB/s\n", static_cast<long long>(*bytes),
-              verify ? "reassembled and CRC-checked, not written" : ("into " + absl::GetFlag(FLAGS_out)).c_str(), s,
-              *bytes / 1e6 / s);
+              verify ? "reassembled and CRC-checked, not written" : ("into " + out).c_str(), s, *bytes / 1e6 / s);
   return 0;
 }
 

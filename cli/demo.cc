@@ -19,6 +19,7 @@
 
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -30,6 +31,7 @@
 #include "cli/connection.h"
 #include "cli/runtime_client.h"
 #include "cli/service_process.h"
+#include "cli/tool_dir.h"
 #include "common/file_util.h"
 #include "common/safetensors.h"
 #include "nlohmann/json.hpp"
@@ -104,15 +106,19 @@ struct LayerCheck {
 };
 
 // Runs `module` on the runtime with the captured input and compares with the float layer.
-absl::StatusOr<LayerCheck> CheckLayer(RuntimeStubT& stub, const rpc::ClientConfig& config, const std::string& model_name,
-                                      const std::string& module, const LlamaModel& original,
-                                      const SafetensorsModel& checkpoint, const CapturedInputs& inputs, DType dtype) {
+absl::StatusOr<LayerCheck> CheckLayer(RuntimeStubT& stub, const rpc::ClientConfig& config,
+                                      const std::string& model_name, const std::string& module,
+                                      const LlamaModel& original, const SafetensorsModel& checkpoint,
+                                      const CapturedInputs& inputs, DType dtype) {
   // "model.layers.3.mlp.up_proj" -> layer 3, suffix "mlp.up_proj".
   std::vector<std::string> parts = absl::StrSplit(module, '.');
   if (parts.size() != 5 || parts[0] != "model" || parts[1] != "layers") {
     return absl::InvalidArgumentError(absl::StrCat("unexpected module name '", module, "'"));
   }
-  const int64_t layer = std::stoll(parts[2]);
+  int64_t layer = 0;
+  if (!absl::SimpleAtoi(parts[2], &layer) || layer < 0 || layer >= original.config().num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("unexpected module name '", module, "'"));
+  }
   const std::string suffix = parts[3] + "." + parts[4];
   auto weights = original.LoadLayer(layer);
   if (!weights.ok()) return weights.status();
@@ -170,11 +176,45 @@ struct Row {
   bool ok = true;
 };
 
-int Demo() {
-  const fs::path out = fs::absolute(absl::GetFlag(FLAGS_out).empty() ? "demo-out" : absl::GetFlag(FLAGS_out));
+// The services' settings the demo makes itself, set in their environment (so the bearer token
+// is not in their argv, which `ps` shows): the token, and no TLS whatever this environment says.
+EnvOverrides ServiceEnv(const std::string& prefix, const std::string& token) {
+  EnvOverrides env;
+  env["LOWBIT_" + prefix + "_AUTH_TOKEN"] = token;
+  for (const char* tls : {"TLS_CERT", "TLS_KEY", "TLS_CLIENT_CA"}) env["LOWBIT_" + prefix + "_" + tls] = "";
+  return env;
+}
+
+int Demo(const Args& args) {
+  // Every argument is checked before anything is started or written.
+  if (!args.empty()) return UsageError("demo", "takes no positional arguments (got '" + args[0] + "')");
   const std::vector<std::string> schemes = absl::StrSplit(absl::GetFlag(FLAGS_demo_schemes), ',', absl::SkipEmpty());
+  if (schemes.empty()) return UsageError("demo", "--demo_schemes is empty");
+  for (const std::string& scheme : schemes) {
+    static const char* kSchemes[] = {"W8A8", "W8A16", "W4A16", "W4A16_ASYM", "FP8", "FP8_DYNAMIC"};
+    if (std::find(std::begin(kSchemes), std::end(kSchemes), scheme) == std::end(kSchemes)) {
+      return UsageError("demo", absl::StrCat("--demo_schemes: '", scheme,
+                                             "' is not W8A8, W8A16, W4A16, W4A16_ASYM, FP8 or FP8_DYNAMIC"));
+    }
+  }
+  const int64_t samples = absl::GetFlag(FLAGS_demo_samples);
+  if (samples < 4 || samples > 1000000) {
+    return UsageError("demo", absl::StrCat("--demo_samples ", samples, " is not in 4..1000000"));
+  }
+  const std::string backend = absl::GetFlag(FLAGS_demo_backend);
+  if (backend != "auto" && backend != "cpu" && backend != "cuda") {
+    return UsageError("demo", "--demo_backend '" + backend + "' is not auto, cpu or cuda");
+  }
+  rpc::ClientConfig cal_cfg = CalibratorConfig(/*check_address=*/false);
+  rpc::ClientConfig rt_cfg = RuntimeConfig(/*check_address=*/false);
+  const fs::path out = fs::absolute(absl::GetFlag(FLAGS_out).empty() ? "demo-out" : absl::GetFlag(FLAGS_out));
+  if (absl::Status s = ClaimToolDir(
+          out, "demo", {"state", "checkpoints", "models", "tokens.jsonl", "calibrator.log", "runtime.log"});
+      !s.ok()) {
+    return s.code() == absl::StatusCode::kFailedPrecondition ? UsageError("demo", std::string(s.message()))
+                                                             : Fail("demo", s);
+  }
   std::error_code ec;
-  for (const char* d : {"state", "checkpoints", "models"}) fs::remove_all(out / d, ec);
   fs::create_directories(out / "models", ec);
   fs::create_directories(out / "checkpoints", ec);
 
@@ -184,14 +224,14 @@ int Demo() {
   if (absl::Status s = WriteSyntheticLlama(model_dir.string(), options); !s.ok()) return Fail("generate model", s);
   SyntheticTokenOptions topts;
   topts.vocab = options.vocab;
-  topts.samples = absl::GetFlag(FLAGS_demo_samples);
+  topts.samples = samples;
   auto seqs = SyntheticTokens(topts);
   std::string jsonl;
   for (const auto& s : seqs) jsonl += nlohmann::json{{"input_ids", s}}.dump() + "\n";
   if (absl::Status s = AtomicWriteFile((out / "tokens.jsonl").string(), jsonl); !s.ok()) return Fail("tokens", s);
   std::printf("model: synthetic Llama, hidden %lld, %lld layers, bf16, %d outlier channels (%s)\n",
-              static_cast<long long>(options.hidden), static_cast<long long>(options.layers),
-              options.outlier_channels, model_dir.c_str());
+              static_cast<long long>(options.hidden), static_cast<long long>(options.layers), options.outlier_channels,
+              model_dir.c_str());
 
   // 2. services
   std::mt19937_64 rng(std::random_device{}());
@@ -199,21 +239,25 @@ int Demo() {
   auto calibrator = ServiceProcess::Start(
       FindSiblingBinary("lowbit-calibrator", "calibrator"),
       {"serve", "--address=127.0.0.1:0", "--state_dir=" + (out / "state").string(),
-       "--model_root=" + (out / "models").string(), "--output_root=" + (out / "checkpoints").string(),
-       "--auth_token=" + token},
-      (out / "calibrator.log").string());
+       "--model_root=" + (out / "models").string(), "--output_root=" + (out / "checkpoints").string()},
+      (out / "calibrator.log").string(), ServiceEnv("CALIBRATOR", token));
   if (!calibrator.ok()) return Fail("start lowbit-calibrator", calibrator.status());
-  auto runtime = ServiceProcess::Start(FindSiblingBinary("lowbit-runtime", "runtime"),
-                                       {"serve", "--address=127.0.0.1:0", "--model_root=" + (out / "checkpoints").string(),
-                                        "--backend=" + absl::GetFlag(FLAGS_demo_backend), "--auth_token=" + token},
-                                       (out / "runtime.log").string());
+  auto runtime = ServiceProcess::Start(
+      FindSiblingBinary("lowbit-runtime", "runtime"),
+      {"serve", "--address=127.0.0.1:0", "--model_root=" + (out / "checkpoints").string(), "--backend=" + backend},
+      (out / "runtime.log").string(), ServiceEnv("RUNTIME", token));
   if (!runtime.ok()) return Fail("start lowbit-runtime", runtime.status());
-  std::printf("calibrator on %s, runtime on %s (bearer token required; logs in %s)\n",
-              (*calibrator)->address().c_str(), (*runtime)->address().c_str(), out.c_str());
-  rpc::ClientConfig cal_cfg = CalibratorConfig(), rt_cfg = RuntimeConfig();
+  std::printf("calibrator on %s, runtime on %s (bearer token required; logs in %s)\n", (*calibrator)->address().c_str(),
+              (*runtime)->address().c_str(), out.c_str());
   cal_cfg.address = (*calibrator)->address();
   rt_cfg.address = (*runtime)->address();
   cal_cfg.auth_token = rt_cfg.auth_token = token;
+  for (rpc::ClientConfig* c : {&cal_cfg, &rt_cfg}) {  // plaintext loopback, whatever --tls_* say
+    c->tls_ca_file.clear();
+    c->tls_cert_file.clear();
+    c->tls_key_file.clear();
+    c->tls_server_name.clear();
+  }
   auto cal = CalibratorStub(cal_cfg);
   auto rt = RuntimeStub(rt_cfg);
   auto ds = UploadDatasetFile(*cal, cal_cfg, (out / "tokens.jsonl").string(), "demo-tokens");
@@ -279,18 +323,22 @@ int Demo() {
     rows.push_back(row);
   }
 
-  std::printf("\n| scheme | recipe | KL mean | top-1 | GEMM rel. error (max over layers) | bound | GEMM p50 (M=%lld, RPC) | calibration |\n",
-              static_cast<long long>(captured->rows));
+  std::printf(
+      "\n| scheme | recipe | KL mean | top-1 | GEMM rel. error (max over layers) | bound | GEMM p50 (M=%lld, RPC) | "
+      "calibration |\n",
+      static_cast<long long>(captured->rows));
   std::printf("|---|---|---:|---:|---:|---:|---:|---:|\n");
   bool all_ok = true;
   for (const Row& r : rows) {
     std::printf("| %s | %s | %.5f | %.2f%% | %.4f (%d layers)%s | %.2f | %.0f us | %.1f s |\n", r.scheme.c_str(),
-                r.recipe.c_str(), r.kl, 100 * r.top1, r.max_err, r.layers, r.ok ? "" : " FAIL",
-                ErrorBound(r.scheme), r.p50_us, r.calib_s);
+                r.recipe.c_str(), r.kl, 100 * r.top1, r.max_err, r.layers, r.ok ? "" : " FAIL", ErrorBound(r.scheme),
+                r.p50_us, r.calib_s);
     all_ok = all_ok && r.ok;
   }
-  std::printf("\ncheckpoints in %s; GEMM error = ||Y_runtime - X.W_float^T|| / ||X.W_float^T|| on the float model's "
-              "own Linear inputs\n", (out / "checkpoints").c_str());
+  std::printf(
+      "\ncheckpoints in %s; GEMM error = ||Y_runtime - X.W_float^T|| / ||X.W_float^T|| on the float model's "
+      "own Linear inputs\n",
+      (out / "checkpoints").c_str());
   // Close the client connections first: a server's graceful shutdown waits (up to its grace
   // period) for connected clients to go, and an idle channel nobody polls does not notice the
   // GOAWAY.
@@ -303,6 +351,6 @@ int Demo() {
 
 }  // namespace
 
-int RunDemo(const Args& args) { return Demo(); }
+int RunDemo(const Args& args) { return Demo(args); }
 
 }  // namespace lowbit::cli

@@ -5,13 +5,19 @@
 //   lowbit load --name N (--path P | --dir LOCAL)     lowbit unload N    lowbit models    lowbit info
 //   lowbit gemm --name N --layer L [--x x.npy]        lowbit health [--service calibrator]
 //   lowbit demo [--out demo-out]                      lowbit bench-rpc [--out DIR]
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "common/blas_env.h"
 #include "rpc/process.h"
@@ -32,7 +38,73 @@ constexpr const char* kUsage =
     "  demo             start both services, calibrate, load, run GEMMs, print the table\n"
     "  bench-rpc        RPC latency / batching / streaming benchmark\n"
     "Addresses: --calibrator / --runtime (or LOWBIT_CALIBRATOR / LOWBIT_RUNTIME); --token or LOWBIT_TOKEN;\n"
-    "TLS: --tls_ca [--tls_cert --tls_key]. `lowbit --help` lists every flag.";
+    "TLS: --tls_ca [--tls_cert --tls_key]. Deadlines: --timeout_s (each unary call, default 600),\n"
+    "--stream_timeout_s (uploads, fetch, load --dir; default 0 = none).\n"
+    "`lowbit --help` lists the flags of every command, `lowbit COMMAND --help` those of one command;\n"
+    "`lowbit --helpfull` also lists Abseil's and gRPC's own flags.\n"
+    "Exit status: 0 ok, 1 a failed call or job, 2 a usage error (an unknown flag or a flag value\n"
+    "of the wrong type is reported by Abseil's flag parser, with status 1).";
+
+const std::set<std::string>& CommandNames() {
+  static const std::set<std::string> names = {"calibrate", "jobs",   "fetch",    "upload-dataset", "upload-model",
+                                              "load",      "unload", "models",   "info",           "gemm",
+                                              "health",    "demo",   "bench-rpc"};
+  return names;
+}
+
+// The commands a flag belongs to, from the "command[ / command...]: " prefix of its help text;
+// empty for the flags every command takes (connection.cc).
+std::set<std::string> FlagCommands(const std::string& help) {
+  std::set<std::string> commands;
+  const size_t colon = help.find(": ");
+  if (colon == std::string::npos) return commands;
+  for (absl::string_view part : absl::StrSplit(help.substr(0, colon), " / ")) {
+    const std::string word(part.substr(0, part.find(' ')));  // "jobs list" -> jobs
+    if (!CommandNames().count(word)) return {};
+    commands.insert(word);
+  }
+  return commands;
+}
+
+// `lowbit [COMMAND] --help`: the usage and the flags of lowbit's own commands (of COMMAND and
+// the connection flags when one is named), on stdout.
+void PrintHelp(const std::string& command) {
+  std::printf("%s\n", kUsage);
+  std::vector<const absl::CommandLineFlag*> common, own;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (flag->Filename().find("cli/") == std::string::npos) continue;  // Abseil's, gRPC's: --helpfull
+    const std::set<std::string> commands = FlagCommands(flag->Help());
+    if (commands.empty()) {
+      common.push_back(flag);
+    } else if (command.empty() || commands.count(command)) {
+      own.push_back(flag);
+    }
+  }
+  auto by_name = [](const absl::CommandLineFlag* a, const absl::CommandLineFlag* b) { return a->Name() < b->Name(); };
+  auto print = [](const char* title, std::vector<const absl::CommandLineFlag*>& flags, auto order) {
+    std::sort(flags.begin(), flags.end(), order);
+    if (!flags.empty()) std::printf("\n%s\n", title);
+    for (const absl::CommandLineFlag* f : flags) {
+      std::printf("  --%s (default \"%s\")\n      %s\n", std::string(f->Name()).c_str(), f->DefaultValue().c_str(),
+                  f->Help().c_str());
+    }
+  };
+  const std::string title = command.empty() ? "Command flags:" : "Flags of lowbit " + command + ":";
+  print(title.c_str(), own, by_name);
+  print("Flags of every command (connection):", common, by_name);
+}
+
+// True when argv asks for help (--help, -help, -h, or `help` as the command); `command` is then
+// the command it asks about, if any.
+bool WantsHelp(int argc, char** argv, std::string* command) {
+  bool help = argc > 1 && std::strcmp(argv[1], "help") == 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-help" || a == "-h") help = true;
+    if (command->empty() && CommandNames().count(a)) *command = a;
+  }
+  return help;
+}
 
 }  // namespace
 
@@ -41,6 +113,10 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress (stderr) and results (stdout) stay in order
   lowbit::rpc::SetUpProcess();
   lowbit::StopIdleBlasThreads();  // the CLI moves data; `demo` restarts them when it computes
+  if (std::string command; WantsHelp(argc, argv, &command)) {
+    PrintHelp(command);
+    return 0;
+  }
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() < 2) {
     std::fprintf(stderr, "%s\n", kUsage);
@@ -48,11 +124,19 @@ int main(int argc, char** argv) {
   }
   using namespace lowbit::cli;
   const std::map<std::string, int (*)(const Args&)> commands = {
-      {"calibrate", RunCalibrate}, {"jobs", RunJobs},     {"fetch", RunFetch},
-      {"upload-dataset", RunUploadDataset}, {"upload-model", RunUploadModel},
-      {"load", RunLoad},           {"unload", RunUnload}, {"models", RunModels},
-      {"info", RunInfo},           {"gemm", RunGemm},     {"health", RunHealth},
-      {"demo", RunDemo},           {"bench-rpc", RunBenchRpc},
+      {"calibrate", RunCalibrate},
+      {"jobs", RunJobs},
+      {"fetch", RunFetch},
+      {"upload-dataset", RunUploadDataset},
+      {"upload-model", RunUploadModel},
+      {"load", RunLoad},
+      {"unload", RunUnload},
+      {"models", RunModels},
+      {"info", RunInfo},
+      {"gemm", RunGemm},
+      {"health", RunHealth},
+      {"demo", RunDemo},
+      {"bench-rpc", RunBenchRpc},
   };
   auto it = commands.find(rest[1]);
   if (it == commands.end()) {

@@ -20,7 +20,7 @@ absl::StatusOr<v1::ModelInfo> StreamCheckpoint(grpc::ChannelInterface& channel, 
   auto model = SafetensorsModel::Open(dir);
   if (!model.ok()) return model.status();
   grpc::ClientContext ctx;
-  Prepare(&ctx, config);
+  Prepare(&ctx, config, Deadline::kStream);
   v1::LoadModelStreamResponse resp;
   auto writer = rpc::RawClientWriter(&channel, rpc::kLoadModelStreamPath, &ctx, &resp);
   v1::LoadModelStreamRequest header;
@@ -30,9 +30,8 @@ absl::StatusOr<v1::ModelInfo> StreamCheckpoint(grpc::ChannelInterface& channel, 
   rpc::AddModelManifest(**model, rpc::TensorOrder::kByName, header.mutable_header()->mutable_manifest());
   if (writer->Write(rpc::Encode(header))) {
     // A write that fails means the server ended the stream: Finish() says why.
-    absl::StatusOr<bool> sent =
-        rpc::WriteModelChunks(**model, rpc::TensorOrder::kByName, config.chunk_bytes,
-                              [&](const grpc::ByteBuffer& m) { return writer->Write(m); });
+    absl::StatusOr<bool> sent = rpc::WriteModelChunks(**model, rpc::TensorOrder::kByName, config.chunk_bytes,
+                                                      [&](const grpc::ByteBuffer& m) { return writer->Write(m); });
     if (!sent.ok()) return sent.status();
   }
   writer->WritesDone();
@@ -41,8 +40,8 @@ absl::StatusOr<v1::ModelInfo> StreamCheckpoint(grpc::ChannelInterface& channel, 
   return resp.model();
 }
 
-absl::StatusOr<v1::ModelInfo> LoadFromPath(RuntimeStubT& stub, const rpc::ClientConfig& config,
-                                           const std::string& name, const std::string& path) {
+absl::StatusOr<v1::ModelInfo> LoadFromPath(RuntimeStubT& stub, const rpc::ClientConfig& config, const std::string& name,
+                                           const std::string& path) {
   grpc::ClientContext ctx;
   Prepare(&ctx, config);
   v1::LoadModelRequest req;

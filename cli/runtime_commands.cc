@@ -46,14 +46,14 @@ absl::StatusOr<DType> ParseFloatDType(const std::string& s) {
 }  // namespace
 
 int RunLoad(const Args& args) {
-  auto config = RuntimeConfig();
-  auto channel = ChannelFor(config);
-  auto stub = v1::RuntimeService::NewStub(channel);
   const std::string name = absl::GetFlag(FLAGS_name);
-  if (name.empty() || (absl::GetFlag(FLAGS_path).empty() == absl::GetFlag(FLAGS_dir).empty())) {
+  if (!args.empty() || name.empty() || (absl::GetFlag(FLAGS_path).empty() == absl::GetFlag(FLAGS_dir).empty())) {
     std::fprintf(stderr, "usage: lowbit load --name NAME (--path DIR_UNDER_MODEL_ROOT | --dir LOCAL_DIR)\n");
     return 2;
   }
+  auto config = RuntimeConfig();
+  auto channel = ChannelFor(config);
+  auto stub = v1::RuntimeService::NewStub(channel);
   auto info = absl::GetFlag(FLAGS_dir).empty() ? LoadFromPath(*stub, config, name, absl::GetFlag(FLAGS_path))
                                                : StreamCheckpoint(*channel, config, absl::GetFlag(FLAGS_dir), name);
   if (!info.ok()) return Fail("load", info.status());
@@ -62,7 +62,7 @@ int RunLoad(const Args& args) {
 }
 
 int RunUnload(const Args& args) {
-  if (args.empty()) {
+  if (args.size() != 1) {
     std::fprintf(stderr, "usage: lowbit unload NAME\n");
     return 2;
   }
@@ -79,6 +79,7 @@ int RunUnload(const Args& args) {
 }
 
 int RunModels(const Args& args) {
+  if (!args.empty()) return UsageError("models", "takes no arguments (got '" + args[0] + "')");
   auto config = RuntimeConfig();
   auto stub = RuntimeStub(config);
   grpc::ClientContext ctx;
@@ -90,6 +91,7 @@ int RunModels(const Args& args) {
 }
 
 int RunInfo(const Args& args) {
+  if (!args.empty()) return UsageError("info", "takes no arguments (got '" + args[0] + "')");
   auto config = RuntimeConfig();
   auto stub = RuntimeStub(config);
   grpc::ClientContext ctx;
@@ -101,16 +103,16 @@ int RunInfo(const Args& args) {
 }
 
 int RunGemm(const Args& args) {
-  auto config = RuntimeConfig();
-  auto stub = RuntimeStub(config);
   const std::string model = absl::GetFlag(FLAGS_name), layer = absl::GetFlag(FLAGS_layer);
-  if (model.empty() || layer.empty()) {
+  if (!args.empty() || model.empty() || layer.empty()) {
     std::fprintf(stderr,
                  "usage: lowbit gemm --name MODEL --layer MODULE [--x x.npy | --m M] [--dtype bf16] [--y y.npy]\n");
     return 2;
   }
   auto dtype = ParseFloatDType(absl::GetFlag(FLAGS_dtype));
-  if (!dtype.ok()) return Fail("gemm", dtype.status());
+  if (!dtype.ok()) return UsageError("gemm", std::string(dtype.status().message()));
+  auto config = RuntimeConfig();
+  auto stub = RuntimeStub(config);
   Tensor x;
   if (!absl::GetFlag(FLAGS_x).empty()) {
     auto t = ReadNpy(absl::GetFlag(FLAGS_x));
@@ -173,11 +175,16 @@ int RunGemm(const Args& args) {
 }
 
 int RunHealth(const Args& args) {
-  const bool calibrator = absl::GetFlag(FLAGS_service) == "calibrator";
-  auto config = calibrator ? CalibratorConfig() : RuntimeConfig();
-  auto ch = rpc::MakeChannel(config);
-  if (!ch.ok()) return Fail("health", ch.status());
-  auto stub = grpc::health::v1::Health::NewStub(*ch);
+  const std::string service = absl::GetFlag(FLAGS_service);
+  if (service != "runtime" && service != "calibrator") {
+    return UsageError("health", "--service '" + service + "' is not runtime or calibrator");
+  }
+  if (args.size() > 1) {
+    std::fprintf(stderr, "usage: lowbit health [--service runtime|calibrator] [GRPC_SERVICE_NAME]\n");
+    return 2;
+  }
+  auto config = service == "calibrator" ? CalibratorConfig() : RuntimeConfig();
+  auto stub = grpc::health::v1::Health::NewStub(ChannelFor(config));
   grpc::ClientContext ctx;
   rpc::PrepareContext(&ctx, config, std::chrono::seconds(5));
   grpc::health::v1::HealthCheckRequest req;

@@ -3,15 +3,19 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+
+extern char** environ;
 
 namespace lowbit::cli {
 namespace fs = std::filesystem;
@@ -24,34 +28,79 @@ std::string LogTail(const std::string& path) {
   return all.size() > 2000 ? all.substr(all.size() - 2000) : all;
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(const std::string& binary,
-                                                                      const std::vector<std::string>& args,
-                                                                      const std::string& log_path,
-                                                                      std::chrono::seconds timeout) {
+// Forks and execs `binary args...` with `env` on top of this process's environment, stdout on
+// `stdout_fd` and stderr on `stderr_fd`. The child gets SIGTERM when this process dies
+// (PR_SET_PDEATHSIG; checked against a parent that died before the prctl). Everything the child
+// runs before exec is async-signal-safe: argv and envp are built here, before the fork.
+absl::StatusOr<pid_t> Spawn(const std::string& binary, const std::vector<std::string>& args, const EnvOverrides& env,
+                            int stdout_fd, int stderr_fd) {
   if (access(binary.c_str(), X_OK) != 0) {
-    return absl::NotFoundError(absl::StrCat("service binary '", binary, "' not found or not executable"));
+    return absl::NotFoundError(absl::StrCat("binary '", binary, "' not found or not executable"));
   }
-  int out[2];
-  if (pipe2(out, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
-  const int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (log_fd < 0) return absl::InternalError(absl::StrCat("cannot open log ", log_path));
   std::vector<std::string> argv_s = {binary};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());
   argv.push_back(nullptr);
+  std::vector<std::string> env_s;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    const std::string entry = *e;
+    const std::string name = entry.substr(0, entry.find('='));
+    if (!env.count(name)) env_s.push_back(entry);
+  }
+  for (const auto& [name, value] : env) env_s.push_back(name + "=" + value);
+  std::vector<char*> envp;
+  for (auto& e : env_s) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  const pid_t parent = getpid();
   const pid_t pid = fork();
-  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid < 0) return absl::InternalError(absl::StrCat("fork failed: ", std::strerror(errno)));
   if (pid == 0) {
-    dup2(out[1], 1);
-    dup2(log_fd, 2);
-    execv(binary.c_str(), argv.data());
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent) _exit(126);
+    if (dup2(stdout_fd, 1) < 0 || dup2(stderr_fd, 2) < 0) _exit(126);
+    execve(binary.c_str(), argv.data(), envp.data());
     _exit(127);
   }
+  return pid;
+}
+
+}  // namespace
+
+absl::StatusOr<int> RunLogged(const std::string& binary, const std::vector<std::string>& args,
+                              const std::string& log_path) {
+  const int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (log_fd < 0) return absl::InternalError(absl::StrCat("cannot open log '", log_path, "': ", std::strerror(errno)));
+  absl::StatusOr<pid_t> pid = Spawn(binary, args, {}, log_fd, log_fd);
+  close(log_fd);
+  if (!pid.ok()) return pid.status();
+  int status = 0;
+  while (waitpid(*pid, &status, 0) < 0) {
+    if (errno != EINTR) return absl::InternalError(absl::StrCat("waitpid failed: ", std::strerror(errno)));
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+absl::StatusOr<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(const std::string& binary,
+                                                                      const std::vector<std::string>& args,
+                                                                      const std::string& log_path,
+                                                                      const EnvOverrides& env,
+                                                                      std::chrono::seconds timeout) {
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
+  const int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (log_fd < 0) {
+    close(out[0]);
+    close(out[1]);
+    return absl::InternalError(absl::StrCat("cannot open log '", log_path, "': ", std::strerror(errno)));
+  }
+  absl::StatusOr<pid_t> spawned = Spawn(binary, args, env, out[1], log_fd);
   close(out[1]);
   close(log_fd);
+  if (!spawned.ok()) {
+    close(out[0]);
+    return spawned.status();
+  }
+  const pid_t pid = *spawned;
   std::unique_ptr<ServiceProcess> p(new ServiceProcess());
   p->pid_ = pid;
   p->stdout_fd_ = out[0];
@@ -70,7 +119,8 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(const std:
       }
       nl = buf.find('\n');
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       p->Kill();
       return absl::DeadlineExceededError(absl::StrCat(binary, " did not report its address within ", timeout.count(),
@@ -84,8 +134,8 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> ServiceProcess::Start(const std:
       int status = 0;
       waitpid(pid, &status, 0);
       p->pid_ = -1;
-      return absl::FailedPreconditionError(absl::StrCat(binary, " exited before listening (status ", status,
-                                                        "); log ", log_path, ":\n", LogTail(log_path)));
+      return absl::FailedPreconditionError(absl::StrCat(binary, " exited before listening (status ", status, "); log ",
+                                                        log_path, ":\n", LogTail(log_path)));
     }
     buf.append(chunk, n);
   }
