@@ -250,7 +250,7 @@ absl::Status ReadResultStream(grpc::ChannelInterface& channel, const rpc::Client
 class ResultFileReceiver {
  public:
   using DoneFn = std::function<absl::Status(const std::string& name, std::string bytes)>;
-  static constexpr int64_t kMaxFileBytes = int64_t{1} << 30;
+  static constexpr int64_t kMaxFileBytes = rpc::kMaxResultFileBytes;
 
   absl::Status Begin(const v1::ResultHeader& h) {
     std::set<std::string> tensor_files;

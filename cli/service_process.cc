@@ -52,15 +52,29 @@ absl::StatusOr<pid_t> Spawn(const std::string& binary, const std::vector<std::st
   std::vector<char*> envp;
   for (auto& e : env_s) envp.push_back(e.data());
   envp.push_back(nullptr);
+  // Copies above 2 (close-on-exec), so that neither dup2 below is a no-op that leaves the flag
+  // set (a parent started with fd 1 closed gets 1 from pipe2 / open) or overwrites the other.
+  const int out_fd = fcntl(stdout_fd, F_DUPFD_CLOEXEC, 3);
+  const int err_fd = out_fd < 0 ? -1 : fcntl(stderr_fd, F_DUPFD_CLOEXEC, 3);
+  if (err_fd < 0) {
+    const int e = errno;
+    if (out_fd >= 0) close(out_fd);
+    return absl::InternalError(absl::StrCat("fcntl(F_DUPFD_CLOEXEC) failed: ", std::strerror(e)));
+  }
   const pid_t parent = getpid();
   const pid_t pid = fork();
-  if (pid < 0) return absl::InternalError(absl::StrCat("fork failed: ", std::strerror(errno)));
   if (pid == 0) {
+    // PR_SET_PDEATHSIG fires when the *thread* that forked ends: services are started from the
+    // main thread (demo, bench-rpc), which lives as long as the process.
     if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent) _exit(126);
-    if (dup2(stdout_fd, 1) < 0 || dup2(stderr_fd, 2) < 0) _exit(126);
+    if (dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0) _exit(126);
     execve(binary.c_str(), argv.data(), envp.data());
     _exit(127);
   }
+  const int fork_errno = errno;
+  close(out_fd);
+  close(err_fd);
+  if (pid < 0) return absl::InternalError(absl::StrCat("fork failed: ", std::strerror(fork_errno)));
   return pid;
 }
 

@@ -11,7 +11,7 @@
 //   The quantizers use the arithmetic of vLLM's kernels, so their codes match vLLM's bit for bit:
 //   QuantizeInt8PerToken  s[m] = absmax(x[m,:]) / 127, q = round_half_even(clamp(x · (127 / absmax),
 //                         -128, 127)), f32 math; a row whose s is 0 or whose 127 / absmax
-//                         overflows (all zero, or an f32 row with absmax < ≈ 3.7e-37) gets s = 1
+//                         overflows (all zero, or an f32 or bf16 row with absmax < ≈ 3.7e-37) gets s = 1
 //                         and codes 0.
 //   QuantizeFp8PerTensor  q = fp8_e4m3(clamp(x · (1 / s), -448, 448)) (RNE, saturating), s given.
 //   QuantizeFp8PerToken   s[m] = max(absmax / 448, kFp8MinPerTokenScale), q = fp8_e4m3(clamp(x / s)).

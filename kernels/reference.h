@@ -17,7 +17,7 @@ namespace lowbit::kernels::ref {
 // Activation quantization with the arithmetic of vLLM's kernels (shared/reference/
 // kernel-anchors.md §6), so that codes match bit for bit:
 //   int8 per token: s = absmax / 127, q = rne_sat(x · (127 / absmax)). A row whose s is 0 or
-//     whose 127 / absmax overflows (all zero, or an f32 row with absmax < ≈ 3.7e-37) gets s = 1
+//     whose 127 / absmax overflows (all zero, or an f32 or bf16 row with absmax < ≈ 3.7e-37) gets s = 1
 //     and codes 0 (vLLM: s = 0 and codes from x · inf; the GEMM output is 0 either way).
 //   FP8 per token: s = max(absmax / 448, 1 / (448 · 512)), q = e4m3(clamp(x / s)).
 //   FP8 static per tensor: q = e4m3(clamp(x · (1 / s))).

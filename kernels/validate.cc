@@ -1,6 +1,8 @@
 #include "kernels/validate.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 
@@ -90,6 +92,13 @@ bool Overlap(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
 }
 
 }  // namespace
+
+Status ValidateStaticScale(const char* op, float scale) {
+  if (scale > 0.0f && std::isfinite(scale) && std::isfinite(1.0f / scale)) return Status::Ok();
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%g", static_cast<double>(scale));
+  return InvalidArgument(std::string(op) + ": scale " + buf + " must be finite and > 0 with a finite inverse");
+}
 
 Status ValidatePrepareOut(const std::string& backend, const void* out) {
   return out == nullptr ? InvalidArgument(backend + ": Prepare* was given a null output pointer") : Status::Ok();

@@ -19,6 +19,9 @@ Status ValidateInt4Source(const Int4WeightSource& s);
 // max_m: the backend's largest M (0 = no limit). The output must not overlap the activations,
 // their scales or the bias (tiles write Y while others still read X).
 Status ValidateGemm(const char* op, const GemmArgs& a, WeightKind kind, const std::string& backend, int64_t max_m = 0);
+// A static per-tensor activation scale: finite, > 0, and with a finite inverse (the quantizer
+// multiplies by 1 / scale, as vLLM's does; a scale below ≈ 2.9e-39 would make 0 · inf = NaN).
+Status ValidateStaticScale(const char* op, float scale);
 // A Prepare*'s output pointer.
 Status ValidatePrepareOut(const std::string& backend, const void* out);
 // The kernel-order permutation of an activation-order g_idx (empty when g_idx is null or already

@@ -32,6 +32,9 @@ namespace lowbit::rpc {
 inline constexpr char kFetchResultPath[] = "/lowbit.v1.CalibratorService/FetchResult";
 inline constexpr char kUploadModelPath[] = "/lowbit.v1.CalibratorService/UploadModel";
 inline constexpr char kLoadModelStreamPath[] = "/lowbit.v1.RuntimeService/LoadModelStream";
+// The largest checkpoint side file (tokenizer.json, ...) FetchResult sends and a client accepts:
+// the server holds it in memory while sending.
+inline constexpr int64_t kMaxResultFileBytes = int64_t{1} << 30;
 // TensorChunk.data inside FetchResultResponse.chunk and LoadModelStreamRequest.chunk (field 2,
 // in a oneof with the header, field 1).
 inline constexpr BulkField kChunkData{2, 5, 1};

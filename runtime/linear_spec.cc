@@ -60,7 +60,8 @@ absl::Status ReadInputScale(const TensorSource& src, const std::set<std::string>
     return Bad(spec.module, absl::StrCat("input_scale must be one float value, got ", DN(t->dtype()), " ", Dims(*t)));
   }
   float s = t->ToFloats()[0];
-  if (!std::isfinite(s) || s <= 0.0f) return Bad(spec.module, absl::StrCat("input_scale is ", s, "; it must be > 0"));
+  if (!std::isfinite(s) || s <= 0.0f || !std::isfinite(1.0f / s))
+    return Bad(spec.module, absl::StrCat("input_scale is ", s, "; it must be > 0 with a finite inverse (≥ ≈ 2.9e-39)"));
   spec.input_scale = s;
   return absl::OkStatus();
 }
@@ -105,7 +106,7 @@ struct DenseKinds {
   LinearKind static_kind;
   const char* static_scheme;
 };
-constexpr DenseKinds kInt8Kinds{"int8", "int8", LinearKind::kW8A8Dynamic, "W8A8", LinearKind::kW8A8Static,
+constexpr DenseKinds kInt8Kinds{"int8",       "int8", LinearKind::kW8A8Dynamic, "W8A8", LinearKind::kW8A8Static,
                                 "W8A8_STATIC"};
 constexpr DenseKinds kFp8Kinds{"FP8", "fp8", LinearKind::kFp8Dynamic, "FP8_DYNAMIC", LinearKind::kFp8Static, "FP8"};
 
@@ -191,8 +192,8 @@ absl::Status ReadInt4(const TensorSource& src, const std::set<std::string>& name
   if (!t.ok()) return t.status();
   spec.weight = *std::move(t);
   if (spec.weight.dtype() != DType::kI32 || spec.weight.shape().size() != 2) {
-    return Bad(spec.module, absl::StrCat("weight_packed must be I32 [N, ceil(K/8)], got ",
-                                         DN(spec.weight.dtype()), " ", Dims(spec.weight)));
+    return Bad(spec.module, absl::StrCat("weight_packed must be I32 [N, ceil(K/8)], got ", DN(spec.weight.dtype()), " ",
+                                         Dims(spec.weight)));
   }
   spec.n = spec.weight.dim(0);
   spec.k = spec.weight.dim(1) * 8;
@@ -206,8 +207,8 @@ absl::Status ReadInt4(const TensorSource& src, const std::set<std::string>& name
     int64_t n = s.dtype() == DType::kI64 ? s.data<int64_t>()[0] : s.data<int32_t>()[0];
     int64_t k = s.dtype() == DType::kI64 ? s.data<int64_t>()[1] : s.data<int32_t>()[1];
     if (n != spec.n || k <= 0 || (k + 7) / 8 != spec.weight.dim(1)) {
-      return Bad(spec.module, absl::StrCat("weight_shape [", n, ", ", k, "] does not fit weight_packed ",
-                                           Dims(spec.weight)));
+      return Bad(spec.module,
+                 absl::StrCat("weight_shape [", n, ", ", k, "] does not fit weight_packed ", Dims(spec.weight)));
     }
     spec.k = k;
   }
@@ -239,8 +240,8 @@ absl::Status ReadInt4(const TensorSource& src, const std::set<std::string>& name
   if (*g) {
     const Tensor& gi = **g;
     if (gi.dtype() != DType::kI32 || gi.numel() != spec.k) {
-      return Bad(spec.module, absl::StrCat("weight_g_idx must be I32 [", spec.k, "], got ", DN(gi.dtype()), " ",
-                                           Dims(gi)));
+      return Bad(spec.module,
+                 absl::StrCat("weight_g_idx must be I32 [", spec.k, "], got ", DN(gi.dtype()), " ", Dims(gi)));
     }
     for (int64_t i = 0; i < spec.k; ++i) {
       int32_t v = gi.data<int32_t>()[i];
@@ -336,7 +337,8 @@ absl::Status CheckDecoderLayers(const nlohmann::json& config, const std::set<std
 }  // namespace
 
 int64_t LinearSpec::EstimatedBytes() const {
-  int64_t bytes = static_cast<int64_t>(weight.nbytes()) + 8 * weight_scale.numel() + 4 * static_cast<int64_t>(bias.size());
+  int64_t bytes =
+      static_cast<int64_t>(weight.nbytes()) + 8 * weight_scale.numel() + 4 * static_cast<int64_t>(bias.size());
   if (kind == LinearKind::kW8A8Dynamic || kind == LinearKind::kW8A8Static) bytes += 4 * n;  // column sums
   if (g_idx) bytes += 4 * g_idx->numel();
   return bytes;
@@ -393,14 +395,15 @@ absl::StatusOr<LinearPlan> PlanQuantizedLinears(const nlohmann::json& config, co
   for (const std::string& module : modules) {
     std::optional<std::string> group = resolver->Resolve(module, kLinearClasses);
     if (!group) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "layer ", module, " has quantized tensors but quantization_config gives it no config group (ignored or "
-          "matched by no target)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("layer ", module,
+                       " has quantized tensors but quantization_config gives it no config group (ignored or "
+                       "matched by no target)"));
     }
     const QuantScheme& scheme = parsed->config_groups.at(*group);
     if (!scheme.weights) {
-      return absl::InvalidArgumentError(absl::StrCat("layer ", module, ": config group '", *group,
-                                                     "' quantizes no weights"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("layer ", module, ": config group '", *group, "' quantizes no weights"));
     }
     plan.linears.push_back({module, *group, scheme});
   }
@@ -435,8 +438,8 @@ absl::StatusOr<LinearSpec> ReadQuantizedLinear(const PlannedLinear& planned, con
   if (!bias.ok()) return bias.status();
   if (*bias) {
     if (!IsFloat((*bias)->dtype()) || (*bias)->numel() != spec.n) {
-      return Bad(module, absl::StrCat("bias must be float [", spec.n, "], got ", DN((*bias)->dtype()), " ",
-                                      Dims(**bias)));
+      return Bad(module,
+                 absl::StrCat("bias must be float [", spec.n, "], got ", DN((*bias)->dtype()), " ", Dims(**bias)));
     }
     spec.bias = (*bias)->ToFloats();
   }

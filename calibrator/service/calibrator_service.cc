@@ -350,6 +350,13 @@ absl::StatusOr<std::vector<SideFile>> ReadSideFiles(const std::string& dir) {
   std::sort(names.begin(), names.end());
   std::vector<SideFile> files;
   for (const std::string& name : names) {
+    std::error_code size_ec;
+    const uintmax_t size = std::filesystem::file_size(absl::StrCat(dir, "/", name), size_ec);
+    if (!size_ec && size > static_cast<uintmax_t>(rpc::kMaxResultFileBytes)) {
+      return absl::FailedPreconditionError(absl::StrCat("file '", name, "' of the checkpoint is ", size,
+                                                        " bytes, over the ", rpc::kMaxResultFileBytes,
+                                                        " a fetched side file may have; copy it from the server"));
+    }
     absl::StatusOr<std::string> bytes = ReadFileToString(absl::StrCat(dir, "/", name));
     if (!bytes.ok()) return absl::DataLossError(absl::StrCat("file '", name, "' of the checkpoint cannot be read"));
     files.push_back({name, *std::move(bytes)});

@@ -107,7 +107,8 @@ absl::Status JobRunner::Start() {
       if (holder == nullptr) continue;
       const bool newer = holder->job.created_unix_ms() > e.job.created_unix_ms() ||
                          (holder->job.created_unix_ms() == e.job.created_unix_ms() && holder->job.id() > id);
-      if (holder->job.state() != v1::JOB_STATE_SUCCEEDED && !newer) continue;  // the newer one fails
+      // This job is the newer of two unfinished holders: it is kept; the older fails at its turn.
+      if (holder->job.state() != v1::JOB_STATE_SUCCEEDED && !newer) continue;
       e.job.set_state(v1::JOB_STATE_FAILED);
       e.job.set_error_code(static_cast<int>(absl::StatusCode::kAlreadyExists));
       e.job.set_error_message(absl::StrCat("not resumed after the restart: its output '", OutputName(e.job),

@@ -860,8 +860,7 @@ Status CpuBackend::QuantizeInt8PerToken(DType dt, const void* x, int64_t m, int6
 
 Status CpuBackend::QuantizeFp8PerTensor(DType dt, const void* x, int64_t m, int64_t k, float scale, uint8_t* q) {
   LOWBIT_KRETURN_IF_ERROR(ValidateQuantize("QuantizeFp8PerTensor", dt, x, m, k, q, nullptr, false));
-  if (!(scale > 0.0f) || !std::isfinite(scale))
-    return InvalidArgument("QuantizeFp8PerTensor: scale " + std::to_string(scale) + " must be finite and > 0");
+  LOWBIT_KRETURN_IF_ERROR(ValidateStaticScale("QuantizeFp8PerTensor", scale));
   if (reference_) {
     ref::QuantizeFp8PerTensor(dt, x, m, k, scale, q);
     return Status::Ok();

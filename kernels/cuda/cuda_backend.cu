@@ -282,8 +282,7 @@ class CudaBackend : public Backend {
   Status QuantizeFp8PerTensor(DType dt, const void* x, int64_t m, int64_t k, float scale, uint8_t* q) override {
     LOWBIT_KRETURN_IF_ERROR(UseDevice());
     LOWBIT_KRETURN_IF_ERROR(ValidateQuantize("QuantizeFp8PerTensor", dt, x, m, k, q, nullptr, false));
-    if (!(scale > 0.0f) || !std::isfinite(scale))
-      return InvalidArgument("QuantizeFp8PerTensor: scale " + std::to_string(scale) + " must be finite and > 0");
+    LOWBIT_KRETURN_IF_ERROR(ValidateStaticScale("QuantizeFp8PerTensor", scale));
     return LaunchQuantFp8(ToElem(dt), x, m, k, nullptr, scale, q, nullptr, stream_);
   }
   Status QuantizeFp8PerToken(DType dt, const void* x, int64_t m, int64_t k, uint8_t* q, float* scale) override {

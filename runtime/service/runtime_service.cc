@@ -65,9 +65,10 @@ grpc::Status RuntimeServiceImpl::LoadModel(grpc::ServerContext* ctx, const v1::L
   if (ctx->IsCancelled()) {
     auto now = engine_->registry().Get(req->name());
     if (now.ok() && now->get() == model->get()) engine_->Unload(req->name()).IgnoreError();
-    return guard.Finish(grpc::Status(
-        grpc::StatusCode::CANCELLED,
-        absl::StrCat("the call ended while model '", req->name(), "' was being published; it was unloaded again")));
+    const absl::Status ended = rpc::CallEnded(ctx, "LoadModel");
+    return guard.Finish(
+        rpc::ToGrpcStatus(absl::Status(ended.code(), absl::StrCat(ended.message(), " while model '", req->name(),
+                                                                  "' was being published; it was unloaded again"))));
   }
   ModelInfoToProto(**model, engine_->Info().backend, resp->mutable_model());
   return guard.Finish(grpc::Status::OK);
@@ -312,7 +313,7 @@ grpc::Status RuntimeServiceImpl::GemmStreamRaw(grpc::ServerContext* ctx, rpc::Ra
     cv.notify_all();
   }
   for (std::thread& t : workers) t.join();  // the requests before a malformed one are answered
-  if (cancelled) return guard.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the stream"));
+  if (cancelled) return guard.Finish(rpc::ToGrpcStatus(rpc::CallEnded(ctx, "GemmStream")));
   if (!malformed.ok()) return guard.Finish(rpc::ToGrpcStatus(malformed));
   return guard.Finish(grpc::Status::OK);
 }

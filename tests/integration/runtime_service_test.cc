@@ -50,8 +50,8 @@ using runtime::Engine;
 using runtime::EngineOptions;
 
 constexpr char kToken[] = "s3cret-token";
-constexpr char kQ[] = "model.layers.0.self_attn.q_proj";   // K = 256, N = 256, bias
-constexpr char kDown[] = "model.layers.0.mlp.down_proj";   // K = 512, N = 256
+constexpr char kQ[] = "model.layers.0.self_attn.q_proj";  // K = 256, N = 256, bias
+constexpr char kDown[] = "model.layers.0.mlp.down_proj";  // K = 512, N = 256
 
 // ---- checkpoints --------------------------------------------------------------------------
 
@@ -267,7 +267,7 @@ Reference Expected(const std::string& ckpt, const std::string& layer, const std:
   auto get = [&](const std::string& n) { return *ck.Get(layer + "." + n); };
   std::vector<float> bias = ck.Has(layer + ".bias") ? get("bias").ToFloats() : std::vector<float>();
   int64_t n = 0;
-  std::vector<double> w;                      // dequantized weight [N, K] (for W4A16 rounded to x dtype)
+  std::vector<double> w;                                   // dequantized weight [N, K] (for W4A16 rounded to x dtype)
   std::vector<double> xs(m, 1.0), xq(x.begin(), x.end());  // activation codes and their scale
   if (scheme == "W4A16" || scheme == "W4A16_ASYM") {
     Tensor packed = get("weight_packed");
@@ -300,7 +300,7 @@ Reference Expected(const std::string& ckpt, const std::string& layer, const std:
       const double s = ws.size() == 1 ? ws[0] : ws[r];
       for (int64_t c = 0; c < k; ++c) {
         w[r * k + c] = s * (wt.dtype() == DType::kI8 ? wt.data<int8_t>()[r * k + c]
-                                                    : Fp8E4M3ToFloat(wt.data<uint8_t>()[r * k + c]));
+                                                     : Fp8E4M3ToFloat(wt.data<uint8_t>()[r * k + c]));
       }
     }
     const bool fp8 = scheme == "FP8" || scheme == "FP8_DYNAMIC";
@@ -316,8 +316,8 @@ Reference Expected(const std::string& ckpt, const std::string& layer, const std:
       xs[i] = s;
       for (int64_t c = 0; c < k; ++c) {
         const float v = x[i * k + c] / s;
-        xq[i * k + c] = fp8 ? Fp8E4M3ToFloat(FloatToFp8E4M3(v))
-                            : std::min(127.0f, std::max(-128.0f, std::nearbyint(v)));
+        xq[i * k + c] =
+            fp8 ? Fp8E4M3ToFloat(FloatToFp8E4M3(v)) : std::min(127.0f, std::max(-128.0f, std::nearbyint(v)));
       }
     }
   }
@@ -679,8 +679,9 @@ TEST_F(RuntimeTest, CancelledGemmStreamLeavesTheQueue) {
   ASSERT_TRUE(client.Load("m", "w8a8").ok());
   auto gauge = [&](const std::string& name) {
     for (const auto& fam : server->registry->Collect()) {
-      if (fam.name == name) return fam.type == prometheus::MetricType::Gauge ? fam.metric.at(0).gauge.value
-                                                                            : fam.metric.at(0).counter.value;
+      if (fam.name == name)
+        return fam.type == prometheus::MetricType::Gauge ? fam.metric.at(0).gauge.value
+                                                         : fam.metric.at(0).counter.value;
     }
     return -1.0;
   };
@@ -705,7 +706,8 @@ TEST_F(RuntimeTest, CancelledGemmStreamLeavesTheQueue) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   EXPECT_EQ(gauge("lowbit_runtime_queue_depth"), 0.0);
-  EXPECT_LT(std::chrono::steady_clock::now() - t1, std::chrono::seconds(1)) << "the queue emptied only at the window's end";
+  EXPECT_LT(std::chrono::steady_clock::now() - t1, std::chrono::seconds(1))
+      << "the queue emptied only at the window's end";
   EXPECT_EQ(gauge("lowbit_runtime_gemms_total"), 0.0);
   // The server still serves: a request fills the window alone after 5 s, so give it rows enough
   // to fill max_batch_rows instead.
@@ -724,11 +726,10 @@ v1::LoadModelStreamRequest StreamHeader(const std::string& name, const std::stri
 // Streams a checkpoint directory's tensors (ForEachChunk) with its config.json; with
 // `manifest`, the header lists every tensor (the runtime then prepares layer by layer), edited
 // by `edit_manifest` when given.
-grpc::Status StreamLoad(Client& client, const std::string& name, const std::string& dir,
-                        const std::function<void(v1::TensorChunk&)>& tamper = nullptr, bool truncate = false,
-                        bool manifest = false,
-                        const std::function<void(google::protobuf::RepeatedPtrField<v1::TensorInfo>&)>& edit_manifest =
-                            nullptr) {
+grpc::Status StreamLoad(
+    Client& client, const std::string& name, const std::string& dir,
+    const std::function<void(v1::TensorChunk&)>& tamper = nullptr, bool truncate = false, bool manifest = false,
+    const std::function<void(google::protobuf::RepeatedPtrField<v1::TensorInfo>&)>& edit_manifest = nullptr) {
   grpc::ClientContext ctx;
   client.Prepare(&ctx);
   v1::LoadModelStreamResponse resp;
@@ -917,34 +918,44 @@ TEST_F(RuntimeTest, BadInputTable) {
       return c.Gemm(req, &resp);
     };
   };
-  auto load = [](std::string name, std::string path) {
-    return [name, path](Client& c) { return c.Load(name, path); };
-  };
+  auto load = [](std::string name, std::string path) { return [name, path](Client& c) { return c.Load(name, path); }; };
   const std::vector<BadCase> cases = {
-      {"wrong dtype", gemm_with([](auto& r) { r = MakeGemm("m", kQ, Tensor::Zeros(DType::kI8, {2, 256})); }),
+      {"wrong dtype", gemm_with([](auto& r) {
+         r = MakeGemm("m", kQ, Tensor::Zeros(DType::kI8, {2, 256}));
+       }),
        grpc::StatusCode::INVALID_ARGUMENT, "dtype I8"},
       {"bytes != shape", gemm_with([](auto& r) { r.mutable_x()->mutable_data()->resize(100); }),
        grpc::StatusCode::INVALID_ARGUMENT, "x"},
-      {"negative dim", gemm_with([](auto& r) { r.mutable_x()->set_shape(0, -2); }),
-       grpc::StatusCode::INVALID_ARGUMENT, "negative"},
-      {"huge dims", gemm_with([](auto& r) { r.mutable_x()->set_shape(0, int64_t{1} << 40); r.mutable_x()->set_shape(1, int64_t{1} << 40); }),
+      {"negative dim", gemm_with([](auto& r) { r.mutable_x()->set_shape(0, -2); }), grpc::StatusCode::INVALID_ARGUMENT,
+       "negative"},
+      {"huge dims", gemm_with([](auto& r) {
+         r.mutable_x()->set_shape(0, int64_t{1} << 40);
+         r.mutable_x()->set_shape(1, int64_t{1} << 40);
+       }),
        grpc::StatusCode::INVALID_ARGUMENT, "limit"},
-      {"rank 3", gemm_with([](auto& r) { r.mutable_x()->set_shape(0, 1); r.mutable_x()->add_shape(2); r.mutable_x()->set_shape(1, 256); }),
+      {"rank 3", gemm_with([](auto& r) {
+         r.mutable_x()->set_shape(0, 1);
+         r.mutable_x()->add_shape(2);
+         r.mutable_x()->set_shape(1, 256);
+       }),
        grpc::StatusCode::INVALID_ARGUMENT, "[M, K]"},
-      {"M = 0", gemm_with([](auto& r) { r = MakeGemm("m", kQ, Tensor::Zeros(DType::kF32, {0, 256})); }),
+      {"M = 0", gemm_with([](auto& r) {
+         r = MakeGemm("m", kQ, Tensor::Zeros(DType::kF32, {0, 256}));
+       }),
        grpc::StatusCode::INVALID_ARGUMENT, "M = 0"},
-      {"M over the limit", gemm_with([](auto& r) { r = MakeGemm("m", kQ, Tensor::Zeros(DType::kBF16, {16385, 256})); }),
+      {"M over the limit", gemm_with([](auto& r) {
+         r = MakeGemm("m", kQ, Tensor::Zeros(DType::kBF16, {16385, 256}));
+       }),
        grpc::StatusCode::INVALID_ARGUMENT, "16384"},
       {"K mismatch", gemm_with([](auto& r) { r = MakeGemm("m", kQ, RandomX(2, 255, DType::kF32, 2)); }),
        grpc::StatusCode::INVALID_ARGUMENT, "K = 255"},
-      {"bad out dtype", gemm_with([](auto& r) { r.set_out_dtype(v1::DTYPE_I32); }),
-       grpc::StatusCode::INVALID_ARGUMENT, "out_dtype"},
+      {"bad out dtype", gemm_with([](auto& r) { r.set_out_dtype(v1::DTYPE_I32); }), grpc::StatusCode::INVALID_ARGUMENT,
+       "out_dtype"},
       {"missing x", gemm_with([](auto& r) { r.clear_x(); }), grpc::StatusCode::INVALID_ARGUMENT, "x is missing"},
       {"unknown model", gemm_with([](auto& r) { r.set_model("nope"); }), grpc::StatusCode::NOT_FOUND, "'nope'"},
       {"unknown layer", gemm_with([](auto& r) { r.set_layer("model.layers.7.mlp.up_proj"); }),
        grpc::StatusCode::NOT_FOUND, "model.layers.7.mlp.up_proj"},
-      {"float layer", gemm_with([](auto& r) { r.set_layer("lm_head"); }), grpc::StatusCode::NOT_FOUND,
-       "not quantized"},
+      {"float layer", gemm_with([](auto& r) { r.set_layer("lm_head"); }), grpc::StatusCode::NOT_FOUND, "not quantized"},
       {"path traversal", load("t", "../outside/w8a8"), grpc::StatusCode::INVALID_ARGUMENT, "'..'"},
       {"inner traversal", load("t", "w8a8/../../outside/w8a8"), grpc::StatusCode::INVALID_ARGUMENT, "'..'"},
       {"absolute path", load("t", g_fixture->outside + "/w8a8"), grpc::StatusCode::INVALID_ARGUMENT, "absolute"},
@@ -954,48 +965,66 @@ TEST_F(RuntimeTest, BadInputTable) {
       {"empty name", load("", "w8a8"), grpc::StatusCode::INVALID_ARGUMENT, "name is empty"},
       {"duplicate load", load("m", "w4a16"), grpc::StatusCode::ALREADY_EXISTS, "'m'"},
       {"unload unknown", [](Client& c) { return c.Unload("ghost"); }, grpc::StatusCode::NOT_FOUND, "'ghost'"},
-      {"missing token", [&](Client&) {
+      {"missing token",
+       [&](Client&) {
          Client anon(server_->port, "");
          return anon.Load("t", "w8a8");
-       }, grpc::StatusCode::UNAUTHENTICATED, ""},
-      {"wrong token", [&](Client&) {
+       },
+       grpc::StatusCode::UNAUTHENTICATED, ""},
+      {"wrong token",
+       [&](Client&) {
          Client wrong(server_->port, "not-the-token");
          v1::GemmResponse resp;
          return wrong.Gemm(MakeGemm("m", kQ, RandomX(1, 256, DType::kF32, 1)), &resp);
-       }, grpc::StatusCode::UNAUTHENTICATED, ""},
-      {"bad chunk CRC", [](Client& c) {
-         return StreamLoad(c, "crc", g_fixture->root + "/w8a8", [](v1::TensorChunk& ch) { ch.set_crc32c(ch.crc32c() ^ 1); });
-       }, grpc::StatusCode::DATA_LOSS, "CRC-32C mismatch"},
-      {"truncated stream", [](Client& c) {
-         return StreamLoad(c, "trunc", g_fixture->root + "/w8a8", nullptr, /*truncate=*/true);
-       }, grpc::StatusCode::INVALID_ARGUMENT, "ended early"},
-      {"truncated stream with a manifest", [](Client& c) {
+       },
+       grpc::StatusCode::UNAUTHENTICATED, ""},
+      {"bad chunk CRC",
+       [](Client& c) {
+         return StreamLoad(c, "crc", g_fixture->root + "/w8a8",
+                           [](v1::TensorChunk& ch) { ch.set_crc32c(ch.crc32c() ^ 1); });
+       },
+       grpc::StatusCode::DATA_LOSS, "CRC-32C mismatch"},
+      {"truncated stream",
+       [](Client& c) { return StreamLoad(c, "trunc", g_fixture->root + "/w8a8", nullptr, /*truncate=*/true); },
+       grpc::StatusCode::INVALID_ARGUMENT, "ended early"},
+      {"truncated stream with a manifest",
+       [](Client& c) {
          return StreamLoad(c, "trunc-m", g_fixture->root + "/w8a8", nullptr, /*truncate=*/true, /*manifest=*/true);
-       }, grpc::StatusCode::INVALID_ARGUMENT, "ended early"},
-      {"tensor not in the manifest", [](Client& c) {
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "ended early"},
+      {"tensor not in the manifest",
+       [](Client& c) {
          return StreamLoad(c, "unlisted", g_fixture->root + "/w8a8", nullptr, false, true,
                            [](auto& m) { m.RemoveLast(); });
-       }, grpc::StatusCode::INVALID_ARGUMENT, "is not in the header's manifest"},
-      {"manifest lists a tensor never sent", [](Client& c) {
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "is not in the header's manifest"},
+      {"manifest lists a tensor never sent",
+       [](Client& c) {
          return StreamLoad(c, "extra", g_fixture->root + "/w8a8", nullptr, false, true, [](auto& m) {
            v1::TensorInfo* t = m.Add();
            t->set_name(std::string(kQ) + ".never_sent");
            t->set_dtype(v1::DTYPE_F32);
            t->add_shape(256);
          });
-       }, grpc::StatusCode::INVALID_ARGUMENT, "ended"},
-      {"manifest dtype differs from the stream", [](Client& c) {
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "ended"},
+      {"manifest dtype differs from the stream",
+       [](Client& c) {
          return StreamLoad(c, "dtype", g_fixture->root + "/w8a8", nullptr, false, true, [](auto& m) {
            for (auto& t : m) {
              if (t.name() == std::string(kQ) + ".weight") t.set_dtype(v1::DTYPE_U8);
            }
          });
-       }, grpc::StatusCode::INVALID_ARGUMENT, "another dtype or shape"},
-      {"tensor twice in the manifest", [](Client& c) {
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "another dtype or shape"},
+      {"tensor twice in the manifest",
+       [](Client& c) {
          return StreamLoad(c, "twice", g_fixture->root + "/w8a8", nullptr, false, true,
                            [](auto& m) { *m.Add() = m.Get(0); });
-       }, grpc::StatusCode::INVALID_ARGUMENT, "twice in the header's manifest"},
-      {"stream without header", [](Client& c) {
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "twice in the header's manifest"},
+      {"stream without header",
+       [](Client& c) {
          grpc::ClientContext ctx;
          c.Prepare(&ctx);
          v1::LoadModelStreamResponse resp;
@@ -1005,7 +1034,8 @@ TEST_F(RuntimeTest, BadInputTable) {
          w->Write(m);
          w->WritesDone();
          return w->Finish();
-       }, grpc::StatusCode::INVALID_ARGUMENT, "header"},
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "header"},
   };
   Tensor good_x = RandomX(2, 256, DType::kF32, 42);
   v1::GemmResponse good_ref;
@@ -1178,7 +1208,9 @@ double Gauge(TestServer& server, const std::string& name) {
 // bytes back, the name is free (a retry loads), and the server goes on serving.
 TEST_F(RuntimeTest, LoadModelHonoursDeadlineAndCancel) {
   EngineOptions o = DefaultOptions();
-  o.registry.test_layer_pause_ms = 60;  // 7 quantized layers: ≈ 0.42 s per load
+  o.registry.test_layer_pause_ms = 60;           // 7 quantized layers: ≈ 0.42 s per load
+  constexpr int64_t kBudget = int64_t{1} << 30;  // so that a reservation left behind shows
+  o.registry.memory_budget_bytes = kBudget;
   auto server = StartServer(o);
   ASSERT_NE(server, nullptr);
   Client client(server->port);
@@ -1209,7 +1241,7 @@ TEST_F(RuntimeTest, LoadModelHonoursDeadlineAndCancel) {
     const std::vector<std::string> names = ModelNames(client);
     EXPECT_EQ(std::count(names.begin(), names.end(), "slow"), 0) << "the abandoned load was published";
     EXPECT_EQ(ServerInfo(client).memory_used_bytes(), before);
-    EXPECT_EQ(server->engine->registry().bytes_left(), INT64_MAX);
+    EXPECT_EQ(server->engine->registry().bytes_left(), kBudget - before);  // no reservation left
     v1::LoadModelResponse loaded;
     grpc::Status retry = client.Load("slow", "w8a8", &loaded);
     ASSERT_TRUE(retry.ok()) << retry.error_message();
@@ -1223,7 +1255,12 @@ TEST_F(RuntimeTest, LoadModelHonoursDeadlineAndCancel) {
 // The same at the engine, where the moment is exact: the error says how far the load got, and
 // a call that ends after the last layer, just before publishing, publishes nothing either.
 TEST_F(RuntimeTest, LoadStoppedByCallControlPublishesNothing) {
-  Engine& engine = *server_->engine;
+  EngineOptions o = DefaultOptions();
+  constexpr int64_t kBudget = int64_t{1} << 30;  // so that a reservation left behind shows
+  o.registry.memory_budget_bytes = kBudget;
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Engine& engine = *server->engine;
   runtime::CallControl past;
   past.deadline = std::chrono::system_clock::now() - std::chrono::seconds(1);
   auto r = engine.LoadFromPath("m", "w8a8", past);
@@ -1242,6 +1279,7 @@ TEST_F(RuntimeTest, LoadStoppedByCallControlPublishesNothing) {
     EXPECT_TRUE(absl::StrContains(r.status().message(), "nothing was loaded")) << r.status();
     EXPECT_EQ(engine.registry().model_count(), 0u);
     EXPECT_EQ(engine.registry().used_bytes(), 0);
+    EXPECT_EQ(engine.registry().bytes_left(), kBudget);  // the reservation was given back
   }
   ASSERT_TRUE(engine.LoadFromPath("m", "w8a8").ok());
 }

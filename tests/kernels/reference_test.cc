@@ -264,6 +264,12 @@ TEST(CpuBackendEdges, RefusalsAreSharedAndMisuseIsAStatus) {
     st = b->PrepareInt4(src, &pw);
     EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << name;
     EXPECT_NE(st.message().find("exactly group_size = 4"), std::string::npos) << st.ToString();
+    // A static FP8 scale whose inverse overflows (the quantizer multiplies by 1 / scale: 0 · inf).
+    std::vector<float> xs1(4, 0.0f);
+    std::vector<uint8_t> q1(4);
+    st = b->QuantizeFp8PerTensor(DType::kF32, xs1.data(), 1, 4, 1e-39f, q1.data());
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << name;
+    EXPECT_NE(st.message().find("finite inverse"), std::string::npos) << st.ToString();
     // A null output pointer.
     std::vector<int8_t> w8(4 * 4, 1);
     st = b->PrepareInt8({w8.data(), 4, 4, {&one, DType::kF32, 1}}, nullptr);
