@@ -668,6 +668,15 @@ TEST_F(RuntimeTest, GemmStreamWithManyRequestsWaitingInTheQueue) {
   EXPECT_GT(max_batch, 1) << "the stream's requests did not wait together";
 }
 
+// The value of a server's gauge or counter `name` (its first series), -1 when it has none.
+double Gauge(TestServer& server, const std::string& name) {
+  for (const auto& fam : server.registry->Collect()) {
+    if (fam.name == name && !fam.metric.empty())
+      return fam.type == prometheus::MetricType::Gauge ? fam.metric.at(0).gauge.value : fam.metric.at(0).counter.value;
+  }
+  return -1.0;
+}
+
 // A stream cancelled while its requests wait in a long batching window: they leave the queue
 // (within the cancel poll), no GEMM runs for them, and the server serves the next call.
 TEST_F(RuntimeTest, CancelledGemmStreamLeavesTheQueue) {
@@ -677,14 +686,6 @@ TEST_F(RuntimeTest, CancelledGemmStreamLeavesTheQueue) {
   ASSERT_NE(server, nullptr);
   Client client(server->port);
   ASSERT_TRUE(client.Load("m", "w8a8").ok());
-  auto gauge = [&](const std::string& name) {
-    for (const auto& fam : server->registry->Collect()) {
-      if (fam.name == name)
-        return fam.type == prometheus::MetricType::Gauge ? fam.metric.at(0).gauge.value
-                                                         : fam.metric.at(0).counter.value;
-    }
-    return -1.0;
-  };
   grpc::ClientContext ctx;
   client.Prepare(&ctx);
   auto stream = client.stub->GemmStream(&ctx);
@@ -695,20 +696,22 @@ TEST_F(RuntimeTest, CancelledGemmStreamLeavesTheQueue) {
     ASSERT_TRUE(stream->Write(req));
   }
   const auto t0 = std::chrono::steady_clock::now();
-  while (gauge("lowbit_runtime_queue_depth") < 5 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3)) {
+  while (Gauge(*server, "lowbit_runtime_queue_depth") < 5 &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3)) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  ASSERT_EQ(gauge("lowbit_runtime_queue_depth"), 5.0);
+  ASSERT_EQ(Gauge(*server, "lowbit_runtime_queue_depth"), 5.0);
   ctx.TryCancel();
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
   const auto t1 = std::chrono::steady_clock::now();
-  while (gauge("lowbit_runtime_queue_depth") > 0 && std::chrono::steady_clock::now() - t1 < std::chrono::seconds(3)) {
+  while (Gauge(*server, "lowbit_runtime_queue_depth") > 0 &&
+         std::chrono::steady_clock::now() - t1 < std::chrono::seconds(3)) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  EXPECT_EQ(gauge("lowbit_runtime_queue_depth"), 0.0);
+  EXPECT_EQ(Gauge(*server, "lowbit_runtime_queue_depth"), 0.0);
   EXPECT_LT(std::chrono::steady_clock::now() - t1, std::chrono::seconds(1))
       << "the queue emptied only at the window's end";
-  EXPECT_EQ(gauge("lowbit_runtime_gemms_total"), 0.0);
+  EXPECT_EQ(Gauge(*server, "lowbit_runtime_gemms_total"), 0.0);
   // The server still serves: a request fills the window alone after 5 s, so give it rows enough
   // to fill max_batch_rows instead.
   v1::GemmResponse resp;
@@ -1194,13 +1197,6 @@ std::vector<std::string> ModelNames(Client& client) {
   std::vector<std::string> names;
   for (const auto& m : list.models()) names.push_back(m.name());
   return names;
-}
-
-double Gauge(TestServer& server, const std::string& name) {
-  for (const auto& fam : server.registry->Collect()) {
-    if (fam.name == name && !fam.metric.empty()) return fam.metric.at(0).gauge.value;
-  }
-  return -1.0;
 }
 
 // A LoadModel whose deadline passes, or whose client cancels, half way through preparing the
