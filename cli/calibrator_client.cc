@@ -1,6 +1,7 @@
 #include "cli/calibrator_client.h"
 
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -156,6 +157,16 @@ absl::StatusOr<v1::UploadModelResponse> UploadModelDir(grpc::ChannelInterface& c
   return resp;
 }
 
+namespace {
+
+// The width of the terminal on `fd` (80 when it does not say).
+int TerminalColumns(int fd) {
+  winsize ws = {};
+  return ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 ? ws.ws_col : 80;
+}
+
+}  // namespace
+
 absl::StatusOr<v1::Job> WaitForJob(CalibratorStubT& stub, const rpc::ClientConfig& config, const std::string& id,
                                    bool bar) {
   const bool tty = bar && isatty(2);
@@ -180,8 +191,9 @@ absl::StatusOr<v1::Job> WaitForJob(CalibratorStubT& stub, const rpc::ClientConfi
                           std::string(width - filled, '.'), std::min(p.layer() + 1, p.num_layers()), p.num_layers(),
                           p.phase(), p.module().size() > 36 ? p.module().substr(p.module().size() - 36) : p.module(),
                           p.loss(), p.elapsed_s(), eta);
-      if (tty) {
-        std::fprintf(stderr, "\r%-120s", line.c_str());
+      if (tty) {  // one terminal line, redrawn: cut to the width, padded over the previous one
+        const int cols = TerminalColumns(2) - 1;
+        std::fprintf(stderr, "\r%-*s", cols, line.substr(0, cols).c_str());
       } else if (p.layer() != printed_layer || p.phase() != printed_phase) {
         std::fprintf(stderr, "%s\n", line.c_str());
       }
@@ -547,10 +559,20 @@ absl::StatusOr<int64_t> FetchResultToDirImpl(grpc::ChannelInterface& channel, co
 absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const rpc::ClientConfig& config,
                                          const std::string& id, const std::string& out_dir, bool* out_dir_refused) {
   if (out_dir_refused) *out_dir_refused = false;
+  // The directories this fetch may create (out_dir and its missing parents, deepest first): a
+  // failed fetch removes them again, each only if it is empty, so it leaves nothing behind.
+  std::vector<fs::path> missing;
   std::error_code ec;
-  const bool existed = fs::exists(out_dir, ec);
+  fs::path p = fs::absolute(out_dir, ec).lexically_normal();
+  if (!ec && p.filename().empty()) p = p.parent_path();  // "a/b/" -> "a/b"
+  while (!ec && !p.empty() && !fs::exists(p, ec) && !ec && p != p.parent_path()) {
+    missing.push_back(p);
+    p = p.parent_path();
+  }
   absl::StatusOr<int64_t> r = FetchResultToDirImpl(channel, config, id, out_dir, out_dir_refused);
-  if (!r.ok() && !existed) fs::remove(out_dir, ec);  // created by this fetch, and empty: a failed one leaves nothing
+  if (!r.ok()) {
+    for (const fs::path& dir : missing) fs::remove(dir, ec);
+  }
   return r;
 }
 

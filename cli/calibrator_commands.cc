@@ -1,7 +1,11 @@
 // lowbit calibrate | jobs | fetch | upload-dataset | upload-model: the calibrator's client side.
+#include <signal.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include "absl/flags/flag.h"
@@ -40,7 +44,8 @@ namespace fs = std::filesystem;
 namespace {
 
 void PrintReportSummary(const v1::Job& job) {
-  std::printf("job %s %s  output %s\n", job.id().c_str(), JobStateName(job.state()).c_str(), job.output_path().c_str());
+  std::printf("job %s %s%s%s\n", job.id().c_str(), JobStateName(job.state()).c_str(),
+              job.output_path().empty() ? "" : "  output ", job.output_path().c_str());
   if (job.report_json().empty()) return;
   auto report = nlohmann::json::parse(job.report_json(), nullptr, false);
   if (report.is_discarded() || !report.contains("eval") || !report["eval"].is_object()) return;
@@ -48,6 +53,45 @@ void PrintReportSummary(const v1::Job& job) {
   auto num = [&](const char* k) { return e.contains(k) && e[k].is_number() ? e[k].get<double>() : NAN; };
   std::printf("held-out: KL mean %.5f  p99 %.5f  top-1 %.2f%%  PPL %.3f (original %.3f)\n", num("kl_mean"),
               num("kl_p99"), 100 * num("top1_agreement"), num("perplexity_quantized"), num("perplexity_original"));
+}
+
+// The text of SIGINT's note (set before the handler is installed; the handler only writes it).
+char interrupt_note[512];
+size_t interrupt_note_size = 0;
+
+void OnInterrupt(int) {
+  ssize_t ignored = write(2, interrupt_note, interrupt_note_size);
+  (void)ignored;
+  raise(SIGINT);  // SA_RESETHAND restored the default: the process ends as interrupted (130)
+}
+
+// Follows job `id` to its end with a progress bar, prints its summary, and returns the exit
+// status: 0 when it succeeded, 1 when it failed or was cancelled (with its error on stderr) or
+// the stream broke. Ctrl-C ends only the following: the note says the job goes on and how to
+// find it again.
+int FollowJob(CalibratorStubT& stub, const rpc::ClientConfig& config, const std::string& id) {
+  const std::string note = absl::StrCat("\nlowbit: interrupted; job ", id,
+                                        " goes on on the calibrator: `lowbit jobs watch ", id,
+                                        "` follows it again, `lowbit jobs cancel ", id, "` stops it\n");
+  interrupt_note_size = std::min(note.size(), sizeof(interrupt_note));
+  std::memcpy(interrupt_note, note.data(), interrupt_note_size);
+  struct sigaction sa = {};
+  sa.sa_handler = OnInterrupt;
+  sa.sa_flags = SA_RESETHAND;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  auto job = WaitForJob(stub, config, id, /*bar=*/true);
+  signal(SIGINT, SIG_DFL);
+  if (!job.ok()) return Fail("watch job", job.status());
+  PrintReportSummary(*job);
+  if (job->state() == v1::JOB_STATE_SUCCEEDED) return 0;
+  std::fprintf(stderr, "lowbit: job %s %s", job->id().c_str(), JobStateName(job->state()).c_str());
+  if (job->error_code() != 0 || !job->error_message().empty()) {
+    std::fprintf(stderr, ": %s: %s", CodeName(static_cast<grpc::StatusCode>(job->error_code())).c_str(),
+                 job->error_message().c_str());
+  }
+  std::fprintf(stderr, "\n");
+  return 1;
 }
 
 // A default upload name from `base` (a directory's or a file's name): characters outside
@@ -227,15 +271,7 @@ int RunCalibrate(const Args& args) {
     std::printf("%s\n", resp.job().id().c_str());
     return 0;
   }
-  auto job = WaitForJob(*stub, config, resp.job().id(), /*bar=*/true);
-  if (!job.ok()) return Fail("watch job", job.status());
-  PrintReportSummary(*job);
-  if (job->state() != v1::JOB_STATE_SUCCEEDED) {
-    std::fprintf(stderr, "lowbit: job %s %s: %s: %s\n", job->id().c_str(), JobStateName(job->state()).c_str(),
-                 CodeName(static_cast<grpc::StatusCode>(job->error_code())).c_str(), job->error_message().c_str());
-    return 1;
-  }
-  return 0;
+  return FollowJob(*stub, config, resp.job().id());
 }
 
 int RunJobs(const Args& args) {
@@ -274,7 +310,15 @@ int RunJobs(const Args& args) {
     req.set_id(id);
     v1::GetJobResponse resp;
     if (auto st = stub->GetJob(&ctx, req, &resp); !st.ok()) return Fail("get job", st);
-    std::printf("%s\n", resp.job().DebugString().c_str());
+    nlohmann::json job = MessageJson(resp.job());
+    if (!resp.job().report_json().empty()) {  // the report inline, not as an escaped string
+      auto report = nlohmann::json::parse(resp.job().report_json(), nullptr, false);
+      if (!report.is_discarded()) {
+        job.erase("report_json");
+        job["report"] = std::move(report);
+      }
+    }
+    std::printf("%s\n", job.dump(2).c_str());
     return 0;
   }
   if (verb == "cancel") {
@@ -287,12 +331,7 @@ int RunJobs(const Args& args) {
     std::printf("%s\n", JobLine(resp.job()).c_str());
     return 0;
   }
-  if (verb == "watch") {
-    auto job = WaitForJob(*stub, config, id, /*bar=*/true);
-    if (!job.ok()) return Fail("watch job", job.status());
-    PrintReportSummary(*job);
-    return job->state() == v1::JOB_STATE_SUCCEEDED ? 0 : 1;
-  }
+  if (verb == "watch") return FollowJob(*stub, config, id);
   std::fprintf(stderr, "lowbit jobs: unknown verb '%s' (list, get, cancel, watch)\n", verb.c_str());
   return 2;
 }

@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "google/protobuf/util/json_util.h"
 #include "rpc/status.h"
 
 ABSL_FLAG(std::string, calibrator, "", "calibrator address host:port (default $LOWBIT_CALIBRATOR or 127.0.0.1:50051)");
@@ -171,6 +172,15 @@ std::string CodeName(grpc::StatusCode code) {
       "DATA_LOSS", "UNAUTHENTICATED"};
   const int c = static_cast<int>(code);
   return c >= 0 && c <= 16 ? kNames[c] : std::to_string(c);
+}
+
+nlohmann::json MessageJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string text;
+  if (!google::protobuf::util::MessageToJsonString(message, &text, options).ok()) return message.DebugString();
+  return nlohmann::json::parse(text, nullptr, false);
 }
 
 int Fail(const std::string& what, const grpc::Status& status) {

@@ -10,6 +10,7 @@
 #include "grpcpp/client_context.h"
 #include "lowbit/v1/calibrator.grpc.pb.h"
 #include "lowbit/v1/runtime.grpc.pb.h"
+#include "nlohmann/json.hpp"
 #include "rpc/client.h"
 
 namespace lowbit::cli {
@@ -40,6 +41,9 @@ int Fail(const std::string& what, const absl::Status& status);
 // "lowbit <command>: <message>" on stderr; returns 2, the exit status of a usage error.
 int UsageError(const std::string& command, const std::string& message);
 std::string CodeName(grpc::StatusCode code);
+// `message` as JSON, with the .proto field names and every field (defaults too), for output a
+// user reads and a script parses (`lowbit jobs get`, `lowbit info`).
+nlohmann::json MessageJson(const google::protobuf::Message& message);
 
 }  // namespace lowbit::cli
 

@@ -17,6 +17,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "common/blas_env.h"
@@ -64,6 +65,26 @@ std::set<std::string> FlagCommands(const std::string& help) {
     commands.insert(word);
   }
   return commands;
+}
+
+// The first flag on the command line that belongs to other commands than `command` (by
+// FlagCommands), as "--NAME", with the commands it belongs to; empty when there is none. Such a
+// flag would be ignored silently (`lowbit jobs --out x` fetches nothing). Arguments after "--"
+// and flag values are skipped; "--noNAME" of a bool flag counts as NAME.
+std::string ForeignFlag(int argc, char** argv, const std::string& command, std::set<std::string>* owners) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view a = argv[i];
+    if (a == "--") break;
+    if (a.size() < 2 || a[0] != '-') continue;
+    a.remove_prefix(a[1] == '-' ? 2 : 1);
+    const std::string name(a.substr(0, a.find('=')));
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr && name.rfind("no", 0) == 0) flag = absl::FindCommandLineFlag(name.substr(2));
+    if (flag == nullptr || flag->Filename().find("cli/") == std::string::npos) continue;
+    *owners = FlagCommands(flag->Help());
+    if (!owners->empty() && !owners->count(command)) return "--" + std::string(flag->Name());
+  }
+  return "";
 }
 
 // `lowbit [COMMAND] --help`: the usage and the flags of lowbit's own commands (of COMMAND and
@@ -141,6 +162,13 @@ int main(int argc, char** argv) {
   auto it = commands.find(rest[1]);
   if (it == commands.end()) {
     std::fprintf(stderr, "lowbit: unknown command '%s'\n%s\n", rest[1], kUsage);
+    return 2;
+  }
+  std::set<std::string> owners;
+  if (const std::string flag = ForeignFlag(argc, argv, it->first, &owners); !flag.empty()) {
+    std::fprintf(stderr, "lowbit %s: %s is a flag of lowbit %s, not of %s (`lowbit %s --help` lists its flags)\n",
+                 it->first.c_str(), flag.c_str(), absl::StrJoin(owners, " / ").c_str(), it->first.c_str(),
+                 it->first.c_str());
     return 2;
   }
   Args args(rest.begin() + 2, rest.end());

@@ -12,7 +12,7 @@
 #include "cli/runtime_client.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
-ABSL_FLAG(std::string, name, "", "load: the name clients address the model by");
+ABSL_FLAG(std::string, name, "", "load / gemm: the model's name (load: the name clients will address it by)");
 ABSL_FLAG(std::string, path, "", "load: checkpoint directory under the runtime's model root");
 ABSL_FLAG(std::string, dir, "", "load: a local checkpoint directory to stream to the runtime");
 ABSL_FLAG(std::string, layer, "", "gemm: module name of a quantized Linear");
@@ -98,7 +98,7 @@ int RunInfo(const Args& args) {
   Prepare(&ctx, config);
   v1::GetServerInfoResponse resp;
   if (auto st = stub->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &resp); !st.ok()) return Fail("info", st);
-  std::printf("%s", resp.DebugString().c_str());
+  std::printf("%s\n", MessageJson(resp).dump(2).c_str());
   return 0;
 }
 

@@ -5,6 +5,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
+#include "rpc/tls_files.h"
 
 namespace lowbit::rpc {
 
@@ -28,12 +29,14 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientConfig& c
     grpc::SslCredentialsOptions opts;
     auto ca = ReadFileToString(config.tls_ca_file);
     if (!ca.ok()) return ca.status();
+    if (absl::Status st = CheckPemCertificates(*ca, config.tls_ca_file, "TLS CA"); !st.ok()) return st;
     opts.pem_root_certs = *ca;
     if (!config.tls_cert_file.empty() || !config.tls_key_file.empty()) {
       auto cert = ReadFileToString(config.tls_cert_file);
       if (!cert.ok()) return cert.status();
       auto key = ReadFileToString(config.tls_key_file);
       if (!key.ok()) return key.status();
+      if (absl::Status st = CheckTlsPair(*cert, config.tls_cert_file, *key, config.tls_key_file); !st.ok()) return st;
       opts.pem_cert_chain = *cert;
       opts.pem_private_key = *key;
     }

@@ -16,42 +16,12 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
-#include "openssl/bio.h"
-#include "openssl/evp.h"
-#include "openssl/pem.h"
-#include "openssl/x509.h"
 #include "prometheus/exposer.h"
+#include "rpc/tls_files.h"
 #include "spdlog/spdlog.h"
 
 namespace lowbit::rpc {
 namespace {
-
-// The PEM certificate and private key as OpenSSL reads them, and whether they belong together:
-// gRPC only reports "Unable to create secure server" (and the listener then fails), naming neither.
-absl::Status CheckTlsPair(const std::string& cert_pem, const std::string& cert_file, const std::string& key_pem,
-                          const std::string& key_file) {
-  BIO* cb = BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size()));
-  X509* cert = cb ? PEM_read_bio_X509(cb, nullptr, nullptr, nullptr) : nullptr;
-  BIO_free(cb);
-  if (cert == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("TLS certificate '", cert_file, "' holds no PEM certificate (-----BEGIN CERTIFICATE-----)"));
-  }
-  BIO* kb = BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
-  EVP_PKEY* key = kb ? PEM_read_bio_PrivateKey(kb, nullptr, nullptr, nullptr) : nullptr;
-  BIO_free(kb);
-  absl::Status st;
-  if (key == nullptr) {
-    st = absl::InvalidArgumentError(
-        absl::StrCat("TLS key '", key_file, "' holds no unencrypted PEM private key (-----BEGIN PRIVATE KEY-----)"));
-  } else if (X509_check_private_key(cert, key) != 1) {
-    st = absl::InvalidArgumentError(
-        absl::StrCat("TLS key '", key_file, "' is not the private key of the certificate in '", cert_file, "'"));
-  }
-  EVP_PKEY_free(key);
-  X509_free(cert);
-  return st;
-}
 
 // A TCP listening address's port must be 0..65535 (gRPC would take it modulo 65536).
 absl::Status CheckListenPort(const std::string& address) {
@@ -86,6 +56,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(c
   if (!c.tls_client_ca_file.empty()) {
     auto ca = ReadFileToString(c.tls_client_ca_file);
     if (!ca.ok()) return ca.status();
+    if (absl::Status st = CheckPemCertificates(*ca, c.tls_client_ca_file, "TLS client CA"); !st.ok()) return st;
     opts = grpc::SslServerCredentialsOptions(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
     opts.pem_root_certs = *ca;
   }
@@ -155,7 +126,7 @@ grpc::Status CheckBearerToken(const grpc::ServerContext* ctx, const std::string&
 }
 
 absl::Status CallEnded(const grpc::ServerContext* ctx, absl::string_view what) {
-  if (ctx->deadline() <= std::chrono::system_clock::now()) {
+  if (ctx->deadline() <= std::chrono::system_clock::now() + std::chrono::milliseconds(50)) {
     return absl::DeadlineExceededError(absl::StrCat(what, ": the call's deadline passed"));
   }
   return absl::CancelledError(absl::StrCat(what, ": the client cancelled or went away"));

@@ -80,7 +80,11 @@ class CallGuard {
 };
 
 // Why a call whose client is gone ended, for the logs and the request metrics: DEADLINE_EXCEEDED
-// once the call's deadline has passed, else CANCELLED; `what` says what was cut short.
+// once the call's deadline has passed or is within 50 ms, else CANCELLED; `what` says what was
+// cut short. (The client's own deadline comes first: it sent its remaining time, which the
+// server counts from the moment the call arrived, so the client ends the call — and the server
+// sees a cancellation — up to a network delay plus the timeout header's rounding before the
+// server's deadline. A client that cancels in its last 50 ms is counted as out of time.)
 absl::Status CallEnded(const grpc::ServerContext* ctx, absl::string_view what);
 
 // Checks "authorization: Bearer <token>" in constant time. OK when `token` is empty.

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "absl/cleanup/cleanup.h"
 #include "calibrator/dataset.h"
@@ -297,6 +298,44 @@ TEST_F(CalibratorServiceTest, CheckpointEqualsCliAndFetchResultReassemblesIt) {
   EXPECT_TRUE(assembler.tensors().count("model.layers.0.self_attn.q_proj.weight_packed"));
   for (const v1::TensorInfo& t : header.manifest()) EXPECT_EQ(t.file(), "model.safetensors") << t.name();
   ASSERT_EQ(header.manifest_size(), header.tensors());
+
+  // A reader too slow for its deadline: the client sees DEADLINE_EXCEEDED, and so do the request
+  // metrics (the client's cancel reaches the server just before the server's own deadline).
+  {
+    auto fetches_by_code = [&] {
+      std::map<std::string, double> by_code;
+      for (const prometheus::MetricFamily& f : server_->registry().Collect()) {
+        if (f.name != "lowbit_rpc_requests_total") continue;
+        for (const prometheus::ClientMetric& m : f.metric) {
+          std::map<std::string, std::string> l;
+          for (const auto& label : m.label) l[label.name] = label.value;
+          if (l["method"] == "FetchResult") by_code[l["code"]] += m.counter.value;
+        }
+      }
+      return by_code;
+    };
+    const std::map<std::string, double> before = fetches_by_code();
+    auto slow_ctx = Ctx(kToken);
+    slow_ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(150));
+    freq.set_chunk_bytes(1);  // far more messages than the transport buffers, and slow to write
+    auto slow = stub_->FetchResult(slow_ctx.get(), freq);
+    ASSERT_TRUE(slow->Read(&item));
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    while (slow->Read(&item)) {
+    }
+    EXPECT_EQ(slow->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+    std::map<std::string, double> after = fetches_by_code();
+    for (int i = 0; i < 200 && after == before; ++i) {  // the handler ends after the client
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      after = fetches_by_code();
+    }
+    std::map<std::string, double> added;
+    for (const auto& [code, n] : after) {
+      const double was = before.count(code) ? before.at(code) : 0;
+      if (n != was) added[code] = n - was;
+    }
+    EXPECT_EQ(added, (std::map<std::string, double>{{"4", 1}}));
+  }
 
   // `lowbit fetch` writes each chunk in place as it arrives (from the header's manifest): the
   // files it writes are the server's, byte for byte, with chunks far smaller than the tensors.

@@ -663,6 +663,23 @@ TEST(Server, MutualTls) {
   EXPECT_EQ(refused_cert.status.code(), absl::StatusCode::kInvalidArgument) << refused_cert.status;
   EXPECT_NE(refused_cert.status.message().find("san.ext' holds no PEM certificate"), std::string::npos)
       << refused_cert.status;
+  ServerConfig not_pem_ca = config;
+  not_pem_ca.tls_client_ca_file = d + "/san.ext";
+  TestServer refused_ca(not_pem_ca);
+  EXPECT_NE(refused_ca.status.message().find("TLS client CA '" + d + "/san.ext' holds no PEM certificate"),
+            std::string::npos)
+      << refused_ca.status;
+  // The client checks its files too: a CA that is not PEM, a key that is not the certificate's.
+  ClientConfig bad_ca = cc;
+  bad_ca.tls_ca_file = d + "/san.ext";
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> ch = MakeChannel(bad_ca);
+  EXPECT_NE(ch.status().message().find("TLS CA '" + d + "/san.ext' holds no PEM certificate"), std::string::npos)
+      << ch.status();
+  ClientConfig bad_key = cc;
+  bad_key.tls_key_file = d + "/server.key";
+  ch = MakeChannel(bad_key);
+  EXPECT_NE(ch.status().message().find("server.key' is not the private key of the certificate"), std::string::npos)
+      << ch.status();
   std::string version;
   auto st = Info(cc, &version);
   EXPECT_TRUE(st.ok()) << st.error_message();

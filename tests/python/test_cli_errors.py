@@ -11,6 +11,7 @@ names come from the normalized path; SIGTERM to `lowbit demo` stops both service
 token is in their environment, not in their argv.
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import sys
 import time
 
 failures = []
+SOURCE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def check(name, ok, detail=""):
@@ -92,13 +94,13 @@ def dead_pid():
 
 
 class Calibrator:
-    def __init__(self, binary, work, token):
+    def __init__(self, binary, work, token, state="state", env=None):
         self.log = open(os.path.join(work, "calibrator.log"), "ab")
         self.proc = subprocess.Popen([binary, "serve", "--address=127.0.0.1:0",
-                                      "--state_dir=" + os.path.join(work, "state"),
+                                      "--state_dir=" + os.path.join(work, state),
                                       "--model_root=" + os.path.join(work, "models"),
                                       "--output_root=" + os.path.join(work, "outputs"), "--auth_token=" + token],
-                                     stdout=subprocess.PIPE, stderr=self.log)
+                                     stdout=subprocess.PIPE, stderr=self.log, env=dict(os.environ, **(env or {})))
         deadline = time.time() + 60
         while time.time() < deadline:
             line = self.proc.stdout.readline().decode()
@@ -143,6 +145,11 @@ def usage_errors(lowbit, work, model):
            ["--tls_cert needs --tls_key"])
     expect("--tls_key without --tls_cert", run([lowbit, "models", "--tls_key", "k.pem"], down), 2,
            ["--tls_key needs --tls_cert"])
+    not_pem = os.path.join(work, "not.pem")
+    with open(not_pem, "w") as f:
+        f.write("not a certificate\n")
+    expect("--tls_ca that is not PEM", run([lowbit, "models", "--tls_ca", not_pem], down), 2,
+           ["TLS CA '%s' holds no PEM certificate" % not_pem])
     expect("--timeout_s -1", run([lowbit, "models", "--timeout_s", "-1"], down), 2, ["--timeout_s"])
     expect("health --service typo", run([lowbit, "health", "--service", "calbrator"], down), 2,
            ["--service 'calbrator'"])
@@ -250,6 +257,27 @@ def with_calibrator(lowbit, bin_dir, work, model):
             return
         job = m.group(1)
 
+        # `jobs get`: JSON with the .proto field names, the report inline.
+        p = run([lowbit, "jobs", "get", job], env)
+        expect("jobs get", p, 0)
+        try:
+            got = json.loads(p.stdout)
+            check("jobs get prints the job as JSON", got.get("id") == job and got.get("state") == "JOB_STATE_SUCCEEDED"
+                  and isinstance(got.get("report"), dict) and "eval" in got["report"], p.stdout[:600])
+        except ValueError as e:
+            check("jobs get prints the job as JSON", False, "%s: %s" % (e, p.stdout[:600]))
+        expect("jobs list with fetch's --out", run([lowbit, "jobs", "list", "--out", "x"], env), 2,
+               ["--out is a flag of lowbit bench-rpc / demo / fetch, not of jobs"])
+        # A job that fails: calibrate and jobs watch both say why.
+        nothing = os.path.join(SOURCE_DIR, "tests", "fixtures", "calib", "matches_nothing.yaml")
+        p = run([lowbit, "calibrate", "--model", "uploads/slashy", "--recipe", nothing, "--data", tokens], env,
+                timeout=120)
+        expect("calibrate of a recipe that matches nothing", p, 1, ["FAILED: INVALID_ARGUMENT", "match no"])
+        m = re.search(r"job (\S+) created", p.stderr)
+        if m:
+            expect("jobs watch of the failed job says why", run([lowbit, "jobs", "watch", m.group(1)], env), 1,
+                   ["job %s FAILED: INVALID_ARGUMENT" % m.group(1), "match no"])
+
         f1 = os.path.join(work, "f1")
         expect("fetch into a new directory", run([lowbit, "fetch", job, "--out", f1], env), 0, ["fetched"],
                stream="stdout")
@@ -276,8 +304,40 @@ def with_calibrator(lowbit, bin_dir, work, model):
                ["--out '%s'" % mine, "no report.json"])
         check("the model directory is unchanged", read_all(mine) == before)
         nope = os.path.join(work, "f-nope")
-        expect("fetch of a missing job", run([lowbit, "fetch", "no-such-job", "--out", nope], env), 1, ["NOT_FOUND"])
-        check("a failed fetch leaves no directory", not os.path.exists(nope))
+        expect("fetch of a missing job", run([lowbit, "fetch", "no-such-job", "--out", nope + "/a/b/"], env), 1,
+               ["NOT_FOUND"])
+        check("a failed fetch leaves no directory", not os.path.exists(nope), str(os.listdir(work)))
+    finally:
+        cal.stop()
+
+
+def interrupt(lowbit, bin_dir, work, model):
+    # Ctrl-C while following a job ends the CLI (as interrupted), not the job; the note says how
+    # to find it again.
+    token = "t0ken"
+    cal = Calibrator(os.path.join(bin_dir, "calibrator", "lowbit-calibrator"), work, token, state="state-int",
+                     env={"LOWBIT_CALIBRATOR_TEST_LAYER_PAUSE_MS": "2000"})
+    env = dict(os.environ, LOWBIT_CALIBRATOR=cal.address, LOWBIT_TOKEN=token)
+    try:
+        tokens = os.path.join(work, "tokens.jsonl")
+        p = subprocess.Popen([lowbit, "calibrate", "--upload_model", model, "--scheme", "W8A8", "--algorithm", "rtn",
+                              "--data", tokens], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = p.stderr.readline()
+        m = re.search(r"job (\S+) created", line)
+        check("interrupt: calibrate printed its job id", m is not None, line)
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+        check("interrupt: calibrate ends as interrupted", p.returncode == -signal.SIGINT, "status %s" % p.returncode)
+        if m:
+            job = m.group(1)
+            check("interrupt: the note names the job and how to follow or stop it",
+                  "job %s goes on" % job in err and "lowbit jobs watch %s" % job in err and
+                  "lowbit jobs cancel %s" % job in err, err[-600:])
+            p = run([lowbit, "jobs", "get", job], env)
+            check("interrupt: the job goes on", '"JOB_STATE_RUNNING"' in p.stdout or '"JOB_STATE_QUEUED"' in p.stdout,
+                  p.stdout[:400] + p.stderr[-400:])
+            expect("interrupt: jobs cancel", run([lowbit, "jobs", "cancel", job], env), 0)
     finally:
         cal.stop()
 
@@ -342,6 +402,7 @@ def main():
     usage_errors(lowbit, work, model)
     tool_dirs(lowbit, work)
     with_calibrator(lowbit, a.bin, work, model)
+    interrupt(lowbit, a.bin, work, model)
     demo_sigterm(lowbit, work)
     print("%d failure(s) in %.1f s" % (len(failures), time.time() - t0))
     if failures:
