@@ -131,6 +131,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
       [self](const PreparedLinear& layer, DType xd, DType yd, const std::vector<const Tensor*>& xs,
              std::vector<Tensor>* ys, double* us) { return self->RunBatch(layer, xd, yd, xs, ys, us); },
       e->metrics_.get());
+  if (!options.state_dir.empty()) {
+    absl::StatusOr<std::unique_ptr<LoadJournal>> journal = LoadJournal::Open(options.state_dir);
+    if (!journal.ok()) return journal.status();
+    e->journal_ = *std::move(journal);
+  }
   DescribeDevice(e->handle_->backend->name(), &e->device_, &e->compute_capability_);
   e->UpdateModelMetrics();
   spdlog::info("runtime engine: backend {} on {}", e->handle_->backend->name(), e->device_);
@@ -143,8 +148,19 @@ void Engine::UpdateModelMetrics() {
 
 absl::StatusOr<std::shared_ptr<const LoadedModel>> Engine::LoadFromPath(const std::string& name,
                                                                         const std::string& path,
-                                                                        const CallControl& control) {
+                                                                        const CallControl& control, bool remember) {
   auto r = registry_->LoadFromPath(name, path, control);
+  if (r.ok() && remember && journal_ != nullptr) {
+    std::lock_guard<std::mutex> lock(journal_mu_);
+    absl::StatusOr<std::shared_ptr<const LoadedModel>> now = registry_->Get(name);
+    if (now.ok() && *now == *r) {  // else an unload already undid this load: nothing to record
+      if (absl::Status s = journal_->Record(name, path); !s.ok()) {
+        registry_->Unload(name).IgnoreError();
+        r = absl::Status(s.code(), absl::StrCat("model '", name, "' was not loaded: the state directory could not ",
+                                                "record it (", s.message(), ")"));
+      }
+    }
+  }
   UpdateModelMetrics();
   return r;
 }
@@ -166,9 +182,40 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> Engine::FinishStreamedLoad(Mo
 }
 
 absl::Status Engine::Unload(const std::string& name) {
-  absl::Status s = registry_->Unload(name);
+  absl::Status s;
+  {
+    std::lock_guard<std::mutex> lock(journal_mu_);
+    s = registry_->Unload(name);
+    if (s.ok() && journal_ != nullptr) {
+      if (absl::Status f = journal_->Forget(name); !f.ok()) {
+        spdlog::error("model '{}' unloaded, but {}: a restart would load it again", name, std::string(f.message()));
+      }
+    }
+  }
   UpdateModelMetrics();
   return s;
+}
+
+int Engine::RestoreLoads() {
+  if (journal_ == nullptr) return 0;
+  int loaded = 0;
+  for (const auto& [name, path] : journal_->Models()) {
+    if (registry_->Get(name).ok()) {
+      spdlog::info("state: model '{}' is recorded as '{}' but --load already gave that name; keeping --load's", name,
+                   path);
+      continue;
+    }
+    absl::StatusOr<std::shared_ptr<const LoadedModel>> m = LoadFromPath(name, path, {}, /*remember=*/false);
+    if (m.ok()) {
+      ++loaded;
+      spdlog::info("state: model '{}' loaded again from '{}' ({} quantized layers)", name, path, (*m)->layers.size());
+      continue;
+    }
+    spdlog::warn("state: model '{}' ('{}') does not load any more: {}; dropped from {}", name, path,
+                 m.status().ToString(), journal_->file());
+    if (absl::Status f = journal_->Forget(name); !f.ok()) spdlog::error("{}", std::string(f.message()));
+  }
+  return loaded;
 }
 
 EngineInfo Engine::Info() const {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "kernels/backend.h"
 #include "prometheus/registry.h"
 #include "runtime/batcher.h"
+#include "runtime/load_journal.h"
 #include "runtime/metrics.h"
 #include "runtime/model_registry.h"
 
@@ -30,6 +32,9 @@ struct EngineOptions {
   RegistryOptions registry;
   BatcherOptions batching;
   int64_t max_rows = 16384;      // M limit of one request
+  // Where the models clients load from a path are recorded, so that RestoreLoads() brings them
+  // back after a restart ("" = not recorded: a restarted runtime has only its --load models).
+  std::string state_dir;
 };
 
 struct GemmRequest {
@@ -47,7 +52,8 @@ struct EngineInfo {
 
 class Engine {
  public:
-  // Errors: an unknown or unavailable backend, a bad model root, bad options.
+  // Errors: an unknown or unavailable backend, a bad model root, bad options, a state
+  // directory another runtime holds or whose record cannot be read (LoadJournal::Open).
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineOptions& options,
                                                         std::shared_ptr<prometheus::Registry> metrics = nullptr);
 
@@ -56,9 +62,12 @@ class Engine {
   absl::StatusOr<GemmResult> Gemm(const GemmRequest& request, const CallControl& control = {});
 
   // The loads stop (nothing published, the budget given back) with DEADLINE_EXCEEDED / CANCELLED
-  // once `control` says the call ended: ModelRegistry::LoadFromPath.
+  // once `control` says the call ended: ModelRegistry::LoadFromPath. With a state directory, a
+  // path load is recorded there (`remember`; false for --load, which the flags give again at
+  // every start); a load that cannot be recorded is unloaded again and fails.
   absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromPath(const std::string& name, const std::string& path,
-                                                                  const CallControl& control = {});
+                                                                  const CallControl& control = {},
+                                                                  bool remember = true);
   absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromTensors(const std::string& name,
                                                                      const std::string& config_json,
                                                                      std::map<std::string, Tensor> tensors,
@@ -66,7 +75,13 @@ class Engine {
   // Finishes a streamed load begun on registry() (and updates the model metrics).
   absl::StatusOr<std::shared_ptr<const LoadedModel>> FinishStreamedLoad(ModelRegistry::StreamedLoad& load,
                                                                         const CallControl& control = {});
+  // Unpublishes the model and removes it from the state directory's record.
   absl::Status Unload(const std::string& name);
+  // Loads the models the state directory records (none without one), before the runtime serves.
+  // A name already loaded (by --load) is left as it is. A model that no longer loads (its
+  // checkpoint gone, over a smaller budget) is logged and dropped from the record; the others
+  // still load. Returns how many were loaded.
+  int RestoreLoads();
   ModelRegistry& registry() { return *registry_; }
   EngineInfo Info() const;
   const EngineOptions& options() const { return options_; }
@@ -82,6 +97,10 @@ class Engine {
   std::unique_ptr<ModelRegistry> registry_;
   std::unique_ptr<RuntimeMetrics> metrics_;
   std::unique_ptr<Batcher> batcher_;
+  std::unique_ptr<LoadJournal> journal_;  // null without a state directory
+  // Held while a load is recorded and while a model is unloaded and forgotten, so the record
+  // ends as the registry does when an unload races the load it undoes.
+  std::mutex journal_mu_;
   std::string device_, compute_capability_;
 };
 

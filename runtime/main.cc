@@ -52,6 +52,9 @@ ABSL_FLAG(int64_t, shutdown_grace_ms, 5000,
 ABSL_FLAG(int32_t, threads, 0, "CPU backend worker threads (0 = all cores)");
 ABSL_FLAG(std::vector<std::string>, load, {},
           "models to load at start, name=path (path under --model_root); repeatable or comma-separated");
+ABSL_FLAG(std::string, state_dir, "",
+          "directory that records the models clients load from a path, so that a restart loads them again "
+          "(empty = not recorded)");
 ABSL_FLAG(std::string, log_level, "info", "spdlog level: trace, debug, info, warn, error");
 
 namespace {
@@ -84,6 +87,7 @@ int Serve() {
   setting(FLAGS_max_batch_rows, "MAX_BATCH_ROWS", &options.batching.max_batch_rows);
   setting(FLAGS_max_rows, "MAX_ROWS", &options.max_rows);
   setting(FLAGS_threads, "THREADS", &options.threads);
+  setting(FLAGS_state_dir, "STATE_DIR", &options.state_dir);
   if (!s.ok()) return Fail(s);
   // Tests only (no flag): a pause before each Linear is prepared, so a load can be cut half way.
   if (const char* pause = std::getenv("LOWBIT_RUNTIME_TEST_LAYER_PAUSE_MS"); pause != nullptr && *pause != '\0') {
@@ -101,9 +105,13 @@ int Serve() {
     if (parts.size() != 2 || parts[0].empty() || parts[1].empty()) {
       return Fail(absl::InvalidArgumentError(absl::StrCat("--load '", item, "': expected name=path")));
     }
-    auto model = (*engine)->LoadFromPath(parts[0], parts[1]);
+    auto model = (*engine)->LoadFromPath(parts[0], parts[1], {}, /*remember=*/false);
     if (!model.ok())
       return Fail(absl::Status(model.status().code(), absl::StrCat("--load ", item, ": ", model.status().message())));
+  }
+  if (!options.state_dir.empty()) {
+    const int restored = (*engine)->RestoreLoads();
+    spdlog::info("state: {} model(s) loaded again from {}", restored, options.state_dir);
   }
   lowbit::runtime::RuntimeServiceOptions sopts;
   sopts.max_message_bytes = config.max_message_bytes;

@@ -169,6 +169,7 @@ std::unique_ptr<TestServer> StartServer(EngineOptions options = DefaultOptions()
   EXPECT_TRUE(engine.ok()) << engine.status();
   if (!engine.ok()) return nullptr;
   s->engine = *std::move(engine);
+  s->engine->RestoreLoads();  // what lowbit-runtime does before it serves (0 without a state_dir)
   rpc::ServerConfig config;
   config.address = "127.0.0.1:" + std::to_string(port);
   config.auth_token = kToken;
@@ -1197,6 +1198,70 @@ std::vector<std::string> ModelNames(Client& client) {
   std::vector<std::string> names;
   for (const auto& m : list.models()) names.push_back(m.name());
   return names;
+}
+
+// With a state directory, the models clients loaded from a path come back after a restart (the
+// same GEMM bits); an unloaded one does not; one whose checkpoint went is dropped from the record
+// while the others load; a second runtime cannot take the directory; a record that is not the
+// runtime's stops the start with a message naming it.
+TEST_F(RuntimeTest, StateDirLoadsRecordedModelsAfterRestart) {
+  const std::string state = g_fixture->root + "/../runtime-state-" + std::to_string(getpid());
+  const std::string copy = g_fixture->root + "/w8a8-copy";
+  fs::remove_all(state);
+  fs::remove_all(copy);
+  fs::copy(g_fixture->root + "/w8a8", copy, fs::copy_options::recursive);
+  EngineOptions o = DefaultOptions();
+  o.state_dir = state;
+  auto a = StartServer(o);
+  ASSERT_NE(a, nullptr);
+  Client ca(a->port);
+  ASSERT_TRUE(ca.Load("m", "w8a8").ok());
+  ASSERT_TRUE(ca.Load("gone", "w8a8-copy").ok());
+  ASSERT_TRUE(ca.Load("unloaded", "w8a8").ok());
+  ASSERT_TRUE(ca.Unload("unloaded").ok());
+  Tensor x = RandomX(3, 256, DType::kF32, 7);
+  v1::GemmResponse before;
+  ASSERT_TRUE(ca.Gemm(MakeGemm("m", kQ, x), &before).ok());
+  // A second runtime on the same directory is refused while the first runs.
+  auto second = Engine::Create(o);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(second.status().message().find("in use by another lowbit-runtime"), std::string::npos)
+      << second.status();
+  a.reset();
+  auto record = nlohmann::json::parse(*ReadFileToString(state + "/loaded-models.json"));
+  EXPECT_EQ(record["models"], nlohmann::json({{"gone", "w8a8-copy"}, {"m", "w8a8"}})) << record.dump();
+
+  fs::remove_all(copy);  // the checkpoint of "gone" is deleted while the runtime is down
+  auto b = StartServer(o);
+  ASSERT_NE(b, nullptr);
+  Client cb(b->port);
+  EXPECT_EQ(ModelNames(cb), std::vector<std::string>{"m"});
+  v1::GemmResponse after;
+  ASSERT_TRUE(cb.Gemm(MakeGemm("m", kQ, x), &after).ok());
+  EXPECT_EQ(after.y().data(), before.y().data());
+  record = nlohmann::json::parse(*ReadFileToString(state + "/loaded-models.json"));
+  EXPECT_EQ(record["models"], nlohmann::json({{"m", "w8a8"}})) << record.dump();
+  ASSERT_TRUE(cb.Unload("m").ok());
+  b.reset();
+  auto c = StartServer(o);
+  ASSERT_NE(c, nullptr);
+  Client cc(c->port);
+  EXPECT_TRUE(ModelNames(cc).empty());
+  c.reset();
+
+  // A record the runtime did not write: the start fails, naming the file; the file stays.
+  for (const std::string bad : {"{not json", "{\"format\": \"other/1\", \"models\": {}}",
+                                "{\"format\": \"lowbit-runtime-loaded-models/1\", \"models\": {\"m\": 3}}"}) {
+    ASSERT_TRUE(AtomicWriteFile(state + "/loaded-models.json", bad).ok());
+    auto e = Engine::Create(o);
+    ASSERT_FALSE(e.ok()) << bad;
+    EXPECT_EQ(e.status().code(), absl::StatusCode::kFailedPrecondition) << bad;
+    EXPECT_NE(e.status().message().find(state + "/loaded-models.json"), std::string::npos) << e.status();
+    EXPECT_NE(e.status().message().find("fix or remove it"), std::string::npos) << e.status();
+    EXPECT_EQ(*ReadFileToString(state + "/loaded-models.json"), bad);
+  }
+  fs::remove_all(state);
 }
 
 // A LoadModel whose deadline passes, or whose client cancels, half way through preparing the
