@@ -193,7 +193,7 @@ bool CudaAvailable();
 // Names MakeBackend accepts in this build.
 std::vector<std::string> BackendNames();
 
-// Byte size of [m, k] elements of dtype.
+// Byte size of [m, k] elements of dtype; 0 when m or k is below 1 (no such matrix).
 size_t ActivationBytes(DType dtype, int64_t m, int64_t k);
 
 }  // namespace lowbit::kernels

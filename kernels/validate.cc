@@ -36,6 +36,7 @@ std::string Status::ToString() const {
 }
 
 size_t ActivationBytes(DType dtype, int64_t m, int64_t k) {
+  if (m < 1 || k < 1) return 0;  // not a shape: nothing to hold (callers refuse it with a message)
   return static_cast<size_t>(m) * static_cast<size_t>(k) * DTypeSize(dtype);
 }
 

@@ -783,6 +783,13 @@ TEST(BackendOps, ValidationErrorsNameTheProblem) {
 }
 
 #ifndef LOWBIT_TEST_GPU_ONLY
+TEST(BackendOps, ActivationBytesOfANonShapeIsZero) {
+  EXPECT_EQ(ActivationBytes(DType::kBF16, 3, 5), 30u);
+  EXPECT_EQ(ActivationBytes(DType::kF32, -2, 5), 0u);  // was (size_t)-2 * 20: a huge size
+  EXPECT_EQ(ActivationBytes(DType::kF32, 2, -5), 0u);
+  EXPECT_EQ(ActivationBytes(DType::kI8, 0, 7), 0u);
+}
+
 TEST(BackendOps, UnknownBackendIsAnError) {
   std::unique_ptr<Backend> b;
   Status st = MakeBackend("tpu", {}, &b);
