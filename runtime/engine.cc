@@ -151,18 +151,37 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> Engine::LoadFromPath(const st
                                                                         const CallControl& control, bool remember) {
   auto r = registry_->LoadFromPath(name, path, control);
   if (r.ok() && remember && journal_ != nullptr) {
-    std::lock_guard<std::mutex> lock(journal_mu_);
-    absl::StatusOr<std::shared_ptr<const LoadedModel>> now = registry_->Get(name);
-    if (now.ok() && *now == *r) {  // else an unload already undid this load: nothing to record
-      if (absl::Status s = journal_->Record(name, path); !s.ok()) {
-        registry_->Unload(name).IgnoreError();
-        r = absl::Status(s.code(), absl::StrCat("model '", name, "' was not loaded: the state directory could not ",
-                                                "record it (", s.message(), ")"));
-      }
-    }
+    if (absl::Status s = Remember(name, *r, {.path = path}, nullptr); !s.ok()) r = s;
   }
   UpdateModelMetrics();
   return r;
+}
+
+absl::Status Engine::Remember(const std::string& name, const std::shared_ptr<const LoadedModel>& model,
+                              const LoadJournal::Entry& entry, StreamedCopy* copy) {
+  std::lock_guard<std::mutex> lock(journal_mu_);
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> now = registry_->Get(name);
+  if (!now.ok() || *now != model) return absl::OkStatus();  // an unload already undid this load
+  absl::Status s = copy != nullptr ? copy->Commit() : absl::OkStatus();
+  if (s.ok()) s = journal_->Record(name, entry);
+  if (s.ok()) return s;
+  registry_->Unload(name).IgnoreError();
+  return absl::Status(s.code(), absl::StrCat("model '", name, "' was not loaded: the state directory could not ",
+                                             "record it (", s.message(), ")"));
+}
+
+absl::StatusOr<std::unique_ptr<StreamedCopy>> Engine::BeginStreamedCopy(
+    const std::string& config_json, const std::vector<SafetensorsModelWriter::Placement>& placements) {
+  if (journal_ == nullptr) return std::unique_ptr<StreamedCopy>();
+  return StreamedCopy::Begin(journal_->dir(), journal_->NewStreamedCopyName(), config_json, placements);
+}
+
+absl::Status Engine::RememberStreamed(const std::string& name, const std::shared_ptr<const LoadedModel>& model,
+                                      StreamedCopy& copy) {
+  if (journal_ == nullptr) return absl::OkStatus();
+  absl::Status s = Remember(name, model, {.streamed = copy.relative_name()}, &copy);
+  UpdateModelMetrics();
+  return s;
 }
 
 absl::StatusOr<std::shared_ptr<const LoadedModel>> Engine::LoadFromTensors(const std::string& name,
@@ -199,16 +218,20 @@ absl::Status Engine::Unload(const std::string& name) {
 int Engine::RestoreLoads() {
   if (journal_ == nullptr) return 0;
   int loaded = 0;
-  for (const auto& [name, path] : journal_->Models()) {
+  for (const auto& [name, entry] : journal_->Models()) {
+    const std::string& path = entry.streamed.empty() ? entry.path : entry.streamed;
     if (registry_->Get(name).ok()) {
       spdlog::info("state: model '{}' is recorded as '{}' but --load already gave that name; keeping --load's", name,
                    path);
       continue;
     }
-    absl::StatusOr<std::shared_ptr<const LoadedModel>> m = LoadFromPath(name, path, {}, /*remember=*/false);
+    absl::StatusOr<std::shared_ptr<const LoadedModel>> m =
+        entry.streamed.empty() ? LoadFromPath(name, entry.path, {}, /*remember=*/false)
+                               : registry_->LoadFromCopy(name, journal_->dir() + "/" + entry.streamed);
     if (m.ok()) {
       ++loaded;
       spdlog::info("state: model '{}' loaded again from '{}' ({} quantized layers)", name, path, (*m)->layers.size());
+      UpdateModelMetrics();
       continue;
     }
     spdlog::warn("state: model '{}' ('{}') does not load any more: {}; dropped from {}", name, path,

@@ -19,6 +19,7 @@
 #include "prometheus/registry.h"
 #include "runtime/batcher.h"
 #include "runtime/load_journal.h"
+#include "runtime/streamed_copy.h"
 #include "runtime/metrics.h"
 #include "runtime/model_registry.h"
 
@@ -32,8 +33,9 @@ struct EngineOptions {
   RegistryOptions registry;
   BatcherOptions batching;
   int64_t max_rows = 16384;      // M limit of one request
-  // Where the models clients load from a path are recorded, so that RestoreLoads() brings them
-  // back after a restart ("" = not recorded: a restarted runtime has only its --load models).
+  // Where the models clients load (from a path, or streamed: a copy of their checkpoint) are
+  // recorded, so that RestoreLoads() brings them back after a restart ("" = not recorded: a
+  // restarted runtime has only its --load models).
   std::string state_dir;
 };
 
@@ -75,9 +77,20 @@ class Engine {
   // Finishes a streamed load begun on registry() (and updates the model metrics).
   absl::StatusOr<std::shared_ptr<const LoadedModel>> FinishStreamedLoad(ModelRegistry::StreamedLoad& load,
                                                                         const CallControl& control = {});
-  // Unpublishes the model and removes it from the state directory's record.
+  // With a state directory: a copy for a streamed load to write its tensors into as they arrive
+  // (StreamedCopy::Begin), to be recorded by RememberStreamed once the load succeeded; null
+  // without one.
+  absl::StatusOr<std::unique_ptr<StreamedCopy>> BeginStreamedCopy(
+      const std::string& config_json, const std::vector<SafetensorsModelWriter::Placement>& placements);
+  // Commits `copy` and records it as model `name` (published as `model`); when that fails the
+  // model is unloaded again and the error returned (a load that would not survive a restart is
+  // not left half remembered).
+  absl::Status RememberStreamed(const std::string& name, const std::shared_ptr<const LoadedModel>& model,
+                                StreamedCopy& copy);
+  // Unpublishes the model and removes it (and its streamed copy) from the state directory.
   absl::Status Unload(const std::string& name);
-  // Loads the models the state directory records (none without one), before the runtime serves.
+  // Loads the models the state directory records (none without one), before the runtime serves:
+  // path loads from their path, streamed ones from their copy.
   // A name already loaded (by --load) is left as it is. A model that no longer loads (its
   // checkpoint gone, over a smaller budget) is logged and dropped from the record; the others
   // still load. Returns how many were loaded.
@@ -91,6 +104,11 @@ class Engine {
   absl::Status RunBatch(const PreparedLinear& layer, DType x_dtype, DType out_dtype, const std::vector<const Tensor*>& xs,
                         std::vector<Tensor>* ys, double* kernel_us);
   void UpdateModelMetrics();
+  // Records model `name` (published as `model`) in the state directory as `entry`, after
+  // committing `copy` (a streamed load's); unloads it again when that fails. Nothing when an
+  // unload already undid the load.
+  absl::Status Remember(const std::string& name, const std::shared_ptr<const LoadedModel>& model,
+                        const LoadJournal::Entry& entry, StreamedCopy* copy);
 
   EngineOptions options_;
   std::shared_ptr<BackendHandle> handle_;

@@ -53,8 +53,8 @@ ABSL_FLAG(int32_t, threads, 0, "CPU backend worker threads (0 = all cores)");
 ABSL_FLAG(std::vector<std::string>, load, {},
           "models to load at start, name=path (path under --model_root); repeatable or comma-separated");
 ABSL_FLAG(std::string, state_dir, "",
-          "directory that records the models clients load from a path, so that a restart loads them again "
-          "(empty = not recorded)");
+          "directory that records the models clients load (path loads by path, streamed loads as a copy), so "
+          "that a restart loads them again (empty = not recorded)");
 ABSL_FLAG(std::string, log_level, "info", "spdlog level: trace, debug, info, warn, error");
 
 namespace {

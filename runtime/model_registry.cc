@@ -170,19 +170,34 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::LoadFromPath(c
   if (absl::Status s = CheckName(name); !s.ok()) return s;
   absl::StatusOr<std::string> dir = ResolvePath(path);
   if (!dir.ok()) return dir.status();
-  absl::StatusOr<std::string> text = ReadFileToString(*dir + "/config.json");
+  return LoadFromDirectory(name, *dir, path, path, control);
+}
+
+absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::LoadFromCopy(const std::string& name,
+                                                                               const std::string& dir,
+                                                                               const CallControl& control) {
+  if (absl::Status s = CheckName(name); !s.ok()) return s;
+  return LoadFromDirectory(name, dir, dir, "stream", control);
+}
+
+absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::LoadFromDirectory(const std::string& name,
+                                                                                    const std::string& dir,
+                                                                                    const std::string& shown,
+                                                                                    const std::string& source_label,
+                                                                                    const CallControl& control) {
+  absl::StatusOr<std::string> text = ReadFileToString(dir + "/config.json");
   if (!text.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat("path '", path, "' has no readable config.json: not a checkpoint"));
+    return absl::FailedPreconditionError(absl::StrCat("path '", shown, "' has no readable config.json: not a checkpoint"));
   }
   nlohmann::json config = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  if (config.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(path, "/config.json is not valid JSON"));
-  absl::StatusOr<std::unique_ptr<SafetensorsModel>> st = SafetensorsModel::Open(*dir);
-  if (!st.ok()) return absl::Status(st.status().code(), absl::StrCat(path, ": ", st.status().message()));
+  if (config.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(shown, "/config.json is not valid JSON"));
+  absl::StatusOr<std::unique_ptr<SafetensorsModel>> st = SafetensorsModel::Open(dir);
+  if (!st.ok()) return absl::Status(st.status().code(), absl::StrCat(shown, ": ", st.status().message()));
   std::shared_ptr<SafetensorsModel> model = *std::move(st);
   TensorSource source;
   source.names = model->names();
   source.get = [model](const std::string& n) { return model->Get(n); };
-  return Load(name, path, config, source, control);
+  return Load(name, source_label, config, source, control);
 }
 
 absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::LoadFromTensors(const std::string& name,

@@ -95,6 +95,10 @@ class ModelRegistry {
   // is published, and the result is DEADLINE_EXCEEDED / CANCELLED.
   absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromPath(const std::string& name, const std::string& path,
                                                                   const CallControl& control = {});
+  // A checkpoint directory the runtime wrote itself (a streamed load's copy in the state
+  // directory, StreamedCopy): not confined to the model root; the model's source is "stream".
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromCopy(const std::string& name, const std::string& dir,
+                                                                  const CallControl& control = {});
   // A checkpoint given as config.json text plus its tensors (from LoadModelStream).
   absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromTensors(const std::string& name,
                                                                      const std::string& config_json,
@@ -161,6 +165,11 @@ class ModelRegistry {
  private:
   ModelRegistry(std::shared_ptr<BackendHandle> handle, RegistryOptions options, std::string root)
       : handle_(std::move(handle)), options_(std::move(options)), root_(std::move(root)) {}
+  // A checkpoint directory `dir` (`shown` in messages), loaded as model `name` from `source_label`.
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadFromDirectory(const std::string& name, const std::string& dir,
+                                                                       const std::string& shown,
+                                                                       const std::string& source_label,
+                                                                       const CallControl& control);
   absl::StatusOr<std::shared_ptr<const LoadedModel>> Load(const std::string& name, const std::string& source,
                                                           const nlohmann::json& config, const TensorSource& tensors,
                                                           const CallControl& control);

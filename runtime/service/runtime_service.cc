@@ -122,6 +122,14 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
   if (!manifest.ok()) return over_budget(manifest.status());
   std::unique_ptr<ModelRegistry::StreamedLoad> streamed;
   rpc::ChunkAssembler::Hooks hooks;
+  // With --state_dir the checkpoint is also written to disk as it arrives, so that the model
+  // can be loaded again after a restart.
+  std::vector<SafetensorsModelWriter::Placement> placements;
+  for (const rpc::Manifest::Entry& e : manifest->entries()) {
+    placements.push_back({e.name, e.dtype, e.shape, "model.safetensors"});
+  }
+  absl::StatusOr<std::unique_ptr<StreamedCopy>> copy = engine_->BeginStreamedCopy(config, placements);
+  if (!copy.ok()) return copy.status();
   if (!manifest->entries().empty()) {
     auto begun = engine_->registry().BeginStreamedLoad(name, config, manifest->names());
     if (!begun.ok()) return begun.status();
@@ -129,7 +137,12 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
     hooks.check = [&](const std::string& n, DType dtype, const Shape& shape) {
       return manifest->Check(n, dtype, shape);
     };
-    hooks.take = [&](const std::string& n, Tensor t) { return streamed->Add(n, std::move(t)); };
+    hooks.take = [&](const std::string& n, Tensor t) {
+      if (*copy != nullptr) {
+        if (absl::Status s = (*copy)->Add(n, t); !s.ok()) return s;
+      }
+      return streamed->Add(n, std::move(t));
+    };
   }
   rpc::ChunkAssembler assembler(limits, std::move(hooks));
   while (next(&st)) {
@@ -155,9 +168,15 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
   } else {
     // The same checks as a path load: a stream that ended cleanly but early (a Linear without
     // its scale, a decoder layer or Linear missing) is refused, not loaded in part.
+    if (*copy != nullptr) {
+      if (absl::Status s = (*copy)->AddAll(assembler.tensors()); !s.ok()) return s;
+    }
     model = engine_->LoadFromTensors(name, config, std::move(assembler.tensors()), ControlOf(ctx));
   }
   if (!model.ok()) return model.status();
+  if (*copy != nullptr) {
+    if (absl::Status s = engine_->RememberStreamed(name, *model, **copy); !s.ok()) return s;
+  }
   v1::LoadModelStreamResponse resp;
   ModelInfoToProto(**model, engine_->Info().backend, resp.mutable_model());
   return resp;

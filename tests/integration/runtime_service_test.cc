@@ -1200,10 +1200,11 @@ std::vector<std::string> ModelNames(Client& client) {
   return names;
 }
 
-// With a state directory, the models clients loaded from a path come back after a restart (the
-// same GEMM bits); an unloaded one does not; one whose checkpoint went is dropped from the record
-// while the others load; a second runtime cannot take the directory; a record that is not the
-// runtime's stops the start with a message naming it.
+// With a state directory, the models clients loaded — from a path, or streamed with or without a
+// manifest — come back after a restart (the same GEMM bits); an unloaded one does not (its copy
+// goes with it); one whose checkpoint went is dropped from the record while the others load; a
+// copy a crash left is removed; a second runtime cannot take the directory; a record that is not
+// the runtime's stops the start with a message naming it.
 TEST_F(RuntimeTest, StateDirLoadsRecordedModelsAfterRestart) {
   const std::string state = g_fixture->root + "/../runtime-state-" + std::to_string(getpid());
   const std::string copy = g_fixture->root + "/w8a8-copy";
@@ -1219,9 +1220,22 @@ TEST_F(RuntimeTest, StateDirLoadsRecordedModelsAfterRestart) {
   ASSERT_TRUE(ca.Load("gone", "w8a8-copy").ok());
   ASSERT_TRUE(ca.Load("unloaded", "w8a8").ok());
   ASSERT_TRUE(ca.Unload("unloaded").ok());
+  // Streamed loads, with and without a manifest: their checkpoints are copied to the state dir.
+  ASSERT_TRUE(StreamLoad(ca, "s/manifest", g_fixture->root + "/w4a16", nullptr, false, true).ok());
+  ASSERT_TRUE(StreamLoad(ca, "s/plain", g_fixture->root + "/w8a8", nullptr, false, false).ok());
+  ASSERT_TRUE(StreamLoad(ca, "s/unloaded", g_fixture->root + "/w8a8", nullptr, false, true).ok());
+  ASSERT_TRUE(ca.Unload("s/unloaded").ok());
+  auto copies = [&] {
+    std::set<std::string> names;
+    for (const auto& e : fs::directory_iterator(state + "/streamed")) names.insert(e.path().filename().string());
+    return names;
+  };
+  EXPECT_EQ(copies().size(), 2u);  // the unloaded model's copy went with it
   Tensor x = RandomX(3, 256, DType::kF32, 7);
-  v1::GemmResponse before;
+  v1::GemmResponse before, before_manifest, before_plain;
   ASSERT_TRUE(ca.Gemm(MakeGemm("m", kQ, x), &before).ok());
+  ASSERT_TRUE(ca.Gemm(MakeGemm("s/manifest", kQ, x), &before_manifest).ok());
+  ASSERT_TRUE(ca.Gemm(MakeGemm("s/plain", kQ, x), &before_plain).ok());
   // A second runtime on the same directory is refused while the first runs.
   auto second = Engine::Create(o);
   ASSERT_FALSE(second.ok());
@@ -1230,19 +1244,28 @@ TEST_F(RuntimeTest, StateDirLoadsRecordedModelsAfterRestart) {
       << second.status();
   a.reset();
   auto record = nlohmann::json::parse(*ReadFileToString(state + "/loaded-models.json"));
-  EXPECT_EQ(record["models"], nlohmann::json({{"gone", "w8a8-copy"}, {"m", "w8a8"}})) << record.dump();
+  EXPECT_EQ(record["models"]["gone"], nlohmann::json({{"path", "w8a8-copy"}})) << record.dump();
+  EXPECT_EQ(record["models"]["m"], nlohmann::json({{"path", "w8a8"}})) << record.dump();
+  EXPECT_EQ(record["models"].size(), 4u) << record.dump();
 
   fs::remove_all(copy);  // the checkpoint of "gone" is deleted while the runtime is down
+  fs::create_directories(state + "/streamed/leftover.tmp");  // a copy a crash cut short
   auto b = StartServer(o);
   ASSERT_NE(b, nullptr);
   Client cb(b->port);
-  EXPECT_EQ(ModelNames(cb), std::vector<std::string>{"m"});
+  EXPECT_EQ(ModelNames(cb), (std::vector<std::string>{"m", "s/manifest", "s/plain"}));
+  EXPECT_EQ(copies().size(), 2u);  // the leftover is gone
   v1::GemmResponse after;
   ASSERT_TRUE(cb.Gemm(MakeGemm("m", kQ, x), &after).ok());
   EXPECT_EQ(after.y().data(), before.y().data());
+  ASSERT_TRUE(cb.Gemm(MakeGemm("s/manifest", kQ, x), &after).ok());
+  EXPECT_EQ(after.y().data(), before_manifest.y().data());
+  ASSERT_TRUE(cb.Gemm(MakeGemm("s/plain", kQ, x), &after).ok());
+  EXPECT_EQ(after.y().data(), before_plain.y().data());
   record = nlohmann::json::parse(*ReadFileToString(state + "/loaded-models.json"));
-  EXPECT_EQ(record["models"], nlohmann::json({{"m", "w8a8"}})) << record.dump();
-  ASSERT_TRUE(cb.Unload("m").ok());
+  EXPECT_FALSE(record["models"].contains("gone")) << record.dump();
+  for (const char* name : {"m", "s/manifest", "s/plain"}) ASSERT_TRUE(cb.Unload(name).ok()) << name;
+  EXPECT_TRUE(copies().empty());
   b.reset();
   auto c = StartServer(o);
   ASSERT_NE(c, nullptr);
@@ -1252,7 +1275,9 @@ TEST_F(RuntimeTest, StateDirLoadsRecordedModelsAfterRestart) {
 
   // A record the runtime did not write: the start fails, naming the file; the file stays.
   for (const std::string bad : {"{not json", "{\"format\": \"other/1\", \"models\": {}}",
-                                "{\"format\": \"lowbit-runtime-loaded-models/1\", \"models\": {\"m\": 3}}"}) {
+                                "{\"format\": \"lowbit-runtime-loaded-models/1\", \"models\": {\"m\": 3}}",
+                                "{\"format\": \"lowbit-runtime-loaded-models/1\", \"models\": {\"m\": "
+                                "{\"streamed\": \"streamed/../../etc\"}}}"}) {
     ASSERT_TRUE(AtomicWriteFile(state + "/loaded-models.json", bad).ok());
     auto e = Engine::Create(o);
     ASSERT_FALSE(e.ok()) << bad;
