@@ -141,12 +141,6 @@ absl::StatusOr<Manifest> Manifest::FromProto(const google::protobuf::RepeatedPtr
   return m;
 }
 
-std::vector<std::string> Manifest::names() const {
-  std::vector<std::string> out;
-  for (const Entry& e : entries_) out.push_back(e.name);
-  return out;
-}
-
 absl::Status Manifest::Check(const std::string& name, DType dtype, const Shape& shape) const {
   auto it = index_.find(name);
   if (it == index_.end()) {

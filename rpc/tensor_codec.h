@@ -67,7 +67,6 @@ class Manifest {
   static absl::StatusOr<Manifest> FromProto(const google::protobuf::RepeatedPtrField<v1::TensorInfo>& infos,
                                             const TensorLimits& limits = {});
   const std::vector<Entry>& entries() const { return entries_; }  // in chunk order
-  std::vector<std::string> names() const;
   // A tensor's first chunk against its entry: InvalidArgument unless listed with this dtype
   // and shape.
   absl::Status Check(const std::string& name, DType dtype, const Shape& shape) const;

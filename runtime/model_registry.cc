@@ -458,11 +458,14 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::Load(const std
 }
 
 absl::StatusOr<std::unique_ptr<ModelRegistry::StreamedLoad>> ModelRegistry::BeginStreamedLoad(
-    const std::string& name, const std::string& config_json, const std::vector<std::string>& manifest) {
+    const std::string& name, const std::string& config_json,
+    const std::vector<std::pair<std::string, int64_t>>& manifest) {
   if (absl::Status s = CheckName(name); !s.ok()) return s;
   absl::StatusOr<nlohmann::json> config = ParseConfigJson(config_json);
   if (!config.ok()) return config.status();
-  absl::StatusOr<LinearPlan> plan = PlanQuantizedLinears(*config, manifest);
+  std::vector<std::string> names;
+  for (const auto& [n, bytes] : manifest) names.push_back(n);
+  absl::StatusOr<LinearPlan> plan = PlanQuantizedLinears(*config, names);
   if (!plan.ok()) return plan.status();
   absl::StatusOr<DType> model_dtype = ModelDType(*config);
   if (!model_dtype.ok()) return model_dtype.status();
@@ -486,7 +489,12 @@ absl::StatusOr<std::unique_ptr<ModelRegistry::StreamedLoad>> ModelRegistry::Begi
   load->model_->name = name;
   load->model_->source = "stream";
   load->model_->float_layers.insert(load->plan_.float_linears.begin(), load->plan_.float_linears.end());
-  if (absl::Status s = ReserveLoad(name, 0); !s.ok()) return s;
+  int64_t need = 0;
+  for (const auto& [n, bytes] : manifest) {
+    if (load->module_of_.count(n)) need += bytes;
+  }
+  if (absl::Status s = ReserveLoad(name, need); !s.ok()) return s;
+  load->reserved_ = need;
   load->active_ = true;
   return load;
 }

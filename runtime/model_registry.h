@@ -17,6 +17,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -132,9 +133,13 @@ class ModelRegistry {
     int64_t reserved_ = 0;
     bool active_ = false;  // holds the name and the reservation
   };
-  absl::StatusOr<std::unique_ptr<StreamedLoad>> BeginStreamedLoad(const std::string& name,
-                                                                  const std::string& config_json,
-                                                                  const std::vector<std::string>& manifest);
+  // `manifest`: every tensor's name and byte count, as the stream announced them. The budget is
+  // asked up front for the bytes of the quantized Linears' tensors, as a path load's estimate is
+  // (RESOURCE_EXHAUSTED before any data), not for tensors no quantized Linear reads (embeddings,
+  // norms), which are dropped as they arrive.
+  absl::StatusOr<std::unique_ptr<StreamedLoad>> BeginStreamedLoad(
+      const std::string& name, const std::string& config_json,
+      const std::vector<std::pair<std::string, int64_t>>& manifest);
 
   ~ModelRegistry();
 

@@ -104,22 +104,23 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
   const std::string name = msg.header().name();
   const std::string config = msg.header().config_json();
   if (absl::Status s = engine_->registry().CheckName(name); !s.ok()) return s;
-  // The streamed bytes are bounded by what the memory budget has left (RESOURCE_EXHAUSTED naming
-  // the budget); a size that is invalid whatever the budget (negative, overflowing, over
-  // TensorLimits::max_bytes) stays INVALID_ARGUMENT.
+  // A size that is invalid whatever the budget (negative, overflowing, over
+  // TensorLimits::max_bytes) is INVALID_ARGUMENT. With a manifest, each quantized Linear is
+  // prepared as soon as its tensors arrived (ModelRegistry::StreamedLoad), which asks the memory
+  // budget up front for the Linears' bytes, as a path load does; without one, the whole
+  // checkpoint is assembled in memory first, so every streamed byte is bounded by what the budget
+  // has left (RESOURCE_EXHAUSTED naming the budget).
   rpc::TensorLimits limits;
+  absl::StatusOr<rpc::Manifest> manifest = rpc::Manifest::FromProto(msg.header().manifest(), limits);
+  if (!manifest.ok()) return manifest.status();
   const int64_t left = engine_->registry().bytes_left();
-  limits.budget_bytes = left;
+  if (manifest->entries().empty()) limits.budget_bytes = left;
   auto over_budget = [&](const absl::Status& s) {
-    if (s.code() != absl::StatusCode::kResourceExhausted || left >= limits.max_bytes) return s;
+    if (s.code() != absl::StatusCode::kResourceExhausted || limits.budget_bytes >= limits.max_bytes) return s;
     return absl::ResourceExhaustedError(absl::StrCat(s.message(), ": the memory budget (--memory_budget_bytes ",
                                                      engine_->registry().budget_bytes(), ") has ", left,
                                                      " bytes left for new models; unload a model or raise it"));
   };
-  // With a manifest, each quantized Linear is prepared as soon as its tensors arrived
-  // (ModelRegistry::StreamedLoad); without one, the whole checkpoint is assembled first.
-  absl::StatusOr<rpc::Manifest> manifest = rpc::Manifest::FromProto(msg.header().manifest(), limits);
-  if (!manifest.ok()) return over_budget(manifest.status());
   std::unique_ptr<ModelRegistry::StreamedLoad> streamed;
   rpc::ChunkAssembler::Hooks hooks;
   // With --state_dir the checkpoint is also written to disk as it arrives, so that the model
@@ -131,7 +132,9 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
   absl::StatusOr<std::unique_ptr<StreamedCopy>> copy = engine_->BeginStreamedCopy(config, placements);
   if (!copy.ok()) return copy.status();
   if (!manifest->entries().empty()) {
-    auto begun = engine_->registry().BeginStreamedLoad(name, config, manifest->names());
+    std::vector<std::pair<std::string, int64_t>> announced;
+    for (const rpc::Manifest::Entry& e : manifest->entries()) announced.emplace_back(e.name, e.bytes);
+    auto begun = engine_->registry().BeginStreamedLoad(name, config, announced);
     if (!begun.ok()) return begun.status();
     streamed = *std::move(begun);
     hooks.check = [&](const std::string& n, DType dtype, const Shape& shape) {

@@ -1587,14 +1587,31 @@ TEST_F(RuntimeTest, StreamedTensorOverTheBudgetIsResourceExhausted) {
     writer->WritesDone();
     return writer->Finish();
   };
+  // Without a manifest the whole checkpoint is assembled before anything is prepared: every
+  // streamed byte counts against the budget.
+  grpc::Status st = send({100'000'000}, false);  // 400 MB of F32
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "'a'")) << st.error_message();
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "the memory budget (--memory_budget_bytes 40000000) has " +
+                                                        std::to_string(left) + " bytes left"))
+      << st.error_message();
+  // With a manifest the budget is asked up front for the quantized Linears' bytes: a q_proj
+  // announced at 400 MB is refused before any data.
+  st = StreamLoad(client, "big", g_fixture->root + "/w8a8", nullptr, false, true,
+                  [](google::protobuf::RepeatedPtrField<v1::TensorInfo>& m) {
+                    for (v1::TensorInfo& t : m) {
+                      if (t.name() == std::string(kQ) + ".weight") {
+                        t.clear_shape();
+                        t.add_shape(400'000'000);
+                      }
+                    }
+                  });
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "loading 'big' needs ")) << st.error_message();
+  EXPECT_TRUE(absl::StrContains(st.error_message(), std::to_string(left) + " of the 40000000-byte memory budget"))
+      << st.error_message();
   for (bool manifest : {false, true}) {
     SCOPED_TRACE(manifest ? "with manifest" : "without manifest");
-    grpc::Status st = send({100'000'000}, manifest);  // 400 MB of F32
-    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
-    EXPECT_TRUE(absl::StrContains(st.error_message(), "'a'")) << st.error_message();
-    EXPECT_TRUE(absl::StrContains(st.error_message(), "the memory budget (--memory_budget_bytes 40000000) has " +
-                                                          std::to_string(left) + " bytes left"))
-        << st.error_message();
     st = send({int64_t{1} << 40}, manifest);  // 4 TiB: over the 16 GiB any tensor may have
     EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
     EXPECT_TRUE(absl::StrContains(st.error_message(), "17179869184-byte limit")) << st.error_message();
@@ -1606,6 +1623,60 @@ TEST_F(RuntimeTest, StreamedTensorOverTheBudgetIsResourceExhausted) {
   EXPECT_EQ(ModelNames(client), std::vector<std::string>{"m"});
   v1::GemmResponse g;
   ASSERT_TRUE(client.Gemm(MakeGemm("m", kQ, RandomX(2, 256, DType::kF32, 1)), &g).ok());
+}
+
+// A streamed load (with a manifest) and a path load of the same checkpoint count the same bytes
+// against the budget: the quantized Linears', not the embeddings' or any other tensor no quantized
+// Linear reads. A checkpoint with a large extra table loads both ways under a budget that holds
+// its Linears but not the table (a streamed load used to be refused: the whole manifest counted).
+TEST_F(RuntimeTest, StreamedAndPathLoadsCountTheSameBytesAgainstTheBudget) {
+  const std::string dir = g_fixture->root + "/w8a8-big-table";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  fs::copy_file(g_fixture->root + "/w8a8/config.json", dir + "/config.json");
+  {
+    auto src = SafetensorsModel::Open(g_fixture->root + "/w8a8");
+    ASSERT_TRUE(src.ok());
+    std::vector<NamedTensor> tensors;
+    for (const std::string& n : (*src)->names()) {
+      Tensor t = *(*src)->Get(n);
+      tensors.push_back({n, Tensor::FromBytes(t.dtype(), t.shape(), t.bytes())});
+    }
+    std::vector<float> table(2'000'000, 0.5f);  // 8 MB: several times the Linears' bytes
+    tensors.push_back({"model.extra_table", Tensor::FromFloats(table, {2'000'000}, DType::kF32)});
+    ASSERT_TRUE(WriteSafetensorsFile(dir + "/model.safetensors", tensors).ok());
+  }
+  int64_t linears = 0;
+  {
+    auto probe = StartServer();
+    ASSERT_NE(probe, nullptr);
+    Client c(probe->port);
+    ASSERT_TRUE(c.Load("probe", "w8a8").ok());
+    linears = probe->engine->registry().used_bytes();
+  }
+  ASSERT_GT(linears, 0);
+  ASSERT_LT(4 * linears, 8'000'000);
+  EngineOptions o = DefaultOptions();
+  o.registry.memory_budget_bytes = 2 * linears + linears / 2;  // two models' Linears, not the table
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  grpc::Status st = StreamLoad(client, "streamed", dir, nullptr, false, /*manifest=*/true);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  st = client.Load("path", "w8a8-big-table");
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  // A third copy of the Linears does not fit: refused up front, both ways, naming the budget.
+  st = StreamLoad(client, "third", dir, nullptr, false, true);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "memory budget")) << st.error_message();
+  st = client.Load("third", "w8a8-big-table");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  Tensor x = RandomX(2, 256, DType::kF32, 4);
+  v1::GemmResponse a, b;
+  ASSERT_TRUE(client.Gemm(MakeGemm("streamed", kQ, x), &a).ok());
+  ASSERT_TRUE(client.Gemm(MakeGemm("path", kQ, x), &b).ok());
+  EXPECT_EQ(a.y().data(), b.y().data());
+  fs::remove_all(dir);
 }
 
 // A load refused because another load in progress holds the budget says so.
