@@ -17,6 +17,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
@@ -67,11 +68,14 @@ std::set<std::string> FlagCommands(const std::string& help) {
   return commands;
 }
 
-// The first flag on the command line that belongs to other commands than `command` (by
-// FlagCommands), as "--NAME", with the commands it belongs to; empty when there is none. Such a
-// flag would be ignored silently (`lowbit jobs --out x` fetches nothing). Arguments after "--"
-// and flag values are skipped; "--noNAME" of a bool flag counts as NAME.
-std::string ForeignFlag(int argc, char** argv, const std::string& command, std::set<std::string>* owners) {
+// Why the first flag on the command line does not apply to `command`, or empty when all do:
+// a flag of other commands (by FlagCommands), or an address / token / TLS flag given to demo or
+// bench-rpc, which start their own services on loopback. Such a flag would be ignored silently
+// (`lowbit jobs --out x` fetches nothing, `lowbit demo --runtime H:P` does not use that runtime).
+// Arguments after "--" and flag values are skipped; "--noNAME" of a bool flag counts as NAME.
+std::string ForeignFlag(int argc, char** argv, const std::string& command) {
+  static const std::set<std::string> kServiceFlags = {"calibrator", "runtime",  "token",          "tls_ca",
+                                                      "tls_cert",   "tls_key",  "tls_server_name"};
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
     if (a == "--") break;
@@ -81,8 +85,16 @@ std::string ForeignFlag(int argc, char** argv, const std::string& command, std::
     const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
     if (flag == nullptr && name.rfind("no", 0) == 0) flag = absl::FindCommandLineFlag(name.substr(2));
     if (flag == nullptr || flag->Filename().find("cli/") == std::string::npos) continue;
-    *owners = FlagCommands(flag->Help());
-    if (!owners->empty() && !owners->count(command)) return "--" + std::string(flag->Name());
+    const std::string shown = "--" + std::string(flag->Name());
+    const std::set<std::string> owners = FlagCommands(flag->Help());
+    if (!owners.empty() && !owners.count(command)) {
+      return absl::StrCat(shown, " is a flag of lowbit ", absl::StrJoin(owners, " / "), ", not of ", command,
+                          " (`lowbit ", command, " --help` lists its flags)");
+    }
+    if ((command == "demo" || command == "bench-rpc") && kServiceFlags.count(std::string(flag->Name()))) {
+      return absl::StrCat(shown, " is not used: lowbit ", command,
+                          " starts its own services on loopback, with a token of its own and no TLS");
+    }
   }
   return "";
 }
@@ -164,11 +176,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "lowbit: unknown command '%s'\n%s\n", rest[1], kUsage);
     return 2;
   }
-  std::set<std::string> owners;
-  if (const std::string flag = ForeignFlag(argc, argv, it->first, &owners); !flag.empty()) {
-    std::fprintf(stderr, "lowbit %s: %s is a flag of lowbit %s, not of %s (`lowbit %s --help` lists its flags)\n",
-                 it->first.c_str(), flag.c_str(), absl::StrJoin(owners, " / ").c_str(), it->first.c_str(),
-                 it->first.c_str());
+  if (const std::string why = ForeignFlag(argc, argv, it->first); !why.empty()) {
+    std::fprintf(stderr, "lowbit %s: %s\n", it->first.c_str(), why.c_str());
     return 2;
   }
   Args args(rest.begin() + 2, rest.end());

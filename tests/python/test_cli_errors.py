@@ -188,6 +188,10 @@ def usage_errors(lowbit, work, model):
     expect("upload-model DIR ..", run([lowbit, "upload-model", model, ".."], down), 2, ["'..'"])
     expect("fetch --out with --verify_only", run([lowbit, "fetch", "j", "--out", "x", "--verify_only"], down), 2,
            ["usage: lowbit fetch"])
+    expect("demo --runtime (demo starts its own)", run([lowbit, "demo", "--out", b1, "--runtime", "10.0.0.1:50052"]), 2,
+           ["--runtime is not used", "starts its own services"])
+    expect("gemm --state (a flag of jobs)", run([lowbit, "gemm", "--name", "a", "--layer", "b", "--state", "running"],
+                                                down), 2, ["--state is a flag of lowbit jobs, not of gemm"])
     expect("demo --demo_schemes W3A5", run([lowbit, "demo", "--out", b1, "--demo_schemes", "W3A5"]), 2, ["W3A5"])
     check("demo with a bad flag writes nothing", not os.path.exists(b1), b1 + " exists")
 
