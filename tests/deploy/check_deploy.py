@@ -30,6 +30,9 @@ import tempfile
 K8S_VERSION = "1.33.0"  # native gRPC probes GA 1.27; Indexed Job backoffLimitPerIndex GA 1.33
 
 
+SUBCOMMANDS = {"lowbit-calibrator": ("calibrate", "serve"), "lowbit-runtime": ("serve",)}
+
+
 def load_yaml_docs(path):
     import yaml
     with open(path) as f:
@@ -121,6 +124,13 @@ def check_manifests(repo, pytools):
                         "%s: PVC %s not defined" % (name, v["persistentVolumeClaim"]["claimName"]))
         for ct in spec["containers"]:
             cname = "%s/%s" % (name, ct["name"])
+            # The services' binaries take a subcommand first (without it they print usage, exit 2).
+            binary = os.path.basename((ct.get("command") or [""])[0])
+            if binary in SUBCOMMANDS:
+                args = ct.get("args", [])
+                c.check(bool(args) and args[0] in SUBCOMMANDS[binary],
+                        "%s: %s needs its subcommand (%s) as the first arg, got %s"
+                        % (cname, binary, " or ".join(SUBCOMMANDS[binary]), args[:1]))
             image = ct["image"].rsplit(":", 1)
             c.check(len(image) == 2 and image[1] not in ("", "latest"), "%s: image %s not pinned" % (cname, ct["image"]))
             c.check(image[0] in kimages, "%s: image %s not in kustomization images" % (cname, image[0]))
