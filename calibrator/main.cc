@@ -27,6 +27,7 @@
 #include "calibrator/pipeline.h"
 #include "common/blas_env.h"
 #include "common/file_util.h"
+#include "common/flags_help.h"
 #include "common/recipe.h"
 #ifdef LOWBIT_CALIBRATOR_SERVE
 #include <cstdlib>
@@ -45,7 +46,8 @@ ABSL_FLAG(std::string, scheme, "", "preset scheme instead of a recipe: W8A8, W8A
 ABSL_FLAG(std::string, algorithm, "gptq", "with --scheme: gptq (GPTQModifier) or rtn (QuantizationModifier)");
 ABSL_FLAG(std::string, out, "", "output checkpoint directory (replaced atomically if it exists)");
 ABSL_FLAG(int64_t, num_calibration_samples, 512, "calibration samples to use");
-ABSL_FLAG(int64_t, max_seq_length, 0, "truncate samples to this many tokens (0 = no truncation)");
+ABSL_FLAG(int64_t, max_seq_length, 2048,
+          "truncate samples to this many tokens (0 = no truncation); 2048, as the service's jobs and the product docs' recipes");
 ABSL_FLAG(double, heldout_fraction, 0.1, "fraction of the samples held out for the report's KL / perplexity");
 ABSL_FLAG(uint64_t, seed, 42, "shuffle seed");
 ABSL_FLAG(bool, shuffle, true, "shuffle the samples before choosing");
@@ -261,6 +263,7 @@ int Serve() {
 
 int main(int argc, char** argv) {
   lowbit::EnsureBlasCoreType(argv);
+  lowbit::HelpListsFlagsOf(__FILE__);
   absl::SetProgramUsageMessage(
       "lowbit-calibrator calibrate --model DIR --data tokens.jsonl (--recipe R.yaml | --scheme W4A16) --out DIR\n"
       "       lowbit-calibrator serve --state_dir DIR --model_root DIR [--address HOST:PORT] [--auth_token T] ...");

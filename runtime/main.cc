@@ -22,6 +22,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/flags_help.h"
 #include "rpc/process.h"
 #include "rpc/server.h"
 #include "rpc/settings.h"
@@ -136,6 +137,7 @@ int Serve() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  lowbit::HelpListsFlagsOf(__FILE__);
   absl::SetProgramUsageMessage(
       "lowbit-runtime serve --address HOST:PORT --model_root DIR [--backend auto|cpu|cuda] [--load name=path] ...");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);

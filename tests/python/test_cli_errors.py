@@ -153,6 +153,15 @@ def usage_errors(lowbit, work, model):
     expect("--timeout_s -1", run([lowbit, "models", "--timeout_s", "-1"], down), 2, ["--timeout_s"])
     expect("health --service typo", run([lowbit, "health", "--service", "calbrator"], down), 2,
            ["--service 'calbrator'"])
+    # Every binary's --help lists its own flags (Abseil lists only a file named after the program).
+    bin_dir = os.path.dirname(os.path.dirname(lowbit))
+    for binary, flag in (("calibrator/lowbit-calibrator", "--per_layer_resume"), ("runtime/lowbit-runtime", "--state_dir"),
+                         ("tools/lowbit-gen-model", "--outlier_channels"), ("tools/lowbit-gen-tokens", "--max_len"),
+                         ("tools/lowbit-rtn", "--scheme"), ("tools/lowbit-demo", "--schemes"),
+                         ("tools/lowbit-forward", "--bench_sgemm")):
+        p = run([os.path.join(bin_dir, binary), "--help"])
+        check("%s --help lists %s" % (binary, flag), flag in p.stdout + p.stderr and "No flags matched" not in p.stdout,
+              (p.stdout + p.stderr)[-400:])
     expect("unknown command", run([lowbit, "frob"]), 2, ["unknown command 'frob'"])
     expect("no command", run([lowbit]), 2, ["lowbit COMMAND"])
     # Abseil's own flag parser reports an unknown flag, with status 1 (documented).

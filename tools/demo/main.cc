@@ -18,11 +18,13 @@
 #include "calibrator/compute.h"
 #include "calibrator/pipeline.h"
 #include "common/blas_env.h"
+#include "common/flags_help.h"
 #include "common/recipe.h"
 #include "tools/gen_model/synthetic_llama.h"
 #include "tools/gen_tokens/synthetic_tokens.h"
 
-ABSL_FLAG(std::string, out, "demo-out", "output directory: model/ and two checkpoints per scheme");
+ABSL_FLAG(std::string, out, "demo-inprocess-out",
+          "output directory: model/ and two checkpoints per scheme (not demo-out/, which is `lowbit demo`'s)");
 ABSL_FLAG(std::string, schemes, "W8A8,W4A16,W4A16_ASYM,FP8,FP8_DYNAMIC", "comma-separated preset schemes");
 ABSL_FLAG(int64_t, samples, 96, "synthetic calibration samples (a quarter is held out for the comparison)");
 
@@ -116,6 +118,7 @@ int Run() {
 
 int main(int argc, char** argv) {
   lowbit::EnsureBlasCoreType(argv);
+  lowbit::HelpListsFlagsOf(__FILE__);
   absl::SetProgramUsageMessage("Calibrates the default synthetic Llama with each scheme: lowbit-demo [--out DIR]");
   absl::ParseCommandLine(argc, argv);
   return lowbit::Run();

@@ -19,6 +19,7 @@
 #include "calibrator/llama.h"
 #include "common/blas_env.h"
 #include "common/file_util.h"
+#include "common/flags_help.h"
 
 ABSL_FLAG(std::string, model, "", "model directory (config.json + safetensors)");
 ABSL_FLAG(std::string, tokens, "", "token ids: sequences separated by ';', ids by ','");
@@ -43,6 +44,7 @@ int Fail(const std::string& msg) {
 
 int main(int argc, char** argv) {
   lowbit::EnsureBlasCoreType(argv);
+  lowbit::HelpListsFlagsOf(__FILE__);
   absl::SetProgramUsageMessage("lowbit-forward --model DIR (--tokens \"1,2;3\" | --random 4x512) [--out F]");
   absl::ParseCommandLine(argc, argv);
   const std::string dir = absl::GetFlag(FLAGS_model);

@@ -11,6 +11,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "common/flags_help.h"
 #include "tools/gen_model/synthetic_llama.h"
 
 ABSL_FLAG(std::string, out, "", "output directory (required)");
@@ -34,6 +35,7 @@ ABSL_FLAG(int64_t, rope_original_max_position, 8192, "llama3 rope_scaling origin
 ABSL_FLAG(double, rope_theta, 500000.0, "rope_theta");
 
 int main(int argc, char** argv) {
+  lowbit::HelpListsFlagsOf(__FILE__);
   absl::SetProgramUsageMessage("Writes a deterministic synthetic Llama model: lowbit-gen-model --out DIR");
   absl::ParseCommandLine(argc, argv);
   lowbit::SyntheticLlamaOptions o;

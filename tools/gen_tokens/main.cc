@@ -9,9 +9,11 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/flags_help.h"
 #include "tools/gen_tokens/synthetic_tokens.h"
 
 ABSL_FLAG(std::string, out, "", "output path: .jsonl, or .bin (+ .idx written beside it)");
@@ -22,6 +24,8 @@ ABSL_FLAG(int64_t, max_len, 64, "longest sequence");
 ABSL_FLAG(uint64_t, seed, 1, "random seed");
 
 int main(int argc, char** argv) {
+  lowbit::HelpListsFlagsOf(__FILE__);
+  absl::SetProgramUsageMessage("Writes synthetic calibration tokens: lowbit-gen-tokens --out tokens.jsonl|tokens.bin");
   absl::ParseCommandLine(argc, argv);
   const std::string out = absl::GetFlag(FLAGS_out);
   const int64_t vocab = absl::GetFlag(FLAGS_vocab), samples = absl::GetFlag(FLAGS_samples);

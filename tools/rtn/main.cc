@@ -8,6 +8,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "common/file_util.h"
+#include "common/flags_help.h"
 #include "tools/quantize_main.h"
 
 ABSL_FLAG(std::string, model, "", "source model directory (config.json + safetensors)");
@@ -16,6 +17,7 @@ ABSL_FLAG(std::string, scheme, "", "preset: W8A8, W8A16, W4A16, W4A16_ASYM, FP8_
 ABSL_FLAG(std::string, recipe, "", "llm-compressor recipe YAML (QuantizationModifier)");
 
 int main(int argc, char** argv) {
+  lowbit::HelpListsFlagsOf(__FILE__);
   absl::SetProgramUsageMessage("lowbit-rtn --model DIR --out DIR (--scheme NAME | --recipe FILE)");
   absl::ParseCommandLine(argc, argv);
   const std::string model = absl::GetFlag(FLAGS_model), out = absl::GetFlag(FLAGS_out);
