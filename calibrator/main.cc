@@ -248,8 +248,7 @@ int Serve() {
     std::fprintf(stderr, "lowbit-calibrator: %s\n", server.status().ToString().c_str());
     return 1;
   }
-  std::string host = o.server.address.substr(0, o.server.address.rfind(':'));
-  std::printf("lowbit-calibrator listening on %s:%d\n", host.c_str(), (*server)->port());
+  std::printf("lowbit-calibrator listening on %s\n", (*server)->listening_address().c_str());
   std::fflush(stdout);
   rpc::WaitForTerminationSignal();
   std::fprintf(stderr, "lowbit-calibrator: shutting down\n");

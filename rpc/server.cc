@@ -192,6 +192,12 @@ absl::StatusOr<std::unique_ptr<RpcServer>> RpcServer::Start(const ServerConfig& 
   return s;
 }
 
+std::string RpcServer::listening_address() const {
+  const std::string& a = config_.address;
+  if (absl::StartsWith(a, "unix:") || absl::StartsWith(a, "unix-abstract:")) return a;
+  return absl::StrCat(a.substr(0, a.rfind(':')), ":", port_);
+}
+
 int RpcServer::metrics_port() const {
   if (!exposer_) return 0;
   auto ports = exposer_->GetListeningPorts();

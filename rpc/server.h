@@ -101,6 +101,9 @@ class RpcServer {
                                                           std::shared_ptr<prometheus::Registry> registry);
   ~RpcServer();
   int port() const { return port_; }
+  // Where clients reach it: HOST:PORT with the port bound (for port 0, the one chosen), or the
+  // configured unix:PATH / unix-abstract:NAME as given (gRPC reports port 1 for those).
+  std::string listening_address() const;
   int metrics_port() const;
   // Also answers health checks for this service name (e.g. "lowbit.v1.RuntimeService"), with the
   // server's status (NOT_SERVING once Shutdown began).

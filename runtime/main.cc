@@ -121,8 +121,7 @@ int Serve() {
   auto server = lowbit::rpc::RpcServer::Start(config, {&service}, registry);
   if (!server.ok()) return Fail(server.status());
   (*server)->AddHealthService(lowbit::v1::RuntimeService::service_full_name());
-  std::string host = config.address.substr(0, config.address.rfind(':'));
-  std::printf("lowbit-runtime listening on %s:%d\n", host.c_str(), (*server)->port());
+  std::printf("lowbit-runtime listening on %s\n", (*server)->listening_address().c_str());
   std::fflush(stdout);
   lowbit::runtime::EngineInfo info = (*engine)->Info();
   spdlog::info("serving: backend {} ({}), batching {} (delay {} µs, {} rows), budget {} bytes", info.backend,

@@ -33,6 +33,7 @@ class CalibratorServer {
   static absl::StatusOr<std::unique_ptr<CalibratorServer>> Start(CalibratorServerOptions options);
   ~CalibratorServer();
   int port() const { return server_->port(); }
+  std::string listening_address() const { return server_->listening_address(); }
   int metrics_port() const { return server_->metrics_port(); }
   JobRunner& runner() { return *runner_; }
   prometheus::Registry& registry() { return *context_.registry; }

@@ -564,6 +564,27 @@ TEST(Server, CallEndedTellsDeadlineFromCancel) {
   EXPECT_EQ(ts.service->Ended().code(), absl::StatusCode::kCancelled) << ts.service->Ended();
 }
 
+// The address a server prints for its launchers: the bound port for port 0, a unix socket as given
+// (gRPC's own port for it is 1), and clients reach it there.
+TEST(Server, ListeningAddressIsWhereClientsConnect) {
+  ServerConfig tcp;
+  tcp.address = "127.0.0.1:0";
+  TestServer a(tcp);
+  ASSERT_TRUE(a.status.ok()) << a.status;
+  EXPECT_EQ(a.server->listening_address(), "127.0.0.1:" + std::to_string(a.server->port()));
+  const std::string sock = ::testing::TempDir() + "/lowbit_rpc_test_" + std::to_string(getpid()) + ".sock";
+  ServerConfig unix_config;
+  unix_config.address = "unix:" + sock;
+  TestServer u(unix_config);
+  ASSERT_TRUE(u.status.ok()) << u.status;
+  EXPECT_EQ(u.server->listening_address(), "unix:" + sock);
+  for (const TestServer* s : {&a, &u}) {
+    ClientConfig cc;
+    cc.address = s->server->listening_address();
+    EXPECT_TRUE(Info(cc).ok()) << cc.address;
+  }
+}
+
 TEST(Server, RefusesPortInUseAndBadTls) {
   ServerConfig config;
   TestServer first(config);
