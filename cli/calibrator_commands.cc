@@ -122,6 +122,13 @@ absl::StatusOr<std::string> NameFromFile(const std::string& path, size_t max_siz
   return PlainName(fs::path(path).filename().stem().string(), path, max_size);
 }
 
+// The local files of a dataset: FILE, and for a .bin its .idx beside it.
+std::vector<fs::path> DatasetFiles(const std::string& file) {
+  std::vector<fs::path> files = {file};
+  if (fs::path(file).extension() == ".bin") files.push_back(fs::path(file).replace_extension(".idx"));
+  return files;
+}
+
 // An explicit NAME: not empty, ".", ".." (the server checks the rest).
 absl::Status CheckName(const std::string& name) {
   if (name.empty() || name == "." || name == "..") {
@@ -157,6 +164,11 @@ int RunUploadDataset(const Args& args) {
   absl::StatusOr<std::string> name = args.size() > 1 ? absl::StatusOr<std::string>(args[1]) : NameFromFile(args[0]);
   if (absl::Status c = name.ok() ? CheckName(*name) : absl::OkStatus(); !c.ok()) name = c;
   if (!name.ok()) return UsageError("upload-dataset", std::string(name.status().message()));
+  for (const fs::path& f : DatasetFiles(args[0])) {  // a missing local file is a usage error, not the server's
+    if (auto mapped = MappedFile::Open(f.string()); !mapped.ok()) {
+      return UsageError("upload-dataset", std::string(mapped.status().message()));
+    }
+  }
   auto config = CalibratorConfig();
   auto stub = CalibratorStub(config);
   auto r = UploadDatasetFile(*stub, config, args[0], *name);
@@ -175,6 +187,9 @@ int RunUploadModel(const Args& args) {
   absl::StatusOr<std::string> name = args.size() > 1 ? absl::StatusOr<std::string>(args[1]) : NameFromDir(args[0]);
   if (absl::Status c = name.ok() ? CheckName(*name) : absl::OkStatus(); !c.ok()) name = c;
   if (!name.ok()) return UsageError("upload-model", std::string(name.status().message()));
+  if (std::error_code ec; !fs::is_directory(args[0], ec)) {
+    return UsageError("upload-model", absl::StrCat("'", args[0], "' is not a directory"));
+  }
   auto config = CalibratorConfig();
   auto r = UploadModelDir(*ChannelFor(config), config, args[0], *name);
   if (!r.ok()) return Fail("upload-model", r.status());
@@ -233,8 +248,7 @@ int RunCalibrate(const Args& args) {
     spec.set_model("uploads/" + model_upload_name);
   }
   if (!data.empty()) {
-    std::vector<fs::path> files = {data};
-    if (fs::path(data).extension() == ".bin") files.push_back(fs::path(data).replace_extension(".idx"));
+    const std::vector<fs::path> files = DatasetFiles(data);
     absl::StatusOr<std::string> name = NameFromFile(data, 90);
     if (name.ok()) name = ContentName(*name, files);
     if (!name.ok()) return UsageError(cmd, absl::StrCat("--data: ", name.status().message()));
@@ -276,6 +290,13 @@ int RunCalibrate(const Args& args) {
 
 int RunJobs(const Args& args) {
   const std::string verb = args.empty() ? "list" : args[0];
+  if (verb != "list" && verb != "get" && verb != "cancel" && verb != "watch") {
+    return UsageError("jobs", "unknown verb '" + verb + "' (list, get ID, cancel ID, watch ID)");
+  }
+  if (verb == "list" ? args.size() > 1 : args.size() != 2) {
+    return UsageError("jobs", verb == "list" ? "list takes no arguments (got '" + args[1] + "')"
+                                             : "usage: lowbit jobs " + verb + " ID");
+  }
   auto config = CalibratorConfig();
   auto stub = CalibratorStub(config);
   if (verb == "list") {
@@ -297,10 +318,6 @@ int RunJobs(const Args& args) {
     if (auto st = stub->ListJobs(&ctx, req, &resp); !st.ok()) return Fail("list jobs", st);
     for (const auto& j : resp.jobs()) std::printf("%s\n", JobLine(j).c_str());
     return 0;
-  }
-  if (args.size() < 2) {
-    std::fprintf(stderr, "usage: lowbit jobs list | get ID | cancel ID | watch ID\n");
-    return 2;
   }
   const std::string& id = args[1];
   if (verb == "get") {
@@ -331,9 +348,7 @@ int RunJobs(const Args& args) {
     std::printf("%s\n", JobLine(resp.job()).c_str());
     return 0;
   }
-  if (verb == "watch") return FollowJob(*stub, config, id);
-  std::fprintf(stderr, "lowbit jobs: unknown verb '%s' (list, get, cancel, watch)\n", verb.c_str());
-  return 2;
+  return FollowJob(*stub, config, id);  // watch
 }
 
 int RunFetch(const Args& args) {

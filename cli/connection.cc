@@ -7,7 +7,9 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -159,6 +161,10 @@ void Prepare(grpc::ClientContext* ctx, const rpc::ClientConfig& config, Deadline
   double t = 0;
   if (deadline == Deadline::kUnary) t = absl::GetFlag(FLAGS_timeout_s);
   if (deadline == Deadline::kStream) t = absl::GetFlag(FLAGS_stream_timeout_s);
+  if (deadline == Deadline::kProbe) {
+    const absl::CommandLineFlag* f = absl::FindCommandLineFlag("timeout_s");
+    t = f->CurrentValue() == f->DefaultValue() ? 5 : absl::GetFlag(FLAGS_timeout_s);
+  }
   // Over ~100 years counts as none (and keeps the milliseconds in range).
   const bool finite = std::isfinite(t) && t > 0 && t < 3e9;
   rpc::PrepareContext(ctx, config, std::chrono::milliseconds(finite ? std::max<int64_t>(1, t * 1000) : 0));

@@ -31,8 +31,9 @@ std::unique_ptr<v1::CalibratorService::Stub> CalibratorStub(const rpc::ClientCon
 std::unique_ptr<v1::RuntimeService::Stub> RuntimeStub(const rpc::ClientConfig& config);
 // Which deadline a call gets: kUnary, --timeout_s (default 600 s); kStream (uploads, fetches,
 // streamed loads, whose length grows with the model), --stream_timeout_s (default 0 = none);
-// kNone (following a job, which takes as long as the job).
-enum class Deadline { kUnary, kStream, kNone };
+// kNone (following a job, which takes as long as the job); kProbe (a health check), 5 s unless
+// --timeout_s is given with another value than its default.
+enum class Deadline { kUnary, kStream, kNone, kProbe };
 // The token and the deadline on a context.
 void Prepare(grpc::ClientContext* ctx, const rpc::ClientConfig& config, Deadline deadline = Deadline::kUnary);
 // "lowbit: <what>: CODE: message" on stderr; returns 1 (for `return Fail(...)`).

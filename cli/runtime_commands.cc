@@ -186,7 +186,7 @@ int RunHealth(const Args& args) {
   auto config = service == "calibrator" ? CalibratorConfig() : RuntimeConfig();
   auto stub = grpc::health::v1::Health::NewStub(ChannelFor(config));
   grpc::ClientContext ctx;
-  rpc::PrepareContext(&ctx, config, std::chrono::seconds(5));
+  Prepare(&ctx, config, Deadline::kProbe);
   grpc::health::v1::HealthCheckRequest req;
   if (!args.empty()) req.set_service(args[0]);
   grpc::health::v1::HealthCheckResponse resp;

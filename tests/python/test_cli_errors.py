@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -162,6 +163,25 @@ def usage_errors(lowbit, work, model):
         p = run([os.path.join(bin_dir, binary), "--help"])
         check("%s --help lists %s" % (binary, flag), flag in p.stdout + p.stderr and "No flags matched" not in p.stdout,
               (p.stdout + p.stderr)[-400:])
+    expect("jobs get ID extra", run([lowbit, "jobs", "get", "j", "extra"], down), 2, ["usage: lowbit jobs get ID"])
+    expect("jobs list extra", run([lowbit, "jobs", "list", "extra"], down), 2, ["list takes no arguments"])
+    expect("jobs frob", run([lowbit, "jobs", "frob"], down), 2, ["unknown verb 'frob'"])
+    expect("upload-dataset of a missing file", run([lowbit, "upload-dataset", os.path.join(work, "none.jsonl")], down),
+           2, ["none.jsonl"], absent=["UNAVAILABLE"])
+    expect("upload-dataset .bin without its .idx", run([lowbit, "upload-dataset", recipe_bin(work)], down), 2,
+           ["t.idx"], absent=["UNAVAILABLE"])
+    expect("upload-model of a file", run([lowbit, "upload-model", lowbit], down), 2, ["is not a directory"])
+    # `health` takes --timeout_s (the Docker HEALTHCHECK passes 3): against a port that accepts
+    # connections but never answers, it gives up then, not after its 5 s default.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    t0 = time.time()
+    p = run([lowbit, "health", "--runtime", "127.0.0.1:%d" % silent.getsockname()[1], "--timeout_s", "1"])
+    took = time.time() - t0
+    silent.close()
+    check("health --timeout_s 1 gives up after about 1 s", p.returncode == 1 and 0.8 < took < 3.5,
+          "status %d after %.1f s: %s" % (p.returncode, took, p.stderr[-300:]))
     expect("unknown command", run([lowbit, "frob"]), 2, ["unknown command 'frob'"])
     expect("no command", run([lowbit]), 2, ["lowbit COMMAND"])
     # Abseil's own flag parser reports an unknown flag, with status 1 (documented).
@@ -203,6 +223,14 @@ def usage_errors(lowbit, work, model):
                                                 down), 2, ["--state is a flag of lowbit jobs, not of gemm"])
     expect("demo --demo_schemes W3A5", run([lowbit, "demo", "--out", b1, "--demo_schemes", "W3A5"]), 2, ["W3A5"])
     check("demo with a bad flag writes nothing", not os.path.exists(b1), b1 + " exists")
+
+
+def recipe_bin(work):
+    """A token .bin without the .idx it needs."""
+    path = os.path.join(work, "t.bin")
+    with open(path, "wb") as f:
+        f.write(b"\0" * 16)
+    return path
 
 
 def tool_dirs(lowbit, work):
