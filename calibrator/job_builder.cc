@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/quant_args.h"
 
 namespace lowbit {
 
@@ -19,6 +20,11 @@ absl::StatusOr<RecipeChoice> ResolveRecipe(const std::string& recipe_yaml, const
   } else {
     if (algorithm != "gptq" && algorithm != "rtn") {
       return absl::InvalidArgumentError(absl::StrCat("algorithm must be gptq or rtn, not '", algorithm, "'"));
+    }
+    // Named before a recipe is made of it: an unknown name would otherwise be reported at a line
+    // of that generated YAML.
+    if (absl::StatusOr<QuantScheme> known = PresetScheme(scheme, {"Linear"}); !known.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(source_name, ": ", known.status().message()));
     }
     choice.recipe_yaml = PresetRecipeYaml(scheme, algorithm == "gptq");
     plan = ParseRecipe(choice.recipe_yaml, source_name);

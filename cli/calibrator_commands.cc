@@ -23,7 +23,8 @@ ABSL_FLAG(std::string, model, "", "calibrate: model directory under the calibrat
 ABSL_FLAG(std::string, upload_model, "", "calibrate: a local model directory to upload first");
 ABSL_FLAG(std::string, data, "", "calibrate: local tokens (.jsonl, or .bin with .idx) to upload first");
 ABSL_FLAG(std::string, dataset, "", "calibrate: a dataset already uploaded (its name)");
-ABSL_FLAG(std::string, scheme, "", "calibrate: preset scheme (W8A8, W8A16, W4A16, W4A16_ASYM, FP8, FP8_DYNAMIC)");
+ABSL_FLAG(std::string, scheme, "",
+          "calibrate: preset scheme (W8A8 — also named INT8 —, W8A16, W4A16, W4A16_ASYM, FP8, FP8_DYNAMIC)");
 ABSL_FLAG(std::string, algorithm, "gptq", "calibrate: with --scheme, gptq or rtn");
 ABSL_FLAG(std::string, recipe, "", "calibrate: an llm-compressor recipe YAML file");
 ABSL_FLAG(int32_t, num_calibration_samples, 0, "calibrate: samples used (0 = server default 512)");

@@ -57,7 +57,7 @@ struct LayerPlan {
 absl::StatusOr<LayerPlan> PlanFor(const v1::QuantizeLayerRequest& req, bool gptq) {
   absl::StatusOr<RecipeChoice> choice;
   if (req.recipe_case() == v1::QuantizeLayerRequest::kScheme) {
-    choice = ResolveRecipe("", req.scheme(), req.scheme(), gptq ? "gptq" : "rtn");
+    choice = ResolveRecipe("", "scheme", req.scheme(), gptq ? "gptq" : "rtn");
   } else if (req.recipe_case() == v1::QuantizeLayerRequest::kRecipeYaml) {
     choice = ResolveRecipe(req.recipe_yaml(), "recipe_yaml", "", "");
   } else {

@@ -16,7 +16,7 @@ absl::StatusOr<RecipeChoice> RecipeOf(const v1::JobSpec& spec) {
     case v1::JobSpec::kScheme: {
       std::string algorithm = spec.algorithm().empty() ? "gptq" : spec.algorithm();
       if (spec.scheme().empty()) return absl::InvalidArgumentError("spec.scheme is empty");
-      return ResolveRecipe("", spec.scheme(), spec.scheme(), algorithm);
+      return ResolveRecipe("", "spec.scheme", spec.scheme(), algorithm);
     }
     case v1::JobSpec::kRecipeYaml:
       if (!spec.algorithm().empty()) {
