@@ -1,5 +1,5 @@
 // Debian's OpenBLAS 0.3.21 does not recognise recent Xeons (family 6 model 207) and falls back
-// to its slowest kernel (about 8x slower; design.md "CPU BLAS: a trap"). It reads
+// to its slowest kernel (about 8x slower than with OPENBLAS_CORETYPE=SkylakeX). It reads
 // OPENBLAS_CORETYPE once, when the library loads — before main() — so the only reliable fix
 // from inside a program is to set the variable and re-exec. Every binary that calls BLAS calls
 // EnsureBlasCoreType(argv) first thing in main().

@@ -34,7 +34,7 @@
 ABSL_FLAG(std::string, address, "127.0.0.1:50052", "host:port to listen on (port 0 = any free port)");
 ABSL_FLAG(std::string, model_root, "", "directory LoadModel paths are confined to (empty = stream loads only)");
 ABSL_FLAG(std::string, backend, "auto",
-          "auto (cuda when a GPU is present, else cpu), cpu, cpu-generic, cpu-ref, cuda, cuda-simple");
+          "auto (cuda when a GPU is present, else cpu), cpu, cpu-avx2, cpu-generic, cpu-ref, cuda, cuda-simple");
 ABSL_FLAG(int64_t, memory_budget_bytes, 0, "weight memory budget for loaded models (0 = unlimited)");
 ABSL_FLAG(bool, batching, true, "coalesce concurrent Gemm requests for the same layer into one GEMM");
 ABSL_FLAG(int64_t, max_queue_delay_us, 0,
