@@ -34,6 +34,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "lowbit-gen-tokens: need --out, vocab > 0, samples > 0 and 0 < min_len <= max_len\n");
     return 2;
   }
+  if (!absl::EndsWith(out, ".bin") && !absl::EndsWith(out, ".jsonl")) {
+    std::fprintf(stderr, "lowbit-gen-tokens: --out '%s' must end in .jsonl (JSON lines) or .bin (+ .idx)\n", out.c_str());
+    return 2;
+  }
   lowbit::SyntheticTokenOptions options{vocab, samples, min_len, max_len, absl::GetFlag(FLAGS_seed)};
   const std::vector<std::vector<int32_t>> seqs = lowbit::SyntheticTokens(options);
 
