@@ -9,8 +9,8 @@
 #include <string>
 
 #include "absl/flags/usage_config.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 
 namespace lowbit {
 

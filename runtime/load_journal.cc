@@ -22,9 +22,9 @@ constexpr char kFormat[] = "lowbit-runtime-loaded-models/1";
 constexpr char kStreamed[] = "streamed/";
 
 absl::Status Unreadable(const std::string& file, const std::string& why) {
-  return absl::FailedPreconditionError(absl::StrCat(
-      "the runtime's record of loaded models '", file, "' ", why,
-      "; fix or remove it (removing it starts with no models but those of --load)"));
+  return absl::FailedPreconditionError(
+      absl::StrCat("the runtime's record of loaded models '", file, "' ", why,
+                   "; fix or remove it (removing it starts with no models but those of --load)"));
 }
 
 // A streamed copy's name as the record may hold it: "streamed/<one plain component>".
@@ -99,8 +99,8 @@ std::map<std::string, LoadJournal::Entry> LoadJournal::Models() const {
 std::string LoadJournal::NewStreamedCopyName() {
   std::lock_guard<std::mutex> lock(mu_);
   const auto now = std::chrono::system_clock::now().time_since_epoch();
-  return absl::StrCat(kStreamed, std::chrono::duration_cast<std::chrono::microseconds>(now).count(), "-", getpid(),
-                      "-", ++copies_made_);
+  return absl::StrCat(kStreamed, std::chrono::duration_cast<std::chrono::microseconds>(now).count(), "-", getpid(), "-",
+                      ++copies_made_);
 }
 
 absl::Status LoadJournal::Record(const std::string& name, const Entry& entry) {
@@ -128,7 +128,8 @@ absl::Status LoadJournal::Forget(const std::string& name) {
 absl::Status LoadJournal::WriteLocked(const std::map<std::string, Entry>& models) {
   nlohmann::json doc = {{"format", kFormat}, {"models", nlohmann::json::object()}};
   for (const auto& [name, e] : models) {
-    doc["models"][name] = e.streamed.empty() ? nlohmann::json{{"path", e.path}} : nlohmann::json{{"streamed", e.streamed}};
+    doc["models"][name] =
+        e.streamed.empty() ? nlohmann::json{{"path", e.path}} : nlohmann::json{{"streamed", e.streamed}};
   }
   if (absl::Status s = AtomicWriteFile(file_, doc.dump(2) + "\n"); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("cannot update '", file_, "': ", s.message()));

@@ -34,8 +34,8 @@ StreamedCopy::~StreamedCopy() {
 }
 
 absl::Status StreamedCopy::Fail(const absl::Status& s) const {
-  return absl::Status(s.code(), absl::StrCat("the state directory's copy of the streamed model (", dir_,
-                                             "): ", s.message()));
+  return absl::Status(s.code(),
+                      absl::StrCat("the state directory's copy of the streamed model (", dir_, "): ", s.message()));
 }
 
 absl::Status StreamedCopy::Add(const std::string& name, const Tensor& tensor) {
