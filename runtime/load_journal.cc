@@ -1,7 +1,5 @@
 #include "runtime/load_journal.h"
 
-#include <fcntl.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -10,6 +8,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/dir_lock.h"
 #include "common/file_util.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
@@ -40,16 +39,9 @@ absl::StatusOr<std::unique_ptr<LoadJournal>> LoadJournal::Open(const std::string
   std::error_code ec;
   fs::create_directories(fs::path(dir) / "streamed", ec);
   if (ec) return absl::FailedPreconditionError(absl::StrCat("cannot create --state_dir '", dir, "': ", ec.message()));
-  const std::string lock = dir + "/runtime.lock";
-  const int fd = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError("cannot open the state lock", lock);
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    close(fd);
-    return absl::FailedPreconditionError(absl::StrCat("--state_dir '", dir,
-                                                      "' is in use by another lowbit-runtime (it holds ", lock,
-                                                      "); give each runtime its own state directory"));
-  }
-  std::unique_ptr<LoadJournal> j(new LoadJournal(dir, fd));
+  absl::StatusOr<std::unique_ptr<DirectoryLock>> lock = DirectoryLock::Acquire(dir, "runtime.lock", "lowbit-runtime");
+  if (!lock.ok()) return absl::Status(lock.status().code(), absl::StrCat("--state_dir ", lock.status().message()));
+  std::unique_ptr<LoadJournal> j(new LoadJournal(dir, *std::move(lock)));
   if (fs::exists(j->file_, ec)) {
     absl::StatusOr<std::string> text = ReadFileToString(j->file_);
     if (!text.ok()) return Unreadable(j->file_, absl::StrCat("cannot be read (", text.status().message(), ")"));
@@ -76,8 +68,6 @@ absl::StatusOr<std::unique_ptr<LoadJournal>> LoadJournal::Open(const std::string
   j->RemoveUnrecordedCopies();
   return j;
 }
-
-LoadJournal::~LoadJournal() { close(lock_fd_); }
 
 void LoadJournal::RemoveUnrecordedCopies() {
   std::set<std::string> kept;

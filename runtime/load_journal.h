@@ -14,6 +14,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/dir_lock.h"
 
 namespace lowbit::runtime {
 
@@ -30,7 +31,6 @@ class LoadJournal {
   // this runtime wrote (the message names the file: fix or remove it — nothing is dropped
   // silently).
   static absl::StatusOr<std::unique_ptr<LoadJournal>> Open(const std::string& dir);
-  ~LoadJournal();
 
   std::map<std::string, Entry> Models() const;
   // Adds or replaces a model's entry / removes it (no-op when absent); durable when OK. Forget
@@ -45,13 +45,13 @@ class LoadJournal {
   std::string NewStreamedCopyName();
 
  private:
-  LoadJournal(std::string dir, int lock_fd)
-      : dir_(std::move(dir)), file_(dir_ + "/loaded-models.json"), lock_fd_(lock_fd) {}
+  LoadJournal(std::string dir, std::unique_ptr<DirectoryLock> lock)
+      : dir_(std::move(dir)), file_(dir_ + "/loaded-models.json"), lock_(std::move(lock)) {}
   absl::Status WriteLocked(const std::map<std::string, Entry>& models);
   void RemoveUnrecordedCopies();
 
   const std::string dir_, file_;
-  const int lock_fd_;
+  const std::unique_ptr<DirectoryLock> lock_;
   mutable std::mutex mu_;
   std::map<std::string, Entry> models_;
   uint64_t copies_made_ = 0;

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "common/dir_lock.h"
 
 namespace lowbit::calibrator {
 
@@ -16,6 +17,11 @@ absl::StatusOr<std::unique_ptr<CalibratorServer>> CalibratorServer::Start(Calibr
     return absl::InvalidArgumentError(absl::StrCat("the model root ", options.model_root, " is not a directory"));
   }
   auto s = std::unique_ptr<CalibratorServer>(new CalibratorServer());
+  std::filesystem::create_directories(options.state_dir, ec);
+  absl::StatusOr<std::unique_ptr<DirectoryLock>> lock =
+      DirectoryLock::Acquire(options.state_dir, "calibrator.lock", "lowbit-calibrator");
+  if (!lock.ok()) return absl::Status(lock.status().code(), absl::StrCat("--state_dir ", lock.status().message()));
+  s->lock_ = *std::move(lock);
   s->options_ = options;
   s->context_ = rpc::MakeServiceContext(options.server, "calibrator");
   absl::StatusOr<std::unique_ptr<JobStore>> store = JobStore::Open(options.state_dir);

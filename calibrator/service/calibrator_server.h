@@ -15,6 +15,7 @@
 #include "calibrator/service/job_runner.h"
 #include "calibrator/service/job_store.h"
 #include "calibrator/service/upload_store.h"
+#include "common/dir_lock.h"
 #include "rpc/server.h"
 
 namespace lowbit::calibrator {
@@ -42,6 +43,7 @@ class CalibratorServer {
 
  private:
   CalibratorServer() = default;
+  std::unique_ptr<DirectoryLock> lock_;  // held for the server's life; released last
   CalibratorServerOptions options_;
   rpc::ServiceContext context_;
   std::unique_ptr<JobStore> store_;

@@ -460,6 +460,18 @@ TEST_F(CalibratorServiceTest, CreateJobRejectsBadSpecs) {
   EXPECT_EQ(resp.jobs_size(), 0) << "a refused spec must not create a job";
 }
 
+// A second calibrator on the same state directory is refused at start (it would run the first's
+// jobs a second time and write the same files); the first goes on serving; a restart of the first
+// takes the directory again (the Restart() of other tests).
+TEST_F(CalibratorServiceTest, SecondServerOnTheStateDirIsRefused) {
+  absl::StatusOr<std::unique_ptr<calibrator::CalibratorServer>> second = StartServer(root_ + "/state", 1);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(second.status().message().find("in use by another lowbit-calibrator"), std::string::npos)
+      << second.status();
+  ExpectServing();
+}
+
 TEST_F(CalibratorServiceTest, UnknownJobIsNotFound) {
   v1::GetJobRequest g;
   g.set_id("job-does-not-exist");
