@@ -15,7 +15,8 @@ namespace lowbit {
 class DirectoryLock {
  public:
   // Locks `dir`/`file` (created if needed). FAILED_PRECONDITION when another process (or another
-  // lock in this one) holds it: "... is in use by another <holder>".
+  // lock in this one) holds it: "... is in use by another <holder>". On a filesystem that has no
+  // locks it warns on stderr and returns an object that locks nothing.
   static absl::StatusOr<std::unique_ptr<DirectoryLock>> Acquire(const std::string& dir, const std::string& file,
                                                                 const std::string& holder);
   ~DirectoryLock();
