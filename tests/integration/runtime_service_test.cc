@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <random>
 #include <set>
@@ -1286,6 +1287,40 @@ TEST_F(RuntimeTest, StateDirLoadsRecordedModelsAfterRestart) {
     EXPECT_NE(e.status().message().find("fix or remove it"), std::string::npos) << e.status();
     EXPECT_EQ(*ReadFileToString(state + "/loaded-models.json"), bad);
   }
+  fs::remove_all(state);
+}
+
+// A load the state directory cannot record is undone and fails with the reason: a client is
+// never told "loaded" for a model a restart would lose. (The record and the copies' directory are
+// replaced by entries the runtime cannot write into — permissions would not stop root.)
+TEST_F(RuntimeTest, StateDirThatCannotRecordUndoesTheLoad) {
+  const std::string state = g_fixture->root + "/../runtime-state-broken-" + std::to_string(getpid());
+  fs::remove_all(state);
+  EngineOptions o = DefaultOptions();
+  o.state_dir = state;
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  fs::create_directories(state + "/loaded-models.json");  // a directory: the rename onto it fails
+  grpc::Status st = client.Load("m", "w8a8");
+  EXPECT_NE(st.error_code(), grpc::StatusCode::OK);
+  EXPECT_NE(st.error_message().find("was not loaded: the state directory could not record it"), std::string::npos)
+      << st.error_message();
+  fs::remove_all(state + "/streamed");
+  std::ofstream(state + "/streamed") << "a file where the copies go";
+  st = StreamLoad(client, "s", g_fixture->root + "/w8a8", nullptr, false, true);
+  EXPECT_NE(st.error_code(), grpc::StatusCode::OK);
+  EXPECT_NE(st.error_message().find("copy of the streamed model"), std::string::npos) << st.error_message();
+  EXPECT_TRUE(ModelNames(client).empty());
+  EXPECT_EQ(server->engine->registry().used_bytes(), 0);
+  // Repaired, the same loads succeed.
+  fs::remove_all(state + "/loaded-models.json");
+  fs::remove(state + "/streamed");
+  fs::create_directories(state + "/streamed");
+  EXPECT_TRUE(client.Load("m", "w8a8").ok());
+  EXPECT_TRUE(StreamLoad(client, "s", g_fixture->root + "/w8a8", nullptr, false, true).ok());
+  EXPECT_EQ(ModelNames(client), (std::vector<std::string>{"m", "s"}));
+  server.reset();
   fs::remove_all(state);
 }
 
