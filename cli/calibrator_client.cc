@@ -565,7 +565,7 @@ absl::StatusOr<int64_t> FetchResultToDir(grpc::ChannelInterface& channel, const 
   std::error_code ec;
   fs::path p = fs::absolute(out_dir, ec).lexically_normal();
   if (!ec && p.filename().empty()) p = p.parent_path();  // "a/b/" -> "a/b"
-  while (!ec && !p.empty() && !fs::exists(p, ec) && !ec && p != p.parent_path()) {
+  while (!ec && p != p.parent_path() && !fs::exists(p, ec) && !ec) {
     missing.push_back(p);
     p = p.parent_path();
   }

@@ -231,13 +231,13 @@ int Engine::RestoreLoads() {
     if (m.ok()) {
       ++loaded;
       spdlog::info("state: model '{}' loaded again from '{}' ({} quantized layers)", name, path, (*m)->layers.size());
-      UpdateModelMetrics();
       continue;
     }
     spdlog::warn("state: model '{}' ('{}') does not load any more: {}; dropped from {}", name, path,
                  m.status().ToString(), journal_->file());
     if (absl::Status f = journal_->Forget(name); !f.ok()) spdlog::error("{}", std::string(f.message()));
   }
+  UpdateModelMetrics();
   return loaded;
 }
 
