@@ -17,6 +17,7 @@ namespace {
 
 std::string DN(DType d) { return std::string(DTypeName(d)); }
 
+constexpr char kGemmPath[] = "/lowbit.v1.RuntimeService/Gemm";
 constexpr char kGemmStreamPath[] = "/lowbit.v1.RuntimeService/GemmStream";
 
 CallControl ControlOf(grpc::ServerContext* ctx) {
@@ -33,6 +34,7 @@ RuntimeServiceImpl::RuntimeServiceImpl(Engine* engine, rpc::ServiceContext servi
   MarkMethodStreamed(rpc::MethodIndex(rpc::kLoadModelStreamPath),
                      rpc::RawHandler(this, &RuntimeServiceImpl::LoadModelStreamRaw));
   MarkMethodStreamed(rpc::MethodIndex(kGemmStreamPath), rpc::RawHandler(this, &RuntimeServiceImpl::GemmStreamRaw));
+  MarkMethodStreamed(rpc::MethodIndex(kGemmPath), rpc::RawHandler(this, &RuntimeServiceImpl::GemmRaw));
 }
 
 void ModelInfoToProto(const LoadedModel& model, const std::string& backend, v1::ModelInfo* out) {
@@ -248,10 +250,33 @@ absl::Status RuntimeServiceImpl::DoGemm(const CallControl& control, const v1::Ge
   return absl::OkStatus();
 }
 
-grpc::Status RuntimeServiceImpl::Gemm(grpc::ServerContext* ctx, const v1::GemmRequest* req, v1::GemmResponse* resp) {
+grpc::Status RuntimeServiceImpl::GemmRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream) {
   rpc::CallGuard guard(ctx, service_, "Gemm");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  return guard.Finish(rpc::ToGrpcStatus(DoGemm(ControlOf(ctx), *req, resp)));
+  grpc::ByteBuffer raw;
+  if (!stream->Read(&raw)) {
+    if (ctx->IsCancelled()) return guard.Finish(rpc::ToGrpcStatus(rpc::CallEnded(ctx, "Gemm")));
+    return guard.Finish(rpc::ToGrpcStatus(absl::InvalidArgumentError("the Gemm call carried no request message")));
+  }
+  const size_t size = raw.Length();
+  v1::GemmRequest req;
+  if (!grpc::SerializationTraits<v1::GemmRequest>::Deserialize(&raw, &req).ok()) {
+    return guard.Finish(rpc::ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("the Gemm request (", size, " bytes) did not parse as a lowbit.v1.GemmRequest"))));
+  }
+  v1::GemmResponse resp;
+  if (absl::Status s = DoGemm(ControlOf(ctx), req, &resp); !s.ok()) return guard.Finish(rpc::ToGrpcStatus(s));
+  grpc::ByteBuffer bytes;
+  bool own = false;
+  if (!grpc::SerializationTraits<v1::GemmResponse>::Serialize(resp, &bytes, &own).ok()) {
+    return guard.Finish(grpc::Status(grpc::StatusCode::INTERNAL, "the Gemm response could not be encoded"));
+  }
+  // Buffered and sent with the status (one batch, as a unary handler sends it). A failed write
+  // means the client went; the status is then not seen by anyone.
+  if (!stream->Write(bytes, grpc::WriteOptions().set_last_message())) {
+    return guard.Finish(rpc::ToGrpcStatus(rpc::CallEnded(ctx, "Gemm")));
+  }
+  return guard.Finish(grpc::Status::OK);
 }
 
 grpc::Status RuntimeServiceImpl::GemmStreamRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream) {

@@ -1,8 +1,8 @@
 // lowbit.v1.RuntimeService over the runtime engine (sync gRPC API): LoadModel (path under the
 // model root), LoadModelStream (header with config.json, then tensor chunks), UnloadModel,
 // ListModels, GetServerInfo, Gemm and GemmStream (bidirectional; a failed request is reported
-// in its response and the stream goes on; a message that does not parse ends it with
-// INVALID_ARGUMENT). Every handler starts with rpc::CallGuard (bearer
+// in its response and the stream goes on). A Gemm or GemmStream message that does not parse is
+// INVALID_ARGUMENT (it ends the stream). Every handler starts with rpc::CallGuard (bearer
 // token + request metrics); errors are absl::Status inside and rpc::ToGrpcStatus at the edge.
 #ifndef LOWBIT_RUNTIME_SERVICE_RUNTIME_SERVICE_H_
 #define LOWBIT_RUNTIME_SERVICE_RUNTIME_SERVICE_H_
@@ -35,7 +35,10 @@ class RuntimeServiceImpl final : public v1::RuntimeService::Service {
                           v1::ListModelsResponse* resp) override;
   grpc::Status GetServerInfo(grpc::ServerContext* ctx, const v1::GetServerInfoRequest* req,
                              v1::GetServerInfoResponse* resp) override;
-  grpc::Status Gemm(grpc::ServerContext* ctx, const v1::GemmRequest* req, v1::GemmResponse* resp) override;
+  // Gemm (unary on the wire) served as a raw one-message stream, so that a request that does not
+  // parse is INVALID_ARGUMENT naming the message, as in GemmStream (gRPC's own unary handler
+  // answers INTERNAL, which reads as a server fault). The response goes out with the status.
+  grpc::Status GemmRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream);
   // GemmStream, as a raw stream: the handler parses each request itself, so that a message that
   // does not parse ends the stream with INVALID_ARGUMENT (the sync API's typed Read() reports a
   // parse failure as the end of the stream, and the requests after it would vanish silently).

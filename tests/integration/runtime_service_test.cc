@@ -31,6 +31,7 @@
 #include "common/numerics.h"
 #include "common/safetensors.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/impl/client_unary_call.h"
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "lowbit/v1/runtime.grpc.pb.h"
@@ -1464,6 +1465,47 @@ TEST_F(RuntimeTest, GemmStreamMalformedMessageIsInvalidArgument) {
   }
   EXPECT_TRUE(ok_stream->Finish().ok());
   EXPECT_EQ(ids, (std::set<int64_t>{1, 9}));
+}
+
+// A unary Gemm whose bytes do not parse as a GemmRequest is INVALID_ARGUMENT naming the message
+// (gRPC's own unary handler would answer INTERNAL); a well-formed one on the same server, sent as
+// raw bytes too, gets the typed client's answer bit for bit.
+TEST_F(RuntimeTest, GemmMalformedRequestIsInvalidArgument) {
+  ASSERT_TRUE(client_->Load("m", "w8a8").ok());
+  auto channel = rpc::MakeChannel(client_->config);
+  ASSERT_TRUE(channel.ok());
+  const grpc::internal::RpcMethod method("/lowbit.v1.RuntimeService/Gemm", grpc::internal::RpcMethod::NORMAL_RPC);
+  auto raw_call = [&](const grpc::ByteBuffer& request, grpc::ByteBuffer* response) {
+    grpc::ClientContext ctx;
+    client_->Prepare(&ctx);
+    return grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(channel->get(), method, &ctx,
+                                                                                request, response);
+  };
+  const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff};  // a truncated varint tag
+  grpc::Slice slice(garbage, sizeof(garbage));
+  grpc::ByteBuffer ignored;
+  grpc::Status st = raw_call(grpc::ByteBuffer(&slice, 1), &ignored);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_TRUE(
+      absl::StrContains(st.error_message(), "the Gemm request (4 bytes) did not parse as a lowbit.v1.GemmRequest"))
+      << st.error_message();
+
+  const v1::GemmRequest req = MakeGemm("m", kQ, RandomX(3, 256, DType::kF32, 5));
+  grpc::ByteBuffer encoded, answer;
+  bool own = false;
+  ASSERT_TRUE(grpc::SerializationTraits<v1::GemmRequest>::Serialize(req, &encoded, &own).ok());
+  st = raw_call(encoded, &answer);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  v1::GemmResponse from_raw, typed;
+  ASSERT_TRUE(grpc::SerializationTraits<v1::GemmResponse>::Deserialize(&answer, &from_raw).ok());
+  ASSERT_TRUE(client_->Gemm(req, &typed).ok());
+  EXPECT_EQ(from_raw.y().data(), typed.y().data());
+  EXPECT_EQ(from_raw.y().shape_size(), 2);
+  // A request the engine refuses still answers with its own code through the raw handler.
+  v1::GemmRequest unknown = req;
+  unknown.set_layer("model.layers.0.self_attn.nope");
+  v1::GemmResponse none;
+  EXPECT_EQ(client_->Gemm(unknown, &none).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 // Copies the fixture checkpoint `src` to `dst` under the root without the tensors `drop` picks,
