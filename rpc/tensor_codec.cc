@@ -340,15 +340,21 @@ absl::Status ChunkAssembler::Begin(const std::string& name, DType dtype, const S
   name_ = name;
   dtype_ = dtype;
   shape_ = shape;
-  buffer_ = ReceivePool::Get().Take(static_cast<size_t>(bytes));
+  holding_ = !hooks_.hold || hooks_.hold(name);
+  if (holding_) buffer_ = ReceivePool::Get().Take(static_cast<size_t>(bytes));
   return absl::OkStatus();
 }
 
 absl::StatusOr<uint32_t> ChunkAssembler::Store(int64_t offset, const DataPieces& data, uint32_t crc) {
-  return data.CopyTo(buffer_.get() + offset, crc);
+  if (holding_) return data.CopyTo(buffer_.get() + offset, crc);
+  if (hooks_.pass) {
+    if (absl::Status s = hooks_.pass(name_, offset, data); !s.ok()) return s;
+  }
+  return data.Crc32c(crc);
 }
 
 absl::Status ChunkAssembler::End() {
+  if (!holding_) return absl::OkStatus();
   const uint8_t* data = buffer_.get();
   Tensor t = Tensor::View(dtype_, std::move(shape_), data, std::move(buffer_));
   if (hooks_.take) return hooks_.take(name_, std::move(t));

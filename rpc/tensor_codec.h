@@ -124,6 +124,13 @@ class ChunkAssembler : private TensorSink {
     std::function<absl::Status(const std::string& name, DType dtype, const Shape& shape)> check;
     // Each complete tensor, handed over instead of kept in tensors(); an error stops the stream.
     std::function<absl::Status(const std::string& name, Tensor tensor)> take;
+    // At a tensor's first chunk, after `check`: whether to assemble it in memory (absent: every
+    // tensor is). One declined takes no memory: its chunks go to `pass` as they arrive, checked
+    // and checksummed all the same, and neither `take` nor tensors() sees it (received() does).
+    std::function<bool(const std::string& name)> hold;
+    // Each chunk of a declined tensor at its byte offset; an error stops the stream. The bytes are
+    // passed before the tensor's CRC-32C is known: a mismatch fails the stream after them.
+    std::function<absl::Status(const std::string& name, int64_t offset, const DataPieces& data)> pass;
   };
   // While any assembler is receiving (from construction to Finish), the memory of large received
   // tensors (≥ 32 MiB) that are freed is kept and reused for the next ones (tensor_codec.cc,
@@ -154,6 +161,7 @@ class ChunkAssembler : private TensorSink {
   DType dtype_ = DType::kF32;
   Shape shape_;
   std::shared_ptr<uint8_t> buffer_;
+  bool holding_ = true;    // the current tensor is assembled in buffer_ (else passed on)
   bool receiving_ = true;  // counted in the pool's receiving assemblers
 };
 

@@ -115,6 +115,9 @@ class ModelRegistry {
     ~StreamedLoad();
     // `name` must be in the manifest; each tensor once.
     absl::Status Add(const std::string& name, Tensor tensor);
+    // Whether a quantized Linear reads tensor `name` (Add drops the others: a stream need not
+    // hold them in memory at all).
+    bool Reads(const std::string& name) const { return module_of_.count(name) > 0; }
     // After the last tensor: INVALID_ARGUMENT when a quantized Linear's tensors did not all arrive;
     // DEADLINE_EXCEEDED / CANCELLED (nothing published) when `control` says the call ended.
     absl::StatusOr<std::shared_ptr<const LoadedModel>> Finish(const CallControl& control = {});

@@ -38,9 +38,9 @@ absl::Status StreamedCopy::Fail(const absl::Status& s) const {
                       absl::StrCat("the state directory's copy of the streamed model (", dir_, "): ", s.message()));
 }
 
-absl::Status StreamedCopy::Add(const std::string& name, const Tensor& tensor) {
+absl::Status StreamedCopy::Write(const std::string& name, uint64_t offset, std::span<const uint8_t> bytes) {
   if (writer_ == nullptr) return Fail(absl::InternalError("tensors without a manifest go through AddAll"));
-  if (absl::Status s = writer_->Write(name, 0, tensor.bytes()); !s.ok()) return Fail(s);
+  if (absl::Status s = writer_->Write(name, offset, bytes); !s.ok()) return Fail(s);
   return absl::OkStatus();
 }
 

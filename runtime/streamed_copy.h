@@ -8,6 +8,7 @@
 
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -30,7 +31,9 @@ class StreamedCopy {
   StreamedCopy& operator=(const StreamedCopy&) = delete;
 
   // One tensor of the announced placements.
-  absl::Status Add(const std::string& name, const Tensor& tensor);
+  absl::Status Add(const std::string& name, const Tensor& tensor) { return Write(name, 0, tensor.bytes()); }
+  // Bytes at `offset` of a tensor of the announced placements (one passed on as it arrives).
+  absl::Status Write(const std::string& name, uint64_t offset, std::span<const uint8_t> bytes);
   // Every tensor at once (a stream without a manifest).
   absl::Status AddAll(const std::map<std::string, Tensor>& tensors);
   // Makes the copy durable and puts it in place.

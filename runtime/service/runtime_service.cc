@@ -148,6 +148,17 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
       }
       return streamed->Add(n, std::move(t));
     };
+    // A tensor no quantized Linear reads (embeddings, lm_head, norms) is never assembled: its
+    // chunks go straight to the state directory's copy, or nowhere.
+    hooks.hold = [&](const std::string& n) { return streamed->Reads(n); };
+    hooks.pass = [&](const std::string& n, int64_t offset, const rpc::DataPieces& data) {
+      if (*copy == nullptr) return absl::OkStatus();
+      for (std::span<const uint8_t> piece : data.pieces) {
+        if (absl::Status s = (*copy)->Write(n, static_cast<uint64_t>(offset), piece); !s.ok()) return s;
+        offset += static_cast<int64_t>(piece.size());
+      }
+      return absl::OkStatus();
+    };
   }
   rpc::ChunkAssembler assembler(limits, std::move(hooks));
   while (next(&st)) {

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <map>
 #include <thread>
 
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -170,6 +171,59 @@ TEST(Chunking, LargeTensorsDroppedAsTheyComeReuseTheirMemory) {
   EXPECT_GT(faults_a, pages / 2) << "a fresh 48 MiB buffer faults its pages in";
   EXPECT_LT(faults_b, pages / 8) << "the second tensor should reuse the first one's pages";
   EXPECT_GT(faults_c, pages / 2) << "kept memory is freed with the last assembler";
+}
+
+// A tensor the hold hook declines is never assembled: its chunks reach `pass` at their offsets
+// (put together, the tensor's exact bytes), `take` and tensors() never see it, received() counts
+// it, and a flipped byte in it is still DATA_LOSS naming it.
+TEST(Chunking, DeclinedTensorsArePassedOnNotAssembled) {
+  Tensor a = Iota(100), big = Iota(1000);
+  std::map<std::string, std::string> passed;
+  std::vector<std::string> taken;
+  ChunkAssembler::Hooks hooks;
+  hooks.hold = [](const std::string& name) { return name != "big"; };
+  hooks.pass = [&](const std::string& name, int64_t offset, const DataPieces& data) {
+    std::string& dst = passed[name];
+    EXPECT_EQ(static_cast<int64_t>(dst.size()), offset);
+    for (auto piece : data.pieces) dst.append(reinterpret_cast<const char*>(piece.data()), piece.size());
+    return absl::OkStatus();
+  };
+  hooks.take = [&](const std::string& name, Tensor t) {
+    taken.push_back(name);
+    EXPECT_TRUE(std::equal(t.bytes().begin(), t.bytes().end(), a.bytes().begin()));
+    return absl::OkStatus();
+  };
+  {
+    ChunkAssembler s({}, hooks);
+    for (auto& c : Chunks("big", big, 333)) ASSERT_TRUE(s.Add(c).ok());
+    for (auto& c : Chunks("a", a, 64)) ASSERT_TRUE(s.Add(c).ok());
+    ASSERT_TRUE(s.Finish().ok());
+    EXPECT_EQ(s.received(), 2u);
+    EXPECT_TRUE(s.tensors().empty());
+  }
+  EXPECT_EQ(taken, std::vector<std::string>{"a"});
+  ASSERT_EQ(passed.size(), 1u);
+  EXPECT_EQ(passed["big"], std::string(reinterpret_cast<const char*>(big.bytes().data()), big.bytes().size()));
+  // Without take, a held tensor lands in tensors() and a declined one does not.
+  hooks.take = nullptr;
+  passed.clear();
+  {
+    ChunkAssembler s({}, hooks);
+    auto cs = Chunks("big", big, 333);
+    for (auto& c : Chunks("a", a, 64)) ASSERT_TRUE(s.Add(c).ok());
+    (*cs[5].mutable_data())[7] ^= 1;
+    absl::Status st;
+    for (auto& c : cs)
+      if (st.ok()) st = s.Add(c);
+    EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+    EXPECT_NE(st.message().find("'big'"), std::string::npos) << st;
+    EXPECT_EQ(s.tensors().size(), 1u);
+    EXPECT_EQ(s.tensors().count("a"), 1u);
+  }
+  // A pass error stops the stream with it.
+  hooks.pass = [](const std::string&, int64_t, const DataPieces&) { return absl::ResourceExhaustedError("disk full"); };
+  ChunkAssembler s({}, hooks);
+  EXPECT_EQ(s.Add(Chunks("big", big, 333)[0]).code(), absl::StatusCode::kResourceExhausted);
 }
 
 TEST(Chunking, RefusesBrokenStreams) {

@@ -1249,6 +1249,24 @@ TEST_F(RuntimeTest, StateDirLoadsRecordedModelsAfterRestart) {
   EXPECT_EQ(record["models"]["gone"], nlohmann::json({{"path", "w8a8-copy"}})) << record.dump();
   EXPECT_EQ(record["models"]["m"], nlohmann::json({{"path", "w8a8"}})) << record.dump();
   EXPECT_EQ(record["models"].size(), 4u) << record.dump();
+  // The manifest stream's copy holds every tensor byte for byte, also those no quantized Linear
+  // reads (never assembled in memory: their chunks went straight to the copy).
+  {
+    auto src = SafetensorsModel::Open(g_fixture->root + "/w4a16");
+    auto dst = SafetensorsModel::Open(state + "/" + record["models"]["s/manifest"]["streamed"].get<std::string>());
+    ASSERT_TRUE(src.ok() && dst.ok());
+    ASSERT_EQ((*dst)->names(), (*src)->names());
+    EXPECT_TRUE(std::find((*src)->names().begin(), (*src)->names().end(), "model.embed_tokens.weight") !=
+                (*src)->names().end());
+    for (const std::string& n : (*src)->names()) {
+      auto ts = (*src)->Get(n);
+      auto td = (*dst)->Get(n);
+      ASSERT_TRUE(ts.ok() && td.ok()) << n;
+      EXPECT_EQ(td->dtype(), ts->dtype()) << n;
+      EXPECT_EQ(td->shape(), ts->shape()) << n;
+      EXPECT_TRUE(std::equal(td->bytes().begin(), td->bytes().end(), ts->bytes().begin(), ts->bytes().end())) << n;
+    }
+  }
 
   fs::remove_all(copy);  // the checkpoint of "gone" is deleted while the runtime is down
   fs::create_directories(state + "/streamed/leftover.tmp");  // a copy a crash cut short
