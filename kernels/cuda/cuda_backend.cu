@@ -63,7 +63,7 @@ bool EnvFlag(const char* name) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
 }
-bool CutlassDisabled() { return EnvFlag("LOWBIT_CUDA_NO_CUTLASS"); }
+[[maybe_unused]] bool CutlassDisabled() { return EnvFlag("LOWBIT_CUDA_NO_CUTLASS"); }  // unused without CUTLASS
 // LOWBIT_CUDA_GEMV_SPLIT_MIN_M=m (1…17): the smallest M that takes the split-K GEMVs (W8A8, FP8,
 // W4A16; 17: none), to compare them with the unsplit ones on one machine.
 int64_t GemvSplitMinM() {
