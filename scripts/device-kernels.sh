@@ -5,8 +5,9 @@
 #
 # The binaries come prebuilt in .devbundle (scripts/device-bundle.sh here; carry ".devbundle"):
 # that saves the device the CUTLASS compilation (minutes of its 15). Without a bundle — or with
-# LOWBIT_DEVICE_BUILD=1 — it builds kernels/standalone there instead; the Hopper CUTLASS kernels
-# then need the CUTLASS headers, which the device lacks: carry
+# LOWBIT_DEVICE_BUILD=1, or when the bundle's binaries do not start there — it builds
+# kernels/standalone there instead; the Hopper CUTLASS kernels then need the CUTLASS headers,
+# which the device lacks: carry
 # ".pytools/cutlass_library/source/include" and ".pytools/cutlass_library/source/tools/util/include"
 # too (≈ 28 MB; scripts/setup.sh installs them here).
 # Steps run in order of what a short device session needs most, each time-boxed
@@ -25,18 +26,31 @@ mkdir -p "$out"
 source scripts/device-steps.sh
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 cuda_home="${CUDA_HOME:-/usr/local/cuda}"
+build_standalone() {
+  gen=Ninja; command -v ninja >/dev/null || gen="Unix Makefiles"
+  cmake -S kernels/standalone -B build-device -G "$gen" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90a}" > "$out/configure.log" 2>&1
+  grep "lowbit:" "$out/configure.log" | tee -a "$out/kernels-build.txt" || true  # whether CUTLASS is in
+  cmake --build build-device -j "$(nproc)" > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+  test_bin=./build-device/tests/kernels/kernels_backend_ops_gpu_test
+  bench_bin=./build-device/bench/kernels/lowbit-bench-kernels
+}
 if [[ -f .devbundle/bundle.tar.xz && -z "${LOWBIT_DEVICE_BUILD:-}" ]]; then
   source scripts/device-unpack-bundle.sh "$out/kernels-build.txt"
   test_bin="$bundle/bin/kernels_backend_ops_gpu_test"
   bench_bin="$bundle/bin/lowbit-bench-kernels"
+  # Built on another image: if its binaries do not start here (a missing or older system library),
+  # build kernels/standalone instead of losing the session (carry the CUTLASS headers too, above).
+  # (The benchmark answers an unknown flag with a usage error, exit 2, once it has started.)
+  probe="$("$bench_bin" --no-such-flag 2>&1 || true)"
+  echo "$probe" > "$out/bundle-probe.log"
+  if [[ "$probe" != *"unknown flag"* ]] || ! "$test_bin" --gtest_list_tests >> "$out/bundle-probe.log" 2>&1; then
+    echo "the bundle's binaries do not start on this machine ($out/bundle-probe.log): building kernels/standalone" |
+      tee -a "$out/kernels-build.txt"
+    build_standalone
+  fi
 else
-  gen=Ninja; command -v ninja >/dev/null || gen="Unix Makefiles"
-  cmake -S kernels/standalone -B build-device -G "$gen" -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90a}" > "$out/configure.log" 2>&1
-  grep "lowbit:" "$out/configure.log" | tee "$out/kernels-build.txt" || true  # whether CUTLASS is in
-  cmake --build build-device -j "$(nproc)" > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
-  test_bin=./build-device/tests/kernels/kernels_backend_ops_gpu_test
-  bench_bin=./build-device/bench/kernels/lowbit-bench-kernels
+  build_standalone
 fi
 # LOWBIT_CUDA_TRACE=1: the backend prints each GEMM path it takes (once per op, shape and path),
 # so the logs show which kernel ran where (fallbacks are otherwise silent).
