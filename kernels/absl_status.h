@@ -14,6 +14,7 @@ inline absl::Status ToAbslStatus(const Status& s) {
     case StatusCode::kUnimplemented: return absl::UnimplementedError(s.message());
     case StatusCode::kUnavailable: return absl::UnavailableError(s.message());
     case StatusCode::kInternal: return absl::InternalError(s.message());
+    case StatusCode::kFailedPrecondition: return absl::FailedPreconditionError(s.message());
   }
   return absl::UnknownError(s.message());
 }

@@ -18,7 +18,8 @@
 //   Both per-token quantizers: a row holding a NaN or an infinity gets s[m] = NaN (the bits
 //   kNonFiniteRowScaleBits on every backend) and all codes 0, so each GEMM output of that row is
 //   NaN — as a float GEMM's would be NaN or infinite — never finite garbage. Per tensor: NaN
-//   stays a NaN code, ±inf saturates to ±448 (the clamp).
+//   stays a NaN code with its sign (0x7F / 0xFF, as PyTorch's e4m3fn conversion gives it), ±inf
+//   saturates to ±448 (the clamp).
 //   GemmW8A8   Y[m,n] = round_out(((float)acc[m,n] * w_scale[n]) * x_scale[m] + bias[n]),
 //              acc = Σ_k Xq[m,k]·Wq[n,k] in exact int32, every float op in f32 (no FMA), so
 //              every backend agrees bit for bit. Per-tensor scales: count 1.
@@ -31,6 +32,9 @@
 // Threads. A Backend is not thread-safe: callers serialize every call on one backend, Prepare*
 // and the destruction of its PreparedWeights included (the runtime holds BackendHandle::mu).
 // A CUDA backend may be called from any host thread; it makes its device current on each call.
+// Its GEMMs allocate nothing once a call of the same kind ran (Prepare* reserves the workspace a
+// weight's calls need), so they can be captured into a CUDA graph; a call that would have to grow
+// the workspace during a capture fails with FailedPrecondition instead (run it once first).
 //
 // Shapes. M ≥ 1 (tested 1..4096; the interface takes any M up to 16384 and beyond).
 // K and N requirements differ per backend and op; Requirements() says which, and every op

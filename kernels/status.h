@@ -9,7 +9,7 @@
 
 namespace lowbit::kernels {
 
-enum class StatusCode { kOk = 0, kInvalidArgument, kUnimplemented, kUnavailable, kInternal };
+enum class StatusCode { kOk = 0, kInvalidArgument, kUnimplemented, kUnavailable, kInternal, kFailedPrecondition };
 
 class [[nodiscard]] Status {
  public:
@@ -30,6 +30,7 @@ inline Status InvalidArgument(std::string m) { return {StatusCode::kInvalidArgum
 inline Status Unimplemented(std::string m) { return {StatusCode::kUnimplemented, std::move(m)}; }
 inline Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
 inline Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
+inline Status FailedPrecondition(std::string m) { return {StatusCode::kFailedPrecondition, std::move(m)}; }
 
 #define LOWBIT_KRETURN_IF_ERROR(expr)            \
   do {                                           \

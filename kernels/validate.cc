@@ -30,7 +30,7 @@ Status ValidateScaleView(const char* what, const ScaleView& s, int64_t expect_a,
 }  // namespace
 
 std::string Status::ToString() const {
-  static const char* kNames[] = {"OK", "INVALID_ARGUMENT", "UNIMPLEMENTED", "UNAVAILABLE", "INTERNAL"};
+  static const char* kNames[] = {"OK", "INVALID_ARGUMENT", "UNIMPLEMENTED", "UNAVAILABLE", "INTERNAL", "FAILED_PRECONDITION"};
   if (ok()) return "OK";
   return std::string(kNames[static_cast<int>(code_)]) + ": " + message_;
 }

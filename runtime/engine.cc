@@ -151,7 +151,7 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> Engine::LoadFromPath(const st
                                                                         const CallControl& control, bool remember) {
   auto r = registry_->LoadFromPath(name, path, control);
   if (r.ok() && remember && journal_ != nullptr) {
-    if (absl::Status s = Remember(name, *r, {.path = path}, nullptr); !s.ok()) r = s;
+    if (absl::Status s = Remember(name, *r, {.path = path, .streamed = {}}, nullptr); !s.ok()) r = s;
   }
   UpdateModelMetrics();
   return r;
@@ -179,7 +179,7 @@ absl::StatusOr<std::unique_ptr<StreamedCopy>> Engine::BeginStreamedCopy(
 absl::Status Engine::RememberStreamed(const std::string& name, const std::shared_ptr<const LoadedModel>& model,
                                       StreamedCopy& copy) {
   if (journal_ == nullptr) return absl::OkStatus();
-  absl::Status s = Remember(name, model, {.streamed = copy.relative_name()}, &copy);
+  absl::Status s = Remember(name, model, {.path = {}, .streamed = copy.relative_name()}, &copy);
   UpdateModelMetrics();
   return s;
 }

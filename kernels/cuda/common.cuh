@@ -43,8 +43,12 @@ __device__ __forceinline__ float Fp8ToFloat(uint8_t v) {
   __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(v), __NV_E4M3);
   return __half2float(__half(h));
 }
-// Round to nearest even; beyond ±448 (±inf included) saturates to ±448; NaN stays NaN.
+// Round to nearest even; beyond ±448 (±inf included) saturates to ±448; NaN stays NaN with its
+// sign (0x7F / 0xFF), as the reference (FloatToFp8E4M3) and PyTorch's e4m3fn conversion give it:
+// the CUDA conversion returns the positive 0x7F for every NaN (its software path canonicalizes
+// the NaN first), so a -NaN activation would quantize to another byte than on the CPU.
 __device__ __forceinline__ uint8_t FloatToFp8(float v) {
+  if (isnan(v)) return signbit(v) ? uint8_t{0xFF} : uint8_t{0x7F};
   return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
 }
 

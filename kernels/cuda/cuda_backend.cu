@@ -129,10 +129,16 @@ __global__ void ImageProbeKernel() {}
 
 // An error naming the fix when this build has no code for the device (e.g. built for sm_90a,
 // run on an A100): without it every launch would fail with "no kernel image is available".
-Status CheckKernelImage(const std::string& backend, const cudaDeviceProp& prop) {
+// `code_sm`: the architecture the code the device will run was compiled for (its __CUDA_ARCH__
+// / 10), which can be below the device's: a build for "80;90a" runs its sm_80 code on an sm_89
+// GPU, where the FP8 mma.sync instruction was compiled out (a trap).
+Status CheckKernelImage(const std::string& backend, const cudaDeviceProp& prop, int* code_sm) {
   cudaFuncAttributes attr;
   const cudaError_t e = cudaFuncGetAttributes(&attr, ImageProbeKernel);
-  if (e == cudaSuccess) return Status::Ok();
+  if (e == cudaSuccess) {
+    *code_sm = attr.ptxVersion;
+    return Status::Ok();
+  }
   (void)cudaGetLastError();
   const std::string sm = S(prop.major * 10 + prop.minor);
   return Unimplemented("backend '" + backend + "': this build has no GPU code for " + prop.name + " (sm_" + sm +
@@ -203,7 +209,9 @@ class CudaBackend : public Backend {
     cudaDeviceProp prop;
     LOWBIT_CUDA_RETURN(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
     sm_ = prop.major * 10 + prop.minor;
-    LOWBIT_KRETURN_IF_ERROR(CheckKernelImage(name_, prop));
+    int code_sm = 0;
+    LOWBIT_KRETURN_IF_ERROR(CheckKernelImage(name_, prop, &code_sm));
+    mma_sm_ = std::min(sm_, code_sm);
 #if LOWBIT_KERNELS_HAVE_CUTLASS
     use_cutlass_ = !simple_ && sm_ == 90 && !CutlassDisabled();
 #endif
@@ -407,7 +415,7 @@ class CudaBackend : public Backend {
     const int yt = ToElem(a.y_dtype);
     const bool k16 = k % 16 == 0 && Aligned16(x) && Aligned16(wq);
     // M ≤ 16: stream the weight through the int8 tensor cores (mma.sync).
-    if (!simple_ && sm_ >= 80 && m <= kW8A8GemvMaxM && k16) {
+    if (!simple_ && mma_sm_ >= 80 && m <= kW8A8GemvMaxM && k16) {
       int64_t slices = 0;
       LOWBIT_KRETURN_IF_ERROR(LaunchGemvW8A8(x, a.x_scale, a.x_scale_count, wq, w.scale, w.scale_count, a.bias, m, n, k,
                                              yt, a.y, &split_, &slices, stream_));
@@ -458,7 +466,7 @@ class CudaBackend : public Backend {
     const auto& w = static_cast<const CudaWeight&>(*a.w);
     const int64_t m = a.m, n = w.n(), k = w.k();
     // M ≤ 16: stream the weight through the e4m3 tensor cores (mma.sync).
-    if (!simple_ && sm_ >= 89 && m <= kW8A8GemvMaxM && k % 16 == 0 && Aligned16(a.x) && Aligned16(w.w)) {
+    if (!simple_ && mma_sm_ >= 89 && m <= kW8A8GemvMaxM && k % 16 == 0 && Aligned16(a.x) && Aligned16(w.w)) {
       int64_t slices = 0;
       LOWBIT_KRETURN_IF_ERROR(LaunchGemvFp8(static_cast<const uint8_t*>(a.x), a.x_scale, a.x_scale_count,
                                             static_cast<const uint8_t*>(w.w), w.scale, w.scale_count, a.bias, m, n, k,
@@ -533,7 +541,7 @@ class CudaBackend : public Backend {
         LOWBIT_KRETURN_IF_ERROR(LaunchPermuteColumns(x, w.perm, rows, k, xp, stream_));
         x = xp;
       }
-      if (m <= kGemvMaxM && !simple_ && sm_ >= 80 && k % 32 == 0 && Aligned16(x)) {
+      if (m <= kGemvMaxM && !simple_ && mma_sm_ >= 80 && k % 32 == 0 && Aligned16(x)) {
         const bool scales_exact = w.w4_scale_exact[a.x_dtype == DType::kBF16];
         int64_t slices = 0;
         LOWBIT_KRETURN_IF_ERROR(
@@ -621,6 +629,15 @@ class CudaBackend : public Backend {
   // allocation outside Prepare*/Alloc; steady-state calls allocate nothing).
   Status Reserve(size_t bytes) {
     if (bytes <= arena_bytes_) return Status::Ok();
+    // Growing syncs the stream and allocates, which would invalidate a CUDA graph being captured
+    // from it (a W4A16 call in the activation type its CUTLASS kernel does not take, on a weight
+    // prepared without the dequantized W'): refused with the fix instead.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    LOWBIT_CUDA_RETURN(cudaStreamIsCapturing(stream_, &capture), "cudaStreamIsCapturing");
+    if (capture != cudaStreamCaptureStatusNone)
+      return FailedPrecondition(name_ + ": this call needs " + S(bytes) + " bytes of workspace, " + S(arena_bytes_) +
+                                " are reserved, and the stream is being captured into a CUDA graph, which allocating "
+                                "would break; run the same call once before capturing");
     if (arena_) {
       LOWBIT_CUDA_RETURN(cudaStreamSynchronize(stream_), "arena grow sync");
       FreeQuietly(arena_);
@@ -645,6 +662,7 @@ class CudaBackend : public Backend {
   bool simple_;
   int device_;
   int sm_ = 0;
+  int mma_sm_ = 0;  // min(sm_, the architecture the running code was compiled for): which mma.sync it has
   bool use_cutlass_ = false;  // the sm_90a CUTLASS kernels (when built in)
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;

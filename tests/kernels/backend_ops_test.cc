@@ -308,10 +308,13 @@ void PlantTies(DType dt, std::vector<uint8_t>& x, int64_t m, int64_t k) {
   if (m >= 3)  // row 2 all zero: scale 1
     for (int64_t c = 0; c < k; ++c) ref::StoreFloat(dt, x.data(), 2 * k + c, 0.0f);
   // Non-finite rows (per token: scale NaN, codes 0; per tensor: a NaN code, ±448): row 3 a NaN
-  // mid-row, row 4 -inf in the last column (the vector loops' tail when K is not a multiple of
+  // mid-row and a negative one in column 1, row 4 -inf in the last column (the vector loops' tail when K is not a multiple of
   // their width), row 5 +inf in the first.
   if (m >= 6) {
     ref::StoreFloat(dt, x.data(), 3 * k + k / 2, std::numeric_limits<float>::quiet_NaN());
+    // A NaN with its sign bit set (x86's default NaN, what 0/0 gives): per tensor its code keeps
+    // the sign (0xFF), as the reference's does.
+    ref::StoreFloat(dt, x.data(), 3 * k + 1, -std::numeric_limits<float>::quiet_NaN());
     ref::StoreFloat(dt, x.data(), 4 * k + k - 1, -std::numeric_limits<float>::infinity());
     ref::StoreFloat(dt, x.data(), 5 * k, std::numeric_limits<float>::infinity());
   }
