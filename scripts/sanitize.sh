@@ -13,5 +13,8 @@ cmake --build build-asan -j2
 # halt_on_error: the first report fails the test; detect_leaks: LeakSanitizer at exit.
 export ASAN_OPTIONS="${ASAN_OPTIONS:-halt_on_error=1:detect_leaks=1:abort_on_error=0}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$PWD/scripts/lsan-suppressions.txt}"
 cd build-asan
-ctest -LE gpu -j2 --output-on-failure --timeout 1200 "$@"
+# deploy_dockerfiles checks that the images install every library the built binaries link: an
+# ASan build links libasan / libubsan, which the images rightly do not carry.
+ctest -LE gpu -E '^deploy_dockerfiles$' -j2 --output-on-failure --timeout 1200 "$@"

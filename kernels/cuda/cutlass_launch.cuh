@@ -13,8 +13,8 @@
 namespace lowbit::kernels::cuda::sm90 {
 
 // `what` names the GEMM ("W8A8 sm90"); `problem()` describes its shape, called only for the error;
-// a problem the kernel refuses returns kUnimplemented with nothing enqueued (the caller takes
-// another path).
+// a problem the kernel refuses, or a launch the device refuses, returns kUnimplemented with
+// nothing enqueued (the caller takes another path).
 template <class Gemm, class Problem>
 Status LaunchCutlassGemm(const char* what, Problem problem, const typename Gemm::Arguments& args, void* workspace,
                          size_t workspace_bytes, cudaStream_t stream) {
@@ -26,9 +26,14 @@ Status LaunchCutlassGemm(const char* what, Problem problem, const typename Gemm:
     return Internal(std::string(what) + ": CUTLASS needs " + std::to_string(need) + " bytes of workspace");
   cutlass::Status st = gemm.initialize(args, workspace, stream);
   if (st == cutlass::Status::kSuccess) st = gemm.run(stream);
-  if (st != cutlass::Status::kSuccess)
-    return Internal(std::string(what) + ": CUTLASS launch failed: " + cutlassGetStatusString(st) + " (" +
-                    cudaGetErrorString(cudaGetLastError()) + ")");
+  if (st != cutlass::Status::kSuccess) {
+    // A launch the device refused (e.g. a 1x8 cluster's shared memory on a MIG slice) enqueued
+    // nothing: kUnimplemented, so the caller takes its cuBLASLt / plain path. CUTLASS's run()
+    // has already read and cleared the CUDA error; its own status string is what is left.
+    (void)cudaGetLastError();
+    return Unimplemented(std::string(what) + ": CUTLASS could not launch " + problem() + ": " +
+                         cutlassGetStatusString(st));
+  }
   return Status::Ok();
 }
 

@@ -220,6 +220,7 @@ std::vector<Shape> Shapes(const std::string& backend, bool representative, bool 
   if (any_k && !IsGpu(backend))
     for (int64_t m : {1, 3, 17}) s.push_back({m, 37, 19, false});
   // CUDA: K and N multiples of 16 reach cuBLASLt FP8 (no bias only); no other shape here does.
+  // N = 48 / 80 leave the last 64-wide N tile partial (one / two CTAs of the 1x8 cluster at M ≤ 64).
   // K = 320 ends inside the Hopper CUTLASS kernels' 128-wide k-tile: (320, 64) for W8A8 / FP8
   // (N % 16), (320, 56) for W4A16 (with group 128: a half last group) and for the int4 GEMV with N
   // ending inside its 16-row block.
@@ -231,6 +232,7 @@ std::vector<Shape> Shapes(const std::string& backend, bool representative, bool 
     for (int64_t m : {6, 12}) s.push_back({m, 1040, 130, false});
     for (int64_t m : {1, 3, 6, 16, 17, 64, 65, 128, 129, 255, 256, 300, 4096}) {
       s.push_back({m, 256, 48, false});
+      s.push_back({m, 256, 80, false});  // N past one 64-wide tile: two CTAs of a 1x8 cluster, the second partial
       s.push_back({m, 320, 56, false});
       s.push_back({m, 320, 64, false});
     }
