@@ -2,7 +2,7 @@
 # Builds the whole project (services, tools, tests; no CUDA) with AddressSanitizer +
 # UndefinedBehaviorSanitizer (gcc) into build-asan/ and runs the CPU test suite under them: any
 # invalid memory access, leak or undefined behaviour fails its test. Not part of CI (a cold build
-# takes ~20 min on 2 cores); run it after changes to memory-handling code.
+# takes 30-45 min on 2 cores); run it after changes to memory-handling code.
 #   bash scripts/sanitize.sh               # build + every non-GPU test
 #   bash scripts/sanitize.sh -R rpc_test   # extra arguments go to ctest
 set -euo pipefail

@@ -211,7 +211,7 @@ class CudaBackend : public Backend {
     sm_ = prop.major * 10 + prop.minor;
     int code_sm = 0;
     LOWBIT_KRETURN_IF_ERROR(CheckKernelImage(name_, prop, &code_sm));
-    mma_sm_ = std::min(sm_, code_sm);
+    mma_sm_ = code_sm > 0 ? std::min(sm_, code_sm) : sm_;  // (0: not reported; the device's, as before)
 #if LOWBIT_KERNELS_HAVE_CUTLASS
     use_cutlass_ = !simple_ && sm_ == 90 && !CutlassDisabled();
 #endif
