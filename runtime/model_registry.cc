@@ -491,7 +491,7 @@ absl::StatusOr<std::unique_ptr<ModelRegistry::StreamedLoad>> ModelRegistry::Begi
   load->model_->float_layers.insert(load->plan_.float_linears.begin(), load->plan_.float_linears.end());
   int64_t need = 0;
   for (const auto& [n, bytes] : manifest) {
-    if (load->module_of_.count(n)) need += bytes;
+    if (load->Reads(n)) need += bytes;
   }
   if (absl::Status s = ReserveLoad(name, need); !s.ok()) return s;
   load->reserved_ = need;

@@ -47,7 +47,7 @@ absl::Status StreamedCopy::Write(const std::string& name, uint64_t offset, std::
 absl::Status StreamedCopy::AddAll(const std::map<std::string, Tensor>& tensors) {
   if (writer_ != nullptr) return Fail(absl::InternalError("a manifest's tensors go through Add"));
   std::vector<SafetensorsModelWriter::Placement> placements;
-  for (const auto& [name, t] : tensors) placements.push_back({name, t.dtype(), t.shape(), "model.safetensors"});
+  for (const auto& [name, t] : tensors) placements.push_back({name, t.dtype(), t.shape(), kTensorFile});
   auto w = SafetensorsModelWriter::Create(tmp_, placements);
   if (!w.ok()) return Fail(w.status());
   writer_ = *std::move(w);

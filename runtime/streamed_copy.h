@@ -20,6 +20,8 @@ namespace lowbit::runtime {
 
 class StreamedCopy {
  public:
+  // The one tensor file a copy holds (placements name it).
+  static constexpr char kTensorFile[] = "model.safetensors";
   // The copy goes to `base`/`name` (`name` relative to the state directory `base`).
   // `placements`: every tensor, in the order they will come, when the stream announced them (a
   // manifest); empty when it did not (AddAll then).

@@ -129,7 +129,7 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
   // can be loaded again after a restart.
   std::vector<SafetensorsModelWriter::Placement> placements;
   for (const rpc::Manifest::Entry& e : manifest->entries()) {
-    placements.push_back({e.name, e.dtype, e.shape, "model.safetensors"});
+    placements.push_back({e.name, e.dtype, e.shape, StreamedCopy::kTensorFile});
   }
   absl::StatusOr<std::unique_ptr<StreamedCopy>> copy = engine_->BeginStreamedCopy(config, placements);
   if (!copy.ok()) return copy.status();
