@@ -159,10 +159,14 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> Engine::LoadFromPath(const st
 
 absl::Status Engine::Remember(const std::string& name, const std::shared_ptr<const LoadedModel>& model,
                               const LoadJournal::Entry& entry, StreamedCopy* copy) {
+  // The copy's bytes are fsynced before the lock: a multi-GB fsync must not hold up other loads'
+  // records and unloads. Publishing it (a rename) and recording it stay under the lock, which
+  // closes the race with an unload of the same name.
+  absl::Status s = copy != nullptr ? copy->Sync() : absl::OkStatus();
   std::lock_guard<std::mutex> lock(journal_mu_);
   absl::StatusOr<std::shared_ptr<const LoadedModel>> now = registry_->Get(name);
   if (!now.ok() || *now != model) return absl::OkStatus();  // an unload already undid this load
-  absl::Status s = copy != nullptr ? copy->Commit() : absl::OkStatus();
+  if (s.ok() && copy != nullptr) s = copy->Commit();
   if (s.ok()) s = journal_->Record(name, entry);
   if (s.ok()) return s;
   registry_->Unload(name).IgnoreError();

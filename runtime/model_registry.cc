@@ -143,6 +143,10 @@ absl::Status ModelRegistry::CheckName(const std::string& name) const {
     }
   }
   std::lock_guard<std::mutex> lock(mu_);
+  return NameFreeLocked(name);
+}
+
+absl::Status ModelRegistry::NameFreeLocked(const std::string& name) const {
   if (models_.count(name)) {
     return absl::AlreadyExistsError(absl::StrCat("a model named '", name, "' is already loaded (unload it first)"));
   }
@@ -337,14 +341,7 @@ absl::Status ModelRegistry::GrowReservation(const std::string& name, int64_t res
 
 absl::Status ModelRegistry::ReserveLoad(const std::string& name, int64_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (models_.count(name)) {
-    return absl::AlreadyExistsError(absl::StrCat("a model named '", name, "' is already loaded (unload it first)"));
-  }
-  if (loading_.count(name)) {
-    return absl::AlreadyExistsError(absl::StrCat("a model named '", name,
-                                                 "' is being loaded by another call (or a load whose call ended is "
-                                                 "stopping); retry once it has finished"));
-  }
+  if (absl::Status s = NameFreeLocked(name); !s.ok()) return s;
   const int64_t left = BytesLeftLocked();
   if (bytes > left) {
     return absl::ResourceExhaustedError(

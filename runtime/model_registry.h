@@ -193,6 +193,8 @@ class ModelRegistry {
   // the model is freed before its reservation is given back).
   absl::StatusOr<std::shared_ptr<const LoadedModel>> CommitLoad(std::shared_ptr<LoadedModel> model, int64_t reserved,
                                                                 const CallControl& control);
+  // AlreadyExists when `name` is loaded or being loaded.
+  absl::Status NameFreeLocked(const std::string& name) const;
   int64_t BytesLeftLocked() const;
   // "(X used by N loaded models, Y reserved by M loads in progress[, Z held by K unloaded models
   // that running GEMMs still use])", for the budget's refusals; `own_reserved` (a load's own

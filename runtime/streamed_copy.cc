@@ -57,10 +57,17 @@ absl::Status StreamedCopy::AddAll(const std::map<std::string, Tensor>& tensors) 
   return absl::OkStatus();
 }
 
-absl::Status StreamedCopy::Commit() {
+absl::Status StreamedCopy::Sync() {
+  if (synced_) return absl::OkStatus();
   if (writer_ == nullptr) return Fail(absl::InternalError("no tensors were written"));
   if (absl::Status s = writer_->AddFile("config.json", config_json_); !s.ok()) return Fail(s);
   if (auto files = writer_->Commit(); !files.ok()) return Fail(files.status());
+  synced_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status StreamedCopy::Commit() {
+  if (absl::Status s = Sync(); !s.ok()) return s;
   if (std::rename(tmp_.c_str(), dir_.c_str()) != 0) return Fail(ErrnoError("cannot rename the copy to", dir_));
   committed_ = true;
   if (absl::Status s = SyncDirectory(fs::path(dir_).parent_path().string()); !s.ok()) return Fail(s);

@@ -38,7 +38,10 @@ class StreamedCopy {
   absl::Status Write(const std::string& name, uint64_t offset, std::span<const uint8_t> bytes);
   // Every tensor at once (a stream without a manifest).
   absl::Status AddAll(const std::map<std::string, Tensor>& tensors);
-  // Makes the copy durable and puts it in place.
+  // Makes the copy's files durable (written and fsynced, still under "<dir>.tmp"): the slow part
+  // of Commit, which a caller can do before taking a lock.
+  absl::Status Sync();
+  // Makes the copy durable (Sync, unless done) and puts it in place.
   absl::Status Commit();
   const std::string& relative_name() const { return name_; }
 
@@ -49,6 +52,7 @@ class StreamedCopy {
 
   const std::string name_, dir_, tmp_, config_json_;
   std::unique_ptr<SafetensorsModelWriter> writer_;
+  bool synced_ = false;
   bool committed_ = false;
 };
 
