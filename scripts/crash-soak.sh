@@ -4,12 +4,13 @@
 #
 #   bash scripts/crash-soak.sh calibrator|runtime [ROUNDS (default 10)] [SEED (default 1)]
 #
-# calibrator: a reference W8A8 job (6 layers) runs once without a kill and is timed; each round
-#   starts a fresh state directory, creates the same job and kills the server after a random delay
-#   in [0, 1.2 × the reference's time] (queued, SmoothQuant, any layer, the checkpoint write, or
-#   after the end), restarts it — in half the rounds killing it once more at another random
-#   moment — and waits for the job. A round fails when the job does not succeed, its checkpoint
-#   differs from the reference byte for byte, or resume state is left behind.
+# calibrator: two W8A8 jobs (6 layers) on a server that runs one job at a time (the second
+#   queues) run once without a kill and are timed; each round starts a fresh state directory,
+#   creates the same two jobs and kills the server after a random delay in [0, 1.2 × the
+#   reference's time] (a job queued, in SmoothQuant, in any layer, writing its checkpoint, or
+#   ended), restarts it — in half the rounds killing it once more at another random moment — and
+#   waits for both. A round fails when a job does not succeed, a checkpoint differs from the
+#   reference byte for byte, or resume state is left behind.
 # runtime: a client loads and unloads models on a runtime with --state_dir (streamed loads with
 #   `lowbit load --dir`, path loads, unloads, in a fixed sequence) and the runtime is killed after a
 #   random delay; on restart every model whose load the client saw succeed (and did not unload)
@@ -44,7 +45,8 @@ start() {
   mkdir -p "$state"
   if [[ "$mode" == calibrator ]]; then
     "$build/calibrator/lowbit-calibrator" serve --address 127.0.0.1:0 --state_dir "$state" \
-      --model_root "$work/models" --auth_token "$token" --shutdown_grace_ms 200 > "$log" 2>&1 &
+      --model_root "$work/models" --auth_token "$token" --shutdown_grace_ms 200 --max_concurrent_jobs 1 \
+      > "$log" 2>&1 &
   else
     "$build/runtime/lowbit-runtime" serve --address 127.0.0.1:0 --state_dir "$state" \
       --model_root "$work/models" --auth_token "$token" --shutdown_grace_ms 200 > "$log" 2>&1 &
@@ -74,10 +76,12 @@ calibrator_setup() {
   "$build/tools/lowbit-gen-tokens" --out "$work/tokens.jsonl" --samples 64 --min_len 32 --max_len 96 \
     --vocab 512 > /dev/null
 }
-create_job() {  # prints the job id
+create_jobs() {  # prints the two jobs' ids (the second queues behind the first)
   "$lowbit" upload-dataset "$work/tokens.jsonl" soak > /dev/null
-  "$lowbit" calibrate --model m --dataset soak --scheme W8A8 --output_name out --detach \
-    --num_calibration_samples 48 --max_seq_length 96 2> /dev/null
+  for out in out1 out2; do
+    "$lowbit" calibrate --model m --dataset soak --scheme W8A8 --output_name "$out" --detach \
+      --num_calibration_samples 48 --max_seq_length 96 2> /dev/null
+  done
 }
 job_field() { "$lowbit" jobs get "$1" 2> /dev/null | grep -Eo "\"$2\": \"?[A-Za-z_0-9]*" | sed 's/.*[ "]//'; }
 wait_job() {  # wait_job ID: 0 when it succeeded
@@ -96,44 +100,54 @@ checksum() { (cd "$1" && sha256sum model.safetensors config.json); }
 calibrator_soak() {
   calibrator_setup
   echo "reference run (no kill) in $work"
-  local t0 ref_ms id state kills delay delays failed=0
+  local t0 ref_ms ids state kills delay delays failed=0
   t0=$(now_ms)
   start "$work/ref"
-  id="$(create_job)"
-  wait_job "$id"
+  ids=($(create_jobs))
+  wait_job "${ids[0]}" && wait_job "${ids[1]}"
   ref_ms=$(( $(now_ms) - t0 ))
   kill_server
-  checksum "$work/ref/outputs/out" > "$work/ref.sha256"
-  echo "reference: job $id in $ref_ms ms (server start included)"
+  checksum "$work/ref/outputs/out1" > "$work/ref.sha256"
+  diff <(checksum "$work/ref/outputs/out2") "$work/ref.sha256" > /dev/null ||
+    { echo "the two reference jobs (same spec) wrote different checkpoints"; return 1; }
+  echo "reference: two jobs in $ref_ms ms (server start included)"
   RANDOM="$seed"
   for r in $(seq 1 "$rounds"); do
     state="$work/round-$r"
     kills=$(( RANDOM % 2 + 1 ))
     start "$state"
     t0=$(now_ms)
-    id="$(create_job)"
+    ids=($(create_jobs))
     delays=()
     for k in $(seq 1 "$kills"); do
       delay=$(( RANDOM * RANDOM % (ref_ms * 12 / 10 + 1) ))
       delays+=("$delay")
       sleep_ms "$delay"
-      local at
-      at="$(job_field "$id" state) $(job_field "$id" phase), layers done $(job_field "$id" layers_done)" || true
+      local at="" id
+      for id in "${ids[@]}"; do
+        at+="$(job_field "$id" state) $(job_field "$id" phase) $(job_field "$id" layers_done); " || true
+      done
       kill_server
-      echo "round $r: kill $k after $delay ms ($at)"
+      echo "round $r: kill $k after $delay ms (state, phase, layers done: ${at% })"
       start "$state" || { failed=$((failed + 1)); continue 2; }
     done
-    if ! wait_job "$id"; then
-      echo "round $r: FAILED — the job did not succeed (delays ${delays[*]} ms, seed $seed)"
-      failed=$((failed + 1))
-    elif ! diff <(checksum "$state/outputs/out") "$work/ref.sha256" > /dev/null; then
-      echo "round $r: FAILED — the checkpoint differs from the reference (delays ${delays[*]} ms, seed $seed)"
-      failed=$((failed + 1))
-    elif [[ -e "$state/work/$id" ]]; then
-      echo "round $r: FAILED — resume state $state/work/$id left behind"
+    local problem="" resumes=""
+    for i in 0 1; do
+      id="${ids[$i]}"
+      if ! wait_job "$id"; then
+        problem+=" job $id did not succeed;"
+      elif ! diff <(checksum "$state/outputs/out$((i + 1))") "$work/ref.sha256" > /dev/null; then
+        problem+=" job $id's checkpoint differs from the reference;"
+      elif [[ -e "$state/work/$id" ]]; then
+        problem+=" job $id left its resume state behind;"
+      fi
+      resumes+="$(job_field "$id" resumes) "
+    done
+    if [[ -n "$problem" ]]; then
+      echo "round $r: FAILED —$problem (delays ${delays[*]} ms, seed $seed)"
       failed=$((failed + 1))
     else
-      echo "round $r: ok ($(( $(now_ms) - t0 )) ms, $kills kill(s), resumed $(job_field "$id" resumes) time(s))"
+      echo "round $r: ok ($(( $(now_ms) - t0 )) ms, $kills kill(s), resumes per job: ${resumes% })"
     fi
     kill_server
   done
