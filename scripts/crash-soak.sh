@@ -18,8 +18,8 @@
 #   gone either way; each listed model's GEMM output must equal the reference bit for bit; no
 #   `.tmp` copy and no copy the record does not name may be left in the state directory.
 # Uses the built binaries (build/, or $BUILD_DIR). The delays come from SEED, so a failing round
-# can be replayed; KEEP=1 keeps the work directory. Not in ctest (minutes of real services and
-# kills); docs/testing.md.
+# can be replayed; KEEP=1 keeps the work directory. ctest runs a short form (crash_soak_calibrator,
+# crash_soak_runtime: tests/integration/CMakeLists.txt); docs/testing.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:?usage: crash-soak.sh calibrator|runtime [ROUNDS] [SEED]}"
