@@ -17,8 +17,9 @@ records, call by call, the answer of a set of GEMM cases (three layers of each m
   * two loader threads unload and load both models again by path, racing each other: ALREADY_EXISTS
     and NOT_FOUND are the only refusals allowed;
   * ListModels / GetServerInfo now and then.
-At the end the runtime must still be serving, a SIGTERM must stop it with exit status 0, and its
-log must hold no sanitizer report. Exit status 0 when all of that held. Not in ctest (a minute of
+At the end the runtime must still be serving every case right, its memory-budget count must be
+the loaded models' bytes exactly (and 0 once they are unloaded), a SIGTERM must stop it with exit
+status 0, and its log must hold no sanitizer report. Exit status 0 when all of that held. Not in ctest (a minute of
 load on the CPUs); docs/testing.md.
 """
 import argparse
@@ -238,6 +239,19 @@ def run(a, work):
                     failures.append("final Gemm %s/%s: wrong bytes" % (case[0].model, case[0].layer))
             except grpc.RpcError as e:
                 failures.append("final Gemm: %s %s" % (e.code().name, e.details()))
+        # The memory budget's count after hundreds of unloads under load: the loaded models'
+        # bytes exactly, and nothing once they are gone (no reservation or unload leaked).
+        listed = stub.ListModels(rpb.ListModelsRequest(), metadata=md, timeout=10).models
+        used = stub.GetServerInfo(rpb.GetServerInfoRequest(), metadata=md, timeout=10).memory_used_bytes
+        print("after the churn: %d models loaded, %d bytes counted against the budget" % (len(listed), used))
+        if used != sum(m.weight_bytes for m in listed) or len(listed) != 2:
+            failures.append("memory used %d bytes, but the %d loaded models hold %d" %
+                            (used, len(listed), sum(m.weight_bytes for m in listed)))
+        for name in models_by_name:
+            stub.UnloadModel(rpb.UnloadModelRequest(name=name), metadata=md, timeout=60)
+        used = stub.GetServerInfo(rpb.GetServerInfoRequest(), metadata=md, timeout=10).memory_used_bytes
+        if used != 0:
+            failures.append("memory used %d bytes with no model loaded" % used)
     channel.close()
     status = None
     if alive:
