@@ -4,13 +4,14 @@
 #
 #   bash scripts/crash-soak.sh calibrator|runtime [ROUNDS (default 10)] [SEED (default 1)]
 #
-# calibrator: two W8A8 jobs (6 layers) on a server that runs one job at a time (the second
-#   queues) run once without a kill and are timed; each round starts a fresh state directory,
-#   creates the same two jobs and kills the server after a random delay in [0, 1.2 × the
-#   reference's time] (a job queued, in SmoothQuant, in any layer, writing its checkpoint, or
-#   ended), restarts it — in half the rounds killing it once more at another random moment — and
-#   waits for both. A round fails when a job does not succeed, a checkpoint differs from the
-#   reference byte for byte, or resume state is left behind.
+# calibrator: two W8A8 jobs (6 layers, vocabulary 32000: the checkpoint write lasts ≈ 340 ms) on a
+#   server that runs one job at a time (the second queues) run once without a kill and are timed;
+#   each round starts a fresh state directory, creates the same two jobs and kills the server
+#   after a random delay in [0, 1.2 × the reference's time] (a job queued, in SmoothQuant, in any
+#   layer, writing its checkpoint, or ended; a third of the kills aimed at a checkpoint write:
+#   within 150 ms of a job's "write" step), restarts it — in half the rounds killing it once more
+#   at another random moment — and waits for both. A round fails when a job does not succeed, a
+#   checkpoint differs from the reference byte for byte, or resume state is left behind.
 # runtime: a client loads and unloads models on a runtime with --state_dir (streamed loads with
 #   `lowbit load --dir`, path loads, unloads, in a fixed sequence) and the runtime is killed after a
 #   random delay; on restart every model whose load the client saw succeed (and did not unload)
@@ -72,7 +73,7 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 # ---- calibrator -------------------------------------------------------------------------------
 calibrator_setup() {
   "$build/tools/lowbit-gen-model" --out "$work/models/m" --hidden 512 --intermediate 1024 --layers 6 \
-    --heads 8 --kv_heads 4 --vocab 512 > /dev/null
+    --heads 8 --kv_heads 4 --vocab 32000 > /dev/null
   "$build/tools/lowbit-gen-tokens" --out "$work/tokens.jsonl" --samples 64 --min_len 32 --max_len 96 \
     --vocab 512 > /dev/null
 }
@@ -120,15 +121,36 @@ calibrator_soak() {
     ids=($(create_jobs))
     delays=()
     for k in $(seq 1 "$kills"); do
-      delay=$(( RANDOM * RANDOM % (ref_ms * 12 / 10 + 1) ))
-      delays+=("$delay")
+      if (( RANDOM % 3 == 0 )); then
+        # Aimed at the checkpoint write, which is short: follow the first unfinished job's
+        # progress stream until its "write" step, then kill within the next 150 ms (this model's
+        # checkpoint, 32000 × 512 embeddings and lm_head included, takes ≈ 340 ms to write).
+        delay=$(( RANDOM % 150 ))
+        delays+=("write+$delay")
+        local target="" id
+        for id in "${ids[@]}"; do
+          [[ "$(job_field "$id" state)" =~ SUCCEEDED|FAILED|CANCELLED ]] || { target="$id"; break; }
+        done
+        if [[ -n "$target" ]]; then
+          "$lowbit" jobs watch "$target" > "$state.watch" 2>&1 &  # progress goes to stderr
+          local wpid=$!
+          until grep -q ' write ' "$state.watch" || ! kill -0 "$wpid" 2> /dev/null; do sleep 0.005; done
+          kill "$wpid" 2> /dev/null || true
+          { wait "$wpid"; } 2> /dev/null || true
+        fi
+      else
+        delay=$(( RANDOM * RANDOM % (ref_ms * 12 / 10 + 1) ))
+        delays+=("$delay")
+      fi
       sleep_ms "$delay"
-      local at="" id
-      for id in "${ids[@]}"; do
-        at+="$(job_field "$id" state) $(job_field "$id" phase) $(job_field "$id" layers_done); " || true
-      done
       kill_server
-      echo "round $r: kill $k after $delay ms (state, phase, layers done: ${at% })"
+      # What the kill left on disk (the job files), for the log.
+      local at=""
+      for id in "${ids[@]}"; do
+        at+="$(grep -Eo '"(state|phase|layersDone|layers_done)": "?[A-Za-z_0-9]*' "$state/jobs/$id.json" 2> /dev/null |
+          sed 's/.*[ "]//' | tr '\n' ' '); " || true
+      done
+      echo "round $r: kill $k after ${delays[-1]} ms (on disk, state / phase / layers done: ${at%; })"
       start "$state" || { failed=$((failed + 1)); continue 2; }
     done
     local problem="" resumes=""
