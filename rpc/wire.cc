@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
 #include "rpc/crc32c.h"
 
 namespace lowbit::rpc {
@@ -206,15 +207,25 @@ grpc::ByteBuffer EncodeWithBulk(const google::protobuf::MessageLite& message, Bu
   return grpc::ByteBuffer(slices.data(), slices.size());
 }
 
+absl::Status EncodeTo(const google::protobuf::MessageLite& message, grpc::ByteBuffer* out) {
+  bool own = false;
+  grpc::Status s = grpc::SerializationTraits<google::protobuf::MessageLite>::Serialize(message, out, &own);
+  if (!s.ok()) {
+    return absl::InternalError(absl::StrCat("a ", message.GetTypeName(), " could not be encoded (",
+                                            message.ByteSizeLong(), " bytes): ", s.error_message()));
+  }
+  return absl::OkStatus();
+}
+
 grpc::ByteBuffer Encode(const google::protobuf::MessageLite& message) {
-  grpc::Slice slice(message.SerializeAsString());
-  return grpc::ByteBuffer(&slice, 1);
+  grpc::ByteBuffer out;
+  EncodeTo(message, &out).IgnoreError();  // a small message always serializes
+  return out;
 }
 
 absl::Status Decode(const grpc::ByteBuffer& buffer, google::protobuf::MessageLite* message) {
-  grpc::Slice slice;
-  if (grpc::Status s = buffer.DumpToSingleSlice(&slice); !s.ok()) return Malformed(s.error_message());
-  if (!message->ParseFromArray(slice.begin(), static_cast<int>(slice.size()))) {
+  grpc::ByteBuffer parsed(buffer);  // shares the slices; the deserializer consumes its buffer
+  if (!grpc::SerializationTraits<google::protobuf::MessageLite>::Deserialize(&parsed, message).ok()) {
     return Malformed(absl::StrCat("not a valid ", message->GetTypeName()));
   }
   return absl::OkStatus();

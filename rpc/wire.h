@@ -56,7 +56,12 @@ struct BulkField {
 grpc::ByteBuffer EncodeWithBulk(const google::protobuf::MessageLite& message, BulkField where,
                                 std::span<const uint8_t> data, std::shared_ptr<const void> keep_alive);
 
-// A plain protobuf message to and from a ByteBuffer (the small messages of a raw stream).
+// A plain protobuf message to and from a ByteBuffer, through gRPC's own protobuf serializer (what
+// a typed stream's Write and Read use: a large message is written into slices without an
+// intermediate string, and one received in several slices is parsed without flattening it).
+// EncodeTo: INTERNAL for a message protobuf cannot serialize (over 2 GiB). Encode: for the small
+// messages of a raw stream (headers, acknowledgements), which always serialize.
+absl::Status EncodeTo(const google::protobuf::MessageLite& message, grpc::ByteBuffer* out);
 grpc::ByteBuffer Encode(const google::protobuf::MessageLite& message);
 absl::Status Decode(const grpc::ByteBuffer& buffer, google::protobuf::MessageLite* message);
 

@@ -271,17 +271,14 @@ grpc::Status RuntimeServiceImpl::GemmRaw(grpc::ServerContext* ctx, rpc::RawServe
   }
   const size_t size = raw.Length();
   v1::GemmRequest req;
-  if (!grpc::SerializationTraits<v1::GemmRequest>::Deserialize(&raw, &req).ok()) {
+  if (!rpc::Decode(raw, &req).ok()) {
     return guard.Finish(rpc::ToGrpcStatus(absl::InvalidArgumentError(
         absl::StrCat("the Gemm request (", size, " bytes) did not parse as a lowbit.v1.GemmRequest"))));
   }
   v1::GemmResponse resp;
   if (absl::Status s = DoGemm(ControlOf(ctx), req, &resp); !s.ok()) return guard.Finish(rpc::ToGrpcStatus(s));
   grpc::ByteBuffer bytes;
-  bool own = false;
-  if (!grpc::SerializationTraits<v1::GemmResponse>::Serialize(resp, &bytes, &own).ok()) {
-    return guard.Finish(grpc::Status(grpc::StatusCode::INTERNAL, "the Gemm response could not be encoded"));
-  }
+  if (absl::Status s = rpc::EncodeTo(resp, &bytes); !s.ok()) return guard.Finish(rpc::ToGrpcStatus(s));
   // Buffered and sent with the status (one batch, as a unary handler sends it). A failed write
   // means the client went; the status is then not seen by anyone.
   if (!stream->Write(bytes, grpc::WriteOptions().set_last_message())) {
@@ -327,10 +324,8 @@ grpc::Status RuntimeServiceImpl::GemmStreamRaw(grpc::ServerContext* ctx, rpc::Ra
         out.set_error_code(static_cast<int32_t>(s.code()));
         out.set_error_message(std::string(s.message()));
       }
-      // Serialized the way the typed stream's Write would (grpc's protobuf serializer).
       grpc::ByteBuffer bytes;
-      bool own = false;
-      const bool encoded = grpc::SerializationTraits<v1::GemmStreamResponse>::Serialize(out, &bytes, &own).ok();
+      const bool encoded = rpc::EncodeTo(out, &bytes).ok();
       lock.lock();
       if (!write_failed && (!encoded || !stream->Write(bytes))) {
         write_failed = true;
@@ -347,7 +342,7 @@ grpc::Status RuntimeServiceImpl::GemmStreamRaw(grpc::ServerContext* ctx, rpc::Ra
     // parse, which reads the same as the client's half-close.
     const size_t size = raw.Length();
     v1::GemmStreamRequest req;
-    if (!grpc::SerializationTraits<v1::GemmStreamRequest>::Deserialize(&raw, &req).ok()) {
+    if (!rpc::Decode(raw, &req).ok()) {
       malformed = absl::InvalidArgumentError(
           absl::StrCat("GemmStream request message ", parsed + 1, " (", size,
                        " bytes) did not parse as a lowbit.v1.GemmStreamRequest; the stream stops there: the ", parsed,
