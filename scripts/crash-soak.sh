@@ -241,7 +241,7 @@ runtime_soak() {
     fi
     local listed problem=""
     listed="$("$lowbit" models 2> /dev/null | { grep -Eo '^model [^ ]+' || true; } | cut -d' ' -f2 | sort | tr '\n' ' ')"
-    for name in s1 s2 s3 s4 p1 p2; do
+    for name in $(printf '%s\n' "${ops[@]}" | cut -d' ' -f2 | sort -u); do  # every name the sequence uses
       local is=0 should=0
       [[ " $listed " == *" $name "* ]] && is=1
       [[ -n "${want[$name]:-}" ]] && should=1
