@@ -95,21 +95,19 @@ def run(a, work):
         stub.LoadModel(rpb.LoadModelRequest(name=name, path=path), metadata=md, timeout=60)
 
     rng = np.random.default_rng(a.seed)
-    layers = {"m8": [("model.layers.0.self_attn.q_proj", 512), ("model.layers.1.mlp.down_proj", 1024),
-                     ("model.layers.1.mlp.up_proj", 512)]}
-    layers["m4"] = layers["m8"]
+    layers = [("model.layers.0.self_attn.q_proj", 512), ("model.layers.1.mlp.down_proj", 1024),
+              ("model.layers.1.mlp.up_proj", 512)]  # (name, K), the same in both models
     cases = []  # (request, expected y bytes)
-    for model in ("m8", "m4"):
-        for layer, k in layers[model]:
+    for model in models_by_name:
+        for layer, k in layers:
             for m in (1, 3, 17):
                 x = rng.standard_normal((m, k)).astype(np.float32)
                 if model == "m4":  # W4A16 takes bf16 activations and answers in their dtype
-                    xb = (x.view(np.uint32) >> 16).astype(np.uint16)
-                    t = tpb.Tensor(dtype=tpb.DTYPE_BF16, shape=[m, k], data=xb.tobytes())
-                    req = rpb.GemmRequest(model=model, layer=layer, x=t, out_dtype=tpb.DTYPE_BF16)
+                    t = tpb.Tensor(dtype=tpb.DTYPE_BF16, shape=[m, k],
+                                   data=(x.view(np.uint32) >> 16).astype(np.uint16).tobytes())
                 else:
                     t = tpb.Tensor(dtype=tpb.DTYPE_F32, shape=[m, k], data=x.tobytes())
-                    req = rpb.GemmRequest(model=model, layer=layer, x=t, out_dtype=tpb.DTYPE_F32)
+                req = rpb.GemmRequest(model=model, layer=layer, x=t, out_dtype=t.dtype)
                 y = stub.Gemm(req, metadata=md, timeout=30).y.data
                 cases.append((req, y))
     print("runtime at %s; %d GEMM cases recorded; churning for %.0f s" % (address, len(cases), a.seconds))
