@@ -8,10 +8,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <random>
 #include <string>
-#include <map>
 #include <thread>
 
 #include "grpc/health/v1/health.grpc.pb.h"
