@@ -1,9 +1,11 @@
 #include "calibrator/resume_state.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 
 namespace lowbit {
 
@@ -96,12 +98,31 @@ std::optional<std::vector<float>> Floats(const SafetensorsFile& f, const std::st
   return t->ToFloats();
 }
 
+// The model directory's weights and configuration as they are on disk: each *.safetensors and
+// *.json file's name, size and modification time (sorted by name). Replacing or editing a file
+// changes it; reading them does not.
+std::string ModelFilesIdentity(const std::string& model_dir) {
+  std::vector<std::string> entries;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(model_dir, ec)) {
+    const std::filesystem::path& p = entry.path();
+    if (p.extension() != ".safetensors" && p.extension() != ".json") continue;
+    std::error_code fec;
+    const uintmax_t size = std::filesystem::file_size(p, fec);
+    const auto mtime = std::filesystem::last_write_time(p, fec).time_since_epoch().count();
+    entries.push_back(absl::StrCat(p.filename().string(), " ", size, " ", static_cast<int64_t>(mtime)));
+  }
+  std::sort(entries.begin(), entries.end());
+  return absl::StrJoin(entries, "\n");
+}
+
 }  // namespace
 
 std::string JobFingerprint(const CalibrationJob& job, const PipelineOptions& options, const std::string& numerics_id) {
   Digest d;
-  d.Add(std::string("lowbit-resume-v1"));
+  d.Add(std::string("lowbit-resume-v2"));
   d.Add(job.model_dir);
+  d.Add(ModelFilesIdentity(job.model_dir));
   d.Add(job.recipe_yaml);
   d.Add(job.calibration);
   d.Add(job.heldout);

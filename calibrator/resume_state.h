@@ -7,8 +7,8 @@
 //                             tensors they replace, module results, KV scales, warnings
 //   state.safetensors         hidden states after the last finished layer ("calib", "ref",
 //                             "quant", F32) + layers_done
-// Every file is written atomically and carries the job's fingerprint (model dir, recipe,
-// tokens, chunking); state.safetensors is written after the layer's file, so it never points
+// Every file is written atomically and carries the job's fingerprint (model dir and its files'
+// sizes and modification times, recipe, tokens, chunking); state.safetensors is written after the layer's file, so it never points
 // at a layer that is not on disk. State with another fingerprint, or anything unreadable, is
 // ignored (the run starts over).
 #ifndef LOWBIT_CALIBRATOR_RESUME_STATE_H_
@@ -45,7 +45,9 @@ struct SmoothingState {
   nlohmann::json summary = nlohmann::json::array();
 };
 
-// A stable digest of what determines the run's result: the job, the options that change numbers,
+// A stable digest of what determines the run's result: the job (with the model's files as they
+// are on disk, so a model replaced between a failure and its retry starts over), the options that
+// change numbers,
 // and the compute's NumericsId (a resume on another BLAS build, CPU kernel or thread count starts
 // over, so the output is still what an uninterrupted run there writes).
 std::string JobFingerprint(const CalibrationJob& job, const PipelineOptions& options, const std::string& numerics_id);

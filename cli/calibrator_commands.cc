@@ -92,7 +92,25 @@ int FollowJob(CalibratorStubT& stub, const rpc::ClientConfig& config, const std:
                  job->error_message().c_str());
   }
   std::fprintf(stderr, "\n");
+  if (job->resume_state_kept()) {
+    std::fprintf(stderr, "lowbit: its %lld finished layers are kept; `lowbit jobs retry %s` continues after them\n",
+                 static_cast<long long>(job->progress().layers_done()), id.c_str());
+  }
   return 1;
+}
+
+// `lowbit jobs cancel|retry ID`: one unary call on the job, its line printed.
+template <typename Request, typename Response>
+int ActOnJob(CalibratorStubT& stub, const rpc::ClientConfig& config, const std::string& id, const char* what,
+             grpc::Status (CalibratorStubT::*method)(grpc::ClientContext*, const Request&, Response*)) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx, config);
+  Request req;
+  req.set_id(id);
+  Response resp;
+  if (auto st = (stub.*method)(&ctx, req, &resp); !st.ok()) return Fail(what, st);
+  std::printf("%s\n", JobLine(resp.job()).c_str());
+  return 0;
 }
 
 // A default upload name from `base` (a directory's or a file's name): characters outside
@@ -291,8 +309,8 @@ int RunCalibrate(const Args& args) {
 
 int RunJobs(const Args& args) {
   const std::string verb = args.empty() ? "list" : args[0];
-  if (verb != "list" && verb != "get" && verb != "cancel" && verb != "watch") {
-    return UsageError("jobs", "unknown verb '" + verb + "' (list, get ID, cancel ID, watch ID)");
+  if (verb != "list" && verb != "get" && verb != "cancel" && verb != "retry" && verb != "watch") {
+    return UsageError("jobs", "unknown verb '" + verb + "' (list, get ID, cancel ID, retry ID, watch ID)");
   }
   if (verb == "list" ? args.size() > 1 : args.size() != 2) {
     return UsageError("jobs", verb == "list" ? "list takes no arguments (got '" + args[1] + "')"
@@ -339,16 +357,8 @@ int RunJobs(const Args& args) {
     std::printf("%s\n", job.dump(2).c_str());
     return 0;
   }
-  if (verb == "cancel") {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, config);
-    v1::CancelJobRequest req;
-    req.set_id(id);
-    v1::CancelJobResponse resp;
-    if (auto st = stub->CancelJob(&ctx, req, &resp); !st.ok()) return Fail("cancel job", st);
-    std::printf("%s\n", JobLine(resp.job()).c_str());
-    return 0;
-  }
+  if (verb == "cancel") return ActOnJob(*stub, config, id, "cancel job", &CalibratorStubT::CancelJob);
+  if (verb == "retry") return ActOnJob(*stub, config, id, "retry job", &CalibratorStubT::RetryJob);
   return FollowJob(*stub, config, id);  // watch
 }
 

@@ -230,6 +230,16 @@ grpc::Status CalibratorServiceImpl::CancelJob(grpc::ServerContext* ctx, const v1
   return guard.Finish(grpc::Status::OK);
 }
 
+grpc::Status CalibratorServiceImpl::RetryJob(grpc::ServerContext* ctx, const v1::RetryJobRequest* req,
+                                             v1::RetryJobResponse* resp) {
+  rpc::CallGuard guard(ctx, context_, "RetryJob");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  absl::StatusOr<v1::Job> job = runner_->Retry(req->id());
+  if (!job.ok()) return guard.Finish(Edge(job.status()));
+  *resp->mutable_job() = *std::move(job);
+  return guard.Finish(grpc::Status::OK);
+}
+
 grpc::Status CalibratorServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
                                              grpc::ServerWriter<v1::WatchJobResponse>* writer) {
   rpc::CallGuard guard(ctx, context_, "WatchJob");

@@ -64,6 +64,29 @@ const JobRunner::Entry* JobRunner::OutputHolderLocked(const std::string& output,
   return nullptr;
 }
 
+absl::Status JobRunner::CheckOutputFreeLocked(const std::string& out, const std::string& id) const {
+  if (const Entry* holder = OutputHolderLocked(out, id); holder != nullptr) {
+    const v1::Job& h = holder->job;
+    if (h.state() == v1::JOB_STATE_SUCCEEDED) {
+      return absl::AlreadyExistsError(absl::StrCat("output '", out, "' holds the checkpoint of job ", h.id(),
+                                                   " (succeeded); outputs are never replaced, so choose another "
+                                                   "output_name"));
+    }
+    return absl::AlreadyExistsError(absl::StrCat("output '", out, "' is being written by job ", h.id(), " (",
+                                                 StateLabel(h.state()),
+                                                 "); choose another output_name, or cancel that job first"));
+  }
+  // A directory no job holds (a job file lost or moved aside as corrupt, or put there by hand):
+  // not replaced either.
+  std::error_code ec;
+  if (std::filesystem::exists(absl::StrCat(paths_.output_root, "/", out), ec)) {
+    return absl::AlreadyExistsError(absl::StrCat("output '", out,
+                                                 "' already exists in the output root (no job of this server holds "
+                                                 "it); choose another output_name, or remove it from the server"));
+  }
+  return absl::OkStatus();
+}
+
 void JobRunner::BumpLocked(Entry& e) {
   ++e.version;
   changed_.notify_all();
@@ -120,7 +143,13 @@ absl::Status JobRunner::Start() {
     }
     for (auto& [id, e] : jobs_) {
       if (e.job.state() == v1::JOB_STATE_QUEUED) queue_.push_back(id);
-      if (Terminal(e.job.state())) store_->RemoveWorkDir(id);  // a crash right after it ended
+      if (!Terminal(e.job.state())) continue;
+      if (!e.job.resume_state_kept()) {
+        store_->RemoveWorkDir(id);  // a crash right after it ended
+      } else if (!store_->HasWorkState(id)) {
+        e.job.set_resume_state_kept(false);  // removed by hand: a retry starts over
+        to_persist.push_back(id);
+      }
     }
     // Creation order (ids are time-ordered, as the store loads them).
     std::stable_sort(queue_.begin(), queue_.end(), [&](const std::string& a, const std::string& b) {
@@ -159,26 +188,7 @@ absl::StatusOr<v1::Job> JobRunner::Create(const v1::JobSpec& spec) {
   job.mutable_progress()->set_eta_s(-1);
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_) return absl::UnavailableError("the calibrator is shutting down");
-  const std::string out = OutputName(job);
-  if (const Entry* holder = OutputHolderLocked(out, job.id()); holder != nullptr) {
-    const v1::Job& h = holder->job;
-    if (h.state() == v1::JOB_STATE_SUCCEEDED) {
-      return absl::AlreadyExistsError(absl::StrCat("output '", out, "' holds the checkpoint of job ", h.id(),
-                                                   " (succeeded); outputs are never replaced, so choose another "
-                                                   "output_name"));
-    }
-    return absl::AlreadyExistsError(absl::StrCat("output '", out, "' is being written by job ", h.id(), " (",
-                                                 StateLabel(h.state()),
-                                                 "); choose another output_name, or cancel that job first"));
-  }
-  // A directory no job holds (a job file lost or moved aside as corrupt, or put there by hand):
-  // not replaced either.
-  std::error_code ec;
-  if (std::filesystem::exists(absl::StrCat(paths_.output_root, "/", out), ec)) {
-    return absl::AlreadyExistsError(absl::StrCat("output '", out,
-                                                 "' already exists in the output root (no job of this server holds "
-                                                 "it); choose another output_name, or remove it from the server"));
-  }
+  if (absl::Status s = CheckOutputFreeLocked(OutputName(job), job.id()); !s.ok()) return s;
   if (absl::Status s = store_->Save(job); !s.ok()) return s;
   Entry e;
   e.job = job;
@@ -187,7 +197,7 @@ absl::StatusOr<v1::Job> JobRunner::Create(const v1::JobSpec& spec) {
   RecountLocked();
   work_.notify_one();
   changed_.notify_all();
-  spdlog::info("job {}: created (model {}, output {})", job.id(), spec.model(), out);
+  spdlog::info("job {}: created (model {}, output {})", job.id(), spec.model(), OutputName(job));
   return job;
 }
 
@@ -246,6 +256,54 @@ absl::StatusOr<v1::Job> JobRunner::Cancel(const std::string& id) {
     spdlog::info("job {}: cancelled while queued", id);
   }
   return out;
+}
+
+absl::StatusOr<v1::Job> JobRunner::Retry(const std::string& id) {
+  auto retryable = [&](const v1::Job& j) {
+    if (j.state() == v1::JOB_STATE_FAILED || j.state() == v1::JOB_STATE_CANCELLED) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", id, " is ", StateLabel(j.state()), "; only a failed or cancelled job can be retried"));
+  };
+  absl::StatusOr<v1::Job> current = Get(id);
+  if (!current.ok()) return current.status();
+  if (absl::Status s = retryable(*current); !s.ok()) return s;
+  // What may have changed since it was created (an upload or model directory gone) is refused here.
+  if (absl::Status s = ValidateJobSpec(current->spec(), paths_); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("job ", id, " cannot be retried: ", s.message()));
+  }
+  v1::Job job;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Entry& e = jobs_.at(id);                                   // jobs are never removed
+    if (absl::Status s = retryable(e.job); !s.ok()) return s;  // retried meanwhile
+    if (stopping_) return absl::UnavailableError("the calibrator is shutting down");
+    if (absl::Status s = CheckOutputFreeLocked(OutputName(e.job), id); !s.ok()) {
+      return absl::AlreadyExistsError(absl::StrCat("job ", id, " cannot be retried: ", s.message()));
+    }
+    job = e.job;
+    const bool resumes = job.resume_state_kept();
+    job.set_state(v1::JOB_STATE_QUEUED);
+    job.set_retries(job.retries() + 1);
+    job.clear_error_code();
+    job.clear_error_message();
+    job.clear_finished_unix_ms();
+    job.clear_resume_state_kept();
+    if (!resumes) job.mutable_progress()->set_layers_done(0);  // it starts over
+    job.mutable_progress()->set_eta_s(-1);
+    if (absl::Status s = store_->Save(job); !s.ok()) return s;
+    e.job = job;
+    e.cancel = std::make_shared<std::atomic<bool>>(false);
+    e.user_cancelled = false;
+    queue_.push_back(id);
+    RecountLocked();
+    BumpLocked(e);
+    work_.notify_one();
+  }
+  spdlog::info("job {}: queued again (retry {}){}", id, job.retries(),
+               job.progress().layers_done() > 0
+                   ? absl::StrCat(", continuing after layer ", job.progress().layers_done() - 1)
+                   : "");
+  return job;
 }
 
 absl::StatusOr<JobRunner::Snapshot> JobRunner::Wait(const std::string& id, uint64_t after_version,
@@ -394,12 +452,15 @@ void JobRunner::Finish(const std::string& id, const absl::Status& status, const 
     job.set_error_message(std::string(status.message()));
   }
   job.set_finished_unix_ms(NowMs());
+  // A failed job keeps its finished layers for RetryJob; otherwise the resume state goes.
+  const bool keep = job.state() == v1::JOB_STATE_FAILED && store_->HasWorkState(id);
+  job.set_resume_state_kept(keep);
   // On disk first (the job file, then the resume state goes); then clients see it.
   {
     std::lock_guard<std::mutex> plock(persist_mu_);
     if (absl::Status s = store_->Save(job); !s.ok()) spdlog::error("job {}: cannot persist: {}", id, s.ToString());
   }
-  store_->RemoveWorkDir(id);
+  if (!keep) store_->RemoveWorkDir(id);
   {
     std::lock_guard<std::mutex> lock(mu_);
     Entry& e = jobs_.at(id);
@@ -410,7 +471,8 @@ void JobRunner::Finish(const std::string& id, const absl::Status& status, const 
   if (status.ok()) {
     spdlog::info("job {}: succeeded", id);
   } else {
-    spdlog::info("job {}: {}", id, status.ToString());
+    spdlog::info("job {}: {}{}", id, status.ToString(),
+                 keep ? absl::StrCat(" (", job.progress().layers_done(), " finished layers kept for a retry)") : "");
   }
 }
 

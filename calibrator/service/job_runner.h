@@ -8,6 +8,9 @@
 // pipeline's next check (between modules / layers). Shutdown interrupts running jobs without
 // recording anything, so they are still RUNNING on disk: the next Start() queues them again
 // (resumes + 1) and the pipeline continues from its last persisted layer (or from the start).
+// A FAILED job keeps that per-layer state (resume_state_kept), so Retry() — after the cause is
+// mended, e.g. a full disk freed — continues after its last finished layer; the state goes when
+// the job succeeds or is cancelled.
 #ifndef LOWBIT_CALIBRATOR_SERVICE_JOB_RUNNER_H_
 #define LOWBIT_CALIBRATOR_SERVICE_JOB_RUNNER_H_
 
@@ -73,6 +76,10 @@ class JobRunner {
   // NotFound; FailedPrecondition for a job that already succeeded or failed. Cancelling a
   // cancelled job returns it unchanged.
   absl::StatusOr<v1::Job> Cancel(const std::string& id);
+  // Queues a FAILED or CANCELLED job again (retries + 1, error cleared). NotFound;
+  // FailedPrecondition for a job that is queued, running or succeeded; AlreadyExists when its
+  // output name was taken meanwhile (by another job, or a directory in the output root).
+  absl::StatusOr<v1::Job> Retry(const std::string& id);
 
   struct Snapshot {
     v1::Job job;
@@ -95,6 +102,9 @@ class JobRunner {
   // The job other than `except` that holds output name `output`: QUEUED or RUNNING (it will
   // write it) or SUCCEEDED (it wrote it); null when none does.
   const Entry* OutputHolderLocked(const std::string& output, const std::string& except) const;
+  // OK when job `id` may write output `out`: no other job holds it and no directory of that name
+  // is in the output root; else AlreadyExists naming the holder.
+  absl::Status CheckOutputFreeLocked(const std::string& out, const std::string& id) const;
   void Worker();
   void RunOne(const std::string& id);
   void OnProgress(const std::string& id, const ProgressEvent& e);

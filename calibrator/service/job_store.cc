@@ -72,6 +72,12 @@ void JobStore::RemoveWorkDir(const std::string& id) const {
   fs::remove_all(WorkDir(id), ec);
 }
 
+bool JobStore::HasWorkState(const std::string& id) const {
+  if (!ValidId(id)) return false;
+  std::error_code ec;
+  return fs::is_directory(WorkDir(id), ec) && !fs::is_empty(WorkDir(id), ec) && !ec;
+}
+
 std::string JobStore::NewId() {
   static std::mutex mu;
   static std::mt19937_64 rng(std::random_device{}());

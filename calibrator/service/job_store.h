@@ -4,7 +4,8 @@
 // job; files that do not parse are moved aside to jobs/<id>.json.corrupt and reported.
 //
 // <state_dir>/work/<id>/ is the job's scratch directory (the pipeline's per-layer resume state);
-// it is removed when the job reaches a terminal state.
+// it is removed when the job succeeds or is cancelled, and kept when it fails (RetryJob continues
+// from it).
 #ifndef LOWBIT_CALIBRATOR_SERVICE_JOB_STORE_H_
 #define LOWBIT_CALIBRATOR_SERVICE_JOB_STORE_H_
 
@@ -31,6 +32,8 @@ class JobStore {
   absl::Status Save(const v1::Job& job);
   std::string WorkDir(const std::string& id) const;
   void RemoveWorkDir(const std::string& id) const;
+  // The job's work dir holds something (resume state a retry can continue from).
+  bool HasWorkState(const std::string& id) const;
   const std::string& state_dir() const { return state_dir_; }
 
   // A new, unique, time-ordered id: "job-<unix ms, hex>-<random hex>".

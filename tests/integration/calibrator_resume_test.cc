@@ -415,5 +415,37 @@ TEST(PipelineResumeTest, ResumeUnderAnotherBlasConfigurationStartsOver) {
   fs::remove_all(root, ec);
 }
 
+// State kept for a retry must not outlive the model it was computed from: a model directory
+// whose files were replaced (here: other weights of the same shapes) after the run stopped makes
+// the next run start over, and its checkpoint is the new model's.
+TEST(PipelineResumeTest, ResumeAfterTheModelChangedStartsOver) {
+  const std::string root = MakeTempDir("piperesume-model");
+  ASSERT_TRUE(WriteSyntheticLlama(root + "/m", TinyModel(/*layers=*/3)).ok());
+  const std::string recipe = "tests/fixtures/recipes/int8_w8a8.yaml";
+  PipelineOptions resumable;
+  resumable.resume_dir = root + "/resume";
+  CalibrationJob job = TinyJob(root, recipe, root + "/resumed", DatasetOptions());
+  absl::Status first = RunUntilLayerSaved(job, resumable, 1);
+  ASSERT_TRUE(absl::IsCancelled(first)) << first;
+  ASSERT_TRUE(fs::exists(resumable.resume_dir + "/layer-00001.safetensors"));
+
+  SyntheticLlamaOptions other = TinyModel(/*layers=*/3);
+  other.seed += 1;
+  fs::remove_all(root + "/m");
+  ASSERT_TRUE(WriteSyntheticLlama(root + "/m", other).ok());
+  CalibrationJob reference = TinyJob(root, recipe, root + "/reference", DatasetOptions());
+  ASSERT_TRUE(RunCalibration(reference, PipelineOptions(), CpuCompute()).ok());
+
+  std::set<int64_t> calibrated;
+  absl::StatusOr<CalibrationResult> second = RunCalibration(job, resumable, CpuCompute(), [&](const ProgressEvent& e) {
+    if (e.phase == "calibrate") calibrated.insert(e.layer);
+  });
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(calibrated, (std::set<int64_t>{0, 1, 2})) << "every layer runs again";
+  ExpectSameCheckpoint(root + "/resumed", root + "/reference");
+  std::error_code ec;
+  fs::remove_all(root, ec);
+}
+
 }  // namespace
 }  // namespace lowbit

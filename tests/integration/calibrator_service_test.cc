@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -47,6 +48,9 @@ struct Hold {
   std::string held;  // the job now waiting
   bool gate = false;
   int at_gate = 0;  // jobs now waiting at the gate
+  // While set, a job about to write its checkpoint finds a file where the output root should be.
+  std::string break_writes_in;
+  std::vector<std::string> calibrated;  // "<job id> <layer>" of every calibrate event
 };
 Hold* g_hold = new Hold();
 
@@ -79,8 +83,14 @@ class CalibratorServiceTest : public ::testing::Test {
     o.max_upload_bytes = kMaxUpload;
     o.runner.max_concurrent_jobs = max_concurrent_jobs;
     o.runner.on_progress = [](const std::string& id, const ProgressEvent& e) {
-      if (e.phase != "calibrate") return;
       std::unique_lock<std::mutex> lock(g_hold->mu);
+      if (e.phase == "write" && !g_hold->break_writes_in.empty()) {
+        const std::string& outputs = g_hold->break_writes_in;
+        fs::rename(outputs, outputs + ".away");
+        std::ofstream(outputs) << "not a directory";
+      }
+      if (e.phase != "calibrate") return;
+      g_hold->calibrated.push_back(absl::StrCat(id, " ", e.layer));
       if (e.layer == 0 && g_hold->gate) {
         ++g_hold->at_gate;
         g_hold->cv.notify_all();
@@ -142,6 +152,30 @@ class CalibratorServiceTest : public ::testing::Test {
     g_hold->gate = false;
     g_hold->cv.notify_all();
   }
+  // Checkpoint writes fail from now on (the output root is a file while a job writes) until
+  // MendWrites() puts the output root back.
+  static void BreakWrites() {
+    std::lock_guard<std::mutex> lock(g_hold->mu);
+    g_hold->break_writes_in = root_ + "/state/outputs";
+  }
+  static void MendWrites() {
+    std::lock_guard<std::mutex> lock(g_hold->mu);
+    const std::string outputs = g_hold->break_writes_in;
+    g_hold->break_writes_in.clear();
+    if (fs::exists(outputs + ".away")) {
+      fs::remove(outputs);
+      fs::rename(outputs + ".away", outputs);
+    }
+  }
+  // The layers job `id` has calibrated so far (in this process).
+  static std::vector<int64_t> Calibrated(const std::string& id) {
+    std::lock_guard<std::mutex> lock(g_hold->mu);
+    std::vector<int64_t> layers;
+    for (const std::string& c : g_hold->calibrated) {
+      if (c.rfind(id + " ", 0) == 0) layers.push_back(std::stoll(c.substr(id.size() + 1)));
+    }
+    return layers;
+  }
   static void WaitHeld(const std::string& id) {
     std::unique_lock<std::mutex> lock(g_hold->mu);
     ASSERT_TRUE(g_hold->cv.wait_for(lock, std::chrono::seconds(30), [&] { return g_hold->held == id; }))
@@ -160,6 +194,14 @@ class CalibratorServiceTest : public ::testing::Test {
     *req.mutable_spec() = spec;
     v1::CreateJobResponse resp;
     grpc::Status s = stub_->CreateJob(Ctx(token).get(), req, &resp);
+    if (job != nullptr) *job = resp.job();
+    return s;
+  }
+  static grpc::Status Retry(const std::string& id, v1::Job* job) {
+    v1::RetryJobRequest req;
+    req.set_id(id);
+    v1::RetryJobResponse resp;
+    grpc::Status s = stub_->RetryJob(Ctx(kToken).get(), req, &resp);
     if (job != nullptr) *job = resp.job();
     return s;
   }
@@ -997,6 +1039,89 @@ TEST_F(CalibratorServiceTest, OutputOfASucceededJobIsNeverReplacedAcrossRestarts
   ExpectServing();
 }
 
+// A job whose checkpoint write fails (a transient fault: here the output root is briefly not a
+// directory; in life a full disk) keeps its finished layers, across a restart too, and RetryJob
+// continues after them: no layer runs again, and the checkpoint is byte for byte an uninterrupted
+// run's. A cancelled job retried starts over; a job whose output was taken meanwhile is refused.
+TEST_F(CalibratorServiceTest, FailedJobKeepsItsLayersAndRetryContinuesAfterThem) {
+  v1::JobSpec spec = TinySpec("W8A8");  // GPTQ
+  spec.set_output_name("reference");
+  v1::Job ref = RunToEnd(spec);
+  ASSERT_EQ(ref.state(), v1::JOB_STATE_SUCCEEDED) << ref.error_message();
+  const std::string reference = ReadAll(root_ + "/state/outputs/reference/model.safetensors");
+
+  BreakWrites();
+  spec.set_output_name("retried");
+  v1::Job failed = RunToEnd(spec);
+  MendWrites();
+  ASSERT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  EXPECT_NE(failed.error_message().find("/state/outputs"), std::string::npos) << failed.error_message();
+  EXPECT_TRUE(failed.resume_state_kept());
+  EXPECT_EQ(failed.progress().layers_done(), 2);
+  EXPECT_EQ(Calibrated(failed.id()), (std::vector<int64_t>{0, 1}));
+  EXPECT_TRUE(fs::exists(root_ + "/state/work/" + failed.id() + "/layer-00001.safetensors"));
+  EXPECT_FALSE(fs::exists(root_ + "/state/outputs/retried"));
+
+  Restart();  // the kept state survives it
+  v1::Job retried;
+  grpc::Status s = Retry(failed.id(), &retried);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(retried.state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(retried.retries(), 1);
+  EXPECT_EQ(retried.error_code(), 0);
+  EXPECT_EQ(retried.error_message(), "");
+  EXPECT_EQ(retried.progress().layers_done(), 2);
+  retried = WaitForJob(*stub_, kToken, failed.id());
+  ASSERT_EQ(retried.state(), v1::JOB_STATE_SUCCEEDED) << retried.error_message();
+  EXPECT_FALSE(retried.resume_state_kept());
+  EXPECT_EQ(Calibrated(failed.id()), (std::vector<int64_t>{0, 1})) << "the retry calibrated no layer again";
+  EXPECT_EQ(ReadAll(root_ + "/state/outputs/retried/model.safetensors"), reference);
+  EXPECT_FALSE(fs::exists(root_ + "/state/work/" + failed.id()));
+
+  EXPECT_CODE(Retry(failed.id(), nullptr), FAILED_PRECONDITION, "is succeeded; only a failed or cancelled job");
+  EXPECT_CODE(Retry("job-nope", nullptr), NOT_FOUND, "job-nope");
+
+  // Cancelled: the retry starts over (its state went with the cancel) and writes the same bytes.
+  HoldJobs();
+  spec.set_output_name("cancelled");
+  v1::Job c;
+  ASSERT_TRUE(Create(spec, &c).ok());
+  WaitHeld(c.id());
+  v1::CancelJobRequest creq;
+  creq.set_id(c.id());
+  v1::CancelJobResponse cresp;
+  ASSERT_TRUE(stub_->CancelJob(Ctx(kToken).get(), creq, &cresp).ok());
+  Release();
+  ASSERT_EQ(WaitForJob(*stub_, kToken, c.id()).state(), v1::JOB_STATE_CANCELLED);
+  ASSERT_TRUE(Retry(c.id(), nullptr).ok());
+  v1::Job c2 = WaitForJob(*stub_, kToken, c.id());
+  ASSERT_EQ(c2.state(), v1::JOB_STATE_SUCCEEDED) << c2.error_message();
+  EXPECT_EQ(c2.retries(), 1);
+  EXPECT_EQ(Calibrated(c.id()), (std::vector<int64_t>{0, 1, 0, 1}));
+  EXPECT_EQ(ReadAll(root_ + "/state/outputs/cancelled/model.safetensors"), reference);
+
+  // A failed job whose output another job took meanwhile is not retried into it.
+  BreakWrites();
+  spec.set_output_name("taken");
+  v1::Job f = RunToEnd(spec);
+  MendWrites();
+  ASSERT_EQ(f.state(), v1::JOB_STATE_FAILED);
+  v1::JobSpec other = TinySpec("W8A16");
+  other.set_algorithm("rtn");
+  other.set_output_name("taken");
+  v1::Job o = RunToEnd(other);
+  ASSERT_EQ(o.state(), v1::JOB_STATE_SUCCEEDED) << o.error_message();
+  EXPECT_CODE(Retry(f.id(), nullptr), ALREADY_EXISTS,
+              "job " + f.id() + " cannot be retried: output 'taken' holds the checkpoint of job " + o.id());
+  v1::GetJobRequest greq;
+  greq.set_id(f.id());
+  v1::GetJobResponse gresp;
+  ASSERT_TRUE(stub_->GetJob(Ctx(kToken).get(), greq, &gresp).ok());
+  EXPECT_EQ(gresp.job().state(), v1::JOB_STATE_FAILED) << "a refused retry changes nothing";
+  EXPECT_TRUE(gresp.job().resume_state_kept());
+  ExpectServing();
+}
+
 // A job found unfinished at start whose output another job holds is not resumed (it would
 // replace that checkpoint): it fails with ALREADY_EXISTS. And a state directory from a server
 // that let a later job overwrite an earlier one's output: FetchResult of the earlier job says its
@@ -1110,7 +1235,9 @@ TEST_F(CalibratorServiceTest, FetchResultCarriesTokenizerAndGenerationFiles) {
     std::string& buf = got[c.name()];
     EXPECT_EQ(c.offset(), static_cast<int64_t>(buf.size())) << c.name();
     buf += c.data();
-    if (c.last()) EXPECT_EQ(c.crc32c(), rpc::Crc32c(buf.data(), buf.size())) << c.name();
+    if (c.last()) {
+      EXPECT_EQ(c.crc32c(), rpc::Crc32c(buf.data(), buf.size())) << c.name();
+    }
   }
   EXPECT_TRUE(got == extra) << "the pieces do not reassemble to the model's files";
   EXPECT_GT(pieces.size(), extra.size());  // tokenizer.json came in several pieces

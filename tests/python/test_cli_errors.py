@@ -166,6 +166,7 @@ def usage_errors(lowbit, work, model):
     expect("jobs get ID extra", run([lowbit, "jobs", "get", "j", "extra"], down), 2, ["usage: lowbit jobs get ID"])
     expect("jobs list extra", run([lowbit, "jobs", "list", "extra"], down), 2, ["list takes no arguments"])
     expect("jobs frob", run([lowbit, "jobs", "frob"], down), 2, ["unknown verb 'frob'"])
+    expect("jobs retry without ID", run([lowbit, "jobs", "retry"], down), 2, ["usage: lowbit jobs retry ID"])
     expect("upload-dataset of a missing file", run([lowbit, "upload-dataset", os.path.join(work, "none.jsonl")], down),
            2, ["none.jsonl"], absent=["UNAVAILABLE"])
     expect("upload-dataset .bin without its .idx", run([lowbit, "upload-dataset", recipe_bin(work)], down), 2,
@@ -379,6 +380,13 @@ def interrupt(lowbit, bin_dir, work, model):
             check("interrupt: the job goes on", '"JOB_STATE_RUNNING"' in p.stdout or '"JOB_STATE_QUEUED"' in p.stdout,
                   p.stdout[:400] + p.stderr[-400:])
             expect("interrupt: jobs cancel", run([lowbit, "jobs", "cancel", job], env), 0)
+            expect("jobs watch of the cancelled job", run([lowbit, "jobs", "watch", job], env, timeout=60), 1,
+                   ["CANCELLED"])
+            expect("jobs retry of the cancelled job queues it again", run([lowbit, "jobs", "retry", job], env), 0,
+                   [job], stream="stdout")
+            expect("jobs retry of a job that is not failed or cancelled", run([lowbit, "jobs", "retry", job], env),
+                   1, ["FAILED_PRECONDITION", "only a failed or cancelled job can be retried"])
+            expect("jobs cancel of the retried job", run([lowbit, "jobs", "cancel", job], env), 0)
     finally:
         cal.stop()
 
