@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <set>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
@@ -38,6 +39,7 @@ ABSL_FLAG(std::string, out, "",
           "demo, bench-rpc: new, empty, or made by an earlier run of the same command)");
 ABSL_FLAG(bool, verify_only, false, "fetch: receive and check the result (chunks, CRC-32C) without writing it");
 ABSL_FLAG(std::string, state, "", "jobs list: only jobs in this state (queued, running, succeeded, failed, cancelled)");
+ABSL_FLAG(bool, keep_output, false, "jobs delete: leave the job's checkpoint in the server's output root");
 
 namespace lowbit::cli {
 namespace fs = std::filesystem;
@@ -309,8 +311,12 @@ int RunCalibrate(const Args& args) {
 
 int RunJobs(const Args& args) {
   const std::string verb = args.empty() ? "list" : args[0];
-  if (verb != "list" && verb != "get" && verb != "cancel" && verb != "retry" && verb != "watch") {
-    return UsageError("jobs", "unknown verb '" + verb + "' (list, get ID, cancel ID, retry ID, watch ID)");
+  static const std::set<std::string> verbs = {"list", "get", "cancel", "retry", "delete", "watch"};
+  if (!verbs.count(verb)) {
+    return UsageError("jobs", "unknown verb '" + verb + "' (list, get ID, cancel ID, retry ID, delete ID, watch ID)");
+  }
+  if (absl::GetFlag(FLAGS_keep_output) && verb != "delete") {
+    return UsageError("jobs", "--keep_output is a flag of jobs delete, not of jobs " + verb);
   }
   if (verb == "list" ? args.size() > 1 : args.size() != 2) {
     return UsageError("jobs", verb == "list" ? "list takes no arguments (got '" + args[1] + "')"
@@ -359,6 +365,21 @@ int RunJobs(const Args& args) {
   }
   if (verb == "cancel") return ActOnJob(*stub, config, id, "cancel job", &CalibratorStubT::CancelJob);
   if (verb == "retry") return ActOnJob(*stub, config, id, "retry job", &CalibratorStubT::RetryJob);
+  if (verb == "delete") {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, config);
+    v1::DeleteJobRequest req;
+    req.set_id(id);
+    req.set_keep_output(absl::GetFlag(FLAGS_keep_output));
+    v1::DeleteJobResponse resp;
+    if (auto st = stub->DeleteJob(&ctx, req, &resp); !st.ok()) return Fail("delete job", st);
+    std::printf("deleted %s (%s), %.1f MB freed%s\n", id.c_str(), JobStateName(resp.job().state()).c_str(),
+                resp.freed_bytes() / 1e6,
+                req.keep_output() && !resp.job().output_path().empty()
+                    ? absl::StrCat("; checkpoint kept in the output root as ", resp.job().output_path()).c_str()
+                    : "");
+    return 0;
+  }
   return FollowJob(*stub, config, id);  // watch
 }
 

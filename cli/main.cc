@@ -1,6 +1,6 @@
 // lowbit: the command-line client of the Lowbit services.
 //   lowbit calibrate --model M (--scheme S | --recipe R.yaml) (--data F | --dataset D) [...]
-//   lowbit jobs [list|get ID|cancel ID|retry ID|watch ID]     lowbit fetch ID --out DIR
+//   lowbit jobs [list|get ID|cancel ID|retry ID|delete ID|watch ID]     lowbit fetch ID --out DIR
 //   lowbit upload-dataset FILE [NAME]                 lowbit upload-model DIR [NAME]
 //   lowbit load --name N (--path P | --dir LOCAL)     lowbit unload N    lowbit models    lowbit info
 //   lowbit gemm --name N --layer L [--x x.npy]        lowbit health [--service calibrator]
@@ -29,7 +29,7 @@ namespace {
 constexpr const char* kUsage =
     "lowbit COMMAND [ARGS] [FLAGS]\n"
     "  calibrate        create a calibration job and follow it (uploads --data / --upload_model first)\n"
-    "  jobs             list | get ID | cancel ID | retry ID | watch ID\n"
+    "  jobs             list | get ID | cancel ID | retry ID | delete ID [--keep_output] | watch ID\n"
     "  fetch ID         download a finished job's checkpoint (--out DIR | --verify_only)\n"
     "  upload-dataset   FILE(.jsonl | .bin + .idx) [NAME]\n"
     "  upload-model     DIR [NAME]\n"

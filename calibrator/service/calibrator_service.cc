@@ -240,6 +240,17 @@ grpc::Status CalibratorServiceImpl::RetryJob(grpc::ServerContext* ctx, const v1:
   return guard.Finish(grpc::Status::OK);
 }
 
+grpc::Status CalibratorServiceImpl::DeleteJob(grpc::ServerContext* ctx, const v1::DeleteJobRequest* req,
+                                              v1::DeleteJobResponse* resp) {
+  rpc::CallGuard guard(ctx, context_, "DeleteJob");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  absl::StatusOr<JobRunner::Deleted> deleted = runner_->Delete(req->id(), req->keep_output());
+  if (!deleted.ok()) return guard.Finish(Edge(deleted.status()));
+  *resp->mutable_job() = std::move(deleted->job);
+  resp->set_freed_bytes(deleted->freed_bytes);
+  return guard.Finish(grpc::Status::OK);
+}
+
 grpc::Status CalibratorServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
                                              grpc::ServerWriter<v1::WatchJobResponse>* writer) {
   rpc::CallGuard guard(ctx, context_, "WatchJob");

@@ -33,6 +33,8 @@ class CalibratorServiceImpl final : public v1::CalibratorService::Service {
                          v1::CancelJobResponse* resp) override;
   grpc::Status RetryJob(grpc::ServerContext* ctx, const v1::RetryJobRequest* req,
                         v1::RetryJobResponse* resp) override;
+  grpc::Status DeleteJob(grpc::ServerContext* ctx, const v1::DeleteJobRequest* req,
+                         v1::DeleteJobResponse* resp) override;
   grpc::Status WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
                         grpc::ServerWriter<v1::WatchJobResponse>* writer) override;
   grpc::Status UploadDataset(grpc::ServerContext* ctx, grpc::ServerReader<v1::UploadDatasetRequest>* reader,

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "calibrator/compute.h"
+#include "common/file_util.h"
 #include "spdlog/spdlog.h"
 
 namespace lowbit::calibrator {
@@ -108,7 +109,9 @@ absl::Status JobRunner::Start() {
     std::lock_guard<std::mutex> lock(mu_);
     if (started_) return absl::FailedPreconditionError("the job runner was already started");
     started_ = true;
+    const std::set<std::string> deleted = FinishInterruptedDeletes();
     for (const v1::Job& loaded : store_->loaded()) {
+      if (deleted.count(loaded.id())) continue;
       Entry e;
       e.job = loaded;
       if (e.job.state() == v1::JOB_STATE_RUNNING) {
@@ -151,6 +154,7 @@ absl::Status JobRunner::Start() {
         to_persist.push_back(id);
       }
     }
+    RemoveOrphanWorkDirs();
     // Creation order (ids are time-ordered, as the store loads them).
     std::stable_sort(queue_.begin(), queue_.end(), [&](const std::string& a, const std::string& b) {
       return jobs_.at(a).job.created_unix_ms() < jobs_.at(b).job.created_unix_ms();
@@ -161,6 +165,105 @@ absl::Status JobRunner::Start() {
   for (const std::string& id : to_persist) Persist(id);
   for (int i = 0; i < options_.max_concurrent_jobs; ++i) workers_.emplace_back([this] { Worker(); });
   return absl::OkStatus();
+}
+
+namespace {
+
+constexpr char kDeletingPrefix[] = ".deleting+";  // '+' is not in output names: no output clashes
+
+int64_t TreeBytes(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec)) {
+    const uintmax_t n = std::filesystem::file_size(path, ec);
+    return ec ? 0 : static_cast<int64_t>(n);
+  }
+  int64_t total = 0;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(path, ec)) {
+    std::error_code fec;
+    if (entry.is_regular_file(fec)) total += static_cast<int64_t>(entry.file_size(fec));
+  }
+  return total;
+}
+
+}  // namespace
+
+std::set<std::string> JobRunner::FinishInterruptedDeletes() {
+  std::set<std::string> ids;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(paths_.output_root, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(kDeletingPrefix, 0) != 0) continue;
+    const std::string id = name.substr(sizeof(kDeletingPrefix) - 1);
+    if (!JobStore::ValidId(id)) continue;
+    if (absl::Status s = store_->Remove(id); !s.ok()) {
+      spdlog::error("job {}: cannot finish its deletion: {}", id, s.ToString());
+      continue;
+    }
+    std::error_code rec;
+    std::filesystem::remove_all(entry.path(), rec);
+    store_->RemoveWorkDir(id);
+    ids.insert(id);
+    spdlog::info("job {}: its deletion, interrupted by a crash, is finished", id);
+  }
+  return ids;
+}
+
+void JobRunner::RemoveOrphanWorkDirs() const {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(store_->state_dir() + "/work", ec)) {
+    const std::string id = entry.path().filename().string();
+    if (jobs_.count(id) == 0) store_->RemoveWorkDir(id);  // a delete cut short after the job's file
+  }
+}
+
+absl::StatusOr<JobRunner::Deleted> JobRunner::Delete(const std::string& id, bool keep_output) {
+  Deleted out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end() || it->second.deleting) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
+    Entry& e = it->second;
+    if (!Terminal(e.job.state())) {
+      return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", StateLabel(e.job.state()),
+                                                        "; cancel it first (lowbit jobs cancel ", id, ")"));
+    }
+    e.deleting = true;
+    out.job = e.job;
+  }
+  auto undo = [&](absl::Status s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    jobs_.at(id).deleting = false;
+    return s;
+  };
+  // The checkpoint first, moved aside in one rename: from then on the delete is decided, and a
+  // crash before the end is finished at the next start.
+  std::string trash;
+  const std::string output = absl::StrCat(paths_.output_root, "/", out.job.output_path());
+  std::error_code ec;
+  if (out.job.state() == v1::JOB_STATE_SUCCEEDED && !keep_output && !out.job.output_path().empty() &&
+      std::filesystem::exists(output, ec)) {
+    trash = absl::StrCat(paths_.output_root, "/", kDeletingPrefix, id);
+    out.freed_bytes += TreeBytes(output);
+    std::filesystem::rename(output, trash, ec);
+    if (ec) return undo(absl::InternalError(absl::StrCat("cannot move ", output, " aside: ", ec.message())));
+    if (absl::Status s = SyncDirectory(paths_.output_root); !s.ok()) spdlog::warn("job {}: {}", id, s.ToString());
+  }
+  out.freed_bytes += TreeBytes(store_->WorkDir(id)) + TreeBytes(absl::StrCat(store_->state_dir(), "/jobs/", id, ".json"));
+  if (absl::Status s = store_->Remove(id); !s.ok()) {
+    if (!trash.empty()) std::filesystem::rename(trash, output, ec);
+    return undo(s);
+  }
+  if (!trash.empty()) std::filesystem::remove_all(trash, ec);
+  store_->RemoveWorkDir(id);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    jobs_.erase(id);
+    RecountLocked();
+    changed_.notify_all();
+  }
+  spdlog::info("job {}: deleted ({} bytes freed{})", id, out.freed_bytes,
+               keep_output && out.job.state() == v1::JOB_STATE_SUCCEEDED ? "; its checkpoint was kept" : "");
+  return out;
 }
 
 void JobRunner::Shutdown() {
@@ -274,7 +377,9 @@ absl::StatusOr<v1::Job> JobRunner::Retry(const std::string& id) {
   v1::Job job;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    Entry& e = jobs_.at(id);                                   // jobs are never removed
+    auto it = jobs_.find(id);
+    if (it == jobs_.end() || it->second.deleting) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
+    Entry& e = it->second;
     if (absl::Status s = retryable(e.job); !s.ok()) return s;  // retried meanwhile
     if (stopping_) return absl::UnavailableError("the calibrator is shutting down");
     if (absl::Status s = CheckOutputFreeLocked(OutputName(e.job), id); !s.ok()) {
@@ -309,11 +414,14 @@ absl::StatusOr<v1::Job> JobRunner::Retry(const std::string& id) {
 absl::StatusOr<JobRunner::Snapshot> JobRunner::Wait(const std::string& id, uint64_t after_version,
                                                     std::chrono::milliseconds timeout) const {
   std::unique_lock<std::mutex> lock(mu_);
-  auto it = jobs_.find(id);
+  auto it = jobs_.end();
+  // Looked up on every wake: a job may be deleted while it is waited on.
+  changed_.wait_for(lock, timeout, [&] {
+    it = jobs_.find(id);
+    return it == jobs_.end() || it->second.version > after_version || stopping_;
+  });
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
-  const Entry& e = it->second;
-  changed_.wait_for(lock, timeout, [&] { return e.version > after_version || stopping_; });
-  return Snapshot{e.job, e.version};
+  return Snapshot{it->second.job, it->second.version};
 }
 
 void JobRunner::Persist(const std::string& id) {

@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -80,6 +81,15 @@ class JobRunner {
   // FailedPrecondition for a job that is queued, running or succeeded; AlreadyExists when its
   // output name was taken meanwhile (by another job, or a directory in the output root).
   absl::StatusOr<v1::Job> Retry(const std::string& id);
+  // Forgets a finished job: its checkpoint (SUCCEEDED, unless keep_output) is moved aside in the
+  // output root (to ".deleting+<id>", a name no output can have), then the job's file goes, then
+  // the checkpoint and its work dir; a crash in between is finished by the next Start(). NotFound;
+  // FailedPrecondition for a queued or running job (cancel it first).
+  struct Deleted {
+    v1::Job job;
+    int64_t freed_bytes = 0;
+  };
+  absl::StatusOr<Deleted> Delete(const std::string& id, bool keep_output);
 
   struct Snapshot {
     v1::Job job;
@@ -96,6 +106,7 @@ class JobRunner {
     uint64_t version = 1;
     std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
     bool user_cancelled = false;
+    bool deleting = false;  // Delete() is removing its files; it leaves jobs_ after
     std::chrono::steady_clock::time_point last_persist{};
   };
 
@@ -105,6 +116,10 @@ class JobRunner {
   // OK when job `id` may write output `out`: no other job holds it and no directory of that name
   // is in the output root; else AlreadyExists naming the holder.
   absl::Status CheckOutputFreeLocked(const std::string& out, const std::string& id) const;
+  // Start(): finishes deletes a crash interrupted (returns their ids) and removes work dirs of jobs
+  // that no longer exist.
+  std::set<std::string> FinishInterruptedDeletes();
+  void RemoveOrphanWorkDirs() const;
   void Worker();
   void RunOne(const std::string& id);
   void OnProgress(const std::string& id, const ProgressEvent& e);

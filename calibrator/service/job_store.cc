@@ -64,6 +64,17 @@ absl::Status JobStore::Save(const v1::Job& job) {
   return AtomicWriteFile(absl::StrCat(state_dir_, "/jobs/", job.id(), ".json"), text);
 }
 
+absl::Status JobStore::Remove(const std::string& id) {
+  if (!ValidId(id)) return absl::InvalidArgumentError(absl::StrCat("bad job id '", id, "'"));
+  std::lock_guard<std::mutex> lock(write_mu_);
+  const std::string path = absl::StrCat(state_dir_, "/jobs/", id, ".json");
+  std::error_code ec;
+  if (!fs::remove(path, ec) && ec) {
+    return absl::InternalError(absl::StrCat("cannot remove ", path, ": ", ec.message()));
+  }
+  return SyncDirectory(absl::StrCat(state_dir_, "/jobs"));
+}
+
 std::string JobStore::WorkDir(const std::string& id) const { return absl::StrCat(state_dir_, "/work/", id); }
 
 void JobStore::RemoveWorkDir(const std::string& id) const {

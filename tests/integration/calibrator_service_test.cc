@@ -205,6 +205,23 @@ class CalibratorServiceTest : public ::testing::Test {
     if (job != nullptr) *job = resp.job();
     return s;
   }
+  static grpc::Status Delete(const std::string& id, bool keep_output, v1::DeleteJobResponse* resp = nullptr) {
+    v1::DeleteJobRequest req;
+    req.set_id(id);
+    req.set_keep_output(keep_output);
+    v1::DeleteJobResponse r;
+    grpc::Status s = stub_->DeleteJob(Ctx(kToken).get(), req, &r);
+    if (resp != nullptr) *resp = r;
+    return s;
+  }
+  static grpc::Status GetJob(const std::string& id, v1::Job* job = nullptr) {
+    v1::GetJobRequest req;
+    req.set_id(id);
+    v1::GetJobResponse resp;
+    grpc::Status s = stub_->GetJob(Ctx(kToken).get(), req, &resp);
+    if (job != nullptr) *job = resp.job();
+    return s;
+  }
   static v1::Job RunToEnd(const v1::JobSpec& spec) {
     v1::Job job;
     grpc::Status s = Create(spec, &job);
@@ -1119,6 +1136,93 @@ TEST_F(CalibratorServiceTest, FailedJobKeepsItsLayersAndRetryContinuesAfterThem)
   ASSERT_TRUE(stub_->GetJob(Ctx(kToken).get(), greq, &gresp).ok());
   EXPECT_EQ(gresp.job().state(), v1::JOB_STATE_FAILED) << "a refused retry changes nothing";
   EXPECT_TRUE(gresp.job().resume_state_kept());
+  ExpectServing();
+}
+
+int64_t TreeBytes(const std::string& dir) {
+  int64_t total = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file()) total += static_cast<int64_t>(e.file_size());
+  }
+  return total;
+}
+
+// DeleteJob forgets a finished job: its record, its checkpoint (unless keep_output) and any kept
+// resume state go, the output name is free again, and all of it holds after a restart. A delete
+// cut short by a crash after its checkpoint was moved aside is finished at the next start, and
+// a work dir no job owns is removed.
+TEST_F(CalibratorServiceTest, DeleteJobForgetsAFinishedJobAndFreesItsFiles) {
+  const std::string state = root_ + "/state";
+  v1::JobSpec spec = TinySpec("W8A16");
+  spec.set_algorithm("rtn");
+  spec.set_output_name("gone");
+  v1::Job a = RunToEnd(spec);
+  ASSERT_EQ(a.state(), v1::JOB_STATE_SUCCEEDED) << a.error_message();
+  const int64_t expected = TreeBytes(state + "/outputs/gone") + fs::file_size(state + "/jobs/" + a.id() + ".json");
+  v1::DeleteJobResponse d;
+  grpc::Status s = Delete(a.id(), false, &d);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(d.job().id(), a.id());
+  EXPECT_EQ(d.job().state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(d.freed_bytes(), expected);
+  EXPECT_FALSE(fs::exists(state + "/outputs/gone"));
+  EXPECT_FALSE(fs::exists(state + "/jobs/" + a.id() + ".json"));
+  EXPECT_CODE(GetJob(a.id()), NOT_FOUND, a.id());
+  v1::ResultHeader header;
+  EXPECT_CODE(Fetch(a.id(), &header), NOT_FOUND, a.id());
+  EXPECT_CODE(Delete(a.id(), false), NOT_FOUND, a.id());
+  v1::Job a2 = RunToEnd(spec);  // the name is free again
+  EXPECT_EQ(a2.state(), v1::JOB_STATE_SUCCEEDED) << a2.error_message();
+
+  // keep_output: the checkpoint stays, unowned, so its name is still refused.
+  spec.set_output_name("kept");
+  v1::Job b = RunToEnd(spec);
+  ASSERT_EQ(b.state(), v1::JOB_STATE_SUCCEEDED);
+  const int64_t record = fs::file_size(state + "/jobs/" + b.id() + ".json");
+  ASSERT_TRUE(Delete(b.id(), true, &d).ok());
+  EXPECT_EQ(d.freed_bytes(), record) << "only the record was removed";
+  EXPECT_TRUE(fs::exists(state + "/outputs/kept/model.safetensors"));
+  EXPECT_CODE(Create(spec, nullptr), ALREADY_EXISTS, "output 'kept' already exists in the output root");
+
+  // A failed job's kept resume state goes with it.
+  BreakWrites();
+  v1::JobSpec w8a8 = TinySpec("W8A8");
+  w8a8.set_output_name("failed");
+  v1::Job f = RunToEnd(w8a8);
+  MendWrites();
+  ASSERT_EQ(f.state(), v1::JOB_STATE_FAILED);
+  ASSERT_TRUE(f.resume_state_kept());
+  const int64_t work = TreeBytes(state + "/work/" + f.id());
+  ASSERT_GT(work, 0);
+  const int64_t f_record = fs::file_size(state + "/jobs/" + f.id() + ".json");
+  ASSERT_TRUE(Delete(f.id(), false, &d).ok());
+  EXPECT_EQ(d.freed_bytes(), work + f_record);
+  EXPECT_FALSE(fs::exists(state + "/work/" + f.id()));
+
+  // Not while it is queued or running.
+  HoldJobs();
+  spec.set_output_name("running");
+  v1::Job r;
+  ASSERT_TRUE(Create(spec, &r).ok());
+  WaitHeld(r.id());
+  EXPECT_CODE(Delete(r.id(), false), FAILED_PRECONDITION, "job " + r.id() + " is running; cancel it first");
+  Release();
+  ASSERT_EQ(WaitForJob(*stub_, kToken, r.id()).state(), v1::JOB_STATE_SUCCEEDED);
+
+  // A crash after the checkpoint was moved aside (what Delete does first), and a work dir that no
+  // job owns: the restart finishes the one and removes the other.
+  fs::rename(state + "/outputs/running", state + "/outputs/.deleting+" + r.id());
+  fs::create_directories(state + "/work/job-00000000001-orphan");
+  std::ofstream(state + "/work/job-00000000001-orphan/state.safetensors") << "x";
+  Restart();
+  EXPECT_CODE(GetJob(r.id()), NOT_FOUND, r.id());
+  EXPECT_FALSE(fs::exists(state + "/outputs/.deleting+" + r.id()));
+  EXPECT_FALSE(fs::exists(state + "/jobs/" + r.id() + ".json"));
+  EXPECT_FALSE(fs::exists(state + "/work/job-00000000001-orphan"));
+  EXPECT_CODE(GetJob(a.id()), NOT_FOUND, a.id());  // deleted before the restart: still gone
+  v1::Job a2_after;
+  ASSERT_TRUE(GetJob(a2.id(), &a2_after).ok());
+  EXPECT_EQ(a2_after.state(), v1::JOB_STATE_SUCCEEDED);
   ExpectServing();
 }
 

@@ -167,6 +167,8 @@ def usage_errors(lowbit, work, model):
     expect("jobs list extra", run([lowbit, "jobs", "list", "extra"], down), 2, ["list takes no arguments"])
     expect("jobs frob", run([lowbit, "jobs", "frob"], down), 2, ["unknown verb 'frob'"])
     expect("jobs retry without ID", run([lowbit, "jobs", "retry"], down), 2, ["usage: lowbit jobs retry ID"])
+    expect("jobs get --keep_output", run([lowbit, "jobs", "get", "j", "--keep_output"], down), 2,
+           ["--keep_output is a flag of jobs delete, not of jobs get"])
     expect("upload-dataset of a missing file", run([lowbit, "upload-dataset", os.path.join(work, "none.jsonl")], down),
            2, ["none.jsonl"], absent=["UNAVAILABLE"])
     expect("upload-dataset .bin without its .idx", run([lowbit, "upload-dataset", recipe_bin(work)], down), 2,
@@ -387,6 +389,11 @@ def interrupt(lowbit, bin_dir, work, model):
             expect("jobs retry of a job that is not failed or cancelled", run([lowbit, "jobs", "retry", job], env),
                    1, ["FAILED_PRECONDITION", "only a failed or cancelled job can be retried"])
             expect("jobs cancel of the retried job", run([lowbit, "jobs", "cancel", job], env), 0)
+            expect("jobs watch of the retried job, cancelled", run([lowbit, "jobs", "watch", job], env, timeout=60),
+                   1, ["CANCELLED"])
+            expect("jobs delete of the cancelled job", run([lowbit, "jobs", "delete", job], env), 0,
+                   ["deleted %s (CANCELLED)" % job], stream="stdout")
+            expect("jobs get of the deleted job", run([lowbit, "jobs", "get", job], env), 1, ["NOT_FOUND", job])
     finally:
         cal.stop()
 
