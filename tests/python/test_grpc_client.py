@@ -265,6 +265,21 @@ def main():
         ref = bf16_to_f32(xb).astype(np.float64) @ w.astype(np.float64).T
         assert np.all(np.abs(y - ref) <= 2 ** -8 * np.abs(ref) + 1e-4 * np.abs(ref).max()), np.abs(y - ref).max()
 
+        # DeleteJob: the W4A16 checkpoint and the job's record go (the runtime keeps its loaded copy).
+        d4_dir = os.path.join(outputs, job4.output_path or "w4a16")
+        ckpt_bytes = sum(os.path.getsize(os.path.join(d4_dir, f)) for f in os.listdir(d4_dir))
+        deleted = cstub.DeleteJob(cpb.DeleteJobRequest(id=job4.id), metadata=md, timeout=30)
+        assert deleted.job.id == job4.id and deleted.job.state == cpb.JOB_STATE_SUCCEEDED, deleted.job
+        assert 0 < deleted.freed_bytes - ckpt_bytes < 65536, (deleted.freed_bytes, ckpt_bytes)  # + the record
+        assert not os.path.exists(d4_dir), os.listdir(outputs)
+        try:
+            cstub.GetJob(cpb.GetJobRequest(id=job4.id), metadata=md, timeout=30)
+            raise AssertionError("a deleted job was found")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.NOT_FOUND, e
+        y2 = bf16_to_f32(np.frombuffer(rstub.Gemm(req, metadata=md, timeout=30).y.data, np.uint16)).reshape(5, n)
+        assert np.array_equal(y, y2)
+
         # Errors: a wrong K, and no token.
         try:
             bad = rpb.GemmRequest(model="w4", layer=layer, x=tpb.Tensor(dtype=tpb.DTYPE_BF16, shape=[1, k + 8],
