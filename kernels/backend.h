@@ -34,7 +34,9 @@
 // A CUDA backend may be called from any host thread; it makes its device current on each call.
 // Its GEMMs allocate nothing once a call of the same kind ran (Prepare* reserves the workspace a
 // weight's calls need), so they can be captured into a CUDA graph; a call that would have to grow
-// the workspace during a capture fails with FailedPrecondition instead (run it once first).
+// the workspace during a capture fails with FailedPrecondition instead (run it once first). A
+// Prepare* whose weight needs more workspace than any before it replaces the workspace, freeing
+// the one that graphs captured earlier use: capture after the last Prepare*, or capture again.
 //
 // Shapes. M ≥ 1 (tested 1..4096; the interface takes any M up to 16384 and beyond).
 // K and N requirements differ per backend and op; Requirements() says which, and every op

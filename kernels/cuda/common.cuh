@@ -51,6 +51,19 @@ __device__ __forceinline__ uint8_t FloatToFp8(float v) {
   if (isnan(v)) return signbit(v) ? uint8_t{0xFF} : uint8_t{0x7F};
   return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
 }
+// The FP8 code of x · f (divide: x / f). A NaN activation keeps its sign (`negative`, read from
+// the input's own bits): the reference's x86 arithmetic keeps a NaN operand's sign, while the GPU's
+// f32 multiply and divide return their canonical +NaN, and f16 → f32 conversion is not promised
+// to keep it either.
+__device__ __forceinline__ uint8_t ScaledFp8(float x, bool negative, float f, bool divide) {
+  if (isnan(x)) return negative ? uint8_t{0xFF} : uint8_t{0x7F};
+  return FloatToFp8(divide ? __fdiv_rn(x, f) : __fmul_rn(x, f));
+}
+// The sign bit of element i of an f32 / f16 / bf16 array, from its bits.
+__device__ __forceinline__ bool SignBitOf(int t, const void* p, int64_t i) {
+  if (t == kF32) return (static_cast<const uint32_t*>(p)[i] >> 31) != 0;
+  return (static_cast<const uint16_t*>(p)[i] >> 15) != 0;
+}
 
 // 16 bytes that the grid reads once (streamed weights), loaded without allocating in L1, so L1
 // keeps the activations that every block of a weight-streaming kernel re-reads. p 16-byte aligned.

@@ -408,6 +408,12 @@ class CudaBackend : public Backend {
   Status GemmW8A8(const GemmArgs& a) override {
     LOWBIT_KRETURN_IF_ERROR(UseDevice());
     LOWBIT_KRETURN_IF_ERROR(ValidateGemm("GemmW8A8", a, WeightKind::kInt8, name_, kMaxM));
+    // Every W8A8 kernel reads the int8 activations as 32-bit words (K % 4 == 0 keeps each row's
+    // start aligned once the first is); a misaligned address would fault and poison the context.
+    if (reinterpret_cast<uintptr_t>(a.x) % 4 != 0)
+      return InvalidArgument(name_ + ": GemmW8A8: x is not 4-byte aligned (address % 4 = " +
+                             S(static_cast<int64_t>(reinterpret_cast<uintptr_t>(a.x) % 4)) +
+                             "); the kernels read int8 activations as 32-bit words");
     const auto& w = static_cast<const CudaWeight&>(*a.w);
     const int64_t m = a.m, n = w.n(), k = w.k();
     const auto* x = static_cast<const int8_t*>(a.x);

@@ -80,10 +80,10 @@ __global__ void QuantFp8Kernel(int xt, const void* x, int64_t k, float static_sc
     if (threadIdx.x == 0) scale_out[row] = f;
   }
   for (int64_t c = threadIdx.x; c < k; c += kThreads) {
-    // FloatToFp8 saturates to ±448 itself (the reference's clamp) and keeps NaN a NaN (a clamp
-    // with fminf / fmaxf would turn it into a finite code).
-    const float v = LoadElem(xt, x, row * k + c);
-    q[row * k + c] = finite ? FloatToFp8(per_token ? __fdiv_rn(v, f) : __fmul_rn(v, f)) : uint8_t{0};
+    // ScaledFp8 saturates to ±448 (the reference's clamp) and keeps NaN a NaN with its sign (a
+    // clamp with fminf / fmaxf would turn it into a finite code).
+    const int64_t i = row * k + c;
+    q[i] = finite ? ScaledFp8(LoadElem(xt, x, i), SignBitOf(xt, x, i), f, per_token) : uint8_t{0};
   }
 }
 
@@ -149,13 +149,13 @@ __global__ void __launch_bounds__(kThreads) QuantRowVecKernel(const T* __restric
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const float xv = ToF32(e[j]);
-      float v = kKind == 1 ? __fdiv_rn(xv, f) : __fmul_rn(xv, f);
       uint32_t code;
       if (kKind == 0) {
-        v = fminf(fmaxf(v, -128.0f), 127.0f);
-        code = static_cast<uint8_t>(static_cast<int8_t>(__float2int_rn(v)));
-      } else {
-        code = FloatToFp8(v);  // saturating, NaN kept (QuantFp8Kernel)
+        const float r = fminf(fmaxf(__fmul_rn(xv, f), -128.0f), 127.0f);
+        code = static_cast<uint8_t>(static_cast<int8_t>(__float2int_rn(r)));
+      } else {  // saturating, a NaN's sign kept (QuantFp8Kernel)
+        const bool negative = (reinterpret_cast<const uint16_t*>(e)[j] >> 15) != 0;
+        code = ScaledFp8(xv, negative, f, kKind == 1);
       }
       packed[j / 4] |= code << (8 * (j % 4));
     }
