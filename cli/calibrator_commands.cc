@@ -33,7 +33,8 @@ ABSL_FLAG(int32_t, max_seq_length, 0, "calibrate: tokens per sample (0 = 2048)")
 ABSL_FLAG(double, heldout_fraction, -1, "calibrate: fraction held out for the report (< 0 = 0.1)");
 ABSL_FLAG(uint64_t, seed, 0, "calibrate: shuffle seed (0 = 42)");
 ABSL_FLAG(std::string, output_name, "", "calibrate: checkpoint name under the output root (default: job id)");
-ABSL_FLAG(bool, detach, false, "calibrate: print the job id and return without waiting");
+ABSL_FLAG(bool, detach, false,
+          "calibrate / jobs retry: print the job id and return without following the job");
 ABSL_FLAG(std::string, out, "",
           "fetch / demo / bench-rpc: output directory (fetch: new, empty, or holding only this result's files; "
           "demo, bench-rpc: new, empty, or made by an earlier run of the same command)");
@@ -99,20 +100,6 @@ int FollowJob(CalibratorStubT& stub, const rpc::ClientConfig& config, const std:
                  static_cast<long long>(job->progress().layers_done()), id.c_str());
   }
   return 1;
-}
-
-// `lowbit jobs cancel|retry ID`: one unary call on the job, its line printed.
-template <typename Request, typename Response>
-int ActOnJob(CalibratorStubT& stub, const rpc::ClientConfig& config, const std::string& id, const char* what,
-             grpc::Status (CalibratorStubT::*method)(grpc::ClientContext*, const Request&, Response*)) {
-  grpc::ClientContext ctx;
-  Prepare(&ctx, config);
-  Request req;
-  req.set_id(id);
-  Response resp;
-  if (auto st = (stub.*method)(&ctx, req, &resp); !st.ok()) return Fail(what, st);
-  std::printf("%s\n", JobLine(resp.job()).c_str());
-  return 0;
 }
 
 // A default upload name from `base` (a directory's or a file's name): characters outside
@@ -318,6 +305,9 @@ int RunJobs(const Args& args) {
   if (absl::GetFlag(FLAGS_keep_output) && verb != "delete") {
     return UsageError("jobs", "--keep_output is a flag of jobs delete, not of jobs " + verb);
   }
+  if (absl::GetFlag(FLAGS_detach) && verb != "retry") {
+    return UsageError("jobs", "--detach is a flag of calibrate and jobs retry, not of jobs " + verb);
+  }
   if (verb == "list" ? args.size() > 1 : args.size() != 2) {
     return UsageError("jobs", verb == "list" ? "list takes no arguments (got '" + args[1] + "')"
                                              : "usage: lowbit jobs " + verb + " ID");
@@ -363,8 +353,32 @@ int RunJobs(const Args& args) {
     std::printf("%s\n", job.dump(2).c_str());
     return 0;
   }
-  if (verb == "cancel") return ActOnJob(*stub, config, id, "cancel job", &CalibratorStubT::CancelJob);
-  if (verb == "retry") return ActOnJob(*stub, config, id, "retry job", &CalibratorStubT::RetryJob);
+  if (verb == "cancel") {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, config);
+    v1::CancelJobRequest req;
+    req.set_id(id);
+    v1::CancelJobResponse resp;
+    if (auto st = stub->CancelJob(&ctx, req, &resp); !st.ok()) return Fail("cancel job", st);
+    std::printf("%s\n", JobLine(resp.job()).c_str());
+    return 0;
+  }
+  if (verb == "retry") {  // then follows the job, as calibrate does
+    grpc::ClientContext ctx;
+    Prepare(&ctx, config);
+    v1::RetryJobRequest req;
+    req.set_id(id);
+    v1::RetryJobResponse resp;
+    if (auto st = stub->RetryJob(&ctx, req, &resp); !st.ok()) return Fail("retry job", st);
+    const int64_t done = resp.job().progress().layers_done();
+    std::fprintf(stderr, "job %s queued again (retry %d%s)\n", id.c_str(), resp.job().retries(),
+                 done > 0 ? absl::StrCat(", continuing after its ", done, " finished layers").c_str() : ", from the start");
+    if (absl::GetFlag(FLAGS_detach)) {
+      std::printf("%s\n", id.c_str());
+      return 0;
+    }
+    return FollowJob(*stub, config, id);
+  }
   if (verb == "delete") {
     grpc::ClientContext ctx;
     Prepare(&ctx, config);

@@ -29,7 +29,7 @@ namespace {
 constexpr const char* kUsage =
     "lowbit COMMAND [ARGS] [FLAGS]\n"
     "  calibrate        create a calibration job and follow it (uploads --data / --upload_model first)\n"
-    "  jobs             list | get ID | cancel ID | retry ID | delete ID [--keep_output] | watch ID\n"
+    "  jobs             list | get ID | cancel ID | retry ID [--detach] | delete ID [--keep_output] | watch ID\n"
     "  fetch ID         download a finished job's checkpoint (--out DIR | --verify_only)\n"
     "  upload-dataset   FILE(.jsonl | .bin + .idx) [NAME]\n"
     "  upload-model     DIR [NAME]\n"

@@ -169,6 +169,8 @@ def usage_errors(lowbit, work, model):
     expect("jobs retry without ID", run([lowbit, "jobs", "retry"], down), 2, ["usage: lowbit jobs retry ID"])
     expect("jobs get --keep_output", run([lowbit, "jobs", "get", "j", "--keep_output"], down), 2,
            ["--keep_output is a flag of jobs delete, not of jobs get"])
+    expect("jobs cancel --detach", run([lowbit, "jobs", "cancel", "j", "--detach"], down), 2,
+           ["--detach is a flag of calibrate and jobs retry, not of jobs cancel"])
     expect("upload-dataset of a missing file", run([lowbit, "upload-dataset", os.path.join(work, "none.jsonl")], down),
            2, ["none.jsonl"], absent=["UNAVAILABLE"])
     expect("upload-dataset .bin without its .idx", run([lowbit, "upload-dataset", recipe_bin(work)], down), 2,
@@ -321,6 +323,10 @@ def with_calibrator(lowbit, bin_dir, work, model):
         if m:
             expect("jobs watch of the failed job says why", run([lowbit, "jobs", "watch", m.group(1)], env), 1,
                    ["job %s FAILED: INVALID_ARGUMENT" % m.group(1), "match no"])
+            # jobs retry follows the job like calibrate: it fails again, the same way, from the start.
+            expect("jobs retry follows the job to its end", run([lowbit, "jobs", "retry", m.group(1)], env, timeout=120),
+                   1, ["job %s queued again (retry 1, from the start)" % m.group(1),
+                       "job %s FAILED: INVALID_ARGUMENT" % m.group(1), "match no"])
 
         f1 = os.path.join(work, "f1")
         expect("fetch into a new directory", run([lowbit, "fetch", job, "--out", f1], env), 0, ["fetched"],
@@ -384,8 +390,8 @@ def interrupt(lowbit, bin_dir, work, model):
             expect("interrupt: jobs cancel", run([lowbit, "jobs", "cancel", job], env), 0)
             expect("jobs watch of the cancelled job", run([lowbit, "jobs", "watch", job], env, timeout=60), 1,
                    ["CANCELLED"])
-            expect("jobs retry of the cancelled job queues it again", run([lowbit, "jobs", "retry", job], env), 0,
-                   [job], stream="stdout")
+            expect("jobs retry --detach of the cancelled job queues it again",
+                   run([lowbit, "jobs", "retry", job, "--detach"], env), 0, [job], stream="stdout")
             expect("jobs retry of a job that is not failed or cancelled", run([lowbit, "jobs", "retry", job], env),
                    1, ["FAILED_PRECONDITION", "only a failed or cancelled job can be retried"])
             expect("jobs cancel of the retried job", run([lowbit, "jobs", "cancel", job], env), 0)
