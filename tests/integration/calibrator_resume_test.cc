@@ -312,6 +312,19 @@ absl::Status RunUntilLayerSaved(const CalibrationJob& job, const PipelineOptions
       .status();
 }
 
+constexpr char kW8A8Recipe[] = "tests/fixtures/recipes/int8_w8a8.yaml";
+
+// Writes a 3-layer model to root/m and runs the W8A8 job on it (into root/resumed) until layer 1
+// is persisted under root/resume: the job, and the options that resume it.
+void StopAfterLayer1(const std::string& root, CalibrationJob* job, PipelineOptions* resumable) {
+  ASSERT_TRUE(WriteSyntheticLlama(root + "/m", TinyModel(/*layers=*/3)).ok());
+  resumable->resume_dir = root + "/resume";
+  *job = TinyJob(root, kW8A8Recipe, root + "/resumed", DatasetOptions());
+  absl::Status first = RunUntilLayerSaved(*job, *resumable, 1);
+  ASSERT_TRUE(absl::IsCancelled(first)) << first;
+  ASSERT_TRUE(fs::exists(resumable->resume_dir + "/layer-00001.safetensors"));
+}
+
 // The pipeline's resume on its own, in-process: a run stopped (cancelled) after a persisted layer
 // and run again on the same resume_dir continues from there and writes what an uninterrupted run
 // writes, for recipes that carry state across layers (SmoothQuant scales, static FP8 input and
@@ -388,17 +401,11 @@ TEST(PipelineResumeTest, ResumeUnderAnotherBlasConfigurationStartsOver) {
   openblas_set_num_threads(threads);
 
   const std::string root = MakeTempDir("piperesume-blas");
-  ASSERT_TRUE(WriteSyntheticLlama(root + "/m", TinyModel(/*layers=*/3)).ok());
-  const std::string recipe = "tests/fixtures/recipes/int8_w8a8.yaml";
-  CalibrationJob reference = TinyJob(root, recipe, root + "/reference", DatasetOptions());
-  ASSERT_TRUE(RunCalibration(reference, PipelineOptions(), CpuCompute()).ok());
-
+  CalibrationJob job;
   PipelineOptions resumable;
-  resumable.resume_dir = root + "/resume";
-  CalibrationJob job = TinyJob(root, recipe, root + "/resumed", DatasetOptions());
-  absl::Status first = RunUntilLayerSaved(job, resumable, 1);
-  ASSERT_TRUE(absl::IsCancelled(first)) << first;
-  ASSERT_TRUE(fs::exists(resumable.resume_dir + "/layer-00001.safetensors"));
+  ASSERT_NO_FATAL_FAILURE(StopAfterLayer1(root, &job, &resumable));
+  CalibrationJob reference = TinyJob(root, kW8A8Recipe, root + "/reference", DatasetOptions());
+  ASSERT_TRUE(RunCalibration(reference, PipelineOptions(), CpuCompute()).ok());
 
   OtherMachineCompute other;
   std::set<int64_t> calibrated;
@@ -420,20 +427,15 @@ TEST(PipelineResumeTest, ResumeUnderAnotherBlasConfigurationStartsOver) {
 // the next run start over, and its checkpoint is the new model's.
 TEST(PipelineResumeTest, ResumeAfterTheModelChangedStartsOver) {
   const std::string root = MakeTempDir("piperesume-model");
-  ASSERT_TRUE(WriteSyntheticLlama(root + "/m", TinyModel(/*layers=*/3)).ok());
-  const std::string recipe = "tests/fixtures/recipes/int8_w8a8.yaml";
+  CalibrationJob job;
   PipelineOptions resumable;
-  resumable.resume_dir = root + "/resume";
-  CalibrationJob job = TinyJob(root, recipe, root + "/resumed", DatasetOptions());
-  absl::Status first = RunUntilLayerSaved(job, resumable, 1);
-  ASSERT_TRUE(absl::IsCancelled(first)) << first;
-  ASSERT_TRUE(fs::exists(resumable.resume_dir + "/layer-00001.safetensors"));
+  ASSERT_NO_FATAL_FAILURE(StopAfterLayer1(root, &job, &resumable));
 
   SyntheticLlamaOptions other = TinyModel(/*layers=*/3);
   other.seed += 1;
   fs::remove_all(root + "/m");
   ASSERT_TRUE(WriteSyntheticLlama(root + "/m", other).ok());
-  CalibrationJob reference = TinyJob(root, recipe, root + "/reference", DatasetOptions());
+  CalibrationJob reference = TinyJob(root, kW8A8Recipe, root + "/reference", DatasetOptions());
   ASSERT_TRUE(RunCalibration(reference, PipelineOptions(), CpuCompute()).ok());
 
   std::set<int64_t> calibrated;
