@@ -1,4 +1,4 @@
-// lowbit calibrate | jobs | fetch | upload-dataset | upload-model: the calibrator's client side.
+// lowbit calibrate | jobs | fetch | upload-dataset | upload-model | uploads: the calibrator's client side.
 #include <signal.h>
 #include <unistd.h>
 
@@ -12,6 +12,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "cli/calibrator_client.h"
 #include "cli/commands.h"
 #include "cli/connection.h"
@@ -395,6 +396,41 @@ int RunJobs(const Args& args) {
     return 0;
   }
   return FollowJob(*stub, config, id);  // watch
+}
+
+int RunUploads(const Args& args) {
+  const std::string verb = args.empty() ? "list" : args[0];
+  if (verb == "list" ? args.size() > 1 : verb != "delete" || args.size() != 3) {
+    return UsageError("uploads", "usage: lowbit uploads [list] | lowbit uploads delete (model | dataset) NAME");
+  }
+  v1::UploadKind kind = v1::UPLOAD_KIND_UNSPECIFIED;
+  if (verb == "delete") {
+    if (args[1] != "model" && args[1] != "dataset") {
+      return UsageError("uploads", "delete takes 'model' or 'dataset', then the name (got '" + args[1] + "')");
+    }
+    kind = args[1] == "model" ? v1::UPLOAD_KIND_MODEL : v1::UPLOAD_KIND_DATASET;
+  }
+  auto config = CalibratorConfig();
+  auto stub = CalibratorStub(config);
+  grpc::ClientContext ctx;
+  Prepare(&ctx, config);
+  if (verb == "list") {
+    v1::ListUploadsResponse resp;
+    if (auto st = stub->ListUploads(&ctx, v1::ListUploadsRequest(), &resp); !st.ok()) return Fail("list uploads", st);
+    for (const v1::Upload& u : resp.uploads()) {
+      std::printf("%-8s %-40s %12.1f MB%s%s\n", u.kind() == v1::UPLOAD_KIND_MODEL ? "model" : "dataset",
+                  (u.kind() == v1::UPLOAD_KIND_MODEL ? "uploads/" + u.name() : u.name()).c_str(), u.bytes() / 1e6,
+                  u.used_by().empty() ? "" : "  used by ", absl::StrJoin(u.used_by(), ", ").c_str());
+    }
+    return 0;
+  }
+  v1::DeleteUploadRequest req;
+  req.set_kind(kind);
+  req.set_name(args[2]);
+  v1::DeleteUploadResponse resp;
+  if (auto st = stub->DeleteUpload(&ctx, req, &resp); !st.ok()) return Fail("delete upload", st);
+  std::printf("deleted %s %s, %.1f MB freed\n", args[1].c_str(), args[2].c_str(), resp.freed_bytes() / 1e6);
+  return 0;
 }
 
 int RunFetch(const Args& args) {

@@ -13,6 +13,7 @@ using Args = std::vector<std::string>;
 // calibrator_commands.cc
 int RunCalibrate(const Args& args);
 int RunJobs(const Args& args);
+int RunUploads(const Args& args);
 int RunFetch(const Args& args);
 int RunUploadDataset(const Args& args);
 int RunUploadModel(const Args& args);

@@ -33,6 +33,7 @@ constexpr const char* kUsage =
     "  fetch ID         download a finished job's checkpoint (--out DIR | --verify_only)\n"
     "  upload-dataset   FILE(.jsonl | .bin + .idx) [NAME]\n"
     "  upload-model     DIR [NAME]\n"
+    "  uploads          list | delete (model | dataset) NAME   (the calibrator's uploads)\n"
     "  load             --name N (--path DIR under the runtime's model root | --dir LOCAL_DIR)\n"
     "  unload NAME | models | info\n"
     "  gemm             --name MODEL --layer MODULE [--x x.npy | --m M] [--dtype bf16] [--y y.npy]\n"
@@ -48,7 +49,7 @@ constexpr const char* kUsage =
     "of the wrong type is reported by Abseil's flag parser, with status 1).";
 
 const std::set<std::string>& CommandNames() {
-  static const std::set<std::string> names = {"calibrate", "jobs",   "fetch",    "upload-dataset", "upload-model",
+  static const std::set<std::string> names = {"calibrate", "jobs",   "fetch",    "upload-dataset", "upload-model", "uploads",
                                               "load",      "unload", "models",   "info",           "gemm",
                                               "health",    "demo",   "bench-rpc"};
   return names;
@@ -162,6 +163,7 @@ int main(int argc, char** argv) {
       {"fetch", RunFetch},
       {"upload-dataset", RunUploadDataset},
       {"upload-model", RunUploadModel},
+      {"uploads", RunUploads},
       {"load", RunLoad},
       {"unload", RunUnload},
       {"models", RunModels},

@@ -251,6 +251,39 @@ grpc::Status CalibratorServiceImpl::DeleteJob(grpc::ServerContext* ctx, const v1
   return guard.Finish(grpc::Status::OK);
 }
 
+namespace {
+
+void UploadToProto(const UploadStore::Entry& e, const std::vector<std::string>& used_by, v1::Upload* out) {
+  out->set_kind(e.kind);
+  out->set_name(e.name);
+  out->set_bytes(e.bytes);
+  out->set_modified_unix_ms(e.modified_unix_ms);
+  for (const std::string& id : used_by) out->add_used_by(id);
+}
+
+}  // namespace
+
+grpc::Status CalibratorServiceImpl::ListUploads(grpc::ServerContext* ctx, const v1::ListUploadsRequest* req,
+                                                v1::ListUploadsResponse* resp) {
+  rpc::CallGuard guard(ctx, context_, "ListUploads");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  for (const UploadStore::Entry& e : uploads_->List()) {
+    UploadToProto(e, runner_->UnfinishedUsers(e.kind, e.name), resp->add_uploads());
+  }
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status CalibratorServiceImpl::DeleteUpload(grpc::ServerContext* ctx, const v1::DeleteUploadRequest* req,
+                                                 v1::DeleteUploadResponse* resp) {
+  rpc::CallGuard guard(ctx, context_, "DeleteUpload");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  absl::StatusOr<UploadStore::Entry> removed = runner_->RemoveUpload(req->kind(), req->name());
+  if (!removed.ok()) return guard.Finish(Edge(removed.status()));
+  UploadToProto(*removed, {}, resp->mutable_upload());
+  resp->set_freed_bytes(removed->bytes);
+  return guard.Finish(grpc::Status::OK);
+}
+
 grpc::Status CalibratorServiceImpl::WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
                                              grpc::ServerWriter<v1::WatchJobResponse>* writer) {
   rpc::CallGuard guard(ctx, context_, "WatchJob");

@@ -35,6 +35,10 @@ class CalibratorServiceImpl final : public v1::CalibratorService::Service {
                         v1::RetryJobResponse* resp) override;
   grpc::Status DeleteJob(grpc::ServerContext* ctx, const v1::DeleteJobRequest* req,
                          v1::DeleteJobResponse* resp) override;
+  grpc::Status ListUploads(grpc::ServerContext* ctx, const v1::ListUploadsRequest* req,
+                           v1::ListUploadsResponse* resp) override;
+  grpc::Status DeleteUpload(grpc::ServerContext* ctx, const v1::DeleteUploadRequest* req,
+                            v1::DeleteUploadResponse* resp) override;
   grpc::Status WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
                         grpc::ServerWriter<v1::WatchJobResponse>* writer) override;
   grpc::Status UploadDataset(grpc::ServerContext* ctx, grpc::ServerReader<v1::UploadDatasetRequest>* reader,

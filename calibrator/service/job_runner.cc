@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "calibrator/compute.h"
 #include "common/file_util.h"
@@ -292,6 +293,7 @@ absl::StatusOr<v1::Job> JobRunner::Create(const v1::JobSpec& spec) {
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_) return absl::UnavailableError("the calibrator is shutting down");
   if (absl::Status s = CheckOutputFreeLocked(OutputName(job), job.id()); !s.ok()) return s;
+  if (absl::Status s = UploadsPresentLocked(spec); !s.ok()) return s;
   if (absl::Status s = store_->Save(job); !s.ok()) return s;
   Entry e;
   e.job = job;
@@ -318,6 +320,57 @@ std::vector<v1::Job> JobRunner::List(v1::JobState state) const {
     if (state == v1::JOB_STATE_UNSPECIFIED || e.job.state() == state) out.push_back(e.job);
   }
   return out;
+}
+
+std::vector<std::string> JobRunner::UnfinishedUsersLocked(v1::UploadKind kind, const std::string& name) const {
+  std::vector<std::string> ids;
+  for (const auto& [id, e] : jobs_) {
+    if (Terminal(e.job.state())) continue;
+    const v1::JobSpec& s = e.job.spec();
+    const bool uses = (kind == v1::UPLOAD_KIND_MODEL && s.model() == "uploads/" + name) ||
+                      (kind == v1::UPLOAD_KIND_DATASET && s.data_case() == v1::JobSpec::kDataset &&
+                       s.dataset() == name);
+    if (uses) ids.push_back(id);
+  }
+  return ids;
+}
+
+std::vector<std::string> JobRunner::UnfinishedUsers(v1::UploadKind kind, const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return UnfinishedUsersLocked(kind, name);
+}
+
+absl::StatusOr<UploadStore::Entry> JobRunner::RemoveUpload(v1::UploadKind kind, const std::string& name) {
+  if (paths_.uploads == nullptr) return absl::FailedPreconditionError("this calibrator has no upload store");
+  absl::StatusOr<UploadStore::Removal> removal;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::string> users = UnfinishedUsersLocked(kind, name);
+    if (!users.empty()) {
+      const v1::JobState state = jobs_.at(users[0]).job.state();
+      return absl::FailedPreconditionError(absl::StrCat(
+          kind == v1::UPLOAD_KIND_MODEL ? "model 'uploads/" : "dataset '", name, "' is used by job ", users[0], " (",
+          StateLabel(state), ")", users.size() > 1 ? absl::StrCat(" and ", users.size() - 1, " more") : "",
+          "; cancel it or let it end first"));
+    }
+    removal = paths_.uploads->MoveAside(kind, name);
+  }
+  if (!removal.ok()) return removal.status();
+  paths_.uploads->Purge(*removal);  // the files, outside the lock
+  spdlog::info("upload {} '{}' removed ({} bytes)", kind == v1::UPLOAD_KIND_MODEL ? "model" : "dataset", name,
+               removal->entry.bytes);
+  return removal->entry;
+}
+
+absl::Status JobRunner::UploadsPresentLocked(const v1::JobSpec& spec) const {
+  if (paths_.uploads == nullptr) return absl::OkStatus();
+  if (absl::StartsWith(spec.model(), "uploads/")) {
+    if (absl::StatusOr<std::string> d = paths_.uploads->ModelDir(spec.model().substr(8)); !d.ok()) return d.status();
+  }
+  if (spec.data_case() == v1::JobSpec::kDataset) {
+    if (absl::StatusOr<std::string> f = paths_.uploads->DatasetFile(spec.dataset()); !f.ok()) return f.status();
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::Job> JobRunner::Cancel(const std::string& id) {
@@ -384,6 +437,9 @@ absl::StatusOr<v1::Job> JobRunner::Retry(const std::string& id) {
     if (stopping_) return absl::UnavailableError("the calibrator is shutting down");
     if (absl::Status s = CheckOutputFreeLocked(OutputName(e.job), id); !s.ok()) {
       return absl::AlreadyExistsError(absl::StrCat("job ", id, " cannot be retried: ", s.message()));
+    }
+    if (absl::Status s = UploadsPresentLocked(e.job.spec()); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("job ", id, " cannot be retried: ", s.message()));
     }
     job = e.job;
     const bool resumes = job.resume_state_kept();

@@ -31,6 +31,7 @@
 #include "calibrator/pipeline.h"
 #include "calibrator/service/job_spec.h"
 #include "calibrator/service/job_store.h"
+#include "calibrator/service/upload_store.h"
 #include "lowbit/v1/calibrator.pb.h"
 #include "prometheus/counter.h"
 #include "prometheus/gauge.h"
@@ -74,6 +75,12 @@ class JobRunner {
   absl::StatusOr<v1::Job> Get(const std::string& id) const;
   // In creation order; JOB_STATE_UNSPECIFIED = all.
   std::vector<v1::Job> List(v1::JobState state) const;
+  // The ids of the queued or running jobs that read upload `name` of `kind`.
+  std::vector<std::string> UnfinishedUsers(v1::UploadKind kind, const std::string& name) const;
+  // Removes an upload no queued or running job uses (FailedPrecondition naming one that does).
+  // The check and the upload's move aside happen under the jobs' lock, and Create / Retry check
+  // under it that their uploads are there, so no job is queued on an upload being removed.
+  absl::StatusOr<UploadStore::Entry> RemoveUpload(v1::UploadKind kind, const std::string& name);
   // NotFound; FailedPrecondition for a job that already succeeded or failed. Cancelling a
   // cancelled job returns it unchanged.
   absl::StatusOr<v1::Job> Cancel(const std::string& id);
@@ -116,6 +123,9 @@ class JobRunner {
   // OK when job `id` may write output `out`: no other job holds it and no directory of that name
   // is in the output root; else AlreadyExists naming the holder.
   absl::Status CheckOutputFreeLocked(const std::string& out, const std::string& id) const;
+  // NotFound when an upload `spec` reads was removed since it was validated.
+  absl::Status UploadsPresentLocked(const v1::JobSpec& spec) const;
+  std::vector<std::string> UnfinishedUsersLocked(v1::UploadKind kind, const std::string& name) const;
   // Start(): finishes deletes a crash interrupted (returns their ids) and removes work dirs of jobs
   // that no longer exist.
   std::set<std::string> FinishInterruptedDeletes();

@@ -1,5 +1,6 @@
 #include "calibrator/service/upload_store.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -133,6 +134,70 @@ absl::StatusOr<std::string> UploadStore::ModelDir(const std::string& name) const
     return absl::NotFoundError(absl::StrCat("model 'uploads/", name, "' was not uploaded (UploadModel)"));
   }
   return p;
+}
+
+namespace {
+
+const char* KindDir(v1::UploadKind kind) { return kind == v1::UPLOAD_KIND_MODEL ? "models" : "datasets"; }
+
+// Bytes of the regular files under `dir`.
+int64_t DirBytes(const fs::path& dir) {
+  int64_t total = 0;
+  std::error_code ec;
+  for (const auto& e : fs::recursive_directory_iterator(dir, ec)) {
+    std::error_code fec;
+    if (e.is_regular_file(fec)) total += static_cast<int64_t>(e.file_size(fec));
+  }
+  return total;
+}
+
+int64_t ModifiedUnixMs(const fs::path& p) {
+  struct stat st;
+  if (::stat(p.c_str(), &st) != 0) return 0;
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000;
+}
+
+}  // namespace
+
+std::vector<UploadStore::Entry> UploadStore::List() const {
+  std::vector<Entry> out;
+  for (v1::UploadKind kind : {v1::UPLOAD_KIND_DATASET, v1::UPLOAD_KIND_MODEL}) {
+    std::vector<Entry> of_kind;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(fs::path(state_dir_) / KindDir(kind), ec)) {
+      std::error_code dec;
+      if (!e.is_directory(dec)) continue;
+      of_kind.push_back({kind, e.path().filename().string(), DirBytes(e.path()), ModifiedUnixMs(e.path())});
+    }
+    std::sort(of_kind.begin(), of_kind.end(), [](const Entry& a, const Entry& b) { return a.name < b.name; });
+    out.insert(out.end(), of_kind.begin(), of_kind.end());
+  }
+  return out;
+}
+
+absl::StatusOr<UploadStore::Removal> UploadStore::MoveAside(v1::UploadKind kind, const std::string& name) const {
+  if (kind != v1::UPLOAD_KIND_DATASET && kind != v1::UPLOAD_KIND_MODEL) {
+    return absl::InvalidArgumentError("upload kind must be UPLOAD_KIND_DATASET or UPLOAD_KIND_MODEL");
+  }
+  absl::StatusOr<std::string> found = kind == v1::UPLOAD_KIND_MODEL ? ModelDir(name) : DatasetFile(name);
+  if (!found.ok()) return found.status();
+  const fs::path dir = fs::path(state_dir_) / KindDir(kind) / name;
+  Removal r{{kind, name, DirBytes(dir), ModifiedUnixMs(dir)}, ""};
+  absl::StatusOr<std::string> trash = NewTempDir(absl::StrCat("removed-", KindDir(kind)));
+  if (!trash.ok()) return trash.status();
+  r.trash = *trash;
+  std::error_code ec;
+  fs::remove(r.trash, ec);  // NewTempDir made it; the rename puts the upload in its place
+  fs::rename(dir, r.trash, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot remove upload '", name, "': ", ec.message()));
+  if (absl::Status s = SyncDirectory(dir.parent_path().string()); !s.ok()) return s;
+  return r;
+}
+
+void UploadStore::Purge(const Removal& removal) const {
+  std::error_code ec;
+  fs::remove_all(removal.trash, ec);
+  if (ec) spdlog::warn("cannot delete {} (it goes at the next start): {}", removal.trash, ec.message());
 }
 
 absl::StatusOr<std::string> UploadStore::NewTempDir(const std::string& kind) const {

@@ -1,4 +1,4 @@
-// Uploaded calibration datasets and models, kept under the state directory:
+// Uploaded calibration datasets and models, kept under the state directory until removed:
 //   <state_dir>/datasets/<name>/data.jsonl            (or data.bin + data.idx)
 //   <state_dir>/models/<name>/<file>...               (a Hugging Face model directory)
 //   <state_dir>/tmp/                                   uploads in progress (emptied at start)
@@ -42,6 +42,24 @@ class UploadStore {
   // The directory of uploaded model `name`. NotFound when absent.
   absl::StatusOr<std::string> ModelDir(const std::string& name) const;
   int64_t max_upload_bytes() const { return max_upload_bytes_; }
+
+  struct Entry {
+    v1::UploadKind kind = v1::UPLOAD_KIND_UNSPECIFIED;
+    std::string name;
+    int64_t bytes = 0;
+    int64_t modified_unix_ms = 0;
+  };
+  // Every complete upload: datasets, then models, each by name.
+  std::vector<Entry> List() const;
+  // Removing an upload takes two steps: MoveAside renames it into tmp/ (quick: from then on it is
+  // gone for jobs, and Open empties tmp/, so a crash before Purge finishes the removal at the next
+  // start); Purge deletes its files. InvalidArgument (kind, name), NotFound.
+  struct Removal {
+    Entry entry;  // as it was
+    std::string trash;
+  };
+  absl::StatusOr<Removal> MoveAside(v1::UploadKind kind, const std::string& name) const;
+  void Purge(const Removal& removal) const;
 
   class DatasetUpload {
    public:

@@ -54,6 +54,15 @@ struct Hold {
 };
 Hold* g_hold = new Hold();
 
+// Bytes of the regular files under `dir`.
+int64_t TreeBytes(const std::string& dir) {
+  int64_t total = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file()) total += static_cast<int64_t>(e.file_size());
+  }
+  return total;
+}
+
 class CalibratorServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -753,6 +762,96 @@ TEST_F(CalibratorServiceTest, UploadModelThenCalibrateIt) {
   EXPECT_CODE(Create(c, nullptr), NOT_FOUND, "trunc");
 }
 
+// ListUploads lists datasets and models with their bytes and the unfinished jobs that use them;
+// DeleteUpload removes one (its files gone, its name free again), refuses while a queued or running
+// job uses it, and a failed job that used it then cannot be retried (NOT_FOUND naming it).
+TEST_F(CalibratorServiceTest, UploadsAreListedAndDeletedWhenNoUnfinishedJobUsesThem) {
+  const std::string jsonl = root_ + "/up.jsonl";
+  ASSERT_TRUE(WriteJsonlTokens(jsonl, tokens_).ok());
+  ASSERT_TRUE(UploadDataset(*stub_, "toks", "jsonl", ReadAll(jsonl), "", true).ok());
+  ASSERT_TRUE(UploadModelDir(*stub_, "tiny-up", models_ + "/tiny", false, false).ok());
+  auto list = [] {
+    v1::ListUploadsResponse resp;
+    grpc::Status s = stub_->ListUploads(Ctx(kToken).get(), v1::ListUploadsRequest(), &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp;
+  };
+  auto remove = [](v1::UploadKind kind, const std::string& name, v1::DeleteUploadResponse* out = nullptr) {
+    v1::DeleteUploadRequest req;
+    req.set_kind(kind);
+    req.set_name(name);
+    v1::DeleteUploadResponse resp;
+    grpc::Status s = stub_->DeleteUpload(Ctx(kToken).get(), req, &resp);
+    if (out != nullptr) *out = resp;
+    return s;
+  };
+  const int64_t model_bytes = TreeBytes(root_ + "/state/models/tiny-up");
+  v1::ListUploadsResponse l = list();
+  ASSERT_EQ(l.uploads_size(), 2);
+  EXPECT_EQ(l.uploads(0).kind(), v1::UPLOAD_KIND_DATASET);
+  EXPECT_EQ(l.uploads(0).name(), "toks");
+  EXPECT_EQ(l.uploads(0).bytes(), static_cast<int64_t>(fs::file_size(jsonl)));
+  EXPECT_EQ(l.uploads(1).kind(), v1::UPLOAD_KIND_MODEL);
+  EXPECT_EQ(l.uploads(1).name(), "tiny-up");
+  EXPECT_EQ(l.uploads(1).bytes(), model_bytes);
+  EXPECT_EQ(l.uploads(1).bytes(), TreeBytes(models_ + "/tiny")) << "the upload holds the model's files";
+  EXPECT_GT(l.uploads(1).modified_unix_ms(), 0);
+  EXPECT_TRUE(l.uploads(1).used_by().empty());
+
+  // A running job holds both: listed as their user, and neither can be deleted.
+  HoldJobs();
+  v1::JobSpec spec = TinySpec("W8A16");
+  spec.set_algorithm("rtn");
+  spec.set_model("uploads/tiny-up");
+  spec.clear_inline_tokens();
+  spec.set_dataset("toks");
+  spec.set_output_name("from-uploads");
+  v1::Job j;
+  ASSERT_TRUE(Create(spec, &j).ok());
+  WaitHeld(j.id());
+  l = list();
+  ASSERT_EQ(l.uploads_size(), 2);
+  EXPECT_EQ(std::vector<std::string>(l.uploads(0).used_by().begin(), l.uploads(0).used_by().end()),
+            std::vector<std::string>{j.id()});
+  EXPECT_EQ(std::vector<std::string>(l.uploads(1).used_by().begin(), l.uploads(1).used_by().end()),
+            std::vector<std::string>{j.id()});
+  EXPECT_CODE(remove(v1::UPLOAD_KIND_MODEL, "tiny-up"), FAILED_PRECONDITION,
+              "model 'uploads/tiny-up' is used by job " + j.id() + " (running)");
+  EXPECT_CODE(remove(v1::UPLOAD_KIND_DATASET, "toks"), FAILED_PRECONDITION,
+              "dataset 'toks' is used by job " + j.id() + " (running)");
+  Release();
+  ASSERT_EQ(WaitForJob(*stub_, kToken, j.id()).state(), v1::JOB_STATE_SUCCEEDED);
+
+  // Ended: deleted, bytes counted, gone from disk and from the list; the name can be uploaded again.
+  v1::DeleteUploadResponse d;
+  grpc::Status s = remove(v1::UPLOAD_KIND_MODEL, "tiny-up", &d);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(d.freed_bytes(), model_bytes);
+  EXPECT_EQ(d.upload().name(), "tiny-up");
+  EXPECT_FALSE(fs::exists(root_ + "/state/models/tiny-up"));
+  EXPECT_TRUE(fs::is_empty(root_ + "/state/tmp")) << "nothing left in the trash";
+  l = list();
+  ASSERT_EQ(l.uploads_size(), 1);
+  EXPECT_EQ(l.uploads(0).name(), "toks");
+  EXPECT_CODE(Create(spec, nullptr), NOT_FOUND, "uploads/tiny-up");
+  EXPECT_CODE(remove(v1::UPLOAD_KIND_MODEL, "tiny-up"), NOT_FOUND, "tiny-up");
+  EXPECT_CODE(remove(v1::UPLOAD_KIND_UNSPECIFIED, "toks"), INVALID_ARGUMENT, "upload kind");
+  EXPECT_CODE(remove(v1::UPLOAD_KIND_DATASET, "../jobs"), INVALID_ARGUMENT, "not a plain name");
+
+  // A failed job on the dataset; once the dataset is deleted, its retry names what is missing.
+  v1::JobSpec f = TinySpec("W8A16");
+  f.clear_inline_tokens();
+  f.set_dataset("toks");
+  f.set_recipe_yaml(ReadAll(std::string(LOWBIT_SOURCE_DIR) + "/tests/fixtures/calib/matches_nothing.yaml"));
+  v1::Job jf = RunToEnd(f);
+  ASSERT_EQ(jf.state(), v1::JOB_STATE_FAILED);
+  ASSERT_TRUE(remove(v1::UPLOAD_KIND_DATASET, "toks").ok());
+  EXPECT_CODE(Retry(jf.id(), nullptr), NOT_FOUND, "job " + jf.id() + " cannot be retried: dataset 'toks'");
+  ASSERT_TRUE(UploadModelDir(*stub_, "tiny-up", models_ + "/tiny", false, false).ok());
+  EXPECT_EQ(list().uploads_size(), 1);
+  ExpectServing();
+}
+
 // UploadModel's first message may carry the name alone; a stream without a name, or a file piece
 // without its file_name, is refused saying what the message must carry. A model that does not
 // load is named by the client's file names, not the server's temp paths.
@@ -1137,14 +1236,6 @@ TEST_F(CalibratorServiceTest, FailedJobKeepsItsLayersAndRetryContinuesAfterThem)
   EXPECT_EQ(gresp.job().state(), v1::JOB_STATE_FAILED) << "a refused retry changes nothing";
   EXPECT_TRUE(gresp.job().resume_state_kept());
   ExpectServing();
-}
-
-int64_t TreeBytes(const std::string& dir) {
-  int64_t total = 0;
-  for (const auto& e : fs::recursive_directory_iterator(dir)) {
-    if (e.is_regular_file()) total += static_cast<int64_t>(e.file_size());
-  }
-  return total;
 }
 
 // DeleteJob forgets a finished job: its record, its checkpoint (unless keep_output) and any kept

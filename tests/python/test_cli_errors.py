@@ -167,6 +167,10 @@ def usage_errors(lowbit, work, model):
     expect("jobs list extra", run([lowbit, "jobs", "list", "extra"], down), 2, ["list takes no arguments"])
     expect("jobs frob", run([lowbit, "jobs", "frob"], down), 2, ["unknown verb 'frob'"])
     expect("jobs retry without ID", run([lowbit, "jobs", "retry"], down), 2, ["usage: lowbit jobs retry ID"])
+    expect("uploads delete of a frob", run([lowbit, "uploads", "delete", "frob", "x"], down), 2,
+           ["delete takes 'model' or 'dataset'"])
+    expect("uploads delete without a name", run([lowbit, "uploads", "delete", "model"], down), 2,
+           ["usage: lowbit uploads [list] | lowbit uploads delete (model | dataset) NAME"])
     expect("jobs get --keep_output", run([lowbit, "jobs", "get", "j", "--keep_output"], down), 2,
            ["--keep_output is a flag of jobs delete, not of jobs get"])
     expect("jobs cancel --detach", run([lowbit, "jobs", "cancel", "j", "--detach"], down), 2,
@@ -357,6 +361,14 @@ def with_calibrator(lowbit, bin_dir, work, model):
         expect("fetch of a missing job", run([lowbit, "fetch", "no-such-job", "--out", nope + "/a/b/"], env), 1,
                ["NOT_FOUND"])
         check("a failed fetch leaves no directory", not os.path.exists(nope), str(os.listdir(work)))
+        expect("uploads lists the uploaded models", run([lowbit, "uploads"], env), 0,
+               ["uploads/slashy", "uploads/doty"], stream="stdout")
+        expect("uploads delete of an uploaded model", run([lowbit, "uploads", "delete", "model", "doty"], env), 0,
+               ["deleted model doty"], stream="stdout")
+        expect("uploads delete of it again", run([lowbit, "uploads", "delete", "model", "doty"], env), 1,
+               ["NOT_FOUND", "doty"])
+        expect("uploads after the delete", run([lowbit, "uploads", "list"], env), 0, ["uploads/slashy"],
+               stream="stdout", absent=["uploads/doty"])
     finally:
         cal.stop()
 
