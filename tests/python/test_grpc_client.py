@@ -159,6 +159,9 @@ def main():
             assert e.code() in (grpc.StatusCode.DATA_LOSS, grpc.StatusCode.INVALID_ARGUMENT), e
         r = cstub.UploadDataset(upload("toks", good), metadata=md, timeout=30)
         assert r.sequences == 24, r
+        # Only the good upload is listed, with exactly the bytes sent.
+        ups = cstub.ListUploads(cpb.ListUploadsRequest(), metadata=md, timeout=30).uploads
+        assert [(u.kind, u.name, u.bytes) for u in ups] == [(cpb.UPLOAD_KIND_DATASET, "toks", len(data))], ups
 
         def calibrate(scheme, algorithm):
             spec = cpb.JobSpec(model="tiny", scheme=scheme, algorithm=algorithm, dataset="toks",
