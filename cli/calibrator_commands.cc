@@ -34,8 +34,7 @@ ABSL_FLAG(int32_t, max_seq_length, 0, "calibrate: tokens per sample (0 = 2048)")
 ABSL_FLAG(double, heldout_fraction, -1, "calibrate: fraction held out for the report (< 0 = 0.1)");
 ABSL_FLAG(uint64_t, seed, 0, "calibrate: shuffle seed (0 = 42)");
 ABSL_FLAG(std::string, output_name, "", "calibrate: checkpoint name under the output root (default: job id)");
-ABSL_FLAG(bool, detach, false,
-          "calibrate / jobs retry: print the job id and return without following the job");
+ABSL_FLAG(bool, detach, false, "calibrate / jobs retry: print the job id and return without following the job");
 ABSL_FLAG(std::string, out, "",
           "fetch / demo / bench-rpc: output directory (fetch: new, empty, or holding only this result's files; "
           "demo, bench-rpc: new, empty, or made by an earlier run of the same command)");
@@ -372,8 +371,9 @@ int RunJobs(const Args& args) {
     v1::RetryJobResponse resp;
     if (auto st = stub->RetryJob(&ctx, req, &resp); !st.ok()) return Fail("retry job", st);
     const int64_t done = resp.job().progress().layers_done();
-    std::fprintf(stderr, "job %s queued again (retry %d%s)\n", id.c_str(), resp.job().retries(),
-                 done > 0 ? absl::StrCat(", continuing after its ", done, " finished layers").c_str() : ", from the start");
+    std::fprintf(
+        stderr, "job %s queued again (retry %d%s)\n", id.c_str(), resp.job().retries(),
+        done > 0 ? absl::StrCat(", continuing after its ", done, " finished layers").c_str() : ", from the start");
     if (absl::GetFlag(FLAGS_detach)) {
       std::printf("%s\n", id.c_str());
       return 0;

@@ -49,9 +49,9 @@ constexpr const char* kUsage =
     "of the wrong type is reported by Abseil's flag parser, with status 1).";
 
 const std::set<std::string>& CommandNames() {
-  static const std::set<std::string> names = {"calibrate", "jobs",   "fetch",    "upload-dataset", "upload-model", "uploads",
-                                              "load",      "unload", "models",   "info",           "gemm",
-                                              "health",    "demo",   "bench-rpc"};
+  static const std::set<std::string> names = {"calibrate", "jobs",   "fetch",  "upload-dataset", "upload-model",
+                                              "uploads",   "load",   "unload", "models",         "info",
+                                              "gemm",      "health", "demo",   "bench-rpc"};
   return names;
 }
 

@@ -31,8 +31,7 @@ class CalibratorServiceImpl final : public v1::CalibratorService::Service {
   grpc::Status ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* req, v1::ListJobsResponse* resp) override;
   grpc::Status CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req,
                          v1::CancelJobResponse* resp) override;
-  grpc::Status RetryJob(grpc::ServerContext* ctx, const v1::RetryJobRequest* req,
-                        v1::RetryJobResponse* resp) override;
+  grpc::Status RetryJob(grpc::ServerContext* ctx, const v1::RetryJobRequest* req, v1::RetryJobResponse* resp) override;
   grpc::Status DeleteJob(grpc::ServerContext* ctx, const v1::DeleteJobRequest* req,
                          v1::DeleteJobResponse* resp) override;
   grpc::Status ListUploads(grpc::ServerContext* ctx, const v1::ListUploadsRequest* req,

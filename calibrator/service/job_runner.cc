@@ -249,7 +249,8 @@ absl::StatusOr<JobRunner::Deleted> JobRunner::Delete(const std::string& id, bool
     if (ec) return undo(absl::InternalError(absl::StrCat("cannot move ", output, " aside: ", ec.message())));
     if (absl::Status s = SyncDirectory(paths_.output_root); !s.ok()) spdlog::warn("job {}: {}", id, s.ToString());
   }
-  out.freed_bytes += TreeBytes(store_->WorkDir(id)) + TreeBytes(absl::StrCat(store_->state_dir(), "/jobs/", id, ".json"));
+  out.freed_bytes +=
+      TreeBytes(store_->WorkDir(id)) + TreeBytes(absl::StrCat(store_->state_dir(), "/jobs/", id, ".json"));
   if (absl::Status s = store_->Remove(id); !s.ok()) {
     if (!trash.empty()) std::filesystem::rename(trash, output, ec);
     return undo(s);
@@ -327,9 +328,9 @@ std::vector<std::string> JobRunner::UnfinishedUsersLocked(v1::UploadKind kind, c
   for (const auto& [id, e] : jobs_) {
     if (Terminal(e.job.state())) continue;
     const v1::JobSpec& s = e.job.spec();
-    const bool uses = (kind == v1::UPLOAD_KIND_MODEL && s.model() == "uploads/" + name) ||
-                      (kind == v1::UPLOAD_KIND_DATASET && s.data_case() == v1::JobSpec::kDataset &&
-                       s.dataset() == name);
+    const bool uses =
+        (kind == v1::UPLOAD_KIND_MODEL && s.model() == "uploads/" + name) ||
+        (kind == v1::UPLOAD_KIND_DATASET && s.data_case() == v1::JobSpec::kDataset && s.dataset() == name);
     if (uses) ids.push_back(id);
   }
   return ids;
