@@ -1,5 +1,7 @@
 #include "calibrator/resume_state.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <filesystem>
 
@@ -99,18 +101,19 @@ std::optional<std::vector<float>> Floats(const SafetensorsFile& f, const std::st
 }
 
 // The model directory's weights and configuration as they are on disk: each *.safetensors and
-// *.json file's name, size and modification time (sorted by name). Replacing or editing a file
-// changes it; reading them does not.
+// *.json file's name, size, inode, and modification and change times (sorted by name). Replacing
+// or editing a file changes it, even when the copy keeps the old mtime (`cp -p`, `rsync -a`: the
+// inode or ctime differ); reading them does not.
 std::string ModelFilesIdentity(const std::string& model_dir) {
   std::vector<std::string> entries;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(model_dir, ec)) {
     const std::filesystem::path& p = entry.path();
     if (p.extension() != ".safetensors" && p.extension() != ".json") continue;
-    std::error_code fec;
-    const uintmax_t size = std::filesystem::file_size(p, fec);
-    const auto mtime = std::filesystem::last_write_time(p, fec).time_since_epoch().count();
-    entries.push_back(absl::StrCat(p.filename().string(), " ", size, " ", static_cast<int64_t>(mtime)));
+    struct stat st {};
+    if (::stat(p.c_str(), &st) != 0) continue;
+    entries.push_back(absl::StrCat(p.filename().string(), " ", st.st_size, " ", st.st_ino, " ", st.st_mtim.tv_sec,
+                                   ".", st.st_mtim.tv_nsec, " ", st.st_ctim.tv_sec, ".", st.st_ctim.tv_nsec));
   }
   std::sort(entries.begin(), entries.end());
   return absl::StrJoin(entries, "\n");

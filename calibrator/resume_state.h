@@ -8,9 +8,9 @@
 //   state.safetensors         hidden states after the last finished layer ("calib", "ref",
 //                             "quant", F32) + layers_done
 // Every file is written atomically and carries the job's fingerprint (model dir and its files'
-// sizes and modification times, recipe, tokens, chunking); state.safetensors is written after the
-// layer's file, so it never points at a layer that is not on disk. State with another
-// fingerprint, or anything unreadable, is ignored (the run starts over).
+// sizes, inodes, modification and change times, recipe, tokens, chunking); state.safetensors is
+// written after the layer's file, so it never points at a layer that is not on disk. State with
+// another fingerprint, or anything unreadable, is ignored (the run starts over).
 #ifndef LOWBIT_CALIBRATOR_RESUME_STATE_H_
 #define LOWBIT_CALIBRATOR_RESUME_STATE_H_
 

@@ -501,16 +501,22 @@ absl::Status CalibratorServiceImpl::SendResult(const grpc::ServerContext* ctx, c
   if (req.chunk_bytes() < 0) return absl::InvalidArgumentError("chunk_bytes is negative");
   const int64_t chunk = req.chunk_bytes() == 0 ? int64_t{1} << 20 : std::min(req.chunk_bytes(), rpc::kMaxChunkBytes);
   const std::string dir = absl::StrCat(paths_.output_root, "/", job->output_path());
+  // The checkpoint's files are opened (mapped) here; a DeleteJob from then on does not disturb the
+  // stream. One that came first shows as a read failure: asked again, it is the job that is gone.
+  auto unless_deleted = [&](const absl::Status& s) {
+    if (!runner_->Get(req.id()).ok()) return absl::NotFoundError(absl::StrCat("job ", req.id(), " was deleted"));
+    return s;
+  };
   absl::StatusOr<std::unique_ptr<SafetensorsModel>> model = SafetensorsModel::Open(dir);
   if (!model.ok()) {
-    return absl::DataLossError(
-        absl::StrCat("the checkpoint of job ", job->id(), " cannot be read: ", model.status().message()));
+    return unless_deleted(absl::DataLossError(
+        absl::StrCat("the checkpoint of job ", job->id(), " cannot be read: ", model.status().message())));
   }
-  if (absl::Status s = CheckOwnCheckpoint(*job, dir); !s.ok()) return s;
+  if (absl::Status s = CheckOwnCheckpoint(*job, dir); !s.ok()) return unless_deleted(s);
   absl::StatusOr<std::vector<SideFile>> side_files = ReadSideFiles(dir);
-  if (!side_files.ok()) return side_files.status();
+  if (!side_files.ok()) return unless_deleted(side_files.status());
   absl::StatusOr<v1::FetchResultResponse> header = ResultHeader(*job, dir, **model, *side_files);
-  if (!header.ok()) return header.status();
+  if (!header.ok()) return unless_deleted(header.status());
   if (!stream->Write(rpc::Encode(*header))) return rpc::CallEnded(ctx, "FetchResult");
   for (const SideFile& f : *side_files) {
     if (!WriteSideFile(f, chunk, stream)) return rpc::CallEnded(ctx, "FetchResult");

@@ -213,7 +213,13 @@ void JobRunner::RemoveOrphanWorkDirs() const {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(store_->state_dir() + "/work", ec)) {
     const std::string id = entry.path().filename().string();
-    if (jobs_.count(id) == 0) store_->RemoveWorkDir(id);  // a delete cut short after the job's file
+    // A delete cut short after the job's file went. Not the work dir of a job file moved aside as
+    // corrupt: an operator who mends that file keeps the job's resume state.
+    std::error_code cec;
+    if (jobs_.count(id) == 0 &&
+        !std::filesystem::exists(absl::StrCat(store_->state_dir(), "/jobs/", id, ".json.corrupt"), cec)) {
+      store_->RemoveWorkDir(id);
+    }
   }
 }
 
@@ -222,7 +228,8 @@ absl::StatusOr<JobRunner::Deleted> JobRunner::Delete(const std::string& id, bool
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = jobs_.find(id);
-    if (it == jobs_.end() || it->second.deleting) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
+    if (it->second.deleting) return absl::AbortedError(absl::StrCat("job ", id, " is being deleted by another call"));
     Entry& e = it->second;
     if (!Terminal(e.job.state())) {
       return absl::FailedPreconditionError(absl::StrCat("job ", id, " is ", StateLabel(e.job.state()),
@@ -231,30 +238,39 @@ absl::StatusOr<JobRunner::Deleted> JobRunner::Delete(const std::string& id, bool
     e.deleting = true;
     out.job = e.job;
   }
-  auto undo = [&](absl::Status s) {
-    std::lock_guard<std::mutex> lock(mu_);
-    jobs_.at(id).deleting = false;
-    return s;
-  };
   // The checkpoint first, moved aside in one rename: from then on the delete is decided, and a
   // crash before the end is finished at the next start.
   std::string trash;
   const std::string output = absl::StrCat(paths_.output_root, "/", out.job.output_path());
+  // A step failed: the checkpoint goes back and the job stays. When even that rename fails, the
+  // job stays marked (it reads as gone) and the next start finishes the delete.
+  auto undo = [&](const absl::Status& s) {
+    std::error_code rec;
+    if (!trash.empty()) std::filesystem::rename(trash, output, rec);
+    if (rec) {
+      spdlog::error("job {}: cannot put its checkpoint back ({}); the delete completes at the next start", id,
+                    rec.message());
+      return absl::Status(s.code(), absl::StrCat(s.message(), "; the delete completes at the next start"));
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    jobs_.at(id).deleting = false;
+    return s;
+  };
   std::error_code ec;
   if (out.job.state() == v1::JOB_STATE_SUCCEEDED && !keep_output && !out.job.output_path().empty() &&
       std::filesystem::exists(output, ec)) {
-    trash = absl::StrCat(paths_.output_root, "/", kDeletingPrefix, id);
     out.freed_bytes += TreeBytes(output);
-    std::filesystem::rename(output, trash, ec);
+    const std::string aside = absl::StrCat(paths_.output_root, "/", kDeletingPrefix, id);
+    std::filesystem::rename(output, aside, ec);
     if (ec) return undo(absl::InternalError(absl::StrCat("cannot move ", output, " aside: ", ec.message())));
-    if (absl::Status s = SyncDirectory(paths_.output_root); !s.ok()) spdlog::warn("job {}: {}", id, s.ToString());
+    trash = aside;
+    // Durable before the job's file goes: else a crash could leave the checkpoint under its name
+    // with no job holding it.
+    if (absl::Status s = SyncDirectory(paths_.output_root); !s.ok()) return undo(s);
   }
   out.freed_bytes +=
       TreeBytes(store_->WorkDir(id)) + TreeBytes(absl::StrCat(store_->state_dir(), "/jobs/", id, ".json"));
-  if (absl::Status s = store_->Remove(id); !s.ok()) {
-    if (!trash.empty()) std::filesystem::rename(trash, output, ec);
-    return undo(s);
-  }
+  if (absl::Status s = store_->Remove(id); !s.ok()) return undo(s);
   if (!trash.empty()) std::filesystem::remove_all(trash, ec);
   store_->RemoveWorkDir(id);
   {
@@ -310,7 +326,7 @@ absl::StatusOr<v1::Job> JobRunner::Create(const v1::JobSpec& spec) {
 absl::StatusOr<v1::Job> JobRunner::Get(const std::string& id) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = jobs_.find(id);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
+  if (it == jobs_.end() || it->second.deleting) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
   return it->second.job;
 }
 
@@ -318,6 +334,7 @@ std::vector<v1::Job> JobRunner::List(v1::JobState state) const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<v1::Job> out;
   for (const auto& [id, e] : jobs_) {
+    if (e.deleting) continue;
     if (state == v1::JOB_STATE_UNSPECIFIED || e.job.state() == state) out.push_back(e.job);
   }
   return out;
@@ -376,11 +393,10 @@ absl::Status JobRunner::UploadsPresentLocked(const v1::JobSpec& spec) const {
 
 absl::StatusOr<v1::Job> JobRunner::Cancel(const std::string& id) {
   v1::Job out;
-  bool persist = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = jobs_.find(id);
-    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
+    if (it == jobs_.end() || it->second.deleting) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
     Entry& e = it->second;
     switch (e.job.state()) {
       case v1::JOB_STATE_SUCCEEDED:
@@ -394,9 +410,15 @@ absl::StatusOr<v1::Job> JobRunner::Cancel(const std::string& id) {
         e.job.set_error_code(static_cast<int>(absl::StatusCode::kCancelled));
         e.job.set_error_message("cancelled by the client before it started");
         e.job.set_finished_unix_ms(NowMs());
+        // Recorded and its work dir removed under the lock, as Retry and Delete act under it: a
+        // retry or delete right after this cancel never meets a late write of it.
+        if (absl::Status s = store_->Save(e.job); !s.ok()) {
+          spdlog::error("job {}: cannot persist: {}", id, s.ToString());
+        }
+        store_->RemoveWorkDir(id);
         RecountLocked();
         BumpLocked(e);
-        persist = true;
+        spdlog::info("job {}: cancelled while queued", id);
         break;
       case v1::JOB_STATE_RUNNING:
         e.user_cancelled = true;
@@ -406,11 +428,6 @@ absl::StatusOr<v1::Job> JobRunner::Cancel(const std::string& id) {
         break;
     }
     out = e.job;
-  }
-  if (persist) {
-    Persist(id);
-    store_->RemoveWorkDir(id);
-    spdlog::info("job {}: cancelled while queued", id);
   }
   return out;
 }
@@ -426,7 +443,7 @@ absl::StatusOr<v1::Job> JobRunner::Retry(const std::string& id) {
   if (absl::Status s = retryable(*current); !s.ok()) return s;
   // What may have changed since it was created (an upload or model directory gone) is refused here.
   if (absl::Status s = ValidateJobSpec(current->spec(), paths_); !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("job ", id, " cannot be retried: ", s.message()));
+    return absl::FailedPreconditionError(absl::StrCat("job ", id, " cannot be retried: ", s.message()));
   }
   v1::Job job;
   {
@@ -440,7 +457,7 @@ absl::StatusOr<v1::Job> JobRunner::Retry(const std::string& id) {
       return absl::AlreadyExistsError(absl::StrCat("job ", id, " cannot be retried: ", s.message()));
     }
     if (absl::Status s = UploadsPresentLocked(e.job.spec()); !s.ok()) {
-      return absl::Status(s.code(), absl::StrCat("job ", id, " cannot be retried: ", s.message()));
+      return absl::FailedPreconditionError(absl::StrCat("job ", id, " cannot be retried: ", s.message()));
     }
     job = e.job;
     const bool resumes = job.resume_state_kept();
@@ -514,8 +531,11 @@ void JobRunner::RunOne(const std::string& id) {
   absl::Status conflict;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    Entry& e = jobs_.at(id);
-    if (e.job.state() != v1::JOB_STATE_QUEUED || stopping_) return;
+    auto it = jobs_.find(id);
+    // Gone or not queued: cancelled (and maybe deleted) after the worker took it off the queue,
+    // or a second queue entry of a job cancelled and retried meanwhile.
+    if (it == jobs_.end() || it->second.job.state() != v1::JOB_STATE_QUEUED || stopping_) return;
+    Entry& e = it->second;
     // Start() and Create() keep one holder per output; this guards the invariant where the
     // checkpoint would be written.
     if (const Entry* holder = OutputHolderLocked(OutputName(e.job), id);

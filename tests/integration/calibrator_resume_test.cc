@@ -15,6 +15,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -423,18 +424,23 @@ TEST(PipelineResumeTest, ResumeUnderAnotherBlasConfigurationStartsOver) {
 }
 
 // State kept for a retry must not outlive the model it was computed from: a model directory
-// whose files were replaced (here: other weights of the same shapes) after the run stopped makes
-// the next run start over, and its checkpoint is the new model's.
+// whose files were replaced (here: other weights of the same shapes, with the old files' sizes and
+// modification times) after the run stopped makes the next run start over, and its checkpoint is
+// the new model's.
 TEST(PipelineResumeTest, ResumeAfterTheModelChangedStartsOver) {
   const std::string root = MakeTempDir("piperesume-model");
   CalibrationJob job;
   PipelineOptions resumable;
   ASSERT_NO_FATAL_FAILURE(StopAfterLayer1(root, &job, &resumable));
 
+  // Replaced as `cp -p` / `rsync -a` would: same names, same sizes, and the old modification times.
+  std::map<std::string, fs::file_time_type> mtimes;
+  for (const auto& e : fs::directory_iterator(root + "/m")) mtimes[e.path().filename()] = fs::last_write_time(e);
   SyntheticLlamaOptions other = TinyModel(/*layers=*/3);
   other.seed += 1;
   fs::remove_all(root + "/m");
   ASSERT_TRUE(WriteSyntheticLlama(root + "/m", other).ok());
+  for (const auto& [name, t] : mtimes) fs::last_write_time(root + "/m/" + name, t);
   CalibrationJob reference = TinyJob(root, kW8A8Recipe, root + "/reference", DatasetOptions());
   ASSERT_TRUE(RunCalibration(reference, PipelineOptions(), CpuCompute()).ok());
 

@@ -846,7 +846,7 @@ TEST_F(CalibratorServiceTest, UploadsAreListedAndDeletedWhenNoUnfinishedJobUsesT
   v1::Job jf = RunToEnd(f);
   ASSERT_EQ(jf.state(), v1::JOB_STATE_FAILED);
   ASSERT_TRUE(remove(v1::UPLOAD_KIND_DATASET, "toks").ok());
-  EXPECT_CODE(Retry(jf.id(), nullptr), NOT_FOUND, "job " + jf.id() + " cannot be retried: dataset 'toks'");
+  EXPECT_CODE(Retry(jf.id(), nullptr), FAILED_PRECONDITION, "job " + jf.id() + " cannot be retried: dataset 'toks'");
   ASSERT_TRUE(UploadModelDir(*stub_, "tiny-up", models_ + "/tiny", false, false).ok());
   EXPECT_EQ(list().uploads_size(), 1);
   ExpectServing();
@@ -1305,7 +1305,13 @@ TEST_F(CalibratorServiceTest, DeleteJobForgetsAFinishedJobAndFreesItsFiles) {
   fs::rename(state + "/outputs/running", state + "/outputs/.deleting+" + r.id());
   fs::create_directories(state + "/work/job-00000000001-orphan");
   std::ofstream(state + "/work/job-00000000001-orphan/state.safetensors") << "x";
+  // A job file that does not parse is moved aside as corrupt; its work dir stays for whoever mends it.
+  fs::create_directories(state + "/work/job-00000000002-broken");
+  std::ofstream(state + "/work/job-00000000002-broken/state.safetensors") << "x";
+  std::ofstream(state + "/jobs/job-00000000002-broken.json") << "{ not json";
   Restart();
+  EXPECT_TRUE(fs::exists(state + "/jobs/job-00000000002-broken.json.corrupt"));
+  EXPECT_TRUE(fs::exists(state + "/work/job-00000000002-broken/state.safetensors"));
   EXPECT_CODE(GetJob(r.id()), NOT_FOUND, r.id());
   EXPECT_FALSE(fs::exists(state + "/outputs/.deleting+" + r.id()));
   EXPECT_FALSE(fs::exists(state + "/jobs/" + r.id() + ".json"));
