@@ -75,6 +75,20 @@ absl::Status SyncDirectory(const std::string& dir) {
   return absl::OkStatus();
 }
 
+int64_t TreeBytes(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec)) {
+    const uintmax_t n = std::filesystem::file_size(path, ec);
+    return ec ? 0 : static_cast<int64_t>(n);
+  }
+  int64_t total = 0;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(path, ec)) {
+    std::error_code fec;
+    if (entry.is_regular_file(fec)) total += static_cast<int64_t>(entry.file_size(fec));
+  }
+  return total;
+}
+
 std::string AtomicTempPath(const std::string& path) { return absl::StrCat(path, ".tmp.", ::getpid()); }
 
 absl::Status FinishAtomicWrite(const std::string& tmp, const std::string& path, absl::Status written) {

@@ -55,6 +55,10 @@ absl::Status ErrnoError(std::string_view what, const std::string& path);
 // fsyncs a directory so a rename inside it is durable.
 absl::Status SyncDirectory(const std::string& dir);
 
+// Bytes of the regular file `path`, or of every regular file under directory `path`; 0 when
+// absent or unreadable.
+int64_t TreeBytes(const std::string& path);
+
 }  // namespace lowbit
 
 #endif  // LOWBIT_COMMON_FILE_UTIL_H_

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <filesystem>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "calibrator/compute.h"
 #include "common/file_util.h"
@@ -12,6 +11,8 @@
 namespace lowbit::calibrator {
 
 namespace {
+
+constexpr char kDeletingPrefix[] = ".deleting+";  // '+' is not in output names: no output clashes
 
 std::string StateLabel(v1::JobState s) {
   switch (s) {
@@ -64,6 +65,19 @@ const JobRunner::Entry* JobRunner::OutputHolderLocked(const std::string& output,
     if (s == v1::JOB_STATE_QUEUED || s == v1::JOB_STATE_RUNNING || s == v1::JOB_STATE_SUCCEEDED) return &e;
   }
   return nullptr;
+}
+
+absl::Status JobRunner::NoSuchJob(const std::string& id) {
+  return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
+}
+
+const JobRunner::Entry* JobRunner::LiveLocked(const std::string& id) const {
+  auto it = jobs_.find(id);
+  return it == jobs_.end() || it->second.deleting ? nullptr : &it->second;
+}
+
+JobRunner::Entry* JobRunner::LiveLocked(const std::string& id) {
+  return const_cast<Entry*>(static_cast<const JobRunner*>(this)->LiveLocked(id));
 }
 
 absl::Status JobRunner::CheckOutputFreeLocked(const std::string& out, const std::string& id) const {
@@ -168,26 +182,6 @@ absl::Status JobRunner::Start() {
   return absl::OkStatus();
 }
 
-namespace {
-
-constexpr char kDeletingPrefix[] = ".deleting+";  // '+' is not in output names: no output clashes
-
-int64_t TreeBytes(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_directory(path, ec)) {
-    const uintmax_t n = std::filesystem::file_size(path, ec);
-    return ec ? 0 : static_cast<int64_t>(n);
-  }
-  int64_t total = 0;
-  for (const auto& entry : std::filesystem::recursive_directory_iterator(path, ec)) {
-    std::error_code fec;
-    if (entry.is_regular_file(fec)) total += static_cast<int64_t>(entry.file_size(fec));
-  }
-  return total;
-}
-
-}  // namespace
-
 std::set<std::string> JobRunner::FinishInterruptedDeletes() {
   std::set<std::string> ids;
   std::error_code ec;
@@ -217,7 +211,7 @@ void JobRunner::RemoveOrphanWorkDirs() const {
     // corrupt: an operator who mends that file keeps the job's resume state.
     std::error_code cec;
     if (jobs_.count(id) == 0 &&
-        !std::filesystem::exists(absl::StrCat(store_->state_dir(), "/jobs/", id, ".json.corrupt"), cec)) {
+        !std::filesystem::exists(store_->JobFile(id) + ".corrupt", cec)) {
       store_->RemoveWorkDir(id);
     }
   }
@@ -228,7 +222,7 @@ absl::StatusOr<JobRunner::Deleted> JobRunner::Delete(const std::string& id, bool
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = jobs_.find(id);
-    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
+    if (it == jobs_.end()) return NoSuchJob(id);
     if (it->second.deleting) return absl::AbortedError(absl::StrCat("job ", id, " is being deleted by another call"));
     Entry& e = it->second;
     if (!Terminal(e.job.state())) {
@@ -269,7 +263,7 @@ absl::StatusOr<JobRunner::Deleted> JobRunner::Delete(const std::string& id, bool
     if (absl::Status s = SyncDirectory(paths_.output_root); !s.ok()) return undo(s);
   }
   out.freed_bytes +=
-      TreeBytes(store_->WorkDir(id)) + TreeBytes(absl::StrCat(store_->state_dir(), "/jobs/", id, ".json"));
+      TreeBytes(store_->WorkDir(id)) + TreeBytes(store_->JobFile(id));
   if (absl::Status s = store_->Remove(id); !s.ok()) return undo(s);
   if (!trash.empty()) std::filesystem::remove_all(trash, ec);
   store_->RemoveWorkDir(id);
@@ -325,9 +319,9 @@ absl::StatusOr<v1::Job> JobRunner::Create(const v1::JobSpec& spec) {
 
 absl::StatusOr<v1::Job> JobRunner::Get(const std::string& id) const {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end() || it->second.deleting) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
-  return it->second.job;
+  const Entry* live = LiveLocked(id);
+  if (live == nullptr) return NoSuchJob(id);
+  return live->job;
 }
 
 std::vector<v1::Job> JobRunner::List(v1::JobState state) const {
@@ -346,7 +340,7 @@ std::vector<std::string> JobRunner::UnfinishedUsersLocked(v1::UploadKind kind, c
     if (Terminal(e.job.state())) continue;
     const v1::JobSpec& s = e.job.spec();
     const bool uses =
-        (kind == v1::UPLOAD_KIND_MODEL && s.model() == "uploads/" + name) ||
+        (kind == v1::UPLOAD_KIND_MODEL && UploadedModelName(s) == name) ||
         (kind == v1::UPLOAD_KIND_DATASET && s.data_case() == v1::JobSpec::kDataset && s.dataset() == name);
     if (uses) ids.push_back(id);
   }
@@ -382,8 +376,8 @@ absl::StatusOr<UploadStore::Entry> JobRunner::RemoveUpload(v1::UploadKind kind, 
 
 absl::Status JobRunner::UploadsPresentLocked(const v1::JobSpec& spec) const {
   if (paths_.uploads == nullptr) return absl::OkStatus();
-  if (absl::StartsWith(spec.model(), "uploads/")) {
-    if (absl::StatusOr<std::string> d = paths_.uploads->ModelDir(spec.model().substr(8)); !d.ok()) return d.status();
+  if (std::optional<std::string> model = UploadedModelName(spec)) {
+    if (absl::StatusOr<std::string> d = paths_.uploads->ModelDir(*model); !d.ok()) return d.status();
   }
   if (spec.data_case() == v1::JobSpec::kDataset) {
     if (absl::StatusOr<std::string> f = paths_.uploads->DatasetFile(spec.dataset()); !f.ok()) return f.status();
@@ -395,9 +389,9 @@ absl::StatusOr<v1::Job> JobRunner::Cancel(const std::string& id) {
   v1::Job out;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = jobs_.find(id);
-    if (it == jobs_.end() || it->second.deleting) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
-    Entry& e = it->second;
+    Entry* live = LiveLocked(id);
+    if (live == nullptr) return NoSuchJob(id);
+    Entry& e = *live;
     switch (e.job.state()) {
       case v1::JOB_STATE_SUCCEEDED:
       case v1::JOB_STATE_FAILED:
@@ -448,9 +442,9 @@ absl::StatusOr<v1::Job> JobRunner::Retry(const std::string& id) {
   v1::Job job;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = jobs_.find(id);
-    if (it == jobs_.end() || it->second.deleting) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
-    Entry& e = it->second;
+    Entry* live = LiveLocked(id);
+    if (live == nullptr) return NoSuchJob(id);
+    Entry& e = *live;
     if (absl::Status s = retryable(e.job); !s.ok()) return s;  // retried meanwhile
     if (stopping_) return absl::UnavailableError("the calibrator is shutting down");
     if (absl::Status s = CheckOutputFreeLocked(OutputName(e.job), id); !s.ok()) {
@@ -494,7 +488,7 @@ absl::StatusOr<JobRunner::Snapshot> JobRunner::Wait(const std::string& id, uint6
     it = jobs_.find(id);
     return it == jobs_.end() || it->second.version > after_version || stopping_;
   });
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job with id '", id, "'"));
+  if (it == jobs_.end()) return NoSuchJob(id);
   return Snapshot{it->second.job, it->second.version};
 }
 

@@ -117,6 +117,10 @@ class JobRunner {
     std::chrono::steady_clock::time_point last_persist{};
   };
 
+  // Job `id`, or null when there is none or it is being deleted (it reads as gone).
+  const Entry* LiveLocked(const std::string& id) const;
+  Entry* LiveLocked(const std::string& id);
+  static absl::Status NoSuchJob(const std::string& id);
   // The job other than `except` that holds output name `output`: QUEUED or RUNNING (it will
   // write it) or SUCCEEDED (it wrote it); null when none does.
   const Entry* OutputHolderLocked(const std::string& output, const std::string& except) const;

@@ -52,10 +52,16 @@ absl::StatusOr<std::vector<TokenSequence>> SamplesOf(const v1::JobSpec& spec, co
 
 }  // namespace
 
+std::optional<std::string> UploadedModelName(const v1::JobSpec& spec) {
+  constexpr absl::string_view kPrefix = "uploads/";
+  if (!absl::StartsWith(spec.model(), kPrefix)) return std::nullopt;
+  return spec.model().substr(kPrefix.size());
+}
+
 absl::StatusOr<std::string> ResolveModel(const v1::JobSpec& spec, const ServicePaths& paths) {
   absl::StatusOr<std::string> dir;
-  if (absl::StartsWith(spec.model(), "uploads/")) {
-    dir = paths.uploads->ModelDir(spec.model().substr(8));
+  if (std::optional<std::string> uploaded = UploadedModelName(spec)) {
+    dir = paths.uploads->ModelDir(*uploaded);
   } else {
     dir = ResolveUnderRoot(paths.model_root, spec.model(), "model");
   }

@@ -6,6 +6,7 @@
 #ifndef LOWBIT_CALIBRATOR_SERVICE_JOB_SPEC_H_
 #define LOWBIT_CALIBRATOR_SERVICE_JOB_SPEC_H_
 
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -21,6 +22,10 @@ struct ServicePaths {
   std::string output_root;
   const UploadStore* uploads = nullptr;
 };
+
+// The uploaded model a spec names ("uploads/<name>" → name), or nullopt for a model under the
+// model root.
+std::optional<std::string> UploadedModelName(const v1::JobSpec& spec);
 
 // The model directory a spec names. InvalidArgument (path escapes the root, not a model
 // directory), NotFound.

@@ -61,19 +61,21 @@ absl::Status JobStore::Save(const v1::Job& job) {
     return absl::InternalError(absl::StrCat("cannot encode job ", job.id(), ": ", s.ToString()));
   }
   std::lock_guard<std::mutex> lock(write_mu_);
-  return AtomicWriteFile(absl::StrCat(state_dir_, "/jobs/", job.id(), ".json"), text);
+  return AtomicWriteFile(JobFile(job.id()), text);
 }
 
 absl::Status JobStore::Remove(const std::string& id) {
   if (!ValidId(id)) return absl::InvalidArgumentError(absl::StrCat("bad job id '", id, "'"));
   std::lock_guard<std::mutex> lock(write_mu_);
-  const std::string path = absl::StrCat(state_dir_, "/jobs/", id, ".json");
+  const std::string path = JobFile(id);
   std::error_code ec;
   if (!fs::remove(path, ec) && ec) {
     return absl::InternalError(absl::StrCat("cannot remove ", path, ": ", ec.message()));
   }
   return SyncDirectory(absl::StrCat(state_dir_, "/jobs"));
 }
+
+std::string JobStore::JobFile(const std::string& id) const { return absl::StrCat(state_dir_, "/jobs/", id, ".json"); }
 
 std::string JobStore::WorkDir(const std::string& id) const { return absl::StrCat(state_dir_, "/work/", id); }
 

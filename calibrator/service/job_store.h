@@ -32,6 +32,7 @@ class JobStore {
   absl::Status Save(const v1::Job& job);
   // Removes the job's file (and syncs the directory): the job is gone after a crash too.
   absl::Status Remove(const std::string& id);
+  std::string JobFile(const std::string& id) const;  // <state_dir>/jobs/<id>.json
   std::string WorkDir(const std::string& id) const;
   void RemoveWorkDir(const std::string& id) const;
   // The job's work dir holds something (resume state a retry can continue from).

@@ -140,17 +140,6 @@ namespace {
 
 const char* KindDir(v1::UploadKind kind) { return kind == v1::UPLOAD_KIND_MODEL ? "models" : "datasets"; }
 
-// Bytes of the regular files under `dir`.
-int64_t DirBytes(const fs::path& dir) {
-  int64_t total = 0;
-  std::error_code ec;
-  for (const auto& e : fs::recursive_directory_iterator(dir, ec)) {
-    std::error_code fec;
-    if (e.is_regular_file(fec)) total += static_cast<int64_t>(e.file_size(fec));
-  }
-  return total;
-}
-
 int64_t ModifiedUnixMs(const fs::path& p) {
   struct stat st;
   if (::stat(p.c_str(), &st) != 0) return 0;
@@ -167,7 +156,7 @@ std::vector<UploadStore::Entry> UploadStore::List() const {
     for (const auto& e : fs::directory_iterator(fs::path(state_dir_) / KindDir(kind), ec)) {
       std::error_code dec;
       if (!e.is_directory(dec)) continue;
-      of_kind.push_back({kind, e.path().filename().string(), DirBytes(e.path()), ModifiedUnixMs(e.path())});
+      of_kind.push_back({kind, e.path().filename().string(), TreeBytes(e.path().string()), ModifiedUnixMs(e.path())});
     }
     std::sort(of_kind.begin(), of_kind.end(), [](const Entry& a, const Entry& b) { return a.name < b.name; });
     out.insert(out.end(), of_kind.begin(), of_kind.end());
@@ -182,7 +171,7 @@ absl::StatusOr<UploadStore::Removal> UploadStore::MoveAside(v1::UploadKind kind,
   absl::StatusOr<std::string> found = kind == v1::UPLOAD_KIND_MODEL ? ModelDir(name) : DatasetFile(name);
   if (!found.ok()) return found.status();
   const fs::path dir = fs::path(state_dir_) / KindDir(kind) / name;
-  Removal r{{kind, name, DirBytes(dir), ModifiedUnixMs(dir)}, ""};
+  Removal r{{kind, name, TreeBytes(dir.string()), ModifiedUnixMs(dir)}, ""};
   absl::StatusOr<std::string> trash = NewTempDir(absl::StrCat("removed-", KindDir(kind)));
   if (!trash.ok()) return trash.status();
   r.trash = *trash;
