@@ -3,11 +3,14 @@
 //   lowbit-runtime serve --address 127.0.0.1:50052 --model_root DIR [--backend auto|cpu|cuda]
 //       [--memory_budget_bytes N] [--batching=true] [--max_queue_delay_us 0]
 //       [--max_batch_rows 4096] [--auth_token T] [--tls_cert F --tls_key F [--tls_client_ca F]]
-//       [--metrics_address host:port] [--threads N] [--load name=path ...]
+//       [--metrics_address host:port] [--threads N] [--load name=path ...] [--kserve=true]
+//
+// Beside lowbit.v1.RuntimeService it serves inference.GRPCInferenceService (KServe v2, for stock
+// Triton / KServe clients; --kserve=false turns it off) on the same port and engine.
 //
 // Every setting can also come from the environment (LOWBIT_RUNTIME_ADDRESS, _MODEL_ROOT,
 // _BACKEND, _MEMORY_BUDGET_BYTES, _BATCHING, _MAX_QUEUE_DELAY_US, _MAX_BATCH_ROWS, _AUTH_TOKEN,
-// _TLS_CERT, _TLS_KEY, _TLS_CLIENT_CA, _METRICS_ADDRESS, _MAX_MESSAGE_BYTES, _THREADS);
+// _TLS_CERT, _TLS_KEY, _TLS_CLIENT_CA, _METRICS_ADDRESS, _MAX_MESSAGE_BYTES, _THREADS, _KSERVE);
 // flags given on the command line win. Prints "lowbit-runtime listening on HOST:PORT" (the
 // real port when 0 was asked for) once serving; SIGTERM / SIGINT drain and stop.
 // The runtime uses no BLAS (its kernels are its own), so it needs no OpenBLAS core-type re-exec.
@@ -27,6 +30,7 @@
 #include "rpc/server.h"
 #include "rpc/settings.h"
 #include "runtime/engine.h"
+#include "runtime/service/kserve_service.h"
 #include "runtime/service/runtime_service.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -56,6 +60,9 @@ ABSL_FLAG(std::vector<std::string>, load, {},
 ABSL_FLAG(std::string, state_dir, "",
           "directory that records the models clients load (path loads by path, streamed loads as a copy), so "
           "that a restart loads them again (empty = not recorded)");
+ABSL_FLAG(bool, kserve, true,
+          "also serve inference.GRPCInferenceService (KServe v2 / Triton clients): each layer is a model "
+          "'<model>/<layer>' with input x and output y");
 ABSL_FLAG(std::string, log_level, "info", "spdlog level: trace, debug, info, warn, error");
 
 namespace {
@@ -89,6 +96,8 @@ int Serve() {
   setting(FLAGS_max_rows, "MAX_ROWS", &options.max_rows);
   setting(FLAGS_threads, "THREADS", &options.threads);
   setting(FLAGS_state_dir, "STATE_DIR", &options.state_dir);
+  bool kserve = true;
+  setting(FLAGS_kserve, "KSERVE", &kserve);
   if (!s.ok()) return Fail(s);
   // Tests only (no flag): a pause before each Linear is prepared, so a load can be cut half way.
   if (const char* pause = std::getenv("LOWBIT_RUNTIME_TEST_LAYER_PAUSE_MS"); pause != nullptr && *pause != '\0') {
@@ -118,17 +127,23 @@ int Serve() {
   sopts.max_message_bytes = config.max_message_bytes;
   lowbit::runtime::RuntimeServiceImpl service(engine->get(),
                                               lowbit::rpc::MakeServiceContext(config, "runtime", registry), sopts);
-  auto server = lowbit::rpc::RpcServer::Start(config, {&service}, registry);
+  lowbit::runtime::KServeServiceImpl kserve_service(
+      engine->get(), lowbit::rpc::MakeServiceContext(config, "kserve", registry), config.max_message_bytes);
+  std::vector<grpc::Service*> services = {&service};
+  if (kserve) services.push_back(&kserve_service);
+  auto server = lowbit::rpc::RpcServer::Start(config, services, registry);
   if (!server.ok()) return Fail(server.status());
   (*server)->AddHealthService(lowbit::v1::RuntimeService::service_full_name());
+  if (kserve) (*server)->AddHealthService(inference::GRPCInferenceService::service_full_name());
   std::printf("lowbit-runtime listening on %s\n", (*server)->listening_address().c_str());
   std::fflush(stdout);
   lowbit::runtime::EngineInfo info = (*engine)->Info();
-  spdlog::info("serving: backend {} ({}), batching {} (delay {} µs, {} rows), budget {} bytes", info.backend,
-               info.device, info.batching.enabled ? "on" : "off", info.batching.max_queue_delay_us,
-               info.batching.max_batch_rows, info.memory_budget_bytes);
+  spdlog::info("serving: backend {} ({}), batching {} (delay {} µs, {} rows), budget {} bytes, KServe v2 {}",
+               info.backend, info.device, info.batching.enabled ? "on" : "off", info.batching.max_queue_delay_us,
+               info.batching.max_batch_rows, info.memory_budget_bytes, kserve ? "on" : "off");
   lowbit::rpc::WaitForTerminationSignal();
   spdlog::info("shutting down: draining in-flight calls");
+  kserve_service.BeginDrain();
   (*server)->Shutdown();
   return 0;
 }

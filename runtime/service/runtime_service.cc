@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "rpc/status.h"
 #include "rpc/tensor_codec.h"
+#include "runtime/service/grpc_call_control.h"
 
 namespace lowbit::runtime {
 namespace {
@@ -19,13 +20,6 @@ std::string DN(DType d) { return std::string(DTypeName(d)); }
 
 constexpr char kGemmPath[] = "/lowbit.v1.RuntimeService/Gemm";
 constexpr char kGemmStreamPath[] = "/lowbit.v1.RuntimeService/GemmStream";
-
-CallControl ControlOf(grpc::ServerContext* ctx) {
-  CallControl c;
-  c.cancelled = [ctx] { return ctx->IsCancelled(); };
-  c.deadline = ctx->deadline();
-  return c;
-}
 
 }  // namespace
 

@@ -19,7 +19,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
+#include <map>
 #include <random>
 #include <set>
 #include <thread>
@@ -33,6 +35,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/impl/client_unary_call.h"
 #include "gtest/gtest.h"
+#include "inference/predict_v2.grpc.pb.h"
 #include "kernels/backend.h"
 #include "lowbit/v1/runtime.grpc.pb.h"
 #include "nlohmann/json.hpp"
@@ -41,6 +44,7 @@
 #include "rpc/server.h"
 #include "rpc/tensor_codec.h"
 #include "runtime/engine.h"
+#include "runtime/service/kserve_service.h"
 #include "tools/gen_model/synthetic_llama.h"
 #include "tools/quantize_main.h"
 
@@ -142,6 +146,7 @@ class CheckpointEnv : public ::testing::Environment {
 struct TestServer {
   std::unique_ptr<Engine> engine;
   std::unique_ptr<runtime::RuntimeServiceImpl> service;
+  std::unique_ptr<runtime::KServeServiceImpl> kserve;  // on the same server, as lowbit-runtime runs it
   std::unique_ptr<rpc::RpcServer> server;
   std::shared_ptr<prometheus::Registry> registry;
   int port = 0;
@@ -181,7 +186,9 @@ std::unique_ptr<TestServer> StartServer(EngineOptions options = DefaultOptions()
   so.max_message_bytes = max_message;
   s->service = std::make_unique<runtime::RuntimeServiceImpl>(
       s->engine.get(), rpc::MakeServiceContext(config, "runtime", s->registry), so);
-  auto server = rpc::RpcServer::Start(config, {s->service.get()}, s->registry);
+  s->kserve = std::make_unique<runtime::KServeServiceImpl>(
+      s->engine.get(), rpc::MakeServiceContext(config, "kserve", s->registry), max_message);
+  auto server = rpc::RpcServer::Start(config, {s->service.get(), s->kserve.get()}, s->registry);
   EXPECT_TRUE(server.ok()) << server.status();
   if (!server.ok()) return nullptr;
   s->server = *std::move(server);
@@ -245,6 +252,51 @@ v1::GemmRequest MakeGemm(const std::string& model, const std::string& layer, con
   req.set_layer(layer);
   rpc::TensorToProto(x, req.mutable_x());
   req.set_out_dtype(out);
+  return req;
+}
+
+// A KServe v2 client on the same channel settings.
+struct KServeClient {
+  rpc::ClientConfig config;
+  std::unique_ptr<inference::GRPCInferenceService::Stub> stub;
+  explicit KServeClient(int port, std::string token = kToken) {
+    config.address = "127.0.0.1:" + std::to_string(port);
+    config.auth_token = std::move(token);
+    config.max_message_bytes = int64_t{256} << 20;
+    auto ch = rpc::MakeChannel(config);
+    EXPECT_TRUE(ch.ok());
+    stub = inference::GRPCInferenceService::NewStub(*ch);
+  }
+  void Prepare(grpc::ClientContext* ctx) { rpc::PrepareContext(ctx, config, std::chrono::milliseconds(30000)); }
+  grpc::Status Infer(const inference::ModelInferRequest& req, inference::ModelInferResponse* resp) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    return stub->ModelInfer(&ctx, req, resp);
+  }
+  bool Ready(const std::string& name, const std::string& version = "") {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    inference::ModelReadyRequest req;
+    req.set_name(name);
+    req.set_version(version);
+    inference::ModelReadyResponse resp;
+    EXPECT_TRUE(stub->ModelReady(&ctx, req, &resp).ok());
+    return resp.ready();
+  }
+};
+
+// A ModelInfer request for layer model `name` with x as its raw input of shape `shape` (x's own
+// shape when empty).
+inference::ModelInferRequest MakeInfer(const std::string& name, const Tensor& x, Shape shape = {}) {
+  inference::ModelInferRequest req;
+  req.set_model_name(name);
+  auto* in = req.add_inputs();
+  in->set_name("x");
+  in->set_datatype(runtime::KServeDatatype(x.dtype()));
+  if (shape.empty()) shape = x.shape();
+  in->mutable_shape()->Assign(shape.begin(), shape.end());
+  auto b = x.bytes();
+  req.add_raw_input_contents(reinterpret_cast<const char*>(b.data()), b.size());
   return req;
 }
 
@@ -1867,6 +1919,245 @@ TEST_F(RuntimeTest, UnloadKeepsTheBudgetUntilTheLastReferenceGoes) {
 }
 
 }  // namespace
+// ---- KServe v2 (inference.GRPCInferenceService) on the same server ---------------------------
+
+// Every scheme through ModelInfer: the same bytes as lowbit.v1 Gemm on the same server (which
+// SchemeTest checks against the independent reference), and for W8A8 in F32 the reference
+// itself; leading dims are kept ([2, 2, K] -> [2, 2, N]).
+TEST_F(RuntimeTest, KServeInferEqualsGemmForEveryScheme) {
+  KServeClient kc(server_->port);
+  for (const char* dir : {"w8a8", "w8a8_static", "w4a16", "w4a16_asym", "fp8", "fp8_dynamic"}) {
+    SCOPED_TRACE(dir);
+    ASSERT_TRUE(client_->Load(dir, dir).ok());
+    const std::string name = std::string(dir) + "/" + kQ;
+    for (DType dt : {DType::kBF16, DType::kF32}) {
+      std::vector<float> xf;
+      Tensor x = RandomX(4, 256, dt, 31, &xf);
+      v1::GemmResponse g;
+      ASSERT_TRUE(client_->Gemm(MakeGemm(dir, kQ, x), &g).ok());
+      inference::ModelInferResponse r;
+      grpc::Status st = kc.Infer(MakeInfer(name, x, {2, 2, 256}), &r);
+      ASSERT_TRUE(st.ok()) << st.error_message();
+      ASSERT_EQ(r.outputs_size(), 1);
+      EXPECT_EQ(r.model_name(), name);
+      EXPECT_EQ(r.model_version(), "1");
+      EXPECT_EQ(r.outputs(0).name(), "y");
+      EXPECT_EQ(r.outputs(0).datatype(), runtime::KServeDatatype(dt));
+      EXPECT_EQ(std::vector<int64_t>(r.outputs(0).shape().begin(), r.outputs(0).shape().end()),
+                (std::vector<int64_t>{2, 2, 256}));
+      ASSERT_EQ(r.raw_output_contents_size(), 1);
+      EXPECT_EQ(r.raw_output_contents(0), g.y().data());
+      EXPECT_GE(r.parameters().at("batch_requests").int64_param(), 1);
+      if (std::string(dir) == "w8a8" && dt == DType::kF32) {
+        Reference ref = Expected(g_fixture->root + "/w8a8", kQ, "W8A8", xf, 4, 256, dt);
+        std::vector<float> y(ref.y.size());
+        ASSERT_EQ(r.raw_output_contents(0).size(), y.size() * sizeof(float));
+        std::memcpy(y.data(), r.raw_output_contents(0).data(), r.raw_output_contents(0).size());
+        for (size_t i = 0; i < y.size(); ++i) {
+          EXPECT_NEAR(y[i], ref.y[i], 1e-5 * ref.mag[i] + 1e-6 * std::fabs(ref.y[i]) + 1e-6) << i;
+        }
+      }
+    }
+    ASSERT_TRUE(client_->Unload(dir).ok());
+  }
+}
+
+TEST_F(RuntimeTest, KServeProbesMetadataAndMetrics) {
+  ASSERT_TRUE(client_->Load("m", "w4a16").ok());
+  KServeClient kc(server_->port), anonymous(server_->port, "");
+  {  // Liveness and readiness need no token (probes).
+    grpc::ClientContext c1, c2;
+    anonymous.Prepare(&c1);
+    anonymous.Prepare(&c2);
+    inference::ServerLiveResponse live;
+    inference::ServerReadyResponse ready;
+    ASSERT_TRUE(anonymous.stub->ServerLive(&c1, {}, &live).ok());
+    ASSERT_TRUE(anonymous.stub->ServerReady(&c2, {}, &ready).ok());
+    EXPECT_TRUE(live.live());
+    EXPECT_TRUE(ready.ready());
+  }
+  {
+    grpc::ClientContext c1, c2;
+    anonymous.Prepare(&c1);
+    kc.Prepare(&c2);
+    inference::ServerMetadataResponse meta;
+    EXPECT_EQ(anonymous.stub->ServerMetadata(&c1, {}, &meta).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    ASSERT_TRUE(kc.stub->ServerMetadata(&c2, {}, &meta).ok());
+    EXPECT_EQ(meta.name(), "lowbit-runtime");
+    EXPECT_EQ(meta.version(), runtime::kRuntimeVersion);
+  }
+  EXPECT_TRUE(kc.Ready("m"));
+  EXPECT_TRUE(kc.Ready(std::string("m/") + kDown));
+  EXPECT_TRUE(kc.Ready(std::string("m/") + kDown, "1"));
+  EXPECT_FALSE(kc.Ready(std::string("m/") + kDown, "2"));
+  EXPECT_FALSE(kc.Ready("m/model.layers.5.mlp.down_proj"));
+  EXPECT_FALSE(kc.Ready("other"));
+
+  grpc::ClientContext c3;
+  kc.Prepare(&c3);
+  inference::ModelMetadataRequest mreq;
+  mreq.set_name(std::string("m/") + kDown);
+  inference::ModelMetadataResponse md;
+  ASSERT_TRUE(kc.stub->ModelMetadata(&c3, mreq, &md).ok());
+  EXPECT_EQ(md.name(), mreq.name());
+  EXPECT_EQ(md.platform(), "lowbit:W4A16");
+  ASSERT_EQ(md.versions_size(), 1);
+  EXPECT_EQ(md.versions(0), "1");
+  ASSERT_EQ(md.inputs_size(), 1);
+  ASSERT_EQ(md.outputs_size(), 1);
+  EXPECT_EQ(md.inputs(0).name(), "x");
+  EXPECT_EQ(md.inputs(0).datatype(), "BF16");  // the synthetic model's dtype
+  EXPECT_EQ(std::vector<int64_t>(md.inputs(0).shape().begin(), md.inputs(0).shape().end()),
+            (std::vector<int64_t>{-1, 512}));
+  EXPECT_EQ(md.outputs(0).name(), "y");
+  EXPECT_EQ(std::vector<int64_t>(md.outputs(0).shape().begin(), md.outputs(0).shape().end()),
+            (std::vector<int64_t>{-1, 256}));
+  grpc::ClientContext c4;
+  kc.Prepare(&c4);
+  mreq.set_name("m");
+  grpc::Status st = kc.stub->ModelMetadata(&c4, mreq, &md);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("'m/model.layers.0."), std::string::npos) << st.error_message();
+
+  // KServe calls are counted under their own service label, beside lowbit.v1's.
+  double metadata_ok = 0;
+  for (const auto& fam : server_->registry->Collect()) {
+    if (fam.name != "lowbit_rpc_requests_total") continue;
+    for (const auto& m : fam.metric) {
+      std::map<std::string, std::string> labels;
+      for (const auto& l : m.label) labels[l.name] = l.value;
+      if (labels["service"] == "kserve" && labels["method"] == "ModelMetadata" && labels["code"] == "0") {
+        metadata_ok += m.counter.value;
+      }
+    }
+  }
+  EXPECT_EQ(metadata_ok, 1.0);
+
+  server_->kserve->BeginDrain();
+  grpc::ClientContext c5;
+  anonymous.Prepare(&c5);
+  inference::ServerReadyResponse ready;
+  ASSERT_TRUE(anonymous.stub->ServerReady(&c5, {}, &ready).ok());
+  EXPECT_FALSE(ready.ready());
+  EXPECT_FALSE(kc.Ready("m"));
+}
+
+TEST_F(RuntimeTest, KServeBadInputTable) {
+  ASSERT_TRUE(client_->Load("m", "w8a8").ok());
+  KServeClient kc(server_->port);
+  const std::string layer = std::string("m/") + kQ;
+  const Tensor x = RandomX(2, 256, DType::kF32, 3);
+  using Request = inference::ModelInferRequest;
+  struct Case {
+    const char* what;
+    std::function<void(Request*)> mutate;
+    grpc::StatusCode code;
+    const char* message;  // a part of the message that names the problem
+  };
+  const Case cases[] = {
+      {"unknown model", [](Request* r) { r->set_model_name(std::string("nope/") + kQ); }, grpc::StatusCode::NOT_FOUND,
+       "nope"},
+      {"unknown layer", [](Request* r) { r->set_model_name("m/model.layers.0.mlp.nope"); }, grpc::StatusCode::NOT_FOUND,
+       "no quantized layer 'model.layers.0.mlp.nope'"},
+      {"no layer in the name", [](Request* r) { r->set_model_name("nope"); }, grpc::StatusCode::NOT_FOUND,
+       "'<loaded model>/<layer>'"},
+      {"a whole model's name", [](Request* r) { r->set_model_name("m"); }, grpc::StatusCode::INVALID_ARGUMENT, "'m/"},
+      {"unknown version", [](Request* r) { r->set_model_version("2"); }, grpc::StatusCode::NOT_FOUND, "only version 1"},
+      {"no input", [](Request* r) { r->clear_inputs(); }, grpc::StatusCode::INVALID_ARGUMENT, "one input 'x'"},
+      {"two inputs", [](Request* r) { *r->add_inputs() = r->inputs(0); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "the request has 2"},
+      {"wrong input name", [](Request* r) { r->mutable_inputs(0)->set_name("input"); },
+       grpc::StatusCode::INVALID_ARGUMENT, "no input 'input'"},
+      {"INT8 datatype", [](Request* r) { r->mutable_inputs(0)->set_datatype("INT8"); },
+       grpc::StatusCode::INVALID_ARGUMENT, "'INT8'"},
+      {"no datatype", [](Request* r) { r->mutable_inputs(0)->clear_datatype(); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "datatype ''"},
+      {"no shape", [](Request* r) { r->mutable_inputs(0)->clear_shape(); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "no shape"},
+      {"negative dim", [](Request* r) { r->mutable_inputs(0)->set_shape(0, -2); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "-2"},
+      {"huge dims",
+       [](Request* r) {
+         r->mutable_inputs(0)->set_shape(0, int64_t{1} << 40);
+         r->mutable_inputs(0)->add_shape(int64_t{1} << 40);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "input 'x'"},
+      {"bytes != shape", [](Request* r) { r->mutable_raw_input_contents(0)->resize(100); },
+       grpc::StatusCode::INVALID_ARGUMENT, "100 data bytes"},
+      {"wrong K",
+       [](Request* r) {
+         r->mutable_inputs(0)->set_shape(0, 4);
+         r->mutable_inputs(0)->set_shape(1, 128);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "K = 128"},
+      {"zero rows",
+       [](Request* r) {
+         r->mutable_inputs(0)->set_shape(0, 0);
+         r->mutable_raw_input_contents(0)->clear();
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "M = 0"},
+      {"raw and typed contents", [](Request* r) { r->mutable_inputs(0)->mutable_contents()->add_fp32_contents(1); },
+       grpc::StatusCode::INVALID_ARGUMENT, "both"},
+      {"two raw contents", [](Request* r) { r->add_raw_input_contents("x"); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "2 raw_input_contents"},
+      {"no data", [](Request* r) { r->clear_raw_input_contents(); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "carries no data"},
+      {"FP16 as typed contents",
+       [](Request* r) {
+         r->clear_raw_input_contents();
+         r->mutable_inputs(0)->set_datatype("FP16");
+         r->mutable_inputs(0)->mutable_contents()->add_fp32_contents(1);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "raw_input_contents"},
+      {"FP32 as int contents",
+       [](Request* r) {
+         r->clear_raw_input_contents();
+         r->mutable_inputs(0)->mutable_contents()->add_int_contents(1);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "not fp32_contents"},
+      {"unknown output", [](Request* r) { r->add_outputs()->set_name("z"); }, grpc::StatusCode::INVALID_ARGUMENT,
+       "no output 'z'"},
+      {"out_dtype not a string", [](Request* r) { (*r->mutable_parameters())["out_dtype"].set_int64_param(1); },
+       grpc::StatusCode::INVALID_ARGUMENT, "must be a string"},
+      {"out_dtype INT8", [](Request* r) { (*r->mutable_parameters())["out_dtype"].set_string_param("INT8"); },
+       grpc::StatusCode::INVALID_ARGUMENT, "'INT8'"},
+  };
+  inference::ModelInferResponse good;
+  ASSERT_TRUE(kc.Infer(MakeInfer(layer, x), &good).ok());
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    Request req = MakeInfer(layer, x);
+    c.mutate(&req);
+    inference::ModelInferResponse resp;
+    grpc::Status st = kc.Infer(req, &resp);
+    EXPECT_EQ(st.error_code(), c.code) << st.error_message();
+    EXPECT_NE(st.error_message().find(c.message), std::string::npos) << st.error_message();
+    // The server keeps serving: the next good request gets the same answer.
+    inference::ModelInferResponse again;
+    ASSERT_TRUE(kc.Infer(MakeInfer(layer, x), &again).ok());
+    EXPECT_EQ(again.raw_output_contents(0), good.raw_output_contents(0));
+  }
+  inference::ModelInferResponse resp;
+  EXPECT_EQ(KServeClient(server_->port, "wrong").Infer(MakeInfer(layer, x), &resp).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  // FP32 as typed contents: the same answer as raw bytes.
+  Request typed = MakeInfer(layer, x);
+  typed.clear_raw_input_contents();
+  for (float v : x.ToFloats()) typed.mutable_inputs(0)->mutable_contents()->add_fp32_contents(v);
+  ASSERT_TRUE(kc.Infer(typed, &resp).ok());
+  EXPECT_EQ(resp.raw_output_contents(0), good.raw_output_contents(0));
+  // out_dtype BF16: the F32 answer rounded.
+  Request bf = MakeInfer(layer, x);
+  (*bf.mutable_parameters())["out_dtype"].set_string_param("BF16");
+  ASSERT_TRUE(kc.Infer(bf, &resp).ok());
+  EXPECT_EQ(resp.outputs(0).datatype(), "BF16");
+  std::vector<float> f32(good.raw_output_contents(0).size() / 4);
+  std::memcpy(f32.data(), good.raw_output_contents(0).data(), good.raw_output_contents(0).size());
+  const Tensor rounded = Tensor::FromFloats(f32, {2, 256}, DType::kBF16);
+  EXPECT_EQ(resp.raw_output_contents(0),
+            std::string(reinterpret_cast<const char*>(rounded.bytes().data()), rounded.bytes().size()));
+}
+
 }  // namespace lowbit
 
 int main(int argc, char** argv) {

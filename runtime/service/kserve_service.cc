@@ -1,0 +1,269 @@
+#include "runtime/service/kserve_service.h"
+
+#include <cstring>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "rpc/status.h"
+#include "runtime/service/grpc_call_control.h"
+
+namespace lowbit::runtime {
+namespace {
+
+constexpr char kVersion[] = "1";  // every layer model has this one version
+constexpr char kInput[] = "x";
+constexpr char kOutput[] = "y";
+
+// A KServe model name: a loaded model's layer.
+struct LayerModel {
+  std::shared_ptr<const LoadedModel> model;
+  std::shared_ptr<const PreparedLinear> layer;
+  std::string model_name, layer_name;
+};
+
+absl::Status CheckVersion(const std::string& name, const std::string& version) {
+  if (version.empty() || version == kVersion) return absl::OkStatus();
+  return absl::NotFoundError(absl::StrCat("model '", name, "' has only version ", kVersion,
+                                          " (the request asked for version '", version, "')"));
+}
+
+// "<model>/<layer>", split at the last '/'. NOT_FOUND names what is missing; a loaded model's
+// own name is INVALID_ARGUMENT, pointing at its layers.
+absl::StatusOr<LayerModel> FindLayerModel(ModelRegistry& registry, const std::string& name) {
+  if (auto whole = registry.Get(name); whole.ok()) {
+    const std::string example = (*whole)->layers.empty() ? "" : (*whole)->layers.begin()->first;
+    return absl::InvalidArgumentError(absl::StrCat("'", name,
+                                                   "' is a loaded model; KServe models are its layers, named "
+                                                   "'<model>/<layer>' (e.g. '",
+                                                   name, "/", example, "')"));
+  }
+  const size_t slash = name.rfind('/');
+  if (slash == std::string::npos || slash == 0 || slash + 1 == name.size()) {
+    return absl::NotFoundError(absl::StrCat("no model '", name,
+                                            "': KServe model names are '<loaded model>/<layer>' (ListModels "
+                                            "lists the loaded models and their layers)"));
+  }
+  LayerModel out;
+  out.model_name = name.substr(0, slash);
+  out.layer_name = name.substr(slash + 1);
+  auto model = registry.Get(out.model_name);
+  if (!model.ok()) {
+    return absl::NotFoundError(absl::StrCat("no model '", name, "': ", model.status().message()));
+  }
+  out.model = *std::move(model);
+  auto it = out.model->layers.find(out.layer_name);
+  if (it == out.model->layers.end()) {
+    return absl::NotFoundError(absl::StrCat("no model '", name, "': model '", out.model_name,
+                                            "' has no quantized layer '", out.layer_name, "'"));
+  }
+  out.layer = it->second;
+  return out;
+}
+
+void AddTensorMetadata(const char* name, DType dtype, int64_t dim,
+                       google::protobuf::RepeatedPtrField<inference::ModelMetadataResponse::TensorMetadata>* out) {
+  inference::ModelMetadataResponse::TensorMetadata* t = out->Add();
+  t->set_name(name);
+  t->set_datatype(KServeDatatype(dtype));
+  t->add_shape(-1);
+  t->add_shape(dim);
+}
+
+// The input's bytes (copied once, into the tensor the engine takes), shaped [rows, K].
+absl::StatusOr<Tensor> InputTensor(const inference::ModelInferRequest& req, const std::string& model_name) {
+  if (req.inputs_size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", model_name, "' takes one input '", kInput,
+                                                   "' [..., K]; the request has ", req.inputs_size()));
+  }
+  const inference::ModelInferRequest::InferInputTensor& in = req.inputs(0);
+  if (in.name() != kInput) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model '", model_name, "' has no input '", in.name(), "'; its one input is '", kInput, "'"));
+  }
+  absl::StatusOr<DType> dtype = ActivationDTypeFromKServe(in.datatype(), "input 'x'");
+  if (!dtype.ok()) return dtype.status();
+  Shape shape(in.shape().begin(), in.shape().end());
+  if (shape.empty()) return absl::InvalidArgumentError("input 'x' has no shape; it takes [..., K]");
+  absl::StatusOr<int64_t> numel = NumElements(shape);
+  if (!numel.ok()) return absl::InvalidArgumentError(absl::StrCat("input 'x': ", numel.status().message()));
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+  const int64_t bytes = *numel * static_cast<int64_t>(DTypeSize(*dtype));
+  const bool has_contents = in.has_contents() && in.contents().ByteSizeLong() > 0;
+  std::span<const uint8_t> data;
+  if (req.raw_input_contents_size() > 0) {
+    if (req.raw_input_contents_size() != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the request has ", req.raw_input_contents_size(), " raw_input_contents for its 1 input"));
+    }
+    if (has_contents) {
+      return absl::InvalidArgumentError("input 'x' has both contents and raw_input_contents; send one of them");
+    }
+    const std::string& raw = req.raw_input_contents(0);
+    data = {reinterpret_cast<const uint8_t*>(raw.data()), raw.size()};
+  } else if (has_contents) {
+    if (*dtype != DType::kF32) {
+      return absl::InvalidArgumentError(absl::StrCat("input 'x' is ", in.datatype(),
+                                                     ", which has no typed contents in the protocol; send its bytes "
+                                                     "in raw_input_contents"));
+    }
+    if (in.contents().fp32_contents_size() == 0) {
+      return absl::InvalidArgumentError("input 'x' is FP32 but its contents are not fp32_contents");
+    }
+    const auto& values = in.contents().fp32_contents();
+    data = {reinterpret_cast<const uint8_t*>(values.data()), values.size() * sizeof(float)};
+  } else {
+    return absl::InvalidArgumentError("input 'x' carries no data (neither raw_input_contents nor contents)");
+  }
+  if (static_cast<int64_t>(data.size()) != bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("input 'x' has ", data.size(), " data bytes, but shape ",
+                                                   ShapeString(shape), " of ", in.datatype(), " needs ", bytes));
+  }
+  return Tensor::FromBytes(*dtype, {rows, shape.back()}, data);
+}
+
+}  // namespace
+
+absl::StatusOr<DType> ActivationDTypeFromKServe(const std::string& datatype, const std::string& what) {
+  if (datatype == "FP32") return DType::kF32;
+  if (datatype == "FP16") return DType::kF16;
+  if (datatype == "BF16") return DType::kBF16;
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " has datatype '", datatype, "'; the layers take FP32, FP16 or BF16"));
+}
+
+std::string KServeDatatype(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return "FP32";
+    case DType::kF16:
+      return "FP16";
+    case DType::kBF16:
+      return "BF16";
+    case DType::kI8:
+      return "INT8";
+    case DType::kU8:
+      return "UINT8";
+    case DType::kI32:
+      return "INT32";
+    case DType::kI64:
+      return "INT64";
+    case DType::kF8E4M3:
+      return "FP8_E4M3";
+  }
+  return "";
+}
+
+KServeServiceImpl::KServeServiceImpl(Engine* engine, rpc::ServiceContext service, int64_t max_message_bytes)
+    : engine_(engine), service_(std::move(service)), max_message_bytes_(max_message_bytes) {}
+
+grpc::Status KServeServiceImpl::ServerLive(grpc::ServerContext*, const inference::ServerLiveRequest*,
+                                           inference::ServerLiveResponse* resp) {
+  resp->set_live(true);
+  return grpc::Status::OK;
+}
+
+grpc::Status KServeServiceImpl::ServerReady(grpc::ServerContext*, const inference::ServerReadyRequest*,
+                                            inference::ServerReadyResponse* resp) {
+  resp->set_ready(!draining_);
+  return grpc::Status::OK;
+}
+
+grpc::Status KServeServiceImpl::ModelReady(grpc::ServerContext* ctx, const inference::ModelReadyRequest* req,
+                                           inference::ModelReadyResponse* resp) {
+  rpc::CallGuard guard(ctx, service_, "ModelReady");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  const bool version_ok = CheckVersion(req->name(), req->version()).ok();
+  const bool found = engine_->registry().Get(req->name()).ok() || FindLayerModel(engine_->registry(), req->name()).ok();
+  resp->set_ready(version_ok && found && !draining_);
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status KServeServiceImpl::ServerMetadata(grpc::ServerContext* ctx, const inference::ServerMetadataRequest*,
+                                               inference::ServerMetadataResponse* resp) {
+  rpc::CallGuard guard(ctx, service_, "ServerMetadata");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  resp->set_name("lowbit-runtime");
+  resp->set_version(kRuntimeVersion);
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status KServeServiceImpl::ModelMetadata(grpc::ServerContext* ctx, const inference::ModelMetadataRequest* req,
+                                              inference::ModelMetadataResponse* resp) {
+  rpc::CallGuard guard(ctx, service_, "ModelMetadata");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  absl::StatusOr<LayerModel> found = FindLayerModel(engine_->registry(), req->name());
+  if (!found.ok()) return guard.Finish(rpc::ToGrpcStatus(found.status()));
+  if (absl::Status s = CheckVersion(req->name(), req->version()); !s.ok()) return guard.Finish(rpc::ToGrpcStatus(s));
+  const PreparedLinear& layer = *found->layer;
+  resp->set_name(req->name());
+  resp->add_versions(kVersion);
+  resp->set_platform(absl::StrCat("lowbit:", layer.scheme));
+  // The model's own dtype; the other activation dtypes are accepted too.
+  AddTensorMetadata(kInput, layer.w4_compute_dtype, layer.k, resp->mutable_inputs());
+  AddTensorMetadata(kOutput, layer.w4_compute_dtype, layer.n, resp->mutable_outputs());
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status KServeServiceImpl::ModelInfer(grpc::ServerContext* ctx, const inference::ModelInferRequest* req,
+                                           inference::ModelInferResponse* resp) {
+  rpc::CallGuard guard(ctx, service_, "ModelInfer");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  return guard.Finish(rpc::ToGrpcStatus(Infer(ctx, *req, resp)));
+}
+
+absl::Status KServeServiceImpl::Infer(grpc::ServerContext* ctx, const inference::ModelInferRequest& req,
+                                      inference::ModelInferResponse* resp) {
+  absl::StatusOr<LayerModel> found = FindLayerModel(engine_->registry(), req.model_name());
+  if (!found.ok()) return found.status();
+  if (absl::Status s = CheckVersion(req.model_name(), req.model_version()); !s.ok()) return s;
+  for (const auto& out : req.outputs()) {
+    if (out.name() != kOutput) {
+      return absl::InvalidArgumentError(absl::StrCat("model '", req.model_name(), "' has no output '", out.name(),
+                                                     "'; its one output is '", kOutput, "'"));
+    }
+  }
+  GemmRequest gemm;
+  gemm.model = found->model_name;
+  gemm.layer = found->layer_name;
+  if (auto it = req.parameters().find("out_dtype"); it != req.parameters().end()) {
+    if (it->second.parameter_choice_case() != inference::InferParameter::kStringParam) {
+      return absl::InvalidArgumentError("parameter 'out_dtype' must be a string: \"FP32\", \"FP16\" or \"BF16\"");
+    }
+    absl::StatusOr<DType> d = ActivationDTypeFromKServe(it->second.string_param(), "parameter 'out_dtype'");
+    if (!d.ok()) return d.status();
+    gemm.out_dtype = *d;
+  }
+  absl::StatusOr<Tensor> x = InputTensor(req, req.model_name());
+  if (!x.ok()) return x.status();
+  gemm.x = *std::move(x);
+  Shape out_shape(req.inputs(0).shape().begin(), req.inputs(0).shape().end());
+  absl::StatusOr<GemmResult> y = engine_->Gemm(gemm, ControlOf(ctx));
+  if (!y.ok()) return y.status();
+  const int64_t bytes = static_cast<int64_t>(y->y.nbytes());
+  if (bytes + 4096 > max_message_bytes_) {
+    return absl::ResourceExhaustedError(absl::StrCat("the result ", ShapeString(y->y.shape()), " ",
+                                                     KServeDatatype(y->y.dtype()), " is ", bytes,
+                                                     " bytes, over the server's ", max_message_bytes_,
+                                                     "-byte message limit; send fewer rows or ask for a 16-bit "
+                                                     "out_dtype"));
+  }
+  out_shape.back() = y->y.dim(1);
+  resp->set_model_name(req.model_name());
+  resp->set_model_version(kVersion);
+  resp->set_id(req.id());
+  inference::ModelInferResponse::InferOutputTensor* out = resp->add_outputs();
+  out->set_name(kOutput);
+  out->set_datatype(KServeDatatype(y->y.dtype()));
+  out->mutable_shape()->Assign(out_shape.begin(), out_shape.end());
+  std::span<const uint8_t> b = y->y.bytes();
+  resp->add_raw_output_contents(reinterpret_cast<const char*>(b.data()), b.size());
+  (*resp->mutable_parameters())["kernel_us"].set_double_param(y->kernel_us);
+  (*resp->mutable_parameters())["batch_requests"].set_int64_param(y->batch_requests);
+  return absl::OkStatus();
+}
+
+}  // namespace lowbit::runtime

@@ -1,0 +1,212 @@
+#!/usr/bin/python3
+"""A stock Triton client (PyPI tritonclient, its own generated KServe v2 stubs) against
+lowbit-runtime's inference.GRPCInferenceService. Nothing of Lowbit's code or protos is used on
+this side: the checkpoints are read with the safetensors reader of test_grpc_client.py and the
+expected results computed with NumPy. It checks:
+
+  * ServerLive / ServerReady without a token; ServerMetadata with one, UNAUTHENTICATED without;
+  * ModelReady for a whole model and a layer, not for an unknown layer or version;
+  * ModelMetadata of a layer: input x [-1, K], output y [-1, N], the model's dtype;
+  * ModelInfer on a W8A8 layer (FP32 in and out) equals NumPy's dynamic per-token int8 x
+    per-channel int8 GEMM from the checkpoint's tensors, an all-zero row gives zeros;
+  * a [2, 3, K] FP16 input gives a [2, 3, N] FP16 output (leading dims kept) that equals the
+    same rows sent as [6, K] bit for bit, and NumPy within FP16 rounding;
+  * W4A16 with BF16 in and out (and FP32 in and out) equals NumPy's x . dequant(int4)^T within
+    bf16 rounding; the out_dtype parameter "BF16" gives the FP32 result rounded to BF16;
+  * 16 concurrent infers (async_infer) each equal the same request sent alone, bit for bit
+    (the batcher joins them and splits them back);
+  * errors: unknown model / layer / version NOT_FOUND, wrong K, wrong input name and INT8 data
+    INVALID_ARGUMENT, RepositoryIndex UNIMPLEMENTED; a good request is answered after them.
+
+usage: test_triton_client.py --bin BUILD_DIR --pytools REPO/.pytools --work DIR
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_grpc_client import Server, bf16_to_f32, f32_to_bf16_bits, read_safetensors_dir, scale_array  # noqa: E402
+
+TOKEN = "triton-client-token"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--pytools", required=True)
+    ap.add_argument("--work", required=True)
+    a = ap.parse_args()
+    sys.path.insert(0, a.pytools)
+    import tritonclient.grpc as tc
+    from tritonclient.utils import InferenceServerException
+
+    work = a.work
+    shutil.rmtree(work, ignore_errors=True)
+    root = os.path.join(work, "root")
+    os.makedirs(root)
+    model = os.path.join(work, "float")
+    subprocess.check_call([os.path.join(a.bin, "tools/lowbit-gen-model"), "--out", model, "--hidden=128",
+                           "--intermediate=256", "--heads=4", "--kv_heads=2", "--layers=2"], stdout=subprocess.DEVNULL)
+    for scheme, name in (("W8A8", "w8a8"), ("W4A16", "w4a16")):
+        subprocess.check_call([os.path.join(a.bin, "tools/lowbit-rtn"), "--model", model, "--out",
+                               os.path.join(root, name), "--scheme", scheme], stdout=subprocess.DEVNULL)
+    rt = Server([os.path.join(a.bin, "runtime/lowbit-runtime"), "serve", "--address=127.0.0.1:0",
+                 "--model_root=" + root, "--backend=cpu", "--auth_token=" + TOKEN, "--load=w8a8=w8a8,w4=w4a16"],
+                os.path.join(work, "runtime.log"))
+    hdr = {"authorization": "Bearer " + TOKEN}
+    client = tc.InferenceServerClient(url=rt.address)
+
+    def refused(code, call):
+        try:
+            call()
+        except InferenceServerException as e:
+            assert e.status() == "StatusCode." + code, (code, e.status(), e.message())
+            return e.message()
+        raise AssertionError("expected %s" % code)
+
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        meta = client.get_server_metadata(headers=hdr)
+        assert meta.name == "lowbit-runtime" and meta.version, meta
+        refused("UNAUTHENTICATED", lambda: client.get_server_metadata())
+
+        down = "model.layers.1.mlp.down_proj"
+        assert client.is_model_ready("w8a8", headers=hdr)
+        assert client.is_model_ready("w8a8/" + down, headers=hdr)
+        assert client.is_model_ready("w8a8/" + down, model_version="1", headers=hdr)
+        assert not client.is_model_ready("w8a8/" + down, model_version="2", headers=hdr)
+        assert not client.is_model_ready("w8a8/model.layers.9.mlp.down_proj", headers=hdr)
+        assert not client.is_model_ready("nope", headers=hdr)
+
+        ck = read_safetensors_dir(os.path.join(root, "w8a8"))
+        wq = np.frombuffer(ck[down + ".weight"][2], np.int8).reshape(ck[down + ".weight"][1])
+        ws = scale_array(ck[down + ".weight_scale"]).reshape(-1).astype(np.float32)
+        n, k = wq.shape
+        md = client.get_model_metadata("w8a8/" + down, headers=hdr)
+        assert md.name == "w8a8/" + down and list(md.versions) == ["1"] and md.platform == "lowbit:W8A8", md
+        assert [(t.name, t.datatype, list(t.shape)) for t in md.inputs] == [("x", "BF16", [-1, k])], md.inputs
+        assert [(t.name, t.datatype, list(t.shape)) for t in md.outputs] == [("y", "BF16", [-1, n])], md.outputs
+
+        def infer(name, x, datatype, **kw):
+            inp = tc.InferInput("x", list(x.shape), datatype)
+            inp.set_data_from_numpy(x)
+            return client.infer(name, [inp], outputs=[tc.InferRequestedOutput("y")], headers=hdr, **kw)
+
+        def w8a8_ref(x):
+            absmax = np.abs(x).max(axis=1)
+            xs = np.where(absmax > 0, absmax / np.float32(127), np.float32(1)).astype(np.float32)
+            xq = np.clip(np.rint(x / xs[:, None]), -128, 127).astype(np.int64)
+            ref = ((xq @ wq.astype(np.int64).T).astype(np.float32) * ws[None, :]) * xs[:, None]
+            step = xs[:, None] * ws[None, :] * np.abs(wq).max(axis=1)[None, :]
+            return ref, step
+
+        rng = np.random.default_rng(11)
+        x = (rng.standard_normal((7, k)) * np.linspace(0.1, 3, k)).astype(np.float32)
+        x[3] = 0
+        r = infer("w8a8/" + down, x, "FP32", request_id="req-1")
+        y = r.as_numpy("y")
+        resp = r.get_response()
+        assert resp.id == "req-1" and resp.model_version == "1", resp
+        assert y.dtype == np.float32 and y.shape == (7, n), (y.dtype, y.shape)
+        assert resp.parameters["batch_requests"].int64_param >= 1 and resp.parameters["kernel_us"].double_param > 0
+        ref, step = w8a8_ref(x)
+        err = np.abs(y - ref)
+        assert np.all(err <= 1e-5 * np.abs(ref) + step), err.max()
+        assert np.mean(err <= 1e-6 * np.abs(ref) + 1e-30) >= 0.99
+        assert np.all(y[3] == 0)
+
+        # Leading dims: [2, 3, K] FP16 -> [2, 3, N] FP16, the same as the rows sent flat.
+        x16 = rng.standard_normal((2, 3, k)).astype(np.float16)
+        y3 = infer("w8a8/" + down, x16, "FP16").as_numpy("y")
+        assert y3.dtype == np.float16 and y3.shape == (2, 3, n), (y3.dtype, y3.shape)
+        yflat = infer("w8a8/" + down, x16.reshape(6, k), "FP16").as_numpy("y")
+        assert np.array_equal(y3.reshape(6, n).view(np.uint16), yflat.view(np.uint16))
+        ref, step = w8a8_ref(x16.reshape(6, k).astype(np.float32))
+        assert np.all(np.abs(yflat.astype(np.float32) - ref) <= 2 ** -11 * np.abs(ref) + step + 1e-6)
+
+        # W4A16 in BF16 (tritonclient sends float32 arrays as BF16 by truncation: the values are
+        # bf16-exact, so nothing is lost), then the out_dtype parameter.
+        d4 = read_safetensors_dir(os.path.join(root, "w4a16"))
+        o = "model.layers.0.self_attn.o_proj"
+        packed = np.frombuffer(d4[o + ".weight_packed"][2], np.int32).reshape(d4[o + ".weight_packed"][1])
+        scale = scale_array(d4[o + ".weight_scale"])
+        n4 = packed.shape[0]
+        u = packed.view(np.uint32)
+        codes = np.stack([(u >> (4 * i)) & 0xF for i in range(8)], axis=2).reshape(n4, -1).astype(np.int64) - 8
+        k4 = codes.shape[1]
+        w = bf16_to_f32(f32_to_bf16_bits(codes * np.repeat(scale, k4 // scale.shape[1], axis=1)))
+        xb = bf16_to_f32(f32_to_bf16_bits(rng.standard_normal((5, k4)).astype(np.float32)))
+        ref = xb.astype(np.float64) @ w.astype(np.float64).T
+        tol = 2 ** -8 * np.abs(ref) + 1e-4 * np.abs(ref).max()
+        yb = infer("w4/" + o, xb, "BF16").as_numpy("y")
+        assert yb.shape == (5, n4) and np.all(np.abs(yb - ref) <= tol), np.abs(yb - ref).max()
+        # FP32 activations: computed in the model's dtype (BF16), answered in FP32.
+        r = infer("w4/" + o, xb, "FP32")
+        assert r.get_output("y").datatype == "FP32" and r.as_numpy("y").dtype == np.float32
+        assert np.all(np.abs(r.as_numpy("y") - ref) <= tol)
+        # The out_dtype parameter: the W8A8 result above, rounded to BF16.
+        r = infer("w8a8/" + down, x, "FP32", parameters={"out_dtype": "BF16"})
+        assert r.get_output("y").datatype == "BF16"
+        assert np.array_equal(r.as_numpy("y"), bf16_to_f32(f32_to_bf16_bits(y)))
+
+        # Concurrent requests: each answer equals the request sent alone.
+        xs = [rng.standard_normal((1 + i % 3, k)).astype(np.float32) for i in range(16)]
+        alone = [infer("w8a8/" + down, xi, "FP32").as_numpy("y") for xi in xs]
+        results, done = [None] * len(xs), threading.Semaphore(0)
+
+        def callback(i):
+            def cb(result, error):
+                results[i] = error if error is not None else result
+                done.release()
+            return cb
+
+        for i, xi in enumerate(xs):
+            inp = tc.InferInput("x", list(xi.shape), "FP32")
+            inp.set_data_from_numpy(xi)
+            client.async_infer("w8a8/" + down, [inp], callback(i), headers=hdr)
+        for _ in xs:
+            assert done.acquire(timeout=60)
+        batched = 0
+        for i, res in enumerate(results):
+            assert not isinstance(res, Exception), res
+            assert np.array_equal(res.as_numpy("y"), alone[i]), i
+            batched = max(batched, res.get_response().parameters["batch_requests"].int64_param)
+        print("16 concurrent infers: largest batch %d requests" % batched)
+
+        # Errors, then a good request.
+        msg = refused("NOT_FOUND", lambda: infer("nope/" + down, x, "FP32"))
+        assert "nope" in msg, msg
+        refused("NOT_FOUND", lambda: infer("w8a8/model.layers.7.mlp.down_proj", x, "FP32"))
+        refused("NOT_FOUND", lambda: infer("w8a8/" + down, x, "FP32", model_version="3"))
+        msg = refused("INVALID_ARGUMENT", lambda: infer("w8a8/" + down, x[:, :-8].copy(), "FP32"))
+        assert "K" in msg, msg
+        msg = refused("INVALID_ARGUMENT", lambda: infer("w8a8/" + down, x.astype(np.int8), "INT8"))
+        assert "INT8" in msg, msg
+        msg = refused("INVALID_ARGUMENT", lambda: infer("w8a8", x, "FP32"))
+        assert "w8a8/" in msg, msg
+
+        def wrong_name():
+            inp = tc.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            client.infer("w8a8/" + down, [inp], headers=hdr)
+
+        msg = refused("INVALID_ARGUMENT", wrong_name)
+        assert "'input'" in msg, msg
+        refused("INVALID_ARGUMENT", lambda: infer("w8a8/" + down, x, "FP32", parameters={"out_dtype": "FP64"}))
+        refused("UNIMPLEMENTED", lambda: client.get_model_repository_index(headers=hdr))
+        assert np.array_equal(infer("w8a8/" + down, x, "FP32").as_numpy("y"), y)
+    finally:
+        client.close()
+        code = rt.stop()
+    assert code == 0, code
+    shutil.rmtree(work, ignore_errors=True)
+    print("triton client: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
