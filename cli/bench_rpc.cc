@@ -3,7 +3,8 @@
 //   * the floor under any RPC on this machine: a loopback TCP round trip between two threads;
 //   * Gemm latency at M = 1, K = N = 4096 (a W8A8 o_proj): p50 / p99 end to end, the
 //     server-side kernel time from the response, the RPC overhead p50 − kernel p50, and an
-//     empty unary call (GetServerInfo) made after each Gemm call, gRPC's own floor here;
+//     empty unary call (GetServerInfo) made after each Gemm call, gRPC's own floor here; the same
+//     for KServe v2 ModelInfer on the same layer (the runtime's other front end);
 //   * Gemm throughput with 1 / 8 / 64 concurrent clients, on a runtime with dynamic batching
 //     and on one without (same binary, --batching=false), for o_proj (4096², 16 MiB of int8
 //     weights: stays in a 32 MiB L3 between calls) and gate_proj (4096 -> 14336 as in
@@ -34,6 +35,8 @@
 #include "cli/service_process.h"
 #include "cli/tool_dir.h"
 #include "common/file_util.h"
+#include "inference/predict_v2.grpc.pb.h"
+#include "rpc/status.h"
 #include "tools/gen_model/synthetic_llama.h"
 
 ABSL_DECLARE_FLAG(std::string, out);
@@ -77,6 +80,25 @@ int64_t DirBytes(const fs::path& dir) {
   for (const auto& e : fs::directory_iterator(dir))
     if (e.is_regular_file()) n += static_cast<int64_t>(e.file_size());
   return n;
+}
+
+// One KServe v2 ModelInfer call of layer model "<model>/<layer>" on x (BF16 [M, K]); returns the
+// kernel time the response reports (µs).
+absl::StatusOr<double> CallModelInfer(inference::GRPCInferenceService::Stub& stub, const rpc::ClientConfig& config,
+                                      const std::string& model, const std::string& layer, const Tensor& x) {
+  inference::ModelInferRequest req;
+  req.set_model_name(model + "/" + layer);
+  auto* in = req.add_inputs();
+  in->set_name("x");
+  in->set_datatype("BF16");
+  in->mutable_shape()->Assign(x.shape().begin(), x.shape().end());
+  req.add_raw_input_contents(reinterpret_cast<const char*>(x.bytes().data()), x.nbytes());
+  grpc::ClientContext ctx;
+  Prepare(&ctx, config);
+  inference::ModelInferResponse resp;
+  if (grpc::Status st = stub.ModelInfer(&ctx, req, &resp); !st.ok()) return rpc::FromGrpcStatus(st);
+  auto it = resp.parameters().find("kernel_us");
+  return it == resp.parameters().end() ? 0.0 : it->second.double_param();
 }
 
 struct Throughput {
@@ -281,7 +303,8 @@ int Bench(const Args& args) {
     for (int i = 0; i < 20; ++i) (void)CallGemm(*stub, cfg, "bench", layer, x1, DType::kBF16);  // warm-up
     // Each Gemm call is paired with the floor, a unary call that does no work (GetServerInfo) on
     // the same channel, made right after it: the two percentiles see the same machine state.
-    std::vector<double> lat, kern, floor_us;
+    auto kserve = inference::GRPCInferenceService::NewStub(channel);
+    std::vector<double> lat, kern, floor_us, kserve_lat, kserve_kern;
     for (int i = 0; i < settings->latency_calls; ++i) {
       const auto t0 = Clock::now();
       auto r = CallGemm(*stub, cfg, "bench", layer, x1, DType::kBF16);
@@ -296,6 +319,11 @@ int Bench(const Args& args) {
       auto st = stub->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &info_resp);
       floor_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t1).count());
       if (!st.ok()) return Fail("GetServerInfo", st);
+      const auto t2 = Clock::now();
+      auto ki = CallModelInfer(*kserve, cfg, "bench", layer, x1);
+      kserve_lat.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t2).count());
+      if (!ki.ok()) return Fail("KServe ModelInfer", ki.status());
+      kserve_kern.push_back(*ki);
     }
     const double p50 = Percentile(lat, 0.5), p99 = Percentile(lat, 0.99), k50 = Percentile(kern, 0.5);
     const double f50 = Percentile(floor_us, 0.5);
@@ -309,6 +337,15 @@ int Bench(const Args& args) {
                  "batching %s, M=1 latency: p50 %.0f us, p99 %.0f us, kernel p50 %.0f us, empty call %.0f us, "
                  "added by the runtime %.0f us\n",
                  batching ? "on" : "off", p50, p99, k50, f50, p50 - k50 - f50);
+    const double kp50 = Percentile(kserve_lat, 0.5), kk50 = Percentile(kserve_kern, 0.5);
+    absl::StrAppendFormat(&md,
+                          "KServe v2 ModelInfer, same layer and x, batching %s: p50 %.0f us, p99 %.0f us, kernel p50 "
+                          "%.0f us, so the runtime adds %.0f us to gRPC's own cost (%d calls, interleaved with the "
+                          "above)\n\n",
+                          batching ? "on" : "off", kp50, Percentile(kserve_lat, 0.99), kk50, kp50 - kk50 - f50,
+                          settings->latency_calls);
+    std::fprintf(stderr, "batching %s, KServe ModelInfer M=1: p50 %.0f us, kernel p50 %.0f us, added %.0f us\n",
+                 batching ? "on" : "off", kp50, kk50, kp50 - kk50 - f50);
     for (const std::string& tl : tp_layers) {
       const std::string short_name = tl.substr(tl.rfind('.') + 1);
       for (const int clients : settings->clients) {
