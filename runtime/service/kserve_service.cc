@@ -89,9 +89,9 @@ absl::StatusOr<Tensor> InputTensor(const inference::ModelInferRequest& req, cons
   if (shape.empty()) return absl::InvalidArgumentError("input 'x' has no shape; it takes [..., K]");
   absl::StatusOr<int64_t> numel = NumElements(shape);
   if (!numel.ok()) return absl::InvalidArgumentError(absl::StrCat("input 'x': ", numel.status().message()));
+  // The rows, the leading dims' product: NumElements bounded it (a zero K comes last, after it).
   int64_t rows = 1;
   for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
-  const int64_t bytes = *numel * static_cast<int64_t>(DTypeSize(*dtype));
   const bool has_contents = in.has_contents() && in.contents().ByteSizeLong() > 0;
   std::span<const uint8_t> data;
   if (req.raw_input_contents_size() > 0) {
@@ -118,9 +118,11 @@ absl::StatusOr<Tensor> InputTensor(const inference::ModelInferRequest& req, cons
   } else {
     return absl::InvalidArgumentError("input 'x' carries no data (neither raw_input_contents nor contents)");
   }
-  if (static_cast<int64_t>(data.size()) != bytes) {
+  const size_t elem = DTypeSize(*dtype);  // compared in elements: numel · elem may overflow
+  if (data.size() % elem != 0 || static_cast<int64_t>(data.size() / elem) != *numel) {
     return absl::InvalidArgumentError(absl::StrCat("input 'x' has ", data.size(), " data bytes, but shape ",
-                                                   ShapeString(shape), " of ", in.datatype(), " needs ", bytes));
+                                                   ShapeString(shape), " of ", in.datatype(), " holds ", *numel,
+                                                   " elements of ", elem, " bytes"));
   }
   return Tensor::FromBytes(*dtype, {rows, shape.back()}, data);
 }

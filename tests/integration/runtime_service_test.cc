@@ -2082,6 +2082,12 @@ TEST_F(RuntimeTest, KServeBadInputTable) {
          r->mutable_inputs(0)->add_shape(int64_t{1} << 40);
        },
        grpc::StatusCode::INVALID_ARGUMENT, "input 'x'"},
+      {"2^61 elements (their bytes overflow int64)",
+       [](Request* r) {
+         r->mutable_inputs(0)->set_shape(0, int64_t{1} << 30);
+         r->mutable_inputs(0)->set_shape(1, int64_t{1} << 31);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "holds 2305843009213693952 elements of 4 bytes"},
       {"bytes != shape", [](Request* r) { r->mutable_raw_input_contents(0)->resize(100); },
        grpc::StatusCode::INVALID_ARGUMENT, "100 data bytes"},
       {"wrong K",
