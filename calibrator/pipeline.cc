@@ -783,6 +783,7 @@ absl::StatusOr<CalibrationResult> Pipeline::Run() {
       first_layer = layers_done_ = loaded->streams.layers_done;
     }
   }
+  Report("start", first_layer, "", 0.0);
   for (int64_t layer = first_layer; layer < config.num_layers; ++layer) {
     if (absl::Status s = CheckCancelled(); !s.ok()) return s;
     const size_t tensors0 = tensors_.size(), modules0 = modules_.size(), kv0 = kv_scales_.size(),

@@ -57,8 +57,9 @@ struct PipelineOptions {
 
 // One progress step, for bars and WatchJob streams.
 struct ProgressEvent {
-  // "smoothquant", "calibrate", "quantize" (a module starts), "quantized" (it is done: loss and
-  // module_seconds are its own), "propagate", "evaluate", "write"
+  // "smoothquant", "start" (the layer loop begins at `layer`: 0, or the first layer after those a
+  // resume restored), "calibrate", "quantize" (a module starts), "quantized" (it is done: loss and
+  // module_seconds are its own), "propagate", "evaluate", "layer_saved", "write"
   std::string phase;
   int64_t layer = 0;    // 0-based; num_layers for the LM head / final steps
   int64_t num_layers = 0;

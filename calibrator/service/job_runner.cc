@@ -572,7 +572,12 @@ void JobRunner::OnProgress(const std::string& id, const ProgressEvent& ev) {
     Entry& e = jobs_.at(id);
     v1::JobProgress* p = e.job.mutable_progress();
     int64_t done = p->layers_done();
-    if (ev.phase == "layer_saved") {
+    if (ev.phase == "start") {
+      // What this run restored: a retried or restarted job whose kept layers could not be used
+      // (the model changed) starts over, and says so, instead of showing the old count.
+      done = std::min(ev.layer, ev.num_layers);
+      persist = done != p->layers_done();
+    } else if (ev.phase == "layer_saved") {
       done = ev.layer + 1;  // on disk: a restart resumes after it
       persist = true;
     } else if (ev.phase == "write") {
@@ -580,7 +585,7 @@ void JobRunner::OnProgress(const std::string& id, const ProgressEvent& ev) {
     } else if (ev.phase != "smoothquant") {
       done = std::max(done, std::min(ev.layer, ev.num_layers));
     }
-    if (done > p->layers_done() && layers_done_ != nullptr) {
+    if (done > p->layers_done() && ev.phase != "start" && layers_done_ != nullptr) {
       layers_done_->Increment(static_cast<double>(done - p->layers_done()));
     }
     p->set_layers_done(done);

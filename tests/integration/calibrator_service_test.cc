@@ -1235,6 +1235,36 @@ TEST_F(CalibratorServiceTest, FailedJobKeepsItsLayersAndRetryContinuesAfterThem)
   ASSERT_TRUE(stub_->GetJob(Ctx(kToken).get(), greq, &gresp).ok());
   EXPECT_EQ(gresp.job().state(), v1::JOB_STATE_FAILED) << "a refused retry changes nothing";
   EXPECT_TRUE(gresp.job().resume_state_kept());
+
+  // A failed job whose model was replaced before the retry: its kept layers are not used, and its
+  // progress says it started over from its first event on, not the old count until it passes it.
+  BreakWrites();
+  spec.set_output_name("changed");
+  v1::Job g = RunToEnd(spec);
+  MendWrites();
+  ASSERT_EQ(g.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(g.progress().layers_done(), 2);
+  SyntheticLlamaOptions replaced = TinyModel();
+  replaced.seed = 99;
+  fs::remove_all(models_ + "/tiny");
+  ASSERT_TRUE(WriteSyntheticLlama(models_ + "/tiny", replaced).ok());
+  {
+    std::lock_guard<std::mutex> lock(g_hold->mu);
+    g_hold->gate = true;  // the retry waits at the start of its layer 0 (Release opens it)
+  }
+  ASSERT_TRUE(Retry(g.id(), nullptr).ok());
+  {
+    std::unique_lock<std::mutex> lock(g_hold->mu);
+    ASSERT_TRUE(g_hold->cv.wait_for(lock, std::chrono::seconds(30), [] { return g_hold->at_gate == 1; }));
+  }
+  v1::Job held;
+  ASSERT_TRUE(GetJob(g.id(), &held).ok());
+  EXPECT_EQ(held.progress().layer(), 0);
+  EXPECT_EQ(held.progress().layers_done(), 0) << "the old run's 2 layers are not this run's";
+  Release();
+  g = WaitForJob(*stub_, kToken, g.id());
+  ASSERT_EQ(g.state(), v1::JOB_STATE_SUCCEEDED) << g.error_message();
+  EXPECT_EQ(Calibrated(g.id()), (std::vector<int64_t>{0, 1, 0, 1}));
   ExpectServing();
 }
 
