@@ -15,6 +15,9 @@ expected results computed with NumPy. It checks:
     bf16 rounding; the out_dtype parameter "BF16" gives the FP32 result rounded to BF16;
   * 16 concurrent infers (async_infer) each equal the same request sent alone, bit for bit
     (the batcher joins them and splits them back);
+  * Triton's own load generator, perf_analyzer (the wheel's bin/), runs 4 concurrent clients on a
+    layer with the token and finishes with its throughput; without the token it stops with the
+    server's message;
   * errors: unknown model / layer / version NOT_FOUND, wrong K, wrong input name and INT8 data
     INVALID_ARGUMENT, RepositoryIndex UNIMPLEMENTED; a good request is answered after them.
 
@@ -59,7 +62,7 @@ def main():
                  "--model_root=" + root, "--backend=cpu", "--auth_token=" + TOKEN, "--load=w8a8=w8a8,w4=w4a16"],
                 os.path.join(work, "runtime.log"))
     hdr = {"authorization": "Bearer " + TOKEN}
-    client = tc.InferenceServerClient(url=rt.address)
+    client = None
 
     def refused(code, call):
         try:
@@ -70,6 +73,7 @@ def main():
         raise AssertionError("expected %s" % code)
 
     try:
+        client = tc.InferenceServerClient(url=rt.address)
         assert client.is_server_live() and client.is_server_ready()
         meta = client.get_server_metadata(headers=hdr)
         assert meta.name == "lowbit-runtime" and meta.version, meta
@@ -178,6 +182,25 @@ def main():
             batched = max(batched, res.get_response().parameters["batch_requests"].int64_param)
         print("16 concurrent infers: largest batch %d requests" % batched)
 
+        # perf_analyzer: Triton's load generator (random BF16 data from ModelMetadata) on our server.
+        env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(a.pytools, "nvidia", "cuda_runtime", "lib"))
+        csv = os.path.join(work, "perf.csv")
+        pa = [os.path.join(a.pytools, "bin", "perf_analyzer"), "-i", "grpc", "-u", rt.address, "-m", "w8a8/" + down,
+              "--shape", "x:2,%d" % k, "--concurrency-range", "4", "--measurement-mode", "count_windows",
+              "--measurement-request-count", "40",
+              # A check that it runs, not a measurement: any spread between its windows is "stable"
+              # (its default 10% fails on a shared machine).
+              "--stability-percentage", "1000"]
+        run = subprocess.run(pa + ["-H", "authorization:Bearer " + TOKEN, "-f", csv], capture_output=True, text=True,
+                             timeout=120, env=env)
+        assert run.returncode == 0, run.stdout + run.stderr
+        rows = [line.split(",") for line in open(csv).read().splitlines()]
+        assert rows[0][:2] == ["Concurrency", "Inferences/Second"] and rows[1][0] == "4", rows
+        print("perf_analyzer, 4 concurrent clients, [2, %d] BF16: %s infer/s" % (k, rows[1][1]))
+        assert float(rows[1][1]) > 0, rows
+        run = subprocess.run(pa, capture_output=True, text=True, timeout=120, env=env)
+        assert run.returncode != 0 and "requires a token" in run.stdout + run.stderr, run.stdout + run.stderr
+
         # Errors, then a good request.
         msg = refused("NOT_FOUND", lambda: infer("nope/" + down, x, "FP32"))
         assert "nope" in msg, msg
@@ -201,7 +224,8 @@ def main():
         refused("UNIMPLEMENTED", lambda: client.get_model_repository_index(headers=hdr))
         assert np.array_equal(infer("w8a8/" + down, x, "FP32").as_numpy("y"), y)
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         code = rt.stop()
     assert code == 0, code
     shutil.rmtree(work, ignore_errors=True)
