@@ -301,6 +301,13 @@ absl::StatusOr<GemmResult> Engine::Gemm(const GemmRequest& req, const CallContro
                                                    ": its output dtype is the activation dtype ", DN(x.dtype()),
                                                    ", not ", DN(out)));
   }
+  if (const int64_t bytes = m * layer.n * static_cast<int64_t>(DTypeSize(out));
+      req.max_result_bytes > 0 && bytes > req.max_result_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("the result [", m, ", ", layer.n, "] ", DN(out), " would be ",
+                                                     bytes, " bytes, over the ", req.max_result_bytes,
+                                                     " bytes the server's message limit leaves for it; send fewer "
+                                                     "rows or ask for a 16-bit output dtype"));
+  }
   BatchItem item;
   // Points at the layer but owns the whole model: while the request is anywhere in the batcher,
   // the model (and with it its count in the memory budget) stays, even if it is unloaded.

@@ -43,6 +43,9 @@ struct GemmRequest {
   std::string model, layer;
   Tensor x;                         // [M, K] F32 / F16 / BF16
   std::optional<DType> out_dtype;   // F32 / F16 / BF16; nullopt = x's dtype
+  // The largest result the caller can send back (its message limit less its own fields); a
+  // request whose [M, N] result is larger is RESOURCE_EXHAUSTED before anything runs. 0 = none.
+  int64_t max_result_bytes = 0;
 };
 
 struct EngineInfo {
@@ -60,7 +63,8 @@ class Engine {
                                                         std::shared_ptr<prometheus::Registry> metrics = nullptr);
 
   // NOT_FOUND: unknown model or layer. INVALID_ARGUMENT: dtype, rank, M (1..max_rows), K, out
-  // dtype. CANCELLED / DEADLINE_EXCEEDED: the call ended while the request waited.
+  // dtype. RESOURCE_EXHAUSTED: a result over max_result_bytes. CANCELLED / DEADLINE_EXCEEDED: the
+  // call ended while the request waited.
   absl::StatusOr<GemmResult> Gemm(const GemmRequest& request, const CallControl& control = {});
 
   // The loads stop (nothing published, the budget given back) with DEADLINE_EXCEEDED / CANCELLED

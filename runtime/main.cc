@@ -127,8 +127,8 @@ int Serve() {
   sopts.max_message_bytes = config.max_message_bytes;
   lowbit::runtime::RuntimeServiceImpl service(engine->get(),
                                               lowbit::rpc::MakeServiceContext(config, "runtime", registry), sopts);
-  lowbit::runtime::KServeServiceImpl kserve_service(
-      engine->get(), lowbit::rpc::MakeServiceContext(config, "kserve", registry), config.max_message_bytes);
+  lowbit::runtime::KServeServiceImpl kserve_service(engine->get(),
+                                                    lowbit::rpc::MakeServiceContext(config, "kserve", registry), sopts);
   std::vector<grpc::Service*> services = {&service};
   if (kserve) services.push_back(&kserve_service);
   auto server = lowbit::rpc::RpcServer::Start(config, services, registry);
@@ -143,7 +143,6 @@ int Serve() {
                info.batching.max_batch_rows, info.memory_budget_bytes, kserve ? "on" : "off");
   lowbit::rpc::WaitForTerminationSignal();
   spdlog::info("shutting down: draining in-flight calls");
-  kserve_service.BeginDrain();
   (*server)->Shutdown();
   return 0;
 }

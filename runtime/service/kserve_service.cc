@@ -1,13 +1,13 @@
 #include "runtime/service/kserve_service.h"
 
-#include <cstring>
+#include <algorithm>
 #include <span>
 #include <utility>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "rpc/status.h"
+#include "rpc/wire.h"
+#include "runtime/service/concurrent_stream.h"
 #include "runtime/service/grpc_call_control.h"
 
 namespace lowbit::runtime {
@@ -72,6 +72,14 @@ void AddTensorMetadata(const char* name, DType dtype, int64_t dim,
   t->add_shape(dim);
 }
 
+// A tensor or request parameter the layers do not implement (shared memory, classification,
+// sequences): refused rather than ignored, which would answer something else than was asked.
+absl::Status UnsupportedParameter(const std::string& where, const std::string& name) {
+  return absl::InvalidArgumentError(absl::StrCat(where, " has parameter '", name,
+                                                 "', which lowbit-runtime does not implement (no shared memory, "
+                                                 "classification or sequence extensions)"));
+}
+
 // The input's bytes (copied once, into the tensor the engine takes), shaped [rows, K].
 absl::StatusOr<Tensor> InputTensor(const inference::ModelInferRequest& req, const std::string& model_name) {
   if (req.inputs_size() != 1) {
@@ -83,6 +91,7 @@ absl::StatusOr<Tensor> InputTensor(const inference::ModelInferRequest& req, cons
     return absl::InvalidArgumentError(
         absl::StrCat("model '", model_name, "' has no input '", in.name(), "'; its one input is '", kInput, "'"));
   }
+  if (!in.parameters().empty()) return UnsupportedParameter("input 'x'", in.parameters().begin()->first);
   absl::StatusOr<DType> dtype = ActivationDTypeFromKServe(in.datatype(), "input 'x'");
   if (!dtype.ok()) return dtype.status();
   Shape shape(in.shape().begin(), in.shape().end());
@@ -159,8 +168,11 @@ std::string KServeDatatype(DType dtype) {
   return "";
 }
 
-KServeServiceImpl::KServeServiceImpl(Engine* engine, rpc::ServiceContext service, int64_t max_message_bytes)
-    : engine_(engine), service_(std::move(service)), max_message_bytes_(max_message_bytes) {}
+KServeServiceImpl::KServeServiceImpl(Engine* engine, rpc::ServiceContext service, RuntimeServiceOptions options)
+    : engine_(engine), service_(std::move(service)), options_(options) {
+  MarkMethodStreamed(rpc::MethodIndex("/inference.GRPCInferenceService/ModelStreamInfer"),
+                     rpc::RawHandler(this, &KServeServiceImpl::ModelStreamInferRaw));
+}
 
 grpc::Status KServeServiceImpl::ServerLive(grpc::ServerContext*, const inference::ServerLiveRequest*,
                                            inference::ServerLiveResponse* resp) {
@@ -170,7 +182,8 @@ grpc::Status KServeServiceImpl::ServerLive(grpc::ServerContext*, const inference
 
 grpc::Status KServeServiceImpl::ServerReady(grpc::ServerContext*, const inference::ServerReadyRequest*,
                                             inference::ServerReadyResponse* resp) {
-  resp->set_ready(!draining_);
+  // A draining server refuses new calls (UNAVAILABLE), so any answer is "ready".
+  resp->set_ready(true);
   return grpc::Status::OK;
 }
 
@@ -178,9 +191,9 @@ grpc::Status KServeServiceImpl::ModelReady(grpc::ServerContext* ctx, const infer
                                            inference::ModelReadyResponse* resp) {
   rpc::CallGuard guard(ctx, service_, "ModelReady");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  const bool version_ok = CheckVersion(req->name(), req->version()).ok();
-  const bool found = engine_->registry().Get(req->name()).ok() || FindLayerModel(engine_->registry(), req->name()).ok();
-  resp->set_ready(version_ok && found && !draining_);
+  // Ready = ModelInfer would take it: a layer model (a whole loaded model is not one).
+  resp->set_ready(CheckVersion(req->name(), req->version()).ok() &&
+                  FindLayerModel(engine_->registry(), req->name()).ok());
   return guard.Finish(grpc::Status::OK);
 }
 
@@ -214,10 +227,38 @@ grpc::Status KServeServiceImpl::ModelInfer(grpc::ServerContext* ctx, const infer
                                            inference::ModelInferResponse* resp) {
   rpc::CallGuard guard(ctx, service_, "ModelInfer");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  return guard.Finish(rpc::ToGrpcStatus(Infer(ctx, *req, resp)));
+  return guard.Finish(rpc::ToGrpcStatus(Infer(ControlOf(ctx), *req, resp)));
 }
 
-absl::Status KServeServiceImpl::Infer(grpc::ServerContext* ctx, const inference::ModelInferRequest& req,
+grpc::Status KServeServiceImpl::ModelStreamInferRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream) {
+  rpc::CallGuard guard(ctx, service_, "ModelStreamInfer");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  StreamEnd end = ServeConcurrently<inference::ModelInferRequest>(
+      ctx, stream, options_.max_stream_inflight,
+      [](const grpc::ByteBuffer& raw, int64_t index, inference::ModelInferRequest* req) {
+        if (rpc::Decode(raw, req).ok()) return absl::OkStatus();
+        return absl::InvalidArgumentError(
+            absl::StrCat("ModelStreamInfer request message ", index + 1, " (", raw.Length(),
+                         " bytes) did not parse as an inference.ModelInferRequest; the stream stops there: the ", index,
+                         " requests before it were answered, nothing after it was read"));
+      },
+      [this](const CallControl& control, inference::ModelInferRequest& req, grpc::ByteBuffer* bytes) {
+        inference::ModelStreamInferResponse out;
+        if (absl::Status s = Infer(control, req, out.mutable_infer_response()); !s.ok()) {
+          out.set_error_message(absl::StrCat(absl::StatusCodeToString(s.code()), ": ", s.message()));
+          inference::ModelInferResponse* r = out.mutable_infer_response();
+          r->Clear();
+          r->set_model_name(req.model_name());
+          r->set_model_version(req.model_version());
+          r->set_id(req.id());
+        }
+        return rpc::EncodeTo(out, bytes).ok();
+      });
+  if (end.cancelled) return guard.Finish(rpc::ToGrpcStatus(rpc::CallEnded(ctx, "ModelStreamInfer")));
+  return guard.Finish(rpc::ToGrpcStatus(end.malformed));
+}
+
+absl::Status KServeServiceImpl::Infer(const CallControl& control, const inference::ModelInferRequest& req,
                                       inference::ModelInferResponse* resp) {
   absl::StatusOr<LayerModel> found = FindLayerModel(engine_->registry(), req.model_name());
   if (!found.ok()) return found.status();
@@ -227,6 +268,10 @@ absl::Status KServeServiceImpl::Infer(grpc::ServerContext* ctx, const inference:
       return absl::InvalidArgumentError(absl::StrCat("model '", req.model_name(), "' has no output '", out.name(),
                                                      "'; its one output is '", kOutput, "'"));
     }
+    if (!out.parameters().empty()) return UnsupportedParameter("output 'y'", out.parameters().begin()->first);
+  }
+  for (const char* name : {"sequence_id", "sequence_start", "sequence_end"}) {
+    if (req.parameters().count(name)) return UnsupportedParameter("the request", name);
   }
   GemmRequest gemm;
   gemm.model = found->model_name;
@@ -243,16 +288,11 @@ absl::Status KServeServiceImpl::Infer(grpc::ServerContext* ctx, const inference:
   if (!x.ok()) return x.status();
   gemm.x = *std::move(x);
   Shape out_shape(req.inputs(0).shape().begin(), req.inputs(0).shape().end());
-  absl::StatusOr<GemmResult> y = engine_->Gemm(gemm, ControlOf(ctx));
+  // What the response echoes (id, model name, shape) and its other fields come off the limit.
+  const int64_t echoed = static_cast<int64_t>(req.id().size() + req.model_name().size()) + 4096;
+  gemm.max_result_bytes = std::max<int64_t>(1, options_.max_message_bytes - echoed);
+  absl::StatusOr<GemmResult> y = engine_->Gemm(gemm, control);
   if (!y.ok()) return y.status();
-  const int64_t bytes = static_cast<int64_t>(y->y.nbytes());
-  if (bytes + 4096 > max_message_bytes_) {
-    return absl::ResourceExhaustedError(absl::StrCat("the result ", ShapeString(y->y.shape()), " ",
-                                                     KServeDatatype(y->y.dtype()), " is ", bytes,
-                                                     " bytes, over the server's ", max_message_bytes_,
-                                                     "-byte message limit; send fewer rows or ask for a 16-bit "
-                                                     "out_dtype"));
-  }
   out_shape.back() = y->y.dim(1);
   resp->set_model_name(req.model_name());
   resp->set_model_version(kVersion);
@@ -265,6 +305,11 @@ absl::Status KServeServiceImpl::Infer(grpc::ServerContext* ctx, const inference:
   resp->add_raw_output_contents(reinterpret_cast<const char*>(b.data()), b.size());
   (*resp->mutable_parameters())["kernel_us"].set_double_param(y->kernel_us);
   (*resp->mutable_parameters())["batch_requests"].set_int64_param(y->batch_requests);
+  if (const size_t size = resp->ByteSizeLong(); static_cast<int64_t>(size) > options_.max_message_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("the response is ", size, " bytes (its id ", req.id().size(),
+                                                     "), over the server's ", options_.max_message_bytes,
+                                                     "-byte message limit"));
+  }
   return absl::OkStatus();
 }
 

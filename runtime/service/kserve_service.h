@@ -10,30 +10,33 @@
 //    in x's datatype unless the request parameter "out_dtype" (string "FP32" / "FP16" / "BF16")
 //    says otherwise, always as raw_output_contents;
 //  - the response's parameters carry "kernel_us" (double) and "batch_requests" (int64);
-//  - ModelReady also answers for a whole loaded model "<model>".
+//  - ModelReady is true for a layer model ModelInfer takes (not for a whole loaded model);
+//  - input / output parameters (shared memory, classification) and the sequence parameters are
+//    refused with INVALID_ARGUMENT, not ignored; other request parameters are ignored;
+//  - ModelStreamInfer (Triton's streaming extension) runs a stream's requests concurrently, up to
+//    max_stream_inflight at once, and answers each as it finishes (concurrent_stream.h); a failed
+//    request's answer has error_message (and its id), and the stream goes on.
 // ServerLive and ServerReady are open (probes, like grpc.health.v1); every other call needs the
 // bearer token when the server has one, and is counted in the request metrics under service
 // "kserve". Errors are absl::Status inside and gRPC codes at the edge, as in lowbit.v1.
 #ifndef LOWBIT_RUNTIME_SERVICE_KSERVE_SERVICE_H_
 #define LOWBIT_RUNTIME_SERVICE_KSERVE_SERVICE_H_
 
-#include <atomic>
 #include <cstdint>
 #include <string>
 
 #include "inference/predict_v2.grpc.pb.h"
 #include "rpc/server.h"
 #include "runtime/engine.h"
+#include "runtime/service/runtime_service.h"
 
 namespace lowbit::runtime {
 
 class KServeServiceImpl final : public inference::GRPCInferenceService::Service {
  public:
-  // `max_message_bytes`: the server's send limit (results over it are RESOURCE_EXHAUSTED).
-  KServeServiceImpl(Engine* engine, rpc::ServiceContext service, int64_t max_message_bytes);
-
-  // ServerReady answers false from here on (call it when the server starts to drain).
-  void BeginDrain() { draining_ = true; }
+  // The same options as lowbit.v1's service: the server's send limit (results over it are
+  // RESOURCE_EXHAUSTED) and the requests one stream runs at once.
+  KServeServiceImpl(Engine* engine, rpc::ServiceContext service, RuntimeServiceOptions options = {});
 
   grpc::Status ServerLive(grpc::ServerContext* ctx, const inference::ServerLiveRequest* req,
                           inference::ServerLiveResponse* resp) override;
@@ -47,15 +50,17 @@ class KServeServiceImpl final : public inference::GRPCInferenceService::Service 
                              inference::ModelMetadataResponse* resp) override;
   grpc::Status ModelInfer(grpc::ServerContext* ctx, const inference::ModelInferRequest* req,
                           inference::ModelInferResponse* resp) override;
+  // ModelStreamInfer as a raw stream (same messages on the wire): a message that does not parse
+  // ends the stream with INVALID_ARGUMENT, after the requests before it were answered.
+  grpc::Status ModelStreamInferRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream);
 
  private:
-  absl::Status Infer(grpc::ServerContext* ctx, const inference::ModelInferRequest& req,
+  absl::Status Infer(const CallControl& control, const inference::ModelInferRequest& req,
                      inference::ModelInferResponse* resp);
 
   Engine* engine_;
   rpc::ServiceContext service_;
-  int64_t max_message_bytes_;
-  std::atomic<bool> draining_{false};
+  RuntimeServiceOptions options_;
 };
 
 // "FP32" / "FP16" / "BF16" (the protocol's datatype names) <-> the activation dtypes.

@@ -1,22 +1,16 @@
 #include "runtime/service/runtime_service.h"
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "rpc/status.h"
 #include "rpc/tensor_codec.h"
+#include "runtime/service/concurrent_stream.h"
 #include "runtime/service/grpc_call_control.h"
 
 namespace lowbit::runtime {
 namespace {
-
-std::string DN(DType d) { return std::string(DTypeName(d)); }
 
 constexpr char kGemmPath[] = "/lowbit.v1.RuntimeService/Gemm";
 constexpr char kGemmStreamPath[] = "/lowbit.v1.RuntimeService/GemmStream";
@@ -241,14 +235,10 @@ absl::Status RuntimeServiceImpl::DoGemm(const CallControl& control, const v1::Ge
     if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat("out_dtype: ", d.status().message()));
     r.out_dtype = *d;
   }
+  // The response's other fields are a few dozen bytes.
+  r.max_result_bytes = std::max<int64_t>(1, options_.max_message_bytes - 4096);
   absl::StatusOr<GemmResult> y = engine_->Gemm(r, control);
   if (!y.ok()) return y.status();
-  const int64_t bytes = static_cast<int64_t>(y->y.nbytes());
-  if (bytes + 4096 > options_.max_message_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the result ", ShapeString(y->y.shape()), " ", DN(y->y.dtype()), " is ", bytes, " bytes, over the server's ",
-        options_.max_message_bytes, "-byte message limit; send fewer rows or ask for a 16-bit out_dtype"));
-  }
   rpc::TensorToProto(y->y, resp->mutable_y());
   resp->set_kernel_us(y->kernel_us);
   resp->set_batch_requests(y->batch_requests);
@@ -284,85 +274,28 @@ grpc::Status RuntimeServiceImpl::GemmRaw(grpc::ServerContext* ctx, rpc::RawServe
 grpc::Status RuntimeServiceImpl::GemmStreamRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream) {
   rpc::CallGuard guard(ctx, service_, "GemmStream");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  // Requests run concurrently on up to max_stream_inflight workers (so they batch with each
-  // other and with other clients); responses are written as they finish, matched by request_id.
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<v1::GemmStreamRequest> queue;
-  bool reading_done = false, write_failed = false;
-  int idle = 0;
-  // The stream's requests do not each ask the call whether it was cancelled (a completion-queue
-  // pluck under the sync API, with at most 6 pluckers per queue): the reader finds out when its
-  // Read fails, a writer when its Write does, and the requests waiting in the batcher see it here.
-  std::atomic<bool> gone{false};
-  CallControl control;
-  control.cancelled = [&gone] { return gone.load(); };
-  control.deadline = ctx->deadline();
-  std::vector<std::thread> workers;
-  auto work = [&] {
-    std::unique_lock<std::mutex> lock(mu);
-    while (true) {
-      ++idle;
-      cv.wait(lock, [&] { return !queue.empty() || reading_done; });
-      --idle;
-      if (queue.empty()) return;
-      v1::GemmStreamRequest r = std::move(queue.front());
-      queue.pop_front();
-      cv.notify_all();  // room in the queue for the reader
-      lock.unlock();
-      v1::GemmStreamResponse out;
-      out.set_request_id(r.request_id());
-      absl::Status s = DoGemm(control, r.request(), out.mutable_response());
-      if (!s.ok()) {
-        out.clear_response();
-        out.set_error_code(static_cast<int32_t>(s.code()));
-        out.set_error_message(std::string(s.message()));
-      }
-      grpc::ByteBuffer bytes;
-      const bool encoded = rpc::EncodeTo(out, &bytes).ok();
-      lock.lock();
-      if (!write_failed && (!encoded || !stream->Write(bytes))) {
-        write_failed = true;
-        gone = true;
-      }
-    }
-  };
-  const size_t max_workers = static_cast<size_t>(std::max(1, options_.max_stream_inflight));
-  grpc::ByteBuffer raw;
-  int64_t parsed = 0;
-  absl::Status malformed;
-  while (stream->Read(&raw)) {
-    // Parsed here, not by the typed stream: its Read() returns false for a message that does not
-    // parse, which reads the same as the client's half-close.
-    const size_t size = raw.Length();
-    v1::GemmStreamRequest req;
-    if (!rpc::Decode(raw, &req).ok()) {
-      malformed = absl::InvalidArgumentError(
-          absl::StrCat("GemmStream request message ", parsed + 1, " (", size,
-                       " bytes) did not parse as a lowbit.v1.GemmStreamRequest; the stream stops there: the ", parsed,
-                       " requests before it were answered, nothing after it was read"));
-      break;
-    }
-    ++parsed;
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return queue.size() < max_workers || write_failed; });
-    if (write_failed) break;
-    queue.push_back(std::move(req));
-    if (idle == 0 && workers.size() < max_workers) workers.emplace_back(work);
-    cv.notify_all();
-  }
-  // Read failed: the client half-closed, or went. (After a malformed message nothing was asked.)
-  const bool cancelled = malformed.ok() && ctx->IsCancelled();
-  if (cancelled) gone = true;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    reading_done = true;
-    cv.notify_all();
-  }
-  for (std::thread& t : workers) t.join();  // the requests before a malformed one are answered
-  if (cancelled) return guard.Finish(rpc::ToGrpcStatus(rpc::CallEnded(ctx, "GemmStream")));
-  if (!malformed.ok()) return guard.Finish(rpc::ToGrpcStatus(malformed));
-  return guard.Finish(grpc::Status::OK);
+  StreamEnd end = ServeConcurrently<v1::GemmStreamRequest>(
+      ctx, stream, options_.max_stream_inflight,
+      [](const grpc::ByteBuffer& raw, int64_t index, v1::GemmStreamRequest* req) {
+        if (rpc::Decode(raw, req).ok()) return absl::OkStatus();
+        return absl::InvalidArgumentError(
+            absl::StrCat("GemmStream request message ", index + 1, " (", raw.Length(),
+                         " bytes) did not parse as a lowbit.v1.GemmStreamRequest; the stream stops there: the ", index,
+                         " requests before it were answered, nothing after it was read"));
+      },
+      [this](const CallControl& control, v1::GemmStreamRequest& r, grpc::ByteBuffer* bytes) {
+        v1::GemmStreamResponse out;
+        out.set_request_id(r.request_id());
+        absl::Status s = DoGemm(control, r.request(), out.mutable_response());
+        if (!s.ok()) {
+          out.clear_response();
+          out.set_error_code(static_cast<int32_t>(s.code()));
+          out.set_error_message(std::string(s.message()));
+        }
+        return rpc::EncodeTo(out, bytes).ok();
+      });
+  if (end.cancelled) return guard.Finish(rpc::ToGrpcStatus(rpc::CallEnded(ctx, "GemmStream")));
+  return guard.Finish(rpc::ToGrpcStatus(end.malformed));
 }
 
 }  // namespace lowbit::runtime

@@ -186,8 +186,8 @@ std::unique_ptr<TestServer> StartServer(EngineOptions options = DefaultOptions()
   so.max_message_bytes = max_message;
   s->service = std::make_unique<runtime::RuntimeServiceImpl>(
       s->engine.get(), rpc::MakeServiceContext(config, "runtime", s->registry), so);
-  s->kserve = std::make_unique<runtime::KServeServiceImpl>(
-      s->engine.get(), rpc::MakeServiceContext(config, "kserve", s->registry), max_message);
+  s->kserve = std::make_unique<runtime::KServeServiceImpl>(s->engine.get(),
+                                                           rpc::MakeServiceContext(config, "kserve", s->registry), so);
   auto server = rpc::RpcServer::Start(config, {s->service.get(), s->kserve.get()}, s->registry);
   EXPECT_TRUE(server.ok()) << server.status();
   if (!server.ok()) return nullptr;
@@ -1121,7 +1121,35 @@ TEST_F(RuntimeTest, OversizedMessageIsResourceExhausted) {
   st = client.Gemm(MakeGemm("m", kQ, RandomX(1500, 256, DType::kBF16, 1), v1::DTYPE_F32), &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
   EXPECT_NE(st.error_message().find("message limit"), std::string::npos) << st.error_message();
+  auto gemms = [&] {
+    for (const auto& fam : server->registry->Collect()) {
+      if (fam.name == "lowbit_runtime_gemms_total") return fam.metric.at(0).counter.value;
+    }
+    return -1.0;
+  };
+  // The same through KServe, refused before the GEMM runs: 1500 BF16 rows fit (a 768 KB result),
+  // as FP32 (1.5 MB) they do not; the id the response echoes counts too.
+  KServeClient kc(server->port);
+  inference::ModelInferResponse kresp;
+  st = kc.Infer(MakeInfer(std::string("m/") + kQ, RandomX(1500, 256, DType::kBF16, 1)), &kresp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  const double ran = gemms();
+  inference::ModelInferRequest big = MakeInfer(std::string("m/") + kQ, RandomX(1500, 256, DType::kBF16, 1));
+  (*big.mutable_parameters())["out_dtype"].set_string_param("FP32");
+  st = kc.Infer(big, &kresp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_NE(st.error_message().find("message limit"), std::string::npos) << st.error_message();
+  inference::ModelInferRequest long_id = MakeInfer(std::string("m/") + kQ, RandomX(800, 256, DType::kBF16, 1));
+  (*long_id.mutable_parameters())["out_dtype"].set_string_param("FP32");  // 819 KB
+  long_id.set_id(std::string(250000, 'i'));
+  st = kc.Infer(long_id, &kresp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_EQ(gemms(), ran) << "a refused result ran its GEMM";
+  long_id.clear_id();
+  st = kc.Infer(long_id, &kresp);
+  EXPECT_TRUE(st.ok()) << "without the id it fits: " << st.error_message();
   ASSERT_TRUE(client.Gemm(MakeGemm("m", kQ, RandomX(4, 256, DType::kF32, 1)), &resp).ok());
+  ASSERT_TRUE(kc.Infer(MakeInfer(std::string("m/") + kQ, RandomX(4, 256, DType::kF32, 1)), &kresp).ok());
 }
 
 TEST_F(RuntimeTest, MemoryBudgetRefusesLoad) {
@@ -1930,7 +1958,7 @@ TEST_F(RuntimeTest, KServeInferEqualsGemmForEveryScheme) {
     SCOPED_TRACE(dir);
     ASSERT_TRUE(client_->Load(dir, dir).ok());
     const std::string name = std::string(dir) + "/" + kQ;
-    for (DType dt : {DType::kBF16, DType::kF32}) {
+    for (DType dt : {DType::kBF16, DType::kF16, DType::kF32}) {
       std::vector<float> xf;
       Tensor x = RandomX(4, 256, dt, 31, &xf);
       v1::GemmResponse g;
@@ -1958,8 +1986,117 @@ TEST_F(RuntimeTest, KServeInferEqualsGemmForEveryScheme) {
         }
       }
     }
+    // Rank 1: one row [K] -> [N].
+    Tensor x1 = RandomX(1, 256, DType::kBF16, 5);
+    v1::GemmResponse g1;
+    ASSERT_TRUE(client_->Gemm(MakeGemm(dir, kQ, x1), &g1).ok());
+    inference::ModelInferResponse r1;
+    ASSERT_TRUE(kc.Infer(MakeInfer(name, x1, {256}), &r1).ok());
+    EXPECT_EQ(std::vector<int64_t>(r1.outputs(0).shape().begin(), r1.outputs(0).shape().end()),
+              std::vector<int64_t>{256});
+    EXPECT_EQ(r1.raw_output_contents(0), g1.y().data());
     ASSERT_TRUE(client_->Unload(dir).ok());
   }
+}
+
+// lowbit.v1 Gemm and KServe ModelInfer requests for the same layer batch together (one engine),
+// and each gets its own rows back.
+TEST_F(RuntimeTest, KServeAndGemmRequestsBatchTogether) {
+  EngineOptions o = DefaultOptions();
+  o.batching.max_queue_delay_us = 50000;  // 50 ms: both requests land in one window
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  KServeClient kc(server->port);
+  ASSERT_TRUE(client.Load("m", "w8a8").ok());
+  const Tensor xa = RandomX(3, 256, DType::kBF16, 41), xb = RandomX(2, 256, DType::kBF16, 42);
+  v1::GemmResponse alone_a, together_a;
+  inference::ModelInferResponse alone_b, together_b;
+  ASSERT_TRUE(client.Gemm(MakeGemm("m", kQ, xa), &alone_a).ok());
+  ASSERT_TRUE(kc.Infer(MakeInfer(std::string("m/") + kQ, xb), &alone_b).ok());
+  grpc::Status sa, sb;
+  std::thread ta([&] { sa = client.Gemm(MakeGemm("m", kQ, xa), &together_a); });
+  std::thread tb([&] { sb = kc.Infer(MakeInfer(std::string("m/") + kQ, xb), &together_b); });
+  ta.join();
+  tb.join();
+  ASSERT_TRUE(sa.ok()) << sa.error_message();
+  ASSERT_TRUE(sb.ok()) << sb.error_message();
+  EXPECT_EQ(together_a.batch_requests(), 2);
+  EXPECT_EQ(together_b.parameters().at("batch_requests").int64_param(), 2);
+  EXPECT_EQ(together_a.y().data(), alone_a.y().data());
+  EXPECT_EQ(together_b.raw_output_contents(0), alone_b.raw_output_contents(0));
+}
+
+// ModelStreamInfer: every request answered (matched by id) with the bytes ModelInfer gives, a
+// failed one in-stream with its id and the stream going on; a message that does not parse ends
+// the stream with INVALID_ARGUMENT after the requests before it.
+TEST_F(RuntimeTest, KServeStreamInfer) {
+  ASSERT_TRUE(client_->Load("m", "w8a8").ok());
+  KServeClient kc(server_->port);
+  const std::string layer = std::string("m/") + kQ;
+  std::map<std::string, std::string> expected;
+  std::vector<inference::ModelInferRequest> reqs;
+  for (int i = 0; i < 12; ++i) {
+    inference::ModelInferRequest r = MakeInfer(layer, RandomX(1 + i % 4, 256, DType::kF32, 70 + i));
+    r.set_id("r" + std::to_string(i));
+    if (i == 5) r.set_model_name("m/model.layers.0.mlp.nope");  // fails, in its answer
+    inference::ModelInferResponse alone;
+    if (i != 5) {
+      ASSERT_TRUE(kc.Infer(r, &alone).ok());
+      expected[r.id()] = alone.raw_output_contents(0);
+    }
+    reqs.push_back(std::move(r));
+  }
+  grpc::ClientContext ctx;
+  kc.Prepare(&ctx);
+  auto stream = kc.stub->ModelStreamInfer(&ctx);
+  for (const auto& r : reqs) ASSERT_TRUE(stream->Write(r));
+  stream->WritesDone();
+  inference::ModelStreamInferResponse resp;
+  std::set<std::string> answered;
+  while (stream->Read(&resp)) {
+    const std::string id = resp.infer_response().id();
+    EXPECT_TRUE(answered.insert(id).second) << id << " answered twice";
+    if (id == "r5") {
+      EXPECT_NE(resp.error_message().find("NOT_FOUND: no model 'm/model.layers.0.mlp.nope'"), std::string::npos)
+          << resp.error_message();
+      EXPECT_EQ(resp.infer_response().outputs_size(), 0);
+    } else {
+      EXPECT_EQ(resp.error_message(), "") << id;
+      ASSERT_EQ(resp.infer_response().raw_output_contents_size(), 1) << id;
+      EXPECT_EQ(resp.infer_response().raw_output_contents(0), expected[id]) << id;
+    }
+  }
+  grpc::Status st = stream->Finish();
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(answered.size(), reqs.size());
+
+  // A message that does not parse: the one before it is answered, the stream ends there.
+  auto channel = rpc::MakeChannel(kc.config);
+  ASSERT_TRUE(channel.ok());
+  grpc::ClientContext raw_ctx;
+  kc.Prepare(&raw_ctx);
+  const grpc::internal::RpcMethod method("/inference.GRPCInferenceService/ModelStreamInfer",
+                                         grpc::internal::RpcMethod::BIDI_STREAMING);
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> raw(
+      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(channel->get(), method,
+                                                                                            &raw_ctx));
+  grpc::ByteBuffer first;
+  bool own = false;
+  ASSERT_TRUE(grpc::SerializationTraits<inference::ModelInferRequest>::Serialize(reqs[0], &first, &own).ok());
+  const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff};
+  grpc::Slice slice(garbage, sizeof(garbage));
+  ASSERT_TRUE(raw->Write(first));
+  raw->Write(grpc::ByteBuffer(&slice, 1));
+  raw->WritesDone();
+  int answers = 0;
+  grpc::ByteBuffer bytes;
+  while (raw->Read(&bytes)) ++answers;
+  st = raw->Finish();
+  EXPECT_EQ(answers, 1);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "ModelStreamInfer request message 2 (4 bytes) did not parse"))
+      << st.error_message();
 }
 
 TEST_F(RuntimeTest, KServeProbesMetadataAndMetrics) {
@@ -1986,7 +2123,7 @@ TEST_F(RuntimeTest, KServeProbesMetadataAndMetrics) {
     EXPECT_EQ(meta.name(), "lowbit-runtime");
     EXPECT_EQ(meta.version(), runtime::kRuntimeVersion);
   }
-  EXPECT_TRUE(kc.Ready("m"));
+  EXPECT_FALSE(kc.Ready("m")) << "a whole model is not something ModelInfer takes";
   EXPECT_TRUE(kc.Ready(std::string("m/") + kDown));
   EXPECT_TRUE(kc.Ready(std::string("m/") + kDown, "1"));
   EXPECT_FALSE(kc.Ready(std::string("m/") + kDown, "2"));
@@ -2032,14 +2169,6 @@ TEST_F(RuntimeTest, KServeProbesMetadataAndMetrics) {
     }
   }
   EXPECT_EQ(metadata_ok, 1.0);
-
-  server_->kserve->BeginDrain();
-  grpc::ClientContext c5;
-  anonymous.Prepare(&c5);
-  inference::ServerReadyResponse ready;
-  ASSERT_TRUE(anonymous.stub->ServerReady(&c5, {}, &ready).ok());
-  EXPECT_FALSE(ready.ready());
-  EXPECT_FALSE(kc.Ready("m"));
 }
 
 TEST_F(RuntimeTest, KServeBadInputTable) {
@@ -2123,6 +2252,20 @@ TEST_F(RuntimeTest, KServeBadInputTable) {
        grpc::StatusCode::INVALID_ARGUMENT, "not fp32_contents"},
       {"unknown output", [](Request* r) { r->add_outputs()->set_name("z"); }, grpc::StatusCode::INVALID_ARGUMENT,
        "no output 'z'"},
+      {"shared memory input",
+       [](Request* r) {
+         (*r->mutable_inputs(0)->mutable_parameters())["shared_memory_region"].set_string_param("shm0");
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "input 'x' has parameter 'shared_memory_region'"},
+      {"classification output",
+       [](Request* r) {
+         auto* out = r->add_outputs();
+         out->set_name("y");
+         (*out->mutable_parameters())["classification"].set_int64_param(3);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "output 'y' has parameter 'classification'"},
+      {"a sequence", [](Request* r) { (*r->mutable_parameters())["sequence_id"].set_int64_param(7); },
+       grpc::StatusCode::INVALID_ARGUMENT, "the request has parameter 'sequence_id'"},
       {"out_dtype not a string", [](Request* r) { (*r->mutable_parameters())["out_dtype"].set_int64_param(1); },
        grpc::StatusCode::INVALID_ARGUMENT, "must be a string"},
       {"out_dtype INT8", [](Request* r) { (*r->mutable_parameters())["out_dtype"].set_string_param("INT8"); },

@@ -5,7 +5,9 @@ this side: the checkpoints are read with the safetensors reader of test_grpc_cli
 expected results computed with NumPy. It checks:
 
   * ServerLive / ServerReady without a token; ServerMetadata with one, UNAUTHENTICATED without;
-  * ModelReady for a whole model and a layer, not for an unknown layer or version;
+  * our proto/inference/predict_v2.proto has exactly tritonclient's names, numbers and types for
+    every message and RPC it declares (the wire format);
+  * ModelReady for a layer, not for a whole model, an unknown layer or version;
   * ModelMetadata of a layer: input x [-1, K], output y [-1, N], the model's dtype;
   * ModelInfer on a W8A8 layer (FP32 in and out) equals NumPy's dynamic per-token int8 x
     per-channel int8 GEMM from the checkpoint's tensors, an all-zero row gives zeros;
@@ -14,14 +16,15 @@ expected results computed with NumPy. It checks:
   * W4A16 with BF16 in and out (and FP32 in and out) equals NumPy's x . dequant(int4)^T within
     bf16 rounding; the out_dtype parameter "BF16" gives the FP32 result rounded to BF16;
   * 16 concurrent infers (async_infer) each equal the same request sent alone, bit for bit
-    (the batcher joins them and splits them back);
+    (the batcher joins them and splits them back), and so do 16 on one ModelStreamInfer stream
+    (start_stream / async_stream_infer), a failing one among them reported to its callback;
   * Triton's own load generator, perf_analyzer (the wheel's bin/), runs 4 concurrent clients on a
     layer with the token and finishes with its throughput; without the token it stops with the
     server's message;
   * errors: unknown model / layer / version NOT_FOUND, wrong K, wrong input name and INT8 data
     INVALID_ARGUMENT, RepositoryIndex UNIMPLEMENTED; a good request is answered after them.
 
-usage: test_triton_client.py --bin BUILD_DIR --pytools REPO/.pytools --work DIR
+usage: test_triton_client.py --bin BUILD_DIR --pytools REPO/.pytools --proto REPO/proto --work DIR
 """
 import argparse
 import os
@@ -38,10 +41,46 @@ from test_grpc_client import Server, bf16_to_f32, f32_to_bf16_bits, read_safeten
 TOKEN = "triton-client-token"
 
 
+def check_wire_format(proto_dir, work):
+    """Our proto's messages and RPCs against tritonclient's own descriptors, field by field."""
+    from google.protobuf import descriptor_pb2
+    from tritonclient.grpc import service_pb2
+    out = os.path.join(work, "predict_v2.pb")
+    subprocess.check_call(["protoc", "-I", proto_dir, "--descriptor_set_out=" + out, "inference/predict_v2.proto"])
+    ours = descriptor_pb2.FileDescriptorSet.FromString(open(out, "rb").read()).file[0]
+    theirs = descriptor_pb2.FileDescriptorProto()
+    service_pb2.DESCRIPTOR.CopyToProto(theirs)
+    assert ours.package == theirs.package == "inference", (ours.package, theirs.package)
+
+    def fields(m):
+        return sorted((f.name, f.number, f.type, f.label, f.type_name) for f in m.field)
+
+    def flatten(msgs, prefix):
+        for m in msgs:
+            yield prefix + m.name, m
+            yield from flatten(m.nested_type, prefix + m.name + ".")
+
+    their_msgs = dict(flatten(theirs.message_type, ""))
+    checked = 0
+    for name, m in flatten(ours.message_type, ""):
+        assert name in their_msgs, name
+        assert fields(m) == fields(their_msgs[name]), (name, fields(m), fields(their_msgs[name]))
+        assert [o.name for o in m.oneof_decl] == [o.name for o in their_msgs[name].oneof_decl], name
+        checked += 1
+    their_rpcs = {r.name: r for r in theirs.service[0].method}
+    assert ours.service[0].name == theirs.service[0].name == "GRPCInferenceService"
+    for r in ours.service[0].method:
+        t = their_rpcs[r.name]
+        assert (r.input_type, r.output_type, r.client_streaming, r.server_streaming) == \
+            (t.input_type, t.output_type, t.client_streaming, t.server_streaming), r.name
+    print("wire format: %d messages and %d RPCs as tritonclient has them" % (checked, len(ours.service[0].method)))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
     ap.add_argument("--pytools", required=True)
+    ap.add_argument("--proto", required=True)
     ap.add_argument("--work", required=True)
     a = ap.parse_args()
     sys.path.insert(0, a.pytools)
@@ -52,6 +91,7 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
     root = os.path.join(work, "root")
     os.makedirs(root)
+    check_wire_format(a.proto, work)
     model = os.path.join(work, "float")
     subprocess.check_call([os.path.join(a.bin, "tools/lowbit-gen-model"), "--out", model, "--hidden=128",
                            "--intermediate=256", "--heads=4", "--kv_heads=2", "--layers=2"], stdout=subprocess.DEVNULL)
@@ -80,7 +120,7 @@ def main():
         refused("UNAUTHENTICATED", lambda: client.get_server_metadata())
 
         down = "model.layers.1.mlp.down_proj"
-        assert client.is_model_ready("w8a8", headers=hdr)
+        assert not client.is_model_ready("w8a8", headers=hdr)  # a whole model is not a KServe model
         assert client.is_model_ready("w8a8/" + down, headers=hdr)
         assert client.is_model_ready("w8a8/" + down, model_version="1", headers=hdr)
         assert not client.is_model_ready("w8a8/" + down, model_version="2", headers=hdr)
@@ -181,6 +221,32 @@ def main():
             assert np.array_equal(res.as_numpy("y"), alone[i]), i
             batched = max(batched, res.get_response().parameters["batch_requests"].int64_param)
         print("16 concurrent infers: largest batch %d requests" % batched)
+
+        # The same 16 on one ModelStreamInfer stream, with a failing request among them.
+        stream_results, stream_done = {}, threading.Semaphore(0)
+
+        def on_stream(result, error):
+            if error is not None:
+                stream_results["error"] = error
+            else:
+                stream_results[result.get_response().id] = result
+            stream_done.release()
+
+        client.start_stream(on_stream, headers=hdr)
+        for i, xi in enumerate(xs):
+            inp = tc.InferInput("x", list(xi.shape), "FP32")
+            inp.set_data_from_numpy(xi)
+            client.async_stream_infer("w8a8/" + down, [inp], request_id="s%d" % i)
+        inp = tc.InferInput("x", [1, k], "FP32")
+        inp.set_data_from_numpy(xs[0][:1])
+        client.async_stream_infer("w8a8/model.layers.9.mlp.down_proj", [inp], request_id="bad")
+        for _ in range(len(xs) + 1):
+            assert stream_done.acquire(timeout=60)
+        client.stop_stream()
+        assert "NOT_FOUND" in str(stream_results.pop("error")), stream_results
+        assert sorted(stream_results) == sorted("s%d" % i for i in range(len(xs))), sorted(stream_results)
+        for i in range(len(xs)):
+            assert np.array_equal(stream_results["s%d" % i].as_numpy("y"), alone[i]), i
 
         # perf_analyzer: Triton's load generator (random BF16 data from ModelMetadata) on our server.
         env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(a.pytools, "nvidia", "cuda_runtime", "lib"))
