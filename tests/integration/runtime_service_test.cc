@@ -196,20 +196,26 @@ std::unique_ptr<TestServer> StartServer(EngineOptions options = DefaultOptions()
   return s;
 }
 
-struct Client {
+// A client of one of the test server's services: loopback, the token, a 256 MiB message limit.
+template <class Service>
+struct StubClient {
   rpc::ClientConfig config;
-  std::unique_ptr<v1::RuntimeService::Stub> stub;
-  explicit Client(int port, std::string token = kToken) {
+  std::unique_ptr<typename Service::Stub> stub;
+  explicit StubClient(int port, std::string token = kToken) {
     config.address = "127.0.0.1:" + std::to_string(port);
     config.auth_token = std::move(token);
     config.max_message_bytes = int64_t{256} << 20;
     auto ch = rpc::MakeChannel(config);
     EXPECT_TRUE(ch.ok());
-    stub = v1::RuntimeService::NewStub(*ch);
+    stub = Service::NewStub(*ch);
   }
   void Prepare(grpc::ClientContext* ctx, int deadline_ms = 30000) {
     rpc::PrepareContext(ctx, config, std::chrono::milliseconds(deadline_ms));
   }
+};
+
+struct Client : StubClient<v1::RuntimeService> {
+  using StubClient::StubClient;
   grpc::Status Load(const std::string& name, const std::string& path, v1::LoadModelResponse* resp = nullptr) {
     grpc::ClientContext ctx;
     Prepare(&ctx);
@@ -255,19 +261,8 @@ v1::GemmRequest MakeGemm(const std::string& model, const std::string& layer, con
   return req;
 }
 
-// A KServe v2 client on the same channel settings.
-struct KServeClient {
-  rpc::ClientConfig config;
-  std::unique_ptr<inference::GRPCInferenceService::Stub> stub;
-  explicit KServeClient(int port, std::string token = kToken) {
-    config.address = "127.0.0.1:" + std::to_string(port);
-    config.auth_token = std::move(token);
-    config.max_message_bytes = int64_t{256} << 20;
-    auto ch = rpc::MakeChannel(config);
-    EXPECT_TRUE(ch.ok());
-    stub = inference::GRPCInferenceService::NewStub(*ch);
-  }
-  void Prepare(grpc::ClientContext* ctx) { rpc::PrepareContext(ctx, config, std::chrono::milliseconds(30000)); }
+struct KServeClient : StubClient<inference::GRPCInferenceService> {
+  using StubClient::StubClient;
   grpc::Status Infer(const inference::ModelInferRequest& req, inference::ModelInferResponse* resp) {
     grpc::ClientContext ctx;
     Prepare(&ctx);
