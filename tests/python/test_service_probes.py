@@ -1,5 +1,6 @@
-"""What operators probe, on the real binaries: Prometheus /metrics, health by service name, and
-the CLI's usage errors.
+"""What operators probe, on the real binaries: Prometheus /metrics, health by service name (the
+KServe v2 service's too, and its absence with LOWBIT_RUNTIME_KSERVE=false), and the CLI's usage
+errors.
 
 The runtime links the CUDA libraries, whose static TLS (≈ 110 KiB) no longer fit the 100 KiB
 stacks civetweb (behind /metrics) gives its threads; before rpc/thread_stack_floor.cc the runtime
@@ -19,9 +20,9 @@ import urllib.request
 TOKEN = "metrics-test-token"
 
 
-def start(argv, log_path):
+def start(argv, log_path, env=None):
     log = open(log_path, "wb")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, env=env)
     deadline = time.time() + 60
     while time.time() < deadline:
         line = proc.stdout.readline().decode()
@@ -81,12 +82,37 @@ def main():
 
         # Health answers for the server ("") and for each service by name (grpc_health_probe -service).
         for argv in (["health", "--runtime=" + rt_addr], ["health", "--runtime=" + rt_addr, "lowbit.v1.RuntimeService"],
+                     ["health", "--runtime=" + rt_addr, "inference.GRPCInferenceService"],
                      ["health", "--service=calibrator", "--calibrator=" + cal_addr, "lowbit.v1.CalibratorService"]):
             r = subprocess.run([cli] + argv, env=env, capture_output=True, text=True, timeout=30)
             assert r.returncode == 0 and r.stdout.strip() == "SERVING", (argv, r.returncode, r.stdout, r.stderr)
         r = subprocess.run([cli, "health", "--runtime=" + rt_addr, "lowbit.v1.NoSuchService"], env=env,
                            capture_output=True, text=True, timeout=30)
         assert r.returncode != 0 and "NOT_FOUND" in (r.stdout + r.stderr).upper().replace(" ", "_"), r
+
+        # KServe v2 on the same port (ServerLive needs no token: its answer is live = true, 08 01);
+        # a runtime started with LOWBIT_RUNTIME_KSERVE=false serves neither it nor its health name.
+        import grpc
+        live = "/inference.GRPCInferenceService/ServerLive"
+
+        def server_live(address):
+            with grpc.insecure_channel(address) as ch:
+                return ch.unary_unary(live, request_serializer=None, response_deserializer=None)(b"", timeout=30)
+
+        assert server_live(rt_addr) == b"\x08\x01"
+        off, off_addr, _ = start([os.path.join(a.bin, "runtime/lowbit-runtime"), "serve", "--address=127.0.0.1:0",
+                                  "--metrics_address=127.0.0.1:0", "--backend=cpu", "--auth_token=" + TOKEN],
+                                 os.path.join(a.work, "runtime-kserve-off.log"),
+                                 dict(os.environ, LOWBIT_RUNTIME_KSERVE="false"))
+        procs.append(off)
+        try:
+            server_live(off_addr)
+            raise AssertionError("KServe answered with LOWBIT_RUNTIME_KSERVE=false")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNIMPLEMENTED, e
+        r = subprocess.run([cli, "health", "--runtime=" + off_addr, "inference.GRPCInferenceService"], env=env,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0, (r.stdout, r.stderr)
 
         # A bad --m is a usage error (exit 2) naming the flag, not an abort.
         for m in ("-3", "0", "99999999999"):
