@@ -119,8 +119,12 @@ absl::StatusOr<Tensor> InputTensor(const inference::ModelInferRequest& req, cons
                                                      ", which has no typed contents in the protocol; send its bytes "
                                                      "in raw_input_contents"));
     }
-    if (in.contents().fp32_contents_size() == 0) {
-      return absl::InvalidArgumentError("input 'x' is FP32 but its contents are not fp32_contents");
+    const inference::InferTensorContents& c = in.contents();
+    const int other_values = c.bool_contents_size() + c.int_contents_size() + c.int64_contents_size() +
+                             c.uint_contents_size() + c.uint64_contents_size() + c.fp64_contents_size() +
+                             c.bytes_contents_size();
+    if (c.fp32_contents_size() == 0 || other_values > 0) {
+      return absl::InvalidArgumentError("input 'x' is FP32 but its contents are not fp32_contents alone");
     }
     const auto& values = in.contents().fp32_contents();
     data = {reinterpret_cast<const uint8_t*>(values.data()), values.size() * sizeof(float)};

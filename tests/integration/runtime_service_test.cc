@@ -2245,6 +2245,13 @@ TEST_F(RuntimeTest, KServeBadInputTable) {
          r->mutable_inputs(0)->mutable_contents()->add_int_contents(1);
        },
        grpc::StatusCode::INVALID_ARGUMENT, "not fp32_contents"},
+      {"FP32 contents with int contents besides",
+       [](Request* r) {
+         r->clear_raw_input_contents();
+         for (int i = 0; i < 512; ++i) r->mutable_inputs(0)->mutable_contents()->add_fp32_contents(0.5f);
+         r->mutable_inputs(0)->mutable_contents()->add_int_contents(1);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT, "not fp32_contents alone"},
       {"unknown output", [](Request* r) { r->add_outputs()->set_name("z"); }, grpc::StatusCode::INVALID_ARGUMENT,
        "no output 'z'"},
       {"shared memory input",
