@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Triton's own load generator, perf_analyzer (the tritonclient wheel's bin/, in .pytools), on
 # lowbit-runtime's KServe v2 service: the view of a Triton user who points their usual tool at the
-# runtime. M = 1 BF16 requests (random data, as perf_analyzer makes it) on the one-layer W8A8
+# runtime. M = 1 BF16 requests (-b 1: ModelConfig makes the rows the batch dim; random data, as
+# perf_analyzer makes it) on the one-layer W8A8
 # model bench-rpc uses — o_proj (4096², weights stay in L3) and gate_proj (4096 -> 14336, streamed
 # from memory) — at concurrency 1 / 8 / 64, on a runtime with dynamic batching and on one without.
 # Writes OUT/perf-analyzer.md (a table: infer/s, p50 / p99 latency, and the batching lift) and
@@ -59,7 +60,7 @@ for batching in false true; do
   for layer in self_attn.o_proj mlp.gate_proj; do
     for c in "${conc[@]}"; do
       csv="$out/pa-$batching-$layer-$c.csv"
-      "$pa" -i grpc -u "$addr" -m "b/model.layers.0.$layer" --shape "x:1,$hidden" --concurrency-range "$c" \
+      "$pa" -i grpc -u "$addr" -m "b/model.layers.0.$layer" -b 1 --concurrency-range "$c" \
         --measurement-mode count_windows --measurement-request-count "$requests" \
         --stability-percentage "$stability" -f "$csv" > "$csv.log" 2>&1 ||
         { echo "perf_analyzer failed; see $csv.log" >&2; exit 1; }

@@ -1,6 +1,7 @@
 #include "runtime/service/kserve_service.h"
 
 #include <algorithm>
+#include <climits>
 #include <span>
 #include <utility>
 
@@ -224,6 +225,33 @@ grpc::Status KServeServiceImpl::ModelMetadata(grpc::ServerContext* ctx, const in
   // The model's own dtype; the other activation dtypes are accepted too.
   AddTensorMetadata(kInput, layer.w4_compute_dtype, layer.k, resp->mutable_inputs());
   AddTensorMetadata(kOutput, layer.w4_compute_dtype, layer.n, resp->mutable_outputs());
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status KServeServiceImpl::ModelConfig(grpc::ServerContext* ctx, const inference::ModelConfigRequest* req,
+                                            inference::ModelConfigResponse* resp) {
+  rpc::CallGuard guard(ctx, service_, "ModelConfig");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  absl::StatusOr<LayerModel> found = FindLayerModel(engine_->registry(), req->name());
+  if (!found.ok()) return guard.Finish(rpc::ToGrpcStatus(found.status()));
+  if (absl::Status s = CheckVersion(req->name(), req->version()); !s.ok()) return guard.Finish(rpc::ToGrpcStatus(s));
+  const PreparedLinear& layer = *found->layer;
+  inference::ModelConfig* config = resp->mutable_config();
+  config->set_name(req->name());
+  config->set_platform(absl::StrCat("lowbit:", layer.scheme));
+  config->set_backend("lowbit");
+  config->set_max_batch_size(static_cast<int32_t>(std::min<int64_t>(engine_->options().max_rows, INT32_MAX)));
+  const inference::DataType type = layer.w4_compute_dtype == DType::kF16   ? inference::TYPE_FP16
+                                   : layer.w4_compute_dtype == DType::kF32 ? inference::TYPE_FP32
+                                                                           : inference::TYPE_BF16;
+  inference::ModelInput* in = config->add_input();
+  in->set_name(kInput);
+  in->set_data_type(type);
+  in->add_dims(layer.k);
+  inference::ModelOutput* out = config->add_output();
+  out->set_name(kOutput);
+  out->set_data_type(type);
+  out->add_dims(layer.n);
   return guard.Finish(grpc::Status::OK);
 }
 

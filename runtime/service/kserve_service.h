@@ -10,6 +10,8 @@
 //    in x's datatype unless the request parameter "out_dtype" (string "FP32" / "FP16" / "BF16")
 //    says otherwise, always as raw_output_contents;
 //  - the response's parameters carry "kernel_us" (double) and "batch_requests" (int64);
+//  - ModelConfig (Triton's) gives max_batch_size = --max_rows, x dims [K] and y dims [N] (the rows
+//    are the batch dim), so perf_analyzer's -b works;
 //  - ModelReady is true for a layer model ModelInfer takes (not for a whole loaded model);
 //  - input / output parameters (shared memory, classification) and the sequence parameters are
 //    refused with INVALID_ARGUMENT, not ignored; other request parameters are ignored;
@@ -48,6 +50,8 @@ class KServeServiceImpl final : public inference::GRPCInferenceService::Service 
                               inference::ServerMetadataResponse* resp) override;
   grpc::Status ModelMetadata(grpc::ServerContext* ctx, const inference::ModelMetadataRequest* req,
                              inference::ModelMetadataResponse* resp) override;
+  grpc::Status ModelConfig(grpc::ServerContext* ctx, const inference::ModelConfigRequest* req,
+                           inference::ModelConfigResponse* resp) override;
   grpc::Status ModelInfer(grpc::ServerContext* ctx, const inference::ModelInferRequest* req,
                           inference::ModelInferResponse* resp) override;
   // ModelStreamInfer as a raw stream (same messages on the wire): a message that does not parse

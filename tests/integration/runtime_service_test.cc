@@ -2144,6 +2144,30 @@ TEST_F(RuntimeTest, KServeProbesMetadataAndMetrics) {
   EXPECT_EQ(md.outputs(0).name(), "y");
   EXPECT_EQ(std::vector<int64_t>(md.outputs(0).shape().begin(), md.outputs(0).shape().end()),
             (std::vector<int64_t>{-1, 256}));
+  // Triton's ModelConfig: the rows are the batch dim (max_batch_size = --max_rows), dims without it.
+  grpc::ClientContext cc;
+  kc.Prepare(&cc);
+  inference::ModelConfigRequest creq;
+  creq.set_name(std::string("m/") + kDown);
+  inference::ModelConfigResponse conf;
+  ASSERT_TRUE(kc.stub->ModelConfig(&cc, creq, &conf).ok());
+  EXPECT_EQ(conf.config().name(), creq.name());
+  EXPECT_EQ(conf.config().backend(), "lowbit");
+  EXPECT_EQ(conf.config().max_batch_size(), 16384);
+  ASSERT_EQ(conf.config().input_size(), 1);
+  ASSERT_EQ(conf.config().output_size(), 1);
+  EXPECT_EQ(conf.config().input(0).name(), "x");
+  EXPECT_EQ(conf.config().input(0).data_type(), inference::TYPE_BF16);
+  EXPECT_EQ(std::vector<int64_t>(conf.config().input(0).dims().begin(), conf.config().input(0).dims().end()),
+            std::vector<int64_t>{512});
+  EXPECT_EQ(conf.config().output(0).name(), "y");
+  EXPECT_EQ(std::vector<int64_t>(conf.config().output(0).dims().begin(), conf.config().output(0).dims().end()),
+            std::vector<int64_t>{256});
+  grpc::ClientContext cc2;
+  kc.Prepare(&cc2);
+  creq.set_name("m/model.layers.0.mlp.nope");
+  EXPECT_EQ(kc.stub->ModelConfig(&cc2, creq, &conf).error_code(), grpc::StatusCode::NOT_FOUND);
+
   grpc::ClientContext c4;
   kc.Prepare(&c4);
   mreq.set_name("m");

@@ -8,7 +8,8 @@ expected results computed with NumPy. It checks:
   * our proto/inference/predict_v2.proto has exactly tritonclient's names, numbers and types for
     every message and RPC it declares (the wire format);
   * ModelReady for a layer, not for a whole model, an unknown layer or version;
-  * ModelMetadata of a layer: input x [-1, K], output y [-1, N], the model's dtype;
+  * ModelMetadata of a layer: input x [-1, K], output y [-1, N], the model's dtype; ModelConfig:
+    max_batch_size 16384 (the rows), x dims [K], y dims [N];
   * ModelInfer on a W8A8 layer (FP32 in and out) equals NumPy's dynamic per-token int8 x
     per-channel int8 GEMM from the checkpoint's tensors, an all-zero row gives zeros;
   * a [2, 3, K] FP16 input gives a [2, 3, N] FP16 output (leading dims kept) that equals the
@@ -18,8 +19,9 @@ expected results computed with NumPy. It checks:
   * 16 concurrent infers (async_infer) each equal the same request sent alone, bit for bit
     (the batcher joins them and splits them back), and so do 16 on one ModelStreamInfer stream
     (start_stream / async_stream_infer), a failing one among them reported to its callback;
-  * Triton's own load generator, perf_analyzer (the wheel's bin/), runs 4 concurrent clients on a
-    layer with the token and finishes with its throughput; without the token it stops with the
+  * Triton's own load generator, perf_analyzer (the wheel's bin/), runs 4 concurrent clients with
+    batch 2 (the batch dim it learns from ModelConfig) on a layer with the token and finishes with
+    its throughput; without the token it stops with the
     server's message;
   * errors: unknown model / layer / version NOT_FOUND, wrong K, wrong input name and INT8 data
     INVALID_ARGUMENT, RepositoryIndex UNIMPLEMENTED; a good request is answered after them.
@@ -44,7 +46,7 @@ TOKEN = "triton-client-token"
 def check_wire_format(proto_dir, work):
     """Our proto's messages and RPCs against tritonclient's own descriptors, field by field."""
     from google.protobuf import descriptor_pb2
-    from tritonclient.grpc import service_pb2
+    from tritonclient.grpc import model_config_pb2, service_pb2
     out = os.path.join(work, "predict_v2.pb")
     subprocess.check_call(["protoc", "-I", proto_dir, "--descriptor_set_out=" + out, "inference/predict_v2.proto"])
     ours = descriptor_pb2.FileDescriptorSet.FromString(open(out, "rb").read()).file[0]
@@ -60,13 +62,24 @@ def check_wire_format(proto_dir, work):
             yield prefix + m.name, m
             yield from flatten(m.nested_type, prefix + m.name + ".")
 
+    # Triton's model configuration lives in its model_config.proto (same package); ours holds a
+    # subset of those messages' fields and of its DataType values, each as Triton numbers it.
+    config = descriptor_pb2.FileDescriptorProto()
+    model_config_pb2.DESCRIPTOR.CopyToProto(config)
+    subset = {m.name: m for m in config.message_type if m.name in ("ModelConfig", "ModelInput", "ModelOutput")}
     their_msgs = dict(flatten(theirs.message_type, ""))
     checked = 0
     for name, m in flatten(ours.message_type, ""):
-        assert name in their_msgs, name
-        assert fields(m) == fields(their_msgs[name]), (name, fields(m), fields(their_msgs[name]))
-        assert [o.name for o in m.oneof_decl] == [o.name for o in their_msgs[name].oneof_decl], name
+        if name in subset:
+            assert set(fields(m)) <= set(fields(subset[name])), (name, set(fields(m)) - set(fields(subset[name])))
+        else:
+            assert name in their_msgs, name
+            assert fields(m) == fields(their_msgs[name]), (name, fields(m), fields(their_msgs[name]))
+            assert [o.name for o in m.oneof_decl] == [o.name for o in their_msgs[name].oneof_decl], name
         checked += 1
+    their_enum = {v.name: v.number for e in config.enum_type if e.name == "DataType" for v in e.value}
+    for e in ours.enum_type:
+        assert e.name == "DataType" and all(their_enum.get(v.name) == v.number for v in e.value), e
     their_rpcs = {r.name: r for r in theirs.service[0].method}
     assert ours.service[0].name == theirs.service[0].name == "GRPCInferenceService"
     for r in ours.service[0].method:
@@ -135,6 +148,12 @@ def main():
         assert md.name == "w8a8/" + down and list(md.versions) == ["1"] and md.platform == "lowbit:W8A8", md
         assert [(t.name, t.datatype, list(t.shape)) for t in md.inputs] == [("x", "BF16", [-1, k])], md.inputs
         assert [(t.name, t.datatype, list(t.shape)) for t in md.outputs] == [("y", "BF16", [-1, n])], md.outputs
+
+        # Triton's ModelConfig: the rows are the batch dim.
+        conf = client.get_model_config("w8a8/" + down, headers=hdr).config
+        assert conf.max_batch_size == 16384 and conf.backend == "lowbit", conf
+        assert [(t.name, t.data_type, list(t.dims)) for t in conf.input] == [("x", 14, [k])], conf.input  # TYPE_BF16
+        assert [(t.name, t.data_type, list(t.dims)) for t in conf.output] == [("y", 14, [n])], conf.output
 
         def infer(name, x, datatype, **kw):
             inp = tc.InferInput("x", list(x.shape), datatype)
@@ -252,7 +271,7 @@ def main():
         env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(a.pytools, "nvidia", "cuda_runtime", "lib"))
         csv = os.path.join(work, "perf.csv")
         pa = [os.path.join(a.pytools, "bin", "perf_analyzer"), "-i", "grpc", "-u", rt.address, "-m", "w8a8/" + down,
-              "--shape", "x:2,%d" % k, "--concurrency-range", "4", "--measurement-mode", "count_windows",
+              "-b", "2", "--concurrency-range", "4",  # [2, K] requests: the batch dim from ModelConfig "--measurement-mode", "count_windows",
               "--measurement-request-count", "40",
               # A check that it runs, not a measurement: any spread between its windows is "stable"
               # (its default 10% fails on a shared machine).
@@ -262,7 +281,7 @@ def main():
         assert run.returncode == 0, run.stdout + run.stderr
         rows = [line.split(",") for line in open(csv).read().splitlines()]
         assert rows[0][:2] == ["Concurrency", "Inferences/Second"] and rows[1][0] == "4", rows
-        print("perf_analyzer, 4 concurrent clients, [2, %d] BF16: %s infer/s" % (k, rows[1][1]))
+        print("perf_analyzer, 4 concurrent clients, batch 2 (BF16 [2, %d]): %s infer/s" % (k, rows[1][1]))
         assert float(rows[1][1]) > 0, rows
         run = subprocess.run(pa, capture_output=True, text=True, timeout=120, env=env)
         assert run.returncode != 0 and "requires a token" in run.stdout + run.stderr, run.stdout + run.stderr
