@@ -20,12 +20,15 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "grpcpp/server_context.h"
 #include "rpc/raw_stream.h"
+#include "rpc/wire.h"
 #include "runtime/call_control.h"
 
 namespace lowbit::runtime {
@@ -38,14 +41,22 @@ struct StreamEnd {
   absl::Status malformed;
 };
 
-// `parse(raw, index, &request)`: index counts the messages from 0; an error stops the stream.
-// `handle(control, request, &response_bytes)`: runs one request and encodes its response (a
-// failed request is reported inside its response); false when the response cannot be encoded,
-// which ends the stream as a failed write does.
+// The error for message `index` (from 0) of stream method `method` that did not parse as a
+// `type` (a protobuf full name): it names the message, and says what was answered.
+inline absl::Status MalformedStreamMessage(const char* method, int64_t index, size_t bytes, const std::string& type) {
+  const bool vowel = !type.empty() && std::string("aeiouAEIOU").find(type[0]) != std::string::npos;
+  return absl::InvalidArgumentError(absl::StrCat(
+      method, " request message ", index + 1, " (", bytes, " bytes) did not parse as ", vowel ? "an " : "a ", type,
+      "; the stream stops there: the ", index, " requests before it were answered, nothing after it was read"));
+}
+
+// Reads `Request`s from the stream of method `method` ("GemmStream"); a message that does not
+// parse stops it (MalformedStreamMessage). `handle(control, request, &response_bytes)`: runs one
+// request and encodes its response (a failed request is reported inside its response); false
+// when the response cannot be encoded, which ends the stream as a failed write does.
 template <class Request>
 StreamEnd ServeConcurrently(
-    grpc::ServerContext* ctx, rpc::RawServerStream* stream, int max_inflight,
-    const std::function<absl::Status(const grpc::ByteBuffer& raw, int64_t index, Request* request)>& parse,
+    grpc::ServerContext* ctx, rpc::RawServerStream* stream, int max_inflight, const char* method,
     const std::function<bool(const CallControl& control, Request& request, grpc::ByteBuffer* response)>& handle) {
   std::mutex mu;
   std::condition_variable cv;
@@ -83,8 +94,8 @@ StreamEnd ServeConcurrently(
   int64_t index = 0;
   while (stream->Read(&raw)) {
     Request req;
-    if (absl::Status s = parse(raw, index, &req); !s.ok()) {
-      end.malformed = s;
+    if (!rpc::Decode(raw, &req).ok()) {
+      end.malformed = MalformedStreamMessage(method, index, raw.Length(), Request::descriptor()->full_name());
       break;
     }
     ++index;

@@ -20,7 +20,6 @@ constexpr char kOutput[] = "y";
 
 // A KServe model name: a loaded model's layer.
 struct LayerModel {
-  std::shared_ptr<const LoadedModel> model;
   std::shared_ptr<const PreparedLinear> layer;
   std::string model_name, layer_name;
 };
@@ -54,14 +53,22 @@ absl::StatusOr<LayerModel> FindLayerModel(ModelRegistry& registry, const std::st
   if (!model.ok()) {
     return absl::NotFoundError(absl::StrCat("no model '", name, "': ", model.status().message()));
   }
-  out.model = *std::move(model);
-  auto it = out.model->layers.find(out.layer_name);
-  if (it == out.model->layers.end()) {
+  auto it = (*model)->layers.find(out.layer_name);
+  if (it == (*model)->layers.end()) {
     return absl::NotFoundError(absl::StrCat("no model '", name, "': model '", out.model_name,
                                             "' has no quantized layer '", out.layer_name, "'"));
   }
   out.layer = it->second;
   return out;
+}
+
+// FindLayerModel, then the version (CheckVersion): what every call naming a model checks first.
+absl::StatusOr<LayerModel> FindLayerModel(ModelRegistry& registry, const std::string& name,
+                                          const std::string& version) {
+  absl::StatusOr<LayerModel> found = FindLayerModel(registry, name);
+  if (!found.ok()) return found.status();
+  if (absl::Status s = CheckVersion(name, version); !s.ok()) return s;
+  return found;
 }
 
 void AddTensorMetadata(const char* name, DType dtype, int64_t dim,
@@ -82,7 +89,8 @@ absl::Status UnsupportedParameter(const std::string& where, const std::string& n
 }
 
 // The input's bytes (copied once, into the tensor the engine takes), shaped [rows, K].
-absl::StatusOr<Tensor> InputTensor(const inference::ModelInferRequest& req, const std::string& model_name) {
+absl::StatusOr<Tensor> InputTensor(const inference::ModelInferRequest& req) {
+  const std::string& model_name = req.model_name();
   if (req.inputs_size() != 1) {
     return absl::InvalidArgumentError(absl::StrCat("model '", model_name, "' takes one input '", kInput,
                                                    "' [..., K]; the request has ", req.inputs_size()));
@@ -127,7 +135,7 @@ absl::StatusOr<Tensor> InputTensor(const inference::ModelInferRequest& req, cons
     if (c.fp32_contents_size() == 0 || other_values > 0) {
       return absl::InvalidArgumentError("input 'x' is FP32 but its contents are not fp32_contents alone");
     }
-    const auto& values = in.contents().fp32_contents();
+    const auto& values = c.fp32_contents();
     data = {reinterpret_cast<const uint8_t*>(values.data()), values.size() * sizeof(float)};
   } else {
     return absl::InvalidArgumentError("input 'x' carries no data (neither raw_input_contents nor contents)");
@@ -197,8 +205,7 @@ grpc::Status KServeServiceImpl::ModelReady(grpc::ServerContext* ctx, const infer
   rpc::CallGuard guard(ctx, service_, "ModelReady");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
   // Ready = ModelInfer would take it: a layer model (a whole loaded model is not one).
-  resp->set_ready(CheckVersion(req->name(), req->version()).ok() &&
-                  FindLayerModel(engine_->registry(), req->name()).ok());
+  resp->set_ready(FindLayerModel(engine_->registry(), req->name(), req->version()).ok());
   return guard.Finish(grpc::Status::OK);
 }
 
@@ -215,9 +222,8 @@ grpc::Status KServeServiceImpl::ModelMetadata(grpc::ServerContext* ctx, const in
                                               inference::ModelMetadataResponse* resp) {
   rpc::CallGuard guard(ctx, service_, "ModelMetadata");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  absl::StatusOr<LayerModel> found = FindLayerModel(engine_->registry(), req->name());
+  absl::StatusOr<LayerModel> found = FindLayerModel(engine_->registry(), req->name(), req->version());
   if (!found.ok()) return guard.Finish(rpc::ToGrpcStatus(found.status()));
-  if (absl::Status s = CheckVersion(req->name(), req->version()); !s.ok()) return guard.Finish(rpc::ToGrpcStatus(s));
   const PreparedLinear& layer = *found->layer;
   resp->set_name(req->name());
   resp->add_versions(kVersion);
@@ -232,9 +238,8 @@ grpc::Status KServeServiceImpl::ModelConfig(grpc::ServerContext* ctx, const infe
                                             inference::ModelConfigResponse* resp) {
   rpc::CallGuard guard(ctx, service_, "ModelConfig");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  absl::StatusOr<LayerModel> found = FindLayerModel(engine_->registry(), req->name());
+  absl::StatusOr<LayerModel> found = FindLayerModel(engine_->registry(), req->name(), req->version());
   if (!found.ok()) return guard.Finish(rpc::ToGrpcStatus(found.status()));
-  if (absl::Status s = CheckVersion(req->name(), req->version()); !s.ok()) return guard.Finish(rpc::ToGrpcStatus(s));
   const PreparedLinear& layer = *found->layer;
   inference::ModelConfig* config = resp->mutable_config();
   config->set_name(req->name());
@@ -266,14 +271,7 @@ grpc::Status KServeServiceImpl::ModelStreamInferRaw(grpc::ServerContext* ctx, rp
   rpc::CallGuard guard(ctx, service_, "ModelStreamInfer");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
   StreamEnd end = ServeConcurrently<inference::ModelInferRequest>(
-      ctx, stream, options_.max_stream_inflight,
-      [](const grpc::ByteBuffer& raw, int64_t index, inference::ModelInferRequest* req) {
-        if (rpc::Decode(raw, req).ok()) return absl::OkStatus();
-        return absl::InvalidArgumentError(
-            absl::StrCat("ModelStreamInfer request message ", index + 1, " (", raw.Length(),
-                         " bytes) did not parse as an inference.ModelInferRequest; the stream stops there: the ", index,
-                         " requests before it were answered, nothing after it was read"));
-      },
+      ctx, stream, options_.max_stream_inflight, "ModelStreamInfer",
       [this](const CallControl& control, inference::ModelInferRequest& req, grpc::ByteBuffer* bytes) {
         inference::ModelStreamInferResponse out;
         if (absl::Status s = Infer(control, req, out.mutable_infer_response()); !s.ok()) {
@@ -292,9 +290,8 @@ grpc::Status KServeServiceImpl::ModelStreamInferRaw(grpc::ServerContext* ctx, rp
 
 absl::Status KServeServiceImpl::Infer(const CallControl& control, const inference::ModelInferRequest& req,
                                       inference::ModelInferResponse* resp) {
-  absl::StatusOr<LayerModel> found = FindLayerModel(engine_->registry(), req.model_name());
+  absl::StatusOr<LayerModel> found = FindLayerModel(engine_->registry(), req.model_name(), req.model_version());
   if (!found.ok()) return found.status();
-  if (absl::Status s = CheckVersion(req.model_name(), req.model_version()); !s.ok()) return s;
   for (const auto& out : req.outputs()) {
     if (out.name() != kOutput) {
       return absl::InvalidArgumentError(absl::StrCat("model '", req.model_name(), "' has no output '", out.name(),
@@ -316,7 +313,7 @@ absl::Status KServeServiceImpl::Infer(const CallControl& control, const inferenc
     if (!d.ok()) return d.status();
     gemm.out_dtype = *d;
   }
-  absl::StatusOr<Tensor> x = InputTensor(req, req.model_name());
+  absl::StatusOr<Tensor> x = InputTensor(req);
   if (!x.ok()) return x.status();
   gemm.x = *std::move(x);
   Shape out_shape(req.inputs(0).shape().begin(), req.inputs(0).shape().end());

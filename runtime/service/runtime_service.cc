@@ -275,14 +275,7 @@ grpc::Status RuntimeServiceImpl::GemmStreamRaw(grpc::ServerContext* ctx, rpc::Ra
   rpc::CallGuard guard(ctx, service_, "GemmStream");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
   StreamEnd end = ServeConcurrently<v1::GemmStreamRequest>(
-      ctx, stream, options_.max_stream_inflight,
-      [](const grpc::ByteBuffer& raw, int64_t index, v1::GemmStreamRequest* req) {
-        if (rpc::Decode(raw, req).ok()) return absl::OkStatus();
-        return absl::InvalidArgumentError(
-            absl::StrCat("GemmStream request message ", index + 1, " (", raw.Length(),
-                         " bytes) did not parse as a lowbit.v1.GemmStreamRequest; the stream stops there: the ", index,
-                         " requests before it were answered, nothing after it was read"));
-      },
+      ctx, stream, options_.max_stream_inflight, "GemmStream",
       [this](const CallControl& control, v1::GemmStreamRequest& r, grpc::ByteBuffer* bytes) {
         v1::GemmStreamResponse out;
         out.set_request_id(r.request_id());
