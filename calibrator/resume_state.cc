@@ -112,8 +112,8 @@ std::string ModelFilesIdentity(const std::string& model_dir) {
     if (p.extension() != ".safetensors" && p.extension() != ".json") continue;
     struct stat st {};
     if (::stat(p.c_str(), &st) != 0) continue;
-    entries.push_back(absl::StrCat(p.filename().string(), " ", st.st_size, " ", st.st_ino, " ", st.st_mtim.tv_sec,
-                                   ".", st.st_mtim.tv_nsec, " ", st.st_ctim.tv_sec, ".", st.st_ctim.tv_nsec));
+    entries.push_back(absl::StrCat(p.filename().string(), " ", st.st_size, " ", st.st_ino, " ", st.st_mtim.tv_sec, ".",
+                                   st.st_mtim.tv_nsec, " ", st.st_ctim.tv_sec, ".", st.st_ctim.tv_nsec));
   }
   std::sort(entries.begin(), entries.end());
   return absl::StrJoin(entries, "\n");

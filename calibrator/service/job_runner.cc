@@ -210,8 +210,7 @@ void JobRunner::RemoveOrphanWorkDirs() const {
     // A delete cut short after the job's file went. Not the work dir of a job file moved aside as
     // corrupt: an operator who mends that file keeps the job's resume state.
     std::error_code cec;
-    if (jobs_.count(id) == 0 &&
-        !std::filesystem::exists(store_->JobFile(id) + ".corrupt", cec)) {
+    if (jobs_.count(id) == 0 && !std::filesystem::exists(store_->JobFile(id) + ".corrupt", cec)) {
       store_->RemoveWorkDir(id);
     }
   }
@@ -262,8 +261,7 @@ absl::StatusOr<JobRunner::Deleted> JobRunner::Delete(const std::string& id, bool
     // with no job holding it.
     if (absl::Status s = SyncDirectory(paths_.output_root); !s.ok()) return undo(s);
   }
-  out.freed_bytes +=
-      TreeBytes(store_->WorkDir(id)) + TreeBytes(store_->JobFile(id));
+  out.freed_bytes += TreeBytes(store_->WorkDir(id)) + TreeBytes(store_->JobFile(id));
   if (absl::Status s = store_->Remove(id); !s.ok()) return undo(s);
   if (!trash.empty()) std::filesystem::remove_all(trash, ec);
   store_->RemoveWorkDir(id);
