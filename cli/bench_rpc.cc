@@ -75,13 +75,6 @@ rpc::ClientConfig PlainLoopback(rpc::ClientConfig base, const std::string& addre
   return base;
 }
 
-int64_t DirBytes(const fs::path& dir) {
-  int64_t n = 0;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_regular_file()) n += static_cast<int64_t>(e.file_size());
-  return n;
-}
-
 // One KServe v2 ModelInfer call of layer model "<model>/<layer>" on x (BF16 [M, K]); returns the
 // kernel time the response reports (µs).
 absl::StatusOr<double> CallModelInfer(inference::GRPCInferenceService::Stub& stub, const rpc::ClientConfig& config,
@@ -368,7 +361,7 @@ int Bench(const Args& args) {
       auto streamed = StreamCheckpoint(*channel, cfg, ckpt.string(), "bench-streamed");
       const double s = std::chrono::duration<double>(Clock::now() - t0).count();
       if (!streamed.ok()) return Fail("LoadModelStream", streamed.status());
-      const double mb = DirBytes(ckpt) / 1e6;
+      const double mb = TreeBytes(ckpt.string()) / 1e6;
       absl::StrAppendFormat(
           &md, "LoadModelStream (runtime): %.1f MB in %.2f s = %.0f MB/s (includes weight preparation)\n\n", mb, s,
           mb / s);
@@ -392,7 +385,7 @@ int Bench(const Args& args) {
   rpc::ClientConfig ccfg = PlainLoopback(calibrator_base, (*cal)->address());
   auto cchannel = ChannelFor(ccfg);
   auto cstub = v1::CalibratorService::NewStub(cchannel);
-  const double model_mb = DirBytes(model_dir) / 1e6;
+  const double model_mb = TreeBytes(model_dir.string()) / 1e6;
   auto t0 = Clock::now();
   auto up = UploadModelDir(*cchannel, ccfg, model_dir.string(), "bench-upload");
   double s = std::chrono::duration<double>(Clock::now() - t0).count();
