@@ -1116,12 +1116,7 @@ TEST_F(RuntimeTest, OversizedMessageIsResourceExhausted) {
   st = client.Gemm(MakeGemm("m", kQ, RandomX(1500, 256, DType::kBF16, 1), v1::DTYPE_F32), &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
   EXPECT_NE(st.error_message().find("message limit"), std::string::npos) << st.error_message();
-  auto gemms = [&] {
-    for (const auto& fam : server->registry->Collect()) {
-      if (fam.name == "lowbit_runtime_gemms_total") return fam.metric.at(0).counter.value;
-    }
-    return -1.0;
-  };
+  auto gemms = [&] { return Gauge(*server, "lowbit_runtime_gemms_total"); };
   // The same through KServe, refused before the GEMM runs: 1500 BF16 rows fit (a 768 KB result),
   // as FP32 (1.5 MB) they do not; the id the response echoes counts too.
   KServeClient kc(server->port);
