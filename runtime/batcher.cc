@@ -66,17 +66,18 @@ struct Batcher::Pending {
 absl::StatusOr<GemmResult> Batcher::RunAlone(BatchItem item, const CallControl& control) {
   std::vector<const Tensor*> xs = {&item.x};
   std::vector<Tensor> ys;
-  double us = 0;
+  GemmResult r;
+  const auto arrived = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> exec(exec_mu_);
+  r.queue_ns = ElapsedNs(arrived);
   // Under load the wait for the slot can be long: a request whose deadline passed meanwhile is
   // not computed (its client has gone).
   if (absl::Status d = control.CheckDeadline(); !d.ok()) return d;
-  absl::Status s = executor_(*item.layer, item.x.dtype(), item.out_dtype, xs, &ys, &us);
+  absl::Status s = executor_(*item.layer, item.x.dtype(), item.out_dtype, xs, &ys, &r.timing);
   if (!s.ok()) return s;
-  if (metrics_) metrics_->Batch(1, item.x.dim(0), us * 1e-6);
-  GemmResult r;
+  r.kernel_us = r.timing.infer_ns * 1e-3;
+  if (metrics_) metrics_->Batch(1, item.x.dim(0), r.kernel_us * 1e-6);
   r.y = std::move(ys[0]);
-  r.kernel_us = us;
   r.batch_requests = 1;
   r.batch_rows = item.x.dim(0);
   return r;
@@ -107,10 +108,11 @@ void Batcher::Execute(const std::vector<std::shared_ptr<Pending>>& batch) {
   for (const auto& p : batch) xs.push_back(&p->item.x);
   const PreparedLinear& layer = *batch.front()->item.layer;
   std::vector<Tensor> ys;
-  double us = 0;
+  ExecutionTiming timing;
   int64_t rows = 0;
   for (const auto& p : batch) rows += p->rows;
-  absl::Status s = executor_(layer, batch.front()->item.x.dtype(), batch.front()->item.out_dtype, xs, &ys, &us);
+  absl::Status s = executor_(layer, batch.front()->item.x.dtype(), batch.front()->item.out_dtype, xs, &ys, &timing);
+  const double us = timing.infer_ns * 1e-3;
   if (s.ok() && metrics_) metrics_->Batch(static_cast<int>(batch.size()), rows, us * 1e-6);
   std::lock_guard<std::mutex> lock(mu_);
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -119,6 +121,7 @@ void Batcher::Execute(const std::vector<std::shared_ptr<Pending>>& batch) {
     if (s.ok()) {
       p.result.y = std::move(ys[i]);
       p.result.kernel_us = us;
+      p.result.timing = timing;
       p.result.batch_requests = static_cast<int>(batch.size());
       p.result.batch_rows = rows;
     }
@@ -215,6 +218,7 @@ absl::StatusOr<GemmResult> Batcher::Run(BatchItem item, const CallControl& contr
         }
         if (!batch.empty() && rows + next->rows > options_.max_batch_rows) break;
         rows += next->rows;
+        next->result.queue_ns = ElapsedNs(next->arrived);
         next->state = Pending::kTaken;
         next->leader = false;
         batch.push_back(next);

@@ -27,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "common/tensor.h"
 #include "runtime/call_control.h"
+#include "runtime/layer_stats.h"
 #include "runtime/metrics.h"
 #include "runtime/model_registry.h"
 
@@ -44,9 +45,11 @@ struct BatcherOptions {
 
 struct GemmResult {
   Tensor y;                // [M, N]
-  double kernel_us = 0;    // time of the GEMM that computed it (the whole batch)
+  double kernel_us = 0;    // time of the GEMM that computed it (the whole batch): timing.infer_ns in µs
   int batch_requests = 1;  // requests in that GEMM
   int64_t batch_rows = 0;  // rows in that GEMM
+  ExecutionTiming timing;  // that GEMM's phases
+  uint64_t queue_ns = 0;   // this request's wait for its batch (or, batching off, the execution slot)
 };
 
 // One validated request, ready to run.
@@ -59,10 +62,10 @@ struct BatchItem {
 class Batcher {
  public:
   // Runs one GEMM over the concatenation of `xs` (same layer and dtypes) and returns one output
-  // per input, in order, plus the kernel time in µs.
+  // per input, in order, plus the GEMM's phases.
   using Executor = std::function<absl::Status(const PreparedLinear& layer, DType x_dtype, DType out_dtype,
                                               const std::vector<const Tensor*>& xs, std::vector<Tensor>* ys,
-                                              double* kernel_us)>;
+                                              ExecutionTiming* timing)>;
 
   Batcher(BatcherOptions options, Executor executor, RuntimeMetrics* metrics)
       : options_(options), executor_(std::move(executor)), metrics_(metrics) {}

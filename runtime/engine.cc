@@ -129,7 +129,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   e->batcher_ = std::make_unique<Batcher>(
       options.batching,
       [self](const PreparedLinear& layer, DType xd, DType yd, const std::vector<const Tensor*>& xs,
-             std::vector<Tensor>* ys, double* us) { return self->RunBatch(layer, xd, yd, xs, ys, us); },
+             std::vector<Tensor>* ys, ExecutionTiming* t) { return self->RunBatch(layer, xd, yd, xs, ys, t); },
       e->metrics_.get());
   if (!options.state_dir.empty()) {
     absl::StatusOr<std::unique_ptr<LoadJournal>> journal = LoadJournal::Open(options.state_dir);
@@ -260,6 +260,7 @@ EngineInfo Engine::Info() const {
 }
 
 absl::StatusOr<GemmResult> Engine::Gemm(const GemmRequest& req, const CallControl& control) {
+  const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<std::shared_ptr<const LoadedModel>> model = registry_->Get(req.model);
   if (!model.ok()) return model.status();
   auto it = (*model)->layers.find(req.layer);
@@ -273,7 +274,19 @@ absl::StatusOr<GemmResult> Engine::Gemm(const GemmRequest& req, const CallContro
                                             (*model)->layers.size(), ", e.g. '", (*model)->layers.begin()->first,
                                             "'; see ListModels)"));
   }
+  // Every request that reaches a layer is counted in its statistics, the refused ones as failures.
   const PreparedLinear& layer = *it->second;
+  absl::StatusOr<GemmResult> r = GemmOnLayer(req, *model, layer, control);
+  if (r.ok()) {
+    layer.stats.Succeeded(r->y.dim(0), ElapsedNs(start), r->queue_ns, r->timing);
+  } else {
+    layer.stats.Failed(ElapsedNs(start));
+  }
+  return r;
+}
+
+absl::StatusOr<GemmResult> Engine::GemmOnLayer(const GemmRequest& req, const std::shared_ptr<const LoadedModel>& model,
+                                               const PreparedLinear& layer, const CallControl& control) {
   const Tensor& x = req.x;
   if (!IsActivationDType(x.dtype())) {
     return absl::InvalidArgumentError(
@@ -311,7 +324,7 @@ absl::StatusOr<GemmResult> Engine::Gemm(const GemmRequest& req, const CallContro
   BatchItem item;
   // Points at the layer but owns the whole model: while the request is anywhere in the batcher,
   // the model (and with it its count in the memory budget) stays, even if it is unloaded.
-  item.layer = std::shared_ptr<const PreparedLinear>(*model, it->second.get());
+  item.layer = std::shared_ptr<const PreparedLinear>(model, &layer);
   if (layer.kind == LinearKind::kW8A8Static) {
     // Quantized here, in the request's thread, so a refusal is this request's alone; the batch
     // then carries int8 rows (RunBatch).
@@ -326,8 +339,9 @@ absl::StatusOr<GemmResult> Engine::Gemm(const GemmRequest& req, const CallContro
 }
 
 absl::Status Engine::RunBatch(const PreparedLinear& layer, DType x_dtype, DType out_dtype,
-                              const std::vector<const Tensor*>& xs, std::vector<Tensor>* ys, double* kernel_us) {
+                              const std::vector<const Tensor*>& xs, std::vector<Tensor>* ys, ExecutionTiming* timing) {
   kernels::Backend& be = *handle_->backend;
+  const auto t_in = std::chrono::steady_clock::now();
   const int64_t k = layer.k, n = layer.n;
   int64_t m = 0;
   for (const Tensor* x : xs) m += x->dim(0);
@@ -367,6 +381,7 @@ absl::Status Engine::RunBatch(const PreparedLinear& layer, DType x_dtype, DType 
   a.y = *yd;
   a.y_dtype = kernel_y;
   const auto t0 = std::chrono::steady_clock::now();
+  timing->input_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t0 - t_in).count());
   kernels::Status st;
   switch (layer.kind) {
     case LinearKind::kW8A8Dynamic:
@@ -418,7 +433,8 @@ absl::Status Engine::RunBatch(const PreparedLinear& layer, DType x_dtype, DType 
   }
   if (!st.ok()) return Kernel(st, layer);
   if (kernels::Status s = be.Synchronize(); !s.ok()) return Kernel(s, layer);
-  *kernel_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  const auto t_out = std::chrono::steady_clock::now();
+  timing->infer_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t_out - t0).count());
 
   // Split the rows back.
   ys->clear();
@@ -433,6 +449,8 @@ absl::Status Engine::RunBatch(const PreparedLinear& layer, DType x_dtype, DType 
     yoff += static_cast<size_t>(x->dim(0)) * row_bytes;
     ys->push_back(kernel_y == out_dtype ? std::move(y) : Convert(y, out_dtype));
   }
+  timing->output_ns = ElapsedNs(t_out);
+  layer.stats.Executed(m, *timing);
   return absl::OkStatus();
 }
 

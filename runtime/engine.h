@@ -105,8 +105,11 @@ class Engine {
 
  private:
   Engine() = default;
-  absl::Status RunBatch(const PreparedLinear& layer, DType x_dtype, DType out_dtype, const std::vector<const Tensor*>& xs,
-                        std::vector<Tensor>* ys, double* kernel_us);
+  // Gemm once the layer is found: the checks that need it, then the batcher.
+  absl::StatusOr<GemmResult> GemmOnLayer(const GemmRequest& request, const std::shared_ptr<const LoadedModel>& model,
+                                         const PreparedLinear& layer, const CallControl& control);
+  absl::Status RunBatch(const PreparedLinear& layer, DType x_dtype, DType out_dtype,
+                        const std::vector<const Tensor*>& xs, std::vector<Tensor>* ys, ExecutionTiming* timing);
   void UpdateModelMetrics();
   // Records model `name` (published as `model`) in the state directory as `entry`, after
   // committing `copy` (a streamed load's); unloads it again when that fails. Nothing when an

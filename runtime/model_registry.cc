@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cstdlib>
@@ -166,6 +167,19 @@ absl::StatusOr<std::string> ModelRegistry::ResolvePath(const std::string& path) 
     return absl::InvalidArgumentError(absl::StrCat("path '", path, "' is not a directory (give the checkpoint directory)"));
   }
   return *real;
+}
+
+std::vector<std::string> ModelRegistry::Checkpoints() const {
+  std::vector<std::string> out;
+  if (root_.empty()) return out;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(root_, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    absl::StatusOr<std::string> dir = ResolvePath(name);
+    if (dir.ok() && std::filesystem::is_regular_file(*dir + "/config.json", ec)) out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelRegistry::LoadFromPath(const std::string& name,

@@ -24,6 +24,7 @@
 #include "common/tensor.h"
 #include "kernels/backend.h"
 #include "runtime/call_control.h"
+#include "runtime/layer_stats.h"
 #include "runtime/linear_spec.h"
 
 namespace lowbit::runtime {
@@ -46,6 +47,7 @@ struct PreparedLinear {
   std::unique_ptr<kernels::PreparedWeight> weight;
   float* bias = nullptr;  // backend memory, [N] f32, or null
   std::shared_ptr<BackendHandle> handle;
+  mutable LayerStats stats;  // what ran on it since the load (the engine records, KServe reports)
   ~PreparedLinear();
 };
 
@@ -156,6 +158,9 @@ class ModelRegistry {
   absl::Status CheckName(const std::string& name) const;
   // The confined, canonical directory for `path`, or the error LoadFromPath would return.
   absl::StatusOr<std::string> ResolvePath(const std::string& path) const;
+  // The checkpoints directly under the model root: the names of its subdirectories that
+  // ResolvePath accepts and that hold a config.json, sorted (none without a root).
+  std::vector<std::string> Checkpoints() const;
 
   int64_t budget_bytes() const { return options_.memory_budget_bytes; }
   // Bytes of every published model still alive: the loaded ones, and unloaded ones that a

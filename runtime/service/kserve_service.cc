@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <climits>
+#include <set>
 #include <span>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "rpc/status.h"
@@ -86,6 +88,42 @@ absl::Status UnsupportedParameter(const std::string& where, const std::string& n
   return absl::InvalidArgumentError(absl::StrCat(where, " has parameter '", name,
                                                  "', which lowbit-runtime does not implement (no shared memory, "
                                                  "classification or sequence extensions)"));
+}
+
+// The repository calls know one repository, the model root, named "".
+absl::Status CheckRepository(const std::string& name) {
+  if (name.empty()) return absl::OkStatus();
+  return absl::NotFoundError(absl::StrCat("no repository '", name,
+                                          "': lowbit-runtime has one, its model root, named '' (leave "
+                                          "repository_name empty)"));
+}
+
+void DurationToProto(const DurationStat& d, inference::StatisticDuration* out) {
+  out->set_count(d.count);
+  out->set_ns(d.ns);
+}
+
+void StatisticsToProto(const std::string& name, const PreparedLinear& layer, inference::ModelStatistics* out) {
+  const LayerStatsSnapshot s = layer.stats.Snapshot();
+  out->set_name(name);
+  out->set_version(kVersion);
+  out->set_last_inference(s.last_inference_ms);
+  out->set_inference_count(s.inference_count);
+  out->set_execution_count(s.execution_count);
+  inference::InferStatistics* is = out->mutable_inference_stats();
+  DurationToProto(s.success, is->mutable_success());
+  DurationToProto(s.fail, is->mutable_fail());
+  DurationToProto(s.queue, is->mutable_queue());
+  DurationToProto(s.compute_input, is->mutable_compute_input());
+  DurationToProto(s.compute_infer, is->mutable_compute_infer());
+  DurationToProto(s.compute_output, is->mutable_compute_output());
+  for (const auto& [rows, b] : s.batches) {
+    inference::InferBatchStatistics* bs = out->add_batch_stats();
+    bs->set_batch_size(rows);
+    DurationToProto(b.input, bs->mutable_compute_input());
+    DurationToProto(b.infer, bs->mutable_compute_infer());
+    DurationToProto(b.output, bs->mutable_compute_output());
+  }
 }
 
 // The input's bytes (copied once, into the tensor the engine takes), shaped [rows, K].
@@ -215,6 +253,12 @@ grpc::Status KServeServiceImpl::ServerMetadata(grpc::ServerContext* ctx, const i
   if (!guard.ok()) return guard.Finish(guard.auth_status());
   resp->set_name("lowbit-runtime");
   resp->set_version(kRuntimeVersion);
+  // Triton's names for the extensions served (perf_analyzer reads server statistics only when
+  // "statistics" is listed); "parameters": request parameters such as out_dtype.
+  for (const char* e :
+       {"model_configuration", "model_repository", "model_repository(unload_dependents)", "parameters", "statistics"}) {
+    resp->add_extensions(e);
+  }
   return guard.Finish(grpc::Status::OK);
 }
 
@@ -265,6 +309,104 @@ grpc::Status KServeServiceImpl::ModelInfer(grpc::ServerContext* ctx, const infer
   rpc::CallGuard guard(ctx, service_, "ModelInfer");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
   return guard.Finish(rpc::ToGrpcStatus(Infer(ControlOf(ctx), *req, resp)));
+}
+
+grpc::Status KServeServiceImpl::ModelStatistics(grpc::ServerContext* ctx, const inference::ModelStatisticsRequest* req,
+                                                inference::ModelStatisticsResponse* resp) {
+  rpc::CallGuard guard(ctx, service_, "ModelStatistics");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  if (req->name().empty()) {
+    if (!req->version().empty() && req->version() != kVersion) {
+      return guard.Finish(rpc::ToGrpcStatus(absl::NotFoundError(
+          absl::StrCat("no layer model has version '", req->version(), "' (all have ", kVersion, ")"))));
+    }
+    for (const auto& model : engine_->registry().List()) {
+      for (const auto& [name, layer] : model->layers) {
+        StatisticsToProto(absl::StrCat(model->name, "/", name), *layer, resp->add_model_stats());
+      }
+    }
+    return guard.Finish(grpc::Status::OK);
+  }
+  absl::StatusOr<LayerModel> found = FindLayerModel(engine_->registry(), req->name(), req->version());
+  if (!found.ok()) return guard.Finish(rpc::ToGrpcStatus(found.status()));
+  StatisticsToProto(req->name(), *found->layer, resp->add_model_stats());
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status KServeServiceImpl::RepositoryIndex(grpc::ServerContext* ctx, const inference::RepositoryIndexRequest* req,
+                                                inference::RepositoryIndexResponse* resp) {
+  rpc::CallGuard guard(ctx, service_, "RepositoryIndex");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  if (absl::Status s = CheckRepository(req->repository_name()); !s.ok()) return guard.Finish(rpc::ToGrpcStatus(s));
+  std::vector<inference::RepositoryIndexResponse::ModelIndex> entries;
+  std::set<std::string> loaded;
+  for (const auto& model : engine_->registry().List()) {
+    loaded.insert(model->name);
+    for (const auto& [name, layer] : model->layers) {
+      inference::RepositoryIndexResponse::ModelIndex& e = entries.emplace_back();
+      e.set_name(absl::StrCat(model->name, "/", name));
+      e.set_version(kVersion);
+      e.set_state("READY");
+    }
+  }
+  if (!req->ready()) {
+    for (const std::string& dir : engine_->registry().Checkpoints()) {
+      if (loaded.count(dir)) continue;
+      inference::RepositoryIndexResponse::ModelIndex& e = entries.emplace_back();
+      e.set_name(dir);
+      e.set_state("UNAVAILABLE");
+      e.set_reason("not loaded: RepositoryModelLoad loads it, and its layers become the models '<name>/<layer>'");
+    }
+  }
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.name() < b.name(); });
+  for (auto& e : entries) *resp->add_models() = std::move(e);
+  return guard.Finish(grpc::Status::OK);
+}
+
+grpc::Status KServeServiceImpl::RepositoryModelLoad(grpc::ServerContext* ctx,
+                                                    const inference::RepositoryModelLoadRequest* req,
+                                                    inference::RepositoryModelLoadResponse*) {
+  rpc::CallGuard guard(ctx, service_, "RepositoryModelLoad");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  if (absl::Status s = CheckRepository(req->repository_name()); !s.ok()) return guard.Finish(rpc::ToGrpcStatus(s));
+  if (!req->parameters().empty()) {
+    return guard.Finish(rpc::ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("parameter '", req->parameters().begin()->first,
+                     "': lowbit-runtime loads a checkpoint directory as it is (no config or file overrides)"))));
+  }
+  const std::string& name = req->model_name();
+  if (name.empty()) {
+    return guard.Finish(rpc::ToGrpcStatus(
+        absl::InvalidArgumentError("model_name is empty: name a checkpoint directory under the model root")));
+  }
+  if (auto loaded = engine_->registry().Get(name); loaded.ok()) {
+    if ((*loaded)->source == name) return guard.Finish(grpc::Status::OK);  // already loaded from that directory
+    return guard.Finish(rpc::ToGrpcStatus(
+        absl::AlreadyExistsError(absl::StrCat("a model named '", name, "' is already loaded from ", (*loaded)->source,
+                                              ", not from the directory '", name, "'; unload it first"))));
+  }
+  auto model = LoadForCall(*engine_, ctx, name, name, "RepositoryModelLoad");
+  return guard.Finish(rpc::ToGrpcStatus(model.status()));
+}
+
+grpc::Status KServeServiceImpl::RepositoryModelUnload(grpc::ServerContext* ctx,
+                                                      const inference::RepositoryModelUnloadRequest* req,
+                                                      inference::RepositoryModelUnloadResponse*) {
+  rpc::CallGuard guard(ctx, service_, "RepositoryModelUnload");
+  if (!guard.ok()) return guard.Finish(guard.auth_status());
+  if (absl::Status s = CheckRepository(req->repository_name()); !s.ok()) return guard.Finish(rpc::ToGrpcStatus(s));
+  for (const auto& [key, value] : req->parameters()) {
+    // Nothing depends on a model here, so "unload_dependents" has nothing to do either way.
+    if (key == "unload_dependents" &&
+        value.parameter_choice_case() == inference::ModelRepositoryParameter::kBoolParam) {
+      continue;
+    }
+    return guard.Finish(rpc::ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("parameter '", key,
+                     "': RepositoryModelUnload takes only 'unload_dependents' (a bool), which changes nothing "
+                     "here"))));
+  }
+  return guard.Finish(rpc::ToGrpcStatus(engine_->Unload(req->model_name())));
 }
 
 grpc::Status KServeServiceImpl::ModelStreamInferRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream) {

@@ -17,7 +17,17 @@
 //    refused with INVALID_ARGUMENT, not ignored; other request parameters are ignored;
 //  - ModelStreamInfer (Triton's streaming extension) runs a stream's requests concurrently, up to
 //    max_stream_inflight at once, and answers each as it finishes (concurrent_stream.h); a failed
-//    request's answer has error_message (and its id), and the stream goes on.
+//    request's answer has error_message (and its id), and the stream goes on;
+//  - ModelStatistics (Triton's) reports each layer model's LayerStats (runtime/layer_stats.h):
+//    every request for the layer, from either front end, since its model was loaded;
+//  - the repository calls (Triton's) work on the model root: RepositoryIndex lists every layer
+//    model of the loaded models (READY) and the checkpoint directories directly under the root
+//    not loaded under their own name (UNAVAILABLE); RepositoryModelLoad "<dir>" loads the
+//    checkpoint <root>/<dir> as model "<dir>" (as lowbit.v1 LoadModel would, recorded in the
+//    state directory; nothing to do when that model is already loaded from that directory);
+//    RepositoryModelUnload unloads a loaded model by name. The only repository is "" (the
+//    root); repository parameters (Triton's config / file overrides) are refused, but for
+//    unload's "unload_dependents" (nothing depends on a model here).
 // ServerLive and ServerReady are open (probes, like grpc.health.v1); every other call needs the
 // bearer token when the server has one, and is counted in the request metrics under service
 // "kserve". Errors are absl::Status inside and gRPC codes at the edge, as in lowbit.v1.
@@ -54,6 +64,14 @@ class KServeServiceImpl final : public inference::GRPCInferenceService::Service 
                            inference::ModelConfigResponse* resp) override;
   grpc::Status ModelInfer(grpc::ServerContext* ctx, const inference::ModelInferRequest* req,
                           inference::ModelInferResponse* resp) override;
+  grpc::Status ModelStatistics(grpc::ServerContext* ctx, const inference::ModelStatisticsRequest* req,
+                               inference::ModelStatisticsResponse* resp) override;
+  grpc::Status RepositoryIndex(grpc::ServerContext* ctx, const inference::RepositoryIndexRequest* req,
+                               inference::RepositoryIndexResponse* resp) override;
+  grpc::Status RepositoryModelLoad(grpc::ServerContext* ctx, const inference::RepositoryModelLoadRequest* req,
+                                   inference::RepositoryModelLoadResponse* resp) override;
+  grpc::Status RepositoryModelUnload(grpc::ServerContext* ctx, const inference::RepositoryModelUnloadRequest* req,
+                                     inference::RepositoryModelUnloadResponse* resp) override;
   // ModelStreamInfer as a raw stream (same messages on the wire): a message that does not parse
   // ends the stream with INVALID_ARGUMENT, after the requests before it were answered.
   grpc::Status ModelStreamInferRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream);

@@ -47,21 +47,24 @@ grpc::Status RuntimeServiceImpl::LoadModel(grpc::ServerContext* ctx, const v1::L
                                            v1::LoadModelResponse* resp) {
   rpc::CallGuard guard(ctx, service_, "LoadModel");
   if (!guard.ok()) return guard.Finish(guard.auth_status());
-  // Asked between layers: a client whose deadline passed or that cancelled leaves nothing loaded.
-  auto model = engine_->LoadFromPath(req->name(), req->path(), ControlOf(ctx));
+  auto model = LoadForCall(*engine_, ctx, req->name(), req->path(), "LoadModel");
   if (!model.ok()) return guard.Finish(rpc::ToGrpcStatus(model.status()));
-  // Asked once more after publishing: a call that ended in between would not see its model, so
-  // it goes again (unless something replaced it under the same name meanwhile).
-  if (ctx->IsCancelled()) {
-    auto now = engine_->registry().Get(req->name());
-    if (now.ok() && now->get() == model->get()) engine_->Unload(req->name()).IgnoreError();
-    const absl::Status ended = rpc::CallEnded(ctx, "LoadModel");
-    return guard.Finish(
-        rpc::ToGrpcStatus(absl::Status(ended.code(), absl::StrCat(ended.message(), " while model '", req->name(),
-                                                                  "' was being published; it was unloaded again"))));
-  }
   ModelInfoToProto(**model, engine_->Info().backend, resp->mutable_model());
   return guard.Finish(grpc::Status::OK);
+}
+
+absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadForCall(Engine& engine, grpc::ServerContext* ctx,
+                                                               const std::string& name, const std::string& path,
+                                                               const char* method) {
+  // Asked between layers: a client whose deadline passed or that cancelled leaves nothing loaded.
+  auto model = engine.LoadFromPath(name, path, ControlOf(ctx));
+  if (!model.ok()) return model.status();
+  if (!ctx->IsCancelled()) return model;
+  auto now = engine.registry().Get(name);
+  if (now.ok() && now->get() == model->get()) engine.Unload(name).IgnoreError();
+  const absl::Status ended = rpc::CallEnded(ctx, method);
+  return absl::Status(ended.code(), absl::StrCat(ended.message(), " while model '", name,
+                                                 "' was being published; it was unloaded again"));
 }
 
 grpc::Status RuntimeServiceImpl::LoadModelStreamRaw(grpc::ServerContext* ctx, rpc::RawServerStream* stream) {

@@ -8,6 +8,8 @@
 #define LOWBIT_RUNTIME_SERVICE_RUNTIME_SERVICE_H_
 
 #include <cstdint>
+#include <memory>
+#include <string>
 
 #include "lowbit/v1/runtime.grpc.pb.h"
 #include "rpc/raw_stream.h"
@@ -53,6 +55,14 @@ class RuntimeServiceImpl final : public v1::RuntimeService::Service {
   rpc::ServiceContext service_;
   RuntimeServiceOptions options_;
 };
+
+// Engine::LoadFromPath for a gRPC call (lowbit.v1 LoadModel, KServe RepositoryModelLoad): the
+// call's deadline and cancellation are asked between layers, and once more after the model was
+// published — a call that ended just then would never see its model, so it is unloaded again
+// (unless something replaced it under the same name meanwhile) and the result is the call's end.
+absl::StatusOr<std::shared_ptr<const LoadedModel>> LoadForCall(Engine& engine, grpc::ServerContext* ctx,
+                                                               const std::string& name, const std::string& path,
+                                                               const char* method);
 
 // The ModelInfo message of a loaded model.
 void ModelInfoToProto(const LoadedModel& model, const std::string& backend, v1::ModelInfo* out);

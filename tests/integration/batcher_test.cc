@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
@@ -26,7 +27,7 @@ class FakeExecutor {
  public:
   Batcher::Executor Bind() {
     return [this](const PreparedLinear&, DType, DType, const std::vector<const Tensor*>& xs, std::vector<Tensor>* ys,
-                  double* kernel_us) -> absl::Status {
+                  ExecutionTiming* timing) -> absl::Status {
       bool fail = false;
       {
         std::unique_lock<std::mutex> lock(mu_);
@@ -41,7 +42,7 @@ class FakeExecutor {
         for (float& f : v) f = 2 * f + 1;
         ys->push_back(Tensor::FromFloats(v, x->shape(), DType::kF32));
       }
-      *kernel_us = 1;
+      timing->infer_ns = 1000;  // 1 µs
       return absl::OkStatus();
     };
   }
@@ -94,24 +95,42 @@ TEST(BatcherTest, RequestsQueuedDuringAGemmRunAsTheNextBatchAndGetTheirOwnRows) 
   Batcher batcher(BatcherOptions{}, fake.Bind(), nullptr);  // delay 0
   auto layer = std::make_shared<PreparedLinear>();
   fake.Hold();
-  std::thread first([&] { ExpectOwnRows(batcher.Run(Item(layer, 1, 0), CallControl{}), 1, 0); });
+  absl::StatusOr<GemmResult> first_result;
+  const auto start = Clock::now();
+  std::thread first([&] { first_result = batcher.Run(Item(layer, 1, 0), CallControl{}); });
   fake.WaitForGemms(1);  // the first request's GEMM runs (held)
+  const uint64_t first_waited_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
   constexpr int kQueued = 6;
   std::vector<std::thread> queued;
   std::atomic<int> batch_requests{0};
+  std::atomic<uint64_t> min_queue_ns{UINT64_MAX};
   for (int i = 0; i < kQueued; ++i) {
     queued.emplace_back([&, i] {
+      const auto called = Clock::now();
       auto r = batcher.Run(Item(layer, 1 + i % 3, 100.f * (i + 1)), CallControl{});
+      const auto took = Clock::now() - called;
       ExpectOwnRows(r, 1 + i % 3, 100.f * (i + 1));
-      if (r.ok()) batch_requests = r->batch_requests;
+      if (!r.ok()) return;
+      EXPECT_LE(r->queue_ns, static_cast<uint64_t>(std::chrono::nanoseconds(took).count()));
+      batch_requests = r->batch_requests;
+      EXPECT_EQ(r->timing.infer_ns, 1000u);  // the executor's phases, handed to every request
+      EXPECT_EQ(r->kernel_us, 1.0);
+      uint64_t seen = min_queue_ns.load();
+      while (r->queue_ns < seen && !min_queue_ns.compare_exchange_weak(seen, r->queue_ns)) {
+      }
     });
   }
   std::this_thread::sleep_for(milliseconds(200));  // all six queue behind the running GEMM
   fake.Release();
   first.join();
   for (auto& t : queued) t.join();
+  ExpectOwnRows(first_result, 1, 0);
   EXPECT_EQ(fake.batches(), (std::vector<int>{1, kQueued}));
   EXPECT_EQ(batch_requests.load(), kQueued);
+  // Queue time: the queued ones waited out most of the held GEMM's 200 ms (each at most its own
+  // call's time, above); the first one ran at once, within the time its GEMM took to start.
+  EXPECT_GE(min_queue_ns.load(), 100'000'000u);
+  EXPECT_LE(first_result->queue_ns, first_waited_ns);
 }
 
 TEST(BatcherTest, AFullBatchDoesNotWaitOutTheDelay) {

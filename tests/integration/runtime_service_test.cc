@@ -268,6 +268,43 @@ struct KServeClient : StubClient<inference::GRPCInferenceService> {
     Prepare(&ctx);
     return stub->ModelInfer(&ctx, req, resp);
   }
+  grpc::Status Statistics(const std::string& name, const std::string& version,
+                          inference::ModelStatisticsResponse* resp) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    inference::ModelStatisticsRequest req;
+    req.set_name(name);
+    req.set_version(version);
+    return stub->ModelStatistics(&ctx, req, resp);
+  }
+  // RepositoryIndex as name -> state ("READY" / "UNAVAILABLE"); CHECKs the call.
+  std::map<std::string, std::string> Index(bool ready) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    inference::RepositoryIndexRequest req;
+    req.set_ready(ready);
+    inference::RepositoryIndexResponse resp;
+    grpc::Status st = stub->RepositoryIndex(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    std::map<std::string, std::string> out;
+    for (const auto& m : resp.models()) {
+      EXPECT_EQ(m.version(), m.state() == "READY" ? "1" : "") << m.name();
+      out[m.name()] = m.state();
+    }
+    return out;
+  }
+  grpc::Status RepositoryLoad(const inference::RepositoryModelLoadRequest& req) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    inference::RepositoryModelLoadResponse resp;
+    return stub->RepositoryModelLoad(&ctx, req, &resp);
+  }
+  grpc::Status RepositoryUnload(const inference::RepositoryModelUnloadRequest& req) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    inference::RepositoryModelUnloadResponse resp;
+    return stub->RepositoryModelUnload(&ctx, req, &resp);
+  }
   bool Ready(const std::string& name, const std::string& version = "") {
     grpc::ClientContext ctx;
     Prepare(&ctx);
@@ -2183,6 +2220,210 @@ TEST_F(RuntimeTest, KServeProbesMetadataAndMetrics) {
     }
   }
   EXPECT_EQ(metadata_ok, 1.0);
+}
+
+// ModelStatistics against what the test sent: requests, rows, GEMMs and batch sizes counted
+// exactly, per-request times consistent with the per-GEMM ones, failures apart, layers apart,
+// lowbit.v1 Gemm and KServe ModelInfer in the same counts; reset by a reload.
+TEST_F(RuntimeTest, KServeStatisticsCountWhatRan) {
+  EngineOptions o = DefaultOptions();
+  o.batching.max_queue_delay_us = 100000;  // 100 ms: the two concurrent requests share one GEMM
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  KServeClient kc(server->port);
+  ASSERT_TRUE(client.Load("m", "w8a8").ok());
+  const std::string q = std::string("m/") + kQ;
+  const auto now_ms = [] {
+    return static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+  };
+  inference::ModelStatisticsResponse st;
+  ASSERT_TRUE(kc.Statistics(q, "", &st).ok());
+  ASSERT_EQ(st.model_stats_size(), 1);
+  EXPECT_EQ(st.model_stats(0).inference_count(), 0u);
+  EXPECT_EQ(st.model_stats(0).last_inference(), 0u);
+
+  const uint64_t before_ms = now_ms();
+  v1::GemmResponse alone;  // 3 rows, a GEMM of its own
+  ASSERT_TRUE(client.Gemm(MakeGemm("m", kQ, RandomX(3, 256, DType::kBF16, 1)), &alone).ok());
+  v1::GemmResponse together_a;  // 3 + 2 rows, one GEMM
+  inference::ModelInferResponse together_b;
+  grpc::Status sa, sb;
+  std::thread ta([&] { sa = client.Gemm(MakeGemm("m", kQ, RandomX(3, 256, DType::kBF16, 2)), &together_a); });
+  std::thread tb([&] { sb = kc.Infer(MakeInfer(q, RandomX(2, 256, DType::kBF16, 3)), &together_b); });
+  ta.join();
+  tb.join();
+  ASSERT_TRUE(sa.ok()) << sa.error_message();
+  ASSERT_TRUE(sb.ok()) << sb.error_message();
+  ASSERT_EQ(together_a.batch_requests(), 2);
+  inference::ModelInferResponse bad;  // reaches the layer, refused there (K = 255): a failure
+  EXPECT_EQ(kc.Infer(MakeInfer(q, RandomX(1, 255, DType::kBF16, 4)), &bad).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  inference::ModelInferResponse other;  // another layer: counted there
+  ASSERT_TRUE(kc.Infer(MakeInfer(std::string("m/") + kDown, RandomX(4, 512, DType::kBF16, 5)), &other).ok());
+  const uint64_t after_ms = now_ms();
+
+  ASSERT_TRUE(kc.Statistics(q, "1", &st).ok());
+  ASSERT_EQ(st.model_stats_size(), 1);
+  const inference::ModelStatistics& s = st.model_stats(0);
+  EXPECT_EQ(s.name(), q);
+  EXPECT_EQ(s.version(), "1");
+  EXPECT_EQ(s.inference_count(), 3u + 3u + 2u);  // rows of the successful requests
+  EXPECT_EQ(s.execution_count(), 2u);
+  EXPECT_GE(s.last_inference(), before_ms);
+  EXPECT_LE(s.last_inference(), after_ms);
+  const inference::InferStatistics& is = s.inference_stats();
+  EXPECT_EQ(is.success().count(), 3u);
+  EXPECT_EQ(is.fail().count(), 1u);
+  for (const auto* d : {&is.queue(), &is.compute_input(), &is.compute_infer(), &is.compute_output()}) {
+    EXPECT_EQ(d->count(), 3u);
+  }
+  EXPECT_EQ(is.cache_hit().count(), 0u);
+  // Each request's time in the engine holds its queue wait and its GEMM's three phases.
+  EXPECT_GE(is.success().ns(),
+            is.queue().ns() + is.compute_input().ns() + is.compute_infer().ns() + is.compute_output().ns());
+  EXPECT_GT(is.compute_infer().ns(), 0u);
+  ASSERT_EQ(s.batch_stats_size(), 2);
+  const inference::InferBatchStatistics& b3 = s.batch_stats(0);
+  const inference::InferBatchStatistics& b5 = s.batch_stats(1);
+  EXPECT_EQ(b3.batch_size(), 3u);
+  EXPECT_EQ(b5.batch_size(), 5u);
+  for (const auto* b : {&b3, &b5}) {
+    EXPECT_EQ(b->compute_input().count(), 1u);
+    EXPECT_EQ(b->compute_infer().count(), 1u);
+    EXPECT_EQ(b->compute_output().count(), 1u);
+  }
+  // Per request, the GEMM's phases: the 5-row GEMM counts for both of its requests.
+  EXPECT_EQ(is.compute_infer().ns(), b3.compute_infer().ns() + 2 * b5.compute_infer().ns());
+  EXPECT_EQ(is.compute_output().ns(), b3.compute_output().ns() + 2 * b5.compute_output().ns());
+  // The lone request's kernel_us is its GEMM's infer phase.
+  EXPECT_NEAR(alone.kernel_us(), b3.compute_infer().ns() * 1e-3, 1.0);
+
+  ASSERT_TRUE(kc.Statistics(std::string("m/") + kDown, "", &st).ok());
+  EXPECT_EQ(st.model_stats(0).inference_count(), 4u);
+  EXPECT_EQ(st.model_stats(0).execution_count(), 1u);
+  EXPECT_EQ(st.model_stats(0).inference_stats().fail().count(), 0u);
+
+  // No name: every layer model of every loaded model.
+  v1::ListModelsResponse list;
+  {
+    grpc::ClientContext ctx;
+    client.Prepare(&ctx);
+    ASSERT_TRUE(client.stub->ListModels(&ctx, {}, &list).ok());
+  }
+  ASSERT_EQ(list.models_size(), 1);
+  std::set<std::string> expected;
+  for (const auto& l : list.models(0).layers()) expected.insert("m/" + l.name());
+  ASSERT_TRUE(kc.Statistics("", "", &st).ok());
+  std::set<std::string> got;
+  for (const auto& m : st.model_stats()) got.insert(m.name());
+  EXPECT_EQ(got, expected);
+
+  EXPECT_EQ(kc.Statistics(q, "2", &st).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(kc.Statistics("m/model.layers.7.mlp.down_proj", "", &st).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(kc.Statistics("", "2", &st).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(kc.Statistics("m", "", &st).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  // A reloaded model starts from zero.
+  ASSERT_TRUE(client.Unload("m").ok());
+  ASSERT_TRUE(client.Load("m", "w8a8").ok());
+  ASSERT_TRUE(kc.Statistics(q, "", &st).ok());
+  EXPECT_EQ(st.model_stats(0).inference_count(), 0u);
+  EXPECT_EQ(st.model_stats(0).batch_stats_size(), 0);
+}
+
+// The repository calls over the model root: the index against the fixture's checkpoint
+// directories (the symlink that escapes the root is not one), load and unload by name, the
+// index following them, and the refusals.
+TEST_F(RuntimeTest, KServeRepositoryLoadIndexUnload) {
+  // A root of its own (other tests add checkpoints to the shared one): two checkpoints, a
+  // directory and a file that are not checkpoints, and a symlink leading out of the root.
+  const std::string root = g_fixture->dir + "/repository-root";
+  fs::remove_all(root);
+  fs::create_directories(root + "/notes");
+  for (const char* c : {"w8a8", "w4a16"})
+    fs::copy(g_fixture->root + "/" + c, root + "/" + c, fs::copy_options::recursive);
+  ASSERT_TRUE(AtomicWriteFile(root + "/README", "not a checkpoint").ok());
+  fs::create_directory_symlink(g_fixture->outside + "/w8a8", root + "/escape");
+  EngineOptions o = DefaultOptions();
+  o.registry.model_root = root;
+  auto server = StartServer(o);
+  ASSERT_NE(server, nullptr);
+  Client client(server->port);
+  KServeClient kc(server->port), anonymous(server->port, "");
+  std::map<std::string, std::string> expected = {{"w4a16", "UNAVAILABLE"}, {"w8a8", "UNAVAILABLE"}};
+  EXPECT_EQ(kc.Index(false), expected);
+  EXPECT_TRUE(kc.Index(true).empty());
+
+  inference::RepositoryModelLoadRequest load;
+  load.set_model_name("w8a8");
+  ASSERT_TRUE(kc.RepositoryLoad(load).ok());
+  EXPECT_TRUE(kc.Ready(std::string("w8a8/") + kQ));
+  v1::ListModelsResponse list;
+  {
+    grpc::ClientContext ctx;
+    client.Prepare(&ctx);
+    ASSERT_TRUE(client.stub->ListModels(&ctx, {}, &list).ok());
+  }
+  ASSERT_EQ(list.models_size(), 1);
+  EXPECT_EQ(list.models(0).source(), "w8a8");
+  std::map<std::string, std::string> ready;
+  for (const auto& l : list.models(0).layers()) ready["w8a8/" + l.name()] = "READY";
+  EXPECT_EQ(kc.Index(true), ready);
+  expected.erase("w8a8");
+  expected.insert(ready.begin(), ready.end());
+  EXPECT_EQ(kc.Index(false), expected);
+  // Loading it again changes nothing: the same model stays (its statistics too).
+  inference::ModelInferResponse r;
+  ASSERT_TRUE(kc.Infer(MakeInfer(std::string("w8a8/") + kQ, RandomX(1, 256, DType::kBF16, 6)), &r).ok());
+  ASSERT_TRUE(kc.RepositoryLoad(load).ok());
+  inference::ModelStatisticsResponse st;
+  ASSERT_TRUE(kc.Statistics(std::string("w8a8/") + kQ, "", &st).ok());
+  EXPECT_EQ(st.model_stats(0).inference_count(), 1u);
+
+  // Refusals, each naming the problem.
+  ASSERT_TRUE(client.Load("other", "w4a16").ok());
+  struct Bad {
+    std::string name, repository, parameter;
+    grpc::StatusCode code;
+    std::string says;
+  };
+  const std::vector<Bad> bad = {
+      {"other", "", "", grpc::StatusCode::ALREADY_EXISTS, "already loaded from w4a16"},
+      {"escape", "", "", grpc::StatusCode::PERMISSION_DENIED, "escape"},
+      {"../outside/w8a8", "", "", grpc::StatusCode::INVALID_ARGUMENT, ".."},
+      {"nope", "", "", grpc::StatusCode::NOT_FOUND, "nope"},
+      {"", "", "", grpc::StatusCode::INVALID_ARGUMENT, "model_name is empty"},
+      {"w4a16", "", "config", grpc::StatusCode::INVALID_ARGUMENT, "parameter 'config'"},
+      {"w4a16", "models", "", grpc::StatusCode::NOT_FOUND, "no repository 'models'"},
+  };
+  for (const Bad& b : bad) {
+    SCOPED_TRACE(b.name + " / " + b.repository + " / " + b.parameter);
+    inference::RepositoryModelLoadRequest req;
+    req.set_model_name(b.name);
+    req.set_repository_name(b.repository);
+    if (!b.parameter.empty()) (*req.mutable_parameters())[b.parameter].set_string_param("{}");
+    grpc::Status s = kc.RepositoryLoad(req);
+    EXPECT_EQ(s.error_code(), b.code) << s.error_message();
+    EXPECT_NE(s.error_message().find(b.says), std::string::npos) << s.error_message();
+  }
+  EXPECT_EQ(anonymous.RepositoryLoad(load).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(kc.Index(false).count("w4a16"), 1u) << "'other' is loaded from w4a16, not as 'w4a16'";
+
+  inference::RepositoryModelUnloadRequest unload;
+  unload.set_model_name("w8a8");
+  (*unload.mutable_parameters())["unload_dependents"].set_bool_param(true);
+  ASSERT_TRUE(kc.RepositoryUnload(unload).ok());
+  EXPECT_FALSE(kc.Ready(std::string("w8a8/") + kQ));
+  EXPECT_EQ(kc.Index(false).at("w8a8"), "UNAVAILABLE");
+  grpc::Status again = kc.RepositoryUnload(unload);
+  EXPECT_EQ(again.error_code(), grpc::StatusCode::NOT_FOUND) << again.error_message();
+  unload.set_model_name("other");
+  (*unload.mutable_parameters())["force"].set_bool_param(true);
+  EXPECT_EQ(kc.RepositoryUnload(unload).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(kc.Ready(std::string("other/") + kQ)) << "a refused unload leaves the model";
 }
 
 TEST_F(RuntimeTest, KServeBadInputTable) {

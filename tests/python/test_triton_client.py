@@ -23,8 +23,14 @@ expected results computed with NumPy. It checks:
     batch 2 (the batch dim it learns from ModelConfig) on a layer with the token and finishes with
     its throughput; without the token it stops with the
     server's message;
+  * ModelStatistics: perf_analyzer prints the server's side of its run from it, and the layer's
+    counts grew by exactly its requests (2 rows each);
+  * the model repository: the index lists the loaded model's layers READY and the checkpoint
+    directory not loaded under its own name UNAVAILABLE; load_model("w4a16") makes its layers
+    answer what the same checkpoint loaded as "w4" answers, bit for bit; unload_model undoes it;
   * errors: unknown model / layer / version NOT_FOUND, wrong K, wrong input name and INT8 data
-    INVALID_ARGUMENT, RepositoryIndex UNIMPLEMENTED; a good request is answered after them.
+    INVALID_ARGUMENT, a load with a config override INVALID_ARGUMENT, the shared-memory calls
+    UNIMPLEMENTED; a good request is answered after them.
 
 usage: test_triton_client.py --bin BUILD_DIR --pytools REPO/.pytools --proto REPO/proto --work DIR
 """
@@ -130,6 +136,7 @@ def main():
         assert client.is_server_live() and client.is_server_ready()
         meta = client.get_server_metadata(headers=hdr)
         assert meta.name == "lowbit-runtime" and meta.version, meta
+        assert {"statistics", "model_repository", "model_configuration"} <= set(meta.extensions), meta
         refused("UNAUTHENTICATED", lambda: client.get_server_metadata())
 
         down = "model.layers.1.mlp.down_proj"
@@ -159,6 +166,11 @@ def main():
             inp = tc.InferInput("x", list(x.shape), datatype)
             inp.set_data_from_numpy(x)
             return client.infer(name, [inp], outputs=[tc.InferRequestedOutput("y")], headers=hdr, **kw)
+
+        def layer_stats(name):
+            st = client.get_inference_statistics(name, headers=hdr, as_json=True)["model_stats"]
+            assert [(m["name"], m["version"]) for m in st] == [(name, "1")], st
+            return st[0]
 
         def w8a8_ref(x):
             absmax = np.abs(x).max(axis=1)
@@ -271,11 +283,12 @@ def main():
         env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(a.pytools, "nvidia", "cuda_runtime", "lib"))
         csv = os.path.join(work, "perf.csv")
         pa = [os.path.join(a.pytools, "bin", "perf_analyzer"), "-i", "grpc", "-u", rt.address, "-m", "w8a8/" + down,
-              "-b", "2", "--concurrency-range", "4",  # [2, K] requests: the batch dim from ModelConfig "--measurement-mode", "count_windows",
-              "--measurement-request-count", "40",
+              "-b", "2",  # [2, K] requests: the batch dim from ModelConfig
+              "--concurrency-range", "4", "--measurement-mode", "count_windows", "--measurement-request-count", "40",
               # A check that it runs, not a measurement: any spread between its windows is "stable"
               # (its default 10% fails on a shared machine).
               "--stability-percentage", "1000"]
+        stats_before = layer_stats("w8a8/" + down)
         run = subprocess.run(pa + ["-H", "authorization:Bearer " + TOKEN, "-f", csv], capture_output=True, text=True,
                              timeout=120, env=env)
         assert run.returncode == 0, run.stdout + run.stderr
@@ -283,8 +296,42 @@ def main():
         assert rows[0][:2] == ["Concurrency", "Inferences/Second"] and rows[1][0] == "4", rows
         print("perf_analyzer, 4 concurrent clients, batch 2 (BF16 [2, %d]): %s infer/s" % (k, rows[1][1]))
         assert float(rows[1][1]) > 0, rows
+        # It reads ModelStatistics before and after each measurement and prints the server's side.
+        assert "Server: " in run.stdout and "Inference count: " in run.stdout, run.stdout
+        # Every one of its requests is 2 rows, and it sent at least 3 windows of 40.
+        stats = layer_stats("w8a8/" + down)
+        requests = int(stats["inference_stats"]["success"]["count"]) - int(stats_before["inference_stats"]["success"]["count"])
+        rows_done = int(stats["inference_count"]) - int(stats_before["inference_count"])
+        assert requests >= 120 and rows_done == 2 * requests, (requests, rows_done)
+        print("  its server-side lines:", " | ".join(l.strip() for l in run.stdout.splitlines() if "Server:" in l or
+                                                      "Inference count" in l or "Avg request latency" in l))
         run = subprocess.run(pa, capture_output=True, text=True, timeout=120, env=env)
         assert run.returncode != 0 and "requires a token" in run.stdout + run.stderr, run.stdout + run.stderr
+
+        # Triton's model repository extension over the model root: w8a8 is loaded under its own
+        # name, w4a16 only as "w4" (so that directory is UNAVAILABLE); the quantized Linears of
+        # both (those with a weight scale / packed weight in the checkpoint) are READY models.
+        def index():
+            return {m.name: (m.state, m.version) for m in client.get_model_repository_index(headers=hdr).models}
+
+        want = {"w8a8/" + t[:-len(".weight_scale")]: ("READY", "1") for t in ck if t.endswith(".weight_scale")}
+        want.update({"w4/" + t[:-len(".weight_packed")]: ("READY", "1") for t in d4 if t.endswith(".weight_packed")})
+        want["w4a16"] = ("UNAVAILABLE", "")
+        assert len(want) == 2 * 14 + 1, want
+        assert index() == want, (index(), want)
+        client.load_model("w4a16", headers=hdr)
+        assert client.is_model_ready("w4a16/" + o, headers=hdr)
+        assert index()["w4a16/" + o] == ("READY", "1") and "w4a16" not in index(), index()
+        x4 = f32_to_bf16_bits(rng.standard_normal((3, k)).astype(np.float32)).view(np.uint16)
+        same = [infer(name + "/" + down, bf16_to_f32(x4), "BF16").as_numpy("y") for name in ("w4", "w4a16")]
+        assert np.array_equal(same[0], same[1]), "the same checkpoint under two names answers the same"
+        client.load_model("w4a16", headers=hdr)  # already loaded from it: nothing to do
+        client.unload_model("w4a16", headers=hdr)
+        assert not client.is_model_ready("w4a16/" + o, headers=hdr) and index()["w4a16"][0] == "UNAVAILABLE"
+        msg = refused("NOT_FOUND", lambda: client.load_model("nope", headers=hdr))
+        assert "nope" in msg, msg
+        msg = refused("INVALID_ARGUMENT", lambda: client.load_model("w4a16", config="{}", headers=hdr))
+        assert "'config'" in msg, msg
 
         # Errors, then a good request.
         msg = refused("NOT_FOUND", lambda: infer("nope/" + down, x, "FP32"))
@@ -306,7 +353,7 @@ def main():
         msg = refused("INVALID_ARGUMENT", wrong_name)
         assert "'input'" in msg, msg
         refused("INVALID_ARGUMENT", lambda: infer("w8a8/" + down, x, "FP32", parameters={"out_dtype": "FP64"}))
-        refused("UNIMPLEMENTED", lambda: client.get_model_repository_index(headers=hdr))
+        refused("UNIMPLEMENTED", lambda: client.get_system_shared_memory_status(headers=hdr))
         assert np.array_equal(infer("w8a8/" + down, x, "FP32").as_numpy("y"), y)
     finally:
         if client is not None:
