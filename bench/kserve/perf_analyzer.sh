@@ -5,8 +5,9 @@
 # perf_analyzer makes it) on the one-layer W8A8
 # model bench-rpc uses — o_proj (4096², weights stay in L3) and gate_proj (4096 -> 14336, streamed
 # from memory) — at concurrency 1 / 8 / 64, on a runtime with dynamic batching and on one without.
-# Writes OUT/perf-analyzer.md (a table: infer/s, p50 / p99 latency, and the batching lift) and
-# prints it; docs/benchmarks.md records a run.
+# Writes OUT/perf-analyzer.md (a table: infer/s, p50 / p99 latency, the server's own queue and
+# compute time per request from ModelStatistics, and the batching lift) and prints it;
+# docs/benchmarks.md records a run.
 #
 #   bash bench/kserve/perf_analyzer.sh [OUT (default /tmp/lowbit-perf-analyzer)]
 #
@@ -52,8 +53,12 @@ start_runtime() {  # batching true|false; sets pid and addr
   exit 1
 }
 
-table="| layer | batching | concurrency | infer/s | p50 latency (µs) | p99 latency (µs) |
-|---|---|---:|---:|---:|---:|"
+# A column of perf_analyzer's CSV by its header name (the server's columns come only when the
+# server reports statistics, and shift the others).
+col() { awk -F, -v name="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) c = i } NR == 2 && c { print $c }' "$1"; }
+
+table="| layer | batching | concurrency | infer/s | p50 latency (µs) | p99 latency (µs) | server queue (µs) | server compute (µs) |
+|---|---|---:|---:|---:|---:|---:|---:|"
 declare -A rate
 for batching in false true; do
   start_runtime "$batching"
@@ -64,10 +69,15 @@ for batching in false true; do
         --measurement-mode count_windows --measurement-request-count "$requests" \
         --stability-percentage "$stability" -f "$csv" > "$csv.log" 2>&1 ||
         { echo "perf_analyzer failed; see $csv.log" >&2; exit 1; }
-      # Concurrency,Inferences/Second,Client Send,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency
-      IFS=, read -r _ ips _ _ p50 _ _ p99 < <(sed -n 2p "$csv")
+      ips="$(col "$csv" "Inferences/Second")"
+      # The server's side, per request (ModelStatistics): its wait for a batch, and its GEMM's
+      # input + infer + output phases.
+      queue="$(col "$csv" "Server Queue")"
+      compute="$(($(col "$csv" "Server Compute Input") + $(col "$csv" "Server Compute Infer") + \
+        $(col "$csv" "Server Compute Output")))"
       rate[$batching,$layer,$c]=$ips
-      table+=$'\n'"| ${layer#*.} | $([[ $batching == true ]] && echo on || echo off) | $c | $ips | $p50 | $p99 |"
+      table+=$'\n'"| ${layer#*.} | $([[ $batching == true ]] && echo on || echo off) | $c | $ips"
+      table+=" | $(col "$csv" "p50 latency") | $(col "$csv" "p99 latency") | $queue | $compute |"
       echo "batching $batching, $layer, concurrency $c: $ips infer/s" >&2
     done
   done
