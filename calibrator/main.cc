@@ -21,6 +21,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/time.h"
 #include "calibrator/compute.h"
 #include "calibrator/dataset.h"
 #include "calibrator/job_builder.h"
@@ -70,6 +71,9 @@ ABSL_FLAG(std::string, tls_key, "", "serve: TLS private key (PEM)");
 ABSL_FLAG(std::string, tls_client_ca, "", "serve: CA for client certificates (mTLS)");
 ABSL_FLAG(std::string, metrics_address, "", "serve: host:port for Prometheus /metrics (empty = off)");
 ABSL_FLAG(bool, per_layer_resume, true, "serve: persist each finished layer so an interrupted job resumes from it");
+ABSL_FLAG(absl::Duration, failed_state_retention, absl::Hours(24 * 7),
+          "serve: how long a failed job keeps its finished layers for RetryJob, e.g. 168h or 30m; 0 = until it is "
+          "retried or deleted (env LOWBIT_CALIBRATOR_FAILED_STATE_RETENTION)");
 
 namespace lowbit {
 namespace {
@@ -226,6 +230,13 @@ int Serve() {
   setting(FLAGS_output_root, "OUTPUT_ROOT", &o.output_root);
   setting(FLAGS_max_concurrent_jobs, "MAX_CONCURRENT_JOBS", &o.runner.max_concurrent_jobs);
   setting(FLAGS_max_upload_bytes, "MAX_UPLOAD_BYTES", &o.max_upload_bytes);
+  absl::Duration retention;
+  setting(FLAGS_failed_state_retention, "FAILED_STATE_RETENTION", &retention);
+  if (s.ok() && retention < absl::ZeroDuration()) {
+    s = absl::InvalidArgumentError(
+        absl::StrCat("failed_state_retention must not be negative, not ", absl::FormatDuration(retention)));
+  }
+  o.runner.failed_state_retention = absl::ToChronoMilliseconds(retention);
   if (s.ok() && o.runner.max_concurrent_jobs < 1) {
     s = absl::InvalidArgumentError(absl::StrCat("max_concurrent_jobs must be at least 1, not ", o.runner.max_concurrent_jobs));
   }

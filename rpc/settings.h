@@ -32,7 +32,7 @@ absl::Status FlagOrEnv(const absl::Flag<T>& flag, const std::string& prefix, con
   const char* v = std::getenv(var.c_str());
   if (v == nullptr) return absl::OkStatus();
   std::string error;
-  if (!absl::ParseFlag(v, out, &error)) {
+  if (!absl::ParseFlag<T>(v, out, &error)) {  // <T>: not absl::Duration's deprecated overload
     return absl::InvalidArgumentError(
         absl::StrCat(var, "='", v, "': ", error.empty() ? "not a valid value for --" : error + "; see --",
                      absl::GetFlagReflectionHandle(flag).Name()));

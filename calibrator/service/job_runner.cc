@@ -179,7 +179,38 @@ absl::Status JobRunner::Start() {
   for (const std::string& w : store_->load_warnings()) spdlog::warn("{}", w);
   for (const std::string& id : to_persist) Persist(id);
   for (int i = 0; i < options_.max_concurrent_jobs; ++i) workers_.emplace_back([this] { Worker(); });
+  if (options_.failed_state_retention.count() > 0) sweeper_ = std::thread([this] { Sweeper(); });
   return absl::OkStatus();
+}
+
+void JobRunner::Sweeper() {
+  const auto every = std::clamp<std::chrono::milliseconds>(options_.failed_state_retention / 10,
+                                                           std::chrono::milliseconds(50), std::chrono::minutes(1));
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    ExpireKeptStateLocked();
+    sweep_.wait_for(lock, every, [&] { return stopping_; });
+  }
+}
+
+void JobRunner::ExpireKeptStateLocked() {
+  const int64_t cutoff = NowMs() - options_.failed_state_retention.count();
+  for (auto& [id, e] : jobs_) {
+    if (e.deleting || e.job.state() != v1::JOB_STATE_FAILED || !e.job.resume_state_kept()) continue;
+    if (e.job.finished_unix_ms() > cutoff) continue;
+    v1::Job job = e.job;
+    job.set_resume_state_kept(false);
+    // The record first: a crash after it leaves a work dir that Start() removes.
+    if (absl::Status s = store_->Save(job); !s.ok()) {
+      spdlog::error("job {}: cannot persist the end of its kept state: {}", id, s.ToString());
+      continue;
+    }
+    store_->RemoveWorkDir(id);
+    e.job = job;
+    BumpLocked(e);
+    spdlog::info("job {}: failed {} s ago; its {} finished layers kept for a retry were removed (a retry starts over)",
+                 id, (NowMs() - job.finished_unix_ms()) / 1000, job.progress().layers_done());
+  }
 }
 
 std::set<std::string> JobRunner::FinishInterruptedDeletes() {
@@ -286,8 +317,10 @@ void JobRunner::Shutdown() {
     }
   }
   work_.notify_all();
+  sweep_.notify_all();
   for (std::thread& t : workers_) t.join();
   workers_.clear();
+  if (sweeper_.joinable()) sweeper_.join();
   changed_.notify_all();
 }
 

@@ -10,7 +10,8 @@
 // (resumes + 1) and the pipeline continues from its last persisted layer (or from the start).
 // A FAILED job keeps that per-layer state (resume_state_kept), so Retry() — after the cause is
 // mended, e.g. a full disk freed — continues after its last finished layer; the state goes when
-// the job succeeds or is cancelled.
+// the job succeeds or is cancelled, and, unless retried, failed_state_retention after the job
+// failed (a retry then starts over; the job itself stays until Delete).
 #ifndef LOWBIT_CALIBRATOR_SERVICE_JOB_RUNNER_H_
 #define LOWBIT_CALIBRATOR_SERVICE_JOB_RUNNER_H_
 
@@ -45,6 +46,10 @@ struct JobRunnerOptions {
   // Persist each finished decoder layer under the job's work dir and continue from it after a
   // restart (false: an interrupted job starts over; the result is the same either way).
   bool per_layer_resume = true;
+  // How long a FAILED job keeps its finished layers for Retry; then they are removed (checked
+  // every failed_state_retention / 10, between 50 ms and a minute, and at Start). 0 = until the
+  // job is retried or deleted.
+  std::chrono::milliseconds failed_state_retention{std::chrono::hours(24 * 7)};
   // Testing aids: called on the worker thread after each progress event is recorded (may
   // block); a pause at the start of every decoder layer after the first (lets a test stop the
   // server mid-job).
@@ -138,6 +143,10 @@ class JobRunner {
   void RunOne(const std::string& id);
   void OnProgress(const std::string& id, const ProgressEvent& e);
   void Finish(const std::string& id, const absl::Status& status, const CalibrationResult* result);
+  // Removes the kept layers of the FAILED jobs that failed failed_state_retention ago or more
+  // (the job file first, then the state). Under mu_.
+  void ExpireKeptStateLocked();
+  void Sweeper();
   void Persist(const std::string& id);
   void BumpLocked(Entry& e);
   void RecountLocked();
@@ -155,6 +164,8 @@ class JobRunner {
   bool stopping_ = false;
   bool started_ = false;
   std::vector<std::thread> workers_;
+  std::condition_variable sweep_;  // stopping_
+  std::thread sweeper_;            // ExpireKeptStateLocked, when failed_state_retention > 0
   std::mutex persist_mu_;
 
   prometheus::Family<prometheus::Gauge>* jobs_gauge_ = nullptr;

@@ -81,9 +81,11 @@ class CalibratorServiceTest : public ::testing::Test {
     stub_ = MakeStub(server_->port()).release();
   }
   // A server on `state_dir` over models_, running at most `max_concurrent_jobs` jobs at once.
-  static absl::StatusOr<std::unique_ptr<calibrator::CalibratorServer>> StartServer(const std::string& state_dir,
-                                                                                   int max_concurrent_jobs) {
+  static absl::StatusOr<std::unique_ptr<calibrator::CalibratorServer>> StartServer(
+      const std::string& state_dir, int max_concurrent_jobs,
+      std::chrono::milliseconds failed_state_retention = calibrator::JobRunnerOptions{}.failed_state_retention) {
     calibrator::CalibratorServerOptions o;
+    o.runner.failed_state_retention = failed_state_retention;
     o.server.address = "127.0.0.1:0";
     o.server.auth_token = kToken;
     o.server.shutdown_grace = std::chrono::milliseconds(500);
@@ -126,12 +128,14 @@ class CalibratorServiceTest : public ::testing::Test {
 
   // Stops the fixture's server and starts another on the same state directory (the jobs come
   // back from their files).
-  static void Restart() {
+  static void Restart(
+      std::chrono::milliseconds failed_state_retention = calibrator::JobRunnerOptions{}.failed_state_retention) {
     Release();
     delete stub_;
     server_->Shutdown();
     delete server_;
-    absl::StatusOr<std::unique_ptr<calibrator::CalibratorServer>> s = StartServer(root_ + "/state", 1);
+    absl::StatusOr<std::unique_ptr<calibrator::CalibratorServer>> s =
+        StartServer(root_ + "/state", 1, failed_state_retention);
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = std::move(*s).release();
     stub_ = MakeStub(server_->port()).release();
@@ -1265,6 +1269,56 @@ TEST_F(CalibratorServiceTest, FailedJobKeepsItsLayersAndRetryContinuesAfterThem)
   g = WaitForJob(*stub_, kToken, g.id());
   ASSERT_EQ(g.state(), v1::JOB_STATE_SUCCEEDED) << g.error_message();
   EXPECT_EQ(Calibrated(g.id()), (std::vector<int64_t>{0, 1, 0, 1}));
+  ExpectServing();
+}
+
+// A failed job keeps its finished layers for failed_state_retention, then they go: the job stays
+// FAILED with resume_state_kept false and no work dir (also after a restart), and a retry starts
+// over and writes the bytes an uninterrupted run writes.
+TEST_F(CalibratorServiceTest, FailedJobsKeptLayersGoAfterTheRetention) {
+  constexpr auto kRetention = std::chrono::seconds(2);
+  Restart(kRetention);
+  v1::JobSpec spec = TinySpec("W8A8");
+  spec.set_output_name("reference");
+  v1::Job ref = RunToEnd(spec);
+  ASSERT_EQ(ref.state(), v1::JOB_STATE_SUCCEEDED) << ref.error_message();
+  const std::string reference = ReadAll(root_ + "/state/outputs/reference/model.safetensors");
+
+  BreakWrites();
+  spec.set_output_name("expires");
+  v1::Job failed = RunToEnd(spec);
+  MendWrites();
+  ASSERT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  ASSERT_TRUE(failed.resume_state_kept());
+  const std::string work = root_ + "/state/work/" + failed.id();
+  ASSERT_TRUE(fs::exists(work + "/layer-00001.safetensors"));
+
+  v1::Job now = failed;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (now.resume_state_kept() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    ASSERT_TRUE(GetJob(failed.id(), &now).ok());
+  }
+  const int64_t expired_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
+  ASSERT_FALSE(now.resume_state_kept()) << "still kept 30 s after a 2 s retention";
+  EXPECT_GE(expired_ms - failed.finished_unix_ms(), 2000) << "removed before the retention passed";
+  EXPECT_EQ(now.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(now.error_message(), failed.error_message());
+  EXPECT_FALSE(fs::exists(work));
+
+  Restart(kRetention);
+  ASSERT_TRUE(GetJob(failed.id(), &now).ok());
+  EXPECT_EQ(now.state(), v1::JOB_STATE_FAILED);
+  EXPECT_FALSE(now.resume_state_kept());
+  v1::Job retried;
+  ASSERT_TRUE(Retry(failed.id(), &retried).ok());
+  EXPECT_EQ(retried.progress().layers_done(), 0) << "nothing kept: it starts over";
+  retried = WaitForJob(*stub_, kToken, failed.id());
+  ASSERT_EQ(retried.state(), v1::JOB_STATE_SUCCEEDED) << retried.error_message();
+  EXPECT_EQ(Calibrated(failed.id()), (std::vector<int64_t>{0, 1, 0, 1})) << "both layers calibrated again";
+  EXPECT_EQ(ReadAll(root_ + "/state/outputs/expires/model.safetensors"), reference);
   ExpectServing();
 }
 
