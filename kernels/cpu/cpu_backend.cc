@@ -35,6 +35,7 @@
 
 #include "common/dtype.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/avx2_int8_tile.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/reference.h"
 #include "kernels/validate.h"
@@ -296,7 +297,8 @@ struct AW4 {
 //   W8A8  (x+128) as four int16 per 4-int8 k-group; each 16-byte weight chunk (4 columns × 4 k)
 //         is sign-extended to int16 and multiplied with vpmaddwd: pair sums ≤ 2·255·128 = 65280
 //         in int32, so the int32 accumulation is exact (no vpmaddubsw, whose int16 pair sums
-//         saturate); two partial sums per column are folded with vphaddd at the end;
+//         saturate); two partial sums per column are folded with vphaddd at the end (the 4-row
+//         tile, which every M ≥ 4 runs on, is compiled apart: avx2_int8_tile.h);
 //   FP8   two f32 per 2-k group; bf16 weight pairs are widened to f32 (shift / mask), f32 FMA;
 //   W4A16 one f32 per k (the dequantized k-block is f32 [k][32]), f32 FMA.
 
@@ -634,7 +636,7 @@ MicroSet Avx2Set(Kind kind) {
     s.fn[1] = &MicroI8Avx2<1, 32>;
     s.fn[2] = &MicroI8Avx2<2, 16>;
     s.fn[3] = &MicroI8Avx2<3, 8>;
-    s.fn[4] = &MicroI8Avx2<4, 8>;
+    s.fn[4] = &cpu::MicroI8Avx2Rows4;  // MicroI8Avx2<4, 8>, compiled apart (avx2_int8_tile.h)
   } else if (kind == Kind::kFp8) {
     s.xw = 2;
     s.fn[1] = &MicroFp8Avx2<1, 32>;
