@@ -301,6 +301,10 @@ grpc::Status KServeServiceImpl::ModelConfig(grpc::ServerContext* ctx, const infe
   out->set_name(kOutput);
   out->set_data_type(type);
   out->add_dims(layer.n);
+  if (const BatcherOptions& b = engine_->Info().batching; b.enabled) {
+    config->mutable_dynamic_batching()->set_max_queue_delay_microseconds(
+        static_cast<uint64_t>(std::max<int64_t>(0, b.max_queue_delay_us)));
+  }
   return guard.Finish(grpc::Status::OK);
 }
 

@@ -11,7 +11,8 @@
 //    says otherwise, always as raw_output_contents;
 //  - the response's parameters carry "kernel_us" (double) and "batch_requests" (int64);
 //  - ModelConfig (Triton's) gives max_batch_size = --max_rows, x dims [K] and y dims [N] (the rows
-//    are the batch dim), so perf_analyzer's -b works;
+//    are the batch dim), so perf_analyzer's -b works, and dynamic_batching (its queue delay) when
+//    the runtime batches;
 //  - ModelReady is true for a layer model ModelInfer takes (not for a whole loaded model);
 //  - input / output parameters (shared memory, classification) and the sequence parameters are
 //    refused with INVALID_ARGUMENT, not ignored; other request parameters are ignored;

@@ -630,6 +630,15 @@ TEST_F(RuntimeTest, BatchingDisabledRunsEachAlone) {
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(max_batch.load(), 1);
+  // Triton's ModelConfig says so: no dynamic_batching.
+  KServeClient kc(server->port);
+  grpc::ClientContext ctx;
+  kc.Prepare(&ctx);
+  inference::ModelConfigRequest req;
+  req.set_name(std::string("m/") + kQ);
+  inference::ModelConfigResponse conf;
+  ASSERT_TRUE(kc.stub->ModelConfig(&ctx, req, &conf).ok());
+  EXPECT_FALSE(conf.config().has_dynamic_batching());
 }
 
 // ---- the other RPCs -------------------------------------------------------------------------
@@ -2186,6 +2195,8 @@ TEST_F(RuntimeTest, KServeProbesMetadataAndMetrics) {
   EXPECT_EQ(conf.config().name(), creq.name());
   EXPECT_EQ(conf.config().backend(), "lowbit");
   EXPECT_EQ(conf.config().max_batch_size(), 16384);
+  ASSERT_TRUE(conf.config().has_dynamic_batching()) << "the server batches (the default)";
+  EXPECT_EQ(conf.config().dynamic_batching().max_queue_delay_microseconds(), 0u);
   ASSERT_EQ(conf.config().input_size(), 1);
   ASSERT_EQ(conf.config().output_size(), 1);
   EXPECT_EQ(conf.config().input(0).name(), "x");

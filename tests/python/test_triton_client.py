@@ -72,7 +72,8 @@ def check_wire_format(proto_dir, work):
     # subset of those messages' fields and of its DataType values, each as Triton numbers it.
     config = descriptor_pb2.FileDescriptorProto()
     model_config_pb2.DESCRIPTOR.CopyToProto(config)
-    subset = {m.name: m for m in config.message_type if m.name in ("ModelConfig", "ModelInput", "ModelOutput")}
+    subset = {m.name: m for m in config.message_type
+              if m.name in ("ModelConfig", "ModelInput", "ModelOutput", "ModelDynamicBatching")}
     their_msgs = dict(flatten(theirs.message_type, ""))
     checked = 0
     for name, m in flatten(ours.message_type, ""):
@@ -159,6 +160,7 @@ def main():
         # Triton's ModelConfig: the rows are the batch dim.
         conf = client.get_model_config("w8a8/" + down, headers=hdr).config
         assert conf.max_batch_size == 16384 and conf.backend == "lowbit", conf
+        assert conf.HasField("dynamic_batching") and conf.dynamic_batching.max_queue_delay_microseconds == 0, conf
         assert [(t.name, t.data_type, list(t.dims)) for t in conf.input] == [("x", 14, [k])], conf.input  # TYPE_BF16
         assert [(t.name, t.data_type, list(t.dims)) for t in conf.output] == [("y", 14, [n])], conf.output
 
