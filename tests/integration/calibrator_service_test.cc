@@ -180,6 +180,15 @@ class CalibratorServiceTest : public ::testing::Test {
       fs::rename(outputs + ".away", outputs);
     }
   }
+  // Runs `spec` as output `output` with the checkpoint write failing (BreakWrites), then mends
+  // the writes; the job as it ended (FAILED after calibrating every layer).
+  static v1::Job RunWithBrokenWrites(v1::JobSpec spec, const std::string& output) {
+    BreakWrites();
+    spec.set_output_name(output);
+    v1::Job job = RunToEnd(spec);
+    MendWrites();
+    return job;
+  }
   // The layers job `id` has calibrated so far (in this process).
   static std::vector<int64_t> Calibrated(const std::string& id) {
     std::lock_guard<std::mutex> lock(g_hold->mu);
@@ -1170,10 +1179,7 @@ TEST_F(CalibratorServiceTest, FailedJobKeepsItsLayersAndRetryContinuesAfterThem)
   ASSERT_EQ(ref.state(), v1::JOB_STATE_SUCCEEDED) << ref.error_message();
   const std::string reference = ReadAll(root_ + "/state/outputs/reference/model.safetensors");
 
-  BreakWrites();
-  spec.set_output_name("retried");
-  v1::Job failed = RunToEnd(spec);
-  MendWrites();
+  v1::Job failed = RunWithBrokenWrites(spec, "retried");
   ASSERT_EQ(failed.state(), v1::JOB_STATE_FAILED);
   EXPECT_NE(failed.error_message().find("/state/outputs"), std::string::npos) << failed.error_message();
   EXPECT_TRUE(failed.resume_state_kept());
@@ -1221,10 +1227,7 @@ TEST_F(CalibratorServiceTest, FailedJobKeepsItsLayersAndRetryContinuesAfterThem)
   EXPECT_EQ(ReadAll(root_ + "/state/outputs/cancelled/model.safetensors"), reference);
 
   // A failed job whose output another job took meanwhile is not retried into it.
-  BreakWrites();
-  spec.set_output_name("taken");
-  v1::Job f = RunToEnd(spec);
-  MendWrites();
+  v1::Job f = RunWithBrokenWrites(spec, "taken");
   ASSERT_EQ(f.state(), v1::JOB_STATE_FAILED);
   v1::JobSpec other = TinySpec("W8A16");
   other.set_algorithm("rtn");
@@ -1242,10 +1245,7 @@ TEST_F(CalibratorServiceTest, FailedJobKeepsItsLayersAndRetryContinuesAfterThem)
 
   // A failed job whose model was replaced before the retry: its kept layers are not used, and its
   // progress says it started over from its first event on, not the old count until it passes it.
-  BreakWrites();
-  spec.set_output_name("changed");
-  v1::Job g = RunToEnd(spec);
-  MendWrites();
+  v1::Job g = RunWithBrokenWrites(spec, "changed");
   ASSERT_EQ(g.state(), v1::JOB_STATE_FAILED);
   EXPECT_EQ(g.progress().layers_done(), 2);
   SyntheticLlamaOptions replaced = TinyModel();
@@ -1284,10 +1284,7 @@ TEST_F(CalibratorServiceTest, FailedJobsKeptLayersGoAfterTheRetention) {
   ASSERT_EQ(ref.state(), v1::JOB_STATE_SUCCEEDED) << ref.error_message();
   const std::string reference = ReadAll(root_ + "/state/outputs/reference/model.safetensors");
 
-  BreakWrites();
-  spec.set_output_name("expires");
-  v1::Job failed = RunToEnd(spec);
-  MendWrites();
+  v1::Job failed = RunWithBrokenWrites(spec, "expires");
   ASSERT_EQ(failed.state(), v1::JOB_STATE_FAILED);
   ASSERT_TRUE(failed.resume_state_kept());
   const std::string work = root_ + "/state/work/" + failed.id();
@@ -1360,11 +1357,7 @@ TEST_F(CalibratorServiceTest, DeleteJobForgetsAFinishedJobAndFreesItsFiles) {
   EXPECT_CODE(Create(spec, nullptr), ALREADY_EXISTS, "output 'kept' already exists in the output root");
 
   // A failed job's kept resume state goes with it.
-  BreakWrites();
-  v1::JobSpec w8a8 = TinySpec("W8A8");
-  w8a8.set_output_name("failed");
-  v1::Job f = RunToEnd(w8a8);
-  MendWrites();
+  v1::Job f = RunWithBrokenWrites(TinySpec("W8A8"), "failed");
   ASSERT_EQ(f.state(), v1::JOB_STATE_FAILED);
   ASSERT_TRUE(f.resume_state_kept());
   const int64_t work = TreeBytes(state + "/work/" + f.id());
