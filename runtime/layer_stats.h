@@ -1,6 +1,6 @@
 // Per-layer inference statistics: what each quantized Linear of a loaded model ran, cumulative
 // since the model was loaded (they live with the layer, so an unload drops them). The KServe
-// front end reports them as Triton's ModelStatistics (docs/runtime.md, "Statistics"); they count
+// front end reports them as Triton's ModelStatistics (docs/runtime.md, its ModelStatistics row); they count
 // every request for the layer, lowbit.v1 Gemm and KServe ModelInfer alike. No gRPC here.
 #ifndef LOWBIT_RUNTIME_LAYER_STATS_H_
 #define LOWBIT_RUNTIME_LAYER_STATS_H_

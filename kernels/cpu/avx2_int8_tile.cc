@@ -16,7 +16,7 @@ LB_AVX2 inline __m256i Broadcast(const uint32_t* p) {
   return _mm256_set1_epi64x(v);
 }
 
-// [c0a c0b c1a c1b | c2a c2b c3a c3b] and the same for c4..c7 → r20..c7 (the two partial sums of
+// [c0a c0b c1a c1b | c2a c2b c3a c3b] and the same for c4..c7 → c0..c7 (the two partial sums of
 // each column added), added to `c` when accumulating.
 LB_AVX2 inline void Store(__m256i lo, __m256i hi, uint32_t* c, bool accumulate) {
   __m256i h = _mm256_permute4x64_epi64(_mm256_hadd_epi32(lo, hi), _MM_SHUFFLE(3, 1, 2, 0));
