@@ -32,7 +32,11 @@ work="$(mktemp -d /tmp/lowbit-crash-soak-XXXXXX)"
 token="soak-$RANDOM$RANDOM"
 export LOWBIT_TOKEN="$token"
 pid=""
+main_shell=$BASHPID
 cleanup() {
+  # Only the script itself: a background child killed before it exec'ed its command (the `jobs
+  # watch` below) can still run this trap, and removed the work directory under a running soak.
+  [[ "$BASHPID" == "$main_shell" ]] || return 0
   [[ -n "$pid" ]] && kill -9 "$pid" 2> /dev/null || true
   if [[ "${KEEP:-0}" == 1 ]]; then echo "kept $work"; else rm -rf "$work"; fi
 }
@@ -132,6 +136,8 @@ calibrator_soak() {
           [[ "$(job_field "$id" state)" =~ SUCCEEDED|FAILED|CANCELLED ]] || { target="$id"; break; }
         done
         if [[ -n "$target" ]]; then
+          # A fresh file per kill: the previous kill's "write" must not end this wait at once.
+          : > "$state.watch"
           "$lowbit" jobs watch "$target" > "$state.watch" 2>&1 &  # progress goes to stderr
           local wpid=$!
           until grep -q ' write ' "$state.watch" || ! kill -0 "$wpid" 2> /dev/null; do sleep 0.005; done
