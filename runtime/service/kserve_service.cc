@@ -329,6 +329,15 @@ grpc::Status KServeServiceImpl::ModelStatistics(grpc::ServerContext* ctx, const 
         StatisticsToProto(absl::StrCat(model->name, "/", name), *layer, resp->add_model_stats());
       }
     }
+    // batch_stats has an entry per GEMM row count seen: every layer of many models can outgrow
+    // the message limit (gRPC would refuse to send it without saying why).
+    if (const size_t size = resp->ByteSizeLong(); static_cast<int64_t>(size) > options_.max_message_bytes) {
+      const int layers = resp->model_stats_size();
+      resp->Clear();
+      return guard.Finish(rpc::ToGrpcStatus(absl::ResourceExhaustedError(
+          absl::StrCat("the statistics of all ", layers, " layer models are ", size, " bytes, over the server's ",
+                       options_.max_message_bytes, "-byte message limit; ask for one layer model at a time"))));
+    }
     return guard.Finish(grpc::Status::OK);
   }
   absl::StatusOr<LayerModel> found = FindLayerModel(engine_->registry(), req->name(), req->version());

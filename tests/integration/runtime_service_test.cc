@@ -1186,6 +1186,20 @@ TEST_F(RuntimeTest, OversizedMessageIsResourceExhausted) {
   EXPECT_TRUE(st.ok()) << "without the id it fits: " << st.error_message();
   ASSERT_TRUE(client.Gemm(MakeGemm("m", kQ, RandomX(4, 256, DType::kF32, 1)), &resp).ok());
   ASSERT_TRUE(kc.Infer(MakeInfer(std::string("m/") + kQ, RandomX(4, 256, DType::kF32, 1)), &kresp).ok());
+
+  // ModelStatistics of every layer over the limit (8 models × 7 layers, ≈ 70 bytes each, on a
+  // 2 KB limit): RESOURCE_EXHAUSTED saying to ask per layer; one layer's fits.
+  auto small = StartServer(DefaultOptions(), 0, /*max_message=*/2048);
+  ASSERT_NE(small, nullptr);
+  Client small_client(small->port);
+  for (int i = 1; i <= 8; ++i) ASSERT_TRUE(small_client.Load("m" + std::to_string(i), "w8a8").ok());
+  KServeClient skc(small->port);
+  inference::ModelStatisticsResponse stats;
+  st = skc.Statistics("", "", &stats);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_NE(st.error_message().find("ask for one layer model at a time"), std::string::npos) << st.error_message();
+  ASSERT_TRUE(skc.Statistics(std::string("m4/") + kQ, "", &stats).ok());
+  EXPECT_EQ(stats.model_stats_size(), 1);
 }
 
 TEST_F(RuntimeTest, MemoryBudgetRefusesLoad) {
