@@ -75,8 +75,7 @@ absl::StatusOr<GemmResult> Batcher::RunAlone(BatchItem item, const CallControl& 
   if (absl::Status d = control.CheckDeadline(); !d.ok()) return d;
   absl::Status s = executor_(*item.layer, item.x.dtype(), item.out_dtype, xs, &ys, &r.timing);
   if (!s.ok()) return s;
-  r.kernel_us = r.timing.infer_ns * 1e-3;
-  if (metrics_) metrics_->Batch(1, item.x.dim(0), r.kernel_us * 1e-6);
+  if (metrics_) metrics_->Batch(1, item.x.dim(0), r.timing.infer_ns * 1e-9);
   r.y = std::move(ys[0]);
   r.batch_requests = 1;
   r.batch_rows = item.x.dim(0);
@@ -112,15 +111,13 @@ void Batcher::Execute(const std::vector<std::shared_ptr<Pending>>& batch) {
   int64_t rows = 0;
   for (const auto& p : batch) rows += p->rows;
   absl::Status s = executor_(layer, batch.front()->item.x.dtype(), batch.front()->item.out_dtype, xs, &ys, &timing);
-  const double us = timing.infer_ns * 1e-3;
-  if (s.ok() && metrics_) metrics_->Batch(static_cast<int>(batch.size()), rows, us * 1e-6);
+  if (s.ok() && metrics_) metrics_->Batch(static_cast<int>(batch.size()), rows, timing.infer_ns * 1e-9);
   std::lock_guard<std::mutex> lock(mu_);
   for (size_t i = 0; i < batch.size(); ++i) {
     Pending& p = *batch[i];
     p.status = s;
     if (s.ok()) {
       p.result.y = std::move(ys[i]);
-      p.result.kernel_us = us;
       p.result.timing = timing;
       p.result.batch_requests = static_cast<int>(batch.size());
       p.result.batch_rows = rows;

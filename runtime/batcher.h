@@ -45,11 +45,12 @@ struct BatcherOptions {
 
 struct GemmResult {
   Tensor y;                // [M, N]
-  double kernel_us = 0;    // time of the GEMM that computed it (the whole batch): timing.infer_ns in µs
   int batch_requests = 1;  // requests in that GEMM
   int64_t batch_rows = 0;  // rows in that GEMM
   ExecutionTiming timing;  // that GEMM's phases
   uint64_t queue_ns = 0;   // this request's wait for its batch (or, batching off, the execution slot)
+  // Time of the GEMM that computed it (the whole batch): its infer phase, in µs.
+  double kernel_us() const { return timing.infer_ns * 1e-3; }
 };
 
 // One validated request, ready to run.

@@ -381,7 +381,7 @@ absl::Status Engine::RunBatch(const PreparedLinear& layer, DType x_dtype, DType 
   a.y = *yd;
   a.y_dtype = kernel_y;
   const auto t0 = std::chrono::steady_clock::now();
-  timing->input_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t0 - t_in).count());
+  timing->input_ns = NsBetween(t_in, t0);
   kernels::Status st;
   switch (layer.kind) {
     case LinearKind::kW8A8Dynamic:
@@ -434,7 +434,7 @@ absl::Status Engine::RunBatch(const PreparedLinear& layer, DType x_dtype, DType 
   if (!st.ok()) return Kernel(st, layer);
   if (kernels::Status s = be.Synchronize(); !s.ok()) return Kernel(s, layer);
   const auto t_out = std::chrono::steady_clock::now();
-  timing->infer_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t_out - t0).count());
+  timing->infer_ns = NsBetween(t0, t_out);
 
   // Split the rows back.
   ys->clear();

@@ -12,10 +12,12 @@
 
 namespace lowbit::runtime {
 
-// Nanoseconds from `since` to now (steady clock).
+// Nanoseconds from `from` to `to`, and from `since` to now (steady clock).
+inline uint64_t NsBetween(std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to) {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count());
+}
 inline uint64_t ElapsedNs(std::chrono::steady_clock::time_point since) {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - since).count());
+  return NsBetween(since, std::chrono::steady_clock::now());
 }
 
 // A count of events and their summed duration.

@@ -32,6 +32,11 @@ absl::Status CheckVersion(const std::string& name, const std::string& version) {
                                           " (the request asked for version '", version, "')"));
 }
 
+// The KServe name of a loaded model's layer (FindLayerModel splits it again).
+std::string LayerModelName(const std::string& model, const std::string& layer) {
+  return absl::StrCat(model, "/", layer);
+}
+
 // "<model>/<layer>", split at the last '/'. NOT_FOUND names what is missing; a loaded model's
 // own name is INVALID_ARGUMENT, pointing at its layers.
 absl::StatusOr<LayerModel> FindLayerModel(ModelRegistry& registry, const std::string& name) {
@@ -40,7 +45,7 @@ absl::StatusOr<LayerModel> FindLayerModel(ModelRegistry& registry, const std::st
     return absl::InvalidArgumentError(absl::StrCat("'", name,
                                                    "' is a loaded model; KServe models are its layers, named "
                                                    "'<model>/<layer>' (e.g. '",
-                                                   name, "/", example, "')"));
+                                                   LayerModelName(name, example), "')"));
   }
   const size_t slash = name.rfind('/');
   if (slash == std::string::npos || slash == 0 || slash + 1 == name.size()) {
@@ -301,7 +306,7 @@ grpc::Status KServeServiceImpl::ModelConfig(grpc::ServerContext* ctx, const infe
   out->set_name(kOutput);
   out->set_data_type(type);
   out->add_dims(layer.n);
-  if (const BatcherOptions& b = engine_->Info().batching; b.enabled) {
+  if (const BatcherOptions& b = engine_->options().batching; b.enabled) {
     config->mutable_dynamic_batching()->set_max_queue_delay_microseconds(
         static_cast<uint64_t>(std::max<int64_t>(0, b.max_queue_delay_us)));
   }
@@ -326,7 +331,7 @@ grpc::Status KServeServiceImpl::ModelStatistics(grpc::ServerContext* ctx, const 
     }
     for (const auto& model : engine_->registry().List()) {
       for (const auto& [name, layer] : model->layers) {
-        StatisticsToProto(absl::StrCat(model->name, "/", name), *layer, resp->add_model_stats());
+        StatisticsToProto(LayerModelName(model->name, name), *layer, resp->add_model_stats());
       }
     }
     // batch_stats has an entry per GEMM row count seen: every layer of many models can outgrow
@@ -357,7 +362,7 @@ grpc::Status KServeServiceImpl::RepositoryIndex(grpc::ServerContext* ctx, const 
     loaded.insert(model->name);
     for (const auto& [name, layer] : model->layers) {
       inference::RepositoryIndexResponse::ModelIndex& e = entries.emplace_back();
-      e.set_name(absl::StrCat(model->name, "/", name));
+      e.set_name(LayerModelName(model->name, name));
       e.set_version(kVersion);
       e.set_state("READY");
     }
@@ -487,7 +492,7 @@ absl::Status KServeServiceImpl::Infer(const CallControl& control, const inferenc
   out->mutable_shape()->Assign(out_shape.begin(), out_shape.end());
   std::span<const uint8_t> b = y->y.bytes();
   resp->add_raw_output_contents(reinterpret_cast<const char*>(b.data()), b.size());
-  (*resp->mutable_parameters())["kernel_us"].set_double_param(y->kernel_us);
+  (*resp->mutable_parameters())["kernel_us"].set_double_param(y->kernel_us());
   (*resp->mutable_parameters())["batch_requests"].set_int64_param(y->batch_requests);
   if (const size_t size = resp->ByteSizeLong(); static_cast<int64_t>(size) > options_.max_message_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat("the response is ", size, " bytes (its id ", req.id().size(),

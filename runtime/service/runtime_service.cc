@@ -243,7 +243,7 @@ absl::Status RuntimeServiceImpl::DoGemm(const CallControl& control, const v1::Ge
   absl::StatusOr<GemmResult> y = engine_->Gemm(r, control);
   if (!y.ok()) return y.status();
   rpc::TensorToProto(y->y, resp->mutable_y());
-  resp->set_kernel_us(y->kernel_us);
+  resp->set_kernel_us(y->kernel_us());
   resp->set_batch_requests(y->batch_requests);
   return absl::OkStatus();
 }

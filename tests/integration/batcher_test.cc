@@ -114,7 +114,7 @@ TEST(BatcherTest, RequestsQueuedDuringAGemmRunAsTheNextBatchAndGetTheirOwnRows) 
       EXPECT_LE(r->queue_ns, static_cast<uint64_t>(std::chrono::nanoseconds(took).count()));
       batch_requests = r->batch_requests;
       EXPECT_EQ(r->timing.infer_ns, 1000u);  // the executor's phases, handed to every request
-      EXPECT_EQ(r->kernel_us, 1.0);
+      EXPECT_EQ(r->kernel_us(), 1.0);
       uint64_t seen = min_queue_ns.load();
       while (r->queue_ns < seen && !min_queue_ns.compare_exchange_weak(seen, r->queue_ns)) {
       }
