@@ -233,6 +233,11 @@ struct Client : StubClient<v1::RuntimeService> {
     v1::UnloadModelResponse r;
     return stub->UnloadModel(&ctx, req, &r);
   }
+  grpc::Status List(v1::ListModelsResponse* resp) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    return stub->ListModels(&ctx, {}, resp);
+  }
   grpc::Status Gemm(const v1::GemmRequest& req, v1::GemmResponse* resp, int deadline_ms = 30000) {
     grpc::ClientContext ctx;
     Prepare(&ctx, deadline_ms);
@@ -267,6 +272,13 @@ struct KServeClient : StubClient<inference::GRPCInferenceService> {
     grpc::ClientContext ctx;
     Prepare(&ctx);
     return stub->ModelInfer(&ctx, req, resp);
+  }
+  grpc::Status Config(const std::string& name, inference::ModelConfigResponse* resp) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    inference::ModelConfigRequest req;
+    req.set_name(name);
+    return stub->ModelConfig(&ctx, req, resp);
   }
   grpc::Status Statistics(const std::string& name, const std::string& version,
                           inference::ModelStatisticsResponse* resp) {
@@ -632,12 +644,8 @@ TEST_F(RuntimeTest, BatchingDisabledRunsEachAlone) {
   EXPECT_EQ(max_batch.load(), 1);
   // Triton's ModelConfig says so: no dynamic_batching.
   KServeClient kc(server->port);
-  grpc::ClientContext ctx;
-  kc.Prepare(&ctx);
-  inference::ModelConfigRequest req;
-  req.set_name(std::string("m/") + kQ);
   inference::ModelConfigResponse conf;
-  ASSERT_TRUE(kc.stub->ModelConfig(&ctx, req, &conf).ok());
+  ASSERT_TRUE(kc.Config(std::string("m/") + kQ, &conf).ok());
   EXPECT_FALSE(conf.config().has_dynamic_batching());
 }
 
@@ -661,10 +669,8 @@ TEST_F(RuntimeTest, ServerInfoAndListModels) {
 
   ASSERT_TRUE(client_->Load("a", "w8a8").ok());
   ASSERT_TRUE(client_->Load("b", "w4a16").ok());
-  grpc::ClientContext ctx2;
-  client_->Prepare(&ctx2);
   v1::ListModelsResponse list;
-  ASSERT_TRUE(client_->stub->ListModels(&ctx2, {}, &list).ok());
+  ASSERT_TRUE(client_->List(&list).ok());
   ASSERT_EQ(list.models_size(), 2);
   EXPECT_EQ(list.models(0).name(), "a");
   EXPECT_EQ(list.models(0).source(), "w8a8");
@@ -893,10 +899,8 @@ TEST_F(RuntimeTest, CancelledLoadModelStreamLeavesNothing) {
     // The server's handler may still be unwinding: its models are checked until it has.
     bool listed = true;
     for (int i = 0; i < 200 && listed; ++i) {
-      grpc::ClientContext lctx;
-      client_->Prepare(&lctx);
       v1::ListModelsResponse list;
-      ASSERT_TRUE(client_->stub->ListModels(&lctx, {}, &list).ok());
+      ASSERT_TRUE(client_->List(&list).ok());
       listed = false;
       for (const auto& m : list.models()) listed = listed || m.name() == "half";
       if (listed) std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -943,10 +947,8 @@ TEST_F(RuntimeTest, LoadModelStreamEqualsPathLoad) {
   }
   const std::string dir = g_fixture->root + "/w8a8";
   ASSERT_TRUE(StreamLoad(*client_, "streamed", dir).ok());
-  grpc::ClientContext ctx;
-  client_->Prepare(&ctx);
   v1::ListModelsResponse list;
-  ASSERT_TRUE(client_->stub->ListModels(&ctx, {}, &list).ok());
+  ASSERT_TRUE(client_->List(&list).ok());
   for (const auto& m : list.models()) {
     if (m.name() == "streamed") {
       EXPECT_EQ(m.source(), "stream");
@@ -1323,10 +1325,8 @@ v1::GetServerInfoResponse ServerInfo(Client& client) {
 }
 
 std::vector<std::string> ModelNames(Client& client) {
-  grpc::ClientContext ctx;
-  client.Prepare(&ctx);
   v1::ListModelsResponse list;
-  EXPECT_TRUE(client.stub->ListModels(&ctx, {}, &list).ok());
+  EXPECT_TRUE(client.List(&list).ok());
   std::vector<std::string> names;
   for (const auto& m : list.models()) names.push_back(m.name());
   return names;
@@ -2200,13 +2200,9 @@ TEST_F(RuntimeTest, KServeProbesMetadataAndMetrics) {
   EXPECT_EQ(std::vector<int64_t>(md.outputs(0).shape().begin(), md.outputs(0).shape().end()),
             (std::vector<int64_t>{-1, 256}));
   // Triton's ModelConfig: the rows are the batch dim (max_batch_size = --max_rows), dims without it.
-  grpc::ClientContext cc;
-  kc.Prepare(&cc);
-  inference::ModelConfigRequest creq;
-  creq.set_name(std::string("m/") + kDown);
   inference::ModelConfigResponse conf;
-  ASSERT_TRUE(kc.stub->ModelConfig(&cc, creq, &conf).ok());
-  EXPECT_EQ(conf.config().name(), creq.name());
+  ASSERT_TRUE(kc.Config(std::string("m/") + kDown, &conf).ok());
+  EXPECT_EQ(conf.config().name(), std::string("m/") + kDown);
   EXPECT_EQ(conf.config().backend(), "lowbit");
   EXPECT_EQ(conf.config().max_batch_size(), 16384);
   ASSERT_TRUE(conf.config().has_dynamic_batching()) << "the server batches (the default)";
@@ -2220,10 +2216,7 @@ TEST_F(RuntimeTest, KServeProbesMetadataAndMetrics) {
   EXPECT_EQ(conf.config().output(0).name(), "y");
   EXPECT_EQ(std::vector<int64_t>(conf.config().output(0).dims().begin(), conf.config().output(0).dims().end()),
             std::vector<int64_t>{256});
-  grpc::ClientContext cc2;
-  kc.Prepare(&cc2);
-  creq.set_name("m/model.layers.0.mlp.nope");
-  EXPECT_EQ(kc.stub->ModelConfig(&cc2, creq, &conf).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(kc.Config("m/model.layers.0.mlp.nope", &conf).error_code(), grpc::StatusCode::NOT_FOUND);
 
   grpc::ClientContext c4;
   kc.Prepare(&c4);
@@ -2333,11 +2326,7 @@ TEST_F(RuntimeTest, KServeStatisticsCountWhatRan) {
 
   // No name: every layer model of every loaded model.
   v1::ListModelsResponse list;
-  {
-    grpc::ClientContext ctx;
-    client.Prepare(&ctx);
-    ASSERT_TRUE(client.stub->ListModels(&ctx, {}, &list).ok());
-  }
+  ASSERT_TRUE(client.List(&list).ok());
   ASSERT_EQ(list.models_size(), 1);
   std::set<std::string> expected;
   for (const auto& l : list.models(0).layers()) expected.insert("m/" + l.name());
@@ -2387,11 +2376,7 @@ TEST_F(RuntimeTest, KServeRepositoryLoadIndexUnload) {
   ASSERT_TRUE(kc.RepositoryLoad(load).ok());
   EXPECT_TRUE(kc.Ready(std::string("w8a8/") + kQ));
   v1::ListModelsResponse list;
-  {
-    grpc::ClientContext ctx;
-    client.Prepare(&ctx);
-    ASSERT_TRUE(client.stub->ListModels(&ctx, {}, &list).ok());
-  }
+  ASSERT_TRUE(client.List(&list).ok());
   ASSERT_EQ(list.models_size(), 1);
   EXPECT_EQ(list.models(0).source(), "w8a8");
   std::map<std::string, std::string> ready;
