@@ -321,6 +321,9 @@ LB_AVX2 void MicroI8Avx2(const uint32_t* x, int64_t xs, const uint8_t* w, int64_
     const uint8_t* wp = w + s * C * 4;
     for (int64_t g = 0; g < groups; ++g) {
       const uint8_t* wg = wp + g * 128;
+      // A strided weight stream when C < 32 (avx2_int8_tile.h).
+      if constexpr (C < kNR)
+        _mm_prefetch(reinterpret_cast<const char*>(wg + cpu::kWeightPrefetchGroups * 128), _MM_HINT_T0);
       __m256i wv[NV];
       for (int i = 0; i < NV; ++i)
         wv[i] = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(wg + 16 * i)));
