@@ -35,9 +35,9 @@ LB_AVX2 void MicroI8Avx2Rows4(const uint32_t* x, int64_t xs, const uint8_t* w, i
   for (int s = 0; s < 4; ++s) {  // 8-column sub-panels
     // rRj: row R, columns 4j..4j+3, each column as two partial sums (vpmaddwd pairs).
     __m256i r00 = _mm256_setzero_si256(), r01 = r00, r10 = r00, r11 = r00, r20 = r00, r21 = r00, r30 = r00, r31 = r00;
-    const uint8_t* wg = w + s * 32;
-    for (int64_t g = 0; g < groups; ++g, wg += 128) {
-      _mm_prefetch(reinterpret_cast<const char*>(wg + kWeightPrefetchGroups * 128), _MM_HINT_T0);
+    const uint8_t* wg = w + s * groups * 32;
+    for (int64_t g = 0; g < groups; ++g, wg += 32) {
+      _mm_prefetch(reinterpret_cast<const char*>(wg + kWeightPrefetchGroups * 32), _MM_HINT_T0);
       const __m256i w0 = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(wg)));
       const __m256i w1 = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(wg + 16)));
       __m256i v = Broadcast(x0 + 2 * g);

@@ -291,9 +291,10 @@ struct AW4 {
 
 // ---------------------------------------------------------------------------------------------
 // AVX2 (+FMA, F16C) micro-kernels, for CPUs without AVX-512 VNNI/BF16 (e.g. AMD Zen 1–3).
-// Same prepared-weight layout as AVX-512 (32-column panels, 128 bytes per k-group); the tiles
-// cover a panel in 8-column sub-panels (32 for a single row), so every loaded weight vector is
-// reused by up to 6 rows. Packed activations take 2 words per k-group:
+// Same 32-column panels as AVX-512 (FP8: also the same 128 bytes per k-group; W8A8: each k-block
+// stored sub-panel by sub-panel, avx2_int8_tile.h); the tiles cover a panel in 8-column
+// sub-panels (32 for a single row), so every loaded weight vector is reused by up to 6 rows.
+// Packed activations take 2 words per k-group:
 //   W8A8  (x+128) as four int16 per 4-int8 k-group; each 16-byte weight chunk (4 columns × 4 k)
 //         is sign-extended to int16 and multiplied with vpmaddwd: pair sums ≤ 2·255·128 = 65280
 //         in int32, so the int32 accumulation is exact (no vpmaddubsw, whose int16 pair sums
@@ -318,15 +319,17 @@ LB_AVX2 void MicroI8Avx2(const uint32_t* x, int64_t xs, const uint8_t* w, int64_
     __m256i acc[R][NV];
     for (int r = 0; r < R; ++r)
       for (int i = 0; i < NV; ++i) acc[r][i] = _mm256_setzero_si256();
-    const uint8_t* wp = w + s * C * 4;
+    // The C / 8 sub-panels of this pass, each a contiguous stream of 32 bytes per k-group
+    // (avx2_int8_tile.h).
+    const uint8_t* wp = w + s * (C / 8) * groups * 32;
     for (int64_t g = 0; g < groups; ++g) {
-      const uint8_t* wg = wp + g * 128;
-      // A strided weight stream when C < 32 (avx2_int8_tile.h).
+      const uint8_t* wg = wp + g * 32;
       if constexpr (C < kNR)
-        _mm_prefetch(reinterpret_cast<const char*>(wg + cpu::kWeightPrefetchGroups * 128), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(wg + cpu::kWeightPrefetchGroups * 32), _MM_HINT_T0);
       __m256i wv[NV];
       for (int i = 0; i < NV; ++i)
-        wv[i] = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(wg + 16 * i)));
+        wv[i] = _mm256_cvtepi8_epi16(
+            _mm_load_si128(reinterpret_cast<const __m128i*>(wg + (i / 2) * groups * 32 + 16 * (i % 2))));
       for (int r = 0; r < R; ++r) {
         const __m256i b = _mm256_set1_epi64x(Load64(x + r * xs + 2 * g));
         for (int i = 0; i < NV; ++i) acc[r][i] = _mm256_add_epi32(acc[r][i], _mm256_madd_epi16(b, wv[i]));
@@ -680,7 +683,7 @@ class CpuWeight : public PreparedWeight {
   }
   int64_t panels = 0;           // ceil(N / 32)
   int64_t kgroups = 0;          // k-groups (I8: ceil(K/4), FP8: ceil(K/2), W4: K)
-  AVec<uint8_t> packed;         // I8/FP8: [panels][kgroups][128 B]; W4: [panels][ceil(K/2)][32 B]
+  AVec<uint8_t> packed;  // I8/FP8: [panels][kgroups][128 B] (AVX2 I8: Avx2I8Offset); W4: [panels][ceil(K/2)][32 B]
   std::vector<float> wscale;    // I8/FP8: [1] or [N]
   std::vector<int32_t> colsum;  // I8: Σ_k W[n,k]
   int64_t groups = 0;           // W4
@@ -919,6 +922,14 @@ Status CpuBackend::QuantizeFp8PerToken(DType dt, const void* x, int64_t m, int64
 
 // ---- weight preparation ---------------------------------------------------------------------
 
+// Where column j of a panel's k-group g lies in the AVX2 W8A8 layout (avx2_int8_tile.h): in its
+// k-block of kGB groups (the last one shorter), sub-panel j / 8 after the ones before it, then
+// group g's 32 bytes, then column j's 4.
+int64_t Avx2I8Offset(int64_t g, int64_t j, int64_t kgroups) {
+  const int64_t b0 = g - g % kGB, gb = std::min(kGB, kgroups - b0);
+  return b0 * 128 + (j / 8) * gb * 32 + (g - b0) * 32 + 4 * (j % 8);
+}
+
 // The weight layouts are checkpoint rows transposed per panel of kNR rows: unit u of row r goes
 // to slot r % kNR of unit u of panel r / kNR (base + (r / kNR) · panel_bytes, unit_bytes per
 // unit). For each row, copy(r, r % kNR, u0, u1, panel) copies units [u0, u1); its last call has
@@ -955,15 +966,17 @@ Status CpuBackend::PrepareInt8(const Int8WeightSource& src, std::unique_ptr<Prep
     w->kgroups = (k + 3) / 4;
     w->packed.assign(w->panels * w->kgroups * 128, 0);
     w->colsum.assign(n, 0);
-    // Row r's k-group g (4 int8) goes to bytes [4j, 4j+4) of its panel's 128-byte group g: one
-    // 4-byte copy per group; the last group's missing k stay zero.
-    const int64_t full = k / 4;
+    // Row r's k-group g (4 int8) goes to bytes [4j, 4j+4) of its panel's 128-byte group g (AVX2:
+    // Avx2I8Offset): one 4-byte copy per group; the last group's missing k stay zero.
+    const int64_t full = k / 4, kgroups = w->kgroups;
+    const bool avx2 = avx2_;
+    auto at = [kgroups, avx2](int64_t g, int64_t j) { return avx2 ? Avx2I8Offset(g, j, kgroups) : g * 128 + 4 * j; };
     TransposePanels(pool_, n, full, 128, w->packed.data(), w->kgroups * 128,
                     [&](int64_t r, int64_t j, int64_t g0, int64_t g1, uint8_t* panel) {
                       const int8_t* row = src.weight + r * k;
-                      for (int64_t g = g0; g < g1; ++g) std::memcpy(panel + g * 128 + 4 * j, row + 4 * g, 4);
+                      for (int64_t g = g0; g < g1; ++g) std::memcpy(panel + at(g, j), row + 4 * g, 4);
                       if (g1 == full) {
-                        std::memcpy(panel + full * 128 + 4 * j, row + 4 * full, k - 4 * full);
+                        if (k > 4 * full) std::memcpy(panel + at(full, j), row + 4 * full, k - 4 * full);
                         int32_t sum = 0;
                         for (int64_t c = 0; c < k; ++c) sum += row[c];
                         w->colsum[r] = sum;

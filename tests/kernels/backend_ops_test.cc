@@ -217,8 +217,13 @@ std::vector<Shape> Shapes(const std::string& backend, bool representative, bool 
   const int64_t small_kn[][2] = {{32, 33}, {200, 77}, {384, 130}};
   for (auto& kn : small_kn)
     for (int64_t m : small_ms) s.push_back({m, kn[0], kn[1], false});
-  if (any_k && !IsGpu(backend))
+  if (any_k && !IsGpu(backend)) {
     for (int64_t m : {1, 3, 17}) s.push_back({m, 37, 19, false});
+    // More than one k-block of the CPU kernels (256 k-groups) with a short last one, N ragged: the
+    // AVX2 W8A8 layout stores each k-block sub-panel by sub-panel. M = 2 / 3 / 6 / 7 run every
+    // row tile (2-, 3- and 4-row, and 4 + 2 / 4 + 3).
+    for (int64_t m : {1, 2, 3, 6, 7}) s.push_back({m, 1101, 45, false});
+  }
   // CUDA: K and N multiples of 16 reach cuBLASLt FP8 (no bias only); no other shape here does.
   // N = 48 / 80 leave the last 64-wide N tile partial (one / two CTAs of the 1x8 cluster at M ≤ 64).
   // K = 320 ends inside the Hopper CUTLASS kernels' 128-wide k-tile: (320, 64) for W8A8 / FP8
