@@ -291,8 +291,8 @@ struct AW4 {
 
 // ---------------------------------------------------------------------------------------------
 // AVX2 (+FMA, F16C) micro-kernels, for CPUs without AVX-512 VNNI/BF16 (e.g. AMD Zen 1–3).
-// Same 32-column panels as AVX-512 (FP8: also the same 128 bytes per k-group; W8A8: each k-block
-// stored sub-panel by sub-panel, avx2_int8_tile.h); the tiles cover a panel in 8-column
+// Same 32-column panels as AVX-512 (W8A8: each k-block stored sub-panel by sub-panel,
+// avx2_int8_tile.h; FP8: E4M3 codes, below); the tiles cover a panel in 8-column
 // sub-panels (32 for a single row), so every loaded weight vector is reused by up to 6 rows.
 // Packed activations take 2 words per k-group:
 //   W8A8  (x+128) as four int16 per 4-int8 k-group; each 16-byte weight chunk (4 columns × 4 k)
@@ -300,7 +300,9 @@ struct AW4 {
 //         in int32, so the int32 accumulation is exact (no vpmaddubsw, whose int16 pair sums
 //         saturate); two partial sums per column are folded with vphaddd at the end (the 4-row
 //         tile, which every M ≥ 4 runs on, is compiled apart: avx2_int8_tile.h);
-//   FP8   two f32 per 2-k group; bf16 weight pairs are widened to f32 (shift / mask), f32 FMA;
+//   FP8   two f32 per 2-k group; the weights stay E4M3 codes (64 bytes per k-group, half the
+//         AVX-512 layout's bf16 pairs) and are widened to f32 through F16C (E4M3x16ToF32): in
+//         registers for one row, a k-block at a time into the f32 tiles' layout for more, f32 FMA;
 //   W4A16 one f32 per k (the dequantized k-block is f32 [k][32]), f32 FMA.
 
 #define LB_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -347,40 +349,46 @@ LB_AVX2 void MicroI8Avx2(const uint32_t* x, int64_t xs, const uint8_t* w, int64_
   }
 }
 
-template <int R, int C>
-LB_AVX2 void MicroFp8Avx2(const uint32_t* x, int64_t xs, const uint8_t* w, int64_t groups, uint32_t* c, int64_t cs,
-                          bool accumulate) {
-  constexpr int NV = C / 8;
+// 16 E4M3 codes → 16 f32, each 2^-8 times the code's value, exactly. A code's magnitude bits
+// moved up 7 are an f16 whose exponent field is the code's exponent (bias 15 against E4M3's 7,
+// hence the 2^-8) and whose mantissa starts with the code's 3 bits, subnormals included; F16C
+// widens it. NaN codes (0x7F / 0xFF) become f16 NaN. The 2^8 is in the weight's scales
+// (PrepareFp8), so the GEMM's f32 sums are those of the unscaled values times 2^-8 bit for bit.
+LB_AVX2 inline void E4M3x16ToF32(const uint8_t* p, __m256* lo, __m256* hi) {
+  const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256i mag = _mm256_and_si256(v, _mm256_set1_epi16(0x7F));
+  __m256i h =
+      _mm256_or_si256(_mm256_slli_epi16(mag, 7), _mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x80)), 8));
+  h = _mm256_blendv_epi8(h, _mm256_set1_epi16(0x7E00), _mm256_cmpeq_epi16(mag, _mm256_set1_epi16(0x7F)));
+  *lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+  *hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
+// FP8, one row (M = 1; more rows widen each k-block to f32 first: WidenE4M3PanelAvx2). A k-group
+// of the AVX2 FP8 layout is 64 bytes: the 32 columns' even-k codes, then their odd-k codes.
+LB_AVX2 void MicroFp8Avx2Row(const uint32_t* x, int64_t, const uint8_t* w, int64_t groups, uint32_t* c, int64_t,
+                             bool accumulate) {
   const float* xf = reinterpret_cast<const float*>(x);
   float* cf = reinterpret_cast<float*>(c);
-  const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
-  for (int s = 0; s < kNR / C; ++s) {
-    __m256 a0[R][NV], a1[R][NV];  // even / odd k: two independent FMA chains per output vector
-    for (int r = 0; r < R; ++r)
-      for (int i = 0; i < NV; ++i) a0[r][i] = a1[r][i] = _mm256_setzero_ps();
-    const uint32_t* wp = reinterpret_cast<const uint32_t*>(w) + s * C;
-    for (int64_t g = 0; g < groups; ++g) {
-      const uint32_t* wg = wp + g * 32;
-      __m256 w0[NV], w1[NV];
-      for (int i = 0; i < NV; ++i) {
-        const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(wg + 8 * i));
-        w0[i] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-        w1[i] = _mm256_castsi256_ps(_mm256_and_si256(v, hi));
-      }
-      for (int r = 0; r < R; ++r) {
-        const __m256 b0 = _mm256_broadcast_ss(xf + r * xs + 2 * g);
-        for (int i = 0; i < NV; ++i) a0[r][i] = _mm256_fmadd_ps(b0, w0[i], a0[r][i]);
-        const __m256 b1 = _mm256_broadcast_ss(xf + r * xs + 2 * g + 1);
-        for (int i = 0; i < NV; ++i) a1[r][i] = _mm256_fmadd_ps(b1, w1[i], a1[r][i]);
-      }
+  __m256 a0[4], a1[4];  // even / odd k: two independent FMA chains per 8 columns
+  for (int i = 0; i < 4; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* wg = w + g * 64;
+    const __m256 b0 = _mm256_broadcast_ss(xf + 2 * g), b1 = _mm256_broadcast_ss(xf + 2 * g + 1);
+    for (int h = 0; h < 2; ++h) {
+      __m256 lo, hi;
+      E4M3x16ToF32(wg + 16 * h, &lo, &hi);
+      a0[2 * h] = _mm256_fmadd_ps(b0, lo, a0[2 * h]);
+      a0[2 * h + 1] = _mm256_fmadd_ps(b0, hi, a0[2 * h + 1]);
+      E4M3x16ToF32(wg + 32 + 16 * h, &lo, &hi);
+      a1[2 * h] = _mm256_fmadd_ps(b1, lo, a1[2 * h]);
+      a1[2 * h + 1] = _mm256_fmadd_ps(b1, hi, a1[2 * h + 1]);
     }
-    for (int r = 0; r < R; ++r)
-      for (int i = 0; i < NV; ++i) {
-        float* cp = cf + r * cs + s * C + 8 * i;
-        __m256 v = _mm256_add_ps(a0[r][i], a1[r][i]);
-        if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(cp), v);
-        _mm256_storeu_ps(cp, v);
-      }
+  }
+  for (int i = 0; i < 4; ++i) {
+    __m256 v = _mm256_add_ps(a0[i], a1[i]);
+    if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(cf + 8 * i), v);
+    _mm256_storeu_ps(cf + 8 * i, v);
   }
 }
 
@@ -571,14 +579,15 @@ LB_AVX2 void DequantW4Avx2(const uint8_t* packed, const float* sc, const float* 
 // FP8 with several rows: a panel's k-block of bf16 pairs [gb][32 cols][2] widened to f32
 // [2·gb][32] once, so the f32 6 × 16 tile runs on it (the bf16-pair tile needs more registers
 // than AVX2 has for 6 rows and spills its accumulators).
-LB_AVX2 void WidenBf16PanelAvx2(const uint8_t* src, int64_t gb, float* out) {
-  const __m256i hi = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+LB_AVX2 void WidenE4M3PanelAvx2(const uint8_t* src, int64_t gb, float* out) {
   for (int64_t g = 0; g < gb; ++g)
-    for (int i = 0; i < 4; ++i) {
-      const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(src + g * 128 + 32 * i));
-      _mm256_store_ps(out + (2 * g) * kNR + 8 * i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
-      _mm256_store_ps(out + (2 * g + 1) * kNR + 8 * i, _mm256_castsi256_ps(_mm256_and_si256(v, hi)));
-    }
+    for (int t = 0; t < 2; ++t)  // even, odd k
+      for (int h = 0; h < 2; ++h) {
+        __m256 lo, hi;
+        E4M3x16ToF32(src + g * 64 + 32 * t + 16 * h, &lo, &hi);
+        _mm256_store_ps(out + (2 * g + t) * kNR + 16 * h, lo);
+        _mm256_store_ps(out + (2 * g + t) * kNR + 16 * h + 8, hi);
+      }
 }
 
 // Stores 8 f32 outputs in dtype dt, rounding like ref::StoreFloat; false (nothing stored) when
@@ -644,13 +653,10 @@ MicroSet Avx2Set(Kind kind) {
     s.fn[3] = &MicroI8Avx2<3, 8>;
     s.fn[4] = &cpu::MicroI8Avx2Rows4;  // MicroI8Avx2<4, 8>, compiled apart (avx2_int8_tile.h)
   } else if (kind == Kind::kFp8) {
+    // One row only: a task of more rows widens each k-block and runs the f32 tiles (RunGemm).
+    s.mr = 1;
     s.xw = 2;
-    s.fn[1] = &MicroFp8Avx2<1, 32>;
-    s.fn[2] = &MicroFp8Avx2<2, 8>;
-    s.fn[3] = &MicroFp8Avx2<3, 8>;
-    s.fn[4] = &MicroFp8Avx2<4, 8>;
-    s.fn[5] = &MicroFp8Avx2<5, 8>;
-    s.fn[6] = &MicroFp8Avx2<6, 8>;
+    s.fn[1] = &MicroFp8Avx2Row;
   } else {
     s.xw = 1;
     s.fn[1] = &MicroF32Avx2<1, 32>;
@@ -683,7 +689,9 @@ class CpuWeight : public PreparedWeight {
   }
   int64_t panels = 0;           // ceil(N / 32)
   int64_t kgroups = 0;          // k-groups (I8: ceil(K/4), FP8: ceil(K/2), W4: K)
-  AVec<uint8_t> packed;  // I8/FP8: [panels][kgroups][128 B] (AVX2 I8: Avx2I8Offset); W4: [panels][ceil(K/2)][32 B]
+  int64_t group_bytes = 128;    // I8/FP8: bytes per k-group of a panel (AVX2 FP8: 64)
+  // I8/FP8: [panels][kgroups][group_bytes] (AVX2 I8: Avx2I8Offset); W4: [panels][ceil(K/2)][32 B]
+  AVec<uint8_t> packed;
   std::vector<float> wscale;    // I8/FP8: [1] or [N]
   std::vector<int32_t> colsum;  // I8: Σ_k W[n,k]
   int64_t groups = 0;           // W4
@@ -1000,9 +1008,28 @@ Status CpuBackend::PrepareFp8(const Fp8WeightSource& src, std::unique_ptr<Prepar
     const auto& lut = Fp8Lut();
     w->panels = (n + kNR - 1) / kNR;
     w->kgroups = (k + 1) / 2;
+    const int64_t full = k / 2;
+    if (avx2_) {
+      // Row r's k-group g goes to bytes j (even k) and 32 + j (odd k) of its panel's 64-byte group
+      // g, as E4M3 codes; the kernels widen them as 2^-8 times their values (E4M3x16ToF32), which
+      // the scales make up for.
+      w->group_bytes = 64;
+      for (float& v : w->wscale) v *= 256.0f;
+      w->packed.assign(w->panels * w->kgroups * 64, 0);
+      TransposePanels(pool_, n, full, 64, w->packed.data(), w->kgroups * 64,
+                      [&](int64_t r, int64_t j, int64_t g0, int64_t g1, uint8_t* panel) {
+                        const uint8_t* row = src.weight + r * k;
+                        for (int64_t g = g0; g < g1; ++g) {
+                          panel[g * 64 + j] = row[2 * g];
+                          panel[g * 64 + 32 + j] = row[2 * g + 1];
+                        }
+                        if (g1 == full && k % 2 != 0) panel[full * 64 + j] = row[k - 1];
+                      });
+      *out = std::move(w);
+      return Status::Ok();
+    }
     w->packed.assign(w->panels * w->kgroups * 128, 0);
     // Row r's k-group g (2 codes, as bf16) goes to bytes [4j, 4j+4) of its panel's group g.
-    const int64_t full = k / 2;
     TransposePanels(pool_, n, full, 128, w->packed.data(), w->kgroups * 128,
                     [&](int64_t r, int64_t j, int64_t g0, int64_t g1, uint8_t* panel) {
                       const uint8_t* row = src.weight + r * k;
@@ -1231,10 +1258,10 @@ void CpuBackend::RunGemm(Kind kind, const GemmArgs& a, const CpuWeight& w) {
           DequantW4(w, a.x_dtype, p, g0, gb, s.w.data());
           wp = reinterpret_cast<const uint8_t*>(s.w.data());
         } else if (fp8_f32) {
-          WidenBf16PanelAvx2(w.packed.data() + (p * w.kgroups + g0) * 128, gb, s.w.data());
+          WidenE4M3PanelAvx2(w.packed.data() + (p * w.kgroups + g0) * w.group_bytes, gb, s.w.data());
           wp = reinterpret_cast<const uint8_t*>(s.w.data());
         } else {
-          wp = w.packed.data() + (p * w.kgroups + g0) * 128;
+          wp = w.packed.data() + (p * w.kgroups + g0) * w.group_bytes;
         }
         for (int64_t rr = 0; rr < mb; rr += mset.mr) {
           const int mr = static_cast<int>(std::min<int64_t>(mset.mr, mb - rr));

@@ -818,6 +818,49 @@ TEST(BackendOps, UnknownBackendIsAnError) {
   EXPECT_TRUE(st.ok()) << st.ToString();
 }
 
+// A NaN weight code (0x7F / 0xFF, E4M3FN's only NaNs) makes its column's outputs NaN on every
+// CPU backend, as in the reference, and leaves the other columns exact: the AVX2 kernels keep
+// E4M3 codes and widen them through f16, where a NaN code needs its own mapping.
+TEST(BackendOps, Fp8NaNWeightCodesGiveNaNColumns) {
+  const int64_t n = 40, k = 70;
+  std::vector<uint8_t> w(n * k, 0x38), x(3 * k, 0x38);  // 0x38 = 1.0
+  w[3 * k + 5] = 0x7F;
+  w[17 * k + 68] = 0xFF;
+  w[20 * k + 69] = 0x01;  // the smallest subnormal, 2^-9, in the odd k of the last group
+  const float ws = 0.5f, xs[3] = {1.0f, 2.0f, 0.25f};
+  for (const std::string& name : BackendsUnderTest()) {
+    if (IsGpu(name)) continue;
+    OPEN_OR_SKIP(name, b);
+    std::unique_ptr<PreparedWeight> pw;
+    ASSERT_TRUE(b->PrepareFp8({w.data(), n, k, {&ws, DType::kF32, 1}}, &pw).ok()) << name;
+    for (int64_t m : {1, 3}) {
+      Buf dx(b.get(), x.data(), m * k), ds(b.get(), xs, m * 4), dy(b.get(), m * n * 4);
+      GemmArgs a;
+      a.m = m;
+      a.x = dx.get();
+      a.x_dtype = DType::kF8E4M3;
+      a.x_scale = static_cast<const float*>(ds.get());
+      a.x_scale_count = m;
+      a.w = pw.get();
+      a.y = dy.get();
+      a.y_dtype = DType::kF32;
+      ASSERT_TRUE(b->GemmFp8(a).ok()) << name;
+      const std::vector<float> y = dy.Read<float>();
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t c = 0; c < n; ++c) {
+          const float v = y[r * n + c];
+          if (c == 3 || c == 17) {
+            EXPECT_TRUE(std::isnan(v)) << name << " M=" << m << " row " << r << " column " << c << ": " << v;
+          } else {
+            // 70 products of 1.0 (69 and 2^-9 in column 20): exact in f32 whatever the order.
+            const double sum = c == 20 ? 69.0 + std::ldexp(1.0, -9) : 70.0;
+            EXPECT_EQ(v, static_cast<float>(sum * ws * xs[r])) << name << " M=" << m << " row " << r << " column " << c;
+          }
+        }
+    }
+  }
+}
+
 TEST(BackendOps, CpuAvx2IsRefusedWithoutAvx2) {
   std::unique_ptr<Backend> b;
   Status st = MakeBackend("cpu-avx2", {}, &b);
