@@ -547,8 +547,9 @@ LB_AVX2 void PackRowFp8Avx2(const uint8_t* xr, int64_t k, int64_t g0, int64_t gb
   for (; c < cend; ++c) dst[c - c0] = 0.0f;
 }
 
+template <bool kBf16>
 LB_AVX2 void DequantW4Avx2(const uint8_t* packed, const float* sc, const float* zf, int64_t groups, int64_t gs,
-                           bool bf16, int64_t k0, int64_t kb, float* out) {
+                           int64_t k0, int64_t kb, float* out) {
   const __m256i m15 = _mm256_set1_epi32(15);
   for (int64_t kk = 0; kk < kb; kk += 2) {
     const int64_t c = k0 + kk;  // k0 is even (a multiple of kGB)
@@ -562,7 +563,7 @@ LB_AVX2 void DequantW4Avx2(const uint8_t* packed, const float* sc, const float* 
         const __m256i code = _mm256_and_si256(t ? _mm256_srli_epi32(v, 4) : v, m15);
         __m256 f = _mm256_sub_ps(_mm256_cvtepi32_ps(code), _mm256_loadu_ps(zf + g * kNR + 8 * h));
         f = _mm256_mul_ps(f, _mm256_loadu_ps(sc + g * kNR + 8 * h));
-        if (bf16) {
+        if constexpr (kBf16) {
           __m256i bits = _mm256_castps_si256(f);
           const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
           bits = _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF)));
@@ -1184,7 +1185,11 @@ void CpuBackend::DequantW4(const CpuWeight& w, DType act, int64_t p, int64_t k0,
     return;
   }
   if (avx2_) {
-    DequantW4Avx2(packed, sc, zf, groups, gs, act == DType::kBF16, k0, kb, out);
+    if (act == DType::kBF16) {
+      DequantW4Avx2<true>(packed, sc, zf, groups, gs, k0, kb, out);
+    } else {
+      DequantW4Avx2<false>(packed, sc, zf, groups, gs, k0, kb, out);
+    }
     return;
   }
   for (int64_t kk = 0; kk < kb; ++kk) {
