@@ -230,7 +230,7 @@ absl::Status ReadResultStream(grpc::ChannelInterface& channel, const rpc::Client
   bool have_header = false;
   absl::Status bad;
   while (bad.ok() && reader->Read(&raw)) {
-    bad = rpc::DecodeWithBulk(raw, rpc::kChunkData, &resp, &split);
+    bad = rpc::DecodeWithBulk(raw, rpc::kResultChunkData, &resp, &split);
     if (!bad.ok()) {
       bad = absl::DataLossError(absl::StrCat("FetchResult response: ", bad.message()));
     } else if (resp.has_header()) {

@@ -49,7 +49,7 @@ absl::StatusOr<bool> WriteModelChunks(const SafetensorsModel& model, TensorOrder
     auto keep = std::make_shared<const Tensor>(*std::move(t));
     const bool sent =
         ForEachChunk(name, *keep, chunk_bytes, [&](const v1::TensorChunk& meta, std::span<const uint8_t> data) {
-          return write(EncodeWithBulk(meta, kChunkData, data, keep));
+          return write(EncodeWithBulk(meta, kResultChunkData, data, keep));  // the same fields as kLoadChunkData
         });
     if (!sent) return false;
   }

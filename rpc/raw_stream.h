@@ -35,9 +35,11 @@ inline constexpr char kLoadModelStreamPath[] = "/lowbit.v1.RuntimeService/LoadMo
 // The largest checkpoint side file (tokenizer.json, ...) FetchResult sends and a client accepts:
 // the server holds it in memory while sending.
 inline constexpr int64_t kMaxResultFileBytes = int64_t{1} << 30;
-// TensorChunk.data inside FetchResultResponse.chunk and LoadModelStreamRequest.chunk (field 2,
-// in a oneof with the header, field 1).
-inline constexpr BulkField kChunkData{2, 5, 1};
+// TensorChunk.data inside FetchResultResponse.chunk (field 2, in a oneof with the header, field 1,
+// and a side file's piece, field 3) and inside LoadModelStreamRequest.chunk (field 2, in a oneof
+// with the header, field 1).
+inline constexpr BulkField kResultChunkData{2, 5, {1, 3}};
+inline constexpr BulkField kLoadChunkData{2, 5, {1, 0}};
 inline constexpr BulkField kUploadModelData{0, 4};  // UploadModelRequest.data
 
 using RawServerStream = grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>;
@@ -80,7 +82,7 @@ std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> RawClientReader(grpc::Chan
 // streams the files to disk with O_DIRECT then).
 enum class TensorOrder { kByName, kByFile };
 
-// Sends every tensor of `model` in `order` as chunk messages (kChunkData: FetchResultResponse and
+// Sends every tensor of `model` in `order` as chunk messages (FetchResultResponse and
 // LoadModelStreamRequest alike) of at most `chunk_bytes` data bytes, the data framed as slices
 // over the mapped file, each holding its tensor (and so the mapping) until gRPC has sent it.
 // `write` sends one message and returns false when the stream is gone; then the sending stops

@@ -99,8 +99,9 @@ absl::Status SplitFields(Cursor& c, size_t end, BulkField where, bool top, std::
     const uint64_t number = tag >> 3;
     const int type = static_cast<int>(tag & 7);
     if (number == 0 || number > (uint64_t{1} << 29) - 1) return Malformed(absl::StrCat("field number ", number));
-    if (top && where.oneof_sibling > 0 && number == static_cast<uint64_t>(where.oneof_sibling) &&
-        type == kLengthDelimited) {
+    const bool sibling = std::find(where.oneof_siblings.begin(), where.oneof_siblings.end(),
+                                   static_cast<int64_t>(number)) != where.oneof_siblings.end();
+    if (top && sibling && type == kLengthDelimited) {
       // The oneof switches away from the wrapper: its bulk bytes are gone. (With another wire
       // type protobuf keeps the field as unknown and the oneof does not switch.)
       *data = DataPieces();

@@ -12,6 +12,7 @@
 #ifndef LOWBIT_RPC_WIRE_H_
 #define LOWBIT_RPC_WIRE_H_
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -45,9 +46,9 @@ struct DataPieces {
 struct BulkField {
   int wrap_field = 0;
   int field = 0;
-  // A top-level field in the same oneof as wrap_field (0: none). When it appears, protobuf
+  // The top-level fields in the same oneof as wrap_field (0: none). When one appears, protobuf
   // clears the wrapper and with it any bulk bytes seen so far; the splitter does the same.
-  int oneof_sibling = 0;
+  std::array<int, 2> oneof_siblings = {};
 };
 
 // `message` (whose bulk field must be empty; with where.wrap_field it is the sub-message, and

@@ -15,7 +15,7 @@
 //   * Tasks are (128 rows × 128 columns) tiles spread over a thread pool; inside a task, for
 //     each k-block of 256 groups the activations are packed once (u8 quads / bf16 pairs / f32,
 //     with the act-order permutation applied for W4A16), then an 8-row × 32-column register
-//     tile runs over every row block of every panel (AVX2: 4 × 8 W8A8, 6 × 8 FP8, 6 × 16 W4A16;
+//     tile runs over every row block of every panel (AVX2: 4 × 8 W8A8, 6 × 16 f32 for W4A16 and widened FP8;
 //     a single row takes all 32 columns at once).
 // The W8A8 epilogue runs the same f32 operations in the same order as the reference, so its
 // output is bit-exact; the FP8 and W4A16 sums differ from the exact reference by f32 rounding.
@@ -577,9 +577,8 @@ LB_AVX2 void DequantW4Avx2(const uint8_t* packed, const float* sc, const float* 
   }
 }
 
-// FP8 with several rows: a panel's k-block of bf16 pairs [gb][32 cols][2] widened to f32
-// [2·gb][32] once, so the f32 6 × 16 tile runs on it (the bf16-pair tile needs more registers
-// than AVX2 has for 6 rows and spills its accumulators).
+// FP8 with several rows: a panel's k-block of E4M3 codes [gb][even / odd k][32 cols] widened to
+// f32 [2·gb][32] (times 2^-8, E4M3x16ToF32) once, so the f32 6 × 16 tile runs on it.
 LB_AVX2 void WidenE4M3PanelAvx2(const uint8_t* src, int64_t gb, float* out) {
   for (int64_t g = 0; g < gb; ++g)
     for (int t = 0; t < 2; ++t)  // even, odd k
@@ -1006,7 +1005,6 @@ Status CpuBackend::PrepareFp8(const Fp8WeightSource& src, std::unique_ptr<Prepar
   if (reference_) {
     w->ref_u8.assign(src.weight, src.weight + n * k);
   } else {
-    const auto& lut = Fp8Lut();
     w->panels = (n + kNR - 1) / kNR;
     w->kgroups = (k + 1) / 2;
     const int64_t full = k / 2;
@@ -1029,6 +1027,7 @@ Status CpuBackend::PrepareFp8(const Fp8WeightSource& src, std::unique_ptr<Prepar
       *out = std::move(w);
       return Status::Ok();
     }
+    const auto& lut = Fp8Lut();
     w->packed.assign(w->panels * w->kgroups * 128, 0);
     // Row r's k-group g (2 codes, as bf16) goes to bytes [4j, 4j+4) of its panel's group g.
     TransposePanels(pool_, n, full, 128, w->packed.data(), w->kgroups * 128,

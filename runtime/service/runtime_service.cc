@@ -85,7 +85,7 @@ absl::StatusOr<v1::LoadModelStreamResponse> RuntimeServiceImpl::ReceiveModel(grp
   rpc::SplitMessage split;  // reused: its slices are released when the next message arrives
   auto next = [&](absl::Status* s) {
     if (!stream->Read(&raw)) return false;
-    *s = rpc::DecodeWithBulk(raw, rpc::kChunkData, &msg, &split);
+    *s = rpc::DecodeWithBulk(raw, rpc::kLoadChunkData, &msg, &split);
     return true;
   };
   absl::Status st;

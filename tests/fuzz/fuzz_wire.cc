@@ -1,7 +1,8 @@
 // libFuzzer target for rpc/wire.h's hand-written splitter, which parses what clients send to
 // the bulk streaming methods before protobuf sees it. The input's first byte picks where the
-// rest is cut into receive slices; the rest is the message. Checks, for FetchResultResponse
-// (bulk field chunk.data) and UploadModelRequest (bulk field data):
+// rest is cut into receive slices; the rest is the message. Checks, for FetchResultResponse and
+// LoadModelStreamRequest (bulk field chunk.data, in oneofs of three and two members) and
+// UploadModelRequest (bulk field data):
 //   * any bytes give a message or INVALID_ARGUMENT, never a crash (ASan / UBSan in the fuzz build);
 //   * the bulk pieces add up to data.size (and are readable: ASan in the fuzz build);
 //   * differential: when the split and the parse of the rest succeed, protobuf parses the whole
@@ -14,6 +15,7 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/slice.h"
 #include "lowbit/v1/calibrator.pb.h"
+#include "lowbit/v1/runtime.pb.h"
 #include "rpc/raw_stream.h"
 #include "rpc/wire.h"
 
@@ -48,6 +50,7 @@ void Check(const grpc::ByteBuffer& buffer, const std::string& whole, BulkField w
 }
 
 std::string* ChunkData(lowbit::v1::FetchResultResponse& m) { return m.mutable_chunk()->mutable_data(); }
+std::string* LoadData(lowbit::v1::LoadModelStreamRequest& m) { return m.mutable_chunk()->mutable_data(); }
 std::string* UploadData(lowbit::v1::UploadModelRequest& m) { return m.mutable_data(); }
 
 }  // namespace
@@ -63,7 +66,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (size_t at = 0; at < whole.size(); at += step) slices.emplace_back(whole.substr(at, step));
   }
   const grpc::ByteBuffer buffer(slices.data(), slices.size());
-  Check<lowbit::v1::FetchResultResponse>(buffer, whole, lowbit::rpc::kChunkData, &ChunkData);
+  Check<lowbit::v1::FetchResultResponse>(buffer, whole, lowbit::rpc::kResultChunkData, &ChunkData);
+  Check<lowbit::v1::LoadModelStreamRequest>(buffer, whole, lowbit::rpc::kLoadChunkData, &LoadData);
   Check<lowbit::v1::UploadModelRequest>(buffer, whole, lowbit::rpc::kUploadModelData, &UploadData);
   return 0;
 }

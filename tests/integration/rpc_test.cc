@@ -313,7 +313,7 @@ TEST(Wire, EncodedChunksAreTheProtobufMessages) {
   std::vector<v1::TensorChunk> expected = Chunks("a", a, 1500);
   size_t i = 0;
   ForEachChunk("a", a, 1500, [&](const v1::TensorChunk& meta, std::span<const uint8_t> data) {
-    const std::string wire = Flatten(EncodeWithBulk(meta, kChunkData, data, keep));
+    const std::string wire = Flatten(EncodeWithBulk(meta, kLoadChunkData, data, keep));
     v1::LoadModelStreamRequest parsed;
     EXPECT_TRUE(parsed.ParseFromString(wire));
     EXPECT_EQ(parsed.SerializeAsString(), ChunkMessage(expected[i]).SerializeAsString()) << "chunk " << i;
@@ -343,7 +343,7 @@ TEST(Wire, DecodesProtobufBytesSplitAnywhere) {
     for (size_t piece : {size_t{1}, size_t{3}, size_t{64}, bytes.size()}) {
       v1::FetchResultResponse got;
       SplitMessage split;
-      ASSERT_TRUE(DecodeWithBulk(Sliced(bytes, piece), kChunkData, &got, &split).ok()) << piece;
+      ASSERT_TRUE(DecodeWithBulk(Sliced(bytes, piece), kResultChunkData, &got, &split).ok()) << piece;
       EXPECT_TRUE(got.chunk().data().empty());
       EXPECT_EQ(PiecesString(split.data), c.data());
       got.mutable_chunk()->set_data(PiecesString(split.data));
@@ -356,7 +356,7 @@ TEST(Wire, DecodesProtobufBytesSplitAnywhere) {
   header.mutable_header()->set_tensors(3);
   v1::FetchResultResponse got;
   SplitMessage split;
-  ASSERT_TRUE(DecodeWithBulk(Sliced(header.SerializeAsString(), 2), kChunkData, &got, &split).ok());
+  ASSERT_TRUE(DecodeWithBulk(Sliced(header.SerializeAsString(), 2), kResultChunkData, &got, &split).ok());
   EXPECT_EQ(got.header().tensors(), 3);
   EXPECT_EQ(split.data.size, 0u);
 }
@@ -375,8 +375,42 @@ TEST(Wire, HeaderBetweenChunksDropsTheFirstChunksDataAsProtobufDoes) {
   ASSERT_TRUE(want.chunk().data().empty());
   v1::FetchResultResponse got;
   SplitMessage split;
-  ASSERT_TRUE(DecodeWithBulk(Sliced(bytes, 5), kChunkData, &got, &split).ok());
+  ASSERT_TRUE(DecodeWithBulk(Sliced(bytes, 5), kResultChunkData, &got, &split).ok());
   EXPECT_EQ(split.data.size, 0u);
+  EXPECT_EQ(got.SerializeAsString(), want.SerializeAsString());
+}
+
+// The same for FetchResultResponse's third oneof member, a side file's piece (field 3): found by
+// fuzz_wire (a chunk's data survived a later `file` and a chunk after it). In
+// LoadModelStreamRequest field 3 is unknown to protobuf: the oneof does not switch and the
+// chunk keeps its data.
+TEST(Wire, FileBetweenChunksDropsTheFirstChunksDataAsProtobufDoes) {
+  v1::FetchResultResponse first, file, second;
+  first.mutable_chunk()->set_name("a");
+  first.mutable_chunk()->set_data("0123456789");
+  file.mutable_file()->set_name("tokenizer.json");
+  second.mutable_chunk()->set_offset(10);
+  for (const std::string& bytes : {first.SerializeAsString() + file.SerializeAsString(),
+                                   first.SerializeAsString() + file.SerializeAsString() + second.SerializeAsString()}) {
+    v1::FetchResultResponse want;
+    ASSERT_TRUE(want.ParseFromString(bytes));
+    v1::FetchResultResponse got;
+    SplitMessage split;
+    ASSERT_TRUE(DecodeWithBulk(Sliced(bytes, 5), kResultChunkData, &got, &split).ok());
+    EXPECT_EQ(split.data.size, 0u);
+    EXPECT_EQ(got.SerializeAsString(), want.SerializeAsString());
+  }
+  const std::string load_bytes = first.SerializeAsString() + file.SerializeAsString();
+  v1::LoadModelStreamRequest want;
+  ASSERT_TRUE(want.ParseFromString(load_bytes));
+  ASSERT_EQ(want.chunk().data(), "0123456789");
+  v1::LoadModelStreamRequest got;
+  SplitMessage split;
+  ASSERT_TRUE(DecodeWithBulk(Sliced(load_bytes, 5), kLoadChunkData, &got, &split).ok());
+  ASSERT_EQ(split.data.size, 10u);
+  std::string data;
+  for (auto p : split.data.pieces) data.append(reinterpret_cast<const char*>(p.data()), p.size());
+  got.mutable_chunk()->set_data(data);
   EXPECT_EQ(got.SerializeAsString(), want.SerializeAsString());
 }
 
@@ -386,7 +420,7 @@ TEST(Wire, AssemblesTensorsFromSlicedMessages) {
   for (const v1::TensorChunk& c : Chunks("a", a, 700)) {
     v1::FetchResultResponse got;
     SplitMessage split;
-    ASSERT_TRUE(DecodeWithBulk(Sliced(ChunkMessage(c).SerializeAsString(), 97), kChunkData, &got, &split).ok());
+    ASSERT_TRUE(DecodeWithBulk(Sliced(ChunkMessage(c).SerializeAsString(), 97), kResultChunkData, &got, &split).ok());
     ASSERT_TRUE(assembler.Add(got.chunk(), split.data).ok());
   }
   ASSERT_TRUE(assembler.Finish().ok());
@@ -403,7 +437,7 @@ TEST(Wire, FlippedDataByteIsDataLossNamingTheTensor) {
     bytes[bytes.size() / 2] ^= 0x10;  // inside the data
     v1::LoadModelStreamRequest got;
     SplitMessage split;
-    ASSERT_TRUE(DecodeWithBulk(Sliced(bytes, 50), kChunkData, &got, &split).ok());
+    ASSERT_TRUE(DecodeWithBulk(Sliced(bytes, 50), kLoadChunkData, &got, &split).ok());
     if (st.ok()) st = assembler.Add(got.chunk(), split.data);
   }
   EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
@@ -414,7 +448,7 @@ TEST(Wire, RefusesMalformedBytes) {
   auto decode = [](const std::string& bytes) {
     v1::FetchResultResponse got;
     SplitMessage split;
-    return DecodeWithBulk(Sliced(bytes, 5), kChunkData, &got, &split);
+    return DecodeWithBulk(Sliced(bytes, 5), kResultChunkData, &got, &split);
   };
   v1::FetchResultResponse msg;
   *msg.mutable_chunk() = Chunks("a", Iota(40), 1 << 20)[0];
