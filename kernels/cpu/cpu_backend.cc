@@ -365,31 +365,27 @@ LB_AVX2 inline void E4M3x16ToF32(const uint8_t* p, __m256* lo, __m256* hi) {
 }
 
 // FP8, one row (M = 1; more rows widen each k-block to f32 first: WidenE4M3PanelAvx2). A k-group
-// of the AVX2 FP8 layout is 64 bytes: the 32 columns' even-k codes, then their odd-k codes.
+// of the AVX2 FP8 layout is 64 bytes: the 32 columns' even-k codes, then their odd-k codes. Each
+// output accumulates k in order in one chain, continuing the previous k-blocks' sum, as the f32
+// tiles do on the widened weights: a row's FP8 result has the same bits at every M (batched or
+// alone). The chains' latency is hidden by the weight stream (this tile runs memory-bound).
 LB_AVX2 void MicroFp8Avx2Row(const uint32_t* x, int64_t, const uint8_t* w, int64_t groups, uint32_t* c, int64_t,
                              bool accumulate) {
   const float* xf = reinterpret_cast<const float*>(x);
   float* cf = reinterpret_cast<float*>(c);
-  __m256 a0[4], a1[4];  // even / odd k: two independent FMA chains per 8 columns
-  for (int i = 0; i < 4; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
+  __m256 a[4];
+  for (int i = 0; i < 4; ++i) a[i] = accumulate ? _mm256_loadu_ps(cf + 8 * i) : _mm256_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
     const uint8_t* wg = w + g * 64;
     const __m256 b0 = _mm256_broadcast_ss(xf + 2 * g), b1 = _mm256_broadcast_ss(xf + 2 * g + 1);
-    for (int h = 0; h < 2; ++h) {
-      __m256 lo, hi;
-      E4M3x16ToF32(wg + 16 * h, &lo, &hi);
-      a0[2 * h] = _mm256_fmadd_ps(b0, lo, a0[2 * h]);
-      a0[2 * h + 1] = _mm256_fmadd_ps(b0, hi, a0[2 * h + 1]);
-      E4M3x16ToF32(wg + 32 + 16 * h, &lo, &hi);
-      a1[2 * h] = _mm256_fmadd_ps(b1, lo, a1[2 * h]);
-      a1[2 * h + 1] = _mm256_fmadd_ps(b1, hi, a1[2 * h + 1]);
-    }
+    __m256 e[4], o[4];
+    E4M3x16ToF32(wg, &e[0], &e[1]);
+    E4M3x16ToF32(wg + 16, &e[2], &e[3]);
+    E4M3x16ToF32(wg + 32, &o[0], &o[1]);
+    E4M3x16ToF32(wg + 48, &o[2], &o[3]);
+    for (int i = 0; i < 4; ++i) a[i] = _mm256_fmadd_ps(b1, o[i], _mm256_fmadd_ps(b0, e[i], a[i]));
   }
-  for (int i = 0; i < 4; ++i) {
-    __m256 v = _mm256_add_ps(a0[i], a1[i]);
-    if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(cf + 8 * i), v);
-    _mm256_storeu_ps(cf + 8 * i, v);
-  }
+  for (int i = 0; i < 4; ++i) _mm256_storeu_ps(cf + 8 * i, a[i]);
 }
 
 template <int R, int C>

@@ -861,6 +861,45 @@ TEST(BackendOps, Fp8NaNWeightCodesGiveNaNColumns) {
   }
 }
 
+// The AVX2 FP8 kernels sum each output's k in the same order whether the row runs alone (M = 1,
+// the one-row tile) or among others (the widened f32 tiles): a request's FP8 result does not
+// depend on what the runtime batched it with. K = 1100 spans three k-blocks, the last one short.
+TEST(BackendOps, Avx2Fp8RowsHaveTheSameBitsAtEveryM) {
+  if (!CpuHasAvx2Kernels()) GTEST_SKIP() << "no AVX2 / FMA / F16C";
+  std::unique_ptr<Backend> b;
+  ASSERT_TRUE(MakeBackend("cpu-avx2", {}, &b).ok());
+  Rng rng(11);
+  const int64_t m = 7, k = 1100, n = 72;
+  std::vector<uint8_t> w(n * k), x(m * k);
+  for (auto& v : w) v = rng.Code(true);
+  for (auto& v : x) v = rng.Code(true);
+  std::vector<float> ws = RandomScales(n, rng, 0.01f), xs = RandomScales(m, rng, 0.02f);
+  std::unique_ptr<PreparedWeight> pw;
+  ASSERT_TRUE(b->PrepareFp8({w.data(), n, k, {ws.data(), DType::kF32, n}}, &pw).ok());
+  auto run = [&](int64_t r0, int64_t rows) {
+    std::vector<float> y(rows * n);
+    GemmArgs a;
+    a.m = rows;
+    a.x = x.data() + r0 * k;
+    a.x_dtype = DType::kF8E4M3;
+    a.x_scale = xs.data() + r0;
+    a.x_scale_count = rows;
+    a.w = pw.get();
+    a.y = y.data();
+    a.y_dtype = DType::kF32;
+    EXPECT_TRUE(b->GemmFp8(a).ok());
+    return y;
+  };
+  const std::vector<float> all = run(0, m), three = run(2, 3);
+  for (int64_t r = 0; r < m; ++r) {
+    const std::vector<float> alone = run(r, 1);
+    EXPECT_EQ(std::memcmp(alone.data(), all.data() + r * n, n * 4), 0) << "row " << r << " alone vs M = 7";
+    if (r >= 2 && r < 5) {
+      EXPECT_EQ(std::memcmp(alone.data(), three.data() + (r - 2) * n, n * 4), 0) << "row " << r << " alone vs M = 3";
+    }
+  }
+}
+
 TEST(BackendOps, CpuAvx2IsRefusedWithoutAvx2) {
   std::unique_ptr<Backend> b;
   Status st = MakeBackend("cpu-avx2", {}, &b);
