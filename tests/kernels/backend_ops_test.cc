@@ -861,41 +861,60 @@ TEST(BackendOps, Fp8NaNWeightCodesGiveNaNColumns) {
   }
 }
 
-// The AVX2 FP8 kernels sum each output's k in the same order whether the row runs alone (M = 1,
-// the one-row tile) or among others (the widened f32 tiles): a request's FP8 result does not
-// depend on what the runtime batched it with. K = 1100 spans three k-blocks, the last one short.
-TEST(BackendOps, Avx2Fp8RowsHaveTheSameBitsAtEveryM) {
+// The AVX2 FP8 and W4A16 kernels sum each output's k in the same order whether the row runs alone
+// (M = 1, the one-row tiles) or among others (the f32 tiles, on widened or dequantized weights):
+// a request's result does not depend on what the runtime batched it with. K spans several
+// k-blocks, the last one short.
+TEST(BackendOps, Avx2FloatRowsHaveTheSameBitsAtEveryM) {
   if (!CpuHasAvx2Kernels()) GTEST_SKIP() << "no AVX2 / FMA / F16C";
   std::unique_ptr<Backend> b;
   ASSERT_TRUE(MakeBackend("cpu-avx2", {}, &b).ok());
   Rng rng(11);
-  const int64_t m = 7, k = 1100, n = 72;
-  std::vector<uint8_t> w(n * k), x(m * k);
-  for (auto& v : w) v = rng.Code(true);
-  for (auto& v : x) v = rng.Code(true);
+  const int64_t m = 7, n = 72;
+  // FP8, K = 1100: three k-blocks of 512.
+  const int64_t k8 = 1100;
+  std::vector<uint8_t> w8(n * k8), x8(m * k8);
+  for (auto& v : w8) v = rng.Code(true);
+  for (auto& v : x8) v = rng.Code(true);
   std::vector<float> ws = RandomScales(n, rng, 0.01f), xs = RandomScales(m, rng, 0.02f);
-  std::unique_ptr<PreparedWeight> pw;
-  ASSERT_TRUE(b->PrepareFp8({w.data(), n, k, {ws.data(), DType::kF32, n}}, &pw).ok());
-  auto run = [&](int64_t r0, int64_t rows) {
-    std::vector<float> y(rows * n);
+  std::unique_ptr<PreparedWeight> p8;
+  ASSERT_TRUE(b->PrepareFp8({w8.data(), n, k8, {ws.data(), DType::kF32, n}}, &p8).ok());
+  // W4A16, K = 1152: group 128, asymmetric, act order; bf16 activations.
+  const int64_t k4 = 1152;
+  const W4Variant v4{128, true, true};
+  Int4Checkpoint ck = MakeInt4(n, k4, v4, DType::kBF16, rng);
+  std::unique_ptr<PreparedWeight> p4;
+  ASSERT_TRUE(b->PrepareInt4(ck.Source(n, k4, v4.group_size), &p4).ok());
+  const std::vector<uint8_t> x4 = MakeActivations(DType::kBF16, m, k4, rng);
+  // Runs `rows` rows from r0; returns the output bytes.
+  auto run = [&](bool fp8, int64_t r0, int64_t rows) {
+    const int64_t k = fp8 ? k8 : k4, out = fp8 ? 4 : 2;
+    std::vector<uint8_t> y(rows * n * out);
     GemmArgs a;
     a.m = rows;
-    a.x = x.data() + r0 * k;
-    a.x_dtype = DType::kF8E4M3;
-    a.x_scale = xs.data() + r0;
-    a.x_scale_count = rows;
-    a.w = pw.get();
+    a.x = fp8 ? x8.data() + r0 * k : x4.data() + r0 * k * 2;
+    a.x_dtype = fp8 ? DType::kF8E4M3 : DType::kBF16;
+    if (fp8) {
+      a.x_scale = xs.data() + r0;
+      a.x_scale_count = rows;
+    }
+    a.w = fp8 ? p8.get() : p4.get();
     a.y = y.data();
-    a.y_dtype = DType::kF32;
-    EXPECT_TRUE(b->GemmFp8(a).ok());
+    a.y_dtype = fp8 ? DType::kF32 : DType::kBF16;
+    EXPECT_TRUE((fp8 ? b->GemmFp8(a) : b->GemmW4A16(a)).ok());
     return y;
   };
-  const std::vector<float> all = run(0, m), three = run(2, 3);
-  for (int64_t r = 0; r < m; ++r) {
-    const std::vector<float> alone = run(r, 1);
-    EXPECT_EQ(std::memcmp(alone.data(), all.data() + r * n, n * 4), 0) << "row " << r << " alone vs M = 7";
-    if (r >= 2 && r < 5) {
-      EXPECT_EQ(std::memcmp(alone.data(), three.data() + (r - 2) * n, n * 4), 0) << "row " << r << " alone vs M = 3";
+  for (bool fp8 : {true, false}) {
+    const size_t row_bytes = n * (fp8 ? 4 : 2);
+    const std::vector<uint8_t> all = run(fp8, 0, m), three = run(fp8, 2, 3);
+    for (int64_t r = 0; r < m; ++r) {
+      const std::vector<uint8_t> alone = run(fp8, r, 1);
+      const char* op = fp8 ? "FP8" : "W4A16";
+      EXPECT_EQ(std::memcmp(alone.data(), all.data() + r * row_bytes, row_bytes), 0) << op << " row " << r << " alone vs M = 7";
+      if (r >= 2 && r < 5) {
+        EXPECT_EQ(std::memcmp(alone.data(), three.data() + (r - 2) * row_bytes, row_bytes), 0)
+            << op << " row " << r << " alone vs M = 3";
+      }
     }
   }
 }
