@@ -189,6 +189,14 @@ class CalibratorServiceTest : public ::testing::Test {
     MendWrites();
     return job;
   }
+  // Runs `spec` uninterrupted as output "reference" and reads its checkpoint into `bytes`: what a
+  // retried run must write. Fails the test (fatally) when the run does not succeed.
+  static void ReferenceCheckpoint(v1::JobSpec spec, std::string* bytes) {
+    spec.set_output_name("reference");
+    v1::Job ref = RunToEnd(spec);
+    ASSERT_EQ(ref.state(), v1::JOB_STATE_SUCCEEDED) << ref.error_message();
+    *bytes = ReadAll(root_ + "/state/outputs/reference/model.safetensors");
+  }
   // The layers job `id` has calibrated so far (in this process).
   static std::vector<int64_t> Calibrated(const std::string& id) {
     std::lock_guard<std::mutex> lock(g_hold->mu);
@@ -1174,10 +1182,8 @@ TEST_F(CalibratorServiceTest, OutputOfASucceededJobIsNeverReplacedAcrossRestarts
 // run's. A cancelled job retried starts over; a job whose output was taken meanwhile is refused.
 TEST_F(CalibratorServiceTest, FailedJobKeepsItsLayersAndRetryContinuesAfterThem) {
   v1::JobSpec spec = TinySpec("W8A8");  // GPTQ
-  spec.set_output_name("reference");
-  v1::Job ref = RunToEnd(spec);
-  ASSERT_EQ(ref.state(), v1::JOB_STATE_SUCCEEDED) << ref.error_message();
-  const std::string reference = ReadAll(root_ + "/state/outputs/reference/model.safetensors");
+  std::string reference;
+  ASSERT_NO_FATAL_FAILURE(ReferenceCheckpoint(spec, &reference));
 
   v1::Job failed = RunWithBrokenWrites(spec, "retried");
   ASSERT_EQ(failed.state(), v1::JOB_STATE_FAILED);
@@ -1279,10 +1285,8 @@ TEST_F(CalibratorServiceTest, FailedJobsKeptLayersGoAfterTheRetention) {
   constexpr auto kRetention = std::chrono::seconds(2);
   Restart(kRetention);
   v1::JobSpec spec = TinySpec("W8A8");
-  spec.set_output_name("reference");
-  v1::Job ref = RunToEnd(spec);
-  ASSERT_EQ(ref.state(), v1::JOB_STATE_SUCCEEDED) << ref.error_message();
-  const std::string reference = ReadAll(root_ + "/state/outputs/reference/model.safetensors");
+  std::string reference;
+  ASSERT_NO_FATAL_FAILURE(ReferenceCheckpoint(spec, &reference));
 
   v1::Job failed = RunWithBrokenWrites(spec, "expires");
   ASSERT_EQ(failed.state(), v1::JOB_STATE_FAILED);
