@@ -408,9 +408,7 @@ TEST(Wire, FileBetweenChunksDropsTheFirstChunksDataAsProtobufDoes) {
   SplitMessage split;
   ASSERT_TRUE(DecodeWithBulk(Sliced(load_bytes, 5), kLoadChunkData, &got, &split).ok());
   ASSERT_EQ(split.data.size, 10u);
-  std::string data;
-  for (auto p : split.data.pieces) data.append(reinterpret_cast<const char*>(p.data()), p.size());
-  got.mutable_chunk()->set_data(data);
+  got.mutable_chunk()->set_data(PiecesString(split.data));
   EXPECT_EQ(got.SerializeAsString(), want.SerializeAsString());
 }
 
