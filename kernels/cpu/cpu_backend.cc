@@ -1004,13 +1004,13 @@ Status CpuBackend::PrepareFp8(const Fp8WeightSource& src, std::unique_ptr<Prepar
     w->panels = (n + kNR - 1) / kNR;
     w->kgroups = (k + 1) / 2;
     const int64_t full = k / 2;
+    w->group_bytes = avx2_ ? 64 : 128;
+    w->packed.assign(w->panels * w->kgroups * w->group_bytes, 0);
     if (avx2_) {
       // Row r's k-group g goes to bytes j (even k) and 32 + j (odd k) of its panel's 64-byte group
       // g, as E4M3 codes; the kernels widen them as 2^-8 times their values (E4M3x16ToF32), which
       // the scales make up for.
-      w->group_bytes = 64;
       for (float& v : w->wscale) v *= 256.0f;
-      w->packed.assign(w->panels * w->kgroups * 64, 0);
       TransposePanels(pool_, n, full, 64, w->packed.data(), w->kgroups * 64,
                       [&](int64_t r, int64_t j, int64_t g0, int64_t g1, uint8_t* panel) {
                         const uint8_t* row = src.weight + r * k;
@@ -1020,21 +1020,19 @@ Status CpuBackend::PrepareFp8(const Fp8WeightSource& src, std::unique_ptr<Prepar
                         }
                         if (g1 == full && k % 2 != 0) panel[full * 64 + j] = row[k - 1];
                       });
-      *out = std::move(w);
-      return Status::Ok();
+    } else {
+      const auto& lut = Fp8Lut();
+      // Row r's k-group g (2 codes, as bf16) goes to bytes [4j, 4j+4) of its panel's group g.
+      TransposePanels(pool_, n, full, 128, w->packed.data(), w->kgroups * 128,
+                      [&](int64_t r, int64_t j, int64_t g0, int64_t g1, uint8_t* panel) {
+                        const uint8_t* row = src.weight + r * k;
+                        for (int64_t g = g0; g < g1; ++g) {
+                          const uint16_t pair[2] = {lut.bf16[row[2 * g]], lut.bf16[row[2 * g + 1]]};
+                          std::memcpy(panel + g * 128 + 4 * j, pair, 4);
+                        }
+                        if (g1 == full && k % 2 != 0) std::memcpy(panel + full * 128 + 4 * j, &lut.bf16[row[k - 1]], 2);
+                      });
     }
-    const auto& lut = Fp8Lut();
-    w->packed.assign(w->panels * w->kgroups * 128, 0);
-    // Row r's k-group g (2 codes, as bf16) goes to bytes [4j, 4j+4) of its panel's group g.
-    TransposePanels(pool_, n, full, 128, w->packed.data(), w->kgroups * 128,
-                    [&](int64_t r, int64_t j, int64_t g0, int64_t g1, uint8_t* panel) {
-                      const uint8_t* row = src.weight + r * k;
-                      for (int64_t g = g0; g < g1; ++g) {
-                        const uint16_t pair[2] = {lut.bf16[row[2 * g]], lut.bf16[row[2 * g + 1]]};
-                        std::memcpy(panel + g * 128 + 4 * j, pair, 4);
-                      }
-                      if (g1 == full && k % 2 != 0) std::memcpy(panel + full * 128 + 4 * j, &lut.bf16[row[k - 1]], 2);
-                    });
   }
   *out = std::move(w);
   return Status::Ok();
