@@ -21,6 +21,7 @@
 // output is bit-exact; the FP8 and W4A16 sums differ from the exact reference by f32 rounding.
 #include "kernels/cpu/cpu_backend.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -667,7 +668,10 @@ MicroSet Avx2Set(Kind kind) {
 
 bool CpuHasAvx2KernelsImpl() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  // F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports does not know "f16c".
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 }
 
 // ---------------------------------------------------------------------------------------------
