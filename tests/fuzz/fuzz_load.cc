@@ -15,6 +15,8 @@
 //     the worst case of an f32 sum of K terms (a fuzzer can find the worst case, so not the
 //     random-walk bound the backend-ops test uses). Compared where scales, bias and activations
 //     lie within 2^±64 (InRange) and S well inside the output's range.
+//   * on an AVX2 CPU, FP8 and W4A16 rows on "cpu" run alone give the bytes they had in the batch
+//     (its kernels sum k in the same order at every M).
 // Any other outcome aborts with the step, the scheme and the first differing element.
 // LOWBIT_FUZZ_STATS=1: inputs, loads and compared GEMMs per preset at exit. LOWBIT_FUZZ_DEBUG=1:
 // each input's config.json, load status and tensors (to read a finding).
@@ -36,6 +38,7 @@
 #include "common/dtype.h"
 #include "common/quant_args.h"
 #include "common/tensor.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "nlohmann/json.hpp"
 #include "runtime/engine.h"
 #include "spdlog/spdlog.h"
@@ -442,6 +445,23 @@ void CompareOutputs(const Plan& p, const Layer& l, int64_t m, DType x_dtype, con
   }
 }
 
+// The AVX2 kernels sum every output's k in the same order at every M (docs/runtime.md), so each
+// row of a float-accumulating GEMM run alone must give the same bytes as in the batch.
+void RowsAloneMatch(Engine& engine, const lowbit::runtime::GemmRequest& req, const Tensor& batched,
+                    const std::string& where) {
+  const int64_t m = req.x.dim(0), k = req.x.dim(1), n = batched.dim(1);
+  const size_t x_row = k * DTypeSize(req.x.dtype()), y_row = n * DTypeSize(batched.dtype());
+  for (int64_t i = 0; i < m; ++i) {
+    lowbit::runtime::GemmRequest one = req;
+    one.x = Tensor::FromBytes(req.x.dtype(), {1, k}, req.x.bytes().subspan(i * x_row, x_row));
+    absl::StatusOr<lowbit::runtime::GemmResult> r = engine.Gemm(one);
+    if (!r.ok()) Fail(where + ": row " + std::to_string(i) + " alone: " + r.status().ToString());
+    if (std::memcmp(r->y.bytes().data(), batched.bytes().data() + i * y_row, y_row) != 0) {
+      Fail(where + ": row " + std::to_string(i) + " of M " + std::to_string(m) + " differs alone");
+    }
+  }
+}
+
 // With LOWBIT_FUZZ_STATS set, how far the inputs got, per preset, printed at exit: a check that
 // the fuzzer reaches loaded layers and compared GEMMs, not only refused loads.
 struct Stats {
@@ -515,6 +535,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           CompareOutputs(plan, AsLoaded(plan, layer), m, xdt, x, results[0]->y, results[i]->y, call);
           ++count[2];
         }
+      }
+      if (results[1].ok() && m > 1 && (plan.fp8 || plan.int4) && lowbit::kernels::CpuIsa() == "avx2-fma-f16c") {
+        RowsAloneMatch(*engines[1], req, results[1]->y, Where(plan, layer, "row alone"));
       }
     }
   }
