@@ -398,8 +398,11 @@ std::string Where(const Plan& p, const Layer& l, const char* step) {
   return std::string(step) + " (" + p.preset + ", N " + std::to_string(l.n) + ", K " + std::to_string(l.k) + ")";
 }
 
+// `sums`: AbsSums of this call (float schemes only), computed once for every backend compared;
+// `in_range`: the layer's scales and bias lie within InRange.
 void CompareOutputs(const Plan& p, const Layer& l, int64_t m, DType x_dtype, const std::vector<float>& x,
-                    const Tensor& ref, const Tensor& got, const std::string& backend) {
+                    const std::vector<double>* sums, bool in_range, const Tensor& ref, const Tensor& got,
+                    const std::string& backend) {
   if (got.dtype() != ref.dtype() || got.shape() != ref.shape()) Fail(Where(p, l, "output shape") + " " + backend);
   if (!p.int4 && !p.fp8) {  // W8A8: bit-exact
     if (std::memcmp(got.bytes().data(), ref.bytes().data(), ref.nbytes()) != 0) {
@@ -413,9 +416,7 @@ void CompareOutputs(const Plan& p, const Layer& l, int64_t m, DType x_dtype, con
     }
     return;
   }
-  const std::optional<std::vector<double>> sums = AbsSums(p, l, x, m);
-  if (!sums) Fail(Where(p, l, "loaded a layer whose tensors are not the plan's"));
-  if (!InRange(l, ".weight_scale") || !InRange(l, ".input_scale") || !InRange(l, ".bias")) return;
+  if (!in_range) return;
   const std::vector<float> a = ref.ToFloats(), b = got.ToFloats();
   // W4A16 with F32 activations runs in the model's 16-bit dtype (F16 or BF16) and converts the
   // output: its rounding is that dtype's (BF16's, the coarser, taken here).
@@ -493,20 +494,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (const auto& [name, t] : layer.tensors) copy[name] = t.Copy();
     loaded.push_back(e->LoadFromTensors("m", config, std::move(copy)).status());
   }
-  for (size_t i = 1; i < engines.size(); ++i) {
-    if (loaded[i].code() != loaded[0].code()) {
-      Fail(Where(plan, layer, "load") + ": " + engines[i]->Info().backend + " " + loaded[i].ToString() +
-           " vs reference " + loaded[0].ToString());
-    }
-  }
   if (std::getenv("LOWBIT_FUZZ_DEBUG")) {
     std::fprintf(stderr, "%s\n%s\n", config.c_str(), loaded[0].ToString().c_str());
     for (const auto& [name, t] : layer.tensors)
       std::fprintf(stderr, "  %s %s %s\n", name.c_str(), std::string(lowbit::DTypeName(t.dtype())).c_str(),
                    lowbit::ShapeString(t.shape()).c_str());
   }
+  for (size_t i = 1; i < engines.size(); ++i) {
+    if (loaded[i].code() != loaded[0].code()) {
+      Fail(Where(plan, layer, "load") + ": " + engines[i]->Info().backend + " " + loaded[i].ToString() +
+           " vs reference " + loaded[0].ToString());
+    }
+  }
   if (loaded[0].ok()) {
     ++count[1];
+    const Layer as_loaded = AsLoaded(plan, layer);
+    const bool float_scheme = plan.fp8 || plan.int4;
+    const bool in_range =
+        InRange(as_loaded, ".weight_scale") && InRange(as_loaded, ".input_scale") && InRange(as_loaded, ".bias");
+    static const bool avx2 = lowbit::kernels::CpuIsa() == "avx2-fma-f16c";
     std::mt19937 rng(in.U32());
     const int calls = 1 + in.U8() % 3;
     for (int c = 0; c < calls; ++c) {
@@ -523,6 +529,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       std::vector<absl::StatusOr<lowbit::runtime::GemmResult>> results;
       for (auto& e : engines) results.push_back(e->Gemm(req));
       const std::vector<float> x = req.x.ToFloats();  // as the engines read it
+      std::optional<std::vector<double>> sums;
+      if (results[0].ok() && float_scheme) {
+        sums = AbsSums(plan, as_loaded, x, m);
+        if (!sums) Fail(Where(plan, as_loaded, "loaded a layer whose tensors are not the plan's"));
+      }
       for (size_t i = 1; i < engines.size(); ++i) {
         const std::string backend = engines[i]->Info().backend;
         if (results[i].status().code() != results[0].status().code()) {
@@ -532,11 +543,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (results[0].ok()) {
           const std::string call = backend + ", M " + std::to_string(m) + ", x " + std::string(lowbit::DTypeName(xdt)) +
                                    ", y " + std::string(lowbit::DTypeName(results[0]->y.dtype()));
-          CompareOutputs(plan, AsLoaded(plan, layer), m, xdt, x, results[0]->y, results[i]->y, call);
+          CompareOutputs(plan, as_loaded, m, xdt, x, sums ? &*sums : nullptr, in_range, results[0]->y, results[i]->y,
+                         call);
           ++count[2];
         }
       }
-      if (results[1].ok() && m > 1 && (plan.fp8 || plan.int4) && lowbit::kernels::CpuIsa() == "avx2-fma-f16c") {
+      if (results[1].ok() && m > 1 && float_scheme && avx2) {
         RowsAloneMatch(*engines[1], req, results[1]->y, Where(plan, layer, "row alone"));
       }
     }
